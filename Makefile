@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Both install what is missing
+# (Debian packages), configure, build and generate the fixture models first.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann-json3-dev \
+        libfmt-dev doctest-dev python3-torch libopenblas0-pthread
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build test demo bench clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	./$(BUILD)/parity run examples/compare_logits.lua $(BUILD)/fixtures/reference $(BUILD)/fixtures/port_fused
+
+bench: build
+	./$(BUILD)/parity run bench/metrics.lua
+
+clean:
+	rm -rf $(BUILD)

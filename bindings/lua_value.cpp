@@ -1,0 +1,121 @@
+// bindings/lua_value.cpp — Lua values <-> parity::Value.
+#include "bindings/lua_value.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace parity {
+namespace {
+
+constexpr int kMaxDepth = 64;
+
+Value to_value_at(lua_State* L, int idx, int depth) {
+  if (depth > kMaxDepth) throw std::invalid_argument("table nested too deeply (a cycle?)");
+  idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+    case LUA_TNONE: return {};
+    case LUA_TBOOLEAN: return static_cast<bool>(lua_toboolean(L, idx));
+    case LUA_TNUMBER: {
+      double d = lua_tonumber(L, idx);
+      if (std::floor(d) == d && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
+      return d;
+    }
+    case LUA_TSTRING: {
+      size_t n;
+      const char* s = lua_tolstring(L, idx, &n);
+      return std::string(s, n);
+    }
+    case LUA_TUSERDATA:
+      if (auto* t = test_tensor(L, idx)) return *t;
+      break;
+    case LUA_TTABLE: {
+      size_t n = lua_objlen(L, idx);
+      size_t count = 0;
+      bool strings = true;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {  // [key, value]
+        ++count;
+        strings = strings && lua_type(L, -2) == LUA_TSTRING;
+        lua_pop(L, 1);
+      }
+      if (count > 0 && count == n) {
+        Array a;
+        a.reserve(n);
+        for (size_t i = 1; i <= n; ++i) {
+          lua_rawgeti(L, idx, static_cast<int>(i));
+          a.push_back(to_value_at(L, -1, depth + 1));
+          lua_pop(L, 1);
+        }
+        return a;
+      }
+      if (!strings) throw std::invalid_argument("table mixes array items and keys");
+      Map m;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        m.emplace_back(lua_tostring(L, -2), to_value_at(L, -1, depth + 1));
+        lua_pop(L, 1);
+      }
+      return m;
+    }
+    default: break;
+  }
+  throw std::invalid_argument(fmt::format("a Lua {} has no torch form", luaL_typename(L, idx)));
+}
+
+}  // namespace
+
+Value to_value(lua_State* L, int idx) { return to_value_at(L, idx, 0); }
+
+void push_value(lua_State* L, const Value& v) {
+  struct Visitor {
+    lua_State* L;
+    void operator()(std::monostate) const { lua_pushnil(L); }
+    void operator()(bool b) const { lua_pushboolean(L, b); }
+    void operator()(int64_t i) const { lua_pushnumber(L, static_cast<lua_Number>(i)); }
+    void operator()(double d) const { lua_pushnumber(L, d); }
+    void operator()(const std::string& s) const { lua_pushlstring(L, s.data(), s.size()); }
+    void operator()(const at::Tensor& t) const { push_tensor(L, t); }
+    void operator()(const Array& a) const {
+      lua_createtable(L, static_cast<int>(a.size()), 0);
+      for (size_t i = 0; i < a.size(); ++i) {
+        push_value(L, a[i]);
+        lua_rawseti(L, -2, static_cast<int>(i + 1));
+      }
+    }
+    void operator()(const Map& m) const {
+      lua_createtable(L, 0, static_cast<int>(m.size()));
+      for (const auto& [k, x] : m) {
+        push_value(L, x);
+        lua_setfield(L, -2, k.c_str());
+      }
+    }
+  };
+  std::visit(Visitor{L}, v.v);
+}
+
+std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key) {
+  if (!lua_istable(L, idx)) return std::nullopt;
+  lua_getfield(L, idx, key);
+  std::optional<std::string> out;
+  if (lua_type(L, -1) == LUA_TSTRING) out = lua_tostring(L, -1);
+  else if (!lua_isnil(L, -1))
+    throw std::invalid_argument(fmt::format("option '{}' must be a string", key));
+  lua_pop(L, 1);
+  return out;
+}
+
+std::optional<double> opt_number_field(lua_State* L, int idx, const char* key) {
+  if (!lua_istable(L, idx)) return std::nullopt;
+  lua_getfield(L, idx, key);
+  std::optional<double> out;
+  if (lua_type(L, -1) == LUA_TNUMBER) out = lua_tonumber(L, -1);
+  else if (!lua_isnil(L, -1))
+    throw std::invalid_argument(fmt::format("option '{}' must be a number", key));
+  lua_pop(L, 1);
+  return out;
+}
+
+}  // namespace parity

@@ -1,0 +1,41 @@
+// bindings/lua_value.hpp — check_/push_ helpers shared by the binding files.
+#pragma once
+#include <lua.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "host/value.hpp"
+
+namespace parity {
+
+constexpr const char* kTensorMeta = "parity.Tensor";
+
+/// The tensor at `idx`, or a Lua argument error.
+at::Tensor& check_tensor(lua_State* L, int idx);
+/// The tensor at `idx`, or nullptr.
+at::Tensor* test_tensor(lua_State* L, int idx);
+/// Pushes a tensor userdata (notes its bytes for GC accounting).
+void push_tensor(lua_State* L, at::Tensor t);
+
+/// Reads any Lua value as a Value: integral numbers become Int; a table with keys 1..n an
+/// Array; a table with string keys a Map (an empty table is an empty Map).
+Value to_value(lua_State* L, int idx);
+void push_value(lua_State* L, const Value& v);
+
+/// Reads an optional field of the table at `idx` (absent or nil: nullopt).
+std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key);
+std::optional<double> opt_number_field(lua_State* L, int idx, const char* key);
+
+/// Pushes a Map-like list of (name, tensor) pairs as a Lua table name -> Tensor.
+template <typename Pairs>
+void push_named_tensors(lua_State* L, const Pairs& pairs) {
+  lua_createtable(L, 0, static_cast<int>(pairs.size()));
+  for (const auto& [name, t] : pairs) {
+    push_tensor(L, t);
+    lua_setfield(L, -2, name.c_str());
+  }
+}
+
+}  // namespace parity

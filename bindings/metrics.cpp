@@ -1,0 +1,130 @@
+// bindings/metrics.cpp — parity.core.metrics: the host metrics (host/metrics.hpp) for Lua.
+#include "bindings/lua_value.hpp"
+#include "bindings/vm.hpp"
+#include "host/metrics.hpp"
+
+namespace parity {
+namespace {
+
+namespace m = parity::metrics;
+
+template <double (*F)(const at::Tensor&, const at::Tensor&)>
+int scalar_metric(lua_State* L) {
+  lua_pushnumber(L, F(check_tensor(L, 1), check_tensor(L, 2)));
+  return 1;
+}
+
+Value non_finite_value(const m::NonFinite& n) { return Map{{"nan", n.nan}, {"inf", n.inf}}; }
+
+int non_finite(lua_State* L) {
+  push_value(L, non_finite_value(m::non_finite(check_tensor(L, 1))));
+  return 1;
+}
+
+int cosine_rows(lua_State* L) {
+  push_tensor(L, m::cosine_rows(check_tensor(L, 1), check_tensor(L, 2)));
+  return 1;
+}
+
+/// allclose(target, reference[, {rtol=1e-5, atol=1e-8}]) -> result table (see README)
+int allclose(lua_State* L) {
+  double rtol = opt_number_field(L, 3, "rtol").value_or(1e-5);
+  double atol = opt_number_field(L, 3, "atol").value_or(1e-8);
+  auto r = m::allclose(check_tensor(L, 1), check_tensor(L, 2), rtol, atol);
+  Array worst;
+  for (auto i : r.worst_index) worst.emplace_back(i);
+  push_value(L, Map{{"pass", r.pass},
+                    {"rtol", r.rtol},
+                    {"atol", r.atol},
+                    {"numel", r.numel},
+                    {"n_fail", r.n_fail},
+                    {"max_abs_diff", r.max_abs_diff},
+                    {"max_rel_diff", r.max_rel_diff},
+                    {"min_atol", r.min_atol},
+                    {"min_rtol", r.min_rtol},
+                    {"worst_index", worst},
+                    {"worst_target", r.worst_target},
+                    {"worst_reference", r.worst_reference},
+                    {"target_non_finite", non_finite_value(r.target_non_finite)},
+                    {"reference_non_finite", non_finite_value(r.reference_non_finite)},
+                    {"non_finite_mismatch", r.non_finite_mismatch}});
+  return 1;
+}
+
+/// r_ratio(target, ref32, ref_low[, eps]) -> r, numerator, denominator
+int r_ratio(lua_State* L) {
+  auto r = m::r_ratio(check_tensor(L, 1), check_tensor(L, 2), check_tensor(L, 3),
+                      luaL_optnumber(L, 4, 1e-12));
+  lua_pushnumber(L, r.r);
+  lua_pushnumber(L, r.numerator);
+  lua_pushnumber(L, r.denominator);
+  return 3;
+}
+
+/// kl(ref_logits, target_logits) -> per-position KL(P_ref || P_target) tensor
+int kl(lua_State* L) {
+  push_tensor(L, m::kl_per_position(check_tensor(L, 1), check_tensor(L, 2)));
+  return 1;
+}
+
+void push_agreement(lua_State* L, const at::Tensor& per_position) {
+  lua_pushnumber(L, per_position.numel() ? per_position.mean().item<double>() : 0.0);
+  push_tensor(L, per_position);
+}
+
+/// top1(a, b) -> rate, per-position tensor
+int top1(lua_State* L) {
+  push_agreement(L, m::top1_agree(check_tensor(L, 1), check_tensor(L, 2)));
+  return 2;
+}
+
+/// topk(a, b, k) -> rate, per-position tensor
+int topk(lua_State* L) {
+  push_agreement(L, m::topk_agree(check_tensor(L, 1), check_tensor(L, 2), luaL_checkinteger(L, 3)));
+  return 2;
+}
+
+/// percentiles(t, {5, 50, 95}) -> {p5, p50, p95}
+int percentiles(lua_State* L) {
+  luaL_checktype(L, 2, LUA_TTABLE);
+  std::vector<double> qs;
+  for (size_t i = 1, n = lua_objlen(L, 2); i <= n; ++i) {
+    lua_rawgeti(L, 2, static_cast<int>(i));
+    qs.push_back(luaL_checknumber(L, -1));
+    lua_pop(L, 1);
+  }
+  Array out;
+  for (double v : m::percentiles(check_tensor(L, 1), qs)) out.emplace_back(v);
+  push_value(L, out);
+  return 1;
+}
+
+const luaL_Reg kMetrics[] = {
+    {"max_abs_diff", guard<scalar_metric<m::max_abs_diff>>},
+    {"mean_abs_diff", guard<scalar_metric<m::mean_abs_diff>>},
+    {"rel_l2", guard<scalar_metric<m::rel_l2>>},
+    {"cosine", guard<scalar_metric<m::cosine>>},
+    {"sqnr", guard<scalar_metric<m::sqnr_db>>},
+    {"cosine_rows", guard<cosine_rows>},
+    {"non_finite", guard<non_finite>},
+    {"allclose", guard<allclose>},
+    {"r_ratio", guard<r_ratio>},
+    {"kl", guard<kl>},
+    {"top1", guard<top1>},
+    {"topk", guard<topk>},
+    {"percentiles", guard<percentiles>},
+    {nullptr, nullptr}};
+
+}  // namespace
+
+void open_metrics(lua_State* L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
+  lua_newtable(L);
+  luaL_setfuncs(L, kMetrics, 0);
+  lua_setfield(L, -2, "metrics");
+  lua_pop(L, 3);  // []
+}
+
+}  // namespace parity

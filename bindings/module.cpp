@@ -1,0 +1,160 @@
+// bindings/module.cpp — Lua view of a TorchScript module (host/model.hpp) and parity.load.
+#include <fmt/format.h>
+
+#include "bindings/lua_value.hpp"
+#include "bindings/vm.hpp"
+#include "host/dtype.hpp"
+#include "host/model.hpp"
+
+namespace parity {
+namespace {
+
+constexpr const char* kModuleMeta = "parity.Module";
+
+Model& check_module(lua_State* L, int idx) {
+  return *static_cast<Model*>(luaL_checkudata(L, idx, kModuleMeta));
+}
+
+void push_module(lua_State* L, Model m) {
+  new (lua_newuserdata(L, sizeof(Model))) Model(std::move(m));  // [udata]
+  luaL_setmetatable(L, kModuleMeta);
+}
+
+std::vector<Value> args_from(lua_State* L, int first) {
+  std::vector<Value> args;
+  for (int i = first, n = lua_gettop(L); i <= n; ++i) args.push_back(to_value(L, i));
+  return args;
+}
+
+/// parity.load(path) -> Module
+int load(lua_State* L) {
+  push_module(L, Model::load(luaL_checkstring(L, 1)));
+  return 1;
+}
+
+int load_library_fn(lua_State* L) {
+  load_library(luaL_checkstring(L, 1));
+  return 0;
+}
+
+/// m(...) calls forward
+int module_call(lua_State* L) {
+  push_value(L, check_module(L, 1).call("forward", args_from(L, 2)));
+  return 1;
+}
+
+/// m:call("method", ...)
+int module_call_method(lua_State* L) {
+  auto& m = check_module(L, 1);
+  std::string name = luaL_checkstring(L, 2);
+  push_value(L, m.call(name, args_from(L, 3)));
+  return 1;
+}
+
+int module_child(lua_State* L) {
+  push_module(L, check_module(L, 1).child(luaL_checkstring(L, 2)));
+  return 1;
+}
+
+/// m:modules() -> { {path=, type=, params=, total_params=, depth=}, ... } in execution order
+int module_modules(lua_State* L) {
+  auto list = check_module(L, 1).modules();
+  lua_createtable(L, static_cast<int>(list.size()), 0);
+  for (size_t i = 0; i < list.size(); ++i) {
+    const auto& m = list[i];
+    push_value(L, Map{{"path", m.path},
+                      {"type", m.type},
+                      {"params", m.own_params},
+                      {"total_params", m.total_params},
+                      {"depth", static_cast<int64_t>(m.depth)}});
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
+  return 1;
+}
+
+int module_parameters(lua_State* L) {
+  push_named_tensors(L, check_module(L, 1).parameters());
+  return 1;
+}
+
+int module_buffers(lua_State* L) {
+  push_named_tensors(L, check_module(L, 1).buffers());
+  return 1;
+}
+
+int module_methods(lua_State* L) {
+  Array names;
+  for (auto& n : check_module(L, 1).method_names()) names.emplace_back(n);
+  push_value(L, names);
+  return 1;
+}
+
+int module_schema(lua_State* L) {
+  push_value(L, check_module(L, 1).schema(luaL_optstring(L, 2, "forward")));
+  return 1;
+}
+
+int module_type(lua_State* L) {
+  lua_pushstring(L, check_module(L, 1).type_name().c_str());
+  return 1;
+}
+
+int module_to(lua_State* L) {
+  check_module(L, 1).to(parse_dtype(luaL_checkstring(L, 2)));
+  lua_settop(L, 1);
+  return 1;
+}
+
+int module_eval(lua_State* L) {
+  check_module(L, 1).set_training(false);
+  lua_settop(L, 1);
+  return 1;
+}
+
+int module_tostring(lua_State* L) {
+  lua_pushstring(L, fmt::format("Module({})", check_module(L, 1).type_name()).c_str());
+  return 1;
+}
+
+int module_gc(lua_State* L) {
+  if (auto* m = static_cast<Model*>(luaL_testudata(L, 1, kModuleMeta))) {
+    m->~Model();
+    lua_pushnil(L);
+    lua_setmetatable(L, 1);
+  }
+  return 0;
+}
+
+const luaL_Reg kMethods[] = {
+    {"call", guard<module_call_method>}, {"child", guard<module_child>},
+    {"modules", guard<module_modules>},  {"parameters", guard<module_parameters>},
+    {"buffers", guard<module_buffers>},  {"methods", guard<module_methods>},
+    {"schema", guard<module_schema>},    {"type", guard<module_type>},
+    {"to", guard<module_to>},            {"eval", guard<module_eval>},
+    {nullptr, nullptr}};
+
+const luaL_Reg kCore[] = {
+    {"load", guard<load>}, {"load_library", guard<load_library_fn>}, {nullptr, nullptr}};
+
+}  // namespace
+
+void open_module(lua_State* L) {
+  luaL_newmetatable(L, kModuleMeta);  // [meta]
+  lua_pushcfunction(L, guard<module_call>);
+  lua_setfield(L, -2, "__call");
+  lua_pushcfunction(L, guard<module_tostring>);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, module_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_newtable(L);  // [meta, methods]
+  luaL_setfuncs(L, kMethods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);  // []
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
+  luaL_setfuncs(L, kCore, 0);
+  lua_pop(L, 3);  // []
+}
+
+}  // namespace parity

@@ -1,0 +1,187 @@
+// host/metrics.cpp — comparison metrics, in float64.
+#include "host/metrics.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+namespace parity::metrics {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+at::Tensor f64(const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); }
+
+void same_shape(const char* metric, const at::Tensor& a, const at::Tensor& b) {
+  if (!a.sizes().equals(b.sizes()))
+    throw std::invalid_argument(fmt::format("{}: shapes differ: [{}] vs [{}]", metric,
+                                            fmt::join(a.sizes(), ", "), fmt::join(b.sizes(), ", ")));
+}
+
+void has_last_dim(const char* metric, const at::Tensor& t) {
+  if (t.dim() < 1 || t.size(-1) == 0)
+    throw std::invalid_argument(fmt::format("{}: needs a non-empty last dim", metric));
+}
+
+double frob(const at::Tensor& t) { return t.numel() ? t.norm().item<double>() : 0.0; }
+
+}  // namespace
+
+NonFinite non_finite(const at::Tensor& t) {
+  if (!t.is_floating_point() && !t.is_complex()) return {};
+  return {t.isnan().sum().item<int64_t>(), t.isinf().sum().item<int64_t>()};
+}
+
+double max_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
+  same_shape("max_abs_diff", target, reference);
+  if (target.numel() == 0) return 0;
+  return (f64(target) - f64(reference)).abs().max().item<double>();
+}
+
+double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
+  same_shape("mean_abs_diff", target, reference);
+  if (target.numel() == 0) return 0;
+  return (f64(target) - f64(reference)).abs().mean().item<double>();
+}
+
+double rel_l2(const at::Tensor& target, const at::Tensor& reference) {
+  same_shape("rel_l2", target, reference);
+  auto r = f64(reference);
+  double num = frob(f64(target) - r), den = frob(r);
+  if (den == 0) return num == 0 ? 0 : kInf;
+  return num / den;
+}
+
+double cosine(const at::Tensor& a, const at::Tensor& b) {
+  same_shape("cosine", a, b);
+  auto x = f64(a).flatten(), y = f64(b).flatten();
+  double nx = frob(x), ny = frob(y);
+  if (nx == 0 || ny == 0) return nx == ny ? 1.0 : 0.0;
+  return (x.dot(y) / (nx * ny)).item<double>();
+}
+
+at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b) {
+  same_shape("cosine_rows", a, b);
+  has_last_dim("cosine_rows", a);
+  auto x = f64(a), y = f64(b);
+  auto nx = x.norm(2, -1), ny = y.norm(2, -1);
+  auto c = (x * y).sum(-1) / (nx * ny);
+  // zero rows: 1 when both are zero, 0 when one is
+  auto both = (nx == 0).logical_and(ny == 0), one = (nx == 0).logical_xor(ny == 0);
+  return c.masked_fill(both, 1.0).masked_fill(one, 0.0);
+}
+
+Allclose allclose(const at::Tensor& target, const at::Tensor& reference, double rtol, double atol) {
+  same_shape("allclose", target, reference);
+  Allclose out;
+  out.rtol = rtol;
+  out.atol = atol;
+  out.numel = target.numel();
+  out.target_non_finite = non_finite(target);
+  out.reference_non_finite = non_finite(reference);
+  auto t = f64(target).flatten(), r = f64(reference).flatten();
+  auto finite = t.isfinite().logical_and(r.isfinite());
+  // Inf matched by the same Inf counts as equal (like torch.allclose); NaN never does.
+  auto matched_inf = t.isinf().logical_and(t == r);
+  out.non_finite_mismatch =
+      finite.logical_not().logical_and(matched_inf.logical_not()).sum().item<int64_t>();
+  auto tf = t.where(finite, at::zeros_like(t)), rf = r.where(finite, at::zeros_like(r));
+  auto diff = (tf - rf).abs(), rabs = rf.abs();
+  auto excess = diff - (atol + rtol * rabs);
+  out.n_fail = (excess > 0).sum().item<int64_t>();
+  out.pass = out.n_fail == 0 && out.non_finite_mismatch == 0 && out.target_non_finite.nan == 0 &&
+             out.reference_non_finite.nan == 0;
+  if (out.numel == 0) return out;
+  out.max_abs_diff = diff.max().item<double>();
+  auto nonzero = rabs > 0;
+  out.max_rel_diff = (diff / rabs).where(nonzero, at::zeros_like(diff)).max().item<double>();
+  out.min_atol = std::max(0.0, (diff - rtol * rabs).max().item<double>());
+  auto over = diff > atol;
+  if (over.logical_and(nonzero.logical_not()).any().item<bool>()) {
+    out.min_rtol = kInf;
+  } else {
+    auto need = ((diff - atol) / rabs).where(over, at::zeros_like(diff));
+    out.min_rtol = need.max().item<double>();
+  }
+  // worst: the largest excess; a non-finite mismatch outranks any finite excess
+  auto score = excess.where(finite.logical_or(matched_inf), at::full_like(excess, kInf));
+  int64_t flat = score.argmax().item<int64_t>();
+  out.worst_target = t[flat].item<double>();
+  out.worst_reference = r[flat].item<double>();
+  for (int64_t d = target.dim() - 1, rem = flat; d >= 0; --d) {
+    out.worst_index.insert(out.worst_index.begin(), rem % target.size(d));
+    rem /= target.size(d);
+  }
+  return out;
+}
+
+RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
+               double eps) {
+  same_shape("r_ratio (target vs ref32)", target, ref32);
+  same_shape("r_ratio (ref_low vs ref32)", ref_low, ref32);
+  auto r = f64(ref32);
+  RRatio out;
+  out.numerator = frob(f64(target) - r);
+  out.denominator = frob(f64(ref_low) - r);
+  out.r = out.numerator / (out.denominator + eps);
+  return out;
+}
+
+at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits) {
+  same_shape("kl", ref_logits, target_logits);
+  has_last_dim("kl", ref_logits);
+  auto lp = at::log_softmax(f64(ref_logits), -1), lq = at::log_softmax(f64(target_logits), -1);
+  // 0 * log 0 = 0: positions where P is 0 add nothing
+  auto terms = lp.exp() * (lp - lq);
+  return terms.where(lp.exp() > 0, at::zeros_like(terms)).sum(-1);
+}
+
+at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b) {
+  same_shape("top1", a, b);
+  has_last_dim("top1", a);
+  return (f64(a).argmax(-1) == f64(b).argmax(-1)).to(at::kDouble);
+}
+
+at::Tensor topk_agree(const at::Tensor& a, const at::Tensor& b, int64_t k) {
+  same_shape("topk", a, b);
+  has_last_dim("topk", a);
+  if (k < 1 || k > a.size(-1))
+    throw std::invalid_argument(fmt::format("topk: k = {} outside 1..{}", k, a.size(-1)));
+  auto ia = std::get<1>(f64(a).topk(k, -1)), ib = std::get<1>(f64(b).topk(k, -1));
+  auto hits = (ia.unsqueeze(-1) == ib.unsqueeze(-2)).any(-1).sum(-1);
+  return hits.to(at::kDouble) / static_cast<double>(k);
+}
+
+double sqnr_db(const at::Tensor& target, const at::Tensor& reference) {
+  same_shape("sqnr", target, reference);
+  auto r = f64(reference);
+  double signal = r.pow(2).sum().item<double>();
+  double noise = (r - f64(target)).pow(2).sum().item<double>();
+  if (noise == 0) return kInf;
+  return 10 * std::log10(signal / noise);
+}
+
+std::vector<double> percentiles(const at::Tensor& t, const std::vector<double>& qs) {
+  if (t.numel() == 0) throw std::invalid_argument("percentiles: empty tensor");
+  auto x = f64(t).flatten();
+  std::vector<double> out;
+  if (x.isnan().any().item<bool>()) return std::vector<double>(qs.size(), std::nan(""));
+  auto sorted = std::get<0>(x.sort());
+  const double* v = sorted.data_ptr<double>();
+  int64_t n = sorted.numel();
+  for (double q : qs) {
+    if (!(q >= 0 && q <= 100))
+      throw std::invalid_argument(fmt::format("percentiles: q = {} outside 0..100", q));
+    double pos = q / 100.0 * static_cast<double>(n - 1);
+    auto lo = static_cast<int64_t>(std::floor(pos));
+    int64_t hi = std::min(lo + 1, n - 1);
+    out.push_back(v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo)));
+  }
+  return out;
+}
+
+}  // namespace parity::metrics

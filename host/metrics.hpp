@@ -1,0 +1,66 @@
+// host/metrics.hpp — comparison metrics between a target tensor and a reference tensor.
+// Every metric computes in float64 on CPU, whatever the inputs' dtype, and throws
+// std::invalid_argument when shapes differ. Dims are 0-based, like PyTorch.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace parity::metrics {
+
+struct NonFinite {
+  int64_t nan = 0;
+  int64_t inf = 0;
+};
+NonFinite non_finite(const at::Tensor& t);
+
+double max_abs_diff(const at::Tensor& target, const at::Tensor& reference);
+double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference);
+/// ||target - reference|| / ||reference|| (Frobenius); 0 when both are zero, inf when only the
+/// reference is.
+double rel_l2(const at::Tensor& target, const at::Tensor& reference);
+/// Cosine similarity of the flattened tensors; 1 when both are zero, 0 when only one is.
+double cosine(const at::Tensor& a, const at::Tensor& b);
+/// Cosine per row over the last dim: shape = input shape without its last dim, float64.
+at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b);
+
+/// allclose(target, reference): |t - r| <= atol + rtol * |r| everywhere, and no NaN anywhere
+/// and no Inf that is not matched by the same Inf in the other tensor.
+struct Allclose {
+  bool pass = false;
+  double rtol = 0, atol = 0;
+  int64_t numel = 0, n_fail = 0;     ///< n_fail counts elements over tolerance (finite ones)
+  double max_abs_diff = 0;           ///< over elements finite on both sides
+  double max_rel_diff = 0;           ///< max |t - r| / |r| over finite elements with r != 0
+  double min_atol = 0;               ///< smallest atol that passes at this rtol
+  double min_rtol = 0;               ///< smallest rtol that passes at this atol (inf: none)
+  std::vector<int64_t> worst_index;  ///< element with the largest excess over tolerance
+  double worst_target = 0, worst_reference = 0;
+  NonFinite target_non_finite, reference_non_finite;
+  int64_t non_finite_mismatch = 0;  ///< positions where NaN/Inf do not match
+};
+Allclose allclose(const at::Tensor& target, const at::Tensor& reference, double rtol, double atol);
+
+/// The 3-tensor R-ratio: ||t - r32|| / (||r_low - r32|| + eps).
+struct RRatio {
+  double r = 0, numerator = 0, denominator = 0;
+};
+RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
+               double eps = 1e-12);
+
+/// KL(P_ref || P_target) per position from logits over the last dim: shape without last dim.
+at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits);
+
+/// Top-1 agreement: per position 1 where argmax over the last dim is equal (float64 tensor).
+at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b);
+/// Top-k agreement: per position |topk(a) ∩ topk(b)| / k over the last dim (float64 tensor).
+at::Tensor topk_agree(const at::Tensor& a, const at::Tensor& b, int64_t k);
+
+/// Signal-to-quantisation-noise ratio in dB: 10 log10(sum r^2 / sum (r - t)^2); inf if equal.
+double sqnr_db(const at::Tensor& target, const at::Tensor& reference);
+
+/// Percentiles (0..100) with linear interpolation, as numpy's default; NaN if any value is NaN.
+std::vector<double> percentiles(const at::Tensor& t, const std::vector<double>& qs);
+
+}  // namespace parity::metrics

@@ -1,0 +1,69 @@
+// host/model.hpp — a loaded TorchScript module: its tree, its tensors, its methods.
+// TorchScript headers stay in model.cpp; this header is cheap to include.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "host/value.hpp"
+
+namespace torch::jit {
+struct Module;
+}
+
+namespace parity {
+
+/// One submodule: dotted path from the root ("" for the root), demangled class name, the
+/// number of parameter elements it owns directly and with its children, and its depth.
+struct ModuleInfo {
+  std::string path;
+  std::string type;
+  int64_t own_params = 0;
+  int64_t total_params = 0;
+  int depth = 0;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+class Model {
+ public:
+  /// Loads a TorchScript file. Throws std::runtime_error naming the file when it is missing or
+  /// is not a TorchScript archive.
+  static Model load(const std::string& path);
+
+  /// The submodule at a dotted path ("model.layers.0.mlp"); throws naming the missing part.
+  Model child(const std::string& path) const;
+
+  /// Every submodule, root first, in the order `forward` first calls them (modules never called
+  /// follow in definition order). Parents always come before their children.
+  std::vector<ModuleInfo> modules() const;
+
+  NamedTensors parameters() const;  ///< recursive, dotted names
+  NamedTensors buffers() const;     ///< recursive, dotted names
+  std::vector<std::string> method_names() const;
+  std::string type_name() const;  ///< demangled class name ("LlamaRMSNorm")
+
+  /// Calls a method ("forward" by default) with Lua-shaped arguments bound against its schema.
+  Value call(const std::string& method, const std::vector<Value>& args) const;
+
+  /// The method's schema: {name, arguments = {{name, type, default?}...}, returns = {{type}}}.
+  Value schema(const std::string& method) const;
+
+  void to(c10::ScalarType dtype);  ///< casts parameters/buffers (scripted modules; traces bake dtypes)
+  void set_training(bool on);
+
+ private:
+  explicit Model(std::shared_ptr<torch::jit::Module> m) : m_(std::move(m)) {}
+  std::shared_ptr<torch::jit::Module> m_;
+};
+
+/// Loads a shared library of custom operators (e.g. torch-neuronx's) into the process.
+void load_library(const std::string& path);
+
+/// "__torch__.pkg.___torch_mangle_3.LlamaRMSNorm" -> "LlamaRMSNorm".
+std::string demangle_type(const std::string& qualified);
+
+}  // namespace parity

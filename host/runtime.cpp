@@ -1,0 +1,27 @@
+// host/runtime.cpp — torch threads and version string.
+#include "host/runtime.hpp"
+
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <fmt/format.h>
+#include <torch/csrc/api/include/torch/version.h>
+
+#include <cstdlib>
+#include <thread>
+
+namespace parity {
+
+void init_runtime() {
+  int n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("PARITY_THREADS")) n = std::atoi(env);
+  if (n > 0) at::set_num_threads(n);
+  c10::GradMode::set_enabled(false);  // parity only runs forward passes
+}
+
+std::string version_string() {
+  return fmt::format("parity {} (LibTorch {}.{}.{}, {} threads)", PARITY_VERSION,
+                     TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH,
+                     at::get_num_threads());
+}
+
+}  // namespace parity

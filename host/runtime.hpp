@@ -1,0 +1,14 @@
+// host/runtime.hpp — process-wide set-up of LibTorch (threads) and version facts.
+#pragma once
+#include <string>
+
+namespace parity {
+
+/// Sets torch's intra-op threads to PARITY_THREADS, else the number of cores (torch's default
+/// here is 1) and turns autograd off. Call once at start-up, on the main thread.
+void init_runtime();
+
+/// "parity 0.1.0 (LibTorch 1.13.1, 2 threads)".
+std::string version_string();
+
+}  // namespace parity

@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""Export a PyTorch nn.Module to a parity bundle: one TorchScript trace per dtype + parity.json.
+
+A trace bakes its dtypes into the graph, so a model is traced once per dtype (fp32.pt, bf16.pt,
+fp16.pt). Each trace is checked against the eager module on the example inputs and on a second
+input shape, and the result is said.
+
+Library:
+    from parity_export import export
+    manifest = export(model, (input_ids,), "out/bundle", dtypes=("fp32", "bf16"),
+                      second_inputs=(other_ids,), vocab_size=32000)
+Command line:
+    parity_export.py --module path/to/file.py:factory --out DIR [--dtypes fp32,bf16]
+    (factory() returns (module, example_inputs_tuple[, second_inputs_tuple]))
+Runs where torch lives (Debian: /usr/bin/python3 with python3-torch).
+"""
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import sys
+import warnings
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cast_inputs(inputs, dtype):
+    return tuple(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+
+
+def _first_tensor(out):
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _describe(inputs):
+    return [{"dtype": str(x.dtype).replace("torch.", ""), "shape": list(x.shape)} for x in inputs if torch.is_tensor(x)]
+
+
+def _check(traced, eager, inputs):
+    with torch.no_grad():
+        want, got = _first_tensor(eager(*inputs)), _first_tensor(traced(*inputs))
+    if want.shape != got.shape:
+        raise RuntimeError(f"trace output shape {list(got.shape)} != eager {list(want.shape)}")
+    return (want.double() - got.double()).abs().max().item() if want.numel() else 0.0
+
+
+def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inputs=None,
+           vocab_size=None, source=None, config=None, log=print):
+    """Traces `module` at each dtype into out_dir/{dtype}.pt and writes out_dir/parity.json.
+
+    Raises RuntimeError when a trace does not reproduce the eager output exactly on the example
+    inputs or on `second_inputs` (which should have another shape: a trace that baked in a shape
+    fails there)."""
+    os.makedirs(out_dir, exist_ok=True)
+    example_inputs = tuple(example_inputs)
+    checks = {}
+    for name in dtypes:
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r} (use {', '.join(DTYPES)})")
+        model = copy.deepcopy(module).to(DTYPES[name]).eval()
+        inputs = _cast_inputs(example_inputs, DTYPES[name])
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, inputs, check_trace=False)
+        checks[name] = {"example": _check(traced, model, inputs)}
+        if second_inputs is not None:
+            checks[name]["second"] = _check(traced, model, _cast_inputs(tuple(second_inputs), DTYPES[name]))
+        bad = {k: v for k, v in checks[name].items() if v != 0.0}
+        if bad:
+            raise RuntimeError(f"{name} trace differs from eager: max |diff| {bad}")
+        path = os.path.join(out_dir, f"{name}.pt")
+        traced.save(path + ".tmp")
+        os.replace(path + ".tmp", path)
+        shapes = " and ".join(str(list(_first_tensor(x).shape)) for x in
+                              ([example_inputs] + ([tuple(second_inputs)] if second_inputs is not None else [])))
+        log(f"{name}: traced {path}; reproduces eager exactly on inputs {shapes}")
+    manifest = {
+        "format": 1,
+        "dtypes": list(dtypes),
+        "inputs": _describe(example_inputs),
+        "vocab_size": vocab_size,
+        "source": source or type(module).__name__,
+        "config": config,
+        "modules": [n for n, _ in module.named_modules() if n],
+        "trace_checks": checks,
+    }
+    with open(os.path.join(out_dir, "parity.json.tmp"), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(os.path.join(out_dir, "parity.json.tmp"), os.path.join(out_dir, "parity.json"))
+    return manifest
+
+
+def _load_factory(spec):
+    path, _, func = spec.partition(":")
+    if not func:
+        raise SystemExit(f"--module needs FILE.py:FUNCTION, got {spec!r}")
+    mod_spec = importlib.util.spec_from_file_location("parity_user_module", path)
+    if mod_spec is None:
+        raise SystemExit(f"{path}: cannot import")
+    mod = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    mod_spec.loader.exec_module(mod)
+    return getattr(mod, func)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--module", required=True, help="FILE.py:FUNCTION returning (module, inputs[, second_inputs])")
+    ap.add_argument("--out", required=True, help="bundle directory to write")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16 (default fp32,bf16)")
+    ap.add_argument("--vocab-size", type=int, help="vocabulary size for the manifest")
+    args = ap.parse_args(argv)
+    made = _load_factory(args.module)()
+    module, inputs = made[0], made[1]
+    second = made[2] if len(made) > 2 else None
+    try:
+        export(module, inputs, args.out, tuple(args.dtypes.split(",")), second, vocab_size=args.vocab_size,
+               source=args.module)
+    except (RuntimeError, ValueError) as e:
+        print(f"parity_export: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

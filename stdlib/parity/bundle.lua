@@ -1,0 +1,102 @@
+--- A bundle: one model traced once per dtype, because a trace bakes its dtypes into the graph.
+--- A directory holds fp32.pt, bf16.pt and/or fp16.pt plus an optional parity.json manifest;
+--- a single .pt file is a bundle of one, its dtype read off its first floating parameter.
+local core = require("parity.core")
+
+local M = {}
+
+local DTYPES = { "fp32", "bf16", "fp16" }
+local CANONICAL = { float32 = "fp32", bfloat16 = "bf16", float16 = "fp16",
+                    fp32 = "fp32", bf16 = "bf16", fp16 = "fp16" }
+
+---@class parity.Bundle
+---@field path string
+---@field manifest table|nil   parity.json, when the bundle has one
+local Bundle = {}
+Bundle.__index = Bundle
+
+--- The dtypes this bundle has traces for, in fp32, bf16, fp16 order.
+---@return string[]
+function Bundle:dtypes()
+  local out = {}
+  for _, d in ipairs(DTYPES) do
+    if self.files[d] then out[#out + 1] = d end
+  end
+  return out
+end
+
+---@param dtype string
+---@return boolean
+function Bundle:has(dtype)
+  return self.files[CANONICAL[dtype] or dtype] ~= nil
+end
+
+--- The module traced at `dtype` ("fp32", "bf16", "fp16"; PyTorch names work too), loaded once.
+---@param dtype string
+---@return userdata Module
+function Bundle:at(dtype)
+  local d = CANONICAL[dtype]
+  if not d then error(("unknown bundle dtype '%s' (use fp32, bf16 or fp16)"):format(tostring(dtype)), 2) end
+  if not self.files[d] then
+    error(("%s has no %s trace (it has: %s); export one per dtype with scripts/parity_export.py")
+      :format(self.path, d, table.concat(self:dtypes(), ", ")), 2)
+  end
+  if not self.modules[d] then self.modules[d] = core.load(self.files[d]) end
+  return self.modules[d]
+end
+
+--- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight
+--- (a parameter named like *embed_tokens.weight, *wte.weight or *embeddings.weight).
+---@return integer
+function Bundle:vocab_size()
+  if self.manifest and self.manifest.vocab_size then return self.manifest.vocab_size end
+  local params = self:at(self:dtypes()[1]):parameters()
+  local names = {}
+  for name in pairs(params) do names[#names + 1] = name end
+  table.sort(names)
+  for _, pattern in ipairs({ "embed_tokens%.weight$", "wte%.weight$", "embeddings?%.weight$", "embed[^.]*%.weight$" }) do
+    for _, name in ipairs(names) do
+      if name:find(pattern) and params[name]:dim() == 2 then return params[name]:size(0) end
+    end
+  end
+  error(("%s: cannot tell the vocabulary size: no vocab_size in parity.json and no embedding weight among its parameters")
+    :format(self.path), 2)
+end
+
+local function first_float_dtype(module)
+  local names = {}
+  local params = module:parameters()
+  for name in pairs(params) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local d = CANONICAL[params[name]:dtype()]
+    if d then return d end
+  end
+  return "fp32"
+end
+
+--- Opens a bundle directory or a single .pt file.
+---@param path string
+---@return parity.Bundle
+function M.open(path)
+  local kind = core.path_kind(path)
+  if not kind then error(("%s: no such file or directory"):format(path), 2) end
+  local b = setmetatable({ path = path, files = {}, modules = {} }, Bundle)
+  if kind == "file" then
+    local m = core.load(path)
+    local d = first_float_dtype(m)
+    b.files[d], b.modules[d] = path, m
+    return b
+  end
+  for _, d in ipairs(DTYPES) do
+    local f = path .. "/" .. d .. ".pt"
+    if core.path_kind(f) == "file" then b.files[d] = f end
+  end
+  if core.path_kind(path .. "/parity.json") == "file" then b.manifest = core.json.read(path .. "/parity.json") end
+  if not next(b.files) then
+    error(("%s: not a bundle (no fp32.pt, bf16.pt or fp16.pt inside)"):format(path), 2)
+  end
+  return b
+end
+
+return M

@@ -1,0 +1,215 @@
+--- The `parity` command line. bindings/main.cpp hands argv here; each command returns an
+--- exit code: 0 ok, 1 a check failed, 2 usage, input or environment error.
+local parity = require("parity")
+
+local M = {}
+
+local USAGE = [[
+parity — is the port equivalent to the reference, and if not, where does it break?
+
+Usage: parity [--stdlib-dir DIR] COMMAND [ARGS...]
+
+Commands:
+  run SCRIPT.lua [ARGS...]   run a validation script (ARGS reach it as `arg` and `...`)
+  tree MODEL                 print a model's module tree (--flat, --json)
+  version                    print versions of parity, LuaJIT and LibTorch
+  help [COMMAND]             this text, or a command's help
+
+Global options:
+  --stdlib-dir DIR   load the Lua stdlib from DIR (e.g. ./stdlib) instead of the embedded copy;
+                     PARITY_STDLIB_DIR does the same
+Environment:
+  PARITY_THREADS     torch threads (default: every core)
+  PARITY_GC_MB       tensor megabytes allocated between forced Lua collections (default 256)
+  PARITY_DEBUG=1     show Lua tracebacks for command errors
+
+Exit codes: 0 ok, 1 a check failed, 2 usage, input or environment error.
+MODEL is a TorchScript .pt file or a bundle directory (fp32.pt, bf16.pt, fp16.pt, parity.json).]]
+
+local function stderr(fmt, ...)
+  io.stderr:write((fmt):format(...), "\n")
+end
+
+--- Errors raised for bad command lines carry this marker, so they print without a traceback.
+local function usage_error(msg)
+  error({ usage = msg }, 0)
+end
+
+--- Strips "file:line: " prefixes that Lua puts in front of error messages.
+local function clean(msg)
+  msg = tostring(msg)
+  while true do
+    local rest = msg:match("^[%w_./%-]+%.lua:%d+: (.*)$") or msg:match("^%[string [^%]]*%]:%d+: (.*)$")
+    if not rest then return msg end
+    msg = rest
+  end
+end
+
+--- Parses `--flag`, `--key value`, `--key=value` and positionals against a spec.
+---@param argv string[]
+---@param spec table { flags = { name = "boolean"|"string"|"number" }, positional = { "NAME", ... } }
+local function parse(argv, spec)
+  local opts, pos = {}, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local key, value = a:match("^%-%-([%w%-]+)=(.*)$")
+    key = key or a:match("^%-%-([%w%-]+)$")
+    if key then
+      local kind = spec.flags[key]
+      if not kind then usage_error(("unknown option --%s"):format(key)) end
+      if kind == "boolean" then
+        if value then usage_error(("--%s takes no value"):format(key)) end
+        opts[key] = true
+      else
+        if not value then
+          i = i + 1
+          value = argv[i]
+          if not value then usage_error(("--%s needs a value"):format(key)) end
+        end
+        if kind == "number" then
+          local n = tonumber(value)
+          if not n then usage_error(("--%s needs a number, got '%s'"):format(key, value)) end
+          value = n
+        end
+        opts[key] = value
+      end
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  if #pos < #spec.positional then
+    usage_error(("missing %s"):format(spec.positional[#pos + 1]))
+  end
+  if #pos > #spec.positional then usage_error(("unexpected argument '%s'"):format(pos[#spec.positional + 1])) end
+  for i2, name in ipairs(spec.positional) do opts[name] = pos[i2] end
+  return opts
+end
+
+local commands = {}
+
+commands.version = {
+  help = "Usage: parity version\n\nPrints the versions of parity, LuaJIT and LibTorch and torch's thread count.",
+  run = function(argv)
+    parse(argv, { flags = {}, positional = {} })
+    print(parity.version())
+    return 0
+  end,
+}
+
+commands.tree = {
+  help = [[
+Usage: parity tree MODEL [--flat | --json]
+
+Prints the module tree of a TorchScript model or bundle (its fp32 trace, else the first one),
+in execution order: the order forward() first calls each submodule.
+
+  (default)  box-drawn tree: name: Class  [parameters]
+  --flat     one module a line: path<TAB>class<TAB>parameters (root is "(root)")
+  --json     nested JSON: {name, path, type, params, total_params, children}
+
+Module paths are what component mappings and `Module:child(path)` use.]],
+  run = function(argv)
+    local o = parse(argv, { flags = { flat = "boolean", json = "boolean" }, positional = { "MODEL" } })
+    if o.flat and o.json then usage_error("--flat and --json exclude each other") end
+    local b = parity.bundle(o.MODEL)
+    local modules = b:at(b:dtypes()[1]):modules()
+    local tree = require("parity.tree")
+    if o.json then
+      print(parity.json.encode(tree.nested(modules), { indent = 2 }))
+    elseif o.flat then
+      print(tree.flat(modules))
+    else
+      print(tree.pretty(modules))
+    end
+    return 0
+  end,
+}
+
+commands.run = {
+  help = [[
+Usage: parity run SCRIPT.lua [ARGS...]
+
+Runs a validation script. Inside it, `parity` and `torch` are globals, `arg` holds ARGS
+(arg[0] is the script), `...` receives them too, and the script's directory is on package.path.
+The script's return value is the exit code: a number as is, false -> 1, nothing -> 0.
+An error prints its message and a Lua traceback and exits 2.]],
+  run = function(argv)
+    local script = argv[1]
+    if not script then usage_error("missing SCRIPT") end
+    if script == "--help" or script == "-h" then
+      print(commands.run.help)
+      return 0
+    end
+    local chunk, err = loadfile(script)
+    if not chunk then
+      stderr("parity run: %s", err)
+      return 2
+    end
+    local args = { [0] = script }
+    for i = 2, #argv do args[i - 1] = argv[i] end
+    _G.arg, _G.parity = args, parity
+    local dir = script:match("^(.*)/[^/]*$") or "."
+    package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. package.path
+    local results = { xpcall(function() return chunk(unpack(args, 1, #args)) end, debug.traceback) }
+    if not results[1] then
+      stderr("parity run: %s", tostring(results[2]))
+      return 2
+    end
+    local r = results[2]
+    if type(r) == "number" then return r end
+    if r == false then return 1 end
+    return 0
+  end,
+}
+
+commands.help = {
+  help = "Usage: parity help [COMMAND]",
+  run = function(argv)
+    local name = argv[1]
+    if not name then
+      print(USAGE)
+      return 0
+    end
+    if not commands[name] then usage_error(("unknown command '%s'"):format(name)) end
+    print(commands[name].help)
+    return 0
+  end,
+}
+
+---@param argv string[]
+---@return integer exit code
+function M.main(argv)
+  local name = argv[1]
+  if name == nil then
+    io.stderr:write(USAGE, "\n")
+    return 2
+  end
+  if name == "--help" or name == "-h" then name = "help" end
+  if name == "--version" then name = "version" end
+  local cmd = commands[name]
+  if not cmd then
+    stderr("parity: unknown command '%s' (commands: run, tree, version, help; see parity --help)", name)
+    return 2
+  end
+  local rest = { unpack(argv, 2) }
+  if name ~= "run" and (rest[1] == "--help" or rest[1] == "-h") then
+    print(cmd.help)
+    return 0
+  end
+  local ok, result = xpcall(function() return cmd.run(rest) end, function(e)
+    if type(e) == "table" then return e end
+    if os.getenv("PARITY_DEBUG") == "1" then return debug.traceback(tostring(e), 2) end
+    return clean(e)
+  end)
+  if ok then return result end
+  if type(result) == "table" and result.usage then
+    stderr("parity %s: %s (see parity %s --help)", name, result.usage, name)
+  else
+    stderr("parity %s: %s", name, tostring(result))
+  end
+  return 2
+end
+
+return M

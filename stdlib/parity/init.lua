@@ -1,0 +1,29 @@
+--- parity: the public Lua API.
+--- Native pieces (models, tensor files, metrics, JSON) come from `parity.core`; Lua adds bundles
+--- and everything built on top. Tensors live in the global `torch` (also `require("torch")`).
+local core = require("parity.core")
+
+local M = {
+  version = core.version,
+  --- Loads one TorchScript file as a Module.
+  load = core.load,
+  --- Loads a shared library of custom operators (call before loading a model that uses them).
+  load_library = core.load_library,
+  --- Tensor files: tensors.load(path) -> {name = Tensor}, tensors.save(path, tbl[, metadata]).
+  tensors = core.tensors,
+  --- Comparison metrics, computed natively in float64.
+  metrics = core.metrics,
+  --- JSON: encode/decode/read/write (atomic), json.null, json.array(t).
+  json = core.json,
+  --- A full Lua collection (frees tensors no longer referenced); returns GC accounting figures.
+  collect = core.collect,
+  gc_stats = core.gc_stats,
+  --- "file", "dir" or nil.
+  path_kind = core.path_kind,
+}
+
+--- Opens a bundle: a directory of per-dtype traces (fp32.pt, bf16.pt, fp16.pt) with an
+--- optional parity.json manifest, or a single .pt file (a bundle of one).
+M.bundle = function(path) return require("parity.bundle").open(path) end
+
+return M

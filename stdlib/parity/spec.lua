@@ -1,0 +1,97 @@
+--- A small spec runner for Lua tests run inside the host (`parity run spec_file.lua`).
+--- describe/it register cases; expectations count assertions; run() prints one line a case
+--- and returns the exit code: 1 when a case failed or made no assertion, else 0.
+local M = {}
+
+local cases, prefix, assertions = {}, {}, 0
+
+---@param name string
+---@param body fun()
+function M.describe(name, body)
+  prefix[#prefix + 1] = name
+  body()
+  prefix[#prefix] = nil
+end
+
+---@param name string
+---@param body fun()
+function M.it(name, body)
+  local full = table.concat(prefix, " ") .. (#prefix > 0 and " " or "") .. name
+  cases[#cases + 1] = { name = full, body = body }
+end
+
+local function fail(msg, level)
+  error(msg, (level or 1) + 2)
+end
+
+local function show(v)
+  if type(v) == "string" then return ("%q"):format(v) end
+  return tostring(v)
+end
+
+local function deep_equal(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do
+    if not deep_equal(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+--- Equal values; tables compare deeply, tensors with torch.equal.
+function M.eq(actual, expected, what)
+  assertions = assertions + 1
+  if not deep_equal(actual, expected) then
+    fail(("%sexpected %s, got %s"):format(what and (what .. ": ") or "", show(expected), show(actual)))
+  end
+end
+
+--- |actual - expected| <= tol (default 1e-6).
+function M.near(actual, expected, tol, what)
+  assertions = assertions + 1
+  tol = tol or 1e-6
+  if type(actual) ~= "number" or not (math.abs(actual - expected) <= tol) then
+    fail(("%sexpected %s ± %g, got %s"):format(what and (what .. ": ") or "", show(expected), tol, show(actual)))
+  end
+end
+
+function M.truthy(v, what)
+  assertions = assertions + 1
+  if not v then fail(("%sexpected a true value, got %s"):format(what and (what .. ": ") or "", show(v))) end
+end
+
+--- fn() must raise an error whose message contains `needle` (plain text).
+function M.raises(fn, needle)
+  assertions = assertions + 1
+  local ok, err = pcall(fn)
+  if ok then fail(("expected an error containing %q, got none"):format(needle)) end
+  if not tostring(err):find(needle, 1, true) then
+    fail(("expected an error containing %q, got: %s"):format(needle, tostring(err)))
+  end
+  return err
+end
+
+--- Runs every registered case; returns the exit code.
+---@return integer
+function M.run()
+  local failed = 0
+  for _, case in ipairs(cases) do
+    local before = assertions
+    local ok, err = xpcall(case.body, debug.traceback)
+    if ok and assertions == before then ok, err = false, "no assertion ran" end
+    if ok then
+      print("ok   " .. case.name)
+    else
+      failed = failed + 1
+      print("FAIL " .. case.name .. "\n     " .. tostring(err):gsub("\n", "\n     "))
+    end
+  end
+  local n = #cases
+  print(("%d cases, %d failed, %d assertions"):format(n, failed, assertions))
+  cases, assertions = {}, 0
+  return (failed > 0 or n == 0) and 1 or 0
+end
+
+return M

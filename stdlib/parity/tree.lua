@@ -1,0 +1,76 @@
+--- Module trees for people and programs: pretty (box drawing), flat (one path a line), JSON.
+--- Input: Module:modules(), root first, parents before children, in execution order.
+local M = {}
+
+local function human(n)
+  if n >= 1e9 then return ("%.1fB"):format(n / 1e9) end
+  if n >= 1e6 then return ("%.1fM"):format(n / 1e6) end
+  if n >= 1e3 then return ("%.1fK"):format(n / 1e3) end
+  return tostring(n)
+end
+
+local function parent_of(path)
+  return path:match("^(.*)%.[^.]+$") or ""
+end
+
+local function name_of(path)
+  return path:match("([^.]+)$") or path
+end
+
+local function children_index(modules)
+  local children = {}
+  for _, m in ipairs(modules) do children[m.path] = {} end
+  for i = 2, #modules do
+    local m = modules[i]
+    table.insert(children[parent_of(m.path)], m)
+  end
+  return children
+end
+
+--- Box-drawn tree with class names and parameter counts (own/total).
+---@param modules table[]
+---@return string
+function M.pretty(modules)
+  local children = children_index(modules)
+  local root = modules[1]
+  local lines = { ("%s  (%s params)"):format(root.type, human(root.total_params)) }
+  local function walk(path, prefix)
+    local kids = children[path]
+    for i, m in ipairs(kids) do
+      local last = i == #kids
+      local count = m.total_params > 0 and ("  [%s]"):format(human(m.total_params)) or ""
+      lines[#lines + 1] = ("%s%s%s: %s%s"):format(prefix, last and "└─ " or "├─ ", name_of(m.path), m.type, count)
+      walk(m.path, prefix .. (last and "   " or "│  "))
+    end
+  end
+  walk(root.path, "")
+  return table.concat(lines, "\n")
+end
+
+--- One module a line: path, class, own parameter count (root shown as "(root)").
+---@param modules table[]
+---@return string
+function M.flat(modules)
+  local lines = {}
+  for _, m in ipairs(modules) do
+    lines[#lines + 1] = ("%s\t%s\t%d"):format(m.path == "" and "(root)" or m.path, m.type, m.total_params)
+  end
+  return table.concat(lines, "\n")
+end
+
+--- Nested table {name, path, type, params, total_params, children = {...}} for JSON.
+---@param modules table[]
+---@return table
+function M.nested(modules)
+  local children = children_index(modules)
+  local json = require("parity.core").json
+  local function node(m)
+    local kids = json.array()
+    for _, c in ipairs(children[m.path]) do kids[#kids + 1] = node(c) end
+    return { name = name_of(m.path), path = m.path, type = m.type, params = m.params,
+             total_params = m.total_params, children = kids }
+  end
+  return node(modules[1])
+end
+
+return M
