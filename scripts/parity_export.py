@@ -41,9 +41,14 @@ def _describe(inputs):
     return [{"dtype": str(x.dtype).replace("torch.", ""), "shape": list(x.shape)} for x in inputs if torch.is_tensor(x)]
 
 
-def _check(traced, eager, inputs):
+def _check(name, traced, eager, inputs):
     with torch.no_grad():
-        want, got = _first_tensor(eager(*inputs)), _first_tensor(traced(*inputs))
+        want = _first_tensor(eager(*inputs))
+        try:
+            got = _first_tensor(traced(*inputs))
+        except RuntimeError as e:  # a trace that baked in the example's shape
+            last = [line for line in str(e).splitlines() if line.strip()][-1]
+            raise RuntimeError(f"{name} trace fails on inputs {_describe(inputs)}: {last}") from e
     if want.shape != got.shape:
         raise RuntimeError(f"trace output shape {list(got.shape)} != eager {list(want.shape)}")
     return (want.double() - got.double()).abs().max().item() if want.numel() else 0.0
@@ -64,12 +69,15 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
             raise ValueError(f"unknown dtype {name!r} (use {', '.join(DTYPES)})")
         model = copy.deepcopy(module).to(DTYPES[name]).eval()
         inputs = _cast_inputs(example_inputs, DTYPES[name])
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(model, inputs, check_trace=False)
-        checks[name] = {"example": _check(traced, model, inputs)}
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(model, inputs, check_trace=False)
+        except RuntimeError as e:  # e.g. no fp16 matmul on CPU in torch 1.13
+            raise RuntimeError(f"{name}: tracing failed: {str(e).splitlines()[0]}") from e
+        checks[name] = {"example": _check(name, traced, model, inputs)}
         if second_inputs is not None:
-            checks[name]["second"] = _check(traced, model, _cast_inputs(tuple(second_inputs), DTYPES[name]))
+            checks[name]["second"] = _check(name, traced, model, _cast_inputs(tuple(second_inputs), DTYPES[name]))
         bad = {k: v for k, v in checks[name].items() if v != 0.0}
         if bad:
             raise RuntimeError(f"{name} trace differs from eager: max |diff| {bad}")

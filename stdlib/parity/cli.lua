@@ -106,7 +106,7 @@ Prints the module tree of a TorchScript model or bundle (its fp32 trace, else th
 in execution order: the order forward() first calls each submodule.
 
   (default)  box-drawn tree: name: Class  [parameters]
-  --flat     one module a line: path<TAB>class<TAB>parameters (root is "(root)")
+  --flat     one module a line: path<TAB>class<TAB>parameters incl. children (root: "(root)")
   --json     nested JSON: {name, path, type, params, total_params, children}
 
 Module paths are what component mappings and `Module:child(path)` use.]],

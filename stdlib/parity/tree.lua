@@ -47,7 +47,7 @@ function M.pretty(modules)
   return table.concat(lines, "\n")
 end
 
---- One module a line: path, class, own parameter count (root shown as "(root)").
+--- One module a line: path, class, parameter count with children (root shown as "(root)").
 ---@param modules table[]
 ---@return string
 function M.flat(modules)

@@ -1,0 +1,117 @@
+// tests/cpp/test_metrics.cpp — host/metrics against hand-computed values.
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "host/metrics.hpp"
+#include <doctest/doctest.h>  // after torch: glog defines CHECK
+
+namespace m = parity::metrics;
+using doctest::Approx;
+
+namespace {
+at::Tensor t(std::vector<double> v) { return at::tensor(v, at::kDouble); }
+at::Tensor t2(std::vector<double> v, int64_t rows) { return t(v).reshape({rows, -1}); }
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+}  // namespace
+
+TEST_SUITE("metrics") {
+  TEST_CASE("abs diffs") {
+    CHECK(m::max_abs_diff(t({1, 2, 3}), t({1, 2.5, 2})) == Approx(1.0));
+    CHECK(m::mean_abs_diff(t({1, 2, 3}), t({1, 2.5, 2})) == Approx(0.5));
+  }
+
+  TEST_CASE("relative L2") {
+    CHECK(m::rel_l2(t({1, 2, 2}), t({1, 2, 3})) == Approx(1.0 / std::sqrt(14.0)));
+    CHECK(m::rel_l2(t({0, 0}), t({0, 0})) == 0.0);
+    CHECK(m::rel_l2(t({1, 0}), t({0, 0})) == kInf);
+  }
+
+  TEST_CASE("cosine, global and per row") {
+    CHECK(m::cosine(t({1, 0}), t({0, 1})) == Approx(0.0));
+    CHECK(m::cosine(t({1, 2}), t({2, 4})) == Approx(1.0));
+    CHECK(m::cosine(t({1, 2}), t({-1, -2})) == Approx(-1.0));
+    auto rows = m::cosine_rows(t2({1, 0, 1, 1, 0, 0}, 3), t2({1, 0, 1, -1, 0, 0}, 3));
+    CHECK(rows.sizes().vec() == std::vector<int64_t>{3});
+    CHECK(rows[0].item<double>() == Approx(1.0));
+    CHECK(rows[1].item<double>() == Approx(0.0));
+    CHECK(rows[2].item<double>() == Approx(1.0));  // both zero rows: equal
+  }
+
+  TEST_CASE("allclose reports the tolerances that would have passed and the worst element") {
+    auto r = m::allclose(t2({1.0, 2.1, 3.0, 4.0}, 2), t2({1.0, 2.0, 3.0, 4.0}, 2), 0.0, 0.05);
+    CHECK_FALSE(r.pass);
+    CHECK(r.n_fail == 1);
+    CHECK(r.max_abs_diff == Approx(0.1));
+    CHECK(r.max_rel_diff == Approx(0.05));
+    CHECK(r.min_atol == Approx(0.1));
+    CHECK(r.min_rtol == Approx(0.025));  // (0.1 - 0.05) / 2
+    CHECK(r.worst_index == std::vector<int64_t>{0, 1});
+    CHECK(r.worst_target == Approx(2.1));
+    CHECK(r.worst_reference == Approx(2.0));
+    CHECK(m::allclose(t({1.0, 2.1}), t({1.0, 2.0}), 0.0, 0.1 + 1e-9).pass);
+    CHECK(m::allclose(t({1.0, 2.1}), t({1.0, 2.0}), 0.05 + 1e-9, 0.0).pass);
+  }
+
+  TEST_CASE("allclose: a NaN never passes, an Inf must be matched") {
+    auto nan = m::allclose(t({1, kNan}), t({1, 2}), 1e9, 1e9);
+    CHECK_FALSE(nan.pass);
+    CHECK(nan.target_non_finite.nan == 1);
+    CHECK(nan.non_finite_mismatch == 1);
+    CHECK(nan.worst_index == std::vector<int64_t>{1});
+    CHECK_FALSE(m::allclose(t({kNan}), t({kNan}), 1e9, 1e9).pass);
+    CHECK(m::allclose(t({kInf, 1}), t({kInf, 1}), 0, 0).pass);
+    auto inf = m::allclose(t({kInf, 1}), t({-kInf, 1}), 1e9, 1e9);
+    CHECK_FALSE(inf.pass);
+    CHECK(inf.non_finite_mismatch == 1);
+    CHECK(m::allclose(t({1, 2}), t({0, 2}), 0, 0.5).min_rtol == kInf);  // r = 0: no rtol helps
+  }
+
+  TEST_CASE("R-ratio of three tensors") {
+    auto r = m::r_ratio(t({6, 8}), t({0, 0}), t({3, 4}), 0.0);
+    CHECK(r.r == Approx(2.0));
+    CHECK(r.numerator == Approx(10.0));
+    CHECK(r.denominator == Approx(5.0));
+  }
+
+  TEST_CASE("KL(P || Q) per position") {
+    auto kl = m::kl_per_position(t2({0, 0, 1, 2}, 2), t2({0, std::log(3.0), 1, 2}, 2));
+    CHECK(kl[0].item<double>() == Approx(0.5 * std::log(4.0 / 3.0)));  // .5 ln 2 + .5 ln(2/3)
+    CHECK(kl[1].item<double>() == Approx(0.0));
+  }
+
+  TEST_CASE("top-1 and top-k agreement") {
+    auto top1 = m::top1_agree(t2({1, 2, 3, 1}, 2), t2({0, 5, 0, 1}, 2));
+    CHECK(top1[0].item<double>() == 1.0);
+    CHECK(top1[1].item<double>() == 0.0);
+    auto topk = m::topk_agree(t({3, 2, 1}).reshape({1, 3}), t({1, 2, 3}).reshape({1, 3}), 2);
+    CHECK(topk[0].item<double>() == Approx(0.5));  // {0,1} vs {2,1}
+    CHECK_THROWS_WITH_AS(m::topk_agree(t({1, 2}), t({1, 2}), 3), "topk: k = 3 outside 1..2",
+                         std::invalid_argument);
+  }
+
+  TEST_CASE("SQNR in dB") {
+    CHECK(m::sqnr_db(t({1, 0}), t({1, 1})) == Approx(10 * std::log10(2.0)));
+    CHECK(m::sqnr_db(t({1, 1}), t({1, 1})) == kInf);
+  }
+
+  TEST_CASE("percentiles interpolate linearly, like numpy") {
+    auto p = m::percentiles(t({4, 1, 3, 2}), {0, 25, 50, 100});
+    CHECK(p == std::vector<double>{1, 1.75, 2.5, 4});
+    CHECK(std::isnan(m::percentiles(t({1, kNan}), {50})[0]));
+    CHECK_THROWS_AS(m::percentiles(t({1}), {101}), std::invalid_argument);
+  }
+
+  TEST_CASE("metrics compute in float64 whatever the input dtype") {
+    auto a = at::tensor({1.0f, 2.0f}).to(at::kBFloat16);
+    CHECK(m::max_abs_diff(a, at::tensor({1.0, 2.5}, at::kDouble)) == Approx(0.5));
+  }
+
+  TEST_CASE("shape mismatches are errors") {
+    CHECK_THROWS_WITH_AS(m::rel_l2(t({1, 2}), t({1, 2, 3})), "rel_l2: shapes differ: [2] vs [3]",
+                         std::invalid_argument);
+    CHECK_THROWS_AS(m::allclose(t({1}), t2({1, 2}, 2), 0, 0), std::invalid_argument);
+  }
+}
