@@ -27,6 +27,16 @@ void has_last_dim(const char* metric, const at::Tensor& t) {
     throw std::invalid_argument(fmt::format("{}: needs a non-empty last dim", metric));
 }
 
+/// Rows of the last dim, processed in blocks of about kBlockElems elements so temporaries stay
+/// small (reused by malloc, bounded for 128K-vocab logits) whatever the input's size.
+constexpr int64_t kBlockElems = 1 << 21;
+
+template <typename F>
+void for_row_blocks(int64_t rows, int64_t row_len, F&& f) {
+  int64_t step = std::max<int64_t>(1, kBlockElems / std::max<int64_t>(row_len, 1));
+  for (int64_t r = 0; r < rows; r += step) f(r, std::min(rows, r + step));
+}
+
 double frob(const at::Tensor& t) { return t.numel() ? t.norm().item<double>() : 0.0; }
 
 }  // namespace
@@ -134,16 +144,25 @@ RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tens
 at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits) {
   same_shape("kl", ref_logits, target_logits);
   has_last_dim("kl", ref_logits);
-  auto lp = at::log_softmax(f64(ref_logits), -1), lq = at::log_softmax(f64(target_logits), -1);
-  // 0 * log 0 = 0: positions where P is 0 add nothing
-  auto terms = lp.exp() * (lp - lq);
-  return terms.where(lp.exp() > 0, at::zeros_like(terms)).sum(-1);
+  int64_t v = ref_logits.size(-1);
+  auto p2 = ref_logits.detach().reshape({-1, v}), q2 = target_logits.detach().reshape({-1, v});
+  auto out = at::empty({p2.size(0)}, at::kDouble);
+  for_row_blocks(p2.size(0), v, [&](int64_t a, int64_t b) {
+    auto lp = at::log_softmax(f64(p2.slice(0, a, b)), -1);
+    auto lq = at::log_softmax(f64(q2.slice(0, a, b)), -1);
+    auto p = lp.exp();
+    // 0 * log 0 = 0: where P is 0 the term is 0 (lp - lq may be -inf - x or nan there)
+    out.slice(0, a, b).copy_((p * (lp - lq)).masked_fill_(p == 0, 0.0).sum(-1));
+  });
+  auto shape = ref_logits.sizes().vec();
+  shape.pop_back();
+  return out.reshape(shape);
 }
 
 at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b) {
   same_shape("top1", a, b);
   has_last_dim("top1", a);
-  return (f64(a).argmax(-1) == f64(b).argmax(-1)).to(at::kDouble);
+  return (a.detach().cpu().argmax(-1) == b.detach().cpu().argmax(-1)).to(at::kDouble);
 }
 
 at::Tensor topk_agree(const at::Tensor& a, const at::Tensor& b, int64_t k) {
@@ -151,7 +170,7 @@ at::Tensor topk_agree(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   has_last_dim("topk", a);
   if (k < 1 || k > a.size(-1))
     throw std::invalid_argument(fmt::format("topk: k = {} outside 1..{}", k, a.size(-1)));
-  auto ia = std::get<1>(f64(a).topk(k, -1)), ib = std::get<1>(f64(b).topk(k, -1));
+  auto ia = std::get<1>(a.detach().cpu().topk(k, -1)), ib = std::get<1>(b.detach().cpu().topk(k, -1));
   auto hits = (ia.unsqueeze(-1) == ib.unsqueeze(-2)).any(-1).sum(-1);
   return hits.to(at::kDouble) / static_cast<double>(k);
 }

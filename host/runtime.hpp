@@ -5,7 +5,7 @@
 namespace parity {
 
 /// Sets torch's intra-op threads to PARITY_THREADS, else the number of cores (torch's default
-/// here is 1) and turns autograd off. Call once at start-up, on the main thread.
+/// here is 1), turns autograd off and makes malloc keep freed blocks of up to 32 MB for reuse. Call once at start-up, on the main thread.
 void init_runtime();
 
 /// "parity 0.1.0 (LibTorch 1.13.1, 2 threads)".
