@@ -216,22 +216,25 @@ int call_aten_method(lua_State* L) {
   return static_cast<int>(out.size());
 }
 
-/// __index(t, key): the methods table, else an ATen op of that name (cached in the table).
+/// __index(t, key): the methods table (upvalue 1), else an ATen op of that name, whose closure
+/// is cached in a table of its own (upvalue 2) so that torch.Tensor lists only real methods.
 int tensor_index(lua_State* L) {
-  lua_pushvalue(L, lua_upvalueindex(1));  // [methods]
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);  // [methods, m]
-  if (!lua_isnil(L, -1) || lua_type(L, 2) != LUA_TSTRING) return 1;
-  lua_pop(L, 1);  // [methods]
+  for (int up = 1; up <= 2; ++up) {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(up));  // [m]
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 1);
+  }
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;
   std::string name = std::string("aten::") + lua_tostring(L, 2);
   if (!has_op(name))
     return luaL_error(L, "Tensor has no method '%s' (and no operator %s exists)",
                       lua_tostring(L, 2), name.c_str());
   lua_pushstring(L, name.c_str());
-  lua_pushcclosure(L, guard<call_aten_method>, 1);  // [methods, f]
+  lua_pushcclosure(L, guard<call_aten_method>, 1);  // [f]
   lua_pushvalue(L, 2);
   lua_pushvalue(L, -2);
-  lua_rawset(L, -4);  // methods[key] = f
+  lua_rawset(L, lua_upvalueindex(2));  // cache[key] = f
   return 1;
 }
 
@@ -280,7 +283,8 @@ void open_tensor(lua_State* L) {
   luaL_setfuncs(L, kMethods, 0);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "methods");  // meta.methods: the stdlib adds Lua methods here
-  lua_pushcclosure(L, tensor_index, 1);  // [meta, __index]
+  lua_newtable(L);                       // [meta, methods, cache]
+  lua_pushcclosure(L, tensor_index, 2);  // [meta, __index]
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);  // []
 }
