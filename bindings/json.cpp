@@ -160,15 +160,10 @@ void open_json(lua_State* L) {
   lua_pushstring(L, "array");
   lua_setfield(L, -2, "__jsontype");
   lua_rawset(L, LUA_REGISTRYINDEX);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "loaded");
-  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
-  lua_newtable(L);
-  luaL_setfuncs(L, kJson, 0);
+  push_core_table(L, "json", kJson);  // [json]
   lua_pushlightuserdata(L, nullptr);
   lua_setfield(L, -2, "null");
-  lua_setfield(L, -2, "json");
-  lua_pop(L, 3);  // []
+  lua_pop(L, 1);  // []
 }
 
 }  // namespace parity

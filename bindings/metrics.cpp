@@ -118,13 +118,8 @@ const luaL_Reg kMetrics[] = {
 }  // namespace
 
 void open_metrics(lua_State* L) {
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "loaded");
-  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
-  lua_newtable(L);
-  luaL_setfuncs(L, kMetrics, 0);
-  lua_setfield(L, -2, "metrics");
-  lua_pop(L, 3);  // []
+  push_core_table(L, "metrics", kMetrics);
+  lua_pop(L, 1);
 }
 
 }  // namespace parity

@@ -150,11 +150,8 @@ void open_module(lua_State* L) {
   luaL_setfuncs(L, kMethods, 0);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);  // []
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "loaded");
-  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
-  luaL_setfuncs(L, kCore, 0);
-  lua_pop(L, 3);  // []
+  push_core_table(L, nullptr, kCore);
+  lua_pop(L, 1);
 }
 
 }  // namespace parity

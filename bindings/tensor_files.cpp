@@ -91,13 +91,8 @@ const luaL_Reg kTensors[] = {
 }  // namespace
 
 void open_tensor_files(lua_State* L) {
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "loaded");
-  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
-  lua_newtable(L);
-  luaL_setfuncs(L, kTensors, 0);
-  lua_setfield(L, -2, "tensors");
-  lua_pop(L, 3);  // []
+  push_core_table(L, "tensors", kTensors);
+  lua_pop(L, 1);
 }
 
 }  // namespace parity

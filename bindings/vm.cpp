@@ -145,6 +145,21 @@ bool call_traced(lua_State* L, int nargs, int nresults, std::string* error) {
   return false;
 }
 
+void push_core_table(lua_State* L, const char* field, const luaL_Reg* fns) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_getfield(L, -1, "parity.core");  // [package, loaded, core]
+  lua_replace(L, -3);
+  lua_pop(L, 1);  // [core]
+  if (field) {
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, field);  // core[field] = tbl
+    lua_remove(L, -2);           // [tbl]
+  }
+  luaL_setfuncs(L, fns, 0);
+}
+
 void note_native_bytes(lua_State* L, size_t bytes) {
   auto& s = gc_state(L);
   s.live += bytes;

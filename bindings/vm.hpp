@@ -70,6 +70,10 @@ int guard(lua_State* L) {
   return lua_error(L);
 }
 
+/// Adds `fns` to require("parity.core")[field] (a new table), or to the core table itself
+/// when field is nullptr, and leaves that table on the stack. [-0, +1]
+void push_core_table(lua_State* L, const char* field, const luaL_Reg* fns);
+
 /// Opens one bound subsystem each; defined in their binding files.
 void open_tensor(lua_State* L);
 void open_torch(lua_State* L);
