@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <map>
