@@ -61,6 +61,13 @@ int r_ratio(lua_State* L) {
   return 3;
 }
 
+/// r_ratio_rows(target, ref32, ref_low[, eps]) -> per-row R tensor
+int r_ratio_rows(lua_State* L) {
+  push_tensor(L, m::r_ratio_rows(check_tensor(L, 1), check_tensor(L, 2), check_tensor(L, 3),
+                                 luaL_optnumber(L, 4, 1e-12)));
+  return 1;
+}
+
 /// kl(ref_logits, target_logits) -> per-position KL(P_ref || P_target) tensor
 int kl(lua_State* L) {
   push_tensor(L, m::kl_per_position(check_tensor(L, 1), check_tensor(L, 2)));
@@ -109,6 +116,7 @@ const luaL_Reg kMetrics[] = {
     {"non_finite", guard<non_finite>},
     {"allclose", guard<allclose>},
     {"r_ratio", guard<r_ratio>},
+    {"r_ratio_rows", guard<r_ratio_rows>},
     {"kl", guard<kl>},
     {"top1", guard<top1>},
     {"topk", guard<topk>},

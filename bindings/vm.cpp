@@ -99,7 +99,21 @@ int core_path_kind(lua_State* L) {
   return 1;
 }
 
-const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},{"version", guard<core_version>},
+/// core.hash_file(path), core.hash_string(s) -> 16 hex digits (FNV-1a 64)
+int core_hash_file(lua_State* L) {
+  lua_pushstring(L, hash_file(luaL_checkstring(L, 1)).c_str());
+  return 1;
+}
+int core_hash_string(lua_State* L) {
+  size_t n;
+  const char* s = luaL_checklstring(L, 1, &n);
+  lua_pushstring(L, hash_string(std::string(s, n)).c_str());
+  return 1;
+}
+
+const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
+                          {"hash_file", guard<core_hash_file>},
+                          {"hash_string", guard<core_hash_string>},{"version", guard<core_version>},
                           {"gc_stats", push_gc_stats},
                           {"collect", core_collect},
                           {nullptr, nullptr}};

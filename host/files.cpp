@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <vector>
 
 namespace parity {
 
@@ -19,6 +20,30 @@ std::string path_kind(const std::string& path) {
   auto st = std::filesystem::status(path, ec);
   if (ec || !std::filesystem::exists(st)) return "";
   return std::filesystem::is_directory(st) ? "dir" : "file";
+}
+
+namespace {
+constexpr uint64_t kFnvOffset = 1469598103934665603ULL, kFnvPrime = 1099511628211ULL;
+uint64_t fnv1a(uint64_t h, const char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<unsigned char>(p[i])) * kFnvPrime;
+  return h;
+}
+std::string hex(uint64_t h) { return fmt::format("{:016x}", h); }
+}  // namespace
+
+std::string hash_string(const std::string& data) { return hex(fnv1a(kFnvOffset, data.data(), data.size())); }
+
+std::string hash_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in || std::filesystem::is_directory(path))
+    throw std::runtime_error(fmt::format("{}: cannot read ({})", path, std::strerror(errno)));
+  uint64_t h = kFnvOffset;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h = fnv1a(h, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  return hex(h);
 }
 
 std::string read_file(const std::string& path) {

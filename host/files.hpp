@@ -7,6 +7,11 @@ namespace parity {
 /// "file", "dir", or "" when nothing is there.
 std::string path_kind(const std::string& path);
 
+/// A stable 64-bit content hash (FNV-1a) as 16 hex digits: of a file's bytes, or of a string.
+/// Stable across builds and machines: it keys on-disk caches.
+std::string hash_file(const std::string& path);
+std::string hash_string(const std::string& data);
+
 /// Reads a whole file; throws std::runtime_error "PATH: reason".
 std::string read_file(const std::string& path);
 

@@ -141,6 +141,26 @@ RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tens
   return out;
 }
 
+at::Tensor r_ratio_rows(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
+                        double eps) {
+  same_shape("r_ratio_rows (target vs ref32)", target, ref32);
+  same_shape("r_ratio_rows (ref_low vs ref32)", ref_low, ref32);
+  has_last_dim("r_ratio_rows", ref32);
+  int64_t v = ref32.size(-1);
+  auto t2 = target.detach().reshape({-1, v}), r2 = ref32.detach().reshape({-1, v}),
+       l2 = ref_low.detach().reshape({-1, v});
+  auto out = at::empty({r2.size(0)}, at::kDouble);
+  for_row_blocks(r2.size(0), v, [&](int64_t a, int64_t b) {
+    auto r = f64(r2.slice(0, a, b));
+    auto num = (f64(t2.slice(0, a, b)) - r).norm(2, -1);
+    auto den = (f64(l2.slice(0, a, b)) - r).norm(2, -1);
+    out.slice(0, a, b).copy_(num / (den + eps));
+  });
+  auto shape = ref32.sizes().vec();
+  shape.pop_back();
+  return out.reshape(shape);
+}
+
 at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits) {
   same_shape("kl", ref_logits, target_logits);
   has_last_dim("kl", ref_logits);

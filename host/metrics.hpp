@@ -49,6 +49,10 @@ struct RRatio {
 RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
                double eps = 1e-12);
 
+/// R-ratio per row over the last dim: shape without the last dim, float64.
+at::Tensor r_ratio_rows(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
+                        double eps = 1e-12);
+
 /// KL(P_ref || P_target) per position from logits over the last dim: shape without last dim.
 at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits);
 

@@ -11,7 +11,11 @@ Library:
                       second_inputs=(other_ids,), vocab_size=32000)
 Command line:
     parity_export.py --module path/to/file.py:factory --out DIR [--dtypes fp32,bf16]
-    (factory() returns (module, example_inputs_tuple[, second_inputs_tuple]))
+        factory() returns (module, example_inputs_tuple[, second_inputs_tuple])
+    parity_export.py --hf NAME_OR_DIR --out DIR               (needs transformers)
+    parity_export.py --hf-config config.json --random-init --seed 0 --out DIR
+        Hugging Face causal LMs, traced with torchscript=True / return_dict=False so the
+        logits come out as the first tensor; inputs are seeded random token ids.
 Runs where torch lives (Debian: /usr/bin/python3 with python3-torch).
 """
 import argparse
@@ -104,6 +108,35 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
     return manifest
 
 
+def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, seed=0, dtypes=("fp32", "bf16"),
+              batch=1, seq=8, log=print):
+    """Exports a transformers causal LM: pretrained (`name_or_dir`) or randomly initialised from
+    a config (`config_file`, or `name_or_dir` with random_init) with a seeded init."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError as e:
+        raise RuntimeError(f"--hf needs transformers, which is not importable here ({e}); "
+                           "export where the model's Python environment lives") from e
+    config = AutoConfig.from_pretrained(config_file or name_or_dir)
+    config.torchscript = True    # tuple outputs, untied weights: what torch.jit.trace needs
+    config.return_dict = False
+    config.use_cache = False
+    if random_init or config_file:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name_or_dir, config=config)
+    vocab = config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    example = (torch.randint(0, vocab, (batch, seq), generator=gen),)
+    second = (torch.randint(0, vocab, (batch + 1, seq + 3), generator=gen),)
+    source = name_or_dir or config_file
+    cfg = json.loads(json.dumps(config.to_dict(), default=str))
+    return export(model.eval(), example, out_dir, dtypes, second, vocab_size=vocab,
+                  source=f"hf:{source}" + (f" (random init, seed {seed})" if random_init or config_file else ""),
+                  config=cfg, log=log)
+
+
 def _load_factory(spec):
     path, _, func = spec.partition(":")
     if not func:
@@ -119,18 +152,27 @@ def _load_factory(spec):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--module", required=True, help="FILE.py:FUNCTION returning (module, inputs[, second_inputs])")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--module", help="FILE.py:FUNCTION returning (module, inputs[, second_inputs])")
+    what.add_argument("--hf", metavar="NAME_OR_DIR", help="a Hugging Face causal LM (hub name or local dir)")
+    what.add_argument("--hf-config", metavar="CONFIG_JSON", help="a Hugging Face config; weights randomly initialised")
+    ap.add_argument("--random-init", action="store_true", help="with --hf: ignore the weights, seeded random init")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random init and the example token ids")
+    ap.add_argument("--batch", type=int, default=1, help="--hf: example batch (the second check uses batch+1)")
+    ap.add_argument("--seq", type=int, default=8, help="--hf: example length (the second check uses seq+3)")
     ap.add_argument("--out", required=True, help="bundle directory to write")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16 (default fp32,bf16)")
-    ap.add_argument("--vocab-size", type=int, help="vocabulary size for the manifest")
+    ap.add_argument("--vocab-size", type=int, help="--module: vocabulary size for the manifest")
     args = ap.parse_args(argv)
-    made = _load_factory(args.module)()
-    module, inputs = made[0], made[1]
-    second = made[2] if len(made) > 2 else None
+    dtypes = tuple(args.dtypes.split(","))
     try:
-        export(module, inputs, args.out, tuple(args.dtypes.split(",")), second, vocab_size=args.vocab_size,
-               source=args.module)
-    except (RuntimeError, ValueError) as e:
+        if args.module:
+            made = _load_factory(args.module)()
+            second = made[2] if len(made) > 2 else None
+            export(made[0], made[1], args.out, dtypes, second, vocab_size=args.vocab_size, source=args.module)
+        else:
+            export_hf(args.out, args.hf, args.hf_config, args.random_init, args.seed, dtypes, args.batch, args.seq)
+    except (RuntimeError, ValueError, OSError) as e:
         print(f"parity_export: {e}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,8 @@ parity — is the port equivalent to the reference, and if not, where does it br
 Usage: parity [--stdlib-dir DIR] COMMAND [ARGS...]
 
 Commands:
+  check REF TARGET           the default workflow: teacher-forced 3-tensor comparison + gates
+  gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
   run SCRIPT.lua [ARGS...]   run a validation script (ARGS reach it as `arg` and `...`)
   tree MODEL                 print a model's module tree (--flat, --json)
   version                    print versions of parity, LuaJIT and LibTorch
@@ -24,7 +26,8 @@ Environment:
   PARITY_DEBUG=1     show Lua tracebacks for command errors
 
 Exit codes: 0 ok, 1 a check failed, 2 usage, input or environment error.
-MODEL is a TorchScript .pt file or a bundle directory (fp32.pt, bf16.pt, fp16.pt, parity.json).]]
+MODEL, REF and TARGET are TorchScript .pt files or bundle directories (fp32.pt, bf16.pt,
+fp16.pt, parity.json), as scripts/parity_export.py writes them.]]
 
 local function stderr(fmt, ...)
   io.stderr:write((fmt):format(...), "\n")
@@ -35,15 +38,7 @@ local function usage_error(msg)
   error({ usage = msg }, 0)
 end
 
---- Strips "file:line: " prefixes that Lua puts in front of error messages.
-local function clean(msg)
-  msg = tostring(msg)
-  while true do
-    local rest = msg:match("^[%w_./%-]+%.lua:%d+: (.*)$") or msg:match("^%[string [^%]]*%]:%d+: (.*)$")
-    if not rest then return msg end
-    msg = rest
-  end
-end
+local clean = require("parity.errors").clean
 
 --- Parses `--flag`, `--key value`, `--key=value` and positionals against a spec.
 ---@param argv string[]
@@ -127,6 +122,82 @@ Module paths are what component mappings and `Module:child(path)` use.]],
   end,
 }
 
+commands.gate = {
+  help = [[
+Usage: parity gate REF TARGET [options]
+
+The logit verifier. Runs both models on the same token ids and checks the target's logits
+against the reference's at one dtype with allclose (|t - r| <= atol + rtol |r|). Prints PASS or
+FAIL, the smallest tolerances that would have passed, and the worst positions. NaN or Inf in
+the target never passes. Exit 0 pass, 1 fail, 2 bad input.
+
+  --dtype D        fp32, bf16 or fp16 (default: fp32 if the target has it, else its first dtype)
+  --batch N        random token rows (default 2)
+  --seq N          tokens a row (default 32)
+  --seed N         seed of the random tokens (default 0)
+  --inputs FILE    token ids from FILE.safetensors (input_ids, or its only tensor) instead
+  --atol X         absolute tolerance (defaults: fp32 1e-4, bf16 2e-2, fp16 2e-3)
+  --rtol X         relative tolerance (defaults: fp32 1e-4, bf16 2e-2, fp16 2e-3)
+  --json FILE      also write the full result as JSON
+The vocabulary comes from the reference's parity.json, else from its embedding weight.]],
+  run = function(argv)
+    local o = parse(argv, {
+      flags = { dtype = "string", batch = "number", seq = "number", seed = "number", inputs = "string",
+                atol = "number", rtol = "number", json = "string" },
+      positional = { "REF", "TARGET" },
+    })
+    local result = parity.gate({ reference = o.REF, target = o.TARGET, dtype = o.dtype, batch = o.batch,
+      seq = o.seq, seed = o.seed, inputs = o.inputs, atol = o.atol, rtol = o.rtol })
+    print(require("parity.stages.gate").summary(result))
+    if o.json then parity.json.write(o.json, result) end
+    return result.pass and 0 or 1
+  end,
+}
+
+commands.check = {
+  help = [[
+Usage: parity check REF TARGET [options]
+
+The default workflow's end-to-end stages. K random prompts; the fp32 reference continues each
+greedily for N tokens; then every model sees those same sequences (teacher forcing):
+  smoke  the target's own greedy continuation vs the reference's: match rate, first divergence
+  e2e    per generated position: R-ratio ||t - r32|| / ||r_low - r32||, cosine, KL(P_r32 || P_t),
+         top-1 / top-k agreement, delta p of the reference token; p5/p50/p95/max; near-ties
+         (flips within the reference's own precision noise) reported apart
+Gates (override with --thresholds FILE.lua, a file returning e.g. { kl_p95 = 0.01 }):
+  R p95 < 1.2, cosine p5 >= 0.95, KL p95 <= 0.05, top-1 agreement (near-ties excluded) > 0.5
+Verdict "equivalent" only if every gate passes. Exit 0 equivalent, 1 divergent, 2 bad input.
+
+  --dtype D          the low precision under test: bf16 (default) or fp16
+  --prompts K        number of prompts (default 4)
+  --prompt-len P     tokens a prompt (default 16)
+  --new-tokens N     greedy tokens generated and compared (default 16)
+  --seed N           seed of the random prompts (default 0)
+  --inputs FILE      prompts from FILE.safetensors (input_ids [K, P]) instead
+  --topk K           k of the top-k agreement (default 5)
+  --thresholds FILE  gate thresholds (Lua, run sandboxed)
+  --out DIR          results: smoke.json, e2e.json, verdict.json (default parity-results)
+  --no-cache         recompute the reference's outputs
+  --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
+The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
+check against a changed target runs only the target.]],
+  run = function(argv)
+    local o = parse(argv, {
+      flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
+                seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
+                ["no-cache"] = "boolean", ["cache-dir"] = "string" },
+      positional = { "REF", "TARGET" },
+    })
+    local out = o.out or "parity-results"
+    local verdict = parity.check({ reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
+      prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
+      topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
+      cache_dir = o["cache-dir"] })
+    print(require("parity.check").summary(verdict, out))
+    return verdict.verdict == "equivalent" and 0 or 1
+  end,
+}
+
 commands.run = {
   help = [[
 Usage: parity run SCRIPT.lua [ARGS...]
@@ -190,7 +261,7 @@ function M.main(argv)
   if name == "--version" then name = "version" end
   local cmd = commands[name]
   if not cmd then
-    stderr("parity: unknown command '%s' (commands: run, tree, version, help; see parity --help)", name)
+    stderr("parity: unknown command '%s' (commands: check, gate, run, tree, version, help; see parity --help)", name)
     return 2
   end
   local rest = { unpack(argv, 2) }

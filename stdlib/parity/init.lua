@@ -20,10 +20,19 @@ local M = {
   gc_stats = core.gc_stats,
   --- "file", "dir" or nil.
   path_kind = core.path_kind,
+  --- Stable content hashes (16 hex digits) for cache keys.
+  hash_file = core.hash_file,
+  hash_string = core.hash_string,
 }
 
 --- Opens a bundle: a directory of per-dtype traces (fp32.pt, bf16.pt, fp16.pt) with an
 --- optional parity.json manifest, or a single .pt file (a bundle of one).
 M.bundle = function(path) return require("parity.bundle").open(path) end
+
+--- The logit verifier: target vs reference logits at one dtype (see stages/gate.lua).
+M.gate = function(opts) return require("parity.stages.gate").run(opts) end
+
+--- The default workflow's end-to-end stages and gates (see check.lua); writes results to opts.out.
+M.check = function(opts) return require("parity.check").run(opts) end
 
 return M

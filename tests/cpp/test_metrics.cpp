@@ -76,6 +76,13 @@ TEST_SUITE("metrics") {
     CHECK(r.denominator == Approx(5.0));
   }
 
+  TEST_CASE("R-ratio per row") {
+    auto r = m::r_ratio_rows(t2({6, 8, 1, 0}, 2), t2({0, 0, 0, 0}, 2), t2({3, 4, 2, 0}, 2), 0.0);
+    CHECK(r.sizes().vec() == std::vector<int64_t>{2});
+    CHECK(r[0].item<double>() == Approx(2.0));  // 10 / 5
+    CHECK(r[1].item<double>() == Approx(0.5));  // 1 / 2
+  }
+
   TEST_CASE("KL(P || Q) per position") {
     auto kl = m::kl_per_position(t2({0, 0, 1, 2}, 2), t2({0, std::log(3.0), 1, 2}, 2));
     CHECK(kl[0].item<double>() == Approx(0.5 * std::log(4.0 / 3.0)));  // .5 ln 2 + .5 ln(2/3)

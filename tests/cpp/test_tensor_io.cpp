@@ -7,6 +7,7 @@
 #include <fstream>
 #include <string>
 
+#include "host/files.hpp"
 #include "host/tensor_io.hpp"
 #include <doctest/doctest.h>  // after torch: glog defines CHECK
 
@@ -176,6 +177,15 @@ TEST_SUITE("tensor_io") {
     write_bytes(path, bytes);
     auto m = read_npy(path);
     CHECK(at::equal(m, at::arange(6, at::kDouble).reshape({2, 3})));
+  }
+
+  TEST_CASE("content hashes are FNV-1a 64, stable across runs") {
+    CHECK(hash_string("") == "cbf29ce484222325");
+    CHECK(hash_string("a") == "af63dc4c8601ec8c");
+    auto path = tmp_path("h.txt");
+    write_bytes(path, "a");
+    CHECK(hash_file(path) == "af63dc4c8601ec8c");
+    CHECK_THROWS_WITH(hash_file(tmp_path("nope.txt")), doctest::Contains("nope.txt: cannot read"));
   }
 
   TEST_CASE("npy rejections") {

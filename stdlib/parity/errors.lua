@@ -1,0 +1,15 @@
+--- Error messages for people and JSON: without the "file.lua:12: " prefixes Lua adds.
+local M = {}
+
+---@param msg any
+---@return string
+function M.clean(msg)
+  msg = tostring(msg)
+  while true do
+    local rest = msg:match("^[%w_./%-]+%.lua:%d+: (.*)$") or msg:match("^%[string [^%]]*%]:%d+: (.*)$")
+    if not rest then return msg end
+    msg = rest
+  end
+end
+
+return M

@@ -1,0 +1,116 @@
+--- stage gate — the logit verifier: on the same token inputs, the target's logits must match
+--- the reference's at the target's dtype within dtype-aware tolerances. One bool an automation
+--- loop can iterate against; NaN or Inf anywhere in the target never passes.
+local core = require("parity.core")
+local lm = require("parity.lm")
+
+local M = {}
+
+--- Default tolerances per dtype (allclose: |t - r| <= atol + rtol |r|), for whole-model logits.
+M.TOLERANCES = {
+  fp32 = { rtol = 1e-4, atol = 1e-4 },
+  bf16 = { rtol = 2e-2, atol = 2e-2 },
+  fp16 = { rtol = 2e-3, atol = 2e-3 },
+}
+
+local function open(b)
+  return type(b) == "string" and require("parity.bundle").open(b) or b
+end
+
+--- The positions (batch, seq) with the largest |t - r| over the vocabulary, worst first.
+local function worst_positions(t, r, tokens, count)
+  local diff = (t - r):abs()
+  local per_pos = diff:amax(-1):nan_to_num(math.huge)  -- a NaN position sorts first
+  local seq = per_pos:size(1)
+  local n = math.min(count, per_pos:numel())
+  local values, index = per_pos:flatten():topk(n)
+  local out = core.json.array()
+  for i = 0, n - 1 do
+    local flat = index:select(0, i):item()
+    local b, s = math.floor(flat / seq), flat % seq
+    local v = diff:select(0, b):select(0, s):nan_to_num(math.huge):argmax():item()
+    out[#out + 1] = {
+      batch = b, position = s, token = tokens:select(0, b):select(0, s):item(),
+      max_abs_diff = values:select(0, i):item(), vocab_index = v,
+      target = t:select(0, b):select(0, s):select(0, v):item(),
+      reference = r:select(0, b):select(0, s):select(0, v):item(),
+    }
+  end
+  return out
+end
+
+---@class parity.GateOptions
+---@field reference string|parity.Bundle
+---@field target string|parity.Bundle
+---@field dtype string|nil    default: fp32 when the target has it, else its first dtype
+---@field batch integer|nil   default 2
+---@field seq integer|nil     default 32
+---@field seed integer|nil    default 0
+---@field inputs string|nil   token ids from a .safetensors file instead of random ones
+---@field atol number|nil
+---@field rtol number|nil
+
+--- Runs the gate; returns the result table (see README, "parity gate").
+---@param opts parity.GateOptions
+---@return table
+function M.run(opts)
+  local ref, target = open(opts.reference), open(opts.target)
+  local dtype = opts.dtype or (target:has("fp32") and "fp32" or target:dtypes()[1])
+  local tol = M.TOLERANCES[dtype]
+  if not tol then error(("unknown dtype '%s' (use fp32, bf16 or fp16)"):format(dtype), 0) end
+  local vocab = lm.shared_vocab(ref, target)
+  local batch, seq, seed = opts.batch or 2, opts.seq or 32, opts.seed or 0
+  local tokens = opts.inputs and lm.tokens_from_file(opts.inputs, vocab) or lm.random_tokens(vocab, batch, seq, seed)
+  local r = lm.forward(ref, dtype, tokens)
+  local t = lm.forward(target, dtype, tokens)
+  lm.check_shape(t, r:size(), ref.path, target.path)
+
+  local rtol, atol = opts.rtol or tol.rtol, opts.atol or tol.atol
+  local ac = core.metrics.allclose(t, r, { rtol = rtol, atol = atol })
+  local target_bad = ac.target_non_finite.nan + ac.target_non_finite.inf
+  local pass = ac.pass and target_bad == 0
+  return {
+    stage = "gate",
+    reference = ref.path,
+    target = target.path,
+    dtype = dtype,
+    inputs = opts.inputs and { file = opts.inputs, shape = tokens:size() }
+      or { random = true, shape = tokens:size(), seed = seed, vocab = vocab },
+    tolerances = { rtol = rtol, atol = atol, defaults_for = dtype },
+    pass = pass,
+    verdict = pass and "equivalent" or "divergent",
+    allclose = ac,
+    rel_l2 = core.metrics.rel_l2(t, r),
+    cosine = core.metrics.cosine(t, r),
+    worst_positions = worst_positions(t, r, tokens, 5),
+  }
+end
+
+--- The terminal summary of a gate result.
+---@param g table
+---@return string
+function M.summary(g)
+  local ac = g.allclose
+  local lines = {
+    ("parity gate: %s vs %s at %s on %s tokens"):format(g.target, g.reference, g.dtype,
+      table.concat(g.inputs.shape, " x ")),
+    ("%s  allclose(rtol=%g, atol=%g): %d of %d logits outside"):format(
+      g.pass and "PASS" or "FAIL", g.tolerances.rtol, g.tolerances.atol, ac.n_fail, ac.numel),
+    ("  would pass with atol >= %.3g (at rtol %g) or rtol >= %.3g (at atol %g)"):format(
+      ac.min_atol, g.tolerances.rtol, ac.min_rtol, g.tolerances.atol),
+    ("  max |diff| %.3g, rel L2 %.3g, cosine %.8f"):format(ac.max_abs_diff, g.rel_l2, g.cosine),
+  }
+  local nf_t, nf_r = ac.target_non_finite, ac.reference_non_finite
+  if nf_t.nan + nf_t.inf + nf_r.nan + nf_r.inf > 0 then
+    lines[#lines + 1] = ("  non-finite: target %d NaN %d Inf, reference %d NaN %d Inf"):format(
+      nf_t.nan, nf_t.inf, nf_r.nan, nf_r.inf)
+  end
+  lines[#lines + 1] = "  worst positions (batch, position: token -> vocab index: target vs reference):"
+  for _, w in ipairs(g.worst_positions) do
+    lines[#lines + 1] = ("    (%d, %d: %d) -> %d: %.6g vs %.6g  |diff| %.3g"):format(
+      w.batch, w.position, w.token, w.vocab_index, w.target, w.reference, w.max_abs_diff)
+  end
+  return table.concat(lines, "\n")
+end
+
+return M
