@@ -23,7 +23,7 @@ std::string path_kind(const std::string& path) {
 }
 
 namespace {
-constexpr uint64_t kFnvOffset = 1469598103934665603ULL, kFnvPrime = 1099511628211ULL;
+constexpr uint64_t kFnvOffset = 14695981039346656037ULL, kFnvPrime = 1099511628211ULL;
 uint64_t fnv1a(uint64_t h, const char* p, size_t n) {
   for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<unsigned char>(p[i])) * kFnvPrime;
   return h;

@@ -93,6 +93,49 @@ LUA
   if out=$(PARITY_STDLIB_DIR="$tmp/stdlib" "$parity" run "$tmp/stdlib_error.lua" 2>&1); [[ $out == *"edited on disk"* ]]; then
     echo "ok   PARITY_STDLIB_DIR"; else failures=$((failures + 1)); echo "FAIL: PARITY_STDLIB_DIR: $out"; fi
   ;;
+gate)
+  ref=$fx/reference
+  expect 0 '^PASS  allclose\(rtol=0\.0001, atol=0\.0001\): 0 of 32768 logits outside$' -- gate "$ref" "$fx/port_fused"
+  expect 1 '^FAIL  allclose' -- gate "$ref" "$fx/bug_rope"
+  expect 1 'would pass with atol >= ' -- gate "$ref" "$fx/bug_rope"
+  expect 0 '^PASS' -- gate "$ref" "$fx/bug_rope" --atol 100
+  expect 0 'at bf16 on 1 x 8 tokens' -- gate "$ref" "$fx/port_fused" --dtype bf16 --batch 1 --seq 8
+  expect 0 '^PASS' -- gate "$ref" "$fx/port_fused" --json "$tmp/gate.json"
+  cases=$((cases + 1))
+  if python3 -c 'import json,sys; g=json.load(open(sys.argv[1])); assert g["pass"] and g["dtype"]=="fp32"' "$tmp/gate.json"; then
+    echo "ok   gate --json"; else failures=$((failures + 1)); echo "FAIL: gate --json"; fi
+  expect 2 "^parity gate: vocab sizes differ: reference $ref has 512, target $fx/other_vocab has 256$" -- gate "$ref" "$fx/other_vocab"
+  expect 2 "^parity gate: logits shapes differ: reference $ref \[2, 32, 512\], target $fx/hidden_states \[2, 32, 64\]$" -- gate "$ref" "$fx/hidden_states"
+  expect 2 "^parity gate: $fx/corrupt_bundle/fp32.pt: not a loadable TorchScript file" -- gate "$ref" "$fx/corrupt_bundle"
+  expect 2 "^parity gate: $fx/nope: no such file or directory$" -- gate "$ref" "$fx/nope"
+  expect 2 'has no fp16 trace' -- gate "$ref" "$fx/port_fused" --dtype fp16
+  expect 2 'missing TARGET' -- gate "$ref"
+  expect 2 "--seq needs a number, got 'x'" -- gate "$ref" "$fx/port_fused" --seq x
+  expect 0 'Usage: parity gate REF TARGET' -- gate --help
+  ;;
+check)
+  ref=$fx/reference
+  common=(--prompts 2 --new-tokens 8 --cache-dir "$tmp/cache")
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  expect 0 '^reference: from cache ' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
+  expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
+  expect 1 'FAIL  R p95 < 1.2' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}"
+  cases=$((cases + 1))
+  if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v["verdict"]=="divergent" and v["failed_gates"]' "$tmp/bug/verdict.json"; then
+    echo "ok   check writes verdict.json"; else failures=$((failures + 1)); echo "FAIL: check verdict.json"; fi
+  echo 'return { r_p95 = 1000, kl_p95 = 1000, cosine_p5 = -1, top1 = 0 }' >"$tmp/lenient.lua"
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}" --thresholds "$tmp/lenient.lua"
+  echo 'return { r_p95 = os.exit(0) }' >"$tmp/escape.lua"
+  expect 2 "attempt to index global 'os'" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/escape.lua"
+  expect 2 "^parity check: vocab sizes differ" -- check "$ref" "$fx/other_vocab" --out "$tmp/e" "${common[@]}"
+  expect 2 "^parity check: logits shapes differ" -- check "$ref" "$fx/hidden_states" --out "$tmp/e" "${common[@]}"
+  expect 2 "^parity check: $fx/corrupt_bundle/bf16.pt: not a loadable TorchScript file" -- check "$ref" "$fx/corrupt_bundle" --out "$tmp/e" "${common[@]}"
+  cases=$((cases + 1))
+  if grep -q '"verdict": "error"' "$tmp/e/verdict.json"; then echo "ok   error verdict on disk"; else failures=$((failures + 1)); echo "FAIL: error verdict"; fi
+  expect 2 "^parity check: $fx/gone: no such file or directory$" -- check "$fx/gone" "$fx/port_fused" --out "$tmp/e"
+  expect 0 'Usage: parity check REF TARGET' -- check --help
+  ;;
 *)
   echo "unknown subcommand to test: $cmd"
   exit 2

@@ -1,0 +1,124 @@
+-- parity.gate and parity.check on the fixtures (arg[1]): verdicts, results on disk, the
+-- reference cache, determinism, thresholds.
+local spec = require("parity.spec")
+local describe, it, eq, truthy, raises = spec.describe, spec.it, spec.eq, spec.truthy, spec.raises
+local fx = assert(arg[1], "usage: check_spec.lua FIXTURES_DIR")
+local tmp = os.tmpname()
+os.remove(tmp)
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local lines = {}
+local function check(target, extra)
+  local opts = { reference = fx .. "/reference", target = fx .. "/" .. target, out = tmp .. "/" .. target,
+                 cache_dir = tmp .. "/cache", log = function(l) lines[#lines + 1] = l end,
+                 prompts = 3, new_tokens = 12 }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return parity.check(opts)
+end
+
+describe("check", function()
+  it("finds the port with another structure equivalent, and writes each stage's results", function()
+    local v = check("port_fused")
+    eq(v.verdict, "equivalent")
+    eq(#v.failed_gates, 0)
+    for _, f in ipairs({ "smoke.json", "e2e.json", "verdict.json" }) do
+      truthy(parity.path_kind(tmp .. "/port_fused/" .. f) == "file", f)
+    end
+    local e = parity.json.read(tmp .. "/port_fused/e2e.json")
+    eq(e.positions, 36)
+    truthy(e.r_ratio.p95 < 1.01, "R of a bit-identical bf16 port is 1")
+    truthy(e.ties.rule:find("top%-2 logit gap"), "the JSON says how ties were judged")
+    eq(parity.json.read(tmp .. "/port_fused/verdict.json").verdict, "equivalent")
+  end)
+
+  it("finds every planted bug divergent", function()
+    for _, bug in ipairs({ "bug_eps", "bug_rope", "bug_attn_scale", "bug_norm_bf16" }) do
+      local v = check(bug)
+      eq(v.verdict, "divergent", bug)
+      truthy(v.failed_gates[1] == "r_p95", bug .. ": the R gate fails")
+    end
+  end)
+
+  it("catches a precision-only bug that the fp32 gate cannot see", function()
+    local g = parity.gate({ reference = fx .. "/reference", target = fx .. "/bug_norm_bf16", dtype = "fp32" })
+    truthy(g.pass, "fp32 logits agree")
+    local v = check("bug_norm_bf16")
+    eq(v.failed_gates, { "r_p95" })
+  end)
+
+  it("reuses the reference's outputs from the cache, and can be told not to", function()
+    lines = {}
+    check("bug_rope")
+    truthy(lines[1]:find("^reference: from cache"), lines[1])
+    lines = {}
+    check("bug_rope", { cache = false })
+    truthy(lines[1]:find("cache off"), lines[1])
+    lines = {}
+    check("bug_rope", { seed = 99 })
+    truthy(lines[1]:find("^reference: computed"), "other inputs, other key: " .. lines[1])
+  end)
+
+  it("gives byte-identical JSON for the same inputs and seed", function()
+    check("bug_eps", { out = tmp .. "/det1", cache = false })
+    check("bug_eps", { out = tmp .. "/det2" })
+    for _, f in ipairs({ "smoke.json", "e2e.json", "verdict.json" }) do
+      eq(read(tmp .. "/det1/" .. f), read(tmp .. "/det2/" .. f), f)
+    end
+  end)
+
+  it("takes thresholds from a table or a sandboxed file", function()
+    eq(check("bug_norm_bf16", { thresholds = { r_p95 = 3 } }).verdict, "equivalent")
+    local f = assert(io.open(tmp .. "/th.lua", "w"))
+    f:write("return { r_p95 = 3, kl_p95 = 0.01 }")
+    f:close()
+    local v = check("bug_norm_bf16", { thresholds_file = tmp .. "/th.lua" })
+    eq(v.thresholds.kl_p95, 0.01)
+    eq(v.verdict, "equivalent")
+    f = assert(io.open(tmp .. "/evil.lua", "w"))
+    f:write("io.open('/tmp/pwned', 'w') return {}")
+    f:close()
+    raises(function() check("port_fused", { thresholds_file = tmp .. "/evil.lua" }) end, "attempt to index global 'io'")
+    raises(function() check("port_fused", { thresholds = { r95 = 1 } }) end, "unknown threshold 'r95'")
+  end)
+
+  it("refuses inputs it cannot compare, writing verdict \"error\"", function()
+    raises(function() check("other_vocab") end, "vocab sizes differ: reference " .. fx .. "/reference has 512")
+    eq(parity.json.read(tmp .. "/other_vocab/verdict.json").verdict, "error")
+    raises(function() check("hidden_states") end, "logits shapes differ")
+    raises(function() check("corrupt_bundle") end, "not a loadable TorchScript file")
+    raises(function() check("port_fused", { dtype = "fp16" }) end, "has no fp16 trace")
+  end)
+end)
+
+describe("gate", function()
+  it("passes the correct port and fails a bug, with the tolerances that would pass", function()
+    local g = parity.gate({ reference = fx .. "/reference", target = fx .. "/port_fused" })
+    eq(g.dtype, "fp32")
+    truthy(g.pass and g.allclose.min_atol < 1e-4, "fp32 port within 1e-4")
+    local bad = parity.gate({ reference = fx .. "/reference", target = fx .. "/bug_eps" })
+    eq(bad.verdict, "divergent")
+    truthy(bad.allclose.min_atol > 1, "min atol reported")
+    eq(#bad.worst_positions, 5)
+    truthy(bad.worst_positions[1].max_abs_diff >= bad.worst_positions[5].max_abs_diff, "worst first")
+    eq(parity.gate({ reference = fx .. "/reference", target = fx .. "/bug_eps", atol = 10 }).pass, true)
+  end)
+
+  it("reads token ids from a file", function()
+    parity.tensors.save(tmp .. "/ids.safetensors", { input_ids = torch.arange(12):view({ 2, 6 }) })
+    local g = parity.gate({ reference = fx .. "/reference", target = fx .. "/port_fused", inputs = tmp .. "/ids.safetensors" })
+    eq(g.inputs.shape, { 2, 6 })
+    parity.tensors.save(tmp .. "/big.safetensors", { input_ids = torch.full({ 1, 3 }, 9999, { dtype = "int64" }) })
+    raises(function() parity.gate({ reference = fx .. "/reference", target = fx .. "/port_fused",
+      inputs = tmp .. "/big.safetensors" }) end, "outside the vocabulary 0..511")
+  end)
+end)
+
+local rc = spec.run()
+os.execute("rm -rf " .. tmp)
+return rc
