@@ -37,6 +37,25 @@ void for_row_blocks(int64_t rows, int64_t row_len, F&& f) {
   for (int64_t r = 0; r < rows; r += step) f(r, std::min(rows, r + step));
 }
 
+/// Applies f to float64 row blocks of same-shaped tensors (the last dim is the row) and
+/// assembles its per-row results into the inputs' shape without the last dim.
+template <typename F>
+at::Tensor per_row(std::initializer_list<at::Tensor> inputs, F&& f) {
+  const at::Tensor& first = *inputs.begin();
+  int64_t v = first.size(-1);
+  std::vector<at::Tensor> rows;
+  for (const auto& t : inputs) rows.push_back(t.detach().reshape({-1, v}));
+  auto out = at::empty({rows[0].size(0)}, at::kDouble);
+  for_row_blocks(rows[0].size(0), v, [&](int64_t a, int64_t b) {
+    std::vector<at::Tensor> block;
+    for (const auto& r : rows) block.push_back(r.slice(0, a, b).to(at::kCPU, at::kDouble));
+    out.slice(0, a, b).copy_(f(block));
+  });
+  auto shape = first.sizes().vec();
+  shape.pop_back();
+  return out.reshape(shape);
+}
+
 double frob(const at::Tensor& t) { return t.numel() ? t.norm().item<double>() : 0.0; }
 
 }  // namespace
@@ -77,12 +96,13 @@ double cosine(const at::Tensor& a, const at::Tensor& b) {
 at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b) {
   same_shape("cosine_rows", a, b);
   has_last_dim("cosine_rows", a);
-  auto x = f64(a), y = f64(b);
-  auto nx = x.norm(2, -1), ny = y.norm(2, -1);
-  auto c = (x * y).sum(-1) / (nx * ny);
-  // zero rows: 1 when both are zero, 0 when one is
-  auto both = (nx == 0).logical_and(ny == 0), one = (nx == 0).logical_xor(ny == 0);
-  return c.masked_fill(both, 1.0).masked_fill(one, 0.0);
+  return per_row({a, b}, [](const std::vector<at::Tensor>& x) {
+    auto nx = x[0].norm(2, -1), ny = x[1].norm(2, -1);
+    auto c = (x[0] * x[1]).sum(-1) / (nx * ny);
+    // zero rows: 1 when both are zero, 0 when one is
+    auto both = (nx == 0).logical_and(ny == 0), one = (nx == 0).logical_xor(ny == 0);
+    return c.masked_fill(both, 1.0).masked_fill(one, 0.0);
+  });
 }
 
 Allclose allclose(const at::Tensor& target, const at::Tensor& reference, double rtol, double atol) {
@@ -146,37 +166,20 @@ at::Tensor r_ratio_rows(const at::Tensor& target, const at::Tensor& ref32, const
   same_shape("r_ratio_rows (target vs ref32)", target, ref32);
   same_shape("r_ratio_rows (ref_low vs ref32)", ref_low, ref32);
   has_last_dim("r_ratio_rows", ref32);
-  int64_t v = ref32.size(-1);
-  auto t2 = target.detach().reshape({-1, v}), r2 = ref32.detach().reshape({-1, v}),
-       l2 = ref_low.detach().reshape({-1, v});
-  auto out = at::empty({r2.size(0)}, at::kDouble);
-  for_row_blocks(r2.size(0), v, [&](int64_t a, int64_t b) {
-    auto r = f64(r2.slice(0, a, b));
-    auto num = (f64(t2.slice(0, a, b)) - r).norm(2, -1);
-    auto den = (f64(l2.slice(0, a, b)) - r).norm(2, -1);
-    out.slice(0, a, b).copy_(num / (den + eps));
+  return per_row({target, ref32, ref_low}, [eps](const std::vector<at::Tensor>& x) {
+    return (x[0] - x[1]).norm(2, -1) / ((x[2] - x[1]).norm(2, -1) + eps);
   });
-  auto shape = ref32.sizes().vec();
-  shape.pop_back();
-  return out.reshape(shape);
 }
 
 at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits) {
   same_shape("kl", ref_logits, target_logits);
   has_last_dim("kl", ref_logits);
-  int64_t v = ref_logits.size(-1);
-  auto p2 = ref_logits.detach().reshape({-1, v}), q2 = target_logits.detach().reshape({-1, v});
-  auto out = at::empty({p2.size(0)}, at::kDouble);
-  for_row_blocks(p2.size(0), v, [&](int64_t a, int64_t b) {
-    auto lp = at::log_softmax(f64(p2.slice(0, a, b)), -1);
-    auto lq = at::log_softmax(f64(q2.slice(0, a, b)), -1);
+  return per_row({ref_logits, target_logits}, [](const std::vector<at::Tensor>& x) {
+    auto lp = at::log_softmax(x[0], -1), lq = at::log_softmax(x[1], -1);
     auto p = lp.exp();
     // 0 * log 0 = 0: where P is 0 the term is 0 (lp - lq may be -inf - x or nan there)
-    out.slice(0, a, b).copy_((p * (lp - lq)).masked_fill_(p == 0, 0.0).sum(-1));
+    return (p * (lp - lq)).masked_fill_(p == 0, 0.0).sum(-1);
   });
-  auto shape = ref_logits.sizes().vec();
-  shape.pop_back();
-  return out.reshape(shape);
 }
 
 at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b) {

@@ -107,15 +107,15 @@ function M.run(opts)
     local r, why
     if opts.cache ~= false then r, why = load_cached(cache_path) end
     if r then
-      log(("reference: from cache %s (%.2f s)"):format(cache_path, os.clock() - t0))
+      log(("reference: from cache %s (%.2f s CPU)"):format(cache_path, os.clock() - t0))
     else
       r = reference_outputs(ref, dtype, prompts, s.new_tokens)
       if opts.cache ~= false then
         core.tensors.save(cache_path, r, { format = tostring(FORMAT) })
-        log(("reference: computed in %.2f s%s, cached as %s"):format(os.clock() - t0,
+        log(("reference: computed in %.2f s CPU%s, cached as %s"):format(os.clock() - t0,
           why and (" (cache unreadable: " .. why .. ")") or "", cache_path))
       else
-        log(("reference: computed in %.2f s (cache off)"):format(os.clock() - t0))
+        log(("reference: computed in %.2f s CPU (cache off)"):format(os.clock() - t0))
       end
     end
 
