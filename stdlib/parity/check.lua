@@ -89,11 +89,16 @@ function M.run(opts)
   local ok, result = pcall(function()
     local ref, target = open(opts.reference), open(opts.target)
     local dtype = opts.dtype or "bf16"
+    if dtype ~= "bf16" and dtype ~= "fp16" then
+      error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
+        .. " (for fp32 logits use parity gate)"):format(tostring(dtype)), 0)
+    end
     local th = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file) or opts.thresholds)
     local s = {
       prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
       seed = opts.seed or 0, topk = opts.topk or 5,
     }
+    lm.positive_integers({ prompts = s.prompts, prompt_len = s.prompt_len, new_tokens = s.new_tokens, topk = s.topk })
     for _, d in ipairs({ "fp32", dtype }) do ref:at(d) end  -- fail early on a missing trace
     target:at(dtype)
     local vocab = lm.shared_vocab(ref, target)

@@ -23,8 +23,22 @@ function M.forward(bundle, dtype, tokens)
   return M.logits_of(bundle:at(dtype)(tokens), who):float()
 end
 
+--- Checks that each named setting is a whole number >= 1: { name = value, ... }.
+function M.positive_integers(settings)
+  local names = {}
+  for name in pairs(settings) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local v = settings[name]
+    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
+      error(("%s must be a whole number >= 1, got %s"):format(name, tostring(v)), 0)
+    end
+  end
+end
+
 --- Seeded random tokens [batch, seq] in [0, vocab).
 function M.random_tokens(vocab, batch, seq, seed)
+  M.positive_integers({ batch = batch, seq = seq })
   return torch.randint(0, vocab, { batch, seq }, { seed = seed })
 end
 

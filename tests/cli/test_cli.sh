@@ -111,6 +111,7 @@ gate)
   expect 2 'has no fp16 trace' -- gate "$ref" "$fx/port_fused" --dtype fp16
   expect 2 'missing TARGET' -- gate "$ref"
   expect 2 "--seq needs a number, got 'x'" -- gate "$ref" "$fx/port_fused" --seq x
+  expect 2 '^parity gate: seq must be a whole number >= 1, got -1$' -- gate "$ref" "$fx/port_fused" --seq -1
   expect 0 'Usage: parity gate REF TARGET' -- gate --help
   ;;
 check)
@@ -134,6 +135,8 @@ check)
   cases=$((cases + 1))
   if grep -q '"verdict": "error"' "$tmp/e/verdict.json"; then echo "ok   error verdict on disk"; else failures=$((failures + 1)); echo "FAIL: error verdict"; fi
   expect 2 "^parity check: $fx/gone: no such file or directory$" -- check "$fx/gone" "$fx/port_fused" --out "$tmp/e"
+  expect 2 '^parity check: check compares a low precision with fp32: --dtype must be bf16 or fp16, got fp32' -- check "$ref" "$fx/port_fused" --dtype fp32 --out "$tmp/e"
+  expect 2 '^parity check: new_tokens must be a whole number >= 1, got 0$' -- check "$ref" "$fx/port_fused" --new-tokens 0 --out "$tmp/e"
   expect 0 'Usage: parity check REF TARGET' -- check --help
   ;;
 *)
