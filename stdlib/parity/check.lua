@@ -86,6 +86,7 @@ end
 function M.run(opts)
   local out = opts.out or "parity-results"
   local log = opts.log or print
+  for _, f in ipairs({ "smoke.json", "e2e.json", "verdict.json" }) do os.remove(out .. "/" .. f) end
   local ok, result = pcall(function()
     local ref, target = open(opts.reference), open(opts.target)
     local dtype = opts.dtype or "bf16"
@@ -104,6 +105,7 @@ function M.run(opts)
     local vocab = lm.shared_vocab(ref, target)
     local prompts = opts.inputs and lm.tokens_from_file(opts.inputs, vocab)
       or lm.random_tokens(vocab, s.prompts, s.prompt_len, s.seed)
+    s.prompts, s.prompt_len = prompts:size(0), prompts:size(1)
 
     -- reference outputs, from the cache when the same reference, inputs and settings ran before
     local t0 = os.clock()
@@ -155,6 +157,9 @@ function M.run(opts)
       gates = g,
       failed_gates = core.json.array(failed),
       smoke = { match_rate = smoke.match_rate, live = smoke.live },
+      e2e = { positions = e2e.positions, r_ratio = e2e.r_ratio, cosine = e2e.cosine, kl = e2e.kl,
+              kl_baseline = e2e.kl_baseline, delta_p = e2e.delta_p, top1 = e2e.top1,
+              top1_ties_excluded = e2e.top1_ties_excluded, topk = e2e.topk, ties = e2e.ties.count },
       stages = { "smoke", "e2e" },
     }
     core.json.write(out .. "/verdict.json", verdict)
@@ -171,11 +176,11 @@ function M.run(opts)
 end
 
 --- The terminal summary of a check.
----@param v table verdict
----@param out string the results directory (e2e.json is read from there)
+---@param v table the verdict parity.check returned
+---@param out string the results directory, for the last line
 ---@return string
 function M.summary(v, out)
-  local e = core.json.read(out .. "/e2e.json")
+  local e = v.e2e
   local lines = {
     ("parity check: %s vs %s at %s, %d prompts x %d new tokens (teacher-forced)"):format(
       v.target, v.reference, v.dtype, v.settings.prompts, v.settings.new_tokens),
@@ -187,7 +192,7 @@ function M.summary(v, out)
   lines[#lines + 1] = "  KL      " .. d(e.kl) .. ("   (reference's own: p95 %.4g)"):format(e.kl_baseline.p95)
   lines[#lines + 1] = "  delta p " .. d(e.delta_p)
   lines[#lines + 1] = ("  top-1   %.1f%% ± %.1f%% (%d near-ties excluded; %.1f%% with them)   top-%d %.1f%%"):format(
-    100 * e.top1_ties_excluded.rate, 100 * e.top1_ties_excluded.stderr, e.ties.count, 100 * e.top1.rate,
+    100 * e.top1_ties_excluded.rate, 100 * e.top1_ties_excluded.stderr, e.ties, 100 * e.top1.rate,
     e.topk.k, 100 * e.topk.rate)
   for _, g in ipairs(v.gates) do
     lines[#lines + 1] = ("  %s  %-44s %.4g"):format(g.pass and "pass" or "FAIL", g.rule, g.value)
