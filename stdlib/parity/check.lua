@@ -66,11 +66,13 @@ local function load_cached(path)
   return nil, ok and "incomplete" or tostring(t)
 end
 
-local function gates(e, th)
+local function gates(e, th, non_finite)
   local function gate(name, value, rule, pass)
-    return { name = name, value = value, threshold = th[name], rule = rule, pass = pass }
+    return { name = name, value = value, threshold = th[name] or 0, rule = rule, pass = pass }
   end
+  local bad = non_finite.nan + non_finite.inf
   return {
+    gate("finite", bad, "no NaN/Inf in the target's logits", bad == 0),
     gate("r_p95", e.r_ratio.p95, ("R p95 < %g"):format(th.r_p95), e.r_ratio.p95 < th.r_p95),
     gate("cosine_p5", e.cosine.p5, ("cosine p5 >= %g"):format(th.cosine_p5), e.cosine.p5 >= th.cosine_p5),
     gate("kl_p95", e.kl.p95, ("KL p95 <= %g"):format(th.kl_p95), e.kl.p95 <= th.kl_p95),
@@ -130,6 +132,7 @@ function M.run(opts)
     local p = prompts:size(1)
     local t = lm.forward(target, dtype, r.sequences)
     lm.check_shape(t, { r.sequences:size(0), r.sequences:size(1), r.ref32:size(2) }, ref.path, target.path)
+    local non_finite = core.metrics.non_finite(t)  -- anywhere, not only at the judged positions
     t = t:narrow(1, p - 1, s.new_tokens):contiguous()
 
     local ctx = { target = target, dtype = dtype, prompts = prompts, sequences = r.sequences, thresholds = th }
@@ -144,7 +147,7 @@ function M.run(opts)
     core.json.write(out .. "/e2e.json", e2e)
     core.collect()
 
-    local g = gates(e2e, th)
+    local g = gates(e2e, th, non_finite)
     local failed = {}
     for _, x in ipairs(g) do
       if not x.pass then failed[#failed + 1] = x.name end
@@ -156,6 +159,7 @@ function M.run(opts)
       thresholds = th,
       gates = g,
       failed_gates = core.json.array(failed),
+      target_non_finite = non_finite,
       smoke = { match_rate = smoke.match_rate, live = smoke.live },
       e2e = { positions = e2e.positions, r_ratio = e2e.r_ratio, cosine = e2e.cosine, kl = e2e.kl,
               kl_baseline = e2e.kl_baseline, delta_p = e2e.delta_p, top1 = e2e.top1,
@@ -195,7 +199,7 @@ function M.summary(v, out)
     100 * e.top1_ties_excluded.rate, 100 * e.top1_ties_excluded.stderr, e.ties, 100 * e.top1.rate,
     e.topk.k, 100 * e.topk.rate)
   for _, g in ipairs(v.gates) do
-    lines[#lines + 1] = ("  %s  %-44s %.4g"):format(g.pass and "pass" or "FAIL", g.rule, g.value)
+    lines[#lines + 1] = ("  %s  %-46s %.4g"):format(g.pass and "pass" or "FAIL", g.rule, g.value)
   end
   lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
     #v.failed_gates > 0 and (" — failed: " .. table.concat(v.failed_gates, ", ")) or "", out)

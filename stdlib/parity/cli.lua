@@ -165,7 +165,8 @@ greedily for N tokens; then every model sees those same sequences (teacher forci
          top-1 / top-k agreement, delta p of the reference token; p5/p50/p95/max; near-ties
          (flips within the reference's own precision noise) reported apart
 Gates (override with --thresholds FILE.lua, a file returning e.g. { kl_p95 = 0.01 }):
-  R p95 < 1.2, cosine p5 >= 0.95, KL p95 <= 0.05, top-1 agreement (near-ties excluded) > 0.5
+  R p95 < 1.2, cosine p5 >= 0.95, KL p95 <= 0.05, top-1 agreement (near-ties excluded) > 0.5,
+  and no NaN/Inf anywhere in the target's logits (not only at the judged positions)
 Verdict "equivalent" only if every gate passes. Exit 0 equivalent, 1 divergent, 2 bad input.
 
   --dtype D          the low precision under test: bf16 (default) or fp16

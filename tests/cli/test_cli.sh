@@ -99,6 +99,8 @@ gate)
   expect 1 '^FAIL  allclose' -- gate "$ref" "$fx/bug_rope"
   expect 1 'would pass with atol >= ' -- gate "$ref" "$fx/bug_rope"
   expect 0 '^PASS' -- gate "$ref" "$fx/bug_rope" --atol 100
+  expect 1 'non-finite: target 2 NaN 0 Inf' -- gate "$ref" "$fx/bug_nan" --atol 1e9
+  expect 1 'no tolerance would pass: NaN/Inf in the target' -- gate "$ref" "$fx/bug_nan" --atol 1e9
   expect 0 'at bf16 on 1 x 8 tokens' -- gate "$ref" "$fx/port_fused" --dtype bf16 --batch 1 --seq 8
   expect 0 '^PASS' -- gate "$ref" "$fx/port_fused" --json "$tmp/gate.json"
   cases=$((cases + 1))
@@ -122,6 +124,7 @@ check)
   expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
   expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 'FAIL  R p95 < 1.2' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}"
+  expect 1 "FAIL  no NaN/Inf in the target's logits" -- check "$ref" "$fx/bug_nan" --out "$tmp/bug" "${common[@]}"
   cases=$((cases + 1))
   if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v["verdict"]=="divergent" and v["failed_gates"]' "$tmp/bug/verdict.json"; then
     echo "ok   check writes verdict.json"; else failures=$((failures + 1)); echo "FAIL: check verdict.json"; fi

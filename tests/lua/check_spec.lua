@@ -52,6 +52,18 @@ describe("check", function()
     eq(v.failed_gates, { "r_p95" })
   end)
 
+  it("never passes a NaN", function()
+    local g = parity.gate({ reference = fx .. "/reference", target = fx .. "/bug_nan", atol = 1e9 })
+    eq(g.pass, false)
+    eq(g.allclose.target_non_finite.nan, 2)  -- one per batch row
+    truthy(g.allclose.max_abs_diff < 1e-4, "everything else agrees")
+    -- the NaN sits at the last position, which teacher forcing never judges but generation uses
+    local v = check("bug_nan")
+    eq(v.verdict, "divergent")
+    eq(v.failed_gates, { "finite" })
+    eq(v.target_non_finite.nan, 3)  -- one per prompt
+  end)
+
   it("reuses the reference's outputs from the cache, and can be told not to", function()
     lines = {}
     check("bug_rope")

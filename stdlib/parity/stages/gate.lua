@@ -96,8 +96,10 @@ function M.summary(g)
       table.concat(g.inputs.shape, " x ")),
     ("%s  allclose(rtol=%g, atol=%g): %d of %d logits outside"):format(
       g.pass and "PASS" or "FAIL", g.tolerances.rtol, g.tolerances.atol, ac.n_fail, ac.numel),
-    ("  would pass with atol >= %.3g (at rtol %g) or rtol >= %.3g (at atol %g)"):format(
-      ac.min_atol, g.tolerances.rtol, ac.min_rtol, g.tolerances.atol),
+    (g.allclose.non_finite_mismatch + ac.target_non_finite.nan + ac.target_non_finite.inf > 0)
+      and "  no tolerance would pass: NaN/Inf in the target"
+      or ("  would pass with atol >= %.3g (at rtol %g) or rtol >= %.3g (at atol %g)"):format(
+        ac.min_atol, g.tolerances.rtol, ac.min_rtol, g.tolerances.atol),
     ("  max |diff| %.3g, rel L2 %.3g, cosine %.8f"):format(ac.max_abs_diff, g.rel_l2, g.cosine),
   }
   local nf_t, nf_r = ac.target_non_finite, ac.reference_non_finite
