@@ -1,5 +1,8 @@
-// bindings/lua_value.cpp — Lua values <-> parity::Value.
+// bindings/lua_value.cpp — Lua values <-> parity::Value, and the operator-calling closure.
 #include "bindings/lua_value.hpp"
+
+#include "bindings/vm.hpp"
+#include "host/dispatch.hpp"
 
 #include <fmt/format.h>
 
@@ -94,6 +97,22 @@ void push_value(lua_State* L, const Value& v) {
     }
   };
   std::visit(Visitor{L}, v.v);
+}
+
+namespace {
+/// upvalue 1: the qualified operator name; every Lua argument is an op argument.
+int call_named_op(lua_State* L) {
+  std::vector<Value> args;
+  for (int i = 1, n = lua_gettop(L); i <= n; ++i) args.push_back(to_value(L, i));
+  auto out = call_op(lua_tostring(L, lua_upvalueindex(1)), args);
+  for (const auto& v : out) push_value(L, v);
+  return static_cast<int>(out.size());
+}
+}  // namespace
+
+void push_op_closure(lua_State* L, const std::string& qualified) {
+  lua_pushstring(L, qualified.c_str());
+  lua_pushcclosure(L, guard<call_named_op>, 1);
 }
 
 std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key) {

@@ -24,6 +24,10 @@ void push_tensor(lua_State* L, at::Tensor t);
 Value to_value(lua_State* L, int idx);
 void push_value(lua_State* L, const Value& v);
 
+/// Pushes a function calling operator `qualified` ("aten::rsqrt") with all its Lua arguments,
+/// returning one value per op result. No existence check: callers check has_op. [-0, +1]
+void push_op_closure(lua_State* L, const std::string& qualified);
+
 /// Reads an optional field of the table at `idx` (absent or nil: nullopt).
 std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key);
 std::optional<double> opt_number_field(lua_State* L, int idx, const char* key);

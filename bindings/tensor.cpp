@@ -206,16 +206,6 @@ int tensor_gc(lua_State* L) {  // idempotent, never throws
   return 0;
 }
 
-/// A method not bound by hand: calls aten::NAME with self first. upvalue 1: "aten::NAME".
-int call_aten_method(lua_State* L) {
-  std::vector<Value> args;
-  int n = lua_gettop(L);
-  for (int i = 1; i <= n; ++i) args.push_back(to_value(L, i));
-  auto out = call_op(lua_tostring(L, lua_upvalueindex(1)), args);
-  for (const auto& v : out) push_value(L, v);
-  return static_cast<int>(out.size());
-}
-
 /// __index(t, key): the methods table (upvalue 1), else an ATen op of that name, whose closure
 /// is cached in a table of its own (upvalue 2) so that torch.Tensor lists only real methods.
 int tensor_index(lua_State* L) {
@@ -230,8 +220,7 @@ int tensor_index(lua_State* L) {
   if (!has_op(name))
     return luaL_error(L, "Tensor has no method '%s' (and no operator %s exists)",
                       lua_tostring(L, 2), name.c_str());
-  lua_pushstring(L, name.c_str());
-  lua_pushcclosure(L, guard<call_aten_method>, 1);  // [f]
+  push_op_closure(L, name);  // [f]: self is the op's first argument
   lua_pushvalue(L, 2);
   lua_pushvalue(L, -2);
   lua_rawset(L, lua_upvalueindex(2));  // cache[key] = f

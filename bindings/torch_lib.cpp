@@ -189,21 +189,11 @@ int torch_schemas(lua_State* L) {
   return 1;
 }
 
-/// The operator function: upvalue 1 is the qualified name; all Lua args are op arguments.
-int call_named_op(lua_State* L) {
-  std::vector<Value> args;
-  for (int i = 1, n = lua_gettop(L); i <= n; ++i) args.push_back(to_value(L, i));
-  auto out = call_op(lua_tostring(L, lua_upvalueindex(1)), args);
-  for (const auto& v : out) push_value(L, v);
-  return static_cast<int>(out.size());
-}
-
 /// Pushes a cached function for operator `qualified` or raises a clear error. [-0, +1]
 void push_op_function(lua_State* L, const std::string& qualified) {
   std::string base = qualified.substr(0, qualified.find('.', qualified.find("::")));
   if (!has_op(base)) luaL_error(L, "no operator named %s", qualified.c_str());
-  lua_pushstring(L, qualified.c_str());
-  lua_pushcclosure(L, guard<call_named_op>, 1);
+  push_op_closure(L, qualified);
 }
 
 /// torch.ops.NS: __index(ns_table, name) -> op function, cached. upvalue 1: namespace.
