@@ -113,7 +113,8 @@ int core_hash_string(lua_State* L) {
 
 const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_file", guard<core_hash_file>},
-                          {"hash_string", guard<core_hash_string>},{"version", guard<core_version>},
+                          {"hash_string", guard<core_hash_string>},
+                          {"version", guard<core_version>},
                           {"gc_stats", push_gc_stats},
                           {"collect", core_collect},
                           {nullptr, nullptr}};

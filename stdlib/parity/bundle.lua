@@ -75,10 +75,11 @@ local function first_float_dtype(module)
   return "fp32"
 end
 
---- Opens a bundle directory or a single .pt file.
----@param path string
+--- Opens a bundle directory or a single .pt file; an already open bundle is returned as is.
+---@param path string|parity.Bundle
 ---@return parity.Bundle
 function M.open(path)
+  if getmetatable(path) == Bundle then return path end
   local kind = core.path_kind(path)
   if not kind then error(("%s: no such file or directory"):format(path), 2) end
   local b = setmetatable({ path = path, files = {}, modules = {} }, Bundle)

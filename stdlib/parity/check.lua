@@ -2,6 +2,7 @@
 --- comparison (stage e2e) and greedy liveness (stage smoke), judged by the gates. Each stage's
 --- JSON is written to the results directory as soon as it exists; verdict.json comes last.
 local core = require("parity.core")
+local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 local thresholds = require("parity.thresholds")
 
@@ -25,10 +26,6 @@ local FORMAT = 1  -- bump when what the reference cache stores changes
 ---@field cache boolean|nil        reuse reference outputs from disk (default true)
 ---@field cache_dir string|nil     default $XDG_CACHE_HOME/parity or ~/.cache/parity
 ---@field log fun(msg: string)|nil progress lines (default: print)
-
-local function open(b)
-  return type(b) == "string" and require("parity.bundle").open(b) or b
-end
 
 local function default_cache_dir()
   local xdg = os.getenv("XDG_CACHE_HOME")
@@ -90,7 +87,7 @@ function M.run(opts)
   local log = opts.log or print
   for _, f in ipairs({ "smoke.json", "e2e.json", "verdict.json" }) do os.remove(out .. "/" .. f) end
   local ok, result = pcall(function()
-    local ref, target = open(opts.reference), open(opts.target)
+    local ref, target = bundle.open(opts.reference), bundle.open(opts.target)
     local dtype = opts.dtype or "bf16"
     if dtype ~= "bf16" and dtype ~= "fp16" then
       error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"

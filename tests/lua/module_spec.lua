@@ -62,6 +62,7 @@ describe("bundle", function()
     eq(w:dtype(), "bfloat16")
     truthy(b:at("bfloat16") == b:at("bf16"), "PyTorch names work, modules load once")
     raises(function() b:at("fp16") end, "has no fp16 trace (it has: fp32, bf16)")
+    truthy(parity.bundle(b) == b, "an open bundle is passed through")
   end)
 
   it("treats a single .pt as a bundle of one", function()

@@ -2,6 +2,7 @@
 --- the reference's at the target's dtype within dtype-aware tolerances. One bool an automation
 --- loop can iterate against; NaN or Inf anywhere in the target never passes.
 local core = require("parity.core")
+local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 
 local M = {}
@@ -12,10 +13,6 @@ M.TOLERANCES = {
   bf16 = { rtol = 2e-2, atol = 2e-2 },
   fp16 = { rtol = 2e-3, atol = 2e-3 },
 }
-
-local function open(b)
-  return type(b) == "string" and require("parity.bundle").open(b) or b
-end
 
 --- The positions (batch, seq) with the largest |t - r| over the vocabulary, worst first.
 local function worst_positions(t, r, tokens, count)
@@ -54,7 +51,7 @@ end
 ---@param opts parity.GateOptions
 ---@return table
 function M.run(opts)
-  local ref, target = open(opts.reference), open(opts.target)
+  local ref, target = bundle.open(opts.reference), bundle.open(opts.target)
   local dtype = opts.dtype or (target:has("fp32") and "fp32" or target:dtypes()[1])
   local tol = M.TOLERANCES[dtype]
   if not tol then error(("unknown dtype '%s' (use fp32, bf16 or fp16)"):format(dtype), 0) end
