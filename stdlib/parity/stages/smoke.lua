@@ -2,6 +2,7 @@
 --- precision) against the fp32 reference's own greedy continuation. Per prompt: match rate and
 --- first divergence index. Informative: a low match rate with a high cosine is margin-sensitive
 --- drift (near-ties flipping), not necessarily a bug; the e2e stage decides.
+local core = require("parity.core")
 local lm = require("parity.lm")
 
 local M = {}
@@ -19,9 +20,8 @@ function M.run(ctx)
     local row = same:select(0, i)
     local count = row:sum():item()
     matched = matched + count
-    local first = nil
-    if count < n then first = row:logical_not():int():argmax():item() end
-    prompts[#prompts + 1] = { match_rate = count / n, first_divergence = first or require("parity.core").json.null }
+    local first = count < n and row:logical_not():int():argmax():item() or core.json.null
+    prompts[#prompts + 1] = { match_rate = count / n, first_divergence = first }
   end
   local rate = matched / (k * n)
   return {
