@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
     first += 2;
   }
   try {
+    options.gc_threshold_mb = static_cast<size_t>(parity::env_integer("PARITY_GC_MB", 256, 1, 1 << 20));
     parity::init_runtime();
     parity::Vm vm(options);
     lua_State* L = vm.L();

@@ -2,8 +2,14 @@
 #include "bindings/vm.hpp"
 
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <luajit.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <unistd.h>
 
-#include <cstdlib>
+#include <cstdint>
+#include <cstring>
 #include <exception>
 #include <string>
 
@@ -29,6 +35,126 @@ GcState& gc_state(lua_State* L) {
   auto* s = static_cast<GcState*>(lua_touserdata(L, -1));
   lua_pop(L, 1);  // []
   return *s;
+}
+
+}  // namespace
+
+// ---- sandbox limits: NOTE [ Sandbox limits ] in vm.hpp -----------------------------------
+
+struct Limits {
+  lua_Alloc inner;  // the allocator LuaJIT created the state with
+  void* inner_ud;
+  int64_t used = 0;  // bytes, relative to when the wrapper was installed
+  int64_t cap = INT64_MAX;
+  int64_t steps = 0, max_steps = 0;
+  const char* tripped = nullptr;  // "instructions" or "memory" once a limit was hit
+  bool active = false;
+};
+
+namespace {
+
+constexpr int kHookEvery = 1000;  // instructions between two count-hook calls
+
+void* limited_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
+  auto* s = static_cast<Limits*>(ud);
+  if (nsize > osize && s->used + static_cast<int64_t>(nsize - osize) > s->cap) {
+    s->tripped = "memory";
+    return nullptr;  // Lua raises "not enough memory"
+  }
+  void* p = s->inner(s->inner_ud, ptr, osize, nsize);
+  if (p || nsize == 0) s->used += static_cast<int64_t>(nsize) - static_cast<int64_t>(osize);
+  return p;
+}
+
+Limits& limits_of(lua_State* L) {
+  void* ud = nullptr;
+  lua_getallocf(L, &ud);
+  return *static_cast<Limits*>(ud);
+}
+
+void count_hook(lua_State* L, lua_Debug*) {
+  auto& s = limits_of(L);
+  s.steps += kHookEvery;
+  if (s.steps > s.max_steps) {
+    s.tripped = "instructions";
+    luaL_error(L, "instruction budget of %d exceeded", static_cast<int>(s.max_steps));
+  }
+}
+
+char alarm_message[512];
+void on_alarm(int) {
+  ssize_t n = ::write(STDERR_FILENO, alarm_message, std::strlen(alarm_message));
+  (void)n;
+  ::_exit(2);
+}
+
+void arm_alarm(double seconds) {
+  struct itimerval t {};
+  t.it_value.tv_sec = static_cast<time_t>(seconds);
+  t.it_value.tv_usec = static_cast<suseconds_t>((seconds - static_cast<double>(t.it_value.tv_sec)) * 1e6);
+  ::signal(SIGALRM, seconds > 0 ? on_alarm : SIG_DFL);
+  ::setitimer(ITIMER_REAL, &t, nullptr);  // zero disarms
+}
+
+double checked_limit(lua_State* L, const char* key, double lo, double hi) {
+  lua_getfield(L, 2, key);
+  double v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(v >= lo && v <= hi)) luaL_error(L, "run_limited: %s must be in %f..%f", key, lo, hi);
+  return v;
+}
+
+/// core.run_limited(fn, {instructions, memory (bytes), seconds, what}, ...) -> true, results...
+/// | false, message, "instructions"|"memory"|nil. Turning the JIT off is the caller's job.
+int core_run_limited(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  auto& s = limits_of(L);
+  if (s.active) return luaL_error(L, "run_limited: already inside a limited call");
+  double steps = checked_limit(L, "instructions", 1e3, 1e15);
+  double bytes = checked_limit(L, "memory", 1 << 20, 1e15);
+  double seconds = checked_limit(L, "seconds", 0.01, 1e6);
+  lua_getfield(L, 2, "what");
+  std::string what = lua_isstring(L, -1) ? lua_tostring(L, -1) : "sandboxed Lua";
+  lua_pop(L, 1);
+  fmt::format_to_n(alarm_message, sizeof(alarm_message) - 1,
+                   "parity: {} ran over its {} s wall-clock limit (stuck inside a library call, "
+                   "e.g. a pathological string pattern); aborted (PARITY_SANDBOX_SECONDS raises it)\n{}",
+                   what, seconds, '\0');
+  lua_remove(L, 2);  // [fn, args...]
+  int nargs = lua_gettop(L) - 1;
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  s.active = true;
+  s.tripped = nullptr;
+  s.steps = 0;
+  s.max_steps = static_cast<int64_t>(steps);
+  s.cap = s.used + static_cast<int64_t>(bytes);
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, kHookEvery);
+  arm_alarm(seconds);
+  int rc = lua_pcall(L, nargs, LUA_MULTRET, 0);
+  arm_alarm(0);
+  lua_sethook(L, nullptr, 0, 0);
+  s.cap = INT64_MAX;
+  s.active = false;
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+  }
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);  // [false, msg]
+  if (s.tripped) lua_pushstring(L, s.tripped);
+  else lua_pushnil(L);
+  lua_gc(L, LUA_GCCOLLECT, 0);  // free what the failed call left behind
+  return 3;
+}
+
+/// core.limit_tripped() -> "instructions" | "memory" | nil, for the current limited call
+int core_limit_tripped(lua_State* L) {
+  auto& s = limits_of(L);
+  if (s.active && s.tripped) lua_pushstring(L, s.tripped);
+  else lua_pushnil(L);
+  return 1;
 }
 
 int traceback(lua_State* L) {
@@ -104,6 +230,12 @@ int core_hash_file(lua_State* L) {
   lua_pushstring(L, hash_file(luaL_checkstring(L, 1)).c_str());
   return 1;
 }
+/// core.remove_stale_temps(dir) -> count of removed "NAME.tmp.PID" files of dead processes
+int core_remove_stale_temps(lua_State* L) {
+  lua_pushinteger(L, remove_stale_temps(luaL_checkstring(L, 1)));
+  return 1;
+}
+
 int core_hash_string(lua_State* L) {
   size_t n;
   const char* s = luaL_checklstring(L, 1, &n);
@@ -114,18 +246,26 @@ int core_hash_string(lua_State* L) {
 const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_file", guard<core_hash_file>},
                           {"hash_string", guard<core_hash_string>},
+                          {"remove_stale_temps", guard<core_remove_stale_temps>},
                           {"version", guard<core_version>},
                           {"gc_stats", push_gc_stats},
                           {"collect", core_collect},
+                          {"run_limited", core_run_limited},
+                          {"limit_tripped", core_limit_tripped},
                           {nullptr, nullptr}};
 
 }  // namespace
 
-Vm::Vm(const VmOptions& options) : L_(luaL_newstate()) {
-  if (!L_) throw std::runtime_error("cannot create a Lua state (out of memory)");
+Vm::Vm(const VmOptions& options) : limits_(new Limits()), L_(luaL_newstate()) {
+  if (!L_) {
+    delete limits_;
+    throw std::runtime_error("cannot create a Lua state (out of memory)");
+  }
+  limits_->inner = lua_getallocf(L_, &limits_->inner_ud);
+  lua_setallocf(L_, limited_alloc, limits_);
   luaL_openlibs(L_);
   auto* gc = new (lua_newuserdata(L_, sizeof(GcState))) GcState();
-  if (const char* mb = std::getenv("PARITY_GC_MB")) gc->threshold = std::strtoull(mb, nullptr, 10) << 20;
+  gc->threshold = options.gc_threshold_mb << 20;
   lua_pushlightuserdata(L_, &kGcKey);
   lua_insert(L_, -2);
   lua_rawset(L_, LUA_REGISTRYINDEX);  // registry[&kGcKey] = gc
@@ -146,7 +286,12 @@ Vm::Vm(const VmOptions& options) : L_(luaL_newstate()) {
   preload_stdlib(L_, options);
 }
 
-Vm::~Vm() { lua_close(L_); }
+Vm::~Vm() {
+  // LuaJIT frees its own allocator's arena only when the state still uses that allocator
+  lua_setallocf(L_, limits_->inner, limits_->inner_ud);
+  lua_close(L_);
+  delete limits_;
+}
 
 bool call_traced(lua_State* L, int nargs, int nresults, std::string* error) {
   int base = lua_gettop(L) - nargs;  // the function's index

@@ -21,10 +21,14 @@ struct VmOptions {
   /// Load the stdlib from DIR/parity/*.lua instead of the embedded copy (fast iteration).
   /// Empty: embedded. main() also reads PARITY_STDLIB_DIR.
   std::string stdlib_dir;
+  /// Tensor megabytes allocated between forced full collections (main(): PARITY_GC_MB).
+  size_t gc_threshold_mb = 256;
 };
 
 /// A Lua state with the standard libraries, the native modules (global `torch`,
 /// require "parity.core") and the stdlib on package.preload. Closes on destruction.
+struct Limits;
+
 class Vm {
  public:
   explicit Vm(const VmOptions& options = {});
@@ -34,8 +38,19 @@ class Vm {
   lua_State* L() const { return L_; }
 
  private:
+  Limits* limits_;  // the allocator's state: outlives every allocation of L_
   lua_State* L_;
 };
+
+// NOTE [ Sandbox limits ]
+// Lua from elsewhere (thresholds, mappings) runs through core.run_limited(fn, limits, ...):
+// - an instruction budget: a count hook raises once the budget is spent. Hooks do not run in
+//   JIT-compiled code, so the caller turns the JIT off for the sandboxed functions;
+// - a memory cap: the state's allocator is wrapped and refuses growth past the cap while a
+//   limited call runs (Lua then raises "not enough memory", which pcall can catch, so the
+//   sandbox's own pcall re-raises once a limit has tripped: core.limit_tripped());
+// - a wall-clock backstop: one C call (a pathological string pattern) never reaches the hook,
+//   so an interval timer ends the process with exit 2 and a message after `seconds`.
 
 /// Calls the function below `nargs` arguments on the stack through a pcall whose handler adds
 /// a traceback. On error returns false, pops everything and stores message + traceback.

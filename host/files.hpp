@@ -19,4 +19,8 @@ std::string read_file(const std::string& path);
 /// creates missing parent directories. A reader never sees a half-written file.
 void write_file_atomic(const std::string& path, const std::string& data);
 
+/// Removes the temporary files write_file_atomic left in `dir` when its process was killed
+/// ("NAME.tmp.PID" whose PID no longer runs); returns how many. A missing dir is 0.
+int remove_stale_temps(const std::string& dir);
+
 }  // namespace parity

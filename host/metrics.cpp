@@ -58,6 +58,29 @@ at::Tensor per_row(std::initializer_list<at::Tensor> inputs, F&& f) {
 
 double frob(const at::Tensor& t) { return t.numel() ? t.norm().item<double>() : 0.0; }
 
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+
+bool all_finite(const at::Tensor& t) {
+  return !t.is_floating_point() || t.numel() == 0 || t.isfinite().all().item<bool>();
+}
+bool all_finite(std::initializer_list<at::Tensor> ts) {
+  for (const auto& t : ts)
+    if (!all_finite(t)) return false;
+  return true;
+}
+
+/// Per row of float64 blocks: true where every input is finite across the row.
+at::Tensor finite_rows(const std::vector<at::Tensor>& x) {
+  at::Tensor ok = x[0].isfinite().all(-1);
+  for (size_t i = 1; i < x.size(); ++i) ok = ok.logical_and(x[i].isfinite().all(-1));
+  return ok;
+}
+
+void check_parameter(const char* metric, const char* name, double v) {
+  if (!std::isfinite(v) || v < 0)
+    throw std::invalid_argument(fmt::format("{}: {} must be a finite number >= 0, got {}", metric, name, v));
+}
+
 }  // namespace
 
 NonFinite non_finite(const at::Tensor& t) {
@@ -68,17 +91,20 @@ NonFinite non_finite(const at::Tensor& t) {
 double max_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("max_abs_diff", target, reference);
   if (target.numel() == 0) return 0;
+  if (!all_finite({target, reference})) return kNan;
   return (f64(target) - f64(reference)).abs().max().item<double>();
 }
 
 double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("mean_abs_diff", target, reference);
   if (target.numel() == 0) return 0;
+  if (!all_finite({target, reference})) return kNan;
   return (f64(target) - f64(reference)).abs().mean().item<double>();
 }
 
 double rel_l2(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("rel_l2", target, reference);
+  if (!all_finite({target, reference})) return kNan;
   auto r = f64(reference);
   double num = frob(f64(target) - r), den = frob(r);
   if (den == 0) return num == 0 ? 0 : kInf;
@@ -87,6 +113,7 @@ double rel_l2(const at::Tensor& target, const at::Tensor& reference) {
 
 double cosine(const at::Tensor& a, const at::Tensor& b) {
   same_shape("cosine", a, b);
+  if (!all_finite({a, b})) return kNan;
   auto x = f64(a).flatten(), y = f64(b).flatten();
   double nx = frob(x), ny = frob(y);
   if (nx == 0 || ny == 0) return nx == ny ? 1.0 : 0.0;
@@ -101,12 +128,14 @@ at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b) {
     auto c = (x[0] * x[1]).sum(-1) / (nx * ny);
     // zero rows: 1 when both are zero, 0 when one is
     auto both = (nx == 0).logical_and(ny == 0), one = (nx == 0).logical_xor(ny == 0);
-    return c.masked_fill(both, 1.0).masked_fill(one, 0.0);
+    return c.masked_fill(both, 1.0).masked_fill(one, 0.0).masked_fill(finite_rows(x).logical_not(), kNan);
   });
 }
 
 Allclose allclose(const at::Tensor& target, const at::Tensor& reference, double rtol, double atol) {
   same_shape("allclose", target, reference);
+  check_parameter("allclose", "rtol", rtol);
+  check_parameter("allclose", "atol", atol);
   Allclose out;
   out.rtol = rtol;
   out.atol = atol;
@@ -123,8 +152,9 @@ Allclose allclose(const at::Tensor& target, const at::Tensor& reference, double 
   auto diff = (tf - rf).abs(), rabs = rf.abs();
   auto excess = diff - (atol + rtol * rabs);
   out.n_fail = (excess > 0).sum().item<int64_t>();
-  out.pass = out.n_fail == 0 && out.non_finite_mismatch == 0 && out.target_non_finite.nan == 0 &&
-             out.reference_non_finite.nan == 0;
+  const auto& nt = out.target_non_finite;
+  const auto& nr = out.reference_non_finite;
+  out.pass = out.n_fail == 0 && nt.nan + nt.inf + nr.nan + nr.inf == 0;
   if (out.numel == 0) return out;
   out.max_abs_diff = diff.max().item<double>();
   auto nonzero = rabs > 0;
@@ -153,8 +183,10 @@ RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tens
                double eps) {
   same_shape("r_ratio (target vs ref32)", target, ref32);
   same_shape("r_ratio (ref_low vs ref32)", ref_low, ref32);
-  auto r = f64(ref32);
+  check_parameter("r_ratio", "eps", eps);
   RRatio out;
+  if (!all_finite({target, ref32, ref_low})) return {kNan, kNan, kNan};
+  auto r = f64(ref32);
   out.numerator = frob(f64(target) - r);
   out.denominator = frob(f64(ref_low) - r);
   out.r = out.numerator / (out.denominator + eps);
@@ -166,8 +198,10 @@ at::Tensor r_ratio_rows(const at::Tensor& target, const at::Tensor& ref32, const
   same_shape("r_ratio_rows (target vs ref32)", target, ref32);
   same_shape("r_ratio_rows (ref_low vs ref32)", ref_low, ref32);
   has_last_dim("r_ratio_rows", ref32);
+  check_parameter("r_ratio_rows", "eps", eps);
   return per_row({target, ref32, ref_low}, [eps](const std::vector<at::Tensor>& x) {
-    return (x[0] - x[1]).norm(2, -1) / ((x[2] - x[1]).norm(2, -1) + eps);
+    auto r = (x[0] - x[1]).norm(2, -1) / ((x[2] - x[1]).norm(2, -1) + eps);
+    return r.masked_fill(finite_rows(x).logical_not(), kNan);
   });
 }
 
@@ -178,14 +212,17 @@ at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& targe
     auto lp = at::log_softmax(x[0], -1), lq = at::log_softmax(x[1], -1);
     auto p = lp.exp();
     // 0 * log 0 = 0: where P is 0 the term is 0 (lp - lq may be -inf - x or nan there)
-    return (p * (lp - lq)).masked_fill_(p == 0, 0.0).sum(-1);
+    auto kl = (p * (lp - lq)).masked_fill_(p == 0, 0.0).sum(-1);
+    return kl.masked_fill(finite_rows(x).logical_not(), kNan);
   });
 }
 
 at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b) {
   same_shape("top1", a, b);
   has_last_dim("top1", a);
-  return (a.detach().cpu().argmax(-1) == b.detach().cpu().argmax(-1)).to(at::kDouble);
+  auto x = a.detach().cpu(), y = b.detach().cpu();
+  auto agree = (x.argmax(-1) == y.argmax(-1)).logical_and(finite_rows({x, y}));
+  return agree.to(at::kDouble);
 }
 
 at::Tensor topk_agree(const at::Tensor& a, const at::Tensor& b, int64_t k) {
@@ -193,13 +230,15 @@ at::Tensor topk_agree(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   has_last_dim("topk", a);
   if (k < 1 || k > a.size(-1))
     throw std::invalid_argument(fmt::format("topk: k = {} outside 1..{}", k, a.size(-1)));
-  auto ia = std::get<1>(a.detach().cpu().topk(k, -1)), ib = std::get<1>(b.detach().cpu().topk(k, -1));
+  auto x = a.detach().cpu(), y = b.detach().cpu();
+  auto ia = std::get<1>(x.topk(k, -1)), ib = std::get<1>(y.topk(k, -1));
   auto hits = (ia.unsqueeze(-1) == ib.unsqueeze(-2)).any(-1).sum(-1);
-  return hits.to(at::kDouble) / static_cast<double>(k);
+  return (hits.to(at::kDouble) / static_cast<double>(k)).masked_fill(finite_rows({x, y}).logical_not(), 0.0);
 }
 
 double sqnr_db(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("sqnr", target, reference);
+  if (!all_finite({target, reference})) return kNan;
   auto r = f64(reference);
   double signal = r.pow(2).sum().item<double>();
   double noise = (r - f64(target)).pow(2).sum().item<double>();

@@ -1,6 +1,12 @@
 // host/metrics.hpp — comparison metrics between a target tensor and a reference tensor.
 // Every metric computes in float64 on CPU, whatever the inputs' dtype, and throws
-// std::invalid_argument when shapes differ. Dims are 0-based, like PyTorch.
+// std::invalid_argument when shapes differ or a parameter (tolerance, eps, k) is NaN, negative
+// or out of range. Dims are 0-based, like PyTorch.
+//
+// NOTE [ Non-finite inputs ]
+// A NaN or Inf anywhere in a metric's inputs is a failure, the same way everywhere: scalar
+// metrics return NaN (which fails every comparison, <= and >= alike); row metrics return NaN
+// for each row holding one; top-1/top-k count such a row as a disagreement; allclose fails.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -25,8 +31,8 @@ double cosine(const at::Tensor& a, const at::Tensor& b);
 /// Cosine per row over the last dim: shape = input shape without its last dim, float64.
 at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b);
 
-/// allclose(target, reference): |t - r| <= atol + rtol * |r| everywhere, and no NaN anywhere
-/// and no Inf that is not matched by the same Inf in the other tensor.
+/// allclose(target, reference): |t - r| <= atol + rtol * |r| everywhere, and no NaN or Inf on
+/// either side (even a matched one). rtol and atol must be finite and >= 0.
 struct Allclose {
   bool pass = false;
   double rtol = 0, atol = 0;
@@ -38,7 +44,7 @@ struct Allclose {
   std::vector<int64_t> worst_index;  ///< element with the largest excess over tolerance
   double worst_target = 0, worst_reference = 0;
   NonFinite target_non_finite, reference_non_finite;
-  int64_t non_finite_mismatch = 0;  ///< positions where NaN/Inf do not match
+  int64_t non_finite_mismatch = 0;  ///< positions where NaN/Inf do not match the other side
 };
 Allclose allclose(const at::Tensor& target, const at::Tensor& reference, double rtol, double atol);
 

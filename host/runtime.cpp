@@ -8,19 +8,32 @@
 
 #include <malloc.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <stdexcept>
 #include <thread>
 
 namespace parity {
+
+long long env_integer(const char* name, long long fallback, long long lo, long long hi) {
+  const char* text = std::getenv(name);
+  if (!text || !*text) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text, &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo || v > hi)
+    throw std::runtime_error(fmt::format("{} must be a whole number in {}..{}, got '{}'", name, lo, hi, text));
+  return v;
+}
 
 void init_runtime() {
   // Keep freed blocks for reuse instead of unmapping them: metric temporaries of a few MB are
   // otherwise re-faulted page by page on every call (measured: 2/3 of a KL's time in page faults).
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
-  int n = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("PARITY_THREADS")) n = std::atoi(env);
-  if (n > 0) at::set_num_threads(n);
+  long long cores = std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(env_integer("PARITY_THREADS", cores, 1, 4096)));
   c10::GradMode::set_enabled(false);  // parity only runs forward passes
 }
 

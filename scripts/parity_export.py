@@ -23,7 +23,9 @@ import copy
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -70,13 +72,35 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
 
     Raises RuntimeError when a trace does not reproduce the eager output exactly on the example
     inputs or on `second_inputs` (which should have another shape: a trace that baked in a shape
-    fails there)."""
-    os.makedirs(out_dir, exist_ok=True)
+    fails there). `vocab_size` defaults to the last dim of the traced [batch, seq, vocab] output.
+    The bundle is built in a temporary directory beside out_dir and moved into place at the end:
+    a failed export leaves no half-written bundle (and an earlier bundle at out_dir untouched)."""
     example_inputs = tuple(example_inputs)
-    checks = {}
     for name in dtypes:
         if name not in DTYPES:
             raise ValueError(f"unknown dtype {name!r} (use {', '.join(DTYPES)})")
+    out_dir = os.path.normpath(out_dir)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    try:
+        manifest = _export_into(tmp, module, example_inputs, dtypes, second_inputs, vocab_size, source, config,
+                                lambda msg: log(msg.replace(tmp, out_dir)))
+        if os.path.isdir(out_dir):  # replace an earlier bundle only once the new one is complete
+            old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "bundle"))
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_size, source, config, log):
+    checks = {}
+    for name in dtypes:
         model = copy.deepcopy(module).to(DTYPES[name]).eval()
         inputs = _cast_inputs(example_inputs, DTYPES[name])
         try:
@@ -91,9 +115,13 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
         bad = {k: v for k, v in checks[name].items() if v != 0.0}
         if bad:
             raise RuntimeError(f"{name} trace differs from eager: max |diff| {bad}")
+        if vocab_size is None:
+            with torch.no_grad():
+                out = _first_tensor(traced(*inputs))
+            if out.dim() == 3:
+                vocab_size = out.shape[-1]
         path = os.path.join(out_dir, f"{name}.pt")
-        traced.save(path + ".tmp")
-        os.replace(path + ".tmp", path)
+        traced.save(path)
         shapes = " and ".join(str(list(_first_tensor(x).shape)) for x in
                               ([example_inputs] + ([tuple(second_inputs)] if second_inputs is not None else [])))
         log(f"{name}: traced {path}; reproduces eager exactly on inputs {shapes}")
@@ -107,10 +135,9 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
         "modules": [n for n, _ in module.named_modules() if n],
         "trace_checks": checks,
     }
-    with open(os.path.join(out_dir, "parity.json.tmp"), "w") as f:
+    with open(os.path.join(out_dir, "parity.json"), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(os.path.join(out_dir, "parity.json.tmp"), os.path.join(out_dir, "parity.json"))
     return manifest
 
 
@@ -168,7 +195,8 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=8, help="--hf: example length (the second check uses seq+3)")
     ap.add_argument("--out", required=True, help="bundle directory to write")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16 (default fp32,bf16)")
-    ap.add_argument("--vocab-size", type=int, help="--module: vocabulary size for the manifest")
+    ap.add_argument("--vocab-size", type=int,
+                    help="--module: vocabulary size for the manifest (default: the logits' last dim)")
     args = ap.parse_args(argv)
     dtypes = tuple(args.dtypes.split(","))
     try:

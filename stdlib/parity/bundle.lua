@@ -45,22 +45,51 @@ function Bundle:at(dtype)
   return self.modules[d]
 end
 
---- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight
---- (a parameter named like *embed_tokens.weight, *wte.weight or *embeddings.weight).
+--- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight (a parameter
+--- named like *embed_tokens.weight, *wte.weight or *embeddings.weight), else the last dim of the
+--- logits of a one-token forward.
 ---@return integer
 function Bundle:vocab_size()
-  if self.manifest and self.manifest.vocab_size then return self.manifest.vocab_size end
-  local params = self:at(self:dtypes()[1]):parameters()
+  if self.vocab then return self.vocab end
+  local v = self.manifest and self.manifest.vocab_size
+  if v ~= nil and v ~= core.json.null then
+    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
+      error(("%s/parity.json: vocab_size must be a whole number >= 1, got %s"):format(self.path, tostring(v)), 0)
+    end
+    self.vocab = v
+    return v
+  end
+  local module = self:at(self:dtypes()[1])
+  local params = module:parameters()
   local names = {}
   for name in pairs(params) do names[#names + 1] = name end
   table.sort(names)
   for _, pattern in ipairs({ "embed_tokens%.weight$", "wte%.weight$", "embeddings?%.weight$", "embed[^.]*%.weight$" }) do
     for _, name in ipairs(names) do
-      if name:find(pattern) and params[name]:dim() == 2 then return params[name]:size(0) end
+      if name:find(pattern) and params[name]:dim() == 2 then
+        self.vocab = params[name]:size(0)
+        return self.vocab
+      end
     end
   end
-  error(("%s: cannot tell the vocabulary size: no vocab_size in parity.json and no embedding weight among its parameters")
-    :format(self.path), 2)
+  local ok, out = pcall(module, torch.zeros(1, 1, { dtype = "int64" }))
+  while ok and type(out) == "table" do out = out[1] end
+  if ok and torch.is_tensor(out) and out:dim() == 3 then
+    self.vocab = out:size(2)
+    return self.vocab
+  end
+  error(("%s: cannot tell the vocabulary size: no vocab_size in parity.json, no embedding weight among"
+    .. " its parameters and no [batch, seq, vocab] logits from a one-token forward; pass --vocab-size"):format(self.path), 0)
+end
+
+--- The longest sequence the model takes, when its manifest's config says (max_position_embeddings
+--- or n_positions), else nil.
+---@return integer|nil
+function Bundle:max_positions()
+  local cfg = self.manifest and self.manifest.config
+  if type(cfg) ~= "table" then return nil end
+  local v = cfg.max_position_embeddings or cfg.n_positions
+  return type(v) == "number" and v or nil
 end
 
 local function first_float_dtype(module)

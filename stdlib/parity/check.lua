@@ -5,6 +5,7 @@ local core = require("parity.core")
 local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 local thresholds = require("parity.thresholds")
+local validate = require("parity.validate")
 
 local M = {}
 
@@ -20,6 +21,7 @@ local FORMAT = 1  -- bump when what the reference cache stores changes
 ---@field seed integer|nil         seed of the random prompts (default 0)
 ---@field inputs string|nil        prompts from a .safetensors file instead (input_ids [K, P])
 ---@field topk integer|nil         k of top-k agreement (default 5)
+---@field vocab_size integer|nil   overrides what the bundles say
 ---@field thresholds table|nil     overrides of parity.thresholds.DEFAULTS
 ---@field thresholds_file string|nil  a Lua file returning such a table (run sandboxed)
 ---@field out string|nil           results directory (default "parity-results")
@@ -78,6 +80,17 @@ local function gates(e, th, non_finite)
   }
 end
 
+--- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
+--- dies before writing its own verdict never leaves an earlier one behind), removes the stage
+--- files and the temporary files of killed runs.
+---@param out string
+---@param why string
+function M.mark_unfinished(out, why)
+  core.remove_stale_temps(out)
+  for _, f in ipairs({ "smoke.json", "e2e.json" }) do os.remove(out .. "/" .. f) end
+  core.json.write(out .. "/verdict.json", { verdict = "error", error = why })
+end
+
 --- Runs the check; writes smoke.json, e2e.json and verdict.json under opts.out; returns the
 --- verdict table. Input errors raise (after writing verdict.json with verdict "error").
 ---@param opts parity.CheckOptions
@@ -85,8 +98,12 @@ end
 function M.run(opts)
   local out = opts.out or "parity-results"
   local log = opts.log or print
-  for _, f in ipairs({ "smoke.json", "e2e.json", "verdict.json" }) do os.remove(out .. "/" .. f) end
+  M.mark_unfinished(out, "this run did not finish (still running, or killed)")
   local ok, result = pcall(function()
+    local max = validate.MAX
+    validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
+      new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
+      topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
     local ref, target = bundle.open(opts.reference), bundle.open(opts.target)
     local dtype = opts.dtype or "bf16"
     if dtype ~= "bf16" and dtype ~= "fp16" then
@@ -98,13 +115,16 @@ function M.run(opts)
       prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
       seed = opts.seed or 0, topk = opts.topk or 5,
     }
-    lm.positive_integers({ prompts = s.prompts, prompt_len = s.prompt_len, new_tokens = s.new_tokens, topk = s.topk })
     for _, d in ipairs({ "fp32", dtype }) do ref:at(d) end  -- fail early on a missing trace
     target:at(dtype)
-    local vocab = lm.shared_vocab(ref, target)
+    local vocab = lm.shared_vocab(ref, target, opts.vocab_size)
     local prompts = opts.inputs and lm.tokens_from_file(opts.inputs, vocab)
       or lm.random_tokens(vocab, s.prompts, s.prompt_len, s.seed)
     s.prompts, s.prompt_len = prompts:size(0), prompts:size(1)
+    validate.integer("prompts", s.prompts, 1, validate.MAX.rows)
+    validate.integer("prompt_len + new_tokens", s.prompt_len + s.new_tokens, 2, validate.MAX.tokens)
+    validate.integer("topk", s.topk, 1, math.min(vocab, validate.MAX.topk))
+    lm.check_size({ ref, target }, s.prompts, s.prompt_len + s.new_tokens, vocab, 5)
 
     -- reference outputs, from the cache when the same reference, inputs and settings ran before
     local t0 = os.clock()

@@ -82,6 +82,16 @@ local function parse(argv, spec)
   return opts
 end
 
+--- The --out directory of a command line that may not parse (default parity-results).
+local function out_dir(argv)
+  for i, a in ipairs(argv) do
+    if a == "--out" and argv[i + 1] then return argv[i + 1] end
+    local v = a:match("^%-%-out=(.+)$")
+    if v then return v end
+  end
+  return "parity-results"
+end
+
 local commands = {}
 
 commands.version = {
@@ -139,15 +149,18 @@ the target never passes. Exit 0 pass, 1 fail, 2 bad input.
   --atol X         absolute tolerance (defaults: fp32 1e-4, bf16 2e-2, fp16 2e-3)
   --rtol X         relative tolerance (defaults: fp32 1e-4, bf16 2e-2, fp16 2e-3)
   --json FILE      also write the full result as JSON
-The vocabulary comes from the reference's parity.json, else from its embedding weight.]],
+  --vocab-size V   the vocabulary of the random tokens, overriding what the bundles say
+The vocabulary comes from parity.json, else the embedding weight, else the logits' width.
+Limits: batch <= 1024, seq <= 131072 (and the models' max_position_embeddings), tolerances
+finite and >= 0, logits that fit in memory.]],
   run = function(argv)
     local o = parse(argv, {
       flags = { dtype = "string", batch = "number", seq = "number", seed = "number", inputs = "string",
-                atol = "number", rtol = "number", json = "string" },
+                atol = "number", rtol = "number", json = "string", ["vocab-size"] = "number" },
       positional = { "REF", "TARGET" },
     })
     local result = parity.gate({ reference = o.REF, target = o.TARGET, dtype = o.dtype, batch = o.batch,
-      seq = o.seq, seed = o.seed, inputs = o.inputs, atol = o.atol, rtol = o.rtol })
+      seq = o.seq, seed = o.seed, inputs = o.inputs, atol = o.atol, rtol = o.rtol, vocab_size = o["vocab-size"] })
     print(require("parity.stages.gate").summary(result))
     if o.json then parity.json.write(o.json, result) end
     return result.pass and 0 or 1
@@ -176,24 +189,35 @@ Verdict "equivalent" only if every gate passes. Exit 0 equivalent, 1 divergent, 
   --seed N           seed of the random prompts (default 0)
   --inputs FILE      prompts from FILE.safetensors (input_ids [K, P]) instead
   --topk K           k of the top-k agreement (default 5)
-  --thresholds FILE  gate thresholds (Lua, run sandboxed)
+  --vocab-size V     the vocabulary of the random prompts, overriding what the bundles say
+  --thresholds FILE  gate thresholds (Lua, run sandboxed: see the README, "Sandbox")
   --out DIR          results: smoke.json, e2e.json, verdict.json (default parity-results)
   --no-cache         recompute the reference's outputs
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
 The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
-check against a changed target runs only the target.]],
+check against a changed target runs only the target.
+Limits: prompts <= 1024, new tokens <= 4096, prompt + new tokens <= 131072 (and the models'
+max_position_embeddings), top-k <= 1000, logits that fit in memory. Any run that ends in an
+error leaves a verdict.json saying "error" (usage errors included), never an earlier verdict.]],
   run = function(argv)
-    local o = parse(argv, {
+    local ok, o = pcall(parse, argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
-                ["no-cache"] = "boolean", ["cache-dir"] = "string" },
+                ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number" },
       positional = { "REF", "TARGET" },
     })
+    if not ok then  -- a usage error must not leave an earlier verdict standing
+      local out = out_dir(argv)
+      if parity.path_kind(out .. "/verdict.json") then
+        require("parity.check").mark_unfinished(out, "usage error: " .. tostring(o.usage or o))
+      end
+      error(o, 0)
+    end
     local out = o.out or "parity-results"
     local verdict = parity.check({ reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
-      cache_dir = o["cache-dir"] })
+      cache_dir = o["cache-dir"], vocab_size = o["vocab-size"] })
     print(require("parity.check").summary(verdict, out))
     return verdict.verdict == "equivalent" and 0 or 1
   end,
@@ -203,9 +227,11 @@ commands.run = {
   help = [[
 Usage: parity run SCRIPT.lua [ARGS...]
 
-Runs a validation script. Inside it, `parity` and `torch` are globals, `arg` holds ARGS
-(arg[0] is the script), `...` receives them too, and the script's directory is on package.path.
-The script's return value is the exit code: a number as is, false -> 1, nothing -> 0.
+Runs a validation script (loaded as text: precompiled bytecode is refused). Inside it,
+`parity` and `torch` are globals, `arg` holds ARGS (arg[0] is the script), `...` receives them
+too, and the script's directory is on package.path.
+The script's return value is the exit code: nothing or true -> 0, false -> 1, a whole number
+0..125 as is; anything else (NaN, 1.5, 256, a string) is an error: exit 2 saying what came back.
 An error prints its message and a Lua traceback and exits 2.]],
   run = function(argv)
     local script = argv[1]
@@ -214,7 +240,7 @@ An error prints its message and a Lua traceback and exits 2.]],
       print(commands.run.help)
       return 0
     end
-    local chunk, err = loadfile(script)
+    local chunk, err = require("parity.sandbox").load_text(script)
     if not chunk then
       stderr("parity run: %s", err)
       return 2
@@ -230,9 +256,12 @@ An error prints its message and a Lua traceback and exits 2.]],
       return 2
     end
     local r = results[2]
-    if type(r) == "number" then return r end
+    if r == nil or r == true then return 0 end
     if r == false then return 1 end
-    return 0
+    if type(r) == "number" and r >= 0 and r <= 125 and r == math.floor(r) then return r end
+    stderr("parity run: %s returned %s %s; a script returns nothing, true, false or a whole number 0..125",
+      script, type(r), type(r) == "string" and ("%q"):format(r) or tostring(r))
+    return 2
   end,
 }
 

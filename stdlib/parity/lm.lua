@@ -1,5 +1,6 @@
 --- Language-model plumbing shared by the stages: token inputs, logits, greedy decoding.
 local core = require("parity.core")
+local validate = require("parity.validate")
 
 local M = {}
 
@@ -17,29 +18,51 @@ function M.logits_of(out, who)
   return out
 end
 
---- Runs a bundle's trace at `dtype` on token ids and returns float32 logits.
-function M.forward(bundle, dtype, tokens)
-  local who = ("%s (%s)"):format(bundle.path, dtype)
-  return M.logits_of(bundle:at(dtype)(tokens), who):float()
+--- The last line of a (TorchScript) error worth showing: its error line, not the traceback.
+local function last_line(msg)
+  local last
+  for line in tostring(msg):gmatch("[^\n]+") do
+    if line:find("%S") then last = line end
+  end
+  return require("parity.errors").clean(last or msg)
 end
 
---- Checks that each named setting is a whole number >= 1: { name = value, ... }.
-function M.positive_integers(settings)
-  local names = {}
-  for name in pairs(settings) do names[#names + 1] = name end
-  table.sort(names)
-  for _, name in ipairs(names) do
-    local v = settings[name]
-    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-      error(("%s must be a whole number >= 1, got %s"):format(name, tostring(v)), 0)
-    end
+--- Runs a bundle's trace at `dtype` on token ids and returns float32 logits. A failing forward
+--- is one line: the model, the input shape and the error's last line.
+function M.forward(bundle, dtype, tokens)
+  local who = ("%s (%s)"):format(bundle.path, dtype)
+  local module = bundle:at(dtype)
+  local ok, out = pcall(module, tokens)
+  if not ok then
+    error(("%s: forward on token ids [%s] failed: %s"):format(who, table.concat(tokens:size(), ", "), last_line(out)), 0)
   end
+  return M.logits_of(out, who):float()
 end
 
 --- Seeded random tokens [batch, seq] in [0, vocab).
 function M.random_tokens(vocab, batch, seq, seed)
-  M.positive_integers({ batch = batch, seq = seq })
   return torch.randint(0, vocab, { batch, seq }, { seed = seed })
+end
+
+--- Refuses, before anything is allocated, sequences longer than either model's
+--- max_position_embeddings and runs whose logits (`copies` float32 tensors of
+--- rows x tokens x vocab) would not fit in this machine's memory.
+---@param bundles parity.Bundle[]
+function M.check_size(bundles, rows, tokens, vocab, copies)
+  for _, b in ipairs(bundles) do
+    local max = b:max_positions()
+    if max and tokens > max then
+      error(("%d tokens a sequence exceed %s's max_position_embeddings (%d, parity.json)"):format(tokens, b.path, max), 0)
+    end
+  end
+  local bytes = rows * tokens * vocab * 4 * copies
+  local f = io.open("/proc/meminfo")
+  local total = f and tonumber(f:read("*a"):match("MemTotal:%s*(%d+) kB"))
+  if f then f:close() end
+  if total and bytes > total * 1024 then
+    error(("%d x %d tokens over a %d vocabulary need about %.1f GB of logits, more than this machine's %.1f GB")
+      :format(rows, tokens, vocab, bytes / 2 ^ 30, total / 2 ^ 20), 0)
+  end
 end
 
 --- Token ids from a safetensors file: the tensor named input_ids, or its only tensor.
@@ -65,8 +88,10 @@ function M.tokens_from_file(path, vocab)
   return t:long()
 end
 
---- The vocabulary both bundles share, or an error naming both sizes.
-function M.shared_vocab(reference, target)
+--- The vocabulary both bundles share, or an error naming both sizes. `override` (--vocab-size)
+--- replaces what both bundles say; their logits' widths are still checked against it.
+function M.shared_vocab(reference, target, override)
+  if override then return validate.integer("vocab_size", override, 1, validate.MAX.vocab) end
   local rv, tv = reference:vocab_size(), target:vocab_size()
   if rv ~= tv then
     error(("vocab sizes differ: reference %s has %d, target %s has %d"):format(reference.path, rv, target.path, tv), 0)

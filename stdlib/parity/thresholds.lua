@@ -1,6 +1,8 @@
 --- Gate thresholds: the seeds' defaults, overridable from a Lua table or a thresholds file.
---- A thresholds file is a Lua chunk returning a table; it runs sandboxed (an empty
---- environment: no io, os, require), because such files are shared between teams.
+--- A thresholds file is a Lua chunk returning a table; it runs in parity.sandbox (text only,
+--- safe globals, limits), because such files are shared between teams. Values are validated.
+local sandbox = require("parity.sandbox")
+
 local M = {}
 
 --- name -> {default, meaning}. Gates compare per-position percentiles of the e2e stage.
@@ -15,6 +17,12 @@ M.DEFAULTS = {
   smoke_match = 0.3,   -- smoke: greedy match rate below this is reported as not live (seeds: 30%)
 }
 
+--- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).
+M.RANGES = {
+  r_p95 = { 0, math.huge }, cosine_p5 = { -1, 1 }, kl_p95 = { 0, math.huge }, top1 = { 0, 1 },
+  tie_factor = { 0, math.huge }, smoke_match = { 0, 1 },
+}
+
 local function check_table(t, origin)
   if type(t) ~= "table" then error(("%s: thresholds must be a table, got %s"):format(origin, type(t)), 0) end
   for k, v in pairs(t) do
@@ -24,7 +32,15 @@ local function check_table(t, origin)
       table.sort(names)
       error(("%s: unknown threshold '%s' (known: %s)"):format(origin, tostring(k), table.concat(names, ", ")), 0)
     end
-    if type(v) ~= "number" then error(("%s: threshold '%s' must be a number"):format(origin, k), 0) end
+    local lo, hi = M.RANGES[k][1], M.RANGES[k][2]
+    if type(v) ~= "number" then
+      error(("%s: threshold '%s' must be a number, got %s"):format(origin, k,
+        type(v) == "string" and ("the string %q"):format(v) or type(v)), 0)
+    end
+    if not (v >= lo and v <= hi and v > -math.huge and v < math.huge) then
+      local range = hi == math.huge and (">= %g"):format(lo) or ("in %g..%g"):format(lo, hi)
+      error(("%s: threshold '%s' must be a finite number %s, got %s"):format(origin, k, range, tostring(v)), 0)
+    end
   end
   return t
 end
@@ -33,12 +49,7 @@ end
 ---@param path string
 ---@return table
 function M.load_file(path)
-  local chunk, err = loadfile(path)
-  if not chunk then error(("thresholds file: %s"):format(err), 0) end
-  setfenv(chunk, {})
-  local ok, t = pcall(chunk)
-  if not ok then error(("thresholds file %s: %s"):format(path, tostring(t)), 0) end
-  return check_table(t, path)
+  return check_table((sandbox.run_file(path, "thresholds file")), "thresholds file " .. path)
 end
 
 --- Defaults overlaid with `overrides` (a table, or nil).

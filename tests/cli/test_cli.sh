@@ -8,12 +8,15 @@ trap 'rm -rf "$tmp"' EXIT
 failures=0 cases=0
 
 # expect CODE PATTERN -- ARGS...: exit code must be CODE and stdout+stderr must match PATTERN
+# (trailing @NAME=VALUE arguments set environment variables for that run)
 expect() {
   local code=$1 pattern=$2
   shift 3
   cases=$((cases + 1))
-  local out rc
-  out=$("$parity" "$@" 2>&1)
+  local out rc args=() envs=()
+  for a in "$@"; do if [[ $a == @*=* ]]; then envs+=("${a#@}"); else args+=("$a"); fi; done
+  set -- "${args[@]}"
+  out=$(env "${envs[@]}" "$parity" "$@" 2>&1)
   rc=$?
   if [[ $rc -ne $code ]] || ! grep -qE -- "$pattern" <<<"$out"; then
     failures=$((failures + 1))
@@ -73,6 +76,17 @@ LUA
   echo 'return torch.ones(2):add("x")' >"$tmp/native.lua"
   echo 'require("parity.tree").pretty({})' >"$tmp/stdlib_error.lua"
   expect 0 '^args=a,b n=2 first=a answer=42$' -- run "$tmp/args.lua" a b
+  # the return value is the exit code only when it is nothing, a boolean or a whole number 0..125
+  for r in 0 1 125 true; do echo "return $r" >"$tmp/r.lua"; expect "$([[ $r == true ]] && echo 0 || echo "$r")" '^$' -- run "$tmp/r.lua"; done
+  for r in '0/0' 256 1.5 -1 126 '"3"' '{}'; do
+    echo "return $r" >"$tmp/r.lua"
+    expect 2 "^parity run: $tmp/r.lua returned .*; a script returns nothing, true, false or a whole number 0\.\.125$" -- run "$tmp/r.lua"
+  done
+  "$parity" run <(echo 'io.open(arg[1], "wb"):write(string.dump(loadstring("os.exit(0)")))') "$tmp/bytecode.lua"
+  expect 2 "^parity run: $tmp/bytecode.lua: precompiled bytecode is refused" -- run "$tmp/bytecode.lua"
+  # environment values are validated: one line, exit 2
+  expect 2 "^parity: PARITY_GC_MB must be a whole number in 1\.\.1048576, got '-1'$" -- run "$tmp/r.lua" @PARITY_GC_MB=-1
+  expect 2 "^parity: PARITY_THREADS must be a whole number in 1\.\.4096, got 'two'$" -- run "$tmp/r.lua" @PARITY_THREADS=two
   expect 1 '^$' -- run "$tmp/fail.lua"
   expect 1 '^$' -- run "$tmp/false.lua"
   expect 2 'error.lua:1: boom' -- run "$tmp/error.lua"
@@ -100,7 +114,7 @@ gate)
   expect 1 'would pass with atol >= ' -- gate "$ref" "$fx/bug_rope"
   expect 0 '^PASS' -- gate "$ref" "$fx/bug_rope" --atol 100
   expect 1 'non-finite: target 2 NaN 0 Inf' -- gate "$ref" "$fx/bug_nan" --atol 1e9
-  expect 1 'no tolerance would pass: NaN/Inf in the target' -- gate "$ref" "$fx/bug_nan" --atol 1e9
+  expect 1 'no tolerance would pass: NaN/Inf in the logits' -- gate "$ref" "$fx/bug_nan" --atol 1e9
   expect 0 'at bf16 on 1 x 8 tokens' -- gate "$ref" "$fx/port_fused" --dtype bf16 --batch 1 --seq 8
   expect 0 '^PASS' -- gate "$ref" "$fx/port_fused" --json "$tmp/gate.json"
   cases=$((cases + 1))
@@ -113,7 +127,25 @@ gate)
   expect 2 'has no fp16 trace' -- gate "$ref" "$fx/port_fused" --dtype fp16
   expect 2 'missing TARGET' -- gate "$ref"
   expect 2 "--seq needs a number, got 'x'" -- gate "$ref" "$fx/port_fused" --seq x
-  expect 2 '^parity gate: seq must be a whole number >= 1, got -1$' -- gate "$ref" "$fx/port_fused" --seq -1
+  expect 2 '^parity gate: seq must be a whole number in 1\.\.131072, got -1$' -- gate "$ref" "$fx/port_fused" --seq -1
+  # numbers that must never pass: NaN tolerances, sizes past their bounds, fractional counts
+  expect 2 '^parity gate: atol must be a finite number >= 0, got nan$' -- gate "$ref" "$fx/bug_rope" --atol nan
+  expect 2 '^parity gate: rtol must be a finite number >= 0, got nan$' -- gate "$ref" "$fx/bug_rope" --rtol nan
+  expect 2 '^parity gate: atol must be a finite number >= 0, got inf$' -- gate "$ref" "$fx/bug_rope" --atol inf
+  expect 2 '^parity gate: rtol must be a finite number >= 0, got -0\.1$' -- gate "$ref" "$fx/bug_rope" --rtol -0.1
+  expect 2 '^parity gate: batch must be a whole number in 1\.\.1024, got 1\.5$' -- gate "$ref" "$fx/port_fused" --batch 1.5
+  expect 2 '^parity gate: seed must be a whole number' -- gate "$ref" "$fx/port_fused" --seed -1
+  expect 2 '^parity gate: 100000 tokens a sequence exceed .*reference.s max_position_embeddings \(2048, parity.json\)$' -- gate "$ref" "$fx/port_fused" --seq 100000
+  expect 2 '^parity gate: seq must be a whole number in 1\.\.131072, got 1000000000$' -- gate "$ref" "$fx/port_fused" --seq 1e9
+  # a forward that fails is one line: the model, the input shape and the error's last line
+  expect 2 '^parity gate: .*no_vocab \(fp32\): forward on token ids \[1, 100000\] failed: .*[^ ]$' -- gate "$fx/no_vocab" "$fx/no_vocab" --seq 100000 --batch 1
+  cases=$((cases + 1))
+  lines=$("$parity" gate "$fx/no_vocab" "$fx/no_vocab" --seq 100000 --batch 1 2>&1 | wc -l)
+  if [[ $lines -eq 1 ]]; then echo "ok   a failing forward is one line"; else failures=$((failures + 1)); echo "FAIL: a failing forward printed $lines lines"; fi
+  # a manifest with vocab_size null: the vocabulary comes from the embedding weight; --vocab-size overrides
+  expect 0 '^PASS' -- gate "$fx/no_vocab" "$ref"
+  expect 0 '^PASS' -- gate "$ref" "$fx/port_fused" --vocab-size 100
+  expect 2 '^parity gate: vocab_size must be a whole number in 1\.\.2147483647, got 0$' -- gate "$ref" "$fx/port_fused" --vocab-size 0
   expect 0 'Usage: parity gate REF TARGET' -- gate --help
   ;;
 check)
@@ -139,7 +171,35 @@ check)
   if grep -q '"verdict": "error"' "$tmp/e/verdict.json"; then echo "ok   error verdict on disk"; else failures=$((failures + 1)); echo "FAIL: error verdict"; fi
   expect 2 "^parity check: $fx/gone: no such file or directory$" -- check "$fx/gone" "$fx/port_fused" --out "$tmp/e"
   expect 2 '^parity check: check compares a low precision with fp32: --dtype must be bf16 or fp16, got fp32' -- check "$ref" "$fx/port_fused" --dtype fp32 --out "$tmp/e"
-  expect 2 '^parity check: new_tokens must be a whole number >= 1, got 0$' -- check "$ref" "$fx/port_fused" --new-tokens 0 --out "$tmp/e"
+  expect 2 '^parity check: new_tokens must be a whole number in 1\.\.4096, got 0$' -- check "$ref" "$fx/port_fused" --new-tokens 0 --out "$tmp/e"
+  expect 2 '^parity check: new_tokens must be a whole number in 1\.\.4096, got 100000$' -- check "$ref" "$fx/port_fused" --new-tokens 100000 --out "$tmp/e"
+  expect 2 '^parity check: 3016 tokens a sequence exceed' -- check "$ref" "$fx/port_fused" --prompt-len 3000 --out "$tmp/e"
+  expect 2 '^parity check: topk must be a whole number in 1\.\.1000, got nan$' -- check "$ref" "$fx/port_fused" --topk nan --out "$tmp/e"
+  # shared recipes: text only, safe globals, bounded, and what they return is data
+  printf '%s' 'return { r_p95 = 0/0 }' >"$tmp/nan.lua"
+  expect 2 "^parity check: thresholds file $tmp/nan.lua: threshold 'r_p95' must be a finite number >= 0, got nan$" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/nan.lua"
+  "$parity" run <(echo 'io.open(arg[1], "wb"):write(string.dump(loadstring("return { r_p95 = 1000 }")))') "$tmp/bytecode.lua"
+  expect 2 "precompiled bytecode is refused" -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/bytecode.lua"
+  echo 'while true do end' >"$tmp/loop.lua"
+  expect 2 "^parity check: thresholds file $tmp/loop.lua: instruction budget of 100000 exceeded" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/loop.lua" @PARITY_SANDBOX_INSTRUCTIONS=100000
+  echo 'local s = ("x"):rep(1e9) return {}' >"$tmp/mem.lua"
+  expect 2 "thresholds file $tmp/mem.lua: memory cap of 64 MB exceeded" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/mem.lua"
+  echo 'return { r_p95 = (("a"):rep(30000) .. "b"):find(".-.-.-.-c") and 1 or 2 }' >"$tmp/pattern.lua"
+  expect 2 "^parity: thresholds file $tmp/pattern.lua ran over its 1 s wall-clock limit" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/pattern.lua" @PARITY_SANDBOX_SECONDS=1
+  cases=$((cases + 1))
+  if grep -q '"verdict": "error"' "$tmp/e/verdict.json"; then echo "ok   a run killed by the backstop leaves an error verdict"; else failures=$((failures + 1)); echo "FAIL: backstop verdict"; fi
+  expect 2 '^parity check: PARITY_SANDBOX_MB must be a whole number in 1\.\.65536, got .-1.$' -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/nan.lua" @PARITY_SANDBOX_MB=-1
+  # results a user can trust after a failure: no earlier verdict survives an error
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/stale" "${common[@]}"
+  expect 2 'unknown option --frobnicate' -- check "$ref" "$fx/port_fused" --out "$tmp/stale" --frobnicate
+  cases=$((cases + 1))
+  if grep -q '"verdict": "error"' "$tmp/stale/verdict.json" && grep -q 'usage error: unknown option --frobnicate' "$tmp/stale/verdict.json"; then
+    echo "ok   a usage error replaces the earlier verdict"; else failures=$((failures + 1)); echo "FAIL: stale verdict after a usage error"; fi
+  touch "$tmp/stale/verdict.json.tmp.999999999" "$tmp/stale/e2e.json.tmp.$$"
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/stale" "${common[@]}"
+  cases=$((cases + 1))
+  if [[ ! -e $tmp/stale/verdict.json.tmp.999999999 && -e $tmp/stale/e2e.json.tmp.$$ ]]; then
+    echo "ok   temporary files of dead runs are cleaned, a live process's are kept"; else failures=$((failures + 1)); echo "FAIL: stale temporary files"; fi
   expect 0 'Usage: parity check REF TARGET' -- check --help
   ;;
 *)

@@ -55,18 +55,54 @@ TEST_SUITE("metrics") {
     CHECK(m::allclose(t({1.0, 2.1}), t({1.0, 2.0}), 0.05 + 1e-9, 0.0).pass);
   }
 
-  TEST_CASE("allclose: a NaN never passes, an Inf must be matched") {
+  TEST_CASE("allclose: a NaN or an Inf never passes, even a matched one") {
     auto nan = m::allclose(t({1, kNan}), t({1, 2}), 1e9, 1e9);
     CHECK_FALSE(nan.pass);
     CHECK(nan.target_non_finite.nan == 1);
     CHECK(nan.non_finite_mismatch == 1);
     CHECK(nan.worst_index == std::vector<int64_t>{1});
     CHECK_FALSE(m::allclose(t({kNan}), t({kNan}), 1e9, 1e9).pass);
-    CHECK(m::allclose(t({kInf, 1}), t({kInf, 1}), 0, 0).pass);
+    CHECK_FALSE(m::allclose(t({kInf, 1}), t({kInf, 1}), 1e9, 1e9).pass);
+    CHECK_FALSE(m::allclose(t({1, 1}), t({kInf, 1}), 1e9, 1e9).pass);  // in the reference too
     auto inf = m::allclose(t({kInf, 1}), t({-kInf, 1}), 1e9, 1e9);
     CHECK_FALSE(inf.pass);
     CHECK(inf.non_finite_mismatch == 1);
     CHECK(m::allclose(t({1, 2}), t({0, 2}), 0, 0.5).min_rtol == kInf);  // r = 0: no rtol helps
+  }
+
+  TEST_CASE("parameters: NaN, negative or out-of-range tolerances, eps and k are refused") {
+    CHECK_THROWS_WITH_AS(m::allclose(t({1}), t({2}), 0, kNan), "allclose: atol must be a finite number >= 0, got nan",
+                         std::invalid_argument);
+    CHECK_THROWS_AS(m::allclose(t({1}), t({2}), kNan, 0), std::invalid_argument);
+    CHECK_THROWS_AS(m::allclose(t({1}), t({2}), -1e-3, 0), std::invalid_argument);
+    CHECK_THROWS_AS(m::allclose(t({1}), t({2}), 0, kInf), std::invalid_argument);
+    CHECK_THROWS_AS(m::r_ratio_rows(t2({1, 2}, 1), t2({1, 1}, 1), t2({1, 1}, 1), -1.0), std::invalid_argument);
+    CHECK_THROWS_AS(m::r_ratio(t({1}), t({1}), t({1}), kNan), std::invalid_argument);
+    CHECK_THROWS_AS(m::topk_agree(t2({1, 2}, 1), t2({1, 2}, 1), 0), std::invalid_argument);
+  }
+
+  TEST_CASE("a NaN or Inf in any input is a failure, the same way in every metric") {
+    // scalar metrics: NaN, which fails <= and >= gates alike
+    CHECK(std::isnan(m::max_abs_diff(t({1, kNan}), t({1, 2}))));
+    CHECK(std::isnan(m::mean_abs_diff(t({1, 2}), t({kInf, 2}))));
+    CHECK(std::isnan(m::rel_l2(t({kInf, 2}), t({kInf, 2}))));
+    CHECK(std::isnan(m::cosine(t({kNan, 1}), t({1, 1}))));
+    CHECK(std::isnan(m::sqnr_db(t({1, 1}), t({kNan, 1}))));
+    CHECK(std::isnan(m::r_ratio(t({1, 1}), t({1, 1}), t({kInf, 1})).r));
+    // row metrics: NaN in the rows holding one, the others untouched
+    auto r = m::r_ratio_rows(t2({kNan, 0, 1, 0}, 2), t2({0, 0, 0, 0}, 2), t2({1, 0, 2, 0}, 2), 0.0);
+    CHECK(std::isnan(r[0].item<double>()));
+    CHECK(r[1].item<double>() == Approx(0.5));
+    auto kl = m::kl_per_position(t2({0, 0, 1, 2}, 2), t2({-kInf, 0, 1, 2}, 2));
+    CHECK(std::isnan(kl[0].item<double>()));
+    CHECK(kl[1].item<double>() == Approx(0.0));
+    CHECK(std::isnan(m::cosine_rows(t2({1, kNan}, 1), t2({1, 1}, 1))[0].item<double>()));
+    // agreement: a row with a NaN never agrees (argmax of an all-NaN row would "match")
+    auto nan_rows = t2({kNan, kNan, kNan, kNan}, 2);
+    CHECK(m::top1_agree(nan_rows, t2({1, 0, 0, 1}, 2)).sum().item<double>() == 0.0);
+    CHECK(m::top1_agree(t2({1, 0, 0, 1}, 2), nan_rows).sum().item<double>() == 0.0);
+    CHECK(m::topk_agree(nan_rows, t2({1, 0, 0, 1}, 2), 1).sum().item<double>() == 0.0);
+    CHECK(m::top1_agree(t2({1, 0}, 1), t2({1, 0}, 1))[0].item<double>() == 1.0);
   }
 
   TEST_CASE("R-ratio of three tensors") {

@@ -33,6 +33,8 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
   return out + header + data;
 }
 
+#define CHECK_THAT_CONTAINS(text, needle) CHECK_MESSAGE((text).find(needle) != std::string::npos, text)
+
 std::string read_error(const std::string& header, const std::string& data) {
   auto path = tmp_path("bad.safetensors");
   write_bytes(path, safetensors_bytes(header, data));
@@ -201,5 +203,78 @@ TEST_SUITE("tensor_io") {
     }
     write_bytes(path, whole.substr(0, whole.size() - 4));
     CHECK_THROWS_WITH(read_npy(path), doctest::Contains("data is 12 bytes, shape needs 16"));
+  }
+
+  TEST_CASE("npy headers: a bounded scanner, overflow-checked sizes, the file named in every error") {
+    // v1 file from a header dict and data (the header is padded and ends with a newline)
+    auto npy = [](const std::string& dict, const std::string& data, int version = 1) {
+      std::string h = dict + "\n";
+      std::string out = std::string("\x93NUMPY", 6) + static_cast<char>(version) + '\0';
+      if (version == 1) {
+        uint16_t n = static_cast<uint16_t>(h.size());
+        out.append(reinterpret_cast<const char*>(&n), 2);
+      } else {
+        uint32_t n = static_cast<uint32_t>(h.size());
+        out.append(reinterpret_cast<const char*>(&n), 4);
+      }
+      return out + h + data;
+    };
+    auto error_of = [](const std::string& bytes) -> std::string {
+      auto path = tmp_path("h.npy");
+      write_bytes(path, bytes);
+      try {
+        read_npy(path);
+      } catch (const std::runtime_error& e) {
+        return e.what();
+      }
+      return "(no error)";
+    };
+    std::string data(24, '\0');
+    // 26 KB of spaces inside the shape crashed std::regex (stack overflow); it is a valid header
+    std::string spaces(26000, ' ');
+    auto path = tmp_path("spaces.npy");
+    write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2," + spaces + "3), }", data, 2));
+    CHECK(read_npy(path).sizes().vec() == std::vector<int64_t>{2, 3});
+    CHECK(error_of(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-2, 3), }", data)) ==
+          tmp_path("h.npy") + ": .npy header: negative dimension at offset 51");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", data)),
+                        "h.npy: .npy header: dimension overflows");
+    // each dim fits, the product does not (count *= d overflowed before)
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", data)),
+                        "h.npy: shape overflows");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }", data)),
+                        "h.npy: shape overflows");  // 2^61 elements x 8 bytes overflows the byte count
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f4', 'shape': (2, 3), }", data)),
+                        "h.npy: .npy header needs descr, fortran_order and shape");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2, 3), }", data)),
+                        "h.npy: .npy header: expected True or False");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", data)),
+                        "h.npy: .npy header: unexpected key 'x'");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", data)),
+                        "h.npy: .npy header: expected '}'");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': '<f99999999999', 'fortran_order': False, 'shape': (2,), }", data)),
+                        "h.npy: unsupported dtype descr '<f99999999999'");
+    CHECK_THAT_CONTAINS(error_of(npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }", data)),
+                        "h.npy: .npy header: structured dtypes are not supported");
+    CHECK_THAT_CONTAINS(error_of(std::string("\x93NUMPY\x01\x00\xff\xff", 10)), "h.npy: truncated .npy header");
+    // big-endian and Fortran order decode to the same tensor as little-endian C order
+    std::string be;
+    for (int i = 0; i < 6; ++i) {
+      float v = static_cast<float>(i);
+      char b[4];
+      std::memcpy(b, &v, 4);
+      be.append({b[3], b[2], b[1], b[0]});
+    }
+    path = tmp_path("be.npy");
+    write_bytes(path, npy("{'descr': '>f4', 'fortran_order': True, 'shape': (2, 3), }", be));
+    CHECK(at::equal(read_npy(path), at::arange(6, at::kFloat).reshape({3, 2}).t()));
+  }
+
+  TEST_CASE("safetensors: a zero-element tensor reads back without touching its (empty) data") {
+    auto path = tmp_path("zero.safetensors");
+    write_bytes(path, safetensors_bytes(R"({"z":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}})", ""));
+    auto f = read_safetensors(path);
+    REQUIRE(f.tensors.size() == 1);
+    CHECK(f.tensors[0].second.sizes().vec() == std::vector<int64_t>{0, 3});
   }
 }

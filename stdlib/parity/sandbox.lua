@@ -1,0 +1,116 @@
+--- The sandbox for Lua from elsewhere: thresholds files, mappings, recipes shared between teams.
+--- Such a file is loaded as text only (never precompiled bytecode, which can break out of any
+--- Lua sandbox), sees an allow-list of safe globals and nothing else, and runs under an
+--- instruction budget, a memory cap and a wall-clock backstop (NOTE [ Sandbox limits ] in
+--- bindings/vm.hpp). What it returns is data for the caller to validate.
+local core = require("parity.core")
+
+local M = {}
+
+--- The globals a sandboxed file may use; every other name is nil there.
+M.GLOBALS = { "assert", "error", "ipairs", "math", "pairs", "pcall", "select", "string", "table",
+              "tonumber", "tostring", "type" }
+
+--- Default limits; PARITY_SANDBOX_INSTRUCTIONS, PARITY_SANDBOX_MB and PARITY_SANDBOX_SECONDS
+--- override them (whole numbers).
+M.DEFAULTS = { instructions = 100000000, memory_mb = 64, seconds = 10 }
+local ENV = { instructions = { "PARITY_SANDBOX_INSTRUCTIONS", 1000, 1e12 },
+              memory_mb = { "PARITY_SANDBOX_MB", 1, 65536 }, seconds = { "PARITY_SANDBOX_SECONDS", 1, 86400 } }
+
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
+--- The limits in force: defaults, overridden by the environment (validated).
+---@return table {instructions, memory_mb, seconds}
+function M.limits()
+  local out = {}
+  for key, default in pairs(M.DEFAULTS) do
+    local name, lo, hi = ENV[key][1], ENV[key][2], ENV[key][3]
+    local text = os.getenv(name)
+    local v = default
+    if text and text ~= "" then
+      v = text:match("^%d+$") and tonumber(text)
+      if not v or v < lo or v > hi then
+        error(("%s must be a whole number in %d..%d, got '%s'"):format(name, lo, hi, text), 0)
+      end
+    end
+    out[key] = v
+  end
+  return out
+end
+
+-- `("s"):dump()` reaches the string table through the strings' metatable, not the
+-- environment: while sandboxed code runs, that metatable points at this copy instead.
+local SAFE_STRING = copy(string)
+SAFE_STRING.dump = nil
+
+--- A sandbox's pcall cannot swallow a tripped limit: it re-raises it.
+local function pass_limits(ok, ...)
+  if not ok and core.limit_tripped() then error((...), 0) end
+  return ok, ...
+end
+
+--- A fresh environment holding copies of the allowed libraries (changes stay inside it).
+---@return table
+function M.environment()
+  local env = {}
+  for _, name in ipairs(M.GLOBALS) do env[name] = _G[name] end
+  env.math, env.table, env.string = copy(math), copy(table), copy(SAFE_STRING)
+  env.pcall = function(f, ...) return pass_limits(pcall(f, ...)) end
+  return env
+end
+
+--- Calls `fn(...)` under the limits; an error (from fn, with its line, or a limit) is raised
+--- as "WHAT: message". Functions a sandboxed file returned must be called through here too.
+---@param what string names the file for messages, e.g. "thresholds file t.lua"
+---@param fn function
+---@return any ...
+function M.call(what, fn, ...)
+  local lim = M.limits()
+  jit.off(fn, true)  -- count hooks do not run inside JIT-compiled code
+  local smt = debug.getmetatable("")
+  local saved = smt.__index
+  smt.__index = SAFE_STRING
+  local res = { core.run_limited(fn, { instructions = lim.instructions, memory = lim.memory_mb * 2 ^ 20,
+                                       seconds = lim.seconds, what = what }, ...) }
+  smt.__index = saved
+  if res[1] then return unpack(res, 2, table.maxn(res)) end
+  local msg, tripped = res[2], res[3]
+  if tripped == "instructions" then
+    msg = ("instruction budget of %d exceeded (an endless loop?); PARITY_SANDBOX_INSTRUCTIONS raises it")
+      :format(lim.instructions)
+  elseif tripped == "memory" then
+    msg = ("memory cap of %d MB exceeded; PARITY_SANDBOX_MB raises it"):format(lim.memory_mb)
+  end
+  error(("%s: %s"):format(what, tostring(msg)), 0)
+end
+
+--- Loads a Lua file as text only: precompiled bytecode is refused with a clear message.
+---@param path string
+---@return function|nil chunk
+---@return string|nil error
+function M.load_text(path)
+  local chunk, err = loadfile(path, "t")
+  if not chunk and tostring(err):find("wrong mode", 1, true) then
+    err = ("%s: precompiled bytecode is refused; Lua files are loaded as text only"):format(path)
+  end
+  return chunk, err
+end
+
+--- Loads a Lua file as text into a fresh sandbox environment and runs it; returns what it returns.
+---@param path string
+---@param what string|nil what the file is, for messages (default "sandboxed file")
+---@return any ...
+function M.run_file(path, what)
+  what = what or "sandboxed file"
+  local chunk, err = M.load_text(path)
+  if not chunk then error(("%s: %s"):format(what, tostring(err)), 0) end  -- err names the file
+  what = ("%s %s"):format(what, path)
+  setfenv(chunk, M.environment())
+  return M.call(what, chunk)
+end
+
+return M

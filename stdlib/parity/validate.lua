@@ -1,0 +1,57 @@
+--- One validation helper for every entry point (CLI flags, parity.gate{}, parity.check{}):
+--- numbers must be finite and in range, counts whole. Errors name the setting and the value.
+local M = {}
+
+local function finite(v) return type(v) == "number" and v == v and v > -math.huge and v < math.huge end
+
+--- A whole number in lo..hi.
+---@param name string
+---@param v any
+---@param lo integer
+---@param hi integer
+---@return integer
+function M.integer(name, v, lo, hi)
+  if not finite(v) or v ~= math.floor(v) or v < lo or v > hi then
+    if hi >= 2 ^ 53 then
+      error(("%s must be a whole number >= %d, got %s"):format(name, lo, tostring(v)), 0)
+    end
+    error(("%s must be a whole number in %d..%d, got %s"):format(name, lo, hi, tostring(v)), 0)
+  end
+  return v
+end
+
+--- A finite number in lo..hi.
+---@param name string
+---@param v any
+---@param lo number
+---@param hi number
+---@return number
+function M.number(name, v, lo, hi)
+  if not finite(v) or v < lo or v > hi then
+    local range = hi == math.huge and (">= %g"):format(lo) or ("in %g..%g"):format(lo, hi)
+    error(("%s must be a finite number %s, got %s"):format(name, range, tostring(v)), 0)
+  end
+  return v
+end
+
+--- Validates the settings present in `values` against `rules` (name -> {kind, lo, hi} with kind
+--- "integer" or "number"); absent ones stay absent. Names are checked in sorted order, so the
+--- first error is the same on every run.
+---@param values table
+---@param rules table
+---@return table values
+function M.settings(values, rules)
+  local names = {}
+  for name in pairs(rules) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local rule, v = rules[name], values[name]
+    if v ~= nil then M[rule[1]](name, v, rule[2], rule[3]) end
+  end
+  return values
+end
+
+--- Limits of the sizes parity accepts, checked before anything is allocated.
+M.MAX = { rows = 1024, tokens = 131072, new_tokens = 4096, topk = 1000, vocab = 2 ^ 31 - 1, seed = 2 ^ 53 }
+
+return M
