@@ -6,7 +6,7 @@ PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann
         libfmt-dev doctest-dev python3-torch libopenblas0-pthread
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build test demo bench clean
+.PHONY: all deps build test test-asan demo bench clean
 
 all: build
 
@@ -26,6 +26,14 @@ build: deps $(BUILD)/build.ninja
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@cat $(BUILD)/fuzz/run_*/summary.txt 2>/dev/null || echo "fuzz: not run (no clang++ with libFuzzer here)"
+
+# The whole suite built with AddressSanitizer + UndefinedBehaviorSanitizer (gcc), in build-asan/.
+test-asan: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARITY_SANITIZE=ON -DPARITY_FUZZ=OFF
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
 demo: build
 	./$(BUILD)/parity run examples/compare_logits.lua $(BUILD)/fixtures/reference $(BUILD)/fixtures/port_fused
@@ -34,4 +42,4 @@ bench: build
 	./$(BUILD)/parity run bench/metrics.lua
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan

@@ -197,7 +197,9 @@ SafetensorsLayout parse_safetensors(const uint8_t* data, size_t size, const std:
 
   SafetensorsLayout out;
   const uint64_t data_start = 8 + n, data_len = size - data_start;
-  for (const auto& [name, info] : header.items()) {
+  for (const auto& item : header.items()) {
+    const std::string& name = item.key();  // not a structured binding: lambdas capture it below
+    const auto& info = item.value();
     if (name == "__metadata__") {
       if (!info.is_object()) fail(path, "__metadata__ is not an object of strings");
       for (const auto& [k, v] : info.items()) {
