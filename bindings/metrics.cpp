@@ -68,9 +68,27 @@ int r_ratio_rows(lua_State* L) {
   return 1;
 }
 
-/// kl(ref_logits, target_logits) -> per-position KL(P_ref || P_target) tensor
+/// kl(target_logits, ref_logits) -> per-position KL(P_ref || P_target) tensor
 int kl(lua_State* L) {
   push_tensor(L, m::kl_per_position(check_tensor(L, 1), check_tensor(L, 2)));
+  return 1;
+}
+
+/// delta_p(target_logits, ref_logits, tokens) -> per-position P_ref(tok) - P_target(tok)
+int delta_p(lua_State* L) {
+  push_tensor(L, m::delta_p(check_tensor(L, 1), check_tensor(L, 2), check_tensor(L, 3)));
+  return 1;
+}
+
+/// top2_gap(x) -> per-row largest minus second largest
+int top2_gap(lua_State* L) {
+  push_tensor(L, m::top2_gap(check_tensor(L, 1)));
+  return 1;
+}
+
+/// max_abs_diff_rows(a, b) -> per-row max |a - b|
+int max_abs_diff_rows(lua_State* L) {
+  push_tensor(L, m::max_abs_diff_rows(check_tensor(L, 1), check_tensor(L, 2)));
   return 1;
 }
 
@@ -118,6 +136,9 @@ const luaL_Reg kMetrics[] = {
     {"r_ratio", guard<r_ratio>},
     {"r_ratio_rows", guard<r_ratio_rows>},
     {"kl", guard<kl>},
+    {"delta_p", guard<delta_p>},
+    {"top2_gap", guard<top2_gap>},
+    {"max_abs_diff_rows", guard<max_abs_diff_rows>},
     {"top1", guard<top1>},
     {"topk", guard<topk>},
     {"percentiles", guard<percentiles>},

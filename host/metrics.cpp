@@ -205,15 +205,56 @@ at::Tensor r_ratio_rows(const at::Tensor& target, const at::Tensor& ref32, const
   });
 }
 
-at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits) {
-  same_shape("kl", ref_logits, target_logits);
+at::Tensor kl_per_position(const at::Tensor& target_logits, const at::Tensor& ref_logits) {
+  same_shape("kl", target_logits, ref_logits);
   has_last_dim("kl", ref_logits);
   return per_row({ref_logits, target_logits}, [](const std::vector<at::Tensor>& x) {
-    auto lp = at::log_softmax(x[0], -1), lq = at::log_softmax(x[1], -1);
+    auto lp = at::log_softmax(x[0], -1), lq = at::log_softmax(x[1], -1);  // P = ref, Q = target
     auto p = lp.exp();
     // 0 * log 0 = 0: where P is 0 the term is 0 (lp - lq may be -inf - x or nan there)
     auto kl = (p * (lp - lq)).masked_fill_(p == 0, 0.0).sum(-1);
     return kl.masked_fill(finite_rows(x).logical_not(), kNan);
+  });
+}
+
+at::Tensor delta_p(const at::Tensor& target_logits, const at::Tensor& ref_logits, const at::Tensor& tokens) {
+  same_shape("delta_p", target_logits, ref_logits);
+  has_last_dim("delta_p", ref_logits);
+  auto want = ref_logits.sizes().vec();
+  want.pop_back();
+  if (!tokens.sizes().equals(want) || tokens.is_floating_point())
+    throw std::invalid_argument(fmt::format("delta_p: tokens must be integer [{}], got [{}]", fmt::join(want, ", "),
+                                            fmt::join(tokens.sizes(), ", ")));
+  int64_t v = ref_logits.size(-1);
+  auto tok = tokens.detach().reshape({-1}).to(at::kCPU, at::kLong);
+  if (tok.numel() && (tok.min().item<int64_t>() < 0 || tok.max().item<int64_t>() >= v))
+    throw std::invalid_argument(fmt::format("delta_p: token ids outside 0..{}", v - 1));
+  auto t = target_logits.detach().reshape({-1, v}), r = ref_logits.detach().reshape({-1, v});
+  auto out = at::empty({tok.numel()}, at::kDouble);
+  for_row_blocks(tok.numel(), v, [&](int64_t a, int64_t b) {
+    std::vector<at::Tensor> x{t.slice(0, a, b).to(at::kCPU, at::kDouble), r.slice(0, a, b).to(at::kCPU, at::kDouble)};
+    auto idx = tok.slice(0, a, b).unsqueeze(-1);
+    auto pt = at::log_softmax(x[0], -1).gather(-1, idx).squeeze(-1).exp();
+    auto pr = at::log_softmax(x[1], -1).gather(-1, idx).squeeze(-1).exp();
+    out.slice(0, a, b).copy_((pr - pt).masked_fill(finite_rows(x).logical_not(), kNan));
+  });
+  return out.reshape(want);
+}
+
+at::Tensor top2_gap(const at::Tensor& x) {
+  has_last_dim("top2_gap", x);
+  return per_row({x}, [](const std::vector<at::Tensor>& b) {
+    if (b[0].size(-1) < 2) return at::zeros({b[0].size(0)}, at::kDouble);
+    auto top = std::get<0>(b[0].topk(2, -1));
+    return (top.select(-1, 0) - top.select(-1, 1)).masked_fill(finite_rows(b).logical_not(), kNan);
+  });
+}
+
+at::Tensor max_abs_diff_rows(const at::Tensor& a, const at::Tensor& b) {
+  same_shape("max_abs_diff_rows", a, b);
+  has_last_dim("max_abs_diff_rows", a);
+  return per_row({a, b}, [](const std::vector<at::Tensor>& x) {
+    return (x[0] - x[1]).abs().amax(-1).masked_fill(finite_rows(x).logical_not(), kNan);
   });
 }
 

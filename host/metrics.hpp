@@ -60,7 +60,18 @@ at::Tensor r_ratio_rows(const at::Tensor& target, const at::Tensor& ref32, const
                         double eps = 1e-12);
 
 /// KL(P_ref || P_target) per position from logits over the last dim: shape without last dim.
-at::Tensor kl_per_position(const at::Tensor& ref_logits, const at::Tensor& target_logits);
+/// Target first, like every metric here.
+at::Tensor kl_per_position(const at::Tensor& target_logits, const at::Tensor& ref_logits);
+
+/// Δp per position: P_ref(token) - P_target(token), softmax over the last dim; `tokens` has the
+/// logits' shape without the last dim (int64). Positive: the target gives the token less mass.
+at::Tensor delta_p(const at::Tensor& target_logits, const at::Tensor& ref_logits, const at::Tensor& tokens);
+
+/// Per row over the last dim: the largest minus the second largest value (0 for one column).
+at::Tensor top2_gap(const at::Tensor& x);
+
+/// Per row over the last dim: max |a - b|.
+at::Tensor max_abs_diff_rows(const at::Tensor& a, const at::Tensor& b);
 
 /// Top-1 agreement: per position 1 where argmax over the last dim is equal (float64 tensor).
 at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b);

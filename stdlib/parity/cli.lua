@@ -10,7 +10,7 @@ parity — is the port equivalent to the reference, and if not, where does it br
 Usage: parity [--stdlib-dir DIR] COMMAND [ARGS...]
 
 Commands:
-  check REF TARGET           the default workflow: teacher-forced 3-tensor comparison + gates
+  check REF TARGET           the default workflow: teacher-forced comparison (bf16 and fp32 legs), verdict
   gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
   run SCRIPT.lua [ARGS...]   run a validation script (ARGS reach it as `arg` and `...`)
   tree MODEL                 print a model's module tree (--flat, --json)
@@ -173,14 +173,21 @@ Usage: parity check REF TARGET [options]
 
 The default workflow's end-to-end stages. K random prompts; the fp32 reference continues each
 greedily for N tokens; then every model sees those same sequences (teacher forcing):
-  smoke  the target's own greedy continuation vs the reference's: match rate, first divergence
-  e2e    per generated position: R-ratio ||t - r32|| / ||r_low - r32||, cosine, KL(P_r32 || P_t),
-         top-1 / top-k agreement, delta p of the reference token; p5/p50/p95/max; near-ties
-         (flips within the reference's own precision noise) reported apart
-Gates (override with --thresholds FILE.lua, a file returning e.g. { kl_p95 = 0.01 }):
-  R p95 < 1.2, cosine p5 >= 0.95, KL p95 <= 0.05, top-1 agreement (near-ties excluded) > 0.5,
-  and no NaN/Inf anywhere in the target's logits (not only at the judged positions)
-Verdict "equivalent" only if every gate passes. Exit 0 equivalent, 1 divergent, 2 bad input.
+  smoke  the target's own greedy continuation vs the reference's, next to the reference's own
+         at the low precision: match rate, first divergence (a warning, not a criterion)
+  e2e    per generated position at the low precision: R = ||t - r32|| / ||r_low - r32||,
+         cosine, KL(P_r32 || P_t) next to the reference's own, top-1 / top-k agreement, delta p
+         of the reference's token; p5/p50/p95/max; near-ties (flips within the reference's own
+         precision noise) reported apart
+  e2e32  the fp32 leg, when the target has an fp32 trace: R32 = ||t32 - r32|| / ||r_low - r32||
+         sees bugs smaller than the low-precision noise (skipped, and said, otherwise)
+Criteria (thresholds: --thresholds FILE.lua returning e.g. { kl_ratio = 1.5 }):
+  R p95 < 1.2; R32 p95 < 0.003; KL p95 <= max(2 x the reference's own, 1e-4);
+  1 - cosine p5 <= max(2 x the reference's own, 1e-6); top-1 agreement (near-ties excluded)
+  > 0.5; no NaN/Inf anywhere in the target's logits (not only at the judged positions)
+Verdict "equivalent" only if every criterion passes; "divergent" comes with a cause: formula
+(differs in fp32 too), precision (exact in fp32, not at bf16), non_finite, or unknown (no fp32
+trace). Exit 0 equivalent, 1 divergent, 2 bad input.
 
   --dtype D          the low precision under test: bf16 (default) or fp16
   --prompts K        number of prompts (default 4)
@@ -190,8 +197,8 @@ Verdict "equivalent" only if every gate passes. Exit 0 equivalent, 1 divergent, 
   --inputs FILE      prompts from FILE.safetensors (input_ids [K, P]) instead
   --topk K           k of the top-k agreement (default 5)
   --vocab-size V     the vocabulary of the random prompts, overriding what the bundles say
-  --thresholds FILE  gate thresholds (Lua, run sandboxed: see the README, "Sandbox")
-  --out DIR          results: smoke.json, e2e.json, verdict.json (default parity-results)
+  --thresholds FILE  criteria thresholds (Lua, run sandboxed: see the README, "Sandbox")
+  --out DIR          results: smoke.json, e2e.json, e2e32.json, verdict.json (default parity-results)
   --no-cache         recompute the reference's outputs
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
 The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
@@ -209,7 +216,7 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
     if not ok then  -- a usage error must not leave an earlier verdict standing
       local out = out_dir(argv)
       if parity.path_kind(out .. "/verdict.json") then
-        require("parity.check").mark_unfinished(out, "usage error: " .. tostring(o.usage or o))
+        require("parity.workflow").mark_unfinished(out, "usage error: " .. tostring(o.usage or o))
       end
       error(o, 0)
     end
@@ -218,7 +225,7 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"] })
-    print(require("parity.check").summary(verdict, out))
+    print(require("parity.workflow").summary(verdict, out))
     return verdict.verdict == "equivalent" and 0 or 1
   end,
 }

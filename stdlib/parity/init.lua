@@ -32,7 +32,7 @@ M.bundle = function(path) return require("parity.bundle").open(path) end
 --- The logit verifier: target vs reference logits at one dtype (see stages/gate.lua).
 M.gate = function(opts) return require("parity.stages.gate").run(opts) end
 
---- The default workflow's end-to-end stages and gates (see check.lua); writes results to opts.out.
+--- The default workflow (see check.lua, workflow.lua): writes each stage's JSON and verdict.json to opts.out.
 M.check = function(opts) return require("parity.check").run(opts) end
 
 return M

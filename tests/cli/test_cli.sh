@@ -155,12 +155,15 @@ check)
   expect 0 '^reference: from cache ' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
   expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
   expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
+  expect 1 '^  cause: precision: exact in fp32' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
+  expect 1 '^  cause: formula: the target differs from the reference in fp32 too .*, smaller than the bf16 noise$' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug" "${common[@]}"
+  expect 0 'warning: e2e32 skipped: .*reference_bf16.pt has no fp32 trace' -- check "$ref" "$fx/reference_bf16.pt" --out "$tmp/ok" "${common[@]}"
   expect 1 'FAIL  R p95 < 1.2' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}"
   expect 1 "FAIL  no NaN/Inf in the target's logits" -- check "$ref" "$fx/bug_nan" --out "$tmp/bug" "${common[@]}"
   cases=$((cases + 1))
-  if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v["verdict"]=="divergent" and v["failed_gates"]' "$tmp/bug/verdict.json"; then
+  if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v["verdict"]=="divergent" and v["failed"] and v["cause"]["class"]' "$tmp/bug/verdict.json"; then
     echo "ok   check writes verdict.json"; else failures=$((failures + 1)); echo "FAIL: check verdict.json"; fi
-  echo 'return { r_p95 = 1000, kl_p95 = 1000, cosine_p5 = -1, top1 = 0 }' >"$tmp/lenient.lua"
+  echo 'return { r_p95 = 1000, r32_p95 = 1000, kl_floor = 1000, cosine_floor = 2, top1 = 0 }' >"$tmp/lenient.lua"
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}" --thresholds "$tmp/lenient.lua"
   echo 'return { r_p95 = os.exit(0) }' >"$tmp/escape.lua"
   expect 2 "attempt to index global 'os'" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/escape.lua"

@@ -93,7 +93,7 @@ TEST_SUITE("metrics") {
     auto r = m::r_ratio_rows(t2({kNan, 0, 1, 0}, 2), t2({0, 0, 0, 0}, 2), t2({1, 0, 2, 0}, 2), 0.0);
     CHECK(std::isnan(r[0].item<double>()));
     CHECK(r[1].item<double>() == Approx(0.5));
-    auto kl = m::kl_per_position(t2({0, 0, 1, 2}, 2), t2({-kInf, 0, 1, 2}, 2));
+    auto kl = m::kl_per_position(t2({-kInf, 0, 1, 2}, 2), t2({0, 0, 1, 2}, 2));
     CHECK(std::isnan(kl[0].item<double>()));
     CHECK(kl[1].item<double>() == Approx(0.0));
     CHECK(std::isnan(m::cosine_rows(t2({1, kNan}, 1), t2({1, 1}, 1))[0].item<double>()));
@@ -119,10 +119,30 @@ TEST_SUITE("metrics") {
     CHECK(r[1].item<double>() == Approx(0.5));  // 1 / 2
   }
 
-  TEST_CASE("KL(P || Q) per position") {
-    auto kl = m::kl_per_position(t2({0, 0, 1, 2}, 2), t2({0, std::log(3.0), 1, 2}, 2));
-    CHECK(kl[0].item<double>() == Approx(0.5 * std::log(4.0 / 3.0)));  // .5 ln 2 + .5 ln(2/3)
+  TEST_CASE("KL(P_ref || P_target) per position, target first") {
+    // ref P = (1/2, 1/2), target Q = (1/4, 3/4): KL(P||Q) = .5 ln 2 + .5 ln(2/3) = .5 ln(4/3);
+    // the other direction, KL(Q||P) = .25 ln .5 + .75 ln 1.5, differs
+    auto kl = m::kl_per_position(t2({0, std::log(3.0), 1, 2}, 2), t2({0, 0, 1, 2}, 2));
+    CHECK(kl[0].item<double>() == Approx(0.5 * std::log(4.0 / 3.0)));
     CHECK(kl[1].item<double>() == Approx(0.0));
+  }
+
+  TEST_CASE("delta p: the reference's token probability under the reference minus under the target") {
+    // row 0: ref (1/2, 1/2), target (1/4, 3/4), token 0: 1/2 - 1/4; row 1: token 1: 1/2 - 3/4
+    auto dp = m::delta_p(t2({0, std::log(3.0), 0, std::log(3.0)}, 2), t2({0, 0, 0, 0}, 2),
+                         at::tensor({0, 1}, at::kLong));
+    CHECK(dp[0].item<double>() == Approx(0.25));
+    CHECK(dp[1].item<double>() == Approx(-0.25));
+    CHECK_THROWS_AS(m::delta_p(t2({0, 0}, 1), t2({0, 0}, 1), at::tensor({2}, at::kLong)), std::invalid_argument);
+  }
+
+  TEST_CASE("per-row top-2 gap and max |diff|") {
+    auto gap = m::top2_gap(t2({1, 5, 3, 2, 2, 0}, 2));
+    CHECK(gap[0].item<double>() == Approx(2.0));
+    CHECK(gap[1].item<double>() == Approx(0.0));
+    auto d = m::max_abs_diff_rows(t2({1, 5, 3, 2}, 2), t2({1, 4, 0, 2}, 2));
+    CHECK(d[0].item<double>() == Approx(1.0));
+    CHECK(d[1].item<double>() == Approx(3.0));
   }
 
   TEST_CASE("top-1 and top-k agreement") {

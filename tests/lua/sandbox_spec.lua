@@ -93,11 +93,11 @@ spec.describe("thresholds", function()
   spec.it("are data: non-finite, negative, out-of-range or wrong-typed values are refused by key", function()
     for text, needle in pairs({
       ["return { r_p95 = 0/0 }"] = "threshold 'r_p95' must be a finite number >= 0, got nan",
-      ["return { kl_p95 = -1 }"] = "threshold 'kl_p95' must be a finite number >= 0, got -1",
-      ["return { kl_p95 = 1/0 }"] = "threshold 'kl_p95' must be a finite number >= 0, got inf",
-      ["return { kl_p95 = '0.1' }"] = "threshold 'kl_p95' must be a number, got the string \"0.1\"",
+      ["return { kl_floor = -1 }"] = "threshold 'kl_floor' must be a finite number >= 0, got -1",
+      ["return { kl_ratio = 1/0 }"] = "threshold 'kl_ratio' must be a finite number >= 0, got inf",
+      ["return { kl_ratio = '0.1' }"] = "threshold 'kl_ratio' must be a number, got the string \"0.1\"",
       ["return { top1 = 1.5 }"] = "threshold 'top1' must be a finite number in 0..1, got 1.5",
-      ["return { cosine_p5 = -2 }"] = "threshold 'cosine_p5' must be a finite number in -1..1, got -2",
+      ["return { cosine_floor = -2 }"] = "threshold 'cosine_floor' must be a finite number in 0..2, got -2",
       ["return { r_p59 = 1 }"] = "unknown threshold 'r_p59'",
       ["return 42"] = "thresholds must be a table, got number",
     }) do
@@ -110,10 +110,10 @@ spec.describe("thresholds", function()
     local t = thresholds.load_file(file("ok.lua", [[
       local base = { r_p95 = 1.2 }
       local ok = pcall(error, "caught")
-      return { r_p95 = base.r_p95 * 2, kl_p95 = math.max(0.01, select(2, 0, 0.02)), top1 = tonumber("0.6"),
+      return { r_p95 = base.r_p95 * 2, kl_floor = math.max(0.01, select(2, 0, 0.02)), top1 = tonumber("0.6"),
                smoke_match = ok and 1 or 0.25 }
     ]]))
-    eq(t, { r_p95 = 2.4, kl_p95 = 0.02, top1 = 0.6, smoke_match = 0.25 })
+    eq(t, { r_p95 = 2.4, kl_floor = 0.02, top1 = 0.6, smoke_match = 0.25 })
   end)
 end)
 

@@ -1,19 +1,21 @@
---- stage e2e — teacher-forced 3-tensor comparison. Every model sees the same sequences: the
---- fp32 reference's greedy continuation of the prompts. At each generated position compare the
---- target (low precision) with the reference at fp32, using the reference at the low precision
---- as the baseline of what precision alone costs:
+--- stage e2e — teacher-forced 3-tensor comparison at the low precision. Every model sees the same
+--- sequences: the fp32 reference's greedy continuation of the prompts. At each generated
+--- position the target (low precision) is compared with the reference at fp32, and the reference
+--- at the low precision is the baseline of what precision alone costs:
 ---   R = ||t - r32|| / ||r_low - r32||, cosine(t, r32), KL(P_r32 || P_t), top-1 and top-k
----   agreement with r32, and Δp = p_r32(tok) - p_t(tok) of the reference's token.
---- A top-1 flip where the reference's own top-2 gap is within tie_factor x its precision noise
---- (max |r_low - r32| at that position) is a near-tie, not a divergence.
+---   agreement with r32, Δp = P_r32(tok) - P_t(tok) of the reference's token,
+--- next to the reference's own cosine(r_low, r32) and KL(P_r32 || P_r_low): the distributional
+--- criteria are judged relative to those. A top-1 flip where the reference's own top-2 gap is
+--- within tie_factor x its precision noise (max |r_low - r32| at that position) is a near-tie.
 local core = require("parity.core")
 local m = core.metrics
 
-local M = {}
+local M = { name = "e2e" }
 
 local QS = { 5, 50, 95, 100 }
 
-local function dist(t)
+--- p5/p50/p95/max of a per-position tensor.
+function M.dist(t)
   local p = m.percentiles(t, QS)
   return { p5 = p[1], p50 = p[2], p95 = p[3], max = p[4] }
 end
@@ -23,53 +25,105 @@ local function rate(hits, n)
   return { rate = r, stderr = n > 0 and math.sqrt(r * (1 - r) / n) or 0, count = hits, of = n }
 end
 
----@param ctx table {ref32, ref_low, target: logits [K, N, V]; tokens [K, N]: the reference's
----                   tokens at those positions; topk; thresholds}
+--- The metrics of target logits against the reference's, at the judged positions.
+---@param t userdata target logits [.., V]
+---@param r32 userdata reference fp32 logits, same shape
+---@param rlow userdata reference low-precision logits, same shape
+---@param tokens userdata the reference's tokens at those positions [..]
+---@param opts table {topk, tie_factor, dtype}
 ---@return table
-function M.run(ctx)
-  local r32, rlow, t = ctx.ref32, ctx.ref_low, ctx.target
-  local n = r32:size(0) * r32:size(1)
-
+function M.compare(t, r32, rlow, tokens, opts)
+  local n = tokens:numel()
   local r = m.r_ratio_rows(t, r32, rlow)
-  local cos = m.cosine_rows(t, r32)
-  local kl = m.kl(r32, t)
-  local baseline_kl = m.kl(r32, rlow)
+  local cos, own_cos = m.cosine_rows(t, r32), m.cosine_rows(rlow, r32)
+  local kl, own_kl = m.kl(t, r32), m.kl(rlow, r32)
+  local dp = m.delta_p(t, r32, tokens)
   local _, top1 = m.top1(t, r32)
-  local topk_rate, topk = m.topk(t, r32, ctx.topk)
-
-  local idx = ctx.tokens:unsqueeze(-1)
-  local p_ref = torch.softmax(r32:double(), -1):gather(-1, idx):squeeze(-1)
-  local p_t = torch.softmax(t:double(), -1):gather(-1, idx):squeeze(-1)
-  local dp = p_ref - p_t
+  local topk_rate = m.topk(t, r32, opts.topk)
 
   -- near-ties: a flip within the reference's own precision noise
-  local top2 = r32:topk(2, -1)
-  local gap = top2:select(-1, 0) - top2:select(-1, 1)
-  local noise = (rlow - r32):abs():amax(-1)
-  local flips = top1:eq(0)
-  local tie = flips:logical_and(gap:le(noise * ctx.thresholds.tie_factor))
+  local noise = m.max_abs_diff_rows(rlow, r32)
+  local tie = top1:eq(0):logical_and(m.top2_gap(r32):le(noise * opts.tie_factor))
   local n_ties = tie:sum():item()
   local agree = top1:sum():item()
-
   return {
-    stage = "e2e",
     positions = n,
-    shape = { r32:size(0), r32:size(1) },
-    r_ratio = dist(r),
-    cosine = dist(cos),
-    kl = dist(kl),
-    kl_baseline = dist(baseline_kl),
-    delta_p = dist(dp),
+    shape = tokens:size(),
+    r_ratio = M.dist(r),
+    cosine = M.dist(cos), own_cosine = M.dist(own_cos),
+    kl = M.dist(kl), own_kl = M.dist(own_kl),
+    delta_p = M.dist(dp),
     top1 = rate(agree, n),
     top1_ties_excluded = rate(agree, n - n_ties),
-    topk = { k = ctx.topk, rate = topk_rate, stderr = math.sqrt(topk_rate * (1 - topk_rate) / n) },
+    topk = { k = opts.topk, rate = topk_rate, stderr = math.sqrt(topk_rate * (1 - topk_rate) / n) },
     ties = {
       count = n_ties,
       rule = ("a top-1 disagreement counts as a near-tie when the fp32 reference's top-2 logit gap"
         .. " <= %g x max|ref_%s - ref_fp32| at that position; near-ties are left out of"
-        .. " top1_ties_excluded"):format(ctx.thresholds.tie_factor, ctx.dtype),
+        .. " top1_ties_excluded"):format(opts.tie_factor, opts.dtype),
     },
-    per_position = { r_ratio = r:tolist(), cosine = cos:tolist(), kl = kl:tolist(), top1 = top1:tolist() },
+    per_position = { r_ratio = r:tolist(), cosine = cos:tolist(), kl = kl:tolist(), delta_p = dp:tolist(),
+                     top1 = top1:tolist(), near_tie = tie:tolist() },
+  }
+end
+
+---@param ctx parity.Context
+function M.run(ctx)
+  local r = ctx:reference_outputs()
+  local full = ctx:target_logits(ctx.dtype)
+  local result = M.compare(ctx:judged(full), r.ref32, r.ref_low, r.tokens,
+    { topk = ctx.settings.topk, tie_factor = ctx.thresholds.tie_factor, dtype = ctx.dtype })
+  result.target_non_finite = m.non_finite(full)  -- anywhere, not only at the judged positions
+  return result
+end
+
+--- The bound a target's figure may reach: `ratio` x the reference's own, but never below `floor`.
+local function relative(own, ratio, floor) return math.max(ratio * own, floor) end
+
+--- R p95 >= r_p95 is a warning, not a failure, when the fp32 leg shows the target exact and R p50
+--- stays under r_p50_precision: a port that only rounds in another order (RoPE applied in fp32, a
+--- hand-written LayerNorm) has noise as large as the reference's own but independent of it, so
+--- its per-position R is near 1 typically and spread wide (p95 1.3-1.7 measured); one computing
+--- at a lower precision (a variance summed in bf16) is above 1 typically (p50 1.3).
+function M.criteria(e, th, results)
+  local bad = e.target_non_finite.nan + e.target_non_finite.inf
+  local e32 = results and results.e2e32
+  local exact32 = e32 and not e32.skipped and e32.r32.p95 < th.r32_p95
+  local r_pass = e.r_ratio.p95 < th.r_p95
+  local r_warn = not r_pass and exact32 and e.r_ratio.p50 < th.r_p50_precision
+  local kl_max = relative(e.own_kl.p95, th.kl_ratio, th.kl_floor)
+  local cos_gap = relative(1 - e.own_cosine.p5, th.cosine_ratio, th.cosine_floor)
+  return {
+    { name = "finite", value = bad, threshold = 0, rule = "no NaN/Inf in the target's logits", pass = bad == 0 },
+    { name = "r_p95", value = e.r_ratio.p95, threshold = th.r_p95, rule = ("R p95 < %g"):format(th.r_p95),
+      pass = r_pass, warn = r_warn or nil, why = r_warn and ("exact in fp32 (R32 p95 %.3g) and R p50 %.3g < %g: a"
+        .. " precision-ordering difference, not a bug"):format(e32.r32.p95, e.r_ratio.p50, th.r_p50_precision) or nil },
+    { name = "kl", value = e.kl.p95, threshold = kl_max, pass = e.kl.p95 <= kl_max,
+      rule = ("KL p95 <= max(%g x own %.3g, %g)"):format(th.kl_ratio, e.own_kl.p95, th.kl_floor) },
+    { name = "cosine", value = 1 - e.cosine.p5, threshold = cos_gap, pass = 1 - e.cosine.p5 <= cos_gap,
+      rule = ("1 - cosine p5 <= max(%g x own %.3g, %g)"):format(th.cosine_ratio, 1 - e.own_cosine.p5, th.cosine_floor) },
+    { name = "top1", value = e.top1_ties_excluded.rate, threshold = th.top1, pass = e.top1_ties_excluded.rate > th.top1,
+      rule = ("top-1 agreement (near-ties excluded) > %g"):format(th.top1) },
+  }
+end
+
+function M.summary(e)
+  return { positions = e.positions, r_ratio = e.r_ratio, cosine = e.cosine, own_cosine = e.own_cosine, kl = e.kl,
+           own_kl = e.own_kl, delta_p = e.delta_p, top1 = e.top1, top1_ties_excluded = e.top1_ties_excluded,
+           topk = e.topk, ties = e.ties.count, target_non_finite = e.target_non_finite }
+end
+
+local function d(x) return ("p5 %.4g  p50 %.4g  p95 %.4g  max %.4g"):format(x.p5, x.p50, x.p95, x.max) end
+
+function M.lines(e)
+  return {
+    "R       " .. d(e.r_ratio),
+    "cosine  " .. d(e.cosine) .. ("   (reference's own: p5 %.6g)"):format(e.own_cosine.p5),
+    "KL      " .. d(e.kl) .. ("   (reference's own: p95 %.4g)"):format(e.own_kl.p95),
+    "delta p " .. d(e.delta_p),
+    ("top-1   %.1f%% ± %.1f%% (%d near-ties excluded; %.1f%% with them)   top-%d %.1f%%"):format(
+      100 * e.top1_ties_excluded.rate, 100 * e.top1_ties_excluded.stderr, e.ties, 100 * e.top1.rate,
+      e.topk.k, 100 * e.topk.rate),
   }
 end
 

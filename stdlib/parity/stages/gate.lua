@@ -95,7 +95,7 @@ end
 function M.summary(g)
   local ac = g.allclose
   local lines = {
-    ("parity gate: %s vs %s at %s on %s tokens"):format(g.target, g.reference, g.dtype,
+    ("parity gate: reference %s, target %s at %s on %s tokens"):format(g.reference, g.target, g.dtype,
       table.concat(g.inputs.shape, " x ")),
     ("%s  allclose(rtol=%g, atol=%g): %d of %d logits outside"):format(
       g.pass and "PASS" or "FAIL", g.tolerances.rtol, g.tolerances.atol, ac.n_fail, ac.numel),

@@ -1,0 +1,244 @@
+--- The stage runner. One parity.Context per run (both bundles opened once, the dtype, the
+--- inputs, the thresholds, the results directory, the reference cache), a list of stages run in
+--- order, each stage's JSON written atomically as soon as it exists, and the verdict assembled
+--- here and nowhere else.
+---
+--- A stage is a module with `name`, `run(ctx) -> result` and optionally
+--- `criteria(result, thresholds, results) -> {criterion...}` (what the verdict judges, once every
+--- stage has run: `results` holds them all by name), `summary(result)`
+--- (the small table the verdict keeps) and `lines(summary) -> string[]` (the terminal summary).
+--- A result `{skipped = "why"}` is recorded as skipped, never silently.
+local core = require("parity.core")
+local bundle = require("parity.bundle")
+local lm = require("parity.lm")
+local thresholds = require("parity.thresholds")
+local validate = require("parity.validate")
+
+local M = {}
+
+local FORMAT = 2  -- bump when what the reference cache stores changes
+
+---@class parity.Context
+---@field reference parity.Bundle
+---@field target parity.Bundle
+---@field dtype string        the low precision under test ("bf16" or "fp16")
+---@field settings table      prompts, prompt_len, new_tokens, seed, topk
+---@field prompts userdata    token ids [K, P]
+---@field vocab integer
+---@field thresholds table
+---@field out string          results directory
+---@field log fun(msg: string)
+---@field results table<string, table>  stage name -> result, as the stages finish
+local Context = {}
+Context.__index = Context
+
+local function default_cache_dir()
+  local xdg = os.getenv("XDG_CACHE_HOME")
+  if xdg and xdg ~= "" then return xdg .. "/parity" end
+  return (os.getenv("HOME") or "/tmp") .. "/.cache/parity"
+end
+
+--- Validates the options, opens both bundles and makes the prompts. See parity.CheckOptions.
+---@return parity.Context
+function M.context(opts)
+  local max = validate.MAX
+  validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
+    new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
+    topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
+  local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print, results = {},
+    cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
+    inputs_file = opts.inputs, memo = {} }, Context)
+  ctx.reference, ctx.target = bundle.open(opts.reference), bundle.open(opts.target)
+  ctx.dtype = opts.dtype or "bf16"
+  if ctx.dtype ~= "bf16" and ctx.dtype ~= "fp16" then
+    error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
+      .. " (for fp32 logits use parity gate)"):format(tostring(ctx.dtype)), 0)
+  end
+  ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
+    or opts.thresholds)
+  local s = { prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
+              seed = opts.seed or 0, topk = opts.topk or 5 }
+  for _, d in ipairs({ "fp32", ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace
+  ctx.target:at(ctx.dtype)
+  ctx.vocab = lm.shared_vocab(ctx.reference, ctx.target, opts.vocab_size)
+  ctx.prompts = opts.inputs and lm.tokens_from_file(opts.inputs, ctx.vocab)
+    or lm.random_tokens(ctx.vocab, s.prompts, s.prompt_len, s.seed)
+  s.prompts, s.prompt_len = ctx.prompts:size(0), ctx.prompts:size(1)
+  validate.integer("prompts", s.prompts, 1, max.rows)
+  validate.integer("prompt_len + new_tokens", s.prompt_len + s.new_tokens, 2, max.tokens)
+  validate.integer("topk", s.topk, 1, math.min(ctx.vocab, max.topk))
+  lm.check_size({ ctx.reference, ctx.target }, s.prompts, s.prompt_len + s.new_tokens, ctx.vocab, 6)
+  ctx.settings = s
+  return ctx
+end
+
+--- The cache key: the reference's files, the inputs and every setting its outputs depend on.
+function Context:cache_key()
+  local files = {}
+  for _, d in ipairs({ "fp32", self.dtype }) do files[d] = core.hash_file(self.reference.files[d]) end
+  if self.reference.manifest then files.manifest = core.hash_string(core.json.encode(self.reference.manifest)) end
+  return core.hash_string(core.json.encode({
+    format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens,
+    prompts = core.hash_string(core.json.encode(self.prompts:tolist())),
+  }))
+end
+
+--- Narrows [K, P + N, V] logits to the N judged positions: those predicting the new tokens.
+function Context:judged(logits)
+  return logits:narrow(1, self.prompts:size(1) - 1, self.settings.new_tokens):contiguous()
+end
+
+--- The reference's side, computed once and cached on disk: `sequences` (the fp32 greedy
+--- continuation of the prompts, [K, P + N]), `ref32` and `ref_low` (teacher-forced logits at
+--- the judged positions) and `own_tokens` (the reference's own greedy tokens at the low precision).
+---@return table
+function Context:reference_outputs()
+  if self.memo.reference then return self.memo.reference end
+  local t0 = os.clock()
+  local path = self.cache_dir .. "/" .. self:cache_key() .. ".safetensors"
+  local r, why
+  if self.cache_enabled and core.path_kind(path) == "file" then
+    local ok, t = pcall(core.tensors.load, path)
+    if ok and t.sequences and t.ref32 and t.ref_low and t.own_tokens then r = t else why = ok and "incomplete" or tostring(t) end
+  end
+  if r then
+    self.log(("reference: from cache %s (%.2f s CPU)"):format(path, os.clock() - t0))
+  else
+    local ref, n, p = self.reference, self.settings.new_tokens, self.prompts:size(1)
+    local seqs = lm.greedy(ref, "fp32", self.prompts, n)
+    r = { sequences = seqs, ref32 = self:judged(lm.forward(ref, "fp32", seqs)),
+          ref_low = self:judged(lm.forward(ref, self.dtype, seqs)),
+          own_tokens = lm.greedy(ref, self.dtype, self.prompts, n):narrow(1, p, n):contiguous() }
+    if self.cache_enabled then
+      core.remove_stale_temps(self.cache_dir)
+      core.tensors.save(path, r, { format = tostring(FORMAT) })
+      self.log(("reference: computed in %.2f s CPU%s, cached as %s"):format(os.clock() - t0,
+        why and (" (cache unreadable: " .. why .. ")") or "", path))
+    else
+      self.log(("reference: computed in %.2f s CPU (cache off)"):format(os.clock() - t0))
+    end
+  end
+  r.tokens = r.sequences:narrow(1, self.prompts:size(1), self.settings.new_tokens)  -- the judged tokens
+  self.memo.reference = r
+  return r
+end
+
+--- The target's teacher-forced logits over the reference's whole sequences at `dtype`
+--- ([K, P + N, V], float32), computed once per dtype; their shape is checked against the reference's.
+function Context:target_logits(dtype)
+  local key = "target_" .. dtype
+  if self.memo[key] then return self.memo[key] end
+  local r = self:reference_outputs()
+  local t = lm.forward(self.target, dtype, r.sequences)
+  lm.check_shape(t, { r.sequences:size(0), r.sequences:size(1), r.ref32:size(2) }, self.reference.path, self.target.path)
+  self.memo[key] = t
+  return t
+end
+
+local STAGE_FILES = { "smoke.json", "e2e.json", "e2e32.json" }
+
+--- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
+--- dies before writing its own verdict never leaves an earlier one behind), removes the stage
+--- files and the temporary files of killed runs.
+---@param out string
+---@param why string
+function M.mark_unfinished(out, why)
+  core.remove_stale_temps(out)
+  for _, f in ipairs(STAGE_FILES) do os.remove(out .. "/" .. f) end
+  core.json.write(out .. "/verdict.json", { verdict = "error", error = why })
+end
+
+--- What kind of divergence the failed criteria point to, from the two legs: the fp32 leg
+--- separates a computation difference (the target differs in fp32 too) from a precision one
+--- (exact in fp32, different only at the low precision).
+local function cause(failed, results, dtype)
+  if failed.finite or failed.finite32 then
+    return { class = "non_finite", detail = "NaN or Inf in the target's logits" }
+  end
+  local low = failed.r_p95 or failed.kl or failed.cosine or failed.top1
+  local e32 = results.e2e32
+  if failed.r32_p95 then
+    return { class = "formula", detail = ("the target differs from the reference in fp32 too (R32 p95 %.3g): a"
+      .. " computation difference%s"):format(e32.r32.p95, low and "" or (", smaller than the %s noise"):format(dtype)) }
+  end
+  if not low then return nil end
+  if e32 and not e32.skipped then
+    return { class = "precision", detail = ("exact in fp32 (R32 p95 %.3g) but not at %s (R p95 %.3g): an operation"
+      .. " computed at a lower precision (e.g. a norm's variance accumulated in %s) or in another order"
+      .. " (e.g. q scaled before QK^T instead of the scores after)"):format(e32.r32.p95, dtype,
+      results.e2e.r_ratio.p95, dtype) }
+  end
+  return { class = "unknown", detail = "the target has no fp32 trace to tell a computation difference from a precision one" }
+end
+
+--- Runs the stages in order and assembles the verdict: "equivalent" when every criterion
+--- passes, else "divergent" with a cause. Writes <stage>.json as each finishes, then verdict.json.
+---@param ctx parity.Context
+---@param stages table[] stage modules
+---@return table verdict
+function M.run(ctx, stages)
+  local order = {}
+  for _, stage in ipairs(stages) do
+    local result = stage.run(ctx)
+    result.stage = stage.name
+    ctx.results[stage.name] = result
+    core.json.write(ctx.out .. "/" .. stage.name .. ".json", result)
+    order[#order + 1] = stage.name
+    core.collect()
+  end
+  local criteria, failed, failed_set, warnings, skipped, summaries = {}, {}, {}, {}, {}, {}
+  for _, stage in ipairs(stages) do
+    local result = ctx.results[stage.name]
+    if result.skipped then
+      skipped[#skipped + 1] = { stage = stage.name, reason = result.skipped }
+      warnings[#warnings + 1] = ("%s skipped: %s"):format(stage.name, result.skipped)
+    else
+      summaries[stage.name] = stage.summary and stage.summary(result) or core.json.null
+      for _, c in ipairs(stage.criteria and stage.criteria(result, ctx.thresholds, ctx.results) or {}) do
+        c.stage = stage.name
+        criteria[#criteria + 1] = c
+        if not c.pass and c.warn then
+          warnings[#warnings + 1] = ("%s: %s (%.4g)%s"):format(stage.name, c.rule, c.value, c.why and (": " .. c.why) or "")
+        elseif not c.pass then
+          failed[#failed + 1], failed_set[c.name] = c.name, true
+        end
+      end
+    end
+  end
+  local verdict = {
+    verdict = #failed == 0 and "equivalent" or "divergent",
+    cause = cause(failed_set, ctx.results, ctx.dtype) or core.json.null,
+    reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
+    settings = ctx.settings, inputs = ctx.inputs_file or core.json.null, thresholds = ctx.thresholds,
+    criteria = criteria, failed = core.json.array(failed), warnings = core.json.array(warnings),
+    skipped = core.json.array(skipped), stages = order, summaries = summaries,
+  }
+  core.json.write(ctx.out .. "/verdict.json", verdict)
+  return verdict
+end
+
+--- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
+---@param v table
+---@param out string the results directory
+---@return string
+function M.summary(v, out)
+  local s = v.settings
+  local lines = { ("parity check: reference %s, target %s at %s, %d prompts x %d new tokens (teacher-forced)"):format(
+    v.reference, v.target, v.dtype, s.prompts, s.new_tokens) }
+  for _, name in ipairs(v.stages) do
+    local stage, summary = require("parity.stages." .. name), v.summaries[name]
+    if summary and summary ~= core.json.null and stage.lines then
+      for _, line in ipairs(stage.lines(summary)) do lines[#lines + 1] = "  " .. line end
+    end
+  end
+  for _, c in ipairs(v.criteria) do
+    lines[#lines + 1] = ("  %s  %-60s %.4g"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value)
+  end
+  for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
+  if v.cause ~= core.json.null then lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail) end
+  lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
+    #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
+  return table.concat(lines, "\n")
+end
+
+return M

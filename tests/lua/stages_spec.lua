@@ -1,0 +1,167 @@
+-- The stages' maths and the runner on small hand-made tensors whose figures are known by hand:
+-- KL's direction, Δp's sign, which flips are near-ties, smoke's first divergence, R32, the
+-- relative criteria and the verdict's cause.
+local spec = require("parity.spec")
+local e2e = require("parity.stages.e2e")
+local e2e32 = require("parity.stages.e2e32")
+local smoke = require("parity.stages.smoke")
+local workflow = require("parity.workflow")
+local thresholds = require("parity.thresholds")
+local describe, it, eq, near, truthy = spec.describe, spec.it, spec.eq, spec.near, spec.truthy
+
+local function logits(rows) return torch.tensor({ rows }) end  -- [1, N, V]
+local function tokens(row) return torch.tensor({ row }, { dtype = "int64" }) end
+local TH = thresholds.resolve()
+local OPTS = { topk = 1, tie_factor = 2, dtype = "bf16" }
+
+describe("e2e", function()
+  it("computes KL(P_ref32 || P_target), not the other direction", function()
+    -- P_ref = (1/2, 1/2), P_t = (1/4, 3/4): KL(P_ref||P_t) = .5 ln(4/3) = 0.1438; reversed it is 0.1308
+    local r32 = logits({ { 0, 0 } })
+    local t = logits({ { 0, math.log(3) } })
+    local e = e2e.compare(t, r32, r32, tokens({ 0 }), OPTS)
+    near(e.kl.max, 0.5 * math.log(4 / 3), 1e-6, "KL")
+    near(e.own_kl.max, 0, 1e-12, "the reference's own KL against itself")
+  end)
+
+  it("gives Δp = P_ref32(token) - P_target(token): positive when the target gives the token less", function()
+    local r32 = logits({ { 0, 0 }, { 0, 0 } })
+    local t = logits({ { 0, math.log(3) }, { 0, math.log(3) } })
+    local e = e2e.compare(t, r32, r32, tokens({ 0, 1 }), OPTS)
+    eq(e.per_position.delta_p[1][1] > 0, true, "token 0: 1/2 - 1/4")
+    near(e.per_position.delta_p[1][1], 0.25, 1e-6)
+    near(e.per_position.delta_p[1][2], -0.25, 1e-6, "token 1: 1/2 - 3/4")
+  end)
+
+  it("counts a flip as a near-tie only within tie_factor x the reference's own noise", function()
+    -- position 0: top-2 gap 0.1, own noise max|r_low - r32| = 0.05: 0.1 <= 2 x 0.05, a near-tie
+    -- position 1: gap 2, same noise: a real flip
+    local r32 = logits({ { 1.0, 0.9 }, { 2.0, 0.0 } })
+    local rlow = logits({ { 1.0, 0.95 }, { 2.0, 0.05 } })
+    local t = logits({ { 0.9, 1.0 }, { 0.0, 2.0 } })
+    local e = e2e.compare(t, r32, rlow, tokens({ 0, 0 }), OPTS)
+    eq(e.ties.count, 1)
+    eq(e.per_position.near_tie[1], { true, false })
+    eq(e.top1.count, 0)
+    eq(e.top1_ties_excluded.of, 1, "one flip is judged, the near-tie is left out")
+  end)
+
+  it("computes R per position against the reference's own noise", function()
+    -- ||t - r32|| = 5 (3, 4), ||r_low - r32|| = 2.5 (1.5, 2): R = 2
+    local r32 = logits({ { 0, 0 } })
+    local e = e2e.compare(logits({ { 3, 4 } }), r32, logits({ { 1.5, 2 } }), tokens({ 0 }), OPTS)
+    near(e.r_ratio.max, 2.0, 1e-9)
+  end)
+
+  it("judges KL and cosine relative to the reference's own, with a floor", function()
+    local function crit(name, fig)
+      for _, c in ipairs(e2e.criteria(fig, TH, {})) do
+        if c.name == name then return c end
+      end
+    end
+    local base = { target_non_finite = { nan = 0, inf = 0 }, r_ratio = { p50 = 1, p95 = 1 },
+                   top1_ties_excluded = { rate = 1 }, own_cosine = { p5 = 0.99 }, cosine = { p5 = 0.99 } }
+    local function with(kl, own_kl)
+      local f = {}
+      for k, v in pairs(base) do f[k] = v end
+      f.kl, f.own_kl = { p95 = kl }, { p95 = own_kl }
+      return f
+    end
+    eq(crit("kl", with(0.22, 0.2256)).pass, true, "as large as the reference's own: passes")
+    eq(crit("kl", with(0.44, 0.2256)).pass, true, "under 2x the reference's own")
+    eq(crit("kl", with(0.46, 0.2256)).pass, false, "over 2x")
+    eq(crit("kl", with(9e-5, 0)).pass, true, "the floor, when the reference has no noise of its own")
+    eq(crit("kl", with(2e-4, 0)).pass, false)
+    local f = with(0, 0)
+    f.cosine = { p5 = 0.975 }  -- 1 - cos = 0.025 > 2 x 0.01
+    eq(crit("cosine", f).pass, false)
+    f.cosine = { p5 = 0.985 }
+    eq(crit("cosine", f).pass, true)
+  end)
+
+  it("warns instead of failing R when the fp32 leg is exact and R p50 stays low", function()
+    local fig = { target_non_finite = { nan = 0, inf = 0 }, r_ratio = { p50 = 0.98, p95 = 1.4 },
+                  kl = { p95 = 0.1 }, own_kl = { p95 = 0.1 }, cosine = { p5 = 1 }, own_cosine = { p5 = 1 },
+                  top1_ties_excluded = { rate = 1 } }
+    local exact = { e2e32 = { r32 = { p95 = 1e-5 } } }
+    local r = e2e.criteria(fig, TH, exact)[2]
+    eq({ r.name, r.pass, r.warn }, { "r_p95", false, true })
+    fig.r_ratio.p50 = 1.3  -- typically worse than the reference: a lower precision, not an order
+    eq(e2e.criteria(fig, TH, exact)[2].warn, nil)
+    fig.r_ratio.p50 = 0.98
+    eq(e2e.criteria(fig, TH, { e2e32 = { r32 = { p95 = 0.01 } } })[2].warn, nil, "not with a failing fp32 leg")
+    eq(e2e.criteria(fig, TH, { e2e32 = { skipped = "no fp32" } })[2].warn, nil, "not without an fp32 leg")
+  end)
+end)
+
+describe("e2e32", function()
+  it("computes R32 = ||t32 - r32|| / ||r_low - r32|| per position", function()
+    local r32 = logits({ { 1, 1 }, { 0, 0 } })
+    local rlow = logits({ { 1, 2 }, { 0, 4 } })  -- own noise 1 and 4
+    local t32 = logits({ { 1, 1.003 }, { 0.006, 0.008 } })  -- target error 0.003 and 0.01
+    local e = e2e32.compare(t32, r32, rlow)
+    near(e.per_position.r32[1][1], 0.003, 1e-6)
+    near(e.per_position.r32[1][2], 0.0025, 1e-6)
+  end)
+end)
+
+describe("smoke", function()
+  it("reports the first divergence (0-based) and the match rates, the reference's own beside", function()
+    local s = smoke.compare(tokens({ 1, 2, 3, 4 }), tokens({ 1, 2, 9, 4 }), tokens({ 1, 2, 3, 5 }))
+    eq(s.per_prompt[1].first_divergence, 2)
+    near(s.match_rate, 0.75)
+    near(s.own_match_rate, 0.75)
+    eq(smoke.compare(tokens({ 1, 2 }), tokens({ 1, 2 }), tokens({ 1, 2 })).per_prompt[1].first_divergence,
+      parity.json.null, "no divergence: null")
+    local c = smoke.criteria({ match_rate = 0.2, own_match_rate = 1 }, TH)[1]
+    eq({ c.pass, c.warn }, { false, true }, "a low match rate is a warning, not a failure")
+  end)
+end)
+
+describe("workflow", function()
+  local out = os.tmpname()
+  os.remove(out)
+  local function ctx()
+    return { out = out, results = {}, thresholds = TH, dtype = "bf16", settings = { prompts = 1, new_tokens = 1 },
+             reference = { path = "ref" }, target = { path = "target" } }
+  end
+  local function stage(name, result, criteria)
+    return { name = name, run = function() return result end, summary = function(r) return { x = r.x } end,
+             criteria = criteria and function() return criteria end or nil }
+  end
+
+  it("writes each stage's JSON, records skipped stages and warnings, and passes when all criteria do", function()
+    local v = workflow.run(ctx(), {
+      stage("a", { x = 1 }, { { name = "ok", value = 1, rule = "fine", pass = true } }),
+      stage("b", { skipped = "no fp32 trace" }),
+      stage("c", { x = 3 }, { { name = "soft", value = 0.1, rule = "live", pass = false, warn = true } }),
+    })
+    eq(v.verdict, "equivalent")
+    eq(v.cause, parity.json.null)
+    eq(v.skipped, { { stage = "b", reason = "no fp32 trace" } })
+    eq(#v.warnings, 2)
+    eq(v.stages, { "a", "b", "c" })
+    eq(parity.json.read(out .. "/b.json").skipped, "no fp32 trace")
+    eq(parity.json.read(out .. "/verdict.json").summaries.c.x, 3)
+  end)
+
+  it("names the cause: a computation difference when fp32 differs too, precision when it does not", function()
+    local function run(r32_p95, failed)
+      local c = ctx()
+      return workflow.run(c, {
+        stage("e2e", { r_ratio = { p95 = 2 } }, { { name = failed, value = 2, rule = "R", pass = false } }),
+        stage("e2e32", { r32 = { p95 = r32_p95 } }, { { name = "r32_p95", value = r32_p95, rule = "R32",
+                                                       pass = r32_p95 < TH.r32_p95 } }),
+      })
+    end
+    local v = run(0.5, "r_p95")
+    eq({ v.verdict, v.cause.class }, { "divergent", "formula" })
+    v = run(1e-5, "r_p95")
+    eq(v.cause.class, "precision")
+    truthy(v.cause.detail:find("exact in fp32"), v.cause.detail)
+    v = run(1e-5, "finite")
+    eq(v.cause.class, "non_finite")
+  end)
+end)
+
+return spec.run()
