@@ -106,8 +106,16 @@ function Context:reference_outputs()
   else
     local ref, n, p = self.reference, self.settings.new_tokens, self.prompts:size(1)
     local seqs = lm.greedy(ref, "fp32", self.prompts, n)
-    r = { sequences = seqs, ref32 = self:judged(lm.forward(ref, "fp32", seqs)),
-          ref_low = self:judged(lm.forward(ref, self.dtype, seqs)),
+    local function logits(dtype)  -- a reference that is not finite leaves nothing to compare against
+      local l = lm.forward(ref, dtype, seqs)
+      local bad = core.metrics.non_finite(l)
+      if bad.nan + bad.inf > 0 then
+        error(("the reference %s (%s) has %d NaN and %d Inf in its own logits: fix the reference first"):format(
+          ref.path, dtype, bad.nan, bad.inf), 0)
+      end
+      return self:judged(l)
+    end
+    r = { sequences = seqs, ref32 = logits("fp32"), ref_low = logits(self.dtype),
           own_tokens = lm.greedy(ref, self.dtype, self.prompts, n):narrow(1, p, n):contiguous() }
     if self.cache_enabled then
       core.remove_stale_temps(self.cache_dir)

@@ -160,6 +160,7 @@ check)
   expect 0 'warning: e2e32 skipped: .*reference_bf16.pt has no fp32 trace' -- check "$ref" "$fx/reference_bf16.pt" --out "$tmp/ok" "${common[@]}"
   expect 1 'FAIL  R p95 < 1.2' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}"
   expect 1 "FAIL  no NaN/Inf in the target's logits" -- check "$ref" "$fx/bug_nan" --out "$tmp/bug" "${common[@]}"
+  expect 2 "^parity check: the reference $fx/bug_nan \(fp32\) has 2 NaN and 0 Inf in its own logits: fix the reference first$" -- check "$fx/bug_nan" "$fx/bug_nan" --out "$tmp/e" "${common[@]}"
   cases=$((cases + 1))
   if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v["verdict"]=="divergent" and v["failed"] and v["cause"]["class"]' "$tmp/bug/verdict.json"; then
     echo "ok   check writes verdict.json"; else failures=$((failures + 1)); echo "FAIL: check verdict.json"; fi
