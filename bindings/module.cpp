@@ -5,6 +5,7 @@
 #include "bindings/vm.hpp"
 #include "host/dtype.hpp"
 #include "host/model.hpp"
+#include "host/taps.hpp"
 
 namespace parity {
 namespace {
@@ -111,6 +112,100 @@ int module_eval(lua_State* L) {
   return 1;
 }
 
+/// m:tap({paths}) -> { {path, inputs, outputs, untapped = {...}}, ... }: splices taps (before
+/// the module's first run)
+int module_tap(lua_State* L) {
+  auto& m = check_module(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  std::vector<std::string> paths;
+  for (int i = 1, n = static_cast<int>(lua_objlen(L, 2)); i <= n; ++i) {
+    lua_rawgeti(L, 2, i);
+    paths.emplace_back(luaL_checkstring(L, -1));
+    lua_pop(L, 1);
+  }
+  Array out;
+  for (const auto& site : install_taps(m, paths)) {
+    Array untapped;
+    for (const auto& u : site.untapped) untapped.emplace_back(u);
+    out.emplace_back(Map{{"path", site.path},
+                         {"inputs", static_cast<int64_t>(site.inputs)},
+                         {"outputs", static_cast<int64_t>(site.outputs)},
+                         {"untapped", std::move(untapped)}});
+  }
+  push_value(L, out);
+  return 1;
+}
+
+/// Reads {[path] = {[call] = {[input] = Tensor}}} (1-based call and input) at `idx`.
+TapInjections injections_from(lua_State* L, int idx) {
+  TapInjections out;
+  if (lua_isnoneornil(L, idx)) return out;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {  // [path, calls]
+    std::string path = luaL_checkstring(L, -2);
+    luaL_checktype(L, -1, LUA_TTABLE);
+    int calls = lua_gettop(L);
+    for (lua_pushnil(L); lua_next(L, calls); lua_pop(L, 1)) {  // [.., call, inputs]
+      int64_t call = luaL_checkinteger(L, -2) - 1;
+      luaL_checktype(L, -1, LUA_TTABLE);
+      int inputs = lua_gettop(L);
+      for (lua_pushnil(L); lua_next(L, inputs); lua_pop(L, 1))  // [.., input, tensor]
+        out[path][call][luaL_checkinteger(L, -2) - 1] = check_tensor(L, -1);
+    }
+  }
+  return out;
+}
+
+/// m:run_tapped({args...}[, {capture = {paths} (default: every tapped path), inject = {...}}])
+///   -> output, calls: {[path] = { {inputs = {Tensor...}, outputs = {Tensor...}}, ... }}
+int module_run_tapped(lua_State* L) {
+  auto& m = check_module(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  std::vector<Value> args;
+  for (int i = 1, n = static_cast<int>(lua_objlen(L, 2)); i <= n; ++i) {
+    lua_rawgeti(L, 2, i);
+    args.push_back(to_value(L, -1));
+    lua_pop(L, 1);
+  }
+  std::vector<std::string> capture;
+  TapInjections inject;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "capture");  // [.., capture]
+    if (lua_istable(L, -1))
+      for (int i = 1, n = static_cast<int>(lua_objlen(L, -1)); i <= n; ++i) {
+        lua_rawgeti(L, -1, i);
+        capture.emplace_back(luaL_checkstring(L, -1));
+        lua_pop(L, 1);
+      }
+    lua_pop(L, 1);
+    lua_getfield(L, 3, "inject");
+    inject = injections_from(L, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  TapCalls calls;
+  Value out = run_tapped(m, args, capture, inject, &calls);
+  push_value(L, out);
+  lua_createtable(L, 0, static_cast<int>(calls.size()));  // [out, calls]
+  for (const auto& [path, list] : calls) {
+    lua_createtable(L, static_cast<int>(list.size()), 0);
+    for (size_t i = 0; i < list.size(); ++i) {
+      lua_createtable(L, 0, 2);
+      for (const auto& [field, tensors] : {std::make_pair("inputs", &list[i].inputs),
+                                           std::make_pair("outputs", &list[i].outputs)}) {
+        lua_createtable(L, static_cast<int>(tensors->size()), 0);
+        for (size_t j = 0; j < tensors->size(); ++j) {
+          push_tensor(L, (*tensors)[j]);
+          lua_rawseti(L, -2, static_cast<int>(j + 1));
+        }
+        lua_setfield(L, -2, field);
+      }
+      lua_rawseti(L, -2, static_cast<int>(i + 1));
+    }
+    lua_setfield(L, -2, path.c_str());
+  }
+  return 2;
+}
+
 int module_tostring(lua_State* L) {
   lua_pushstring(L, fmt::format("Module({})", check_module(L, 1).type_name()).c_str());
   return 1;
@@ -131,6 +226,7 @@ const luaL_Reg kMethods[] = {
     {"buffers", guard<module_buffers>},  {"methods", guard<module_methods>},
     {"schema", guard<module_schema>},    {"type", guard<module_type>},
     {"to", guard<module_to>},            {"eval", guard<module_eval>},
+    {"tap", guard<module_tap>},          {"run_tapped", guard<module_run_tapped>},
     {nullptr, nullptr}};
 
 const luaL_Reg kCore[] = {

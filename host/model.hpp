@@ -55,9 +55,16 @@ class Model {
   void to(c10::ScalarType dtype);  ///< casts parameters/buffers (scripted modules; traces bake dtypes)
   void set_training(bool on);
 
+  /// The TorchScript module itself, for host code that works on graphs (host/taps.cpp).
+  torch::jit::Module& jit() const { return *m_; }
+  /// The tag install_taps gave this model's taps ("" when it has none).
+  const std::string& tap_tag() const { return tap_tag_; }
+  void set_tap_tag(std::string tag) { tap_tag_ = std::move(tag); }
+
  private:
   explicit Model(std::shared_ptr<torch::jit::Module> m) : m_(std::move(m)) {}
   std::shared_ptr<torch::jit::Module> m_;
+  std::string tap_tag_;
 };
 
 /// Loads a shared library of custom operators (e.g. torch-neuronx's) into the process.

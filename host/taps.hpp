@@ -1,0 +1,44 @@
+// host/taps.hpp — forward hooks for TorchScript: a host operator, parity::tap, spliced into the
+// forward graphs of chosen submodules so that every tensor they take and return passes through
+// it. One mechanism, two uses so far: capture (record each call's inputs and outputs) and inject
+// (replace a call's inputs, e.g. with the reference's, to measure what a component adds itself).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "host/model.hpp"
+
+namespace parity {
+
+/// One call of a tapped submodule: its tensor inputs and outputs in order (tuples flattened).
+struct TapCall {
+  std::vector<at::Tensor> inputs, outputs;
+};
+using TapCalls = std::map<std::string, std::vector<TapCall>>;  ///< path -> calls, in call order
+
+/// What a splice did for one path: how many tensors it taps, and what it could not tap.
+struct TapSite {
+  std::string path;
+  int inputs = 0, outputs = 0;
+  std::vector<std::string> untapped;  ///< "input 2 (int)", ... : values that are not tensors
+};
+
+/// Splices taps into the forward graphs of `paths` (dotted, "" is the root). The model must be
+/// freshly loaded and not yet run: a run inlines the graphs as they are. Throws when a path is
+/// missing, or when two tapped paths share one module type (a scripted model's layers share
+/// their graph, so a tap could not tell them apart).
+std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& paths);
+
+/// Replacements for inject: path -> call index (0-based) -> input index -> tensor.
+using TapInjections = std::map<std::string, std::map<int64_t, std::map<int64_t, at::Tensor>>>;
+
+/// Runs the model's forward with its taps active: records the calls of `capture` paths (all
+/// tapped paths when empty) and substitutes the `inject` tensors (cast to the tapped input's
+/// dtype and device). Returns the forward's output; `calls` receives the records.
+Value run_tapped(const Model& model, const std::vector<Value>& args, const std::vector<std::string>& capture,
+                 const TapInjections& inject, TapCalls* calls);
+
+}  // namespace parity

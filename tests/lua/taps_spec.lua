@@ -1,0 +1,72 @@
+-- Taps (host/taps.cpp): capture and inject on traced models, as they are.
+local spec = require("parity.spec")
+local describe, it, eq, truthy, raises = spec.describe, spec.it, spec.eq, spec.truthy, spec.raises
+local fx = assert(arg[1], "usage: taps_spec.lua FIXTURES_DIR")
+
+local function shapes(list)
+  local out = {}
+  for i, t in ipairs(list) do out[i] = table.concat(t:size(), "x") end
+  return out
+end
+
+describe("taps", function()
+  local ids = torch.randint(0, 512, { 2, 7 }, { seed = 1 })
+
+  it("capture every call's tensors without changing the output", function()
+    local m = parity.load(fx .. "/reference/fp32.pt")
+    local sites = m:tap({ "model.layers.0", "model.layers.0.input_layernorm", "model.rotary_emb", "lm_head" })
+    eq(sites[1], { path = "model.layers.0", inputs = 3, outputs = 1, untapped = {} })
+    local out, calls = m:run_tapped({ ids })
+    truthy(torch.equal(out, parity.load(fx .. "/reference/fp32.pt")(ids)), "same logits as an untapped run")
+    -- the rotary embedding runs once, and every layer takes its (cos, sin) positionally
+    eq(#calls["model.rotary_emb"], 1)
+    eq(shapes(calls["model.layers.0"][1].inputs), { "2x7x64", "2x7x16", "2x7x16" })
+    truthy(torch.equal(calls["model.layers.0"][1].inputs[2], calls["model.rotary_emb"][1].outputs[1]), "cos passed on")
+    eq(shapes(calls["lm_head"][1].outputs), { "2x7x512" })
+    truthy(torch.equal(calls["lm_head"][1].outputs[1], out), "the last call's output is the logits")
+  end)
+
+  it("record each call of a module called several times", function()
+    local m = parity.load(fx .. "/twice.pt")
+    m:tap({ "lin", "other" })
+    local x = torch.randn({ 2, 4 }, { seed = 2 })
+    local _, calls = m:run_tapped({ x })
+    eq(#calls.lin, 2)
+    truthy(torch.equal(calls.lin[2].inputs[1], calls.lin[1].outputs[1]), "the second call takes the first's output")
+    eq(#calls.other, 1)
+  end)
+
+  it("inject a call's inputs, and capture only what is asked", function()
+    local m = parity.load(fx .. "/twice.pt")
+    m:tap({ "lin", "other" })
+    local x = torch.randn({ 2, 4 }, { seed = 2 })
+    local out, calls = m:run_tapped({ x }, { capture = { "other" }, inject = { lin = { [2] = { [1] = torch.zeros({ 2, 4 }) } } } })
+    eq(calls.lin, nil)
+    local plain = parity.load(fx .. "/twice.pt")
+    local lin_bias = plain:parameters()["lin.bias"]
+    -- other(lin(0)) = other(bias of lin)
+    local want = plain:child("other")(lin_bias:unsqueeze(0):expand({ 2, 4 }):contiguous())
+    truthy((out - want):abs():max():item() < 1e-6, "the second call of lin saw zeros")
+    raises(function() m:run_tapped({ x }, { inject = { lin = { [1] = { [1] = torch.zeros({ 3 }) } } } }) end,
+      "inject lin call 0 input 0: shape [3] where the model has [2, 4]")
+  end)
+
+  it("keep two tapped models apart", function()
+    local a, b = parity.load(fx .. "/reference/fp32.pt"), parity.load(fx .. "/reference/bf16.pt")
+    a:tap({ "lm_head" })
+    b:tap({ "lm_head" })
+    local _, ca = a:run_tapped({ ids })
+    local _, cb = b:run_tapped({ ids })
+    eq({ ca.lm_head[1].outputs[1]:dtype(), cb.lm_head[1].outputs[1]:dtype(), #ca.lm_head, #cb.lm_head },
+       { "float32", "bfloat16", 1, 1 })
+  end)
+
+  it("refuse a module whose type (and graph) other instances share, and a missing path", function()
+    local m = parity.load(fx .. "/twice_scripted.pt")
+    raises(function() m:tap({ "lin" }) end, "'lin' shares its module type (and so its graph) with 'other'")
+    raises(function() parity.load(fx .. "/twice.pt"):tap({ "nope" }) end, "tap: no submodule 'nope'")
+    raises(function() parity.load(fx .. "/twice.pt"):run_tapped({ torch.zeros({ 1, 4 }) }) end, "the model has no taps")
+  end)
+end)
+
+return spec.run()
