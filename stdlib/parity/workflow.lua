@@ -143,7 +143,7 @@ function Context:target_logits(dtype)
   return t
 end
 
-local STAGE_FILES = { "smoke.json", "e2e.json", "e2e32.json" }
+local STAGE_FILES = { "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }
 
 --- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
 --- dies before writing its own verdict never leaves an earlier one behind), removes the stage
@@ -213,9 +213,13 @@ function M.run(ctx, stages)
       end
     end
   end
+  local loc = ctx.results.localize
+  local first = loc and not loc.skipped and loc.first_divergence or core.json.null
   local verdict = {
     verdict = #failed == 0 and "equivalent" or "divergent",
-    cause = cause(failed_set, ctx.results, ctx.dtype) or core.json.null,
+    cause = cause(failed_set, ctx.results, ctx.dtype) or (failed_set.components and first.cause) or core.json.null,
+    first_divergence = first,
+    suspects = loc and not loc.skipped and loc.suspects or core.json.array(),
     reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
     settings = ctx.settings, inputs = ctx.inputs_file or core.json.null, thresholds = ctx.thresholds,
     criteria = criteria, failed = core.json.array(failed), warnings = core.json.array(warnings),

@@ -158,6 +158,10 @@ check)
   expect 1 '^  cause: precision: exact in fp32' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  cause: formula: the target differs from the reference in fp32 too .*, smaller than the bf16 noise$' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug" "${common[@]}"
   expect 0 'warning: e2e32 skipped: .*reference_bf16.pt has no fp32 trace' -- check "$ref" "$fx/reference_bf16.pt" --out "$tmp/ok" "${common[@]}"
+  expect 1 '^  first divergence: model.layers.1.mlp.down_proj \(Linear\), R [0-9.]+, R32 [0-9.]+, step: scale: the output is 1.05 x the reference.s$' -- check "$ref" "$fx/same_scale" --out "$tmp/bug" "${common[@]}"
+  cases=$((cases + 1))
+  if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); f=v["first_divergence"]; assert f["reference"]=="model.layers.1.mlp.down_proj" and f["cause"]["class"]=="scale" and abs(f["cause"]["parameter"]["value"]-1.05)<1e-3 and v["suspects"]' "$tmp/bug/verdict.json"; then
+    echo "ok   verdict.json has first_divergence and suspects"; else failures=$((failures + 1)); echo "FAIL: first_divergence in verdict.json"; fi
   expect 1 'FAIL  R p95 < 1.2' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}"
   expect 1 "FAIL  no NaN/Inf in the target's logits" -- check "$ref" "$fx/bug_nan" --out "$tmp/bug" "${common[@]}"
   expect 2 "^parity check: the reference $fx/bug_nan \(fp32\) has 2 NaN and 0 Inf in its own logits: fix the reference first$" -- check "$fx/bug_nan" "$fx/bug_nan" --out "$tmp/e" "${common[@]}"

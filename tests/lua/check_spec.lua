@@ -30,8 +30,8 @@ describe("check", function()
     local v = check("port_fused")
     eq(v.verdict, "equivalent")
     eq(#v.failed, 0)
-    eq(v.stages, { "smoke", "e2e", "e2e32" })
-    for _, f in ipairs({ "smoke.json", "e2e.json", "e2e32.json", "verdict.json" }) do
+    eq(v.stages, { "smoke", "e2e", "e2e32", "components", "localize" })
+    for _, f in ipairs({ "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json", "verdict.json" }) do
       truthy(parity.path_kind(tmp .. "/port_fused/" .. f) == "file", f)
     end
     local e = parity.json.read(tmp .. "/port_fused/e2e.json")
@@ -83,11 +83,41 @@ describe("check", function()
     eq(v.failed[1], "r_p95")
   end)
 
+  it("localises a bug planted in the reference's own structure, with its cause and fitted parameter", function()
+    for _, c in ipairs({
+      { "same_eps", "model.layers.0.input_layernorm", "epsilon", "eps", 1e-3 },
+      { "same_theta", "model.rotary_emb", "position" },
+      { "same_scale", "model.layers.1.mlp.down_proj", "scale", "scale", 1.05 },
+      { "noisy_bug_eps", "h.0.ln_1", "epsilon", "eps", 1e-4, "noisy" },
+    }) do
+      local v = check(c[1], { reference = c[6] or "reference" })
+      local f = v.first_divergence
+      eq({ v.verdict, f.reference, f.cause.class, f.pattern }, { "divergent", c[2], c[3], "step" }, c[1])
+      if c[4] then
+        eq(f.cause.parameter.name, c[4])
+        truthy(math.abs(f.cause.parameter.value / c[5] - 1) < 0.01, ("%s: fitted %g"):format(c[1], f.cause.parameter.value))
+      end
+      eq(v.suspects[1].reference ~= nil, true)
+    end
+    local v = check("noisy_port", { reference = "noisy" })
+    eq({ v.verdict, v.first_divergence }, { "equivalent", parity.json.null }, "a correct same-tree port has no fault")
+  end)
+
+  it("skips component tests for differently structured trees, and says so", function()
+    local v = check("port_fused")
+    local skipped = {}
+    for _, s in ipairs(v.skipped) do skipped[s.stage] = s.reason end
+    truthy(skipped.components and skipped.components:find("the module trees differ"), tostring(skipped.components))
+    truthy(skipped.localize, "localize says it had nothing to work on")
+  end)
+
   it("says when the fp32 leg cannot run", function()
     local v = check("reference_bf16.pt")
     eq(v.skipped[1].stage, "e2e32")
     truthy(v.skipped[1].reason:find("has no fp32 trace"), v.skipped[1].reason)
-    truthy(v.warnings[#v.warnings]:find("e2e32 skipped"), "the summary says so")
+    local said = false
+    for _, w in ipairs(v.warnings) do said = said or w:find("^e2e32 skipped") ~= nil end
+    truthy(said, "the summary says so")
     eq(parity.json.read(tmp .. "/reference_bf16.pt/e2e32.json").skipped, v.skipped[1].reason)
   end)
 
@@ -116,9 +146,9 @@ describe("check", function()
   end)
 
   it("gives byte-identical JSON for the same inputs and seed", function()
-    check("bug_eps", { out = tmp .. "/det1", cache = false })
-    check("bug_eps", { out = tmp .. "/det2" })
-    for _, f in ipairs({ "smoke.json", "e2e.json", "e2e32.json", "verdict.json" }) do
+    check("same_scale", { out = tmp .. "/det1", cache = false })
+    check("same_scale", { out = tmp .. "/det2" })
+    for _, f in ipairs({ "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json", "verdict.json" }) do
       eq(read(tmp .. "/det1/" .. f), read(tmp .. "/det2/" .. f), f)
     end
   end)

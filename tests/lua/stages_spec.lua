@@ -5,6 +5,8 @@ local spec = require("parity.spec")
 local e2e = require("parity.stages.e2e")
 local e2e32 = require("parity.stages.e2e32")
 local smoke = require("parity.stages.smoke")
+local components = require("parity.stages.components")
+local localize = require("parity.stages.localize")
 local workflow = require("parity.workflow")
 local thresholds = require("parity.thresholds")
 local describe, it, eq, near, truthy = spec.describe, spec.it, spec.eq, spec.near, spec.truthy
@@ -115,6 +117,99 @@ describe("smoke", function()
       parity.json.null, "no divergence: null")
     local c = smoke.criteria({ match_rate = 0.2, own_match_rate = 1 }, TH)[1]
     eq({ c.pass, c.warn }, { false, true }, "a low match rate is a warning, not a failure")
+  end)
+end)
+
+describe("localize signatures", function()
+  local r = torch.randn({ 2, 5, 8 }, { seed = 3, dtype = "float64" })
+  local noise = torch.randn({ 2, 5, 8 }, { seed = 4, dtype = "float64" }) * 0.01
+
+  it("scale: fits c when t = c x r, not when the difference is noise", function()
+    local c, resid = localize.fit_scale(r * 1.05, r)
+    near(c, 1.05, 1e-9)
+    near(resid, 0, 1e-9)
+    local _, resid2 = localize.fit_scale(r + noise, r)
+    truthy(resid2 > 0.5, "noise is not a scale: " .. resid2)
+  end)
+
+  local function rmsnorm(x, w, eps) return x / (x:pow(2):mean({ -1 }, true) + eps):sqrt() * w end
+  local function layernorm(x, w, b, eps)
+    local c = x - x:mean({ -1 }, true)
+    return c / (c:pow(2):mean({ -1 }, true) + eps):sqrt() * w + b
+  end
+  local x = torch.randn({ 2, 5, 8 }, { seed = 5, dtype = "float64" }) * 0.05  -- small: eps matters
+  local w = torch.randn({ 8 }, { seed = 6, dtype = "float64" }) + 2
+  local b = torch.randn({ 8 }, { seed = 7, dtype = "float64" })
+
+  it("epsilon: recovers both eps of an RMSNorm and a LayerNorm, and explains nothing else", function()
+    local e_t, e_ref, resid = localize.fit_epsilon(x, rmsnorm(x, w, 1e-6), rmsnorm(x, w, 1e-3), w, nil, false)
+    near(e_t, 1e-3, 1e-9)
+    near(e_ref, 1e-6, 1e-9)
+    truthy(resid < 1e-6, "one scalar per row explains it")
+    e_t, e_ref = localize.fit_epsilon(x, layernorm(x, w, b, 1e-5), layernorm(x, w, b, 1e-4), w, b, true)
+    near(e_t, 1e-4, 1e-9)
+    near(e_ref, 1e-5, 1e-9)
+    -- a norm computed differently (no centering where the reference centres) is not an eps change
+    local _, _, bad = localize.fit_epsilon(x, layernorm(x, w, b, 1e-5), rmsnorm(x, w, 1e-5) + b, w, b, true)
+    truthy(bad > 0.05, "another formula leaves a residual: " .. bad)
+  end)
+
+  it("position: no error at position 0 and growing; not when position 0 is off too", function()
+    local ramp = torch.arange(5, { dtype = "float64" }):view({ 1, 5, 1 }) * 0.01
+    local zero0, rising = localize.fit_position(r + r * ramp, r)
+    eq({ zero0, rising }, { true, 1 })
+    local zero0b = localize.fit_position(r + noise, r)
+    eq(zero0b, false)
+  end)
+
+  it("cause: precision when exact in fp32, and the fitted class otherwise", function()
+    local TH = thresholds.resolve()
+    eq(localize.cause({ r = 3, r32 = 1e-6, type = "Linear" }, nil, TH).class, "precision")
+    local ev = { r32 = r, t32 = r * 0.9, params = {} }
+    local cause = localize.cause({ r = 9, r32 = 9, type = "Linear" }, ev, TH)
+    eq({ cause.class, cause.parameter.name }, { "scale", "scale" })
+    near(cause.parameter.value, 0.9, 1e-9)
+    ev = { r32 = rmsnorm(x, w, 1e-6), t32 = rmsnorm(x, w, 1e-2), input = x, params = { weight = w } }
+    cause = localize.cause({ r = 9, r32 = 9, type = "LlamaRMSNorm" }, ev, TH)
+    eq(cause.class, "epsilon")
+    near(cause.parameter.value, 1e-2, 1e-8)
+    eq(localize.cause({ r = 9, r32 = 9, type = "Linear" }, { r32 = r, t32 = r + noise, params = {} }, TH).class, "formula")
+  end)
+end)
+
+describe("localize", function()
+  local TH = thresholds.resolve()
+  local function row(path, depth, r32, acc)
+    return { reference = path, target = path, type = "M", depth = depth, r = r32 > 1 and r32 or 1, r32 = r32,
+             acc_r32 = acc or r32, calls = 1 }
+  end
+  local function run(rows)
+    local ctx = { thresholds = TH, results = { components = { components = rows } }, memo = {} }
+    return localize.run(ctx)
+  end
+
+  it("puts the fault at the failing component none of whose children fail, the earliest first", function()
+    local l = run({ row("a", 1, 0), row("b", 1, 5), row("b.x", 2, 0), row("b.y", 2, 5), row("c", 1, 1e-6, 5),
+                    row("d", 1, 9), row("d.z", 2, 9) })
+    eq(l.first_divergence.reference, "b.y")
+    eq(l.faults, 2)
+    eq({ l.suspects[1].reference, l.suspects[2].reference }, { "d.z", "b.y" }, "ranked by how far off")
+    eq(l.first_divergence.pattern, "step", "the next component carries the error on")
+  end)
+
+  it("calls an error the next component does not carry a spike, absorbed, not a failure", function()
+    local l = run({ row("a", 1, 0), row("a.mlp", 2, 5), row("a.norm", 2, 0, 1e-6) })
+    eq({ l.first_divergence.reference, l.first_divergence.pattern, l.first_divergence.absorbed }, { "a.mlp", "spike", true })
+    eq(localize.criteria(l)[1].pass, true)
+    eq(localize.criteria(run({ row("a", 1, 5) }))[1].pass, false)
+  end)
+
+  it("maps identical trees by identity, and says when trees differ", function()
+    local mods = { { path = "", type = "LM" }, { path = "a", type = "Linear", depth = 1 } }
+    eq(components.identity_mapping(mods, mods), { { reference = "a", target = "a", type = "Linear", depth = 1 } })
+    local m, why = components.identity_mapping(mods, { { path = "", type = "LM" }, { path = "b", type = "Linear" } })
+    eq(m, nil)
+    truthy(why:find("the module trees differ"), why)
   end)
 end)
 
