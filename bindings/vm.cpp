@@ -8,6 +8,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -217,6 +218,12 @@ int core_collect(lua_State* L) {
   return push_gc_stats(L);
 }
 
+/// core.clock() -> seconds of a monotonic wall clock (for durations)
+int core_clock(lua_State* L) {
+  lua_pushnumber(L, std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count());
+  return 1;
+}
+
 /// core.path_kind(path) -> "file" | "dir" | nil
 int core_path_kind(lua_State* L) {
   std::string kind = path_kind(luaL_checkstring(L, 1));
@@ -251,6 +258,7 @@ const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"gc_stats", push_gc_stats},
                           {"collect", core_collect},
                           {"run_limited", core_run_limited},
+                          {"clock", core_clock},
                           {"limit_tripped", core_limit_tripped},
                           {nullptr, nullptr}};
 

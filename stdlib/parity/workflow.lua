@@ -215,9 +215,14 @@ function M.run(ctx, stages)
   end
   local loc = ctx.results.localize
   local first = loc and not loc.skipped and loc.first_divergence or core.json.null
+  -- the most specific cause: NaN first, then the first divergent component's, then the two legs'
+  local why = cause(failed_set, ctx.results, ctx.dtype)
+  if #failed > 0 and first ~= core.json.null and not first.absorbed and not (why and why.class == "non_finite") then
+    why = first.cause
+  end
   local verdict = {
     verdict = #failed == 0 and "equivalent" or "divergent",
-    cause = cause(failed_set, ctx.results, ctx.dtype) or (failed_set.components and first.cause) or core.json.null,
+    cause = why or core.json.null,
     first_divergence = first,
     suspects = loc and not loc.skipped and loc.suspects or core.json.array(),
     reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
@@ -247,7 +252,9 @@ function M.summary(v, out)
     lines[#lines + 1] = ("  %s  %-60s %.4g"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value)
   end
   for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
-  if v.cause ~= core.json.null then lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail) end
+  if v.cause ~= core.json.null and (v.first_divergence == nil or v.first_divergence == core.json.null) then
+    lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail)
+  end
   lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
     #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
   return table.concat(lines, "\n")

@@ -65,7 +65,7 @@ describe("check", function()
       { "reference", "bug_attn_scale", "formula", "r_p95" },
       -- hidden inside the bf16 noise: only the fp32 leg sees them
       { "reference", "bug_eps_small", "formula", "r32_p95" }, { "noisy", "noisy_bug_gelu", "formula", "r32_p95" },
-      { "noisy", "noisy_bug_eps", "formula", "r32_p95" },
+      { "noisy", "noisy_bug_eps", "epsilon", "r32_p95" },  -- same tree: the component's cause
     }) do
       local v = check(c[2], { reference = c[1] })
       eq({ v.verdict, v.cause.class }, { "divergent", c[3] }, c[2])
