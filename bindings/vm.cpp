@@ -237,6 +237,14 @@ int core_hash_file(lua_State* L) {
   lua_pushstring(L, hash_file(luaL_checkstring(L, 1)).c_str());
   return 1;
 }
+/// core.write_text(path, text): written atomically, missing parent directories created
+int core_write_text(lua_State* L) {
+  size_t n;
+  const char* text = luaL_checklstring(L, 2, &n);
+  write_file_atomic(luaL_checkstring(L, 1), std::string(text, n));
+  return 0;
+}
+
 /// core.remove_stale_temps(dir) -> count of removed "NAME.tmp.PID" files of dead processes
 int core_remove_stale_temps(lua_State* L) {
   lua_pushinteger(L, remove_stale_temps(luaL_checkstring(L, 1)));
@@ -254,6 +262,7 @@ const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_file", guard<core_hash_file>},
                           {"hash_string", guard<core_hash_string>},
                           {"remove_stale_temps", guard<core_remove_stale_temps>},
+                          {"write_text", guard<core_write_text>},
                           {"version", guard<core_version>},
                           {"gc_stats", push_gc_stats},
                           {"collect", core_collect},

@@ -1,5 +1,5 @@
 --- parity.check{...} — the default workflow, as a list of stages that parity.workflow runs:
---- smoke (greedy liveness), e2e (teacher-forced 3-tensor comparison at the low precision) and
+--- scaffold (both module trees, how they map), smoke (greedy liveness), e2e (teacher-forced 3-tensor comparison at the low precision) and
 --- e2e32 (the fp32 leg, which sees bugs smaller than the low-precision noise), components (each
 --- mapped component on the same real inputs) and localize (the primary fault and its cause). A
 --- new stage is a file under stages/ and a line here.
@@ -8,7 +8,7 @@ local workflow = require("parity.workflow")
 
 local M = {}
 
-M.STAGES = { "smoke", "e2e", "e2e32", "components", "localize" }
+M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 
 ---@class parity.CheckOptions
 ---@field reference string|parity.Bundle

@@ -13,7 +13,7 @@ Commands:
   check REF TARGET           the default workflow: teacher-forced comparison (bf16 and fp32 legs), verdict
   gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
   run SCRIPT.lua [ARGS...]   run a validation script (ARGS reach it as `arg` and `...`)
-  tree MODEL                 print a model's module tree (--flat, --json)
+  tree MODEL                 print a model's module tree (--compressed, --flat, --json)
   version                    print versions of parity, LuaJIT and LibTorch
   help [COMMAND]             this text, or a command's help
 
@@ -105,19 +105,22 @@ commands.version = {
 
 commands.tree = {
   help = [[
-Usage: parity tree MODEL [--flat | --json]
+Usage: parity tree MODEL [--compressed | --flat | --json]
 
 Prints the module tree of a TorchScript model or bundle (its fp32 trace, else the first one),
 in execution order: the order forward() first calls each submodule.
 
-  (default)  box-drawn tree: name: Class  [parameters]
-  --flat     one module a line: path<TAB>class<TAB>parameters incl. children (root: "(root)")
-  --json     nested JSON: {name, path, type, params, total_params, children}
+  (default)     box-drawn tree: name: Class  [parameters]
+  --compressed  the same, with runs of identical numbered siblings folded: layers.{0..27}
+  --flat        one module a line: path<TAB>class<TAB>parameters incl. children (root: "(root)")
+  --json        nested JSON: {name, path, type, params, total_params, children}
 
 Module paths are what component mappings and `Module:child(path)` use.]],
   run = function(argv)
-    local o = parse(argv, { flags = { flat = "boolean", json = "boolean" }, positional = { "MODEL" } })
-    if o.flat and o.json then usage_error("--flat and --json exclude each other") end
+    local o = parse(argv, { flags = { flat = "boolean", json = "boolean", compressed = "boolean" }, positional = { "MODEL" } })
+    if (o.flat and 1 or 0) + (o.json and 1 or 0) + (o.compressed and 1 or 0) > 1 then
+      usage_error("--compressed, --flat and --json exclude each other")
+    end
     local b = parity.bundle(o.MODEL)
     local modules = b:at(b:dtypes()[1]):modules()
     local tree = require("parity.tree")
@@ -125,6 +128,8 @@ Module paths are what component mappings and `Module:child(path)` use.]],
       print(parity.json.encode(tree.nested(modules), { indent = 2 }))
     elseif o.flat then
       print(tree.flat(modules))
+    elseif o.compressed then
+      print(tree.compressed(modules))
     else
       print(tree.pretty(modules))
     end

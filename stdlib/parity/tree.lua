@@ -47,6 +47,50 @@ function M.pretty(modules)
   return table.concat(lines, "\n")
 end
 
+--- Like pretty, with runs of numbered siblings whose subtrees are identical (class, parameter
+--- counts, children, recursively) folded into one entry: "layers.{0..27}: LlamaDecoderLayer".
+---@param modules table[]
+---@return string
+function M.compressed(modules)
+  local children = children_index(modules)
+  local sigs = {}
+  local function signature(m)
+    if not sigs[m.path] then
+      local parts = {}
+      for _, c in ipairs(children[m.path]) do
+        local n = name_of(c.path)
+        parts[#parts + 1] = (n:match("^%d+$") and "#" or n) .. "=" .. signature(c)
+      end
+      sigs[m.path] = ("%s/%d(%s)"):format(m.type, m.total_params, table.concat(parts, ","))
+    end
+    return sigs[m.path]
+  end
+  local root = modules[1]
+  local lines = { ("%s  (%s params)"):format(root.type, human(root.total_params)) }
+  local function walk(path, prefix)
+    local kids, groups, i = children[path], {}, 1
+    while i <= #kids do
+      local j = i
+      while j < #kids and tonumber(name_of(kids[j].path)) and tonumber(name_of(kids[j + 1].path)) ==
+        tonumber(name_of(kids[j].path)) + 1 and signature(kids[j + 1]) == signature(kids[i]) do
+        j = j + 1
+      end
+      groups[#groups + 1] = { kids[i], kids[j], j - i + 1 }
+      i = j + 1
+    end
+    for gi, g in ipairs(groups) do
+      local first, last_, n = g[1], g[2], g[3]
+      local last = gi == #groups
+      local name = n > 1 and ("{%s..%s}"):format(name_of(first.path), name_of(last_.path)) or name_of(first.path)
+      local count = first.total_params > 0 and ("  [%s%s]"):format(human(first.total_params), n > 1 and " each" or "") or ""
+      lines[#lines + 1] = ("%s%s%s: %s%s"):format(prefix, last and "└─ " or "├─ ", name, first.type, count)
+      walk(first.path, prefix .. (last and "   " or "│  "))
+    end
+  end
+  walk(root.path, "")
+  return table.concat(lines, "\n")
+end
+
 --- One module a line: path, class, parameter count with children (root shown as "(root)").
 ---@param modules table[]
 ---@return string

@@ -143,7 +143,7 @@ function Context:target_logits(dtype)
   return t
 end
 
-local STAGE_FILES = { "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }
+local STAGE_FILES = { "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }
 
 --- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
 --- dies before writing its own verdict never leaves an earlier one behind), removes the stage
@@ -152,6 +152,7 @@ local STAGE_FILES = { "smoke.json", "e2e.json", "e2e32.json", "components.json",
 ---@param why string
 function M.mark_unfinished(out, why)
   core.remove_stale_temps(out)
+  core.remove_stale_temps(out .. "/scaffold")
   for _, f in ipairs(STAGE_FILES) do os.remove(out .. "/" .. f) end
   core.json.write(out .. "/verdict.json", { verdict = "error", error = why })
 end

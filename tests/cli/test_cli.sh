@@ -61,6 +61,11 @@ tree)
   expect 2 '^parity tree: missing MODEL \(see parity tree --help\)$' -- tree
   expect 2 'unknown option --wide' -- tree "$fx/reference" --wide
   expect 2 'exclude each other' -- tree "$fx/reference" --flat --json
+  expect 0 '^│  ├─ layers: ModuleList  \[92\.4K\]$' -- tree "$fx/reference" --compressed
+  expect 0 '^│  │  └─ \{0\.\.1\}: LlamaDecoderLayer  \[46\.2K each\]$' -- tree "$fx/reference" --compressed
+  cases=$((cases + 1))
+  if [[ $("$parity" tree "$fx/reference" --compressed | grep -c 'input_layernorm') -eq 1 ]]; then
+    echo "ok   --compressed shows a folded layer once"; else failures=$((failures + 1)); echo "FAIL: --compressed folding"; fi
   ;;
 run)
   mkdir -p "$tmp/lib"

@@ -30,8 +30,9 @@ describe("check", function()
     local v = check("port_fused")
     eq(v.verdict, "equivalent")
     eq(#v.failed, 0)
-    eq(v.stages, { "smoke", "e2e", "e2e32", "components", "localize" })
-    for _, f in ipairs({ "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json", "verdict.json" }) do
+    eq(v.stages, { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" })
+    for _, f in ipairs({ "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json",
+                         "verdict.json", "scaffold/reference.compressed.txt", "scaffold/target.flat.tsv" }) do
       truthy(parity.path_kind(tmp .. "/port_fused/" .. f) == "file", f)
     end
     local e = parity.json.read(tmp .. "/port_fused/e2e.json")
@@ -148,7 +149,8 @@ describe("check", function()
   it("gives byte-identical JSON for the same inputs and seed", function()
     check("same_scale", { out = tmp .. "/det1", cache = false })
     check("same_scale", { out = tmp .. "/det2" })
-    for _, f in ipairs({ "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json", "verdict.json" }) do
+    for _, f in ipairs({ "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json",
+                         "verdict.json" }) do
       eq(read(tmp .. "/det1/" .. f), read(tmp .. "/det2/" .. f), f)
     end
   end)
