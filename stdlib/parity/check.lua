@@ -23,6 +23,8 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field vocab_size integer|nil   overrides what the bundles say
 ---@field thresholds table|nil     overrides of parity.thresholds.DEFAULTS
 ---@field thresholds_file string|nil  a Lua file returning such a table (run sandboxed)
+---@field mapping table|nil        mapping entries (see parity.mapping), for differently structured trees
+---@field mapping_file string|nil  a Lua file returning them (run sandboxed)
 ---@field out string|nil           results directory (default "parity-results")
 ---@field cache boolean|nil        reuse reference outputs from disk (default true)
 ---@field cache_dir string|nil     default $XDG_CACHE_HOME/parity or ~/.cache/parity

@@ -178,6 +178,7 @@ Usage: parity check REF TARGET [options]
 
 The default workflow's end-to-end stages. K random prompts; the fp32 reference continues each
 greedily for N tokens; then every model sees those same sequences (teacher forcing):
+  scaffold  both module trees (OUT/scaffold/) and how their components pair up
   smoke  the target's own greedy continuation vs the reference's, next to the reference's own
          at the low precision: match rate, first divergence (a warning, not a criterion)
   e2e    per generated position at the low precision: R = ||t - r32|| / ||r_low - r32||,
@@ -186,6 +187,8 @@ greedily for N tokens; then every model sees those same sequences (teacher forci
          precision noise) reported apart
   e2e32  the fp32 leg, when the target has an fp32 trace: R32 = ||t32 - r32|| / ||r_low - r32||
          sees bugs smaller than the low-precision noise (skipped, and said, otherwise)
+  components, localize  every mapped component on the reference's real inputs (R, R32 each),
+         then the first divergent component and what kind of bug it looks like
 Criteria (thresholds: --thresholds FILE.lua returning e.g. { kl_ratio = 1.5 }):
   R p95 < 1.2; R32 p95 < 0.003; KL p95 <= max(2 x the reference's own, 1e-4);
   1 - cosine p5 <= max(2 x the reference's own, 1e-6); top-1 agreement (near-ties excluded)
@@ -203,6 +206,9 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
   --topk K           k of the top-k agreement (default 5)
   --vocab-size V     the vocabulary of the random prompts, overriding what the bundles say
   --thresholds FILE  criteria thresholds (Lua, run sandboxed: see the README, "Sandbox")
+  --mapping FILE     which target components compute which reference components (Lua, run
+                     sandboxed; default: identity for identical trees, else proposed from the
+                     weights and written to OUT/scaffold/mapping.lua to save and edit)
   --out DIR          results: smoke.json, e2e.json, e2e32.json, verdict.json (default parity-results)
   --no-cache         recompute the reference's outputs
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
@@ -215,7 +221,7 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
     local ok, o = pcall(parse, argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
-                ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number" },
+                ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string" },
       positional = { "REF", "TARGET" },
     })
     if not ok then  -- a usage error must not leave an earlier verdict standing
@@ -229,7 +235,7 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
     local verdict = parity.check({ reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
-      cache_dir = o["cache-dir"], vocab_size = o["vocab-size"] })
+      cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping })
     print(require("parity.workflow").summary(verdict, out))
     return verdict.verdict == "equivalent" and 0 or 1
   end,

@@ -56,6 +56,9 @@ function M.context(opts)
   end
   ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
     or opts.thresholds)
+  local mapping = require("parity.mapping")
+  ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)
+    or (opts.mapping and mapping.validate(opts.mapping, "mapping"))
   local s = { prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
               seed = opts.seed or 0, topk = opts.topk or 5 }
   for _, d in ipairs({ "fp32", ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace

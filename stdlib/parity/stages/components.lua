@@ -8,10 +8,11 @@
 --- ratios on the outputs of whole-model runs, which show whether an error persists (a step) or
 --- the next operation absorbs it (a spike).
 ---
---- Mapping: identical trees map by identity (a component's path and type in both models).
---- Differently structured trees need a mapping, which does not exist yet: the stage is skipped,
---- and says so.
+--- Mapping: identical trees map by identity; otherwise the mapping given (--mapping) or one
+--- proposed from the weights (parity.mapping.auto). A target component whose inputs differ from
+--- its reference's (another calling convention) has only the accumulated view (isolated = false).
 local core = require("parity.core")
+local mapping = require("parity.mapping")
 local m = core.metrics
 
 local M = { name = "components" }
@@ -55,7 +56,8 @@ local function arguments(schema, flat)
   return args
 end
 
---- Components both models have, in the reference's execution order, or nil and why not.
+--- Components both models have (same path, same type), in the reference's execution order, as
+--- mapping pairs, or nil and why not.
 function M.identity_mapping(ref_modules, target_modules)
   local target_type = {}
   for _, info in ipairs(target_modules) do target_type[info.path] = info.type end
@@ -63,18 +65,34 @@ function M.identity_mapping(ref_modules, target_modules)
   for _, info in ipairs(ref_modules) do
     if info.path ~= "" then
       if target_type[info.path] == info.type then
-        pairs_[#pairs_ + 1] = { reference = info.path, target = info.path, type = info.type, depth = info.depth }
+        pairs_[#pairs_ + 1] = { reference = { info.path }, target = info.path, transform = "identity",
+                                type = info.type, depth = info.depth }
       else
         missing[#missing + 1] = info.path
       end
     end
   end
   if #missing > 0 then
-    return nil, ("the module trees differ (%d reference modules, e.g. '%s', have no same-named target module of the"
-      .. " same type): a mapping is needed, and automatic mapping of differently structured trees is not"
-      .. " implemented yet"):format(#missing, missing[1])
+    return nil, ("the module trees differ (%d reference modules, e.g. '%s', have no same-named target module of"
+      .. " the same type)"):format(#missing, missing[1])
   end
   return pairs_
+end
+
+--- The pairs to test: by identity when the trees are the same, else from the given mapping
+--- entries, else from the weights (mapping.auto). Returns pairs, how they were made, and the
+--- reference modules left without a counterpart.
+function M.pairs_for(ctx)
+  local ref32 = ctx.reference:at("fp32")
+  local tgt = ctx.target:at(ctx.target:has("fp32") and "fp32" or ctx.dtype)
+  local ref_mods, tgt_mods = ref32:modules(), tgt:modules()
+  local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
+  if pairs_ then return pairs_, "identity", {} end
+  local entries, kind, unmapped = ctx.mapping, "given", {}
+  if not entries then entries, unmapped = mapping.auto(ref32, tgt); kind = "auto" end
+  local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods)
+  if #expanded == 0 then return nil, why .. ", and no mapping pairs any components" end
+  return expanded, kind, unmapped, absent
 end
 
 --- The 3-tensor ratio of whole tensors; a component whose low precision is exact (an integer
@@ -96,61 +114,116 @@ local function tapped_run(file, paths, sequences)
   return calls, core.clock() - t0
 end
 
+--- Concatenates the reference modules' outputs (transform "concat") or takes the one's.
+local function combine(outs, transform)
+  if #outs == 0 or not outs[1] then return nil end
+  if transform == "concat" then
+    for _, o in ipairs(outs) do
+      if not o then return nil end
+    end
+    return torch.cat(outs, outs[1]:dim() - 1)
+  end
+  return outs[1]
+end
+
+local function same_shapes(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do
+    if table.concat(a[i]:size(), ",") ~= table.concat(b[i]:size(), ",") then return false end
+  end
+  return true
+end
+
 ---@param ctx parity.Context
 function M.run(ctx)
   local ref, target, dtype = ctx.reference, ctx.target, ctx.dtype
-  local mapping, why = M.identity_mapping(ref:at("fp32"):modules(), target:at(dtype):modules())
-  if not mapping then return { skipped = why } end
-  local paths = {}
-  for _, pair in ipairs(mapping) do paths[#paths + 1] = pair.reference end
+  local known = ctx.memo.pairs  -- the scaffold stage's
+  local pairs_, kind, unmapped, absent
+  if known then pairs_, kind, unmapped, absent = known[1], known[2], known[3], known[4] else pairs_, kind, unmapped, absent = M.pairs_for(ctx) end
+  if not pairs_ then return { skipped = kind } end
+  local ref_paths, tgt_paths, seen = {}, {}, {}
+  for _, pair in ipairs(pairs_) do
+    for _, p in ipairs(pair.reference) do
+      if not seen[p] then ref_paths[#ref_paths + 1], seen[p] = p, true end
+    end
+    tgt_paths[#tgt_paths + 1] = pair.target
+  end
   local seqs = ctx:reference_outputs().sequences
   local has32 = target:has("fp32")
   local t0 = core.clock()
-  local r32_calls, forward_s = tapped_run(ref.files.fp32, paths, seqs)
+  local r32_calls, forward_s = tapped_run(ref.files.fp32, ref_paths, seqs)
   local cap = {
     r32 = r32_calls,
-    rlow = tapped_run(ref.files[dtype], paths, seqs),
-    tlow = tapped_run(target.files[dtype], paths, seqs),
-    t32 = has32 and tapped_run(target.files.fp32, paths, seqs) or nil,
+    rlow = tapped_run(ref.files[dtype], ref_paths, seqs),
+    tlow = tapped_run(target.files[dtype], tgt_paths, seqs),
+    t32 = has32 and tapped_run(target.files.fp32, tgt_paths, seqs) or nil,
   }
+  local child_cache = {}
+  local function child(which, path)
+    local key = which .. "|" .. path
+    if child_cache[key] == nil then
+      local b, d = (which == "r32" or which == "rlow") and ref or target, (which == "r32" or which == "t32") and "fp32" or dtype
+      child_cache[key] = (which ~= "t32" or has32) and b:at(d):child(path) or false
+    end
+    return child_cache[key] or nil
+  end
   local rows = {}
-  for _, pair in ipairs(mapping) do
-    local calls = cap.r32[pair.reference]
-    local row = { reference = pair.reference, target = pair.target, type = pair.type, depth = pair.depth,
-                  calls = calls and #calls or 0 }
+  for _, pair in ipairs(pairs_) do
+    local first = pair.reference[1]
+    local calls = cap.r32[first]
+    local row = { reference = table.concat(pair.reference, "+"), target = pair.target, type = pair.type,
+                  depth = pair.depth, transform = pair.transform, calls = calls and #calls or 0 }
     rows[#rows + 1] = row
     if not calls then
       row.skipped = "never called"
     else
-      local children = { r32 = ref:at("fp32"):child(pair.reference), rlow = ref:at(dtype):child(pair.reference),
-                         tlow = target:at(dtype):child(pair.target),
-                         t32 = has32 and target:at("fp32"):child(pair.target) or nil }
-      local schema = children.r32:schema()
-      for k, call in ipairs(calls) do
-        local args, bad = arguments(schema, call.inputs)
-        if not args then
-          row.skipped = "cannot re-run on captured inputs: " .. bad
-          break
+      for k = 1, #calls do
+        -- the target component runs on the reference's inputs when it takes the same tensors
+        local tcall = cap.tlow[pair.target] and cap.tlow[pair.target][k]
+        local isolated = tcall and same_shapes(tcall.inputs, calls[k].inputs)
+        local function run(which, path, d, inputs)
+          local c = child(which, path)
+          if not c then return nil end
+          local schema = c:schema()
+          local flat = d == "fp32" and inputs or cast(inputs, d)
+          local args, bad = arguments(schema, flat)
+          if not args then row.skipped = "cannot re-run on captured inputs: " .. bad return nil end
+          return tensors(c(unpack(args)))[1]
         end
-        local function run(which, d)
-          if not children[which] then return nil end
-          local flat = d == "fp32" and call.inputs or cast(call.inputs, d)
-          return tensors(children[which](unpack((assert(arguments(schema, flat))))))[1]
+        local r32_outs, rlow_outs = {}, {}
+        for i, p in ipairs(pair.reference) do
+          local c = cap.r32[p] and cap.r32[p][k]
+          r32_outs[i] = c and run("r32", p, "fp32", c.inputs)
+          rlow_outs[i] = c and run("rlow", p, dtype, c.inputs)
         end
-        local r32, rlow, tlow, t32 = run("r32", "fp32"), run("rlow", dtype), run("tlow", dtype), run("t32", "fp32")
+        local r32, rlow = combine(r32_outs, pair.transform), combine(rlow_outs, pair.transform)
+        local tlow = isolated and run("tlow", pair.target, dtype, calls[k].inputs) or nil
+        local t32 = isolated and run("t32", pair.target, "fp32", calls[k].inputs) or nil
         local r, r32_ratio = ratio(tlow, r32, rlow), ratio(t32, r32, rlow)
         -- the accumulated view: outputs of the whole-model runs at this call
-        local function out(which) local c = cap[which] and cap[which][pair.reference] return c and c[k] and c[k].outputs[1] end
-        local acc, acc32 = ratio(out("tlow"), out("r32"), out("rlow")), ratio(out("t32"), out("r32"), out("rlow"))
-        if k == 1 or (r or 0) > (row.r or 0) then
+        local function outs(which, paths)
+          local list = {}
+          for i, p in ipairs(paths) do
+            local c = cap[which] and cap[which][p] and cap[which][p][k]
+            list[i] = c and c.outputs[1] or false
+          end
+          return combine(list, pair.transform)
+        end
+        local ar32, arlow = outs("r32", pair.reference), outs("rlow", pair.reference)
+        local acc = ratio(outs("tlow", { pair.target }), ar32, arlow)
+        local acc32 = ratio(outs("t32", { pair.target }), ar32, arlow)
+        if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
+          row.isolated = isolated and true or false
           if t32 then
             row.rel_l2_32, row.cosine_32 = m.rel_l2(t32:float(), r32:float()), m.cosine(t32:float(), r32:float())
           end
-          -- tensors for localize's signatures, kept out of the JSON
+          -- tensors for localize's signatures, kept out of the JSON (without an isolated run: the
+          -- whole-model outputs, whose input may carry inherited error)
           ctx.memo.evidence = ctx.memo.evidence or {}
-          ctx.memo.evidence[pair.reference] = { input = call.inputs[1], r32 = r32, t32 = t32, tlow = tlow,
-            params = children.r32:parameters() }
+          ctx.memo.evidence[row.reference] = isolated
+            and { input = calls[k].inputs[1], r32 = r32, t32 = t32, tlow = tlow, params = child("r32", first):parameters() }
+            or { r32 = ar32, t32 = outs("t32", { pair.target }) or nil, tlow = outs("tlow", { pair.target }) or nil, params = {} }
         end
       end
     end
@@ -158,7 +231,10 @@ function M.run(ctx)
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s, %.1f x one forward of the reference (%.3f s)"):format(
     #rows, total, total / math.max(forward_s, 1e-9), forward_s))
-  return { mapping = "identity", components = rows, has_fp32 = has32 }
+  local absent_list = core.json.array()
+  for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
+  return { mapping = kind, components = rows, has_fp32 = has32, unmapped_target = core.json.array(unmapped or {}),
+           no_counterpart = absent_list }
 end
 
 return M

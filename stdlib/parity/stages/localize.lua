@@ -16,8 +16,15 @@ local core = require("parity.core")
 
 local M = { name = "localize" }
 
+--- A component fails on its own figures when it ran on the reference's inputs; one whose inputs
+--- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
+--- run, fp32 when the target has it.
 local function fails(row, th)
   if row.skipped then return false end
+  if row.isolated == false then
+    if row.acc_r32 then return row.acc_r32 >= th.r32_p95 end
+    return (row.acc_r or 0) >= th.r_p95
+  end
   return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95
 end
 
@@ -135,8 +142,10 @@ function M.run(ctx)
       end
     end
   end
-  local carried = after and (after.acc_r32 or after.acc_r)
-  local limit = after and (after.acc_r32 and th.r32_p95 or th.r_p95)
+  -- an error seen only at the low precision is followed at the low precision, others in fp32
+  local low_only = (primary.r32 or 0) < th.r32_p95 and primary.isolated ~= false
+  local carried = after and (low_only and after.acc_r or (after.acc_r32 or after.acc_r))
+  local limit = after and ((low_only or not after.acc_r32) and th.r_p95 or th.r32_p95)
   local pattern = (carried and carried < limit) and "spike" or "step"
   local evidence = ctx.memo.evidence or {}
   local cause = M.cause(primary, evidence[primary.reference], th)

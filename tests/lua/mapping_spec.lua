@@ -1,0 +1,108 @@
+-- parity.mapping: automatic mapping from weights, the Lua format, {i} expansion, validation; and
+-- component tests through a mapping on a differently structured port.
+local spec = require("parity.spec")
+local mapping = require("parity.mapping")
+local describe, it, eq, truthy, raises = spec.describe, spec.it, spec.eq, spec.truthy, spec.raises
+local fx = assert(arg[1], "usage: mapping_spec.lua FIXTURES_DIR")
+local tmp = os.tmpname()
+os.remove(tmp)
+os.execute("mkdir -p " .. tmp)
+
+local ref, port = parity.load(fx .. "/reference/fp32.pt"), parity.load(fx .. "/port_fused/fp32.pt")
+
+local function by_target(entries)
+  local out = {}
+  for _, e in ipairs(entries) do out[e.target] = e end
+  return out
+end
+
+describe("mapping", function()
+  it("proposes one from the weights: equal, stacked (fused q/k/v, gate/up) and containers", function()
+    local entries, unmapped = mapping.auto(ref, port)
+    local t = by_target(entries)
+    eq(t["tok_emb"].reference, "model.embed_tokens")
+    eq(t["blocks.1.attn.qkv_proj"], { reference = { "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
+      "model.layers.1.self_attn.v_proj" }, target = "blocks.1.attn.qkv_proj", transform = "concat" })
+    eq(t["blocks.0.ffn.gate_up_proj"].reference, { "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj" })
+    eq(t["final_norm"].reference, "model.norm")
+    eq(t["blocks.0"].reference, "model.layers.0")
+    eq(t["blocks.0.attn"].reference, "model.layers.0.self_attn")
+    eq(#unmapped, 0)
+  end)
+
+  it("round-trips through its Lua file, sandboxed", function()
+    local entries, unmapped = mapping.auto(ref, port)
+    local f = assert(io.open(tmp .. "/m.lua", "w"))
+    f:write(mapping.to_lua(entries, unmapped))
+    f:close()
+    eq(mapping.load_file(tmp .. "/m.lua"), entries)
+  end)
+
+  it("expands {i} over the layers the reference has, in execution order", function()
+    local pairs_ = mapping.expand({
+      { reference = { "model.layers.{i}.mlp.gate_proj", "model.layers.{i}.mlp.up_proj" }, target = "blocks.{i}.ffn.gate_up_proj",
+        transform = "concat" },
+      { reference = "model.embed_tokens", target = "tok_emb" },
+      { reference = "model.rotary_emb", target = false, reason = "the port computes RoPE in each layer" },
+    }, ref:modules(), port:modules())
+    eq(#pairs_, 3)
+    eq({ pairs_[1].target, pairs_[2].target, pairs_[3].target }, { "tok_emb", "blocks.0.ffn.gate_up_proj", "blocks.1.ffn.gate_up_proj" })
+    eq(pairs_[3].reference, { "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj" })
+  end)
+
+  it("refuses malformed entries, naming the entry", function()
+    raises(function() mapping.validate({ { reference = "a", target = 3 } }, "m") end, "m: entry 1: target must be a path or false")
+    raises(function() mapping.validate({ { reference = { "a", "b" }, target = "c" } }, "m") end,
+      "entry 1: several reference paths need transform = \"concat\"")
+    raises(function() mapping.validate({ { reference = "a", target = false } }, "m") end, "needs a reason")
+    raises(function() mapping.validate({ { reference = "a", target = "b", transform = "rot" } }, "m") end, "unknown transform 'rot'")
+  end)
+end)
+
+describe("components through a mapping", function()
+  local function check(target, extra)
+    local opts = { reference = fx .. "/reference", target = fx .. "/" .. target, out = tmp .. "/" .. target,
+                   cache_dir = tmp .. "/cache", log = function() end, prompts = 2, new_tokens = 8 }
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    return parity.check(opts)
+  end
+
+  it("maps the fused port from its weights and finds every component clean", function()
+    local v = check("port_fused")
+    eq({ v.verdict, v.summaries.scaffold.mapping, v.first_divergence }, { "equivalent", "auto", parity.json.null })
+    truthy(parity.path_kind(tmp .. "/port_fused/scaffold/mapping.lua") == "file", "the proposal is on disk")
+    local c = parity.json.read(tmp .. "/port_fused/components.json")
+    local qkv
+    for _, row in ipairs(c.components) do
+      if row.target == "blocks.0.attn.qkv_proj" then qkv = row end
+    end
+    eq({ qkv.transform, qkv.isolated }, { "concat", true })
+    truthy(qkv.r32 < 1e-4, "fused q/k/v equal the reference's three, concatenated")
+  end)
+
+  it("uses a given mapping file, with {i}", function()
+    local f = assert(io.open(tmp .. "/given.lua", "w"))
+    f:write([[return {
+      { reference = "model.layers.{i}.input_layernorm", target = "blocks.{i}.attn_norm" },
+      { reference = "model.layers.{i}.mlp.down_proj", target = "blocks.{i}.ffn.down_proj" },
+    }]])
+    f:close()
+    local v = check("bug_eps", { mapping_file = tmp .. "/given.lua" })
+    eq(v.summaries.scaffold.mapping, "given")
+    eq({ v.first_divergence.reference, v.first_divergence.cause.class }, { "model.layers.0.input_layernorm", "epsilon" })
+  end)
+
+  it("localises bugs inside a differently structured port", function()
+    local v = check("bug_eps")
+    eq({ v.first_divergence.target, v.first_divergence.cause.class }, { "blocks.0.attn_norm", "epsilon" })
+    truthy(math.abs(v.first_divergence.cause.parameter.value / 1e-2 - 1) < 0.01, "eps 1e-2 fitted")
+    v = check("bug_rope")  -- inside the port's attention, which takes other inputs than the reference's
+    eq({ v.first_divergence.target, v.first_divergence.cause.class }, { "blocks.0.attn", "position" })
+    v = check("bug_norm_bf16")
+    eq({ v.first_divergence.target, v.first_divergence.cause.class }, { "blocks.0.attn_norm", "precision" })
+  end)
+end)
+
+local rc = spec.run()
+os.execute("rm -rf " .. tmp)
+return rc
