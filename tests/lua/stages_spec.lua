@@ -160,6 +160,13 @@ describe("localize signatures", function()
     eq({ zero0, rising }, { true, 1 })
     local zero0b = localize.fit_position(r + noise, r)
     eq(zero0b, false)
+    -- exact at 0 but at full size from position 1 on (a wrong attention scale): not position
+    local step = torch.tensor({ 0, 1, 1, 1, 1 }, { dtype = "float64" }):view({ 1, 5, 1 })
+    local TH = thresholds.resolve()
+    local c = localize.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + noise * step, params = {} }, TH)
+    eq(c.class, "formula")
+    c = localize.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + r * ramp, params = {} }, TH)
+    eq(c.class, "position")
   end)
 
   it("cause: precision when exact in fp32, and the fitted class otherwise", function()
@@ -206,7 +213,8 @@ describe("localize", function()
 
   it("maps identical trees by identity, and says when trees differ", function()
     local mods = { { path = "", type = "LM" }, { path = "a", type = "Linear", depth = 1 } }
-    eq(components.identity_mapping(mods, mods), { { reference = "a", target = "a", type = "Linear", depth = 1 } })
+    eq(components.identity_mapping(mods, mods),
+      { { reference = { "a" }, target = "a", transform = "identity", type = "Linear", depth = 1 } })
     local m, why = components.identity_mapping(mods, { { path = "", type = "LM" }, { path = "b", type = "Linear" } })
     eq(m, nil)
     truthy(why:find("the module trees differ"), why)

@@ -69,7 +69,11 @@ function M.fit_epsilon(x, r, t, weight, bias, layer_norm)
   return eps_of(t), eps_of(r), resid
 end
 
---- Error by position (dim 1 of a [B, T, ...] output): zero at position 0 and growing.
+--- Error by position (dim 1 of a [B, T, ...] output): whether position 0 is exact, the share of
+--- positions where the error keeps growing, and the error at position 1 relative to the largest.
+--- A RoPE bug (theta, layout) is exact at position 0 (angle 0) and builds up with the angle; an
+--- attention whose scores are scaled wrongly is exact at position 0 too (one key: softmax hides
+--- any scale) but is off at full size from position 1 on.
 function M.fit_position(t, r)
   if t:dim() < 2 or t:size(1) < 3 then return nil end
   local err = (t - r):double():transpose(0, 1):reshape({ t:size(1), -1 }):norm(2, { -1 }):tolist()
@@ -79,7 +83,7 @@ function M.fit_position(t, r)
   for p = 2, #err do
     if err[p] >= err[p - 1] * 0.9 then rising = rising + 1 end
   end
-  return err[1] <= 1e-6 * max, rising / (#err - 1)
+  return err[1] <= 1e-6 * max, rising / (#err - 1), err[2] / max
 end
 
 --- The cause of a fault from its evidence (captured tensors) and figures.
@@ -104,10 +108,14 @@ function M.cause(row, ev, th)
     return { class = "scale", detail = ("the output is %.4g x the reference's"):format(c),
              parameter = { name = "scale", value = c } }
   end
-  local zero_at_0, rising = M.fit_position(t, r)
-  if zero_at_0 and rising >= 0.6 then
+  local zero_at_0, rising, at_1 = M.fit_position(t, r)
+  if zero_at_0 and rising >= 0.6 and at_1 <= 0.4 then
     return { class = "position", detail = ("no error at position 0, growing with position (%.0f%% of steps):"
       .. " RoPE theta or layout"):format(100 * rising) }
+  end
+  if zero_at_0 then
+    return { class = "formula", detail = ("exact at position 0, %.0f%% of the largest error already at position 1:"
+      .. " in how positions are mixed (the attention scores' scale, the softmax), not in RoPE"):format(100 * at_1) }
   end
   return { class = "formula", detail = "no signature fits: a different computation" }
 end
