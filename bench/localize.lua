@@ -1,0 +1,67 @@
+-- bench/localize.lua — localisation and cause accuracy: parity check on cases whose planted bug
+-- is known, and whether the first divergence names the right component and cause class.
+--   parity run bench/localize.lua FIXTURES_DIR [DEVSET_DIR]
+-- Fixture cases are listed below; a dev set's come from its truth.json (a scaled parameter:
+-- its module, scale; a norm eps: a norm, epsilon; RoPE theta: the rotary embedding, position).
+local parity = require("parity")
+local fx, devset = arg[1], arg[2]
+local cases = {
+  -- reference, target, expected component (a Lua pattern on the target path), expected class
+  { "reference", "same_eps", "layers%.0%.input_layernorm$", "epsilon" },
+  { "reference", "same_theta", "rotary_emb$", "position" },
+  { "reference", "same_scale", "layers%.1%.mlp%.down_proj$", "scale" },
+  { "reference", "bug_eps", "blocks%.0%.attn_norm$", "epsilon" },
+  { "reference", "bug_eps_small", "blocks%.0%.attn_norm$", "epsilon" },
+  { "reference", "bug_rope", "blocks%.0%.attn$", "position" },
+  { "reference", "bug_attn_scale", "blocks%.0%.attn$", "formula" },
+  { "reference", "bug_norm_bf16", "blocks%.0%.attn_norm$", "precision" },
+  { "noisy", "noisy_bug_eps", "h%.0%.ln_1$", "epsilon" },
+  { "noisy", "noisy_bug_gelu", "h%.0$", "formula" },  -- the GELU is functional, inside the block
+  { "reference", "port_fused" }, { "reference", "port_reorder" }, { "reference", "port_rope_fp32" },
+  { "noisy", "noisy_port" },
+}
+for i, c in ipairs(cases) do cases[i] = { fx .. "/" .. c[1], fx .. "/" .. c[2], c[3], c[4] } end
+if devset then
+  local truth = parity.json.read(devset .. "/truth.json")
+  local names = {}
+  for name in pairs(truth) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local t, arch = truth[name], name:match("^[^/]+")
+    local where, class
+    if t.params then
+      where, class = t.params[1]:gsub("%.weight$", ""):gsub("%.", "%%.") .. "$", "scale"
+    elseif t.config and t.config.rope_theta then
+      where, class = "rotary_emb$", "position"
+    elseif t.config then
+      where, class = "layers%.0%.input_layernorm$", "epsilon"
+    end
+    cases[#cases + 1] = { devset .. "/" .. arch .. "/ref", devset .. "/" .. name, where, class }
+  end
+end
+local out = os.tmpname()
+local right_place, right_class, bugs, clean_ok, clean = 0, 0, 0, 0, 0
+for _, c in ipairs(cases) do
+  local v = parity.check({ reference = c[1], target = c[2], out = out .. ".d", log = function() end })
+  local f = v.first_divergence
+  local got = f ~= parity.json.null and ("%s (%s)"):format(f.target, f.cause.class) or "none"
+  local ok
+  if c[3] then
+    bugs = bugs + 1
+    local place = f ~= parity.json.null and f.target:find(c[3]) ~= nil
+    local class = f ~= parity.json.null and f.cause.class == c[4]
+    right_place, right_class = right_place + (place and 1 or 0), right_class + (class and 1 or 0)
+    ok = place and class
+  else
+    clean = clean + 1
+    ok = f == parity.json.null and v.verdict == "equivalent"
+    clean_ok = clean_ok + (ok and 1 or 0)
+  end
+  print(("%-4s %-44s %s%s"):format(ok and "ok" or "MISS", c[2]:sub(-44), got,
+    f ~= parity.json.null and f.cause.parameter and (" %s=%.4g"):format(f.cause.parameter.name, f.cause.parameter.value) or ""))
+end
+os.execute("rm -rf " .. out .. ".d")
+os.remove(out)
+print(("planted bugs: %d/%d at the right component, %d/%d with the right cause class; correct ports clean: %d/%d")
+  :format(right_place, bugs, right_class, bugs, clean_ok, clean))
+return (right_place == bugs and right_class == bugs and clean_ok == clean) and 0 or 1
