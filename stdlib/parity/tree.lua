@@ -27,31 +27,9 @@ local function children_index(modules)
   return children
 end
 
---- Box-drawn tree with class names and parameter counts (own/total).
----@param modules table[]
----@return string
-function M.pretty(modules)
-  local children = children_index(modules)
-  local root = modules[1]
-  local lines = { ("%s  (%s params)"):format(root.type, human(root.total_params)) }
-  local function walk(path, prefix)
-    local kids = children[path]
-    for i, m in ipairs(kids) do
-      local last = i == #kids
-      local count = m.total_params > 0 and ("  [%s]"):format(human(m.total_params)) or ""
-      lines[#lines + 1] = ("%s%s%s: %s%s"):format(prefix, last and "└─ " or "├─ ", name_of(m.path), m.type, count)
-      walk(m.path, prefix .. (last and "   " or "│  "))
-    end
-  end
-  walk(root.path, "")
-  return table.concat(lines, "\n")
-end
-
---- Like pretty, with runs of numbered siblings whose subtrees are identical (class, parameter
---- counts, children, recursively) folded into one entry: "layers.{0..27}: LlamaDecoderLayer".
----@param modules table[]
----@return string
-function M.compressed(modules)
+--- The box-drawn tree; with `fold`, runs of numbered siblings whose subtrees are identical (class,
+--- parameter counts, children, recursively) become one entry "{0..27}", drawn once.
+local function render(modules, fold)
   local children = children_index(modules)
   local sigs = {}
   local function signature(m)
@@ -65,31 +43,42 @@ function M.compressed(modules)
     end
     return sigs[m.path]
   end
+  local function folds(a, b)  -- b directly follows a, numbered, with the same subtree
+    local na, nb = tonumber(name_of(a.path)), tonumber(name_of(b.path))
+    return fold and na and nb == na + 1 and signature(a) == signature(b)
+  end
   local root = modules[1]
   local lines = { ("%s  (%s params)"):format(root.type, human(root.total_params)) }
   local function walk(path, prefix)
     local kids, groups, i = children[path], {}, 1
     while i <= #kids do
       local j = i
-      while j < #kids and tonumber(name_of(kids[j].path)) and tonumber(name_of(kids[j + 1].path)) ==
-        tonumber(name_of(kids[j].path)) + 1 and signature(kids[j + 1]) == signature(kids[i]) do
-        j = j + 1
-      end
+      while j < #kids and folds(kids[j], kids[j + 1]) do j = j + 1 end
       groups[#groups + 1] = { kids[i], kids[j], j - i + 1 }
       i = j + 1
     end
     for gi, g in ipairs(groups) do
-      local first, last_, n = g[1], g[2], g[3]
-      local last = gi == #groups
-      local name = n > 1 and ("{%s..%s}"):format(name_of(first.path), name_of(last_.path)) or name_of(first.path)
-      local count = first.total_params > 0 and ("  [%s%s]"):format(human(first.total_params), n > 1 and " each" or "") or ""
-      lines[#lines + 1] = ("%s%s%s: %s%s"):format(prefix, last and "└─ " or "├─ ", name, first.type, count)
-      walk(first.path, prefix .. (last and "   " or "│  "))
+      local m, n, last = g[1], g[3], gi == #groups
+      local name = n > 1 and ("{%s..%s}"):format(name_of(m.path), name_of(g[2].path)) or name_of(m.path)
+      local count = m.total_params > 0 and ("  [%s%s]"):format(human(m.total_params), n > 1 and " each" or "") or ""
+      lines[#lines + 1] = ("%s%s%s: %s%s"):format(prefix, last and "└─ " or "├─ ", name, m.type, count)
+      walk(m.path, prefix .. (last and "   " or "│  "))
     end
   end
   walk(root.path, "")
   return table.concat(lines, "\n")
 end
+
+--- Box-drawn tree with class names and parameter counts (own/total).
+---@param modules table[]
+---@return string
+function M.pretty(modules) return render(modules, false) end
+
+--- Like pretty, with runs of numbered siblings whose subtrees are identical folded into one
+--- entry: "layers.{0..27}: LlamaDecoderLayer", drawn once.
+---@param modules table[]
+---@return string
+function M.compressed(modules) return render(modules, true) end
 
 --- One module a line: path, class, parameter count with children (root shown as "(root)").
 ---@param modules table[]
