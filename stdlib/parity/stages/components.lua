@@ -187,8 +187,13 @@ function M.run(ctx)
           local schema = c:schema()
           local flat = d == "fp32" and inputs or cast(inputs, d)
           local args, bad = arguments(schema, flat)
-          if not args then row.skipped = "cannot re-run on captured inputs: " .. bad return nil end
-          return tensors(c(unpack(args)))[1]
+          local ok, out = false, bad
+          if args then ok, out = pcall(c, unpack(args)) end
+          if not ok then
+            row.skipped = "cannot re-run on captured inputs: " .. require("parity.errors").clean(out)
+            return nil
+          end
+          return tensors(out)[1]
         end
         local r32_outs, rlow_outs = {}, {}
         for i, p in ipairs(pair.reference) do
