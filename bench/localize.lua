@@ -15,6 +15,8 @@ local cases = {
   { "reference", "bug_rope", "blocks%.0%.attn$", "position" },
   { "reference", "bug_attn_scale", "blocks%.0%.attn$", "formula" },
   { "reference", "bug_norm_bf16", "blocks%.0%.attn_norm$", "precision" },
+  { "reference", "bug_qkv_order", "blocks%.0%.attn$", "layout" },  -- the fused weight's rows, found statically
+  { "reference", "bug_transposed", "blocks%.1%.attn%.out_proj$", "layout" },
   { "noisy", "noisy_bug_eps", "h%.0%.ln_1$", "epsilon" },
   { "noisy", "noisy_bug_gelu", "h%.0$", "formula" },  -- the GELU is functional, inside the block
   { "reference", "port_fused" }, { "reference", "port_reorder" }, { "reference", "port_rope_fp32" },

@@ -80,7 +80,7 @@ function M.expand(entries, ref_modules, target_modules)
 end
 
 --- The parameters each module owns directly: path -> {name -> Tensor}.
-local function own_params(module, modules)
+function M.own_params(module, modules)
   local all, owned = module:parameters(), {}
   for _, m in ipairs(modules) do owned[m.path] = {} end
   for name, t in pairs(all) do
@@ -92,7 +92,7 @@ local function own_params(module, modules)
 end
 
 --- The parameter that fingerprints a module: its weight, else its only or first-named parameter.
-local function fingerprint(params)
+function M.fingerprint(params)
   if params.weight then return params.weight end
   local names = {}
   for name in pairs(params) do names[#names + 1] = name end
@@ -103,22 +103,68 @@ end
 local function same(a, b) return a:dim() == b:dim() and table.concat(a:size(), ",") == table.concat(b:size(), ",")
   and (a:float() - b:float()):abs():max():item() <= 1e-6 * math.max(1, b:float():abs():max():item()) end
 
+local function permutations(n)
+  local out = {}
+  local function go(prefix, rest)
+    if #rest == 0 then out[#out + 1] = prefix return end
+    for i = 1, #rest do
+      local p, r = { unpack(prefix) }, { unpack(rest) }
+      p[#p + 1] = table.remove(r, i)
+      go(p, r)
+    end
+  end
+  local all = {}
+  for i = 1, n do all[i] = i end
+  go({}, all)
+  return out
+end
+
+--- How a target weight relates to the reference weights it should equal (concatenated along
+--- dim 0 when several): {relation = "equal" | "transposed" | "reordered" (order: the reference
+--- indices the target's row blocks hold) | "scaled" (value: c in t = c r) | "different" (rel_l2)}.
+function M.relation(tw, rws)
+  local r = #rws == 1 and rws[1] or torch.cat(rws, 0)
+  if same(tw, r) then return { relation = "equal" } end
+  if tw:dim() == 2 and r:dim() == 2 and tw:size(0) == r:size(1) and tw:size(1) == r:size(0) and same(tw, r:t()) then
+    return { relation = "transposed" }
+  end
+  if #rws > 1 and #rws <= 4 then
+    for _, order in ipairs(permutations(#rws)) do
+      local parts = {}
+      for i, k in ipairs(order) do parts[i] = rws[k] end
+      if same(tw, torch.cat(parts, 0)) then return { relation = "reordered", order = order } end
+    end
+  end
+  if table.concat(tw:size(), ",") == table.concat(r:size(), ",") then
+    local t, rd = tw:double(), r:double()
+    local rr = (rd * rd):sum():item()
+    if rr > 0 then
+      local c = (t * rd):sum():item() / rr
+      if (t - rd * c):norm():item() <= 1e-5 * t:norm():item() then return { relation = "scaled", value = c } end
+    end
+    return { relation = "different", rel_l2 = core.metrics.rel_l2(tw, r) }
+  end
+  return { relation = "different", detail = ("shape [%s] where the reference has [%s]"):format(
+    table.concat(tw:size(), ", "), table.concat(r:size(), ", ")) }
+end
+
 --- Proposes entries from weight fingerprints: a target module whose weight equals a reference
 --- module's (identity), or the reference weights of several modules stacked along dim 0 in
---- some order (concat: fused q/k/v, gate/up). Returns entries and the target modules with
+--- some order (concat: fused q/k/v, gate/up), or, failing those, a module of the same type whose
+--- weight is a reference one transposed or scaled (a conversion bug the static check reports). Returns entries and the target modules with
 --- parameters that matched nothing.
 ---@param ref_module userdata the reference Module (fp32)
 ---@param target_module userdata the target Module (fp32 when it has it)
 function M.auto(ref_module, target_module)
   local ref_mods, tgt_mods = ref_module:modules(), target_module:modules()
-  local rp, tp = own_params(ref_module, ref_mods), own_params(target_module, tgt_mods)
+  local rp, tp = M.own_params(ref_module, ref_mods), M.own_params(target_module, tgt_mods)
   local entries, unmapped, used = {}, {}, {}
   for _, tm in ipairs(tgt_mods) do
-    local w = fingerprint(tp[tm.path])
+    local w = M.fingerprint(tp[tm.path])
     if w then
       local found
       for _, rm in ipairs(ref_mods) do  -- one to one
-        local rw = fingerprint(rp[rm.path])
+        local rw = M.fingerprint(rp[rm.path])
         if rw and not used[rm.path] and same(w, rw) then
           found = { reference = rm.path, target = tm.path }
           used[rm.path] = true
@@ -143,6 +189,19 @@ function M.auto(ref_module, target_module)
         if parts and #parts > 1 then
           found = { reference = parts, target = tm.path, transform = "concat" }
           for _, p in ipairs(parts) do used[p] = true end
+        end
+      end
+      if not found then  -- a weight converted wrongly: transposed (square) or scaled; the static check says which
+        for _, rm in ipairs(ref_mods) do
+          local rw = M.fingerprint(rp[rm.path])
+          if rw and not used[rm.path] and rm.type == tm.type then
+            local rel = M.relation(w, { rw }).relation
+            if rel == "transposed" or rel == "scaled" then
+              found = { reference = rm.path, target = tm.path }
+              used[rm.path] = true
+              break
+            end
+          end
         end
       end
       if found then entries[#entries + 1] = found else unmapped[#unmapped + 1] = tm.path end

@@ -59,6 +59,20 @@ describe("mapping", function()
   end)
 end)
 
+describe("static weight relations", function()
+  local a, b, c = torch.randn({ 2, 4 }, { seed = 1 }), torch.randn({ 3, 4 }, { seed = 2 }), torch.randn({ 4, 4 }, { seed = 3 })
+  it("tells equal, transposed, reordered, scaled and different apart", function()
+    eq(mapping.relation(torch.cat({ a, b }, 0), { a, b }).relation, "equal")
+    eq(mapping.relation(c:t():contiguous(), { c }).relation, "transposed")
+    eq(mapping.relation(torch.cat({ b, a }, 0), { a, b }), { relation = "reordered", order = { 2, 1 } })
+    local s = mapping.relation(c * 1.05, { c })
+    eq(s.relation, "scaled")
+    truthy(math.abs(s.value - 1.05) < 1e-6, "c fitted")
+    eq(mapping.relation(c + torch.randn({ 4, 4 }, { seed = 4 }) * 0.1, { c }).relation, "different")
+    eq(mapping.relation(c, { c }).relation, "equal", "a square weight equal to itself is not 'transposed'")
+  end)
+end)
+
 describe("components through a mapping", function()
   local function check(target, extra)
     local opts = { reference = fx .. "/reference", target = fx .. "/" .. target, out = tmp .. "/" .. target,
@@ -100,6 +114,17 @@ describe("components through a mapping", function()
     eq({ v.first_divergence.target, v.first_divergence.cause.class }, { "blocks.0.attn", "position" })
     v = check("bug_norm_bf16")
     eq({ v.first_divergence.target, v.first_divergence.cause.class }, { "blocks.0.attn_norm", "precision" })
+  end)
+
+  it("catches transposed and mis-ordered fused weights statically, before any forward", function()
+    for _, c in ipairs({ { "bug_transposed", "blocks.1.attn.out_proj", "transposed" },
+                         { "bug_qkv_order", "blocks.0.attn.qkv_proj", "reordered" } }) do
+      local v = check(c[1])
+      local s = parity.json.read(tmp .. "/" .. c[1] .. "/scaffold.json").static
+      eq({ #s, s[1].target, s[1].relation, s[1].class }, { 1, c[2], c[3], "layout" }, c[1])
+      eq({ v.verdict, v.failed[1], v.first_divergence.cause.class }, { "divergent", "static", "layout" }, c[1])
+    end
+    eq(#parity.json.read(tmp .. "/port_fused/scaffold.json").static, 0, "a correct port: nothing to report")
   end)
 end)
 

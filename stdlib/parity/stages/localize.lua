@@ -157,6 +157,14 @@ function M.run(ctx)
   local pattern = (carried and carried < limit) and "spike" or "step"
   local evidence = ctx.memo.evidence or {}
   local cause = M.cause(primary, evidence[primary.reference], th)
+  -- a weight the static check found transposed, reordered or scaled explains the fault best
+  local scaffold = ctx.results.scaffold
+  for _, f in ipairs(scaffold and scaffold.static or {}) do
+    if f.class and (f.target == primary.target or descends(f.target, primary.target)) then
+      cause = { class = f.class, detail = f.detail .. " (static weight check)",
+                parameter = f.value and { name = "scale", value = f.value } or nil }
+    end
+  end
   local suspects = {}
   for _, row in ipairs(faults) do suspects[#suspects + 1] = row end
   table.sort(suspects, function(a, b)

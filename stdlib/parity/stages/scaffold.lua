@@ -3,9 +3,58 @@
 --- their components pair up: by identity when the trees are the same, else the mapping given, else
 --- one proposed from the weights (written to scaffold/mapping.lua, to save and edit).
 local core = require("parity.core")
+local mapping = require("parity.mapping")
 local tree = require("parity.tree")
 
 local M = { name = "scaffold" }
+
+--- The static weight check, before any forward: each mapped pair's weight against the reference
+--- weight(s) it should equal after the transform, at one dtype (fp32 when the target has it).
+--- A transposed, reordered (fused blocks in another order than the reference runs them) or
+--- scaled weight is a conversion bug found before anything runs; other differences are listed.
+local function static_check(ctx, pairs_)
+  local d = ctx.target:has("fp32") and "fp32" or ctx.dtype
+  local rm, tm = ctx.reference:at(d), ctx.target:at(d)
+  local ref_mods = rm:modules()
+  local order = {}
+  for i, m in ipairs(ref_mods) do order[m.path] = i end
+  local rp, tp = mapping.own_params(rm, ref_mods), mapping.own_params(tm, tm:modules())
+  local findings = {}
+  for _, pair in ipairs(pairs_) do
+    local tw, rws = mapping.fingerprint(tp[pair.target] or {}), {}
+    for i, p in ipairs(pair.reference) do rws[i] = mapping.fingerprint(rp[p] or {}) end
+    if tw and #rws == #pair.reference and #rws > 0 then
+      local rel = mapping.relation(tw, rws)
+      local refs = table.concat(pair.reference, ", ")
+      local f = { reference = refs, target = pair.target, relation = rel.relation }
+      if refs == pair.target then refs = "the reference" end
+      if rel.relation == "equal" and #rws > 1 then  -- stacked in another order than the reference runs them
+        for i = 2, #pair.reference do
+          if order[pair.reference[i]] < order[pair.reference[i - 1]] then f.relation = "reordered" end
+        end
+        if f.relation == "reordered" then
+          local sorted = { unpack(pair.reference) }
+          table.sort(sorted, function(a, b) return order[a] < order[b] end)
+          f.detail = ("%s's weight stacks %s, the reference runs them as %s"):format(pair.target, refs,
+            table.concat(sorted, ", "))
+        end
+      elseif rel.relation == "reordered" then
+        local held = {}
+        for i, k in ipairs(rel.order) do held[i] = pair.reference[k] end
+        f.detail = ("%s's weight stacks %s where the mapping says %s"):format(pair.target, table.concat(held, ", "), refs)
+      elseif rel.relation == "transposed" then
+        f.detail = ("%s's weight is %s's, transposed"):format(pair.target, refs)
+      elseif rel.relation == "scaled" then
+        f.detail, f.value = ("%s's weight is %.6g x %s's"):format(pair.target, rel.value, refs), rel.value
+      elseif rel.relation == "different" then
+        f.detail = rel.detail or ("%s's weight differs from %s's (rel L2 %.3g)"):format(pair.target, refs, rel.rel_l2)
+      end
+      f.class = ({ transposed = "layout", reordered = "layout", scaled = "scale" })[f.relation]
+      if f.relation ~= "equal" then findings[#findings + 1] = f end
+    end
+  end
+  return findings
+end
 
 ---@param ctx parity.Context
 function M.run(ctx)
@@ -28,6 +77,7 @@ function M.run(ctx)
   result.mapped = pairs_ and #pairs_ or 0
   result.unmapped_reason = pairs_ and core.json.null or kind
   result.unmapped_target = core.json.array(unmapped or {})
+  result.static = core.json.array(pairs_ and static_check(ctx, pairs_) or {})
   if pairs_ and kind == "auto" then  -- the proposal, as a file to save, edit and pass back
     local entries = {}
     for _, p in ipairs(pairs_) do
@@ -40,8 +90,22 @@ function M.run(ctx)
   return result
 end
 
+--- A transposed, reordered or scaled weight fails; other differences are warnings.
+function M.criteria(s)
+  local bugs, other = {}, {}
+  for _, f in ipairs(s.static) do
+    if f.class then bugs[#bugs + 1] = f.detail else other[#other + 1] = f.detail end
+  end
+  return {
+    { name = "static", value = #bugs, threshold = 0, pass = #bugs == 0,
+      rule = "no mapped weight transposed, reordered or scaled" .. (#bugs > 0 and (": " .. bugs[1]) or "") },
+    { name = "static_other", value = #other, threshold = 0, pass = #other == 0, warn = true,
+      rule = "mapped weights equal the reference's" .. (#other > 0 and (": " .. other[1]) or "") },
+  }
+end
+
 function M.summary(s)
-  return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped }
+  return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped, static = s.static }
 end
 
 function M.lines(s)
