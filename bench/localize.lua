@@ -10,6 +10,8 @@ local cases = {
   { "reference", "same_eps", "layers%.0%.input_layernorm$", "epsilon" },
   { "reference", "same_theta", "rotary_emb$", "position" },
   { "reference", "same_scale", "layers%.1%.mlp%.down_proj$", "scale" },
+  { "reference", "same_residual", "layers%.1$", "residual" },
+  { "noisy", "noisy_bug_nobias", "h%.1%.fc$", "missing" },
   { "reference", "bug_eps", "blocks%.0%.attn_norm$", "epsilon" },
   { "reference", "bug_eps_small", "blocks%.0%.attn_norm$", "epsilon" },
   { "reference", "bug_rope", "blocks%.0%.attn$", "position" },

@@ -90,6 +90,8 @@ describe("check", function()
       { "same_theta", "model.rotary_emb", "position" },
       { "same_scale", "model.layers.1.mlp.down_proj", "scale", "scale", 1.05 },
       { "noisy_bug_eps", "h.0.ln_1", "epsilon", "eps", 1e-4, "noisy" },
+      { "same_residual", "model.layers.1", "residual", "alpha", 1 },
+      { "noisy_bug_nobias", "h.1.fc", "missing", nil, nil, "noisy" },
     }) do
       local v = check(c[1], { reference = c[6] or "reference" })
       local f = v.first_divergence

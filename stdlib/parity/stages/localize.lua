@@ -11,6 +11,7 @@
 ---   scale      t = c x r: reports c
 ---   epsilon    a norm whose output is the reference's with another eps: reports both eps
 ---   position   no error at position 0, growing with position (RoPE theta or layout)
+---   residual   t = r + alpha x, x the component's input: a residual dropped (-1) or scaled
 ---   formula    anything else
 local core = require("parity.core")
 
@@ -69,6 +70,18 @@ function M.fit_epsilon(x, r, t, weight, bias, layer_norm)
   return eps_of(t), eps_of(r), resid
 end
 
+--- t = r + alpha x, with x the component's input (same shape as its output): a residual dropped
+--- (alpha = -1), doubled (1) or scaled. Returns alpha and how much of t - r the fit leaves.
+function M.fit_residual(t, r, x)
+  if not x or table.concat(x:size(), ",") ~= table.concat(t:size(), ",") then return nil end
+  local d, xd = t - r, x:double()
+  local xx = (xd * xd):sum():item()
+  local dn = d:norm():item()
+  if xx == 0 or dn == 0 then return nil end
+  local alpha = (d * xd):sum():item() / xx
+  return alpha, (d - xd * alpha):norm():item() / dn
+end
+
 --- Error by position (dim 1 of a [B, T, ...] output): whether position 0 is exact, the share of
 --- positions where the error keeps growing, and the error at position 1 relative to the largest.
 --- A RoPE bug (theta, layout) is exact at position 0 (angle 0) and builds up with the angle; an
@@ -107,6 +120,12 @@ function M.cause(row, ev, th)
   if c and resid < 0.05 then
     return { class = "scale", detail = ("the output is %.4g x the reference's"):format(c),
              parameter = { name = "scale", value = c } }
+  end
+  local alpha, aresid = M.fit_residual(t, r, ev.input)
+  if alpha and aresid < 0.05 and math.abs(alpha) > 1e-3 then
+    local what = math.abs(alpha + 1) < 0.05 and "dropped" or math.abs(alpha - 1) < 0.05 and "added twice" or "scaled"
+    return { class = "residual", detail = ("the output is the reference's + %.4g x the input: a residual %s"):format(
+      alpha, what), parameter = { name = "alpha", value = alpha } }
   end
   local zero_at_0, rising, at_1 = M.fit_position(t, r)
   if zero_at_0 and rising >= 0.6 and at_1 <= 0.4 then

@@ -51,6 +51,15 @@ local function static_check(ctx, pairs_)
       end
       f.class = ({ transposed = "layout", reordered = "layout", scaled = "scale" })[f.relation]
       if f.relation ~= "equal" then findings[#findings + 1] = f end
+      -- a bias dropped, or one added, by the conversion
+      local rb, tb = true, tp[pair.target].bias ~= nil
+      for _, p in ipairs(pair.reference) do rb = rb and rp[p].bias ~= nil end
+      if rb ~= tb then
+        findings[#findings + 1] = { reference = table.concat(pair.reference, ", "), target = pair.target,
+          relation = tb and "extra_bias" or "missing_bias", class = "missing",
+          detail = tb and ("%s has a bias the reference's has not"):format(pair.target)
+            or ("%s has no bias where the reference's has one"):format(pair.target) }
+      end
     end
   end
   return findings
@@ -90,7 +99,8 @@ function M.run(ctx)
   return result
 end
 
---- A transposed, reordered or scaled weight fails; other differences are warnings.
+--- A transposed, reordered or scaled weight and a bias dropped or added fail; other differences
+--- are warnings.
 function M.criteria(s)
   local bugs, other = {}, {}
   for _, f in ipairs(s.static) do
@@ -98,7 +108,7 @@ function M.criteria(s)
   end
   return {
     { name = "static", value = #bugs, threshold = 0, pass = #bugs == 0,
-      rule = "no mapped weight transposed, reordered or scaled" .. (#bugs > 0 and (": " .. bugs[1]) or "") },
+      rule = "no mapped weight transposed, reordered, scaled or missing" .. (#bugs > 0 and (": " .. bugs[1]) or "") },
     { name = "static_other", value = #other, threshold = 0, pass = #other == 0, warn = true,
       rule = "mapped weights equal the reference's" .. (#other > 0 and (": " .. other[1]) or "") },
   }
