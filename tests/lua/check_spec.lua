@@ -106,6 +106,14 @@ describe("check", function()
     eq({ v.verdict, v.first_divergence }, { "equivalent", parity.json.null }, "a correct same-tree port has no fault")
   end)
 
+  it("steps aside from component tests on a scripted model, and says why", function()
+    local v = check("scripted_lm", { reference = "scripted_lm" })
+    eq(v.verdict, "equivalent")
+    local skipped = {}
+    for _, s in ipairs(v.skipped) do skipped[s.stage] = s.reason end
+    truthy(skipped.components and skipped.components:find("shares its module type"), tostring(skipped.components))
+  end)
+
   it("says when the fp32 leg cannot run", function()
     local v = check("reference_bf16.pt")
     eq(v.skipped[1].stage, "e2e32")

@@ -151,13 +151,16 @@ function M.run(ctx)
   local seqs = ctx:reference_outputs().sequences
   local has32 = target:has("fp32")
   local t0 = core.clock()
-  local r32_calls, forward_s = tapped_run(ref.files.fp32, ref_paths, seqs)
-  local cap = {
-    r32 = r32_calls,
-    rlow = tapped_run(ref.files[dtype], ref_paths, seqs),
-    tlow = tapped_run(target.files[dtype], tgt_paths, seqs),
-    t32 = has32 and tapped_run(target.files.fp32, tgt_paths, seqs) or nil,
-  }
+  local cap, forward_s = {}, nil
+  local ok, err = pcall(function()
+    cap.r32, forward_s = tapped_run(ref.files.fp32, ref_paths, seqs)
+    cap.rlow = tapped_run(ref.files[dtype], ref_paths, seqs)
+    cap.tlow = tapped_run(target.files[dtype], tgt_paths, seqs)
+    if has32 then cap.t32 = tapped_run(target.files.fp32, tgt_paths, seqs) end
+  end)
+  if not ok then  -- e.g. a scripted model whose layers share one graph
+    return { skipped = "cannot tap the models: " .. require("parity.errors").clean(err) }
+  end
   local child_cache = {}
   local function child(which, path)
     local key = which .. "|" .. path
