@@ -28,7 +28,8 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field out string|nil           results directory (default "parity-results")
 ---@field cache boolean|nil        reuse reference outputs from disk (default true)
 ---@field cache_dir string|nil     default $XDG_CACHE_HOME/parity or ~/.cache/parity
----@field log fun(msg: string)|nil progress lines (default: print)
+---@field log fun(msg: string)|nil log lines (default: print)
+---@field quiet boolean|nil        no progress on stderr (shown for work past 2 s otherwise)
 
 --- Runs the check; writes <stage>.json and verdict.json under opts.out; returns the verdict.
 --- Input errors raise, after writing verdict.json with verdict "error".

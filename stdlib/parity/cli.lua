@@ -20,9 +20,12 @@ Commands:
 Global options:
   --stdlib-dir DIR   load the Lua stdlib from DIR (e.g. ./stdlib) instead of the embedded copy;
                      PARITY_STDLIB_DIR does the same
-Environment:
+Environment (validated: a value out of range is an error, exit 2):
   PARITY_THREADS     torch threads (default: every core)
   PARITY_GC_MB       tensor megabytes allocated between forced Lua collections (default 256)
+  PARITY_PROGRESS_AFTER  seconds a check stage runs before its progress shows on stderr (2)
+  PARITY_SANDBOX_INSTRUCTIONS, PARITY_SANDBOX_MB, PARITY_SANDBOX_SECONDS
+                     limits of sandboxed Lua files (1e8 instructions, 64 MB, 10 s)
   PARITY_DEBUG=1     show Lua tracebacks for command errors
 
 Exit codes: 0 ok, 1 a check failed, 2 usage, input or environment error.
@@ -211,6 +214,7 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
                      weights and written to OUT/scaffold/mapping.lua to save and edit)
   --out DIR          results: smoke.json, e2e.json, e2e32.json, verdict.json (default parity-results)
   --no-cache         recompute the reference's outputs
+  --quiet            no progress on stderr and no log lines (the summary and the files only)
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
 The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
 check against a changed target runs only the target.
@@ -221,7 +225,8 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
     local ok, o = pcall(parse, argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
-                ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string" },
+                ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
+                quiet = "boolean" },
       positional = { "REF", "TARGET" },
     })
     if not ok then  -- a usage error must not leave an earlier verdict standing
@@ -235,7 +240,8 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
     local verdict = parity.check({ reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
-      cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping })
+      cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
+      log = o.quiet and function() end or nil })
     print(require("parity.workflow").summary(verdict, out))
     return verdict.verdict == "equivalent" and 0 or 1
   end,

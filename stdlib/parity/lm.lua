@@ -101,9 +101,10 @@ end
 
 --- Greedy decoding of `n` new tokens from prompts [batch, p]; returns [batch, p + n].
 --- Runs the full sequence each step (traces carry no KV cache).
-function M.greedy(bundle, dtype, prompts, n)
+function M.greedy(bundle, dtype, prompts, n, progress)
   local seq = prompts
-  for _ = 1, n do
+  for i = 1, n do
+    if progress then progress(i, n) end
     local logits = M.forward(bundle, dtype, seq)
     seq = torch.cat({ seq, logits:select(1, -1):argmax(-1):unsqueeze(1) }, 1)
   end

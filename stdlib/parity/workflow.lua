@@ -46,6 +46,9 @@ function M.context(opts)
     new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
     topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
   local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print, results = {},
+    quiet = opts.quiet,
+    progress_after = validate.number("PARITY_PROGRESS_AFTER", tonumber(os.getenv("PARITY_PROGRESS_AFTER") or "2")
+      or os.getenv("PARITY_PROGRESS_AFTER"), 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
   ctx.reference, ctx.target = bundle.open(opts.reference), bundle.open(opts.target)
@@ -73,6 +76,25 @@ function M.context(opts)
   lm.check_size({ ctx.reference, ctx.target }, s.prompts, s.prompt_len + s.new_tokens, ctx.vocab, 6)
   ctx.settings = s
   return ctx
+end
+
+--- Progress on stderr for work past 2 s (PARITY_PROGRESS_AFTER seconds): "stage i/n, elapsed",
+--- redrawn in place on a terminal, a plain line every 10 s otherwise; nothing with opts.quiet,
+--- and never in the JSON.
+function Context:progress(stage, i, n)
+  if self.quiet then return end
+  local now = core.clock()
+  self.stage_started = (self.progress_stage == stage) and self.stage_started or now
+  self.progress_stage = stage
+  local elapsed = now - self.stage_started
+  if elapsed < self.progress_after then return end
+  local line = ("%s %d/%d  %.1f s"):format(stage, i, n, elapsed)
+  if core.stderr_is_tty() then
+    io.stderr:write("\r\27[K", line, i == n and "\n" or "")
+  elseif now - (self.last_plain or 0) >= 10 or i == n then
+    self.last_plain = now
+    io.stderr:write(line, "\n")
+  end
 end
 
 --- The cache key: the reference's files, the inputs and every setting its outputs depend on.
@@ -108,7 +130,7 @@ function Context:reference_outputs()
     self.log(("reference: from cache %s (%.2f s CPU)"):format(path, os.clock() - t0))
   else
     local ref, n, p = self.reference, self.settings.new_tokens, self.prompts:size(1)
-    local seqs = lm.greedy(ref, "fp32", self.prompts, n)
+    local seqs = lm.greedy(ref, "fp32", self.prompts, n, function(i, k) self:progress("reference greedy (fp32)", i, k) end)
     local function logits(dtype)  -- a reference that is not finite leaves nothing to compare against
       local l = lm.forward(ref, dtype, seqs)
       local bad = core.metrics.non_finite(l)
@@ -119,7 +141,8 @@ function Context:reference_outputs()
       return self:judged(l)
     end
     r = { sequences = seqs, ref32 = logits("fp32"), ref_low = logits(self.dtype),
-          own_tokens = lm.greedy(ref, self.dtype, self.prompts, n):narrow(1, p, n):contiguous() }
+          own_tokens = lm.greedy(ref, self.dtype, self.prompts, n, function(i, k)
+            self:progress(("reference greedy (%s)"):format(self.dtype), i, k) end):narrow(1, p, n):contiguous() }
     if self.cache_enabled then
       core.remove_stale_temps(self.cache_dir)
       core.tensors.save(path, r, { format = tostring(FORMAT) })

@@ -215,6 +215,13 @@ check)
   if [[ ! -e $tmp/stale/verdict.json.tmp.999999999 && -e $tmp/stale/e2e.json.tmp.$$ ]]; then
     echo "ok   temporary files of dead runs are cleaned, a live process's are kept"; else failures=$((failures + 1)); echo "FAIL: stale temporary files"; fi
   expect 0 'Usage: parity check REF TARGET' -- check --help
+  # progress goes to stderr (plain lines when not a terminal), never with --quiet
+  cases=$((cases + 1))
+  err=$(PARITY_PROGRESS_AFTER=0 "$parity" check "$ref" "$fx/same_scale" --out "$tmp/p" "${common[@]}" 2>&1 >/dev/null)
+  quiet=$(PARITY_PROGRESS_AFTER=0 "$parity" check "$ref" "$fx/same_scale" --out "$tmp/p" "${common[@]}" --quiet 2>&1 >/dev/null)
+  if grep -qE '^components 30/30  [0-9.]+ s$' <<<"$err" && grep -qE '^smoke 8/8' <<<"$err" && [[ -z $quiet ]]; then
+    echo "ok   progress on stderr, none with --quiet"; else failures=$((failures + 1)); echo "FAIL: progress: [$err] quiet: [$quiet]"; fi
+  expect 2 "PARITY_PROGRESS_AFTER must be a finite number" -- check "$ref" "$fx/port_fused" --out "$tmp/p" "${common[@]}" @PARITY_PROGRESS_AFTER=soon
   ;;
 *)
   echo "unknown subcommand to test: $cmd"

@@ -171,7 +171,8 @@ function M.run(ctx)
     return child_cache[key] or nil
   end
   local rows = {}
-  for _, pair in ipairs(pairs_) do
+  for n, pair in ipairs(pairs_) do
+    ctx:progress("components", n, #pairs_)
     local first = pair.reference[1]
     local calls = cap.r32[first]
     local row = { reference = table.concat(pair.reference, "+"), target = pair.target, type = pair.type,

@@ -41,7 +41,8 @@ end
 function M.run(ctx)
   local r = ctx:reference_outputs()
   local p, n = ctx.prompts:size(1), ctx.settings.new_tokens
-  local target = lm.greedy(ctx.target, ctx.dtype, ctx.prompts, n):narrow(1, p, n)
+  local target = lm.greedy(ctx.target, ctx.dtype, ctx.prompts, n, function(i, k) ctx:progress("smoke", i, k) end)
+    :narrow(1, p, n)
   return M.compare(r.tokens, target, r.own_tokens)
 end
 
