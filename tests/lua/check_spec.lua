@@ -106,6 +106,17 @@ describe("check", function()
     eq({ v.verdict, v.first_divergence }, { "equivalent", parity.json.null }, "a correct same-tree port has no fault")
   end)
 
+  it("reports a difference the next operation absorbs as absorbed, not as a fault", function()
+    -- the MLP output x1.05 before Gemma's post-feedforward norm: the norm removes the factor
+    local v = check("sandwich_scale", { reference = "sandwich" })
+    eq({ v.verdict, v.first_divergence.reference, v.first_divergence.pattern, v.first_divergence.absorbed },
+       { "equivalent", "model.layers.1.mlp.down_proj", "spike", true })
+    local said = false
+    for _, w in ipairs(v.warnings) do said = said or w:find("absorbed by the next operation", 1, true) ~= nil end
+    truthy(said, "the warning says so")
+    eq(check("same_scale").verdict, "divergent", "without the norm the same factor is a fault")
+  end)
+
   it("steps aside from component tests on a scripted model, and says why", function()
     local v = check("scripted_lm", { reference = "scripted_lm" })
     eq(v.verdict, "equivalent")

@@ -99,12 +99,20 @@ function M.run(ctx)
   return result
 end
 
---- A transposed, reordered or scaled weight and a bias dropped or added fail; other differences
---- are warnings.
-function M.criteria(s)
+--- A transposed, reordered or scaled weight and a bias dropped or added fail, unless the
+--- localisation found the fault there absorbed by the next operation (a constant factor before
+--- Gemma's post-feedforward norm): then, like other differences, it is a warning.
+function M.criteria(s, th, results)
+  local loc = results and results.localize
+  local first = loc and not loc.skipped and loc.first_divergence
+  local function absorbed(f)
+    return type(first) == "table" and first.absorbed and (f.target == first.target
+      or f.target:sub(1, #first.target + 1) == first.target .. ".")
+  end
   local bugs, other = {}, {}
   for _, f in ipairs(s.static) do
-    if f.class then bugs[#bugs + 1] = f.detail else other[#other + 1] = f.detail end
+    if f.class and not absorbed(f) then bugs[#bugs + 1] = f.detail
+    else other[#other + 1] = f.detail .. (f.class and " (absorbed by the next operation)" or "") end
   end
   return {
     { name = "static", value = #bugs, threshold = 0, pass = #bugs == 0,
