@@ -112,19 +112,24 @@ int module_eval(lua_State* L) {
   return 1;
 }
 
+/// The strings of the Lua array at `idx`.
+std::vector<std::string> check_strings(lua_State* L, int idx) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  std::vector<std::string> out;
+  for (int i = 1, n = static_cast<int>(lua_objlen(L, idx)); i <= n; ++i) {
+    lua_rawgeti(L, idx, i);
+    out.emplace_back(luaL_checkstring(L, -1));
+    lua_pop(L, 1);
+  }
+  return out;
+}
+
 /// m:tap({paths}) -> { {path, inputs, outputs, untapped = {...}}, ... }: splices taps (before
 /// the module's first run)
 int module_tap(lua_State* L) {
   auto& m = check_module(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  std::vector<std::string> paths;
-  for (int i = 1, n = static_cast<int>(lua_objlen(L, 2)); i <= n; ++i) {
-    lua_rawgeti(L, 2, i);
-    paths.emplace_back(luaL_checkstring(L, -1));
-    lua_pop(L, 1);
-  }
   Array out;
-  for (const auto& site : install_taps(m, paths)) {
+  for (const auto& site : install_taps(m, check_strings(L, 2))) {
     Array untapped;
     for (const auto& u : site.untapped) untapped.emplace_back(u);
     out.emplace_back(Map{{"path", site.path},
@@ -171,12 +176,7 @@ int module_run_tapped(lua_State* L) {
   TapInjections inject;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "capture");  // [.., capture]
-    if (lua_istable(L, -1))
-      for (int i = 1, n = static_cast<int>(lua_objlen(L, -1)); i <= n; ++i) {
-        lua_rawgeti(L, -1, i);
-        capture.emplace_back(luaL_checkstring(L, -1));
-        lua_pop(L, 1);
-      }
+    if (lua_istable(L, -1)) capture = check_strings(L, lua_gettop(L));
     lua_pop(L, 1);
     lua_getfield(L, 3, "inject");
     inject = injections_from(L, lua_gettop(L));

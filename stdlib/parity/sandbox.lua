@@ -4,6 +4,7 @@
 --- instruction budget, a memory cap and a wall-clock backstop (NOTE [ Sandbox limits ] in
 --- bindings/vm.hpp). What it returns is data for the caller to validate.
 local core = require("parity.core")
+local validate = require("parity.validate")
 
 local M = {}
 
@@ -28,16 +29,7 @@ end
 function M.limits()
   local out = {}
   for key, default in pairs(M.DEFAULTS) do
-    local name, lo, hi = ENV[key][1], ENV[key][2], ENV[key][3]
-    local text = os.getenv(name)
-    local v = default
-    if text and text ~= "" then
-      v = text:match("^%d+$") and tonumber(text)
-      if not v or v < lo or v > hi then
-        error(("%s must be a whole number in %d..%d, got '%s'"):format(name, lo, hi, text), 0)
-      end
-    end
-    out[key] = v
+    out[key] = validate.env(ENV[key][1], default, ENV[key][2], ENV[key][3], true)
   end
   return out
 end

@@ -2,6 +2,7 @@
 --- A thresholds file is a Lua chunk returning a table; it runs in parity.sandbox (text only,
 --- safe globals, limits), because such files are shared between teams. Values are validated.
 local sandbox = require("parity.sandbox")
+local validate = require("parity.validate")
 
 local M = {}
 
@@ -27,9 +28,9 @@ M.DEFAULTS = {
 
 --- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).
 M.RANGES = {
-  r_p95 = { 0, math.huge }, r_p50_precision = { 0, math.huge }, r32_p95 = { 0, math.huge }, kl_ratio = { 0, math.huge }, kl_floor = { 0, math.huge },
-  cosine_ratio = { 0, math.huge }, cosine_floor = { 0, 2 }, top1 = { 0, 1 }, tie_factor = { 0, math.huge },
-  smoke_match = { 0, 1 },
+  r_p95 = { 0, math.huge }, r_p50_precision = { 0, math.huge }, r32_p95 = { 0, math.huge },
+  kl_ratio = { 0, math.huge }, kl_floor = { 0, math.huge }, cosine_ratio = { 0, math.huge },
+  cosine_floor = { 0, 2 }, top1 = { 0, 1 }, tie_factor = { 0, math.huge }, smoke_match = { 0, 1 },
 }
 
 local function check_table(t, origin)
@@ -41,15 +42,11 @@ local function check_table(t, origin)
       table.sort(names)
       error(("%s: unknown threshold '%s' (known: %s)"):format(origin, tostring(k), table.concat(names, ", ")), 0)
     end
-    local lo, hi = M.RANGES[k][1], M.RANGES[k][2]
     if type(v) ~= "number" then
       error(("%s: threshold '%s' must be a number, got %s"):format(origin, k,
         type(v) == "string" and ("the string %q"):format(v) or type(v)), 0)
     end
-    if not (v >= lo and v <= hi and v > -math.huge and v < math.huge) then
-      local range = hi == math.huge and (">= %g"):format(lo) or ("in %g..%g"):format(lo, hi)
-      error(("%s: threshold '%s' must be a finite number %s, got %s"):format(origin, k, range, tostring(v)), 0)
-    end
+    validate.number(("%s: threshold '%s'"):format(origin, k), v, M.RANGES[k][1], M.RANGES[k][2])
   end
   return t
 end

@@ -34,6 +34,22 @@ function M.number(name, v, lo, hi)
   return v
 end
 
+--- A number from the environment: `default` when unset or empty, else `text` must be a number
+--- (whole when `whole`) in lo..hi; an error names the variable and quotes what it held, like
+--- the host's env_integer.
+---@return number
+function M.env(name, default, lo, hi, whole)
+  local text = os.getenv(name)
+  if not text or text == "" then return default end
+  local v = tonumber(text)
+  local ok = v and v == v and v >= lo and v <= hi and (not whole or (text:match("^%d+$") and v == math.floor(v)))
+  if not ok then
+    error(("%s must be a %s in %s..%s, got '%s'"):format(name, whole and "whole number" or "finite number",
+      whole and ("%d"):format(lo) or ("%g"):format(lo), whole and ("%d"):format(hi) or ("%g"):format(hi), text), 0)
+  end
+  return v
+end
+
 --- Validates the settings present in `values` against `rules` (name -> {kind, lo, hi} with kind
 --- "integer" or "number"); absent ones stay absent. Names are checked in sorted order, so the
 --- first error is the same on every run.

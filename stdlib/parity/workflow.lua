@@ -47,8 +47,7 @@ function M.context(opts)
     topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
   local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print, results = {},
     quiet = opts.quiet,
-    progress_after = validate.number("PARITY_PROGRESS_AFTER", tonumber(os.getenv("PARITY_PROGRESS_AFTER") or "2")
-      or os.getenv("PARITY_PROGRESS_AFTER"), 0, 1e6),
+    progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
   ctx.reference, ctx.target = bundle.open(opts.reference), bundle.open(opts.target)

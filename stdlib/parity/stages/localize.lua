@@ -29,7 +29,9 @@ local function fails(row, th)
   return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95
 end
 
-local function descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancestor .. "." end
+--- Whether `path` lies inside the module at `ancestor` (a dotted-path prefix).
+function M.descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancestor .. "." end
+local descends = M.descends
 
 local function dot(a, b) return (a * b):sum():item() end
 
