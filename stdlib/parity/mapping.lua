@@ -6,6 +6,11 @@
 ---                   "model.layers.{i}.self_attn.v_proj" }, target = "blocks.{i}.attn.qkv_proj",
 ---     transform = "concat" }       -- the target's output is theirs concatenated on the last dim
 ---   { reference = "model.rotary_emb", target = false, reason = "the port computes RoPE per layer" }
+--- A projection feeding an interleaved-pairs RoPE (GPT-J, llama.cpp-style engines) holds the rows
+--- of a rotate-half one re-ordered per head; `interleave` says which reference parts are (and
+--- `rows`, how many leading rows of each, when not all: q and k of a fused q/k/v weight):
+---   { reference = { q, k, v }, target = "blocks.{i}.attn.qkv_proj", transform = "concat",
+---     interleave = { head_dim = 16, parts = { 1, 2 } } }
 --- Identical trees map by identity; otherwise `auto` proposes a mapping from weight fingerprints.
 --- A mapping file is Lua returning a list of entries, run in parity.sandbox.
 local core = require("parity.core")
@@ -36,6 +41,21 @@ function M.validate(entries, origin)
     local t = e.transform or "identity"
     if not M.TRANSFORMS[t] then error(("%s: unknown transform '%s' (identity, concat)"):format(where, tostring(t)), 0) end
     if t == "identity" and #list(e.reference) ~= 1 then error(where .. ": several reference paths need transform = \"concat\"", 0) end
+    local il = e.interleave
+    if il ~= nil then
+      local d = type(il) == "table" and il.head_dim
+      if type(d) ~= "number" or d < 2 or d % 2 ~= 0 or d > 65536 then
+        error(where .. ": interleave = { head_dim = <an even number>, parts = { ... } }", 0)
+      end
+      if il.rows ~= nil and (type(il.rows) ~= "number" or il.rows < d or il.rows % d ~= 0) then
+        error(where .. ": interleave.rows must be a multiple of head_dim", 0)
+      end
+      for _, k in ipairs(type(il.parts) == "table" and il.parts or {}) do
+        if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > #list(e.reference) then
+          error(("%s: interleave.parts must index the reference paths (1..%d)"):format(where, #list(e.reference)), 0)
+        end
+      end
+    end
   end
   return entries
 end
@@ -68,7 +88,7 @@ function M.expand(entries, ref_modules, target_modules)
         if ok then
           local first = ref_at[refs[1]]
           pairs_[#pairs_ + 1] = { reference = refs, target = sub(e.target), transform = e.transform or "identity",
-                                  type = first.type, depth = first.depth, order = order[refs[1]] }
+                                  interleave = e.interleave, type = first.type, depth = first.depth, order = order[refs[1]] }
         elseif has_i and not ref_at[sub(list(e.reference)[1])] then
           break
         end
@@ -119,6 +139,54 @@ local function permutations(n)
   return out
 end
 
+--- A rotate-half RoPE projection's rows (or outputs, dim -1) re-ordered per head of `head_dim`
+--- into interleaved pairs: a head's row 2j is row j, its row 2j + 1 is row j + head_dim / 2.
+--- Only the first `rows` are re-ordered when given (a fused q/k/v weight: q and k, not v).
+function M.interleave(t, head_dim, dim, rows)
+  dim = dim or 0
+  if dim < 0 then dim = t:dim() + dim end
+  local n, half, idx = t:size(dim), head_dim / 2, {}
+  rows = rows or n
+  for h = 0, rows / head_dim - 1 do
+    for j = 0, half - 1 do
+      idx[#idx + 1], idx[#idx + 2] = h * head_dim + j, h * head_dim + j + half
+    end
+  end
+  for i = rows, n - 1 do idx[#idx + 1] = i end
+  return t:index_select(dim, torch.tensor(idx, { dtype = "int64" }))
+end
+
+--- The head size for which `tw` holds `rw`'s rows interleaved (M.interleave), and how many
+--- leading rows are (nil: all), or nil. The first row of each head stays; the second is row
+--- head_dim / 2, which gives the head size; rows past the last differing one are as they were.
+function M.interleaved_head_dim(tw, rw)
+  if tw:dim() ~= 2 or rw:dim() ~= 2 or table.concat(tw:size(), ",") ~= table.concat(rw:size(), ",")
+    or tw:size(0) < 4 or not same(tw:narrow(0, 0, 1), rw:narrow(0, 0, 1)) then
+    return nil
+  end
+  local dist = (rw:float() - tw:narrow(0, 1, 1):float()):abs():amax({ 1 })
+  local j = dist:argmin():item()
+  local d, n = 2 * j, tw:size(0)
+  if j < 1 or n % d ~= 0 then return nil end
+  local tol = 1e-6 * math.max(1, rw:float():abs():max():item())
+  local differs = (tw:float() - rw:float()):abs():amax({ 1 }):gt(tol):nonzero():reshape({ -1 }):tolist()
+  local rows = math.ceil((differs[#differs] + 1) / d) * d
+  if not same(tw, M.interleave(rw, d, 0, rows)) then return nil end
+  return d, rows < n and rows or nil
+end
+
+--- The reference tensors of an entry's parts as the target holds them: interleaved where the
+--- entry says so (along `dim`: 0 for weights, -1 for outputs).
+function M.as_target(entry, tensors, dim)
+  local il = entry.interleave
+  if not il then return tensors end
+  local out, parts = { unpack(tensors) }, il.parts or { 1 }
+  for _, k in ipairs(parts) do
+    if out[k] then out[k] = M.interleave(out[k], il.head_dim, dim, il.rows) end
+  end
+  return out
+end
+
 --- How a target weight relates to the reference weights it should equal (concatenated along
 --- dim 0 when several): {relation = "equal" | "transposed" | "reordered" (order: the reference
 --- indices the target's row blocks hold) | "scaled" (value: c in t = c r) | "different" (rel_l2)}.
@@ -150,9 +218,10 @@ end
 
 --- Proposes entries from weight fingerprints: a target module whose weight equals a reference
 --- module's (identity), or the reference weights of several modules stacked along dim 0 in
---- some order (concat: fused q/k/v, gate/up), or, failing those, a module of the same type whose
---- weight is a reference one transposed or scaled (a conversion bug the static check reports). Returns entries and the target modules with
---- parameters that matched nothing.
+--- some order (concat: fused q/k/v, gate/up), each as it is or with its rows interleaved per
+--- head (interleave: an engine's RoPE layout), or, failing those, a module of the same type whose
+--- weight is a reference one transposed or scaled (a conversion bug the static check reports).
+--- Returns entries and the target modules with parameters that matched nothing.
 ---@param ref_module userdata the reference Module (fp32)
 ---@param target_module userdata the target Module (fp32 when it has it)
 function M.auto(ref_module, target_module)
@@ -162,32 +231,47 @@ function M.auto(ref_module, target_module)
   for _, tm in ipairs(tgt_mods) do
     local w = M.fingerprint(tp[tm.path])
     if w then
-      local found
-      for _, rm in ipairs(ref_mods) do  -- one to one
-        local rw = M.fingerprint(rp[rm.path])
-        if rw and not used[rm.path] and same(w, rw) then
-          found = { reference = rm.path, target = tm.path }
-          used[rm.path] = true
-          break
-        end
-      end
-      if not found and w:dim() == 2 then  -- stacked along dim 0: match each row block
-        local parts, row = {}, 0
-        while row < w:size(0) do
-          local hit
+      -- the unused reference module whose weight `block_of(rw)` holds as it is (first) or
+      -- interleaved per head (then), and the head size
+      local function holder(block_of)
+        for pass = 1, 2 do
           for _, rm in ipairs(ref_mods) do
-            local rw = rp[rm.path].weight
-            if rw and not used[rm.path] and rw:dim() == 2 and rw:size(1) == w:size(1) and row + rw:size(0) <= w:size(0)
-              and same(w:narrow(0, row, rw:size(0)), rw) then
-              hit = rm
-              break
+            local rw = M.fingerprint(rp[rm.path])
+            local block = rw and not used[rm.path] and block_of(rw)
+            if block then
+              if pass == 1 and same(block, rw) then return rm end
+              local d = pass == 2 and M.interleaved_head_dim(block, rw)
+              if d then return rm, d end
             end
           end
+        end
+      end
+      local function interleave(dims)
+        local parts, d = {}, nil
+        for k, hd in pairs(dims) do parts[#parts + 1], d = k, hd end
+        if not d then return nil end
+        table.sort(parts)
+        return { head_dim = d, parts = parts }
+      end
+      local found
+      local rm, d = holder(function() return w end)  -- one to one
+      if rm then
+        found = { reference = rm.path, target = tm.path, interleave = interleave({ d }) }
+        used[rm.path] = true
+      end
+      if not found and w:dim() == 2 then  -- stacked along dim 0: match each row block
+        local parts, dims, row = {}, {}, 0
+        while row < w:size(0) do
+          local hit, hd = holder(function(rw)
+            return rw:dim() == 2 and rw:size(1) == w:size(1) and row + rw:size(0) <= w:size(0)
+              and w:narrow(0, row, rw:size(0))
+          end)
           if not hit then parts = nil break end
-          parts[#parts + 1], row = hit.path, row + rp[hit.path].weight:size(0)
+          parts[#parts + 1], row = hit.path, row + M.fingerprint(rp[hit.path]):size(0)
+          dims[#parts] = hd
         end
         if parts and #parts > 1 then
-          found = { reference = parts, target = tm.path, transform = "concat" }
+          found = { reference = parts, target = tm.path, transform = "concat", interleave = interleave(dims) }
           for _, p in ipairs(parts) do used[p] = true end
         end
       end
@@ -239,6 +323,19 @@ function M.auto(ref_module, target_module)
   return entries, unmapped
 end
 
+--- Same-named pairs (identity mapping) whose weights differ only by the RoPE layout get their
+--- `interleave`: a port with the reference's tree that rotates interleaved pairs.
+function M.find_interleaved(pairs_, ref_module, target_module)
+  local rp, tp = M.own_params(ref_module, ref_module:modules()), M.own_params(target_module, target_module:modules())
+  for _, pair in ipairs(pairs_) do
+    local rw, tw = M.fingerprint(rp[pair.reference[1]] or {}), M.fingerprint(tp[pair.target] or {})
+    local d, rows = nil, nil
+    if rw and tw and #pair.reference == 1 and not same(tw, rw) then d, rows = M.interleaved_head_dim(tw, rw) end
+    if d then pair.interleave = { head_dim = d, parts = { 1 }, rows = rows } end
+  end
+  return pairs_
+end
+
 --- A mapping as a Lua file a user can save, edit and pass back with --mapping.
 function M.to_lua(entries, unmapped)
   local lines = { "-- parity mapping: reference component(s) -> target component (proposed from weight fingerprints)",
@@ -250,8 +347,10 @@ function M.to_lua(entries, unmapped)
       for i, p in ipairs(refs) do q[i] = ("%q"):format(p) end
       return q
     end)(), ", "))
-    lines[#lines + 1] = ("  { reference = %s, target = %q%s },"):format(r, e.target,
-      e.transform and e.transform ~= "identity" and (", transform = %q"):format(e.transform) or "")
+    local il = e.interleave and (", interleave = { head_dim = %d, parts = { %s }%s }"):format(e.interleave.head_dim,
+      table.concat(e.interleave.parts or { 1 }, ", "), e.interleave.rows and (", rows = %d"):format(e.interleave.rows) or "") or ""
+    lines[#lines + 1] = ("  { reference = %s, target = %q%s%s },"):format(r, e.target,
+      e.transform and e.transform ~= "identity" and (", transform = %q"):format(e.transform) or "", il)
   end
   lines[#lines + 1] = "}"
   for _, p in ipairs(unmapped or {}) do lines[#lines + 1] = ("-- unmapped target module with parameters: %s"):format(p) end

@@ -24,13 +24,15 @@ M.DEFAULTS = {
                         -- own precision noise at that position (max |ref_low - ref32|)
   smoke_match = 0.3,    -- smoke: a greedy match rate below this x the reference's own low-precision
                         -- match rate is a warning (seeds: 30% liveness)
+  r_over = 0.8,         -- a component whose own R is below this is markedly more precise than the
+                        -- reference at the low precision (seeds: over-precision, an extra upcast): a warning
 }
 
 --- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).
 M.RANGES = {
   r_p95 = { 0, math.huge }, r_p50_precision = { 0, math.huge }, r32_p95 = { 0, math.huge },
   kl_ratio = { 0, math.huge }, kl_floor = { 0, math.huge }, cosine_ratio = { 0, math.huge },
-  cosine_floor = { 0, 2 }, top1 = { 0, 1 }, tie_factor = { 0, math.huge }, smoke_match = { 0, 1 },
+  cosine_floor = { 0, 2 }, top1 = { 0, 1 }, tie_factor = { 0, math.huge }, smoke_match = { 0, 1 }, r_over = { 0, 1 },
 }
 
 local function check_table(t, origin)

@@ -162,7 +162,7 @@ check)
   expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  first divergence: model.layers.0.input_layernorm \(LlamaRMSNorm\), .*: precision: exact in fp32' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  first divergence: model.layers.0.input_layernorm .*: epsilon: a norm whose output is the reference.s with eps 1e-05' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug" "${common[@]}"
-  expect 1 '^  first divergence: h\.0 \(Block\), R [0-9.]+, R32 [0-9.]+, step: formula' -- check "$fx/noisy" "$fx/noisy_bug_gelu" --out "$tmp/bug" "${common[@]}"
+  expect 1 '^  first divergence: h\.0 \(Block\), R [0-9.]+, R32 [0-9.]+, step: activation: the nonlinearity is gelu where the reference.s is gelu_tanh' -- check "$fx/noisy" "$fx/noisy_bug_gelu" --out "$tmp/bug" "${common[@]}"
   expect 0 'warning: e2e32 skipped: .*reference_bf16.pt has no fp32 trace' -- check "$ref" "$fx/reference_bf16.pt" --out "$tmp/ok" "${common[@]}"
   expect 1 '^  first divergence: model.layers.1.mlp.down_proj \(Linear\), R [0-9.]+, R32 [0-9.]+, step: scale: model.layers.1.mlp.down_proj.s weight is 1.05 x the reference.s \(static weight check\)$' -- check "$ref" "$fx/same_scale" --out "$tmp/bug" "${common[@]}"
   cases=$((cases + 1))

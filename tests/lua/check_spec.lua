@@ -65,7 +65,7 @@ describe("check", function()
       { "reference", "bug_eps", "epsilon", "r_p95" }, { "reference", "bug_rope", "position", "r_p95" },
       { "reference", "bug_attn_scale", "formula", "r_p95" },
       -- hidden inside the bf16 noise: only the fp32 leg sees them
-      { "reference", "bug_eps_small", "epsilon", "r32_p95" }, { "noisy", "noisy_bug_gelu", "formula", "r32_p95" },
+      { "reference", "bug_eps_small", "epsilon", "r32_p95" }, { "noisy", "noisy_bug_gelu", "activation", "r32_p95" },
       { "noisy", "noisy_bug_eps", "epsilon", "r32_p95" },  -- same tree: the component's cause
     }) do
       local v = check(c[2], { reference = c[1] })
@@ -104,6 +104,56 @@ describe("check", function()
     end
     local v = check("noisy_port", { reference = "noisy" })
     eq({ v.verdict, v.first_divergence }, { "equivalent", parity.json.null }, "a correct same-tree port has no fault")
+  end)
+
+  it("names each planted bug's class in differently structured ports and a mixture of experts", function()
+    for _, c in ipairs({
+      -- target, reference, the fault (reference path), class, parameter name, value (a number: within 1%)
+      { "bug_act", "reference", "model.layers.0.mlp", "activation", "activation", "gelu" },
+      { "bug_mask", "reference", "model.layers.0.self_attn", "mask", "position_pairs" },
+      { "bug_rope_weights", "reference", "model.layers.0.self_attn", "position" },
+      { "moe_bug_routing", "moe", "model.layers.1.block_sparse_moe", "routing", "tokens_rerouted" },
+      { "moe_bug_expert", "moe", "model.layers.1.block_sparse_moe.experts.1.w2", "scale", "scale", 1.05 },
+      { "reference", "sandwich", "model.layers.0", "missing" },  -- no post-feedforward norm in the port
+    }) do
+      local v = check(c[1], { reference = c[2] })
+      local f = v.first_divergence
+      eq({ v.verdict, f.reference, f.cause.class, f.pattern }, { "divergent", c[3], c[4], "step" }, c[1])
+      if c[5] then eq(f.cause.parameter.name, c[5], c[1]) end
+      if type(c[6]) == "number" then
+        truthy(math.abs(f.cause.parameter.value / c[6] - 1) < 0.01, ("%s: fitted %g"):format(c[1], f.cause.parameter.value))
+      elseif c[6] then
+        eq(f.cause.parameter.value, c[6], c[1])
+      end
+    end
+    local f = check("moe_bug_routing", { reference = "moe" }).first_divergence
+    truthy(f.cause.parameter.value > 0.2 and f.cause.parameter.value < 0.8, "a share of the tokens: " .. f.cause.parameter.value)
+    truthy(f.cause.detail:find("tokens go to another set of experts"), f.cause.detail)
+    eq(check("moe", { reference = "moe" }).verdict, "equivalent", "experts on data-dependent tokens, against itself")
+  end)
+
+  it("maps a port with interleaved RoPE and re-ordered q/k rows automatically, and passes it", function()
+    local v = check("port_interleaved")
+    eq({ v.verdict, v.first_divergence }, { "equivalent", parity.json.null })
+    local qkv
+    for _, row in ipairs(parity.json.read(tmp .. "/port_interleaved/components.json").components) do
+      if row.target == "blocks.0.attn.qkv_proj" then qkv = row end
+    end
+    eq({ qkv.interleave, qkv.r32 < 1e-3 }, { 16, true })
+    truthy(read(tmp .. "/port_interleaved/scaffold/mapping.lua"):find("interleave = { head_dim = 16, parts = { 1, 2 } }", 1, true),
+      "the proposal says which parts are interleaved")
+    -- the same trees (identity mapping): the fused weight's q and k rows only
+    v = check("port_interleaved", { reference = "port_fused" })
+    eq(v.verdict, "equivalent")
+  end)
+
+  it("warns of a component more precise than the reference (over-precision), not on a faithful port", function()
+    local v = check("port_upcast")
+    eq(v.verdict, "equivalent")
+    local over = parity.json.read(tmp .. "/port_upcast/localize.json").over_precision
+    eq({ over[1].target, over[1].cause.class }, { "blocks.0.ffn", "over_precision" })
+    truthy(over[1].r < 0.8, "R " .. over[1].r)
+    eq(#parity.json.read((check("port_fused") and tmp) .. "/port_fused/localize.json").over_precision, 0)
   end)
 
   it("reports a difference the next operation absorbs as absorbed, not as a fault", function()

@@ -183,6 +183,52 @@ describe("localize signatures", function()
     truthy(c.detail:find("dropped"), c.detail)
   end)
 
+  it("mask: a position that sees one the reference cannot is a leak; a causal change of formula is not", function()
+    local x = torch.randn({ 2, 6, 4 }, { seed = 9, dtype = "float64" })
+    local n = 6
+    -- y_p = mean of x_0..x_(p + ahead), the reference causal (ahead 0)
+    local function mixer(ahead, scale)
+      return function(inputs)
+        local v, rows = inputs[1], {}
+        for p = 0, n - 1 do
+          rows[#rows + 1] = v:narrow(1, 0, math.min(p + ahead + 1, n)):mean({ 1 }, true) * (scale or 1)
+        end
+        return torch.cat(rows, 1)
+      end
+    end
+    local leak = localize.fit_mask(mixer(0), mixer(1), { x })
+    truthy(leak.leaks > 0 and leak.hides == 0, "a future token leaks in")
+    truthy(leak.example:find("sees position"), leak.example)
+    local tight = localize.fit_mask(mixer(1), mixer(0), { x })
+    truthy(tight.hides > 0 and tight.leaks == 0, "a mask too tight hides a position")
+    local same = localize.fit_mask(mixer(0), mixer(0, 1.1), { x })
+    eq({ same.leaks, same.hides }, { 0, 0 }, "a scaled causal mixer sees what the reference sees")
+    local pointwise = function(inputs) return inputs[1] * 2 end
+    eq(localize.fit_mask(pointwise, function(inputs) return inputs[1] * 3 end, { x }), nil, "no position mixing: no fit")
+    local TH = thresholds.resolve()
+    local ev = { r32 = mixer(0)({ x }), t32 = mixer(1)({ x }), inputs = { x }, run_reference = mixer(0), run_target = mixer(1),
+                 params = {} }
+    eq(localize.cause({ r = 9, r32 = 9, type = "Attention" }, ev, TH).class, "mask")
+  end)
+
+  it("activation: names the nonlinearity between an MLP's children, plain or gated; tells GELU's two forms apart", function()
+    local g = torch.randn({ 2, 5, 6 }, { seed = 10 }) * 2
+    local u = torch.randn({ 2, 5, 6 }, { seed = 11 })
+    local function call(inputs, outputs) return { inputs = inputs, outputs = outputs } end
+    local x = torch.randn({ 2, 5, 3 }, { seed = 12 })
+    for _, name in ipairs({ "silu", "gelu", "gelu_tanh", "relu" }) do
+      local act = localize.ACTIVATIONS[name](g)
+      eq(localize.fit_activation({ call({ x }, { g }), call({ act }, { x }) }), name, "fc1 -> " .. name .. " -> fc2")
+      local fused = torch.cat({ g, u }, 2)
+      eq(localize.fit_activation({ call({ x }, { fused }), call({ act * u }, { x }) }), name, "gate_up -> " .. name)
+      eq(localize.fit_activation({ call({ x }, { g }), call({ x }, { u }), call({ act * u }, { x }) }), name,
+        "gate, up -> " .. name)
+    end
+    local _, resid = localize.fit_activation({ call({ x }, { g }), call({ g * 0.5 + 1 }, { x }) })
+    truthy(resid > 0.01, "an affine map fits no nonlinearity: " .. resid)
+    eq(localize.fit_activation({ call({ x }, { x }) }), nil, "one child: nothing between")
+  end)
+
   it("cause: precision when exact in fp32, and the fitted class otherwise", function()
     local TH = thresholds.resolve()
     eq(localize.cause({ r = 3, r32 = 1e-6, type = "Linear" }, nil, TH).class, "precision")
@@ -223,6 +269,23 @@ describe("localize", function()
     eq({ l.first_divergence.reference, l.first_divergence.pattern, l.first_divergence.absorbed }, { "a.mlp", "spike", true })
     eq(localize.criteria(l)[1].pass, true)
     eq(localize.criteria(run({ row("a", 1, 5) }))[1].pass, false)
+  end)
+
+  it("follows a fault inside a component to it: an expert's sibling does not carry its error, the MoE block does", function()
+    local l = run({ row("moe", 1, 0, 5), row("moe.e0", 2, 5), row("moe.e1", 2, 0, 1e-6) })
+    eq({ l.first_divergence.reference, l.first_divergence.pattern }, { "moe.e0", "step" })
+    eq(l.first_divergence.evidence.followed_to, "moe")
+  end)
+
+  it("lists components markedly more precise than the reference as over-precision, a warning", function()
+    local over = row("a", 1, 0)
+    over.r, over.isolated = 0.6, true
+    local l = run({ over, row("b", 1, 0) })
+    eq(l.first_divergence, parity.json.null)
+    eq({ #l.over_precision, l.over_precision[1].target, l.over_precision[1].cause.class }, { 1, "a", "over_precision" })
+    local crit = localize.criteria(l)
+    eq({ crit[2].name, crit[2].pass, crit[2].warn }, { "over_precision", false, true })
+    eq(#run({ row("a", 1, 0), row("b", 1, 0) }).over_precision, 0, "R = 1 is not over-precise")
   end)
 
   it("maps identical trees by identity, and says when trees differ", function()

@@ -87,18 +87,44 @@ function M.pairs_for(ctx)
   local tgt = ctx.target:at(ctx.target:has("fp32") and "fp32" or ctx.dtype)
   local ref_mods, tgt_mods = ref32:modules(), tgt:modules()
   local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
-  if pairs_ then return pairs_, "identity", {} end
+  if pairs_ then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
   local entries, kind, unmapped = ctx.mapping, "given", {}
   if not entries then entries, unmapped = mapping.auto(ref32, tgt); kind = "auto" end
   local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods)
   if #expanded == 0 then return nil, why .. ", and no mapping pairs any components" end
-  return expanded, kind, unmapped, absent
+  -- reference modules with weights of their own that nothing maps and no entry explains
+  local covered, rp, lacking = {}, mapping.own_params(ref32, ref_mods), {}
+  for _, list in ipairs({ expanded, absent }) do
+    for _, p in ipairs(list) do
+      for _, r in ipairs(p.reference) do covered[r] = true end
+    end
+  end
+  for _, info in ipairs(ref_mods) do
+    if next(rp[info.path]) and not covered[info.path] then lacking[#lacking + 1] = info.path end
+  end
+  return expanded, kind, unmapped, absent, lacking
+end
+
+local function same_shape(a, b) return table.concat(a:size(), ",") == table.concat(b:size(), ",") end
+
+--- The reference's captured inputs a target component takes: all of them when it takes as many
+--- of the same shapes; else the leading ones when it takes fewer and their shapes agree (a port
+--- whose attention computes RoPE itself takes the hidden states without cos and sin). Nil when
+--- they do not fit: the component has only the accumulated view.
+local function inputs_for(target_inputs, ref_inputs)
+  if #target_inputs == 0 or #target_inputs > #ref_inputs then return nil end
+  for i, t in ipairs(target_inputs) do
+    if not same_shape(t, ref_inputs[i]) then return nil end
+  end
+  local out = {}
+  for i = 1, #target_inputs do out[i] = ref_inputs[i] end
+  return out
 end
 
 --- The 3-tensor ratio of whole tensors; a component whose low precision is exact (an integer
 --- lookup, a copy) has no noise to measure against: exact is 0, anything else infinite.
 local function ratio(t, r32, rlow)
-  if not (t and r32 and rlow) then return nil end
+  if not (t and r32 and rlow) or not (same_shape(t, r32) and same_shape(rlow, r32)) then return nil end  -- an expert given other tokens
   local r, num, den = m.r_ratio(t:float(), r32:float(), rlow:float(), 0)
   if den == 0 then return num == 0 and 0 or math.huge end
   return r
@@ -114,32 +140,25 @@ local function tapped_run(file, paths, sequences)
   return calls, core.clock() - t0
 end
 
---- Concatenates the reference modules' outputs (transform "concat") or takes the one's.
-local function combine(outs, transform)
+--- The reference modules' outputs as the pair's target computes them: interleaved per head where
+--- the mapping says so, concatenated (transform "concat") or the one's.
+local function combine(outs, pair)
   if #outs == 0 or not outs[1] then return nil end
-  if transform == "concat" then
-    for _, o in ipairs(outs) do
-      if not o then return nil end
-    end
-    return torch.cat(outs, outs[1]:dim() - 1)
+  for _, o in ipairs(outs) do
+    if not o then return nil end
   end
+  outs = mapping.as_target(pair, outs, -1)
+  if pair.transform == "concat" then return torch.cat(outs, outs[1]:dim() - 1) end
   return outs[1]
 end
 
-local function same_shapes(a, b)
-  if #a ~= #b then return false end
-  for i = 1, #a do
-    if table.concat(a[i]:size(), ",") ~= table.concat(b[i]:size(), ",") then return false end
-  end
-  return true
-end
 
 ---@param ctx parity.Context
 function M.run(ctx)
   local ref, target, dtype = ctx.reference, ctx.target, ctx.dtype
   local known = ctx.memo.pairs  -- the scaffold stage's
-  local pairs_, kind, unmapped, absent
-  if known then pairs_, kind, unmapped, absent = known[1], known[2], known[3], known[4] else pairs_, kind, unmapped, absent = M.pairs_for(ctx) end
+  local pairs_, kind, unmapped, absent, lacking
+  if known then pairs_, kind, unmapped, absent, lacking = unpack(known, 1, 5) else pairs_, kind, unmapped, absent, lacking = M.pairs_for(ctx) end
   if not pairs_ then return { skipped = kind } end
   local ref_paths, tgt_paths, seen = {}, {}, {}
   for _, pair in ipairs(pairs_) do
@@ -170,80 +189,112 @@ function M.run(ctx)
     end
     return child_cache[key] or nil
   end
+  -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
+  -- and why not
+  local function rerun(which, path, inputs)
+    local c = child(which, path)
+    if not c then return nil end
+    local d = (which == "r32" or which == "t32") and "fp32" or dtype
+    local args, bad = arguments(c:schema(), d == "fp32" and inputs or cast(inputs, d))
+    local ok, out = false, bad
+    if args then ok, out = pcall(c, unpack(args)) end
+    if not ok then return nil, "cannot re-run on captured inputs: " .. require("parity.errors").clean(out) end
+    return tensors(out)[1]
+  end
+  local fails = require("parity.stages.localize").fails
+  local tcap = has32 and "t32" or "tlow"
   local rows = {}
+  ctx.memo.evidence = {}
   for n, pair in ipairs(pairs_) do
     ctx:progress("components", n, #pairs_)
     local first = pair.reference[1]
     local calls = cap.r32[first]
     local row = { reference = table.concat(pair.reference, "+"), target = pair.target, type = pair.type,
-                  depth = pair.depth, transform = pair.transform, calls = calls and #calls or 0 }
+                  depth = pair.depth, transform = pair.transform, calls = calls and #calls or 0,
+                  interleave = pair.interleave and pair.interleave.head_dim or nil }
     rows[#rows + 1] = row
+    local evidence
     if not calls then
       row.skipped = "never called"
     else
       for k = 1, #calls do
+        local function run(which, path, inputs)
+          local out, why = rerun(which, path, inputs)
+          if why then row.skipped = why end
+          return out
+        end
         -- the target component runs on the reference's inputs when it takes the same tensors
         local tcall = cap.tlow[pair.target] and cap.tlow[pair.target][k]
-        local isolated = tcall and same_shapes(tcall.inputs, calls[k].inputs)
-        local function run(which, path, d, inputs)
-          local c = child(which, path)
-          if not c then return nil end
-          local schema = c:schema()
-          local flat = d == "fp32" and inputs or cast(inputs, d)
-          local args, bad = arguments(schema, flat)
-          local ok, out = false, bad
-          if args then ok, out = pcall(c, unpack(args)) end
-          if not ok then
-            row.skipped = "cannot re-run on captured inputs: " .. require("parity.errors").clean(out)
-            return nil
-          end
-          return tensors(out)[1]
-        end
+        local tinputs = tcall and inputs_for(tcall.inputs, calls[k].inputs)
+        local isolated = tinputs ~= nil
         local r32_outs, rlow_outs = {}, {}
         for i, p in ipairs(pair.reference) do
           local c = cap.r32[p] and cap.r32[p][k]
-          r32_outs[i] = c and run("r32", p, "fp32", c.inputs)
-          rlow_outs[i] = c and run("rlow", p, dtype, c.inputs)
+          r32_outs[i] = c and run("r32", p, c.inputs)
+          rlow_outs[i] = c and run("rlow", p, c.inputs)
         end
-        local r32, rlow = combine(r32_outs, pair.transform), combine(rlow_outs, pair.transform)
-        local tlow = isolated and run("tlow", pair.target, dtype, calls[k].inputs) or nil
-        local t32 = isolated and run("t32", pair.target, "fp32", calls[k].inputs) or nil
+        local r32, rlow = combine(r32_outs, pair), combine(rlow_outs, pair)
+        local tlow = isolated and run("tlow", pair.target, tinputs) or nil
+        local t32 = isolated and run("t32", pair.target, tinputs) or nil
         local r, r32_ratio = ratio(tlow, r32, rlow), ratio(t32, r32, rlow)
         -- the accumulated view: outputs of the whole-model runs at this call
-        local function outs(which, paths)
+        local function outs(which, paths, as)
           local list = {}
           for i, p in ipairs(paths) do
             local c = cap[which] and cap[which][p] and cap[which][p][k]
             list[i] = c and c.outputs[1] or false
           end
-          return combine(list, pair.transform)
+          return combine(list, as)
         end
-        local ar32, arlow = outs("r32", pair.reference), outs("rlow", pair.reference)
-        local acc = ratio(outs("tlow", { pair.target }), ar32, arlow)
-        local acc32 = ratio(outs("t32", { pair.target }), ar32, arlow)
+        local ar32, arlow = outs("r32", pair.reference, pair), outs("rlow", pair.reference, pair)
+        local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
+        local acc, acc32 = ratio(atlow, ar32, arlow), ratio(at32, ar32, arlow)
         if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
           row.isolated = isolated and true or false
           if t32 then
             row.rel_l2_32, row.cosine_32 = m.rel_l2(t32:float(), r32:float()), m.cosine(t32:float(), r32:float())
           end
-          -- tensors for localize's signatures, kept out of the JSON (without an isolated run: the
-          -- whole-model outputs, whose input may carry inherited error)
-          ctx.memo.evidence = ctx.memo.evidence or {}
-          ctx.memo.evidence[row.reference] = isolated
-            and { input = calls[k].inputs[1], r32 = r32, t32 = t32, tlow = tlow, params = child("r32", first):parameters() }
-            or { r32 = ar32, t32 = outs("t32", { pair.target }) or nil, tlow = outs("tlow", { pair.target }) or nil, params = {} }
+          -- what localize's signatures fit, kept out of the JSON: the isolated outputs and a way to
+          -- re-run both components on other inputs; without an isolated run, the whole-model
+          -- outputs (whose inputs may carry inherited error)
+          local single = #pair.reference == 1
+          evidence = isolated and {
+            isolated = true, inputs = calls[k].inputs, input = calls[k].inputs[1], r32 = r32, t32 = t32, tlow = tlow,
+            params = child("r32", first):parameters(),
+            run_reference = single and function(inputs) return rerun("r32", first, inputs) end or nil,
+            run_target = function(inputs) return rerun(tcap, pair.target, inputs_for(tinputs, inputs) or inputs) end,
+          } or { isolated = false, r32 = ar32, t32 = at32 or nil, tlow = atlow or nil, params = {} }
+          evidence.call = k
         end
       end
     end
+    -- evidence is kept for the failing components only (localize looks no further)
+    if evidence and fails(row, ctx.thresholds) then ctx.memo.evidence[row.reference] = evidence end
   end
+  -- and the whole-model captures inside failing components, for signatures that look inside
+  -- (which nonlinearity lies between an MLP's projections)
+  local descends = require("parity.stages.localize").descends
+  local function inside_failing(captured, side)
+    local kept = {}
+    for path, c in pairs(captured or {}) do
+      for _, row in ipairs(rows) do
+        local root = side == "reference" and row.reference or row.target
+        if ctx.memo.evidence[row.reference] and descends(path, root) then kept[path] = c end
+      end
+    end
+    return kept
+  end
+  ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
+                      pairs = pairs_, files = { reference = ref.files.fp32, target = target.files[has32 and "fp32" or dtype] },
+                      target_fp32 = has32 }
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s, %.1f x one forward of the reference (%.3f s)"):format(
     #rows, total, total / math.max(forward_s, 1e-9), forward_s))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
   return { mapping = kind, components = rows, has_fp32 = has32, unmapped_target = core.json.array(unmapped or {}),
-           no_counterpart = absent_list }
+           no_counterpart = absent_list, no_counterpart_reference = core.json.array(lacking or {}) }
 end
 
 return M

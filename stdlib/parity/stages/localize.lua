@@ -20,7 +20,7 @@ local M = { name = "localize" }
 --- A component fails on its own figures when it ran on the reference's inputs; one whose inputs
 --- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
 --- run, fp32 when the target has it.
-local function fails(row, th)
+function M.fails(row, th)
   if row.skipped then return false end
   if row.isolated == false then
     if row.acc_r32 then return row.acc_r32 >= th.r32_p95 end
@@ -101,15 +101,225 @@ function M.fit_position(t, r)
   return err[1] <= 1e-6 * max, rising / (#err - 1), err[2] / max
 end
 
---- The cause of a fault from its evidence (captured tensors) and figures.
-function M.cause(row, ev, th)
+--- Positions along dim 1 of x ([B, T, ...]) with position j negated.
+local function negate_position(x, j)
+  local t = x:size(1)
+  return torch.cat({ x:narrow(1, 0, j), -x:narrow(1, j, 1), x:narrow(1, j + 1, t - j - 1) }, 1)
+end
+
+--- How much each position of f(x)'s output moves when position j of x changes.
+local function moved(f, inputs, base, j)
+  local args = { negate_position(inputs[1], j), unpack(inputs, 2) }
+  local out = f(args)
+  if not out or table.concat(out:size(), ",") ~= table.concat(base:size(), ",") then return nil end
+  return (out - base):double():transpose(0, 1):reshape({ base:size(1), -1 }):norm(2, { -1 }):tolist()
+end
+
+--- Which positions see which: position j of the first input is changed (the first, middle and
+--- last) and every output position that moves sees it. Positions the reference's component
+--- does not see (exactly unmoved) that the target's does are a leak (a future token, one outside
+--- the window); the converse, a mask too tight. Nil when the component mixes no positions or
+--- cannot re-run; else {leaks = n, hides = n, pairs = n tested, example = "position p sees j"}.
+function M.fit_mask(run_reference, run_target, inputs)
+  local x = inputs and inputs[1]
+  if not (run_reference and run_target and x and x:dim() == 3 and x:size(1) >= 3) then return nil end
+  local r, t = run_reference(inputs), run_target(inputs)
+  if not (r and t) or r:dim() < 2 or r:size(1) ~= x:size(1) then return nil end
+  local n = x:size(1)
+  local leaks, hides, tested, mixes, example = 0, 0, 0, false, nil
+  for _, j in ipairs({ 0, math.floor(n / 2), n - 1 }) do
+    local dr, dt = moved(run_reference, inputs, r, j), moved(run_target, inputs, t, j)
+    if not (dr and dt) then return nil end
+    local mr, mt = math.max(unpack(dr)), math.max(unpack(dt))
+    for p = 1, n do
+      if p - 1 ~= j then
+        -- seen: moved by more than 1% of the largest move; unseen: by less than 1e-5 (rounding
+        -- where a kernel's blocking changes with the data, as an expert's does with its tokens)
+        local sees_r, sees_t = dr[p] > 1e-2 * mr, dt[p] > 1e-2 * mt
+        mixes, tested = mixes or sees_r, tested + 1
+        if sees_t and dr[p] <= 1e-5 * mr then
+          leaks = leaks + 1
+          example = example or ("position %d sees position %d"):format(p - 1, j)
+        elseif sees_r and dt[p] <= 1e-5 * mt then
+          hides = hides + 1
+          example = example or ("position %d does not see position %d"):format(p - 1, j)
+        end
+      end
+    end
+  end
+  if not mixes then return nil end
+  return { leaks = leaks, hides = hides, pairs = tested, example = example }
+end
+
+--- Nonlinearities an MLP may use, by the names transformers' configs give them.
+M.ACTIVATIONS = {
+  silu = function(x) return x * x:sigmoid() end,
+  gelu = function(x) return x:gelu() end,
+  gelu_tanh = function(x) return x:gelu({ approximate = "tanh" }) end,
+  relu = function(x) return x:relu() end,
+  relu2 = function(x) return x:relu():pow(2) end,
+  quick_gelu = function(x) return x * (x * 1.702):sigmoid() end,
+  sigmoid = function(x) return x:sigmoid() end,
+  tanh = function(x) return x:tanh() end,
+}
+
+--- The nonlinearity between a component's children, from their calls in execution order
+--- ({inputs, outputs} each): a child's input y = f(g) (fc1 -> act -> fc2) or f(g) * u (a gated
+--- MLP: g and u two children's outputs, or the halves of one's). Returns the best name, its
+--- relative residual and the best other name's; nil when no such pair of children exists.
+function M.fit_activation(children)
+  local best, best_resid, second = nil, math.huge, math.huge
+  for ci = #children, 2, -1 do
+    local y = children[ci].inputs[1]
+    local n = y and y:dim() >= 1 and y:size(y:dim() - 1)
+    local forms, singles = {}, {}
+    for pi = 1, ci - 1 do
+      local o = children[pi].outputs[1]
+      if n and o and o:dim() == y:dim() and o:numel() == y:numel() then singles[#singles + 1] = o:double() end
+      if n and o and o:dim() == y:dim() and o:numel() == 2 * y:numel() and o:size(o:dim() - 1) == 2 * n then
+        local a, b = o:double():narrow(-1, 0, n), o:double():narrow(-1, n, n)
+        forms[#forms + 1], forms[#forms + 2] = { a, b }, { b, a }
+      end
+    end
+    for i, g in ipairs(singles) do
+      forms[#forms + 1] = { g }
+      for j, u in ipairs(singles) do
+        if i ~= j then forms[#forms + 1] = { g, u } end
+      end
+    end
+    local yd = y and y:double()
+    for _, form in ipairs(forms) do
+      local g, u = form[1], form[2]
+      if table.concat(g:size(), ",") == table.concat(yd:size(), ",") then
+        for name, f in pairs(M.ACTIVATIONS) do
+          local fit = u and f(g) * u or f(g)
+          local resid = (fit - yd):norm():item() / math.max(yd:norm():item(), 1e-300)
+          if resid < best_resid then
+            if name ~= best then second = math.min(second, best_resid) end
+            best, best_resid = name, resid
+          elseif name ~= best and resid < second then
+            second = resid
+          end
+        end
+      end
+    end
+    if best then return best, best_resid, second end
+  end
+  return nil
+end
+
+--- Rows of `rows` ([n, h]) as indices of the equal rows of `flat` ([N, h]).
+local function row_indices(rows, flat)
+  local d = (rows:double():pow(2):sum({ -1 }, true) + flat:double():pow(2):sum({ -1 }):unsqueeze(0)
+    - rows:double():matmul(flat:double():t()) * 2)
+  return d:argmin(-1):tolist()
+end
+
+--- Routing: the fault's children (experts) that the reference and the target call on a subset of
+--- the fault's tokens, re-run on the same inputs with the children tapped. Returns the fraction
+--- of tokens whose set of experts differs, and how many tokens; nil when no child takes a subset.
+function M.fit_routing(ev, fault, inside)
+  local x = ev.inputs and ev.inputs[1]
+  if not (x and ev.isolated and x:dim() >= 2) then return nil end
+  local h = x:size(x:dim() - 1)
+  local flat = x:reshape({ -1, h })
+  local tokens = flat:size(0)
+  local ref_children, tgt_of = {}, {}
+  for _, pair in ipairs(inside.pairs) do
+    local p = pair.reference[1]
+    if #pair.reference == 1 and descends(p, fault.reference) and descends(pair.target, fault.target) then
+      ref_children[#ref_children + 1] = p:sub(#fault.reference + 2)
+      tgt_of[ref_children[#ref_children]] = pair.target:sub(#fault.target + 2)
+    end
+  end
+  if #ref_children == 0 then return nil end
+  local function assignment(file, path, children, translate)
+    local model = core.load(file):child(path)
+    local taps = {}
+    for i, c in ipairs(children) do taps[i] = translate and translate[c] or c end
+    model:tap(taps)
+    local ok, _, calls = pcall(model.run_tapped, model, ev.inputs)
+    if not ok then return nil end
+    local sets = {}  -- child -> token -> true, for children given a subset of the tokens
+    for _, c in ipairs(children) do
+      for _, call in ipairs(calls[translate and translate[c] or c] or {}) do
+        local y = call.inputs[1]
+        if y and y:dim() == 2 and y:size(1) == h and y:size(0) < tokens then
+          sets[c] = sets[c] or {}
+          if y:size(0) > 0 then
+            for _, i in ipairs(row_indices(y, flat)) do sets[c][i] = true end
+          end
+        end
+      end
+    end
+    return sets
+  end
+  local rs = assignment(inside.files.reference, fault.reference, ref_children)
+  local ts = assignment(inside.files.target, fault.target, ref_children, tgt_of)
+  if not (rs and ts and next(rs)) then return nil end
+  local differ = 0
+  for i = 0, tokens - 1 do
+    for _, c in ipairs(ref_children) do
+      if (rs[c] and rs[c][i] or false) ~= (ts[c] and ts[c][i] or false) then differ = differ + 1 break end
+    end
+  end
+  return differ / tokens, tokens
+end
+
+--- The calls (call k) of the captured components inside `root`, in execution order.
+local function children(inside, side, root, k)
+  local out = {}
+  for _, pair in ipairs(inside.pairs) do
+    for _, p in ipairs(side == "reference" and pair.reference or { pair.target }) do
+      local c = descends(p, root) and inside[side][p]
+      if c and c[k] then out[#out + 1] = c[k] end
+    end
+  end
+  return out
+end
+
+--- The nonlinearity each model computes inside the fault, when both fit one well and they differ.
+local function activation(fault, ev, inside)
+  local tol = inside.target_fp32 and 1e-4 or 3e-2
+  local rn, rres, rsec = M.fit_activation(children(inside, "reference", fault.reference, ev.call))
+  local tn, tres, tsec = M.fit_activation(children(inside, "target", fault.target, ev.call))
+  if rn and tn and rn ~= tn and rres < 1e-4 and rres * 10 < rsec and tres < tol and tres * 10 < tsec then
+    return tn, rn, tres
+  end
+end
+
+--- The cause of a fault from its evidence (captured tensors) and figures. `extra` carries what
+--- some signatures need beyond the fault's own tensors: the captures inside failing components
+--- (`inside`) and the reference modules with weights that have no counterpart (`no_counterpart`).
+function M.cause(row, ev, th, extra)
+  extra = extra or {}
   if (row.r32 or 0) < th.r32_p95 and (row.r or 0) >= th.r_p95 then
     return { class = "precision", detail = ("exact in fp32 (R32 %.3g), R %.3g at the low precision: an operation"
       .. " computed at a lower precision or in another order"):format(row.r32 or 0, row.r) }
   end
+  for _, p in ipairs(extra.no_counterpart or {}) do
+    if p == row.reference or descends(p, row.reference) then
+      return { class = "missing", detail = ("%s has no counterpart in the target: a component the port lacks"):format(p) }
+    end
+  end
   local t = ev and (ev.t32 or ev.tlow)
   if not t then return { class = "formula", detail = "no output to fit a signature on" } end
+  local r
   t, r = t:double(), ev.r32:double()
+  local mask = M.fit_mask(ev.run_reference, ev.run_target, ev.inputs)
+  if mask and mask.leaks + mask.hides > 0 then
+    return { class = "mask", detail = ("%s where the reference's does not (%d of %d position pairs tested see"
+      .. " differently): %s"):format(mask.example, mask.leaks + mask.hides, mask.pairs,
+        mask.leaks > 0 and "future or out-of-window positions leak in" or "the mask hides positions the reference sees"),
+      parameter = { name = "position_pairs", value = mask.leaks + mask.hides } }
+  end
+  local inside = extra.inside
+  local routed, tokens = nil, nil
+  if inside then routed, tokens = M.fit_routing(ev, row, inside) end
+  if routed and routed > 0 then
+    return { class = "routing", detail = ("%.0f%% of %d tokens go to another set of experts than the reference's"):format(
+      100 * routed, tokens), parameter = { name = "tokens_rerouted", value = routed } }
+  end
   if row.type:lower():find("norm") and ev.input then
     local e_t, e_ref, resid = M.fit_epsilon(ev.input, r, t, ev.params.weight, ev.params.bias,
       row.type:find("LayerNorm") ~= nil)
@@ -128,6 +338,12 @@ function M.cause(row, ev, th)
     local what = math.abs(alpha + 1) < 0.05 and "dropped" or math.abs(alpha - 1) < 0.05 and "added twice" or "scaled"
     return { class = "residual", detail = ("the output is the reference's + %.4g x the input: a residual %s"):format(
       alpha, what), parameter = { name = "alpha", value = alpha } }
+  end
+  local act, ref_act, fit = nil, nil, nil
+  if inside then act, ref_act, fit = activation(row, ev, inside) end
+  if act then
+    return { class = "activation", detail = ("the nonlinearity is %s where the reference's is %s (fits to %.1e)"):format(
+      act, ref_act, fit), parameter = { name = "activation", value = act, reference = ref_act } }
   end
   local zero_at_0, rising, at_1 = M.fit_position(t, r)
   if zero_at_0 and rising >= 0.6 and at_1 <= 0.4 then
@@ -150,7 +366,7 @@ function M.run(ctx)
   local th, rows = ctx.thresholds, comp.components
   local failing = {}
   for _, row in ipairs(rows) do
-    if fails(row, th) then failing[#failing + 1] = row end
+    if M.fails(row, th) then failing[#failing + 1] = row end
   end
   local faults = {}
   for _, row in ipairs(failing) do
@@ -160,24 +376,61 @@ function M.run(ctx)
     end
     if not inner then faults[#faults + 1] = row end
   end
-  if #faults == 0 then return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {} } end
+  -- over-precision: innermost components markedly closer to fp32 than the reference's own low
+  -- precision (R < r_over, exact in fp32): an upcast the reference does not do; not a fault
+  local over = core.json.array()
+  for _, row in ipairs(rows) do
+    local inner = false
+    for _, other in ipairs(rows) do
+      if other.r and other.r < th.r_over and descends(other.reference, row.reference) then inner = true end
+    end
+    if row.r and row.r < th.r_over and row.isolated and (row.r32 or 0) < th.r32_p95 and not inner then
+      over[#over + 1] = { reference = row.reference, target = row.target, r = row.r,
+        cause = { class = "over_precision", detail = ("R %.3g: more precise than the reference at the low precision"
+          .. " (an extra upcast, or a fused kernel that rounds once)"):format(row.r) } }
+    end
+  end
+  if #faults == 0 then
+    return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {}, over_precision = over }
+  end
   local primary = faults[1]
-  -- step or spike: the accumulated error at the next component outside the fault
+  -- step or spike, in the accumulated view: an error seen only at the low precision is followed
+  -- at the low precision, others in fp32. Where the fault lies inside components, the innermost
+  -- one whose output is back within the noise absorbed it (Gemma's post-feedforward norm inside
+  -- the layer); an expert's sibling does not take its output, the MoE block does. A top-level
+  -- fault is followed to the next component.
+  local low_only = (primary.r32 or 0) < th.r32_p95 and primary.isolated ~= false
+  local function carried(row)
+    local v = low_only and row.acc_r or (row.acc_r32 or row.acc_r)
+    return v, (low_only or not row.acc_r32) and th.r_p95 or th.r32_p95
+  end
+  local enclosing = {}
+  for _, row in ipairs(rows) do
+    if descends(primary.reference, row.reference) and not row.skipped and carried(row) then enclosing[#enclosing + 1] = row end
+  end
+  table.sort(enclosing, function(a, b) return a.depth > b.depth end)
   local after
-  for i, row in ipairs(rows) do
-    if row == primary then
-      for j = i + 1, #rows do
-        if rows[j].depth <= primary.depth and not rows[j].skipped then after = rows[j] break end
+  if #enclosing > 0 then
+    after = enclosing[#enclosing]  -- the outermost, unless an inner one absorbs it
+    for _, row in ipairs(enclosing) do
+      local v, limit = carried(row)
+      if v < limit then after = row break end
+    end
+  else
+    for i, row in ipairs(rows) do
+      if row == primary then
+        for j = i + 1, #rows do
+          if rows[j].depth <= primary.depth and not rows[j].skipped then after = rows[j] break end
+        end
       end
     end
   end
-  -- an error seen only at the low precision is followed at the low precision, others in fp32
-  local low_only = (primary.r32 or 0) < th.r32_p95 and primary.isolated ~= false
-  local carried = after and (low_only and after.acc_r or (after.acc_r32 or after.acc_r))
-  local limit = after and ((low_only or not after.acc_r32) and th.r_p95 or th.r32_p95)
-  local pattern = (carried and carried < limit) and "spike" or "step"
+  local value, limit = nil, nil
+  if after then value, limit = carried(after) end
+  local pattern = (value and value < limit) and "spike" or "step"
   local evidence = ctx.memo.evidence or {}
-  local cause = M.cause(primary, evidence[primary.reference], th)
+  local cause = M.cause(primary, evidence[primary.reference], th,
+    { inside = ctx.memo.inside, no_counterpart = comp.no_counterpart_reference })
   -- a weight the static check found transposed, reordered or scaled explains the fault best
   local scaffold = ctx.results.scaffold
   for _, f in ipairs(scaffold and scaffold.static or {}) do
@@ -204,11 +457,12 @@ function M.run(ctx)
       r = primary.r or core.json.null, r32 = primary.r32 or core.json.null,
       pattern = pattern, absorbed = pattern == "spike",
       cause = cause,
-      evidence = { next_component = after and after.reference or core.json.null,
-                   accumulated_after = carried or core.json.null, calls = primary.calls,
+      evidence = { followed_to = after and after.reference or core.json.null,
+                   accumulated_after = value or core.json.null, calls = primary.calls,
                    rel_l2_32 = primary.rel_l2_32 or core.json.null },
     },
     suspects = list,
+    over_precision = over,
   }
 end
 
@@ -216,12 +470,16 @@ end
 function M.criteria(l)
   local f = l.first_divergence
   local real = f ~= core.json.null and not f.absorbed
+  local over = l.over_precision or {}
   return { { name = "components", value = l.faults, threshold = 0, pass = not real,
-             rule = "no component adds an error of its own (R < r_p95, R32 < r32_p95)" } }
+             rule = "no component adds an error of its own (R < r_p95, R32 < r32_p95)" },
+           { name = "over_precision", value = #over, threshold = 0, pass = #over == 0, warn = true,
+             rule = "no component markedly more precise than the reference (R >= r_over)"
+               .. (#over > 0 and (": " .. over[1].target .. ", R " .. ("%.3g"):format(over[1].r)) or "") } }
 end
 
 function M.summary(l)
-  return { faults = l.faults, first_divergence = l.first_divergence, suspects = l.suspects }
+  return { faults = l.faults, first_divergence = l.first_divergence, suspects = l.suspects, over_precision = l.over_precision }
 end
 
 function M.lines(l)

@@ -24,7 +24,7 @@ local function static_check(ctx, pairs_)
     local tw, rws = mapping.fingerprint(tp[pair.target] or {}), {}
     for i, p in ipairs(pair.reference) do rws[i] = mapping.fingerprint(rp[p] or {}) end
     if tw and #rws == #pair.reference and #rws > 0 then
-      local rel = mapping.relation(tw, rws)
+      local rel = mapping.relation(tw, mapping.as_target(pair, rws, 0))
       local refs = table.concat(pair.reference, ", ")
       local f = { reference = refs, target = pair.target, relation = rel.relation }
       if refs == pair.target then refs = "the reference" end
@@ -80,18 +80,19 @@ function M.run(ctx)
   end
   table.sort(result.files)
   -- how the components pair up: identity, the given mapping, or one proposed from the weights
-  local pairs_, kind, unmapped, absent = require("parity.stages.components").pairs_for(ctx)
-  ctx.memo.pairs = pairs_ and { pairs_, kind, unmapped, absent } or nil
+  local pairs_, kind, unmapped, absent, lacking = require("parity.stages.components").pairs_for(ctx)
+  ctx.memo.pairs = pairs_ and { pairs_, kind, unmapped, absent, lacking } or nil
   result.mapping = pairs_ and kind or "none"
   result.mapped = pairs_ and #pairs_ or 0
   result.unmapped_reason = pairs_ and core.json.null or kind
   result.unmapped_target = core.json.array(unmapped or {})
+  result.unmapped_reference = core.json.array(lacking or {})
   result.static = core.json.array(pairs_ and static_check(ctx, pairs_) or {})
   if pairs_ and kind == "auto" then  -- the proposal, as a file to save, edit and pass back
     local entries = {}
     for _, p in ipairs(pairs_) do
       entries[#entries + 1] = { reference = #p.reference == 1 and p.reference[1] or p.reference, target = p.target,
-                                transform = p.transform }
+                                transform = p.transform, interleave = p.interleave }
     end
     core.write_text(ctx.out .. "/scaffold/mapping.lua", require("parity.mapping").to_lua(entries, unmapped))
     result.files[#result.files + 1] = "scaffold/mapping.lua"
