@@ -1,10 +1,13 @@
 -- bench/localize.lua — localisation and cause accuracy: parity check on cases whose planted bug
 -- is known, and whether the first divergence names the right component and cause class.
---   parity run bench/localize.lua FIXTURES_DIR [DEVSET_DIR]
--- Fixture cases are listed below; a dev set's come from its truth.json (a scaled parameter:
--- its module, scale; a norm eps: a norm, epsilon; RoPE theta: the rotary embedding, position).
+-- Dev sets (../shared/hf-devset, ...) give their cases in truth.json: a scaled parameter (its
+-- module, scale), a norm eps (the first norm, epsilon), RoPE theta (the rotary embedding,
+-- position), experts per token (the first MoE block, routing), a sliding window (the model,
+-- whose forward builds the mask: mask).
+--   parity run bench/localize.lua FIXTURES_DIR [DEVSET_DIR...]
+-- Fixture cases are listed below.
 local parity = require("parity")
-local fx, devset = arg[1], arg[2]
+local fx = arg[1]
 local cases = {
   -- reference, target, expected component (a Lua pattern on the target path), expected class
   { "reference", "same_eps", "layers%.0%.input_layernorm$", "epsilon" },
@@ -32,7 +35,8 @@ local cases = {
   { "noisy", "noisy_port" }, { "moe", "moe" }, { "sandwich", "sandwich_scale" },
 }
 for i, c in ipairs(cases) do cases[i] = { fx .. "/" .. c[1], fx .. "/" .. c[2], c[3], c[4] } end
-if devset then
+for d = 2, #arg do  -- dev sets
+  local devset = arg[d]
   local truth = parity.json.read(devset .. "/truth.json")
   local names = {}
   for name in pairs(truth) do names[#names + 1] = name end
@@ -44,6 +48,10 @@ if devset then
       where, class = t.params[1]:gsub("%.weight$", ""):gsub("%.", "%%.") .. "$", "scale"
     elseif t.config and t.config.rope_theta then
       where, class = "rotary_emb$", "position"
+    elseif t.config and t.config.num_experts_per_tok then  -- every MoE block routes otherwise: the first
+      where, class = "layers%.0%.[%w_]+$", "routing"
+    elseif t.config and next(t.config) == "sliding_window" then  -- the mask is built in the model's forward
+      where, class = "^m%.model$", "mask"
     elseif t.config then
       where, class = "layers%.0%.input_layernorm$", "epsilon"
     end

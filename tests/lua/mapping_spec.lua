@@ -50,12 +50,25 @@ describe("mapping", function()
     eq(pairs_[3].reference, { "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj" })
   end)
 
+  it("interleaves a rotate-half projection's rows per head, and finds the head size from the weights", function()
+    eq(mapping.interleave(torch.arange(8), 4):tolist(), { 0, 2, 1, 3, 4, 6, 5, 7 })
+    eq(mapping.interleave(torch.arange(10), 4, 0, 8):tolist(), { 0, 2, 1, 3, 4, 6, 5, 7, 8, 9 }, "the leading rows only")
+    local rw = torch.randn({ 12, 5 }, { seed = 3 })
+    eq({ mapping.interleaved_head_dim(mapping.interleave(rw, 4), rw) }, { 4 })
+    eq({ mapping.interleaved_head_dim(mapping.interleave(rw, 4, 0, 8), rw) }, { 4, 8 })
+    eq(mapping.interleaved_head_dim(rw * 1.5, rw), nil, "a scaled weight is no permutation")
+  end)
+
   it("refuses malformed entries, naming the entry", function()
     raises(function() mapping.validate({ { reference = "a", target = 3 } }, "m") end, "m: entry 1: target must be a path or false")
     raises(function() mapping.validate({ { reference = { "a", "b" }, target = "c" } }, "m") end,
       "entry 1: several reference paths need transform = \"concat\"")
     raises(function() mapping.validate({ { reference = "a", target = false } }, "m") end, "needs a reason")
     raises(function() mapping.validate({ { reference = "a", target = "b", transform = "rot" } }, "m") end, "unknown transform 'rot'")
+    raises(function() mapping.validate({ { reference = "a", target = "b", interleave = { head_dim = 3 } } }, "m") end,
+      "interleave = { head_dim = <an even number>")
+    raises(function() mapping.validate({ { reference = "a", target = "b", interleave = { head_dim = 4, parts = { 2 } } } }, "m") end,
+      "interleave.parts must index the reference paths (1..1)")
   end)
 end)
 

@@ -146,6 +146,12 @@ describe("localize signatures", function()
     near(e_t, 1e-3, 1e-9)
     near(e_ref, 1e-6, 1e-9)
     truthy(resid < 1e-6, "one scalar per row explains it")
+    -- Gemma stores the offset: the scale is 1 + w (and w is all zeros as initialised)
+    for _, gw in ipairs({ w - 1, torch.zeros({ 8 }, { dtype = "float64" }) }) do
+      e_t, e_ref = localize.fit_epsilon(x, rmsnorm(x, gw + 1, 1e-6), rmsnorm(x, gw + 1, 1e-3), gw, nil, false)
+      near(e_t, 1e-3, 1e-9)
+      near(e_ref, 1e-6, 1e-9)
+    end
     e_t, e_ref = localize.fit_epsilon(x, layernorm(x, w, b, 1e-5), layernorm(x, w, b, 1e-4), w, b, true)
     near(e_t, 1e-4, 1e-9)
     near(e_ref, 1e-5, 1e-9)
@@ -216,9 +222,17 @@ describe("localize signatures", function()
     local u = torch.randn({ 2, 5, 6 }, { seed = 11 })
     local function call(inputs, outputs) return { inputs = inputs, outputs = outputs } end
     local x = torch.randn({ 2, 5, 3 }, { seed = 12 })
+    local by_hand = {  -- the formulas, written out
+      silu = function(v) return v / ((-v):exp() + 1) end,
+      gelu = function(v) return v * ((v / math.sqrt(2)):erf() + 1) * 0.5 end,
+      gelu_tanh = function(v) return v * (((v + v:pow(3) * 0.044715) * math.sqrt(2 / math.pi)):tanh() + 1) * 0.5 end,
+      relu = function(v) return v:clamp_min(0) end,
+    }
     for _, name in ipairs({ "silu", "gelu", "gelu_tanh", "relu" }) do
-      local act = localize.ACTIVATIONS[name](g)
-      eq(localize.fit_activation({ call({ x }, { g }), call({ act }, { x }) }), name, "fc1 -> " .. name .. " -> fc2")
+      local act = by_hand[name](g)
+      local fit, resid, other = localize.fit_activation({ call({ x }, { g }), call({ act }, { x }) })
+      eq(fit, name, "fc1 -> " .. name .. " -> fc2")
+      truthy(resid < 1e-5 and other > 1e-4, ("%s fits to %g, the next best to %g"):format(name, resid, other))
       local fused = torch.cat({ g, u }, 2)
       eq(localize.fit_activation({ call({ x }, { fused }), call({ act * u }, { x }) }), name, "gate_up -> " .. name)
       eq(localize.fit_activation({ call({ x }, { g }), call({ x }, { u }), call({ act * u }, { x }) }), name,
@@ -275,6 +289,8 @@ describe("localize", function()
     local l = run({ row("moe", 1, 0, 5), row("moe.e0", 2, 5), row("moe.e1", 2, 0, 1e-6) })
     eq({ l.first_divergence.reference, l.first_divergence.pattern }, { "moe.e0", "step" })
     eq(l.first_divergence.evidence.followed_to, "moe")
+    l = run({ row("a", 1, 0, 1e-6), row("a.b", 2, 0, 1e-6), row("a.b.c", 3, 5) })
+    eq({ l.first_divergence.pattern, l.first_divergence.evidence.followed_to }, { "spike", "a.b" }, "the innermost absorbs")
   end)
 
   it("lists components markedly more precise than the reference as over-precision, a warning", function()

@@ -107,14 +107,23 @@ end
 
 local function same_shape(a, b) return table.concat(a:size(), ",") == table.concat(b:size(), ",") end
 
+--- Shapes alike but for dim 0, which data may decide (the tokens routed to an expert).
+local function alike(a, b)
+  if a:dim() ~= b:dim() then return false end
+  for d = 1, a:dim() - 1 do
+    if a:size(d) ~= b:size(d) then return false end
+  end
+  return true
+end
+
 --- The reference's captured inputs a target component takes: all of them when it takes as many
---- of the same shapes; else the leading ones when it takes fewer and their shapes agree (a port
+--- of alike shapes; else the leading ones when it takes fewer and their shapes agree (a port
 --- whose attention computes RoPE itself takes the hidden states without cos and sin). Nil when
 --- they do not fit: the component has only the accumulated view.
 local function inputs_for(target_inputs, ref_inputs)
   if #target_inputs == 0 or #target_inputs > #ref_inputs then return nil end
   for i, t in ipairs(target_inputs) do
-    if not same_shape(t, ref_inputs[i]) then return nil end
+    if not alike(t, ref_inputs[i]) then return nil end
   end
   local out = {}
   for i = 1, #target_inputs do out[i] = ref_inputs[i] end
@@ -224,7 +233,7 @@ function M.run(ctx)
           return out
         end
         -- the target component runs on the reference's inputs when it takes the same tensors
-        local tcall = cap.tlow[pair.target] and cap.tlow[pair.target][k]
+        local tcall = cap[tcap][pair.target] and cap[tcap][pair.target][k]
         local tinputs = tcall and inputs_for(tcall.inputs, calls[k].inputs)
         local isolated = tinputs ~= nil
         local r32_outs, rlow_outs = {}, {}

@@ -47,24 +47,33 @@ end
 
 --- A norm with another eps. Per row, y = w (x - c) / sqrt(s + eps) + b, with c the row's mean
 --- (LayerNorm) or 0 (RMSNorm) and s the mean of (x - c)^2, so eps = ||x - c||^2 / ||(y - b) / w||^2 - s:
---- the median over rows for the reference's output and the target's. Also how well one scalar
---- per row explains the target's output from the reference's (0: exactly).
+--- the median over rows for the reference's output and the target's. The scale is the weight w,
+--- or 1 + w (Gemma's norms store the offset): whichever gives the reference one eps on every row.
+--- Also how well one scalar per row explains the target's output from the reference's (0: exactly).
 function M.fit_epsilon(x, r, t, weight, bias, layer_norm)
   local v = x:size(x:dim() - 1)
   local xs = x:double():reshape({ -1, v })
   if layer_norm then xs = xs - xs:mean({ -1 }, true) end
   local s = xs:pow(2):mean({ -1 })
   local xn = xs:pow(2):sum({ -1 })
-  local w = weight and weight:double() or torch.ones({ v }, { dtype = "float64" })
-  local keep = w:abs():gt(w:abs():max():item() * 1e-3)
-  local function eps_of(y)
+  local function per_row(y, w)
+    local keep = w:abs():gt(w:abs():max():item() * 1e-3)
     local yd = y:double():reshape({ -1, v })
     if bias then yd = yd - bias:double() end
     local u = (yd / w):masked_fill(keep:logical_not(), 0)
     local xk = xs:masked_fill(keep:logical_not(), 0)
-    local e = xk:pow(2):sum({ -1 }) / u:pow(2):sum({ -1 }) - s * (xk:pow(2):sum({ -1 }) / xn)
-    return e:median():item()
+    return xk:pow(2):sum({ -1 }) / u:pow(2):sum({ -1 }) - s * (xk:pow(2):sum({ -1 }) / xn)
   end
+  local w = weight and weight:double() or torch.ones({ v }, { dtype = "float64" })
+  if weight then
+    local function spread(wv)
+      local e = per_row(r, wv)
+      local v = ((e - e:median()):abs():median():item()) / math.max(math.abs(e:median():item()), 1e-300)
+      return v == v and v or math.huge  -- NaN: a weight of zeros (Gemma's initial offsets)
+    end
+    if spread(w + 1) < spread(w) then w = w + 1 end
+  end
+  local function eps_of(y) return per_row(y, w):median():item() end
   local rd, td = r:double():reshape({ -1, v }), t:double():reshape({ -1, v })
   if bias then rd, td = rd - bias:double(), td - bias:double() end
   local k = (rd:norm(2, { -1 }) / td:norm(2, { -1 })):unsqueeze(-1)
@@ -101,28 +110,31 @@ function M.fit_position(t, r)
   return err[1] <= 1e-6 * max, rising / (#err - 1), err[2] / max
 end
 
---- Positions along dim 1 of x ([B, T, ...]) with position j negated.
-local function negate_position(x, j)
-  local t = x:size(1)
-  return torch.cat({ x:narrow(1, 0, j), -x:narrow(1, j, 1), x:narrow(1, j + 1, t - j - 1) }, 1)
+--- x ([B, T, ...]) with position j changed: negated, or for token ids ([B, T] integers: a whole
+--- model) another token (id - 1, or 1 for id 0).
+local function change_position(x, j)
+  local t, col = x:size(1), x:narrow(1, j, 1)
+  local changed = x:dtype():find("int") and (col + col:eq(0):long() * 2 - 1) or -col
+  return torch.cat({ x:narrow(1, 0, j), changed, x:narrow(1, j + 1, t - j - 1) }, 1)
 end
 
 --- How much each position of f(x)'s output moves when position j of x changes.
 local function moved(f, inputs, base, j)
-  local args = { negate_position(inputs[1], j), unpack(inputs, 2) }
+  local args = { change_position(inputs[1], j), unpack(inputs, 2) }
   local out = f(args)
   if not out or table.concat(out:size(), ",") ~= table.concat(base:size(), ",") then return nil end
   return (out - base):double():transpose(0, 1):reshape({ base:size(1), -1 }):norm(2, { -1 }):tolist()
 end
 
---- Which positions see which: position j of the first input is changed (the first, middle and
---- last) and every output position that moves sees it. Positions the reference's component
+--- Which positions see which: position j of the first input (hidden states [B, T, H], or token
+--- ids [B, T]) is changed (the first, middle and last) and every output position that moves sees it. Positions the reference's component
 --- does not see (exactly unmoved) that the target's does are a leak (a future token, one outside
 --- the window); the converse, a mask too tight. Nil when the component mixes no positions or
 --- cannot re-run; else {leaks = n, hides = n, pairs = n tested, example = "position p sees j"}.
 function M.fit_mask(run_reference, run_target, inputs)
   local x = inputs and inputs[1]
-  if not (run_reference and run_target and x and x:dim() == 3 and x:size(1) >= 3) then return nil end
+  local ids = x and x:dim() == 2 and x:dtype():find("int")
+  if not (run_reference and run_target and x and (x:dim() == 3 or ids) and x:size(1) >= 3) then return nil end
   local r, t = run_reference(inputs), run_target(inputs)
   if not (r and t) or r:dim() < 2 or r:size(1) ~= x:size(1) then return nil end
   local n = x:size(1)
