@@ -24,7 +24,7 @@ local cases = {
   { "reference", "bug_transposed", "blocks%.1%.attn%.out_proj$", "layout" },
   { "noisy", "noisy_bug_eps", "h%.0%.ln_1$", "epsilon" },
   { "noisy", "noisy_bug_gelu", "h%.0$", "activation" },  -- the GELU is functional, inside the block
-  { "reference", "bug_act", "blocks%.0%.ffn$", "activation" },
+  { "reference", "bug_act", "blocks%.0%.ffn%.act$", "activation" },  -- mapped by the fallback (no weights)
   { "reference", "bug_mask", "blocks%.0%.attn$", "mask" },
   { "reference", "bug_rope_weights", "blocks%.0%.attn$", "position" },
   { "sandwich", "reference", "model%.layers%.0$", "missing" },  -- the port lacks the post-feedforward norm

@@ -221,6 +221,7 @@ end
 --- some order (concat: fused q/k/v, gate/up), each as it is or with its rows interleaved per
 --- head (interleave: an engine's RoPE layout), or, failing those, a module of the same type whose
 --- weight is a reference one transposed or scaled (a conversion bug the static check reports).
+--- Modules without weights follow their containers (by type, name, or as the only ones left).
 --- Returns entries and the target modules with parameters that matched nothing.
 ---@param ref_module userdata the reference Module (fp32)
 ---@param target_module userdata the target Module (fp32 when it has it)
@@ -320,6 +321,53 @@ function M.auto(ref_module, target_module)
     end
   end
   for _, c in ipairs(containers) do entries[#entries + 1] = c end
+  -- weightless modules (an activation, a rotary embedding): the direct children of mapped
+  -- containers (and of the roots) that nothing maps pair up by type, else by name, else as the
+  -- only ones left on each side
+  local mapped_target = {}
+  for _, e in ipairs(entries) do mapped_target[e.target] = true end
+  local function parent(p) return p:match("^(.*)%.[^.]+$") or "" end
+  local function free_children(mods, params, taken, root)
+    local out = {}
+    for _, m in ipairs(mods) do
+      if m.path ~= "" and parent(m.path) == root and not taken[m.path] and not next(params[m.path]) then
+        local inner = false  -- a container of mapped modules is mapped above, or is not a leaf
+        for _, other in ipairs(mods) do
+          if other.path:sub(1, #m.path + 1) == m.path .. "." then inner = true break end
+        end
+        if not inner then out[#out + 1] = m end
+      end
+    end
+    return out
+  end
+  local function pick(refs, tgts, key)
+    local found = {}
+    for _, r in ipairs(refs) do
+      local hits = {}
+      for _, t in ipairs(tgts) do
+        if key(r) == key(t) then hits[#hits + 1] = t end
+      end
+      local same_key = 0
+      for _, r2 in ipairs(refs) do
+        if key(r2) == key(r) then same_key = same_key + 1 end
+      end
+      if #hits == 1 and same_key == 1 then found[#found + 1] = { r, hits[1] } end
+    end
+    return found
+  end
+  local parents = { { reference = "", target = "" } }
+  for _, c in ipairs(containers) do parents[#parents + 1] = c end
+  for _, c in ipairs(parents) do
+    local refs, tgts = free_children(ref_mods, rp, used, c.reference), free_children(tgt_mods, tp, mapped_target, c.target)
+    for _, key in ipairs({ function(m) return m.type end, function(m) return m.path:match("[^.]+$") end,
+                           function() return true end }) do
+      for _, hit in ipairs(pick(refs, tgts, key)) do
+        entries[#entries + 1] = { reference = hit[1].path, target = hit[2].path }
+        used[hit[1].path], mapped_target[hit[2].path] = true, true
+      end
+      refs, tgts = free_children(ref_mods, rp, used, c.reference), free_children(tgt_mods, tp, mapped_target, c.target)
+    end
+  end
   return entries, unmapped
 end
 

@@ -109,7 +109,7 @@ describe("check", function()
   it("names each planted bug's class in differently structured ports and a mixture of experts", function()
     for _, c in ipairs({
       -- target, reference, the fault (reference path), class, parameter name, value (a number: within 1%)
-      { "bug_act", "reference", "model.layers.0.mlp", "activation", "activation", "gelu" },
+      { "bug_act", "reference", "model.layers.0.mlp.act_fn", "activation", "activation", "gelu" },
       { "bug_mask", "reference", "model.layers.0.self_attn", "mask", "position_pairs" },
       { "bug_rope_weights", "reference", "model.layers.0.self_attn", "position" },
       { "moe_bug_routing", "moe", "model.layers.1.block_sparse_moe", "routing", "tokens_rerouted" },

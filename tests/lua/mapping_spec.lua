@@ -27,6 +27,7 @@ describe("mapping", function()
     eq(t["final_norm"].reference, "model.norm")
     eq(t["blocks.0"].reference, "model.layers.0")
     eq(t["blocks.0.attn"].reference, "model.layers.0.self_attn")
+    eq(t["blocks.1.ffn.act"].reference, "model.layers.1.mlp.act_fn", "a module without weights, by its type")
     eq(#unmapped, 0)
   end)
 

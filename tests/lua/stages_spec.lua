@@ -304,6 +304,16 @@ describe("localize", function()
     eq(#run({ row("a", 1, 0), row("b", 1, 0) }).over_precision, 0, "R = 1 is not over-precise")
   end)
 
+  it("tells a source of divergence from an amplifier and a carrier of it", function()
+    local fails = localize.fails
+    local function r(t) t.type, t.depth, t.isolated = "M", 1, true; return t end
+    eq(components.role(r({ r = 5, r32 = 1, acc_r32 = 1, inherited_r32 = 0 }), TH, fails), "source")
+    eq(components.role(r({ r = 1, r32 = 0, acc_r32 = 0.01, inherited_r32 = 1e-3 }), TH, fails), "amplifier")
+    eq(components.role(r({ r = 1, r32 = 0, acc_r32 = 0.01, inherited_r32 = 0.009 }), TH, fails), "carrier")
+    eq(components.role(r({ r = 1, r32 = 0, acc_r32 = 1e-5, inherited_r32 = 1e-5 }), TH, fails), nil, "nothing reaches it")
+    eq(components.role(r({ r = 1, acc_r = 3, inherited_r = 1 }), TH, fails), "amplifier", "at the low precision without fp32")
+  end)
+
   it("maps identical trees by identity, and says when trees differ", function()
     local mods = { { path = "", type = "LM" }, { path = "a", type = "Linear", depth = 1 } }
     eq(components.identity_mapping(mods, mods),

@@ -162,6 +162,23 @@ local function combine(outs, pair)
 end
 
 
+--- What a component does with divergence, from its own error (added: the isolated run on the
+--- reference's inputs) and what it inherits (its input in the whole-model runs) against its
+--- output there: "source" (adds an error itself), "amplifier" (adds none itself, but its output
+--- is off by at least twice as much as its input, relative to the reference's own noise at each),
+--- "carrier" (passes an inherited error on); nil when nothing reaches it. In fp32 when the target
+--- has it (the error alone), else at the low precision.
+function M.role(row, th, fails)
+  if row.skipped then return nil end
+  if fails(row, th) then return "source" end
+  local fp32 = row.acc_r32 ~= nil and row.inherited_r32 ~= nil
+  local out, inh = fp32 and row.acc_r32 or row.acc_r, fp32 and row.inherited_r32 or row.inherited_r
+  local limit = fp32 and th.r32_p95 or th.r_p95
+  if not out or out < limit then return nil end
+  if inh and out >= 2 * math.max(inh, limit) then return "amplifier" end
+  return "carrier"
+end
+
 ---@param ctx parity.Context
 function M.run(ctx)
   local ref, target, dtype = ctx.reference, ctx.target, ctx.dtype
@@ -258,8 +275,16 @@ function M.run(ctx)
         local ar32, arlow = outs("r32", pair.reference, pair), outs("rlow", pair.reference, pair)
         local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
         local acc, acc32 = ratio(atlow, ar32, arlow), ratio(at32, ar32, arlow)
+        -- what it inherits: the same ratio on its first input in the whole-model runs
+        local function input(which, path)
+          local c = cap[which] and cap[which][path] and cap[which][path][k]
+          return c and c.inputs[1] and is_float(c.inputs[1]) and c.inputs[1] or nil
+        end
+        local rin32, rinlow = input("r32", first), input("rlow", first)
+        local inh, inh32 = ratio(input("tlow", pair.target), rin32, rinlow), ratio(input("t32", pair.target), rin32, rinlow)
         if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
+          row.inherited_r, row.inherited_r32 = inh, inh32
           row.isolated = isolated and true or false
           if t32 then
             row.rel_l2_32, row.cosine_32 = m.rel_l2(t32:float(), r32:float()), m.cosine(t32:float(), r32:float())
@@ -280,6 +305,7 @@ function M.run(ctx)
     end
     -- evidence is kept for the failing components only (localize looks no further)
     if evidence and fails(row, ctx.thresholds) then ctx.memo.evidence[row.reference] = evidence end
+    row.role = M.role(row, ctx.thresholds, fails)
   end
   -- and the whole-model captures inside failing components, for signatures that look inside
   -- (which nonlinearity lies between an MLP's projections)

@@ -290,11 +290,18 @@ local function children(inside, side, root, k)
   return out
 end
 
---- The nonlinearity each model computes inside the fault, when both fit one well and they differ.
+--- The nonlinearity each model computes inside the fault (between its children, or the fault's
+--- own input -> output when it has none: an activation module), when both fit one well and
+--- they differ.
 local function activation(fault, ev, inside)
   local tol = inside.target_fp32 and 1e-4 or 3e-2
-  local rn, rres, rsec = M.fit_activation(children(inside, "reference", fault.reference, ev.call))
-  local tn, tres, tsec = M.fit_activation(children(inside, "target", fault.target, ev.call))
+  local function fit(side, output)
+    local calls = children(inside, side, side == "reference" and fault.reference or fault.target, ev.call)
+    if #calls == 0 and ev.isolated and ev.input and output then calls = { { outputs = { ev.input } }, { inputs = { output } } } end
+    return M.fit_activation(calls)
+  end
+  local rn, rres, rsec = fit("reference", ev.r32)
+  local tn, tres, tsec = fit("target", ev.t32 or ev.tlow)
   if rn and tn and rn ~= tn and rres < 1e-4 and rres * 10 < rsec and tres < tol and tres * 10 < tsec then
     return tn, rn, tres
   end
@@ -402,8 +409,17 @@ function M.run(ctx)
           .. " (an extra upcast, or a fused kernel that rounds once)"):format(row.r) } }
     end
   end
+  -- components that add no error themselves but enlarge what they inherit (components.role)
+  local amplifiers = core.json.array()
+  for _, row in ipairs(rows) do
+    if row.role == "amplifier" then
+      amplifiers[#amplifiers + 1] = { reference = row.reference, target = row.target,
+        inherited = row.inherited_r32 or row.inherited_r, accumulated = row.acc_r32 or row.acc_r }
+    end
+  end
   if #faults == 0 then
-    return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {}, over_precision = over }
+    return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {}, over_precision = over,
+             amplifiers = amplifiers }
   end
   local primary = faults[1]
   -- step or spike, in the accumulated view: an error seen only at the low precision is followed
@@ -475,6 +491,7 @@ function M.run(ctx)
     },
     suspects = list,
     over_precision = over,
+    amplifiers = amplifiers,
   }
 end
 
