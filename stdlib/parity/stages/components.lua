@@ -1,7 +1,8 @@
 --- stage components — stage 2 of the seeds: every mapped component on the same real inputs.
 --- One tapped forward of the fp32 reference on the check's sequences captures each component's
---- inputs; then, per component and call, the reference's component at fp32 and at the low
---- precision and the target's at the low precision (and fp32 when it has it) run on those inputs:
+--- inputs (and its fp32 outputs on them); then, per component and call, the reference's component
+--- at the low precision and the target's at the low precision (and fp32 when it has it) run on
+--- those inputs:
 ---   R = ||t - r32|| / ||r_low - r32||, R32 = ||t32 - r32|| / ||r_low - r32||
 --- measure what each component adds itself, whatever it would have inherited. Tapped forwards of
 --- the reference at the low precision and of the target give the accumulated view: the same
@@ -256,7 +257,7 @@ function M.run(ctx)
         local r32_outs, rlow_outs = {}, {}
         for i, p in ipairs(pair.reference) do
           local c = cap.r32[p] and cap.r32[p][k]
-          r32_outs[i] = c and run("r32", p, c.inputs)
+          r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
           rlow_outs[i] = c and run("rlow", p, c.inputs)
         end
         local r32, rlow = combine(r32_outs, pair), combine(rlow_outs, pair)
