@@ -4,10 +4,14 @@
 -- module, scale), a norm eps (the first norm, epsilon), RoPE theta (the rotary embedding,
 -- position), experts per token (the first MoE block, routing), a sliding window (the model,
 -- whose forward builds the mask: mask).
---   parity run bench/localize.lua FIXTURES_DIR [DEVSET_DIR...]
+--   parity run bench/localize.lua [--two-tensor] FIXTURES_DIR [DEVSET_DIR...]
+-- --two-tensor judges every case with the 2-tensor baseline, as if the references had no fp32.
 -- Fixture cases are listed below.
 local parity = require("parity")
-local fx = arg[1]
+local args = { ... }
+local baseline
+if args[1] == "--two-tensor" then baseline = "2-tensor"; table.remove(args, 1) end  -- as if no fp32 reference
+local fx = args[1]
 local cases = {
   -- reference, target, expected component (a Lua pattern on the target path), expected class
   { "reference", "same_eps", "layers%.0%.input_layernorm$", "epsilon" },
@@ -35,8 +39,8 @@ local cases = {
   { "noisy", "noisy_port" }, { "moe", "moe" }, { "sandwich", "sandwich_scale" },
 }
 for i, c in ipairs(cases) do cases[i] = { fx .. "/" .. c[1], fx .. "/" .. c[2], c[3], c[4] } end
-for d = 2, #arg do  -- dev sets
-  local devset = arg[d]
+for d = 2, #args do  -- dev sets
+  local devset = args[d]
   local truth = parity.json.read(devset .. "/truth.json")
   local names = {}
   for name in pairs(truth) do names[#names + 1] = name end
@@ -61,7 +65,7 @@ end
 local out = os.tmpname()
 local right_place, right_class, bugs, clean_ok, clean = 0, 0, 0, 0, 0
 for _, c in ipairs(cases) do
-  local v = parity.check({ reference = c[1], target = c[2], out = out .. ".d", log = function() end })
+  local v = parity.check({ reference = c[1], target = c[2], out = out .. ".d", log = function() end, baseline = baseline })
   local f = v.first_divergence
   local got = f ~= parity.json.null and ("%s (%s)"):format(f.target, f.cause.class) or "none"
   local ok

@@ -100,15 +100,73 @@ function M.shared_vocab(reference, target, override)
 end
 
 --- Greedy decoding of `n` new tokens from prompts [batch, p]; returns [batch, p + n].
---- Runs the full sequence each step (traces carry no KV cache).
-function M.greedy(bundle, dtype, prompts, n, progress)
+--- Runs the full sequence each step (traces carry no KV cache). `forward` (tokens -> logits)
+--- replaces the bundle's own forward when given.
+function M.greedy(bundle, dtype, prompts, n, progress, forward)
+  forward = forward or function(tokens) return M.forward(bundle, dtype, tokens) end
   local seq = prompts
   for i = 1, n do
     if progress then progress(i, n) end
-    local logits = M.forward(bundle, dtype, seq)
+    local logits = forward(seq)
     seq = torch.cat({ seq, logits:select(1, -1):argmax(-1):unsqueeze(1) }, 1)
   end
   return seq
+end
+
+--- Machine epsilon of the low precisions: the spacing of values just above 1.
+M.EPSILON = { bf16 = 2 ^ -7, fp16 = 2 ^ -10 }
+
+--- Floating tensors x (1 + eps x noise), noise ~ N(0, 1) from `seed`, in their own dtype: the
+--- perturbation of the 2-tensor baseline (about one unit in the last place).
+function M.perturb(list, eps, seed)
+  local out = {}
+  for i, x in ipairs(list) do
+    if x:dtype():find("float") then
+      local noise = torch.randn(x:size(), { seed = seed + i, dtype = "float32" })
+      out[i] = (x:float() * (noise * eps + 1)):to(x:dtype())
+    else
+      out[i] = x
+    end
+  end
+  return out
+end
+
+--- The 2-tensor baseline's model, for a reference that cannot run in fp32: a forward (tokens
+--- [, capture paths] -> float32 logits, calls) of the bundle at `dtype` whose first layer's input is perturbed by machine
+--- epsilon (M.perturb). The first layer: the first module in execution order that takes hidden
+--- states [B, T, H], the first of a numbered stack (`layers.0`) when there is one.
+function M.perturbed(bundle, dtype, seed)
+  local module = core.load(bundle.files[dtype])
+  local paths, modules = {}, module:modules()
+  for _, m in ipairs(modules) do
+    if m.path ~= "" then paths[#paths + 1] = m.path end
+  end
+  local ok, err = pcall(module.tap, module, paths)
+  if not ok then
+    error(("%s (%s): the 2-tensor baseline perturbs its first layer's input through a tap, and it cannot be"
+      .. " tapped: %s"):format(bundle.path, dtype, require("parity.errors").clean(err)), 0)
+  end
+  local at
+  return function(tokens, capture)  -- the logits, and the calls of the `capture` paths
+    local b, t = tokens:size(0), tokens:size(1)
+    if not at then  -- where to perturb: found on the first call
+      local _, calls = module:run_tapped({ tokens })
+      for _, m in ipairs(modules) do
+        local x = calls[m.path] and calls[m.path][1] and calls[m.path][1].inputs[1]
+        if x and x:dim() == 3 and x:dtype():find("float") and x:size(0) == b and x:size(1) == t then
+          if m.path:find("%.0$") then at = m.path break end
+          at = at or m.path
+        end
+      end
+      if not at then error(("%s: no module takes hidden states [batch, seq, hidden] to perturb"):format(bundle.path), 0) end
+    end
+    local _, calls = module:run_tapped({ tokens }, { capture = { at } })
+    local inject = {}
+    for k, call in ipairs(calls[at]) do inject[k] = { M.perturb({ call.inputs[1] }, M.EPSILON[dtype], seed + k)[1] } end
+    local out
+    out, calls = module:run_tapped({ tokens }, { capture = capture or { at }, inject = { [at] = inject } })
+    return M.logits_of(out, bundle.path):float(), calls
+  end
 end
 
 --- Checks the target's logits against the shape the reference's have, naming both otherwise.

@@ -63,7 +63,14 @@ function M.context(opts)
     or (opts.mapping and mapping.validate(opts.mapping, "mapping"))
   local s = { prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
               seed = opts.seed or 0, topk = opts.topk or 5 }
-  for _, d in ipairs({ "fp32", ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace
+  -- a reference without an fp32 trace (one that cannot run in fp32) is judged against itself:
+  -- the 2-tensor baseline, its low precision and a run of it perturbed by machine epsilon
+  ctx.baseline = opts.baseline or (ctx.reference:has("fp32") and "3-tensor" or "2-tensor")
+  if ctx.baseline ~= "3-tensor" and ctx.baseline ~= "2-tensor" then
+    error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(ctx.baseline)), 0)
+  end
+  ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype  -- what the target is compared with
+  for _, d in ipairs({ ctx.anchor, ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace
   ctx.target:at(ctx.dtype)
   ctx.vocab = lm.shared_vocab(ctx.reference, ctx.target, opts.vocab_size)
   ctx.prompts = opts.inputs and lm.tokens_from_file(opts.inputs, ctx.vocab)
@@ -99,10 +106,10 @@ end
 --- The cache key: the reference's files, the inputs and every setting its outputs depend on.
 function Context:cache_key()
   local files = {}
-  for _, d in ipairs({ "fp32", self.dtype }) do files[d] = core.hash_file(self.reference.files[d]) end
+  for _, d in ipairs({ self.anchor, self.dtype }) do files[d] = core.hash_file(self.reference.files[d]) end
   if self.reference.manifest then files.manifest = core.hash_string(core.json.encode(self.reference.manifest)) end
   return core.hash_string(core.json.encode({
-    format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens,
+    format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens, baseline = self.baseline,
     prompts = core.hash_string(core.json.encode(self.prompts:tolist())),
   }))
 end
@@ -115,6 +122,9 @@ end
 --- The reference's side, computed once and cached on disk: `sequences` (the fp32 greedy
 --- continuation of the prompts, [K, P + N]), `ref32` and `ref_low` (teacher-forced logits at
 --- the judged positions) and `own_tokens` (the reference's own greedy tokens at the low precision).
+--- With the 2-tensor baseline the low precision takes fp32's place (sequences, `ref32`) and the
+--- perturbed low precision the low precision's (`ref_low`, `own_tokens`): the same formulas then
+--- compare the target with the reference and its noise with the reference's own.
 ---@return table
 function Context:reference_outputs()
   if self.memo.reference then return self.memo.reference end
@@ -129,9 +139,11 @@ function Context:reference_outputs()
     self.log(("reference: from cache %s (%.2f s CPU)"):format(path, os.clock() - t0))
   else
     local ref, n, p = self.reference, self.settings.new_tokens, self.prompts:size(1)
-    local seqs = lm.greedy(ref, "fp32", self.prompts, n, function(i, k) self:progress("reference greedy (fp32)", i, k) end)
-    local function logits(dtype)  -- a reference that is not finite leaves nothing to compare against
-      local l = lm.forward(ref, dtype, seqs)
+    local anchor = self.anchor
+    local seqs = lm.greedy(ref, anchor, self.prompts, n, function(i, k) self:progress("reference greedy (" .. anchor .. ")", i, k) end)
+    local own = self.baseline == "2-tensor" and lm.perturbed(ref, self.dtype, self.settings.seed) or nil
+    local function logits(dtype, forward)  -- a reference that is not finite leaves nothing to compare against
+      local l = forward and forward(seqs) or lm.forward(ref, dtype, seqs)
       local bad = core.metrics.non_finite(l)
       if bad.nan + bad.inf > 0 then
         error(("the reference %s (%s) has %d NaN and %d Inf in its own logits: fix the reference first"):format(
@@ -139,9 +151,10 @@ function Context:reference_outputs()
       end
       return self:judged(l)
     end
-    r = { sequences = seqs, ref32 = logits("fp32"), ref_low = logits(self.dtype),
+    r = { sequences = seqs, ref32 = logits(anchor), ref_low = logits(self.dtype, own),
           own_tokens = lm.greedy(ref, self.dtype, self.prompts, n, function(i, k)
-            self:progress(("reference greedy (%s)"):format(self.dtype), i, k) end):narrow(1, p, n):contiguous() }
+            self:progress(("reference greedy (%s%s)"):format(self.dtype, own and ", perturbed" or ""), i, k) end, own)
+            :narrow(1, p, n):contiguous() }
     if self.cache_enabled then
       core.remove_stale_temps(self.cache_dir)
       core.tensors.save(path, r, { format = tostring(FORMAT) })
@@ -202,7 +215,8 @@ local function cause(failed, results, dtype)
       .. " (e.g. q scaled before QK^T instead of the scores after)"):format(e32.r32.p95, dtype,
       results.e2e.r_ratio.p95, dtype) }
   end
-  return { class = "unknown", detail = "the target has no fp32 trace to tell a computation difference from a precision one" }
+  return { class = "unknown", detail = ("%s has no fp32 trace to tell a computation difference from a precision one"):format(
+    results.e2e and results.e2e.baseline == "2-tensor" and "the reference" or "the target") }
 end
 
 --- Runs the stages in order and assembles the verdict: "equivalent" when every criterion

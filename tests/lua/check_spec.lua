@@ -147,6 +147,27 @@ describe("check", function()
     eq(v.verdict, "equivalent")
   end)
 
+  it("judges against a reference without fp32 with the 2-tensor baseline, and still localises", function()
+    local v = check("port_reorder", { reference = "reference_bf16.pt" })
+    eq(v.verdict, "equivalent", "a correct port that rounds in another order")
+    local e = parity.json.read(tmp .. "/port_reorder/e2e.json")
+    eq(e.baseline, "2-tensor")
+    truthy(e.r_ratio.p95 < 1.2 and e.r_ratio.p50 > 0.1, "R against the perturbation's own change: " .. e.r_ratio.p50)
+    truthy(v.skipped[1].stage == "e2e32" and v.skipped[1].reason:find("2%-tensor baseline"), v.skipped[1].reason)
+    for _, c in ipairs({
+      { "bug_rope", "model.layers.0.self_attn", "position" },
+      { "bug_act", "model.layers.0.mlp.act_fn", "activation" },  -- silu vs gelu tell apart in bf16 too
+      { "same_scale", "model.layers.1.mlp.down_proj", "scale" },  -- the static check at bf16
+    }) do
+      v = check(c[1], { reference = "reference_bf16.pt" })
+      eq({ v.verdict, v.first_divergence.reference, v.first_divergence.cause.class, v.first_divergence.pattern },
+         { "divergent", c[2], c[3], "step" }, c[1])
+    end
+    -- forced on a reference that has fp32: the same judgement
+    eq(check("bug_rope", { baseline = "2-tensor" }).first_divergence.cause.class, "position")
+    raises(function() check("bug_rope", { baseline = "4-tensor" }) end, "baseline must be 3-tensor or 2-tensor")
+  end)
+
   it("warns of a component more precise than the reference (over-precision), not on a faithful port", function()
     local v = check("port_upcast")
     eq(v.verdict, "equivalent")

@@ -262,7 +262,7 @@ describe("localize", function()
   local TH = thresholds.resolve()
   local function row(path, depth, r32, acc)
     return { reference = path, target = path, type = "M", depth = depth, r = r32 > 1 and r32 or 1, r32 = r32,
-             acc_r32 = acc or r32, calls = 1 }
+             acc_r32 = acc or r32, calls = 1, isolated = true }
   end
   local function run(rows)
     local ctx = { thresholds = TH, results = { components = { components = rows } }, memo = {} }

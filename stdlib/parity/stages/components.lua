@@ -14,6 +14,7 @@
 --- its reference's (another calling convention) has only the accumulated view (isolated = false).
 local core = require("parity.core")
 local mapping = require("parity.mapping")
+local lm = require("parity.lm")
 local m = core.metrics
 
 local M = { name = "components" }
@@ -84,8 +85,8 @@ end
 --- entries, else from the weights (mapping.auto). Returns pairs, how they were made, and the
 --- reference modules left without a counterpart.
 function M.pairs_for(ctx)
-  local ref32 = ctx.reference:at("fp32")
-  local tgt = ctx.target:at(ctx.target:has("fp32") and "fp32" or ctx.dtype)
+  local ref32 = ctx.reference:at(ctx.anchor)  -- fp32, or the low precision (2-tensor baseline)
+  local tgt = ctx.target:at(ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype)
   local ref_mods, tgt_mods = ref32:modules(), tgt:modules()
   local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
   if pairs_ then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
@@ -195,12 +196,20 @@ function M.run(ctx)
     tgt_paths[#tgt_paths + 1] = pair.target
   end
   local seqs = ctx:reference_outputs().sequences
-  local has32 = target:has("fp32")
+  -- the 2-tensor baseline (a reference without fp32): "r32" is the reference at the low
+  -- precision, "rlow" it with its inputs perturbed by machine epsilon, and no fp32 leg
+  local two = ctx.baseline == "2-tensor"
+  local anchor, has32 = ctx.anchor, target:has("fp32") and not two
   local t0 = core.clock()
   local cap, forward_s = {}, nil
   local ok, err = pcall(function()
-    cap.r32, forward_s = tapped_run(ref.files.fp32, ref_paths, seqs)
-    cap.rlow = tapped_run(ref.files[dtype], ref_paths, seqs)
+    cap.r32, forward_s = tapped_run(ref.files[anchor], ref_paths, seqs)
+    if two then
+      local _, calls = lm.perturbed(ref, dtype, ctx.settings.seed)(seqs, ref_paths)
+      cap.rlow = calls
+    else
+      cap.rlow = tapped_run(ref.files[dtype], ref_paths, seqs)
+    end
     cap.tlow = tapped_run(target.files[dtype], tgt_paths, seqs)
     if has32 then cap.t32 = tapped_run(target.files.fp32, tgt_paths, seqs) end
   end)
@@ -211,7 +220,8 @@ function M.run(ctx)
   local function child(which, path)
     local key = which .. "|" .. path
     if child_cache[key] == nil then
-      local b, d = (which == "r32" or which == "rlow") and ref or target, (which == "r32" or which == "t32") and "fp32" or dtype
+      local b = (which == "r32" or which == "rlow") and ref or target
+      local d = which == "r32" and anchor or which == "t32" and "fp32" or dtype
       child_cache[key] = (which ~= "t32" or has32) and b:at(d):child(path) or false
     end
     return child_cache[key] or nil
@@ -221,8 +231,8 @@ function M.run(ctx)
   local function rerun(which, path, inputs)
     local c = child(which, path)
     if not c then return nil end
-    local d = (which == "r32" or which == "t32") and "fp32" or dtype
-    local args, bad = arguments(c:schema(), d == "fp32" and inputs or cast(inputs, d))
+    local d = which == "r32" and anchor or which == "t32" and "fp32" or dtype
+    local args, bad = arguments(c:schema(), cast(inputs, d))
     local ok, out = false, bad
     if args then ok, out = pcall(c, unpack(args)) end
     if not ok then return nil, "cannot re-run on captured inputs: " .. require("parity.errors").clean(out) end
@@ -252,13 +262,17 @@ function M.run(ctx)
         end
         -- the target component runs on the reference's inputs when it takes the same tensors
         local tcall = cap[tcap][pair.target] and cap[tcap][pair.target][k]
-        local tinputs = tcall and inputs_for(tcall.inputs, calls[k].inputs)
+        -- the 2-tensor baseline perturbs floating inputs: a component taking token ids alone (the
+        -- model, its embedding) has the accumulated view only, against the perturbed whole model
+        local perturbable = not two
+        for _, x in ipairs(calls[k].inputs) do perturbable = perturbable or is_float(x) end
+        local tinputs = tcall and perturbable and inputs_for(tcall.inputs, calls[k].inputs) or nil
         local isolated = tinputs ~= nil
         local r32_outs, rlow_outs = {}, {}
         for i, p in ipairs(pair.reference) do
           local c = cap.r32[p] and cap.r32[p][k]
           r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
-          rlow_outs[i] = c and run("rlow", p, c.inputs)
+          rlow_outs[i] = c and run("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
         end
         local r32, rlow = combine(r32_outs, pair), combine(rlow_outs, pair)
         local tlow = isolated and run("tlow", pair.target, tinputs) or nil
@@ -322,8 +336,8 @@ function M.run(ctx)
     return kept
   end
   ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
-                      pairs = pairs_, files = { reference = ref.files.fp32, target = target.files[has32 and "fp32" or dtype] },
-                      target_fp32 = has32 }
+                      pairs = pairs_, files = { reference = ref.files[anchor], target = target.files[has32 and "fp32" or dtype] },
+                      target_fp32 = has32, reference_fp32 = anchor == "fp32" }
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s, %.1f x one forward of the reference (%.3f s)"):format(
     #rows, total, total / math.max(forward_s, 1e-9), forward_s))

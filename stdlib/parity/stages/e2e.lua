@@ -74,6 +74,7 @@ function M.run(ctx)
   local result = M.compare(ctx:judged(full), r.ref32, r.ref_low, r.tokens,
     { topk = ctx.settings.topk, tie_factor = ctx.thresholds.tie_factor, dtype = ctx.dtype })
   result.target_non_finite = m.non_finite(full)  -- anywhere, not only at the judged positions
+  result.baseline = ctx.baseline  -- "2-tensor": ref32 is the reference at the low precision, ref_low it perturbed
   return result
 end
 

@@ -24,6 +24,10 @@ end
 
 ---@param ctx parity.Context
 function M.run(ctx)
+  if ctx.baseline == "2-tensor" then
+    return { skipped = ("%s has no fp32 trace: judged with the 2-tensor baseline, at %s only"):format(
+      ctx.reference.path, ctx.dtype) }
+  end
   if not ctx.target:has("fp32") then
     return { skipped = ("%s has no fp32 trace, so bugs smaller than the %s noise cannot be seen;"
       .. " export one (parity_export.py --dtypes fp32,%s)"):format(ctx.target.path, ctx.dtype, ctx.dtype) }

@@ -175,12 +175,15 @@ M.ACTIVATIONS = {
   tanh = function(x) return x:tanh() end,
 }
 
+--- Nonlinearities of one family (GELU and its approximations): at the low precision they may not be told apart.
+M.FAMILY = { gelu = "gelu", gelu_tanh = "gelu", quick_gelu = "gelu" }
+
 --- The nonlinearity between a component's children, from their calls in execution order
 --- ({inputs, outputs} each): a child's input y = f(g) (fc1 -> act -> fc2) or f(g) * u (a gated
 --- MLP: g and u two children's outputs, or the halves of one's). Returns the best name, its
---- relative residual and the best other name's; nil when no such pair of children exists.
+--- relative residual, the best residual of another family and the best of another name in its
+--- own family; nil when no such pair of children exists.
 function M.fit_activation(children)
-  local best, best_resid, second = nil, math.huge, math.huge
   for ci = #children, 2, -1 do
     local y = children[ci].inputs[1]
     local n = y and y:dim() >= 1 and y:size(y:dim() - 1)
@@ -199,23 +202,30 @@ function M.fit_activation(children)
         if i ~= j then forms[#forms + 1] = { g, u } end
       end
     end
-    local yd = y and y:double()
+    local yd, resid = y and y:double(), {}  -- name -> the best residual over the forms
     for _, form in ipairs(forms) do
       local g, u = form[1], form[2]
       if table.concat(g:size(), ",") == table.concat(yd:size(), ",") then
         for name, f in pairs(M.ACTIVATIONS) do
           local fit = u and f(g) * u or f(g)
-          local resid = (fit - yd):norm():item() / math.max(yd:norm():item(), 1e-300)
-          if resid < best_resid then
-            if name ~= best then second = math.min(second, best_resid) end
-            best, best_resid = name, resid
-          elseif name ~= best and resid < second then
-            second = resid
-          end
+          local r = (fit - yd):norm():item() / math.max(yd:norm():item(), 1e-300)
+          resid[name] = math.min(resid[name] or math.huge, r)
         end
       end
     end
-    if best then return best, best_resid, second end
+    local best
+    for name, r in pairs(resid) do
+      if not best or r < resid[best] or (r == resid[best] and name < best) then best = name end
+    end
+    if best then
+      local other, kin = math.huge, math.huge
+      for name, r in pairs(resid) do
+        local same_family = (M.FAMILY[name] or name) == (M.FAMILY[best] or best)
+        if same_family and name ~= best then kin = math.min(kin, r) end
+        if not same_family then other = math.min(other, r) end
+      end
+      return best, resid[best], other, kin
+    end
   end
   return nil
 end
@@ -294,17 +304,18 @@ end
 --- own input -> output when it has none: an activation module), when both fit one well and
 --- they differ.
 local function activation(fault, ev, inside)
-  local tol = inside.target_fp32 and 1e-4 or 3e-2
+  local tol, rtol = inside.target_fp32 and 1e-4 or 3e-2, inside.reference_fp32 == false and 3e-2 or 1e-4
   local function fit(side, output)
     local calls = children(inside, side, side == "reference" and fault.reference or fault.target, ev.call)
     if #calls == 0 and ev.isolated and ev.input and output then calls = { { outputs = { ev.input } }, { inputs = { output } } } end
     return M.fit_activation(calls)
   end
-  local rn, rres, rsec = fit("reference", ev.r32)
-  local tn, tres, tsec = fit("target", ev.t32 or ev.tlow)
-  if rn and tn and rn ~= tn and rres < 1e-4 and rres * 10 < rsec and tres < tol and tres * 10 < tsec then
-    return tn, rn, tres
-  end
+  local rn, rres, rsec, rkin = fit("reference", ev.r32)
+  local tn, tres, tsec, tkin = fit("target", ev.t32 or ev.tlow)
+  if not (rn and tn and rres < rtol and rres * 10 < rsec and tres < tol and tres * 10 < tsec) then return nil end
+  -- the family's name where its members are not told apart (GELU's two forms in bf16)
+  if rkin < 10 * rres or tkin < 10 * tres then rn, tn = M.FAMILY[rn] or rn, M.FAMILY[tn] or tn end
+  if rn ~= tn then return tn, rn, tres end
 end
 
 --- The cause of a fault from its evidence (captured tensors) and figures. `extra` carries what
@@ -312,7 +323,7 @@ end
 --- (`inside`) and the reference modules with weights that have no counterpart (`no_counterpart`).
 function M.cause(row, ev, th, extra)
   extra = extra or {}
-  if (row.r32 or 0) < th.r32_p95 and (row.r or 0) >= th.r_p95 then
+  if row.r32 and row.r32 < th.r32_p95 and (row.r or 0) >= th.r_p95 then  -- without an fp32 leg: unknown
     return { class = "precision", detail = ("exact in fp32 (R32 %.3g), R %.3g at the low precision: an operation"
       .. " computed at a lower precision or in another order"):format(row.r32 or 0, row.r) }
   end
@@ -343,8 +354,9 @@ function M.cause(row, ev, th, extra)
     local e_t, e_ref, resid = M.fit_epsilon(ev.input, r, t, ev.params.weight, ev.params.bias,
       row.type:find("LayerNorm") ~= nil)
     if resid < 0.05 and e_t >= 0 and math.abs(e_t - e_ref) > 0.1 * math.max(math.abs(e_ref), 1e-12) then
-      return { class = "epsilon", detail = ("a norm whose output is the reference's with eps %.3g instead of %.3g")
-        :format(e_t, e_ref), parameter = { name = "eps", value = e_t, reference = e_ref } }
+      return { class = "epsilon", detail = ("a norm whose output is the reference's with eps %.3g instead of %.3g%s")
+        :format(e_t, e_ref, ev.r32:dtype() == "float32" and "" or " (fitted at the low precision: rough)"),
+        parameter = { name = "eps", value = e_t, reference = e_ref } }
     end
   end
   local c, resid = M.fit_scale(t, r)
@@ -427,7 +439,7 @@ function M.run(ctx)
   -- one whose output is back within the noise absorbed it (Gemma's post-feedforward norm inside
   -- the layer); an expert's sibling does not take its output, the MoE block does. A top-level
   -- fault is followed to the next component.
-  local low_only = (primary.r32 or 0) < th.r32_p95 and primary.isolated ~= false
+  local low_only = (primary.r32 == nil or primary.r32 < th.r32_p95) and primary.isolated ~= false
   local function carried(row)
     local v = low_only and row.acc_r or (row.acc_r32 or row.acc_r)
     return v, (low_only or not row.acc_r32) and th.r_p95 or th.r32_p95
@@ -437,13 +449,13 @@ function M.run(ctx)
     if descends(primary.reference, row.reference) and not row.skipped and carried(row) then enclosing[#enclosing + 1] = row end
   end
   table.sort(enclosing, function(a, b) return a.depth > b.depth end)
-  local after
+  local after, absorbed
   if #enclosing > 0 then
-    after = enclosing[#enclosing]  -- the outermost, unless an inner one absorbs it
-    for _, row in ipairs(enclosing) do
+    for _, row in ipairs(enclosing) do  -- one that adds an error, run on the reference's inputs, does not absorb it
       local v, limit = carried(row)
-      if v < limit then after = row break end
+      if v < limit and row.isolated and not M.fails(row, th) then after, absorbed = row, true break end
     end
+    after = after or enclosing[#enclosing]  -- none absorbs it: carried to the outermost
   else
     for i, row in ipairs(rows) do
       if row == primary then
@@ -455,7 +467,8 @@ function M.run(ctx)
   end
   local value, limit = nil, nil
   if after then value, limit = carried(after) end
-  local pattern = (value and value < limit) and "spike" or "step"
+  if #enclosing == 0 then absorbed = value and value < limit end
+  local pattern = absorbed and "spike" or "step"
   local evidence = ctx.memo.evidence or {}
   local cause = M.cause(primary, evidence[primary.reference], th,
     { inside = ctx.memo.inside, no_counterpart = comp.no_counterpart_reference })

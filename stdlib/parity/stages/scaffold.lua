@@ -13,7 +13,7 @@ local M = { name = "scaffold" }
 --- A transposed, reordered (fused blocks in another order than the reference runs them) or
 --- scaled weight is a conversion bug found before anything runs; other differences are listed.
 local function static_check(ctx, pairs_)
-  local d = ctx.target:has("fp32") and "fp32" or ctx.dtype
+  local d = ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype
   local rm, tm = ctx.reference:at(d), ctx.target:at(d)
   local ref_mods = rm:modules()
   local order = {}
