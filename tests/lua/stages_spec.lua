@@ -243,6 +243,16 @@ describe("localize signatures", function()
     eq(localize.fit_activation({ call({ x }, { x }) }), nil, "one child: nothing between")
   end)
 
+  it("missing: a reference module with weights inside the fault that the target lacks; not one elsewhere", function()
+    local TH = thresholds.resolve()
+    local row = { r = 9, r32 = 9, type = "Layer", reference = "model.layers.0" }
+    local ev = { r32 = r, t32 = r + noise, params = {} }
+    local c = localize.cause(row, ev, TH, { no_counterpart = { "model.layers.0.post_feedforward_layernorm" } })
+    eq(c.class, "missing")
+    truthy(c.detail:find("post_feedforward_layernorm has no counterpart"), c.detail)
+    eq(localize.cause(row, ev, TH, { no_counterpart = { "model.layers.1.post_feedforward_layernorm" } }).class, "formula")
+  end)
+
   it("cause: precision when exact in fp32, and the fitted class otherwise", function()
     local TH = thresholds.resolve()
     eq(localize.cause({ r = 3, r32 = 1e-6, type = "Linear" }, nil, TH).class, "precision")
