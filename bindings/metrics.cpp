@@ -92,6 +92,22 @@ int max_abs_diff_rows(lua_State* L) {
   return 1;
 }
 
+/// logits_rows(target, ref32, ref_low, tokens, k) -> {r, cosine, own_cosine, kl, own_kl, delta_p,
+/// top1, topk, top2_gap, noise}: per-position tensors from one pass (NOTE [ One pass over the logits ])
+int logits_rows(lua_State* L) {
+  auto o = m::logits_rows(check_tensor(L, 1), check_tensor(L, 2), check_tensor(L, 3), check_tensor(L, 4),
+                          luaL_checkinteger(L, 5));
+  lua_createtable(L, 0, 10);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"r", &o.r}, {"cosine", &o.cosine},
+                                {"own_cosine", &o.own_cosine}, {"kl", &o.kl}, {"own_kl", &o.own_kl},
+                                {"delta_p", &o.delta_p}, {"top1", &o.top1}, {"topk", &o.topk},
+                                {"top2_gap", &o.top2_gap}, {"noise", &o.noise}}) {
+    push_tensor(L, *t);
+    lua_setfield(L, -2, name);
+  }
+  return 1;
+}
+
 void push_agreement(lua_State* L, const at::Tensor& per_position) {
   lua_pushnumber(L, per_position.numel() ? per_position.mean().item<double>() : 0.0);
   push_tensor(L, per_position);
@@ -141,6 +157,7 @@ const luaL_Reg kMetrics[] = {
     {"max_abs_diff_rows", guard<max_abs_diff_rows>},
     {"top1", guard<top1>},
     {"topk", guard<topk>},
+    {"logits_rows", guard<logits_rows>},
     {"percentiles", guard<percentiles>},
     {nullptr, nullptr}};
 

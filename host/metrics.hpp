@@ -73,6 +73,18 @@ at::Tensor top2_gap(const at::Tensor& x);
 /// Per row over the last dim: max |a - b|.
 at::Tensor max_abs_diff_rows(const at::Tensor& a, const at::Tensor& b);
 
+/// Every per-position figure of the e2e stage from one pass over three logits tensors [.., V]
+/// (target, the reference, the reference's noise sample), in float32 arithmetic with float64
+/// sums (NOTE [ One pass over the logits ] in logits_pass.cpp): the same values as r_ratio_rows,
+/// cosine_rows (t vs ref, low vs ref), kl_per_position (t, low), delta_p, top1_agree,
+/// topk_agree, top2_gap (ref) and max_abs_diff_rows (low vs ref), to float32 rounding, with
+/// the same non-finite rules. Each is float64, shaped like `tokens`.
+struct LogitsRows {
+  at::Tensor r, cosine, own_cosine, kl, own_kl, delta_p, top1, topk, top2_gap, noise;
+};
+LogitsRows logits_rows(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
+                       const at::Tensor& tokens, int64_t k);
+
 /// Top-1 agreement: per position 1 where argmax over the last dim is equal (float64 tensor).
 at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b);
 /// Top-k agreement: per position |topk(a) ∩ topk(b)| / k over the last dim (float64 tensor).

@@ -172,6 +172,40 @@ TEST_SUITE("metrics") {
     CHECK(m::max_abs_diff(a, at::tensor({1.0, 2.5}, at::kDouble)) == Approx(0.5));
   }
 
+  TEST_CASE("the fused logits pass gives what the metrics give one by one, NaN rules included") {
+    for (int64_t v : {1, 2, 7, 1000, 32003}) {  // lane tails, a vocab of one
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(v);
+      auto a = at::randn({3, 5, v}, gen, at::kFloat) * 4;
+      auto tt = a + at::randn({3, 5, v}, gen, at::kFloat) * 0.05;
+      auto b = a + at::randn({3, 5, v}, gen, at::kFloat) * 0.03;
+      if (v > 2) {  // a NaN in one row of the target, an Inf in another of the low precision
+        tt.index_put_({0, 1, 2}, kNan);
+        b.index_put_({2, 3, v - 1}, kInf);
+      }
+      auto tok = at::randint(0, v, {3, 5}, gen, at::kLong);
+      int64_t k = std::min<int64_t>(5, v);
+      auto o = m::logits_rows(tt, a, b, tok, k);
+      auto same = [](const at::Tensor& got, const at::Tensor& want, double tol) {
+        CHECK(got.sizes().equals(want.sizes()));
+        CHECK(got.isnan().equal(want.isnan()));
+        auto ok = got.isnan().logical_not();
+        CHECK((got - want).abs().masked_select(ok).max().item<double>() <= tol);
+      };
+      same(o.r, m::r_ratio_rows(tt, a, b), 1e-5);
+      same(o.cosine, m::cosine_rows(tt, a), 1e-6);
+      same(o.own_cosine, m::cosine_rows(b, a), 1e-6);
+      same(o.kl, m::kl_per_position(tt, a), 1e-5);  // float sums: ~1e-6 of cancellation at 32K
+      same(o.own_kl, m::kl_per_position(b, a), 1e-5);
+      same(o.delta_p, m::delta_p(tt, a, tok), 1e-6);
+      same(o.top1, m::top1_agree(tt, a), 0);
+      same(o.topk, m::topk_agree(tt, a, k), 0);
+      same(o.top2_gap, m::top2_gap(a), 1e-6);
+      same(o.noise, m::max_abs_diff_rows(b, a), 1e-6);
+    }
+    CHECK_THROWS_AS(m::logits_rows(t2({1, 2}, 1), t2({1, 2}, 1), t2({1, 2}, 1), at::zeros({1}, at::kLong), 3),
+                    std::invalid_argument);
+  }
+
   TEST_CASE("shape mismatches are errors") {
     CHECK_THROWS_WITH_AS(m::rel_l2(t({1, 2}), t({1, 2, 3})), "rel_l2: shapes differ: [2] vs [3]",
                          std::invalid_argument);

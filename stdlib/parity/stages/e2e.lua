@@ -34,16 +34,14 @@ end
 ---@return table
 function M.compare(t, r32, rlow, tokens, opts)
   local n = tokens:numel()
-  local r = m.r_ratio_rows(t, r32, rlow)
-  local cos, own_cos = m.cosine_rows(t, r32), m.cosine_rows(rlow, r32)
-  local kl, own_kl = m.kl(t, r32), m.kl(rlow, r32)
-  local dp = m.delta_p(t, r32, tokens)
-  local _, top1 = m.top1(t, r32)
-  local topk_rate = m.topk(t, r32, opts.topk)
+  -- every per-position figure in one pass over the three tensors (host/logits_pass.cpp)
+  local rows = m.logits_rows(t, r32, rlow, tokens, opts.topk)
+  local r, cos, own_cos, kl, own_kl, dp, top1 = rows.r, rows.cosine, rows.own_cosine, rows.kl, rows.own_kl,
+    rows.delta_p, rows.top1
+  local topk_rate = n > 0 and rows.topk:mean():item() or 0
 
   -- near-ties: a flip within the reference's own precision noise
-  local noise = m.max_abs_diff_rows(rlow, r32)
-  local tie = top1:eq(0):logical_and(m.top2_gap(r32):le(noise * opts.tie_factor))
+  local tie = top1:eq(0):logical_and(rows.top2_gap:le(rows.noise * opts.tie_factor))
   local n_ties = tie:sum():item()
   local agree = top1:sum():item()
   return {

@@ -1,0 +1,43 @@
+-- bench/logits.lua — the e2e stage's logits metrics: one fused pass (metrics.logits_rows) against
+-- the same figures metric by metric (how e2e computed them before), and against the floor of
+-- reading the three tensors once (a sum over each), all timed in the same run (wall clock,
+-- median of REPEATS; torch's threads: PARITY_THREADS).
+--   parity run bench/logits.lua [ROWS [VOCAB [REPEATS]]]   (default 512 x 151936, 3)
+local rows, vocab, repeats = tonumber(arg[1]) or 512, tonumber(arg[2]) or 151936, tonumber(arg[3]) or 3
+local m = parity.metrics
+local clock = require("parity.core").clock
+
+local function median_time(fn)
+  local times = {}
+  for i = 1, repeats do
+    local t0 = clock()
+    fn()
+    times[i] = clock() - t0
+    parity.collect()
+  end
+  table.sort(times)
+  return times[math.floor((repeats + 1) / 2)]
+end
+
+local shape = { 1, rows, vocab }
+local a = torch.randn(shape, { seed = 1 }) * 3
+local t = a + torch.randn(shape, { seed = 2 }) * 0.05
+local b = a + torch.randn(shape, { seed = 3 }) * 0.03
+local tokens = torch.randint(0, vocab, { 1, rows }, { seed = 4 })
+local bytes = 3 * rows * vocab * 4
+
+local read = median_time(function() return t:sum():item() + a:sum():item() + b:sum():item() end)
+local fused = median_time(function() return m.logits_rows(t, a, b, tokens, 5) end)
+local separate = median_time(function()
+  m.r_ratio_rows(t, a, b); m.cosine_rows(t, a); m.cosine_rows(b, a); m.kl(t, a); m.kl(b, a)
+  m.delta_p(t, a, tokens); m.top1(t, a); m.topk(t, a, 5); m.max_abs_diff_rows(b, a); m.top2_gap(a)
+end)
+print(("logits %d x %d, 3 tensors, %.2f GB, %d threads, median of %d"):format(rows, vocab, bytes / 2 ^ 30,
+  torch.get_num_threads(), repeats))
+print(("%-38s %9s %12s %10s"):format("", "s", "GB/s", "x read"))
+for _, r in ipairs({ { "read once (3 sums): the floor", read }, { "logits_rows (one fused pass)", fused },
+                     { "metric by metric (before)", separate } }) do
+  print(("%-38s %9.3f %12.2f %10.2f"):format(r[1], r[2], bytes / r[2] / 2 ^ 30, r[2] / read))
+end
+print(("fused pass: %.1f x faster than metric by metric; %.2f ns an element of the logits"):format(
+  separate / fused, fused / (rows * vocab) * 1e9))
