@@ -238,6 +238,12 @@ int core_path_kind(lua_State* L) {
   return 1;
 }
 
+/// core.file_identity(path) -> "device-inode-size-mtime_ns"
+int core_file_identity(lua_State* L) {
+  lua_pushstring(L, file_identity(luaL_checkstring(L, 1)).c_str());
+  return 1;
+}
+
 /// core.hash_file(path), core.hash_string(s) -> 16 hex digits (FNV-1a 64)
 int core_hash_file(lua_State* L) {
   lua_pushstring(L, hash_file(luaL_checkstring(L, 1)).c_str());
@@ -266,6 +272,7 @@ int core_hash_string(lua_State* L) {
 
 const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_file", guard<core_hash_file>},
+                          {"file_identity", guard<core_file_identity>},
                           {"hash_string", guard<core_hash_string>},
                           {"remove_stale_temps", guard<core_remove_stale_temps>},
                           {"write_text", guard<core_write_text>},

@@ -12,6 +12,10 @@ std::string path_kind(const std::string& path);
 std::string hash_file(const std::string& path);
 std::string hash_string(const std::string& data);
 
+/// What identifies one version of a file without reading it: "device-inode-size-mtime_ns".
+/// Throws std::runtime_error "PATH: reason" when it cannot be stat'ed.
+std::string file_identity(const std::string& path);
+
 /// Reads a whole file; throws std::runtime_error "PATH: reason".
 std::string read_file(const std::string& path);
 

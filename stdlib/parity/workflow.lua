@@ -103,10 +103,26 @@ function Context:progress(stage, i, n)
   end
 end
 
+--- A file's content hash, computed once per version of the file: remembered in the cache
+--- directory under its identity (device, inode, size, modification time), so that checking
+--- again against an unchanged reference reads none of it.
+function Context:content_hash(path)
+  if not self.cache_enabled then return core.hash_file(path) end
+  local memo = ("%s/files/%s"):format(self.cache_dir, core.hash_string(path .. "\0" .. core.file_identity(path)))
+  local f = io.open(memo, "rb")
+  local known = f and f:read("*a")
+  if f then f:close() end
+  if known and known:match("^%x+$") and #known == 16 then return known end
+  local h = core.hash_file(path)
+  core.remove_stale_temps(self.cache_dir .. "/files")
+  core.write_text(memo, h)
+  return h
+end
+
 --- The cache key: the reference's files, the inputs and every setting its outputs depend on.
 function Context:cache_key()
   local files = {}
-  for _, d in ipairs({ self.anchor, self.dtype }) do files[d] = core.hash_file(self.reference.files[d]) end
+  for _, d in ipairs({ self.anchor, self.dtype }) do files[d] = self:content_hash(self.reference.files[d]) end
   if self.reference.manifest then files.manifest = core.hash_string(core.json.encode(self.reference.manifest)) end
   return core.hash_string(core.json.encode({
     format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens, baseline = self.baseline,

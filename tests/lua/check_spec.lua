@@ -230,6 +230,27 @@ describe("check", function()
     truthy(lines[1]:find("^reference: computed"), "other inputs, other key: " .. lines[1])
   end)
 
+  it("hashes a reference file once per version of it: by its identity, then by content", function()
+    local dir = tmp .. "/copy"
+    os.execute(("rm -rf %s %s/files && cp -r %s/reference %s"):format(dir, tmp .. "/cache", fx, dir))
+    local function memos()
+      local n = 0
+      for _ in io.popen("ls " .. tmp .. "/cache/files"):lines() do n = n + 1 end
+      return n
+    end
+    local function run() lines = {}; parity.check({ reference = dir, target = fx .. "/port_fused", out = tmp .. "/copy_out",
+      cache_dir = tmp .. "/cache", log = function(l) lines[#lines + 1] = l end, prompts = 3, new_tokens = 12 }) end
+    run()
+    eq(memos(), 2, "fp32 and bf16, hashed once")
+    run()
+    eq(memos(), 2, "unchanged files: their hashes are remembered")
+    truthy(lines[1]:find("^reference: from cache"), lines[1])
+    os.execute(("sleep 0.01; touch %s/fp32.pt"):format(dir))  -- a new version with the same bytes
+    run()
+    eq(memos(), 3, "a new identity is hashed again")
+    truthy(lines[1]:find("^reference: from cache"), "same bytes, same key: " .. lines[1])
+  end)
+
   it("gives byte-identical JSON for the same inputs and seed", function()
     check("same_scale", { out = tmp .. "/det1", cache = false })
     check("same_scale", { out = tmp .. "/det2" })
