@@ -40,6 +40,7 @@ demo: build
 
 bench: build
 	./$(BUILD)/parity run bench/metrics.lua
+	./$(BUILD)/parity run bench/logits.lua
 
 clean:
 	rm -rf $(BUILD) build-asan

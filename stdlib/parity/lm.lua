@@ -113,6 +113,40 @@ function M.greedy(bundle, dtype, prompts, n, progress, forward)
   return seq
 end
 
+--- Greedy decoding that starts from a teacher-forced pass. `predicted` [K, N] are a model's
+--- argmax tokens given the reference's tokens before each position (`reference` [K, N], the
+--- reference's new tokens): its greedy continuation equals the reference's up to its first
+--- differing prediction, which it then takes, so only what follows is decoded, one forward a
+--- step over the prompts that diverged. Returns the new tokens [K, N] and the forwards run.
+function M.greedy_from(forward, prompts, reference, predicted, progress)
+  local k, n = reference:size(0), reference:size(1)
+  local ref, pred = reference:tolist(), predicted:tolist()
+  local out, first, start = {}, {}, n
+  for i = 1, k do
+    out[i], first[i] = {}, n
+    for j = 1, n do
+      out[i][j] = pred[i][j]
+      if pred[i][j] ~= ref[i][j] then first[i] = j; break end
+    end
+    start = math.min(start, first[i])
+  end
+  local forwards = 0
+  for s = start + 1, n do  -- token s (1-based) of the prompts that diverged before it
+    if progress then progress(s - start, n - start) end
+    local active, rows = {}, {}
+    for i = 1, k do
+      if first[i] < s then
+        active[#active + 1] = i
+        rows[#rows + 1] = torch.cat({ prompts:select(0, i - 1), torch.tensor(out[i], { dtype = "int64" }) }, 0):unsqueeze(0)
+      end
+    end
+    local next_tokens = forward(torch.cat(rows, 0)):select(1, -1):argmax(-1):tolist()
+    forwards = forwards + 1
+    for a, i in ipairs(active) do out[i][s] = next_tokens[a] end
+  end
+  return torch.tensor(out, { dtype = "int64" }), forwards
+end
+
 --- Machine epsilon of the low precisions: the spacing of values just above 1.
 M.EPSILON = { bf16 = 2 ^ -7, fp16 = 2 ^ -10 }
 

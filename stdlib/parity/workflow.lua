@@ -167,10 +167,11 @@ function Context:reference_outputs()
       end
       return self:judged(l)
     end
-    r = { sequences = seqs, ref32 = logits(anchor), ref_low = logits(self.dtype, own),
-          own_tokens = lm.greedy(ref, self.dtype, self.prompts, n, function(i, k)
-            self:progress(("reference greedy (%s%s)"):format(self.dtype, own and ", perturbed" or ""), i, k) end, own)
-            :narrow(1, p, n):contiguous() }
+    r = { sequences = seqs, ref32 = logits(anchor), ref_low = logits(self.dtype, own) }
+    -- the reference's own low-precision greedy tokens, decoded from its first divergence
+    r.own_tokens = lm.greedy_from(own or function(seq) return lm.forward(ref, self.dtype, seq) end, self.prompts,
+      seqs:narrow(1, p, n), r.ref_low:argmax(-1), function(i, k)
+        self:progress(("reference greedy (%s%s)"):format(self.dtype, own and ", perturbed" or ""), i, k) end)
     if self.cache_enabled then
       core.remove_stale_temps(self.cache_dir)
       core.tensors.save(path, r, { format = tostring(FORMAT) })

@@ -118,6 +118,27 @@ describe("smoke", function()
     local c = smoke.criteria({ match_rate = 0.2, own_match_rate = 1 }, TH)[1]
     eq({ c.pass, c.warn }, { false, true }, "a low match rate is a warning, not a failure")
   end)
+
+  it("decodes greedily from the teacher-forced pass: the same tokens, fewer forwards", function()
+    local lm = require("parity.lm")
+    local fx = assert(arg[1], "usage: stages_spec.lua FIXTURES_DIR")
+    local ref, target = parity.bundle(fx .. "/reference"), parity.bundle(fx .. "/bug_eps_small")
+    local prompts = torch.randint(0, ref:vocab_size(), { 3, 6 }, { seed = 5 })
+    local n = 10
+    local seqs = lm.greedy(ref, "fp32", prompts, n)
+    local want = lm.greedy(target, "fp32", prompts, n):narrow(1, 6, n)
+    local predicted = lm.forward(target, "fp32", seqs):narrow(1, 5, n):argmax(-1)
+    local calls = 0
+    local got, forwards = lm.greedy_from(function(seq) calls = calls + 1; return lm.forward(target, "fp32", seq) end,
+      prompts, seqs:narrow(1, 6, n), predicted)
+    eq(got:tolist(), want:tolist())
+    eq(forwards, calls)
+    truthy(forwards < n, ("%d forwards for %d tokens"):format(forwards, n))
+    -- a model that follows the reference exactly needs none
+    local _, none = lm.greedy_from(function() error("no forward expected") end, prompts, seqs:narrow(1, 6, n),
+      seqs:narrow(1, 6, n))
+    eq(none, 0)
+  end)
 end)
 
 describe("localize signatures", function()

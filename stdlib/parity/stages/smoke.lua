@@ -1,7 +1,8 @@
 --- stage smoke — liveness: greedy decoding of N tokens on K prompts by the target (at the low
 --- precision) against the fp32 reference's own greedy continuation, next to the reference's own
 --- greedy continuation at the low precision (what precision alone does to greedy decoding).
---- Per prompt: match rate and first divergence. Informative: a low match rate with a high cosine
+--- Per prompt: match rate and first divergence. The target's continuation comes from its
+--- teacher-forced pass up to its first divergence and is decoded from there. Informative: a low match rate with a high cosine
 --- is margin-sensitive drift (near-ties flipping), not necessarily a bug; the e2e stage decides.
 local lm = require("parity.lm")
 local json = require("parity.core").json
@@ -40,9 +41,13 @@ end
 ---@param ctx parity.Context
 function M.run(ctx)
   local r = ctx:reference_outputs()
-  local p, n = ctx.prompts:size(1), ctx.settings.new_tokens
-  local target = lm.greedy(ctx.target, ctx.dtype, ctx.prompts, n, function(i, k) ctx:progress("smoke", i, k) end)
-    :narrow(1, p, n)
+  -- the target's teacher-forced logits (which e2e reads too) give its greedy continuation up to
+  -- its first divergence; only the rest is decoded (lm.greedy_from)
+  local predicted = ctx:judged(ctx:target_logits(ctx.dtype)):argmax(-1)
+  local target, forwards = lm.greedy_from(function(seq) return lm.forward(ctx.target, ctx.dtype, seq) end,
+    ctx.prompts, r.tokens, predicted, function(i, k) ctx:progress("smoke", i, k) end)
+  ctx.log(("smoke: %d forward%s to decode past the first divergences (%d new tokens)"):format(forwards,
+    forwards == 1 and "" or "s", ctx.settings.new_tokens))
   return M.compare(r.tokens, target, r.own_tokens)
 end
 
