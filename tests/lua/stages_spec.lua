@@ -122,7 +122,7 @@ describe("smoke", function()
   it("decodes greedily from the teacher-forced pass: the same tokens, fewer forwards", function()
     local lm = require("parity.lm")
     local fx = assert(arg[1], "usage: stages_spec.lua FIXTURES_DIR")
-    local ref, target = parity.bundle(fx .. "/reference"), parity.bundle(fx .. "/bug_eps_small")
+    local ref, target = parity.bundle(fx .. "/reference"), parity.bundle(fx .. "/bug_eps")
     local prompts = torch.randint(0, ref:vocab_size(), { 3, 6 }, { seed = 5 })
     local n = 10
     local seqs = lm.greedy(ref, "fp32", prompts, n)
@@ -133,7 +133,7 @@ describe("smoke", function()
       prompts, seqs:narrow(1, 6, n), predicted)
     eq(got:tolist(), want:tolist())
     eq(forwards, calls)
-    truthy(forwards < n, ("%d forwards for %d tokens"):format(forwards, n))
+    truthy(forwards > 0 and forwards < n, ("%d forwards for %d tokens"):format(forwards, n))
     -- a model that follows the reference exactly needs none
     local _, none = lm.greedy_from(function() error("no forward expected") end, prompts, seqs:narrow(1, 6, n),
       seqs:narrow(1, 6, n))
