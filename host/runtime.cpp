@@ -5,6 +5,8 @@
 #include <c10/core/GradMode.h>
 #include <fmt/format.h>
 #include <torch/csrc/api/include/torch/version.h>
+#include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <malloc.h>
 
@@ -35,6 +37,21 @@ void init_runtime() {
   long long cores = std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(static_cast<int>(env_integer("PARITY_THREADS", cores, 1, 4096)));
   c10::GradMode::set_enabled(false);  // parity only runs forward passes
+  set_executor(std::getenv("PARITY_EXECUTOR") ? std::getenv("PARITY_EXECUTOR") : "off");
+}
+
+void set_executor(const std::string& mode) {
+  if (mode == "profiling") {  // torch's default: profile twice, then optimise for what it saw
+    torch::jit::getExecutorMode() = true, torch::jit::getProfilingMode() = true;
+    torch::jit::setGraphExecutorOptimize(true);
+  } else if (mode == "legacy") {  // optimise once, without profiling runs
+    torch::jit::getExecutorMode() = true, torch::jit::getProfilingMode() = false;
+    torch::jit::setGraphExecutorOptimize(true);
+  } else if (mode == "off") {  // run the graphs as traced: no optimisation passes
+    torch::jit::setGraphExecutorOptimize(false);
+  } else {
+    throw std::runtime_error(fmt::format("PARITY_EXECUTOR must be off, legacy or profiling, got '{}'", mode));
+  }
 }
 
 std::string version_string() {

@@ -5,8 +5,15 @@
 namespace parity {
 
 /// Sets torch's intra-op threads to PARITY_THREADS, else the number of cores (torch's default
-/// here is 1), turns autograd off and makes malloc keep freed blocks of up to 32 MB for reuse. Call once at start-up, on the main thread.
+/// here is 1), turns autograd off, makes malloc keep freed blocks of up to 32 MB for reuse and
+/// sets the TorchScript executor (PARITY_EXECUTOR, default "off"). Call once at start-up, on
+/// the main thread.
 void init_runtime();
+
+/// TorchScript's graph executor: "off" (graphs run as traced: no profiling runs and no
+/// optimisation passes, what suits parity's few forwards a model), "legacy" (optimised once)
+/// or "profiling" (torch's default: two profiling runs, then optimised). Throws on another name.
+void set_executor(const std::string& mode);
 
 /// An integer environment variable: `fallback` when unset or empty, else a whole number in
 /// lo..hi; anything else throws std::runtime_error naming the variable and what it held.

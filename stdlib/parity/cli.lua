@@ -24,6 +24,8 @@ Environment (validated: a value out of range is an error, exit 2):
   PARITY_THREADS     torch threads (default: every core)
   PARITY_GC_MB       tensor megabytes allocated between forced Lua collections (default 256)
   PARITY_PROGRESS_AFTER  seconds a check stage runs before its progress shows on stderr (2)
+  PARITY_EXECUTOR    TorchScript's executor: off (default: graphs run as traced), legacy or
+                     profiling (torch's default, slower for the few forwards a check runs)
   PARITY_SANDBOX_INSTRUCTIONS, PARITY_SANDBOX_MB, PARITY_SANDBOX_SECONDS
                      limits of sandboxed Lua files (1e8 instructions, 64 MB, 10 s)
   PARITY_DEBUG=1     show Lua tracebacks for command errors

@@ -92,6 +92,8 @@ LUA
   # environment values are validated: one line, exit 2
   expect 2 "^parity: PARITY_GC_MB must be a whole number in 1\.\.1048576, got '-1'$" -- run "$tmp/r.lua" @PARITY_GC_MB=-1
   expect 2 "^parity: PARITY_THREADS must be a whole number in 1\.\.4096, got 'two'$" -- run "$tmp/r.lua" @PARITY_THREADS=two
+  expect 2 "^parity: PARITY_EXECUTOR must be off, legacy or profiling, got 'fast'$" -- run "$tmp/r.lua" @PARITY_EXECUTOR=fast
+  expect 0 '^parity [0-9]' -- version @PARITY_EXECUTOR=profiling
   expect 1 '^$' -- run "$tmp/fail.lua"
   expect 1 '^$' -- run "$tmp/false.lua"
   expect 2 'error.lua:1: boom' -- run "$tmp/error.lua"
