@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann-json3-dev \
-        libfmt-dev doctest-dev python3-torch libopenblas0-pthread
+        libfmt-dev doctest-dev python3-torch libopenblas0-pthread time
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build test test-asan demo bench clean
@@ -41,6 +41,8 @@ demo: build
 bench: build
 	./$(BUILD)/parity run bench/metrics.lua
 	./$(BUILD)/parity run bench/logits.lua
+	/usr/bin/python3 bench/make_models.py $(BUILD)/bench_models s m
+	PARITY_BIN=$(abspath $(BUILD)/parity) ./$(BUILD)/parity run bench/harness.lua $(BUILD)/bench_models $(BUILD)/bench.json
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -270,9 +270,12 @@ LogitsRows logits_rows(const at::Tensor& target, const at::Tensor& ref32, const 
   };
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
   std::vector<std::thread> pool;
+  struct Joiner {  // a failed thread start (or work's exception) must not leave threads joinable
+    std::vector<std::thread>& pool;
+    ~Joiner() { for (auto& th : pool) if (th.joinable()) th.join(); }
+  } joiner{pool};
   for (int64_t w = 1; w < threads; ++w) pool.emplace_back(work, n * w / threads, n * (w + 1) / threads);
   work(0, n / threads);
-  for (auto& th : pool) th.join();
   for (auto& o : out) o = o.reshape(want);
   return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8], out[9]};
 }

@@ -74,8 +74,9 @@ at::Tensor top2_gap(const at::Tensor& x);
 at::Tensor max_abs_diff_rows(const at::Tensor& a, const at::Tensor& b);
 
 /// Every per-position figure of the e2e stage from one pass over three logits tensors [.., V]
-/// (target, the reference, the reference's noise sample), in float32 arithmetic with float64
-/// sums (NOTE [ One pass over the logits ] in logits_pass.cpp): the same values as r_ratio_rows,
+/// (target, the reference, the reference's noise sample), in float32 arithmetic, summed in float32
+/// within blocks of 1024 and in float64 across them (NOTE [ One pass over the logits ] in
+/// logits_pass.cpp): the same values as r_ratio_rows,
 /// cosine_rows (t vs ref, low vs ref), kl_per_position (t, low), delta_p, top1_agree,
 /// topk_agree, top2_gap (ref) and max_abs_diff_rows (low vs ref), to float32 rounding, with
 /// the same non-finite rules. Each is float64, shaped like `tokens`.

@@ -37,7 +37,8 @@ void init_runtime() {
   long long cores = std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(static_cast<int>(env_integer("PARITY_THREADS", cores, 1, 4096)));
   c10::GradMode::set_enabled(false);  // parity only runs forward passes
-  set_executor(std::getenv("PARITY_EXECUTOR") ? std::getenv("PARITY_EXECUTOR") : "off");
+  const char* executor = std::getenv("PARITY_EXECUTOR");
+  set_executor(executor && *executor ? executor : "off");  // empty is unset, like the other variables
 }
 
 void set_executor(const std::string& mode) {

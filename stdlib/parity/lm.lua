@@ -118,6 +118,8 @@ end
 --- reference's new tokens): its greedy continuation equals the reference's up to its first
 --- differing prediction, which it then takes, so only what follows is decoded, one forward a
 --- step over the prompts that diverged. Returns the new tokens [K, N] and the forwards run.
+--- (With a perturbed forward, M.perturbed, each call draws its own noise: the steps are then
+--- greedy decoding of the model perturbed anew each step, like the teacher-forced pass.)
 function M.greedy_from(forward, prompts, reference, predicted, progress)
   local k, n = reference:size(0), reference:size(1)
   local ref, pred = reference:tolist(), predicted:tolist()

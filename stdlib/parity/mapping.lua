@@ -47,6 +47,7 @@ function M.validate(entries, origin)
       if type(d) ~= "number" or d < 2 or d % 2 ~= 0 or d > 65536 then
         error(where .. ": interleave = { head_dim = <an even number>, parts = { ... } }", 0)
       end
+      if il.parts ~= nil and type(il.parts) ~= "table" then error(where .. ": interleave.parts must be a list", 0) end
       if il.rows ~= nil and (type(il.rows) ~= "number" or il.rows < d or il.rows % d ~= 0) then
         error(where .. ": interleave.rows must be a multiple of head_dim", 0)
       end
@@ -235,7 +236,7 @@ function M.auto(ref_module, target_module)
     local w = M.fingerprint(tp[tm.path])
     if w then
       -- the unused reference module whose weight `block_of(rw)` holds as it is (first) or
-      -- interleaved per head (then), and the head size
+      -- interleaved per head (then), the head size and how many leading rows are
       local function holder(block_of)
         for pass = 1, 2 do
           for _, rm in ipairs(ref_mods) do
@@ -243,23 +244,24 @@ function M.auto(ref_module, target_module)
             local block = rw and not used[rm.path] and block_of(rw)
             if block then
               if pass == 1 and same(block, rw) then return rm end
-              local d = pass == 2 and M.interleaved_head_dim(block, rw)
-              if d then return rm, d end
+              local d, rows = nil, nil
+              if pass == 2 then d, rows = M.interleaved_head_dim(block, rw) end
+              if d then return rm, d, rows end
             end
           end
         end
       end
-      local function interleave(dims)
+      local function interleave(dims, rows)
         local parts, d = {}, nil
         for k, hd in pairs(dims) do parts[#parts + 1], d = k, hd end
         if not d then return nil end
         table.sort(parts)
-        return { head_dim = d, parts = parts }
+        return { head_dim = d, parts = parts, rows = rows }
       end
       local found
-      local rm, d = holder(function() return w end)  -- one to one
+      local rm, d, rows = holder(function() return w end)  -- one to one
       if rm then
-        found = { reference = rm.path, target = tm.path, interleave = interleave({ d }) }
+        found = { reference = rm.path, target = tm.path, interleave = interleave({ d }, rows) }
         used[rm.path] = true
       end
       if not found and w:dim() == 2 then  -- stacked along dim 0: match each row block

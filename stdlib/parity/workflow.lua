@@ -126,6 +126,7 @@ function Context:cache_key()
   if self.reference.manifest then files.manifest = core.hash_string(core.json.encode(self.reference.manifest)) end
   return core.hash_string(core.json.encode({
     format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens, baseline = self.baseline,
+    perturbation_seed = self.baseline == "2-tensor" and self.settings.seed or nil,  -- the 2-tensor noise
     prompts = core.hash_string(core.json.encode(self.prompts:tolist())),
   }))
 end

@@ -1,4 +1,6 @@
 --- stage components — stage 2 of the seeds: every mapped component on the same real inputs.
+--- (With the 2-tensor baseline, "fp32" below is the reference at the low precision and "the
+--- low precision" that reference with its inputs perturbed by machine epsilon; no fp32 leg.)
 --- One tapped forward of the fp32 reference on the check's sequences captures each component's
 --- inputs (and its fp32 outputs on them); then, per component and call, the reference's component
 --- at the low precision and the target's at the low precision (and fp32 when it has it) run on
@@ -6,12 +8,13 @@
 ---   R = ||t - r32|| / ||r_low - r32||, R32 = ||t32 - r32|| / ||r_low - r32||
 --- measure what each component adds itself, whatever it would have inherited. Tapped forwards of
 --- the reference at the low precision and of the target give the accumulated view: the same
---- ratios on the outputs of whole-model runs, which show whether an error persists (a step) or
---- the next operation absorbs it (a spike).
+--- ratios on the outputs of whole-model runs (whether an error persists or is absorbed), and on
+--- each component's input (what it inherits: its role, source, amplifier or carrier).
 ---
 --- Mapping: identical trees map by identity; otherwise the mapping given (--mapping) or one
---- proposed from the weights (parity.mapping.auto). A target component whose inputs differ from
---- its reference's (another calling convention) has only the accumulated view (isolated = false).
+--- proposed from the weights (parity.mapping.auto). A target component that takes the leading
+--- inputs of its reference gets those; one whose inputs differ otherwise has only the
+--- accumulated view (isolated = false).
 local core = require("parity.core")
 local mapping = require("parity.mapping")
 local lm = require("parity.lm")
@@ -21,7 +24,7 @@ local M = { name = "components" }
 
 local function is_float(t) return t:dtype():find("float") ~= nil end
 
-local function cast(list, dtype)
+function M.cast(list, dtype)
   local out = {}
   for i, t in ipairs(list) do out[i] = is_float(t) and t:to(dtype) or t end
   return out
@@ -40,7 +43,7 @@ end
 
 --- Rebuilds a call's arguments from the flat captured tensors using the forward's schema:
 --- "Tensor" takes one, "Tuple[Tensor, ...]" as many as it names. Nil when they do not fit.
-local function arguments(schema, flat)
+function M.arguments(schema, flat)
   local args, k = {}, 1
   for _, a in ipairs(schema.arguments) do
     local n = select(2, a.type:gsub("Tensor", ""))
@@ -82,8 +85,9 @@ function M.identity_mapping(ref_modules, target_modules)
 end
 
 --- The pairs to test: by identity when the trees are the same, else from the given mapping
---- entries, else from the weights (mapping.auto). Returns pairs, how they were made, and the
---- reference modules left without a counterpart.
+--- entries, else from the weights (mapping.auto). Returns pairs, how they were made, the target
+--- modules with weights that matched nothing, the entries declared without a counterpart, and
+--- the reference modules with weights that nothing maps (or nil and why no pairs).
 function M.pairs_for(ctx)
   local ref32 = ctx.reference:at(ctx.anchor)  -- fp32, or the low precision (2-tensor baseline)
   local tgt = ctx.target:at(ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype)
@@ -111,7 +115,7 @@ local function same_shape(a, b) return table.concat(a:size(), ",") == table.conc
 
 --- Shapes alike but for dim 0, which data may decide (the tokens routed to an expert).
 local function alike(a, b)
-  if a:dim() ~= b:dim() then return false end
+  if a:dim() ~= b:dim() or is_float(a) ~= is_float(b) then return false end
   for d = 1, a:dim() - 1 do
     if a:size(d) ~= b:size(d) then return false end
   end
@@ -133,11 +137,16 @@ local function inputs_for(target_inputs, ref_inputs)
 end
 
 --- The 3-tensor ratio of whole tensors; a component whose low precision is exact (an integer
---- lookup, a copy) has no noise to measure against: exact is 0, anything else infinite.
-local function ratio(t, r32, rlow)
+--- lookup, a copy) has no noise to measure against: exact is 0, anything else infinite. With the
+--- 2-tensor baseline an output the perturbation leaves unchanged (a rotary embedding computes
+--- from positions, not from its input's values) has no baseline at all: nil.
+local function ratio(t, r32, rlow, two)
   if not (t and r32 and rlow) or not (same_shape(t, r32) and same_shape(rlow, r32)) then return nil end  -- an expert given other tokens
   local r, num, den = m.r_ratio(t:float(), r32:float(), rlow:float(), 0)
-  if den == 0 then return num == 0 and 0 or math.huge end
+  if den == 0 then
+    if two then return nil end
+    return num == 0 and 0 or math.huge
+  end
   return r
 end
 
@@ -216,12 +225,13 @@ function M.run(ctx)
   if not ok then  -- e.g. a scripted model whose layers share one graph
     return { skipped = "cannot tap the models: " .. require("parity.errors").clean(err) }
   end
+  local function dtype_of(which) return which == "r32" and anchor or which == "t32" and "fp32" or dtype end
   local child_cache = {}
   local function child(which, path)
     local key = which .. "|" .. path
     if child_cache[key] == nil then
       local b = (which == "r32" or which == "rlow") and ref or target
-      local d = which == "r32" and anchor or which == "t32" and "fp32" or dtype
+      local d = dtype_of(which)
       child_cache[key] = (which ~= "t32" or has32) and b:at(d):child(path) or false
     end
     return child_cache[key] or nil
@@ -231,8 +241,7 @@ function M.run(ctx)
   local function rerun(which, path, inputs)
     local c = child(which, path)
     if not c then return nil end
-    local d = which == "r32" and anchor or which == "t32" and "fp32" or dtype
-    local args, bad = arguments(c:schema(), cast(inputs, d))
+    local args, bad = M.arguments(c:schema(), M.cast(inputs, dtype_of(which)))
     local ok, out = false, bad
     if args then ok, out = pcall(c, unpack(args)) end
     if not ok then return nil, "cannot re-run on captured inputs: " .. require("parity.errors").clean(out) end
@@ -277,7 +286,7 @@ function M.run(ctx)
         local r32, rlow = combine(r32_outs, pair), combine(rlow_outs, pair)
         local tlow = isolated and run("tlow", pair.target, tinputs) or nil
         local t32 = isolated and run("t32", pair.target, tinputs) or nil
-        local r, r32_ratio = ratio(tlow, r32, rlow), ratio(t32, r32, rlow)
+        local r, r32_ratio = ratio(tlow, r32, rlow, two), ratio(t32, r32, rlow)
         -- the accumulated view: outputs of the whole-model runs at this call
         local function outs(which, paths, as)
           local list = {}
@@ -289,14 +298,14 @@ function M.run(ctx)
         end
         local ar32, arlow = outs("r32", pair.reference, pair), outs("rlow", pair.reference, pair)
         local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
-        local acc, acc32 = ratio(atlow, ar32, arlow), ratio(at32, ar32, arlow)
+        local acc, acc32 = ratio(atlow, ar32, arlow, two), ratio(at32, ar32, arlow)
         -- what it inherits: the same ratio on its first input in the whole-model runs
         local function input(which, path)
           local c = cap[which] and cap[which][path] and cap[which][path][k]
           return c and c.inputs[1] and is_float(c.inputs[1]) and c.inputs[1] or nil
         end
         local rin32, rinlow = input("r32", first), input("rlow", first)
-        local inh, inh32 = ratio(input("tlow", pair.target), rin32, rinlow), ratio(input("t32", pair.target), rin32, rinlow)
+        local inh, inh32 = ratio(input("tlow", pair.target), rin32, rinlow, two), ratio(input("t32", pair.target), rin32, rinlow)
         if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
           row.inherited_r, row.inherited_r32 = inh, inh32
@@ -336,7 +345,9 @@ function M.run(ctx)
     return kept
   end
   ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
-                      pairs = pairs_, files = { reference = ref.files[anchor], target = target.files[has32 and "fp32" or dtype] },
+                      pairs = pairs_, files = { reference = ref.files[anchor], target = target.files[has32 and "fp32" or dtype],
+                      reference_low = ref.files[dtype] },
+                      dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype },
                       target_fp32 = has32, reference_fp32 = anchor == "fp32" }
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s, %.1f x one forward of the reference (%.3f s)"):format(

@@ -4,15 +4,23 @@
 --- R32 >= r32_p95 in fp32). A parent contains its children, so the faults are the failing
 --- components none of whose descendants fail; the earliest in execution order is the primary
 --- fault, the others are suspects ranked by how far off they are. In the accumulated view (whole-
---- model runs), the error either persists after the fault (a step) or the next operation absorbs
---- it (a spike: reported as absorbed, not as a fault of the model's output).
---- The cause comes from signatures fitted on the fault's fp32 output against the reference's:
----   precision  fails only at the low precision (exact in fp32)
----   scale      t = c x r: reports c
----   epsilon    a norm whose output is the reference's with another eps: reports both eps
----   position   no error at position 0, growing with position (RoPE theta or layout)
----   residual   t = r + alpha x, x the component's input: a residual dropped (-1) or scaled
----   formula    anything else
+--- model runs), the error either persists (a step) or an enclosing component that adds none
+--- itself is back within the noise (a spike: reported as absorbed, not as a fault of the model's
+--- output); a top-level fault is followed to the next component.
+--- The cause comes from signatures, in this order, on the fault's outputs (fp32 when the target
+--- has it) and re-runs of it:
+---   precision   fails only at the low precision (exact in fp32)
+---   missing     a reference module with weights inside the fault has no counterpart
+---   mask        a position sees one the reference's cannot (or not one it can)
+---   routing     experts get other tokens than the reference's (the share of tokens)
+---   epsilon     a norm whose output is the reference's with another eps: reports both eps
+---   scale       t = c x r: reports c
+---   residual    t = r + alpha x, x the component's input: a residual dropped (-1) or scaled
+---   activation  another nonlinearity between its children (or of itself)
+---   position    no error at position 0, growing with position (RoPE theta or layout)
+---   formula     anything else
+--- A static-check finding on the fault overrides them; components markedly more precise than
+--- the reference are listed as over-precision (a warning).
 local core = require("parity.core")
 
 local M = { name = "localize" }
@@ -34,6 +42,13 @@ function M.descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancesto
 local descends = M.descends
 
 local function dot(a, b) return (a * b):sum():item() end
+
+--- The largest of a list of numbers (unpack would overflow LuaJIT's stack on long sequences).
+local function largest(list)
+  local m = -math.huge
+  for _, x in ipairs(list) do m = math.max(m, x) end
+  return m
+end
 
 --- t = c x r: c and how much of the difference the fit leaves (0: all explained).
 function M.fit_scale(t, r)
@@ -101,7 +116,7 @@ end
 function M.fit_position(t, r)
   if t:dim() < 2 or t:size(1) < 3 then return nil end
   local err = (t - r):double():transpose(0, 1):reshape({ t:size(1), -1 }):norm(2, { -1 }):tolist()
-  local max = math.max(unpack(err))
+  local max = largest(err)
   if max == 0 then return nil end
   local rising = 0
   for p = 2, #err do
@@ -142,7 +157,8 @@ function M.fit_mask(run_reference, run_target, inputs)
   for _, j in ipairs({ 0, math.floor(n / 2), n - 1 }) do
     local dr, dt = moved(run_reference, inputs, r, j), moved(run_target, inputs, t, j)
     if not (dr and dt) then return nil end
-    local mr, mt = math.max(unpack(dr)), math.max(unpack(dt))
+    local mr, mt = largest(dr), largest(dt)
+    if mt == 0 then return nil end  -- a target that does not move at all is broken, not masked
     for p = 1, n do
       if p - 1 ~= j then
         -- seen: moved by more than 1% of the largest move; unseen: by less than 1e-5 (rounding
@@ -255,12 +271,15 @@ function M.fit_routing(ev, fault, inside)
     end
   end
   if #ref_children == 0 then return nil end
-  local function assignment(file, path, children, translate)
+  local components = require("parity.stages.components")
+  local function assignment(file, dtype, path, children, translate)
     local model = core.load(file):child(path)
     local taps = {}
     for i, c in ipairs(children) do taps[i] = translate and translate[c] or c end
     model:tap(taps)
-    local ok, _, calls = pcall(model.run_tapped, model, ev.inputs)
+    local args = components.arguments(model:schema(), components.cast(ev.inputs, dtype))
+    if not args then return nil end
+    local ok, _, calls = pcall(model.run_tapped, model, args)
     if not ok then return nil end
     local sets = {}  -- child -> token -> true, for children given a subset of the tokens
     for _, c in ipairs(children) do
@@ -276,16 +295,21 @@ function M.fit_routing(ev, fault, inside)
     end
     return sets
   end
-  local rs = assignment(inside.files.reference, fault.reference, ref_children)
-  local ts = assignment(inside.files.target, fault.target, ref_children, tgt_of)
+  local rs = assignment(inside.files.reference, inside.dtypes.reference, fault.reference, ref_children)
+  local ts = assignment(inside.files.target, inside.dtypes.target, fault.target, ref_children, tgt_of)
   if not (rs and ts and next(rs)) then return nil end
-  local differ = 0
-  for i = 0, tokens - 1 do
-    for _, c in ipairs(ref_children) do
-      if (rs[c] and rs[c][i] or false) ~= (ts[c] and ts[c][i] or false) then differ = differ + 1 break end
+  local function rerouted(other)
+    local differ = 0
+    for i = 0, tokens - 1 do
+      for _, c in ipairs(ref_children) do
+        if (rs[c] and rs[c][i] or false) ~= (other[c] and other[c][i] or false) then differ = differ + 1 break end
+      end
     end
+    return differ / tokens
   end
-  return differ / tokens, tokens
+  -- what precision alone reroutes: the reference at the low precision on the same inputs
+  local own = assignment(inside.files.reference_low, inside.dtypes.reference_low, fault.reference, ref_children)
+  return rerouted(ts), tokens, own and rerouted(own) or 0
 end
 
 --- The calls (call k) of the captured components inside `root`, in execution order.
@@ -327,7 +351,13 @@ function M.cause(row, ev, th, extra)
     return { class = "precision", detail = ("exact in fp32 (R32 %.3g), R %.3g at the low precision: an operation"
       .. " computed at a lower precision or in another order"):format(row.r32 or 0, row.r) }
   end
-  for _, p in ipairs(extra.no_counterpart or {}) do
+  -- (not when a target module with weights under the fault is unmapped too: then a weight was
+  -- converted into something else, which is no missing component)
+  local unmatched_target = false
+  for _, p in ipairs(extra.unmapped_target or {}) do
+    unmatched_target = unmatched_target or p == row.target or descends(p, row.target)
+  end
+  for _, p in ipairs(unmatched_target and {} or extra.no_counterpart or {}) do
     if p == row.reference or descends(p, row.reference) then
       return { class = "missing", detail = ("%s has no counterpart in the target: a component the port lacks"):format(p) }
     end
@@ -344,11 +374,13 @@ function M.cause(row, ev, th, extra)
       parameter = { name = "position_pairs", value = mask.leaks + mask.hides } }
   end
   local inside = extra.inside
-  local routed, tokens = nil, nil
-  if inside then routed, tokens = M.fit_routing(ev, row, inside) end
-  if routed and routed > 0 then
-    return { class = "routing", detail = ("%.0f%% of %d tokens go to another set of experts than the reference's"):format(
-      100 * routed, tokens), parameter = { name = "tokens_rerouted", value = routed } }
+  local routed, tokens, own = nil, nil, nil
+  if inside then routed, tokens, own = M.fit_routing(ev, row, inside) end
+  -- more than precision alone reroutes (near-tie router scores flip at the low precision)
+  if routed and routed > 2 * own and routed * tokens >= 1 then
+    return { class = "routing", detail = ("%.0f%% of %d tokens go to another set of experts than the reference's"
+      .. " (its own low precision: %.0f%%)"):format(100 * routed, tokens, 100 * own),
+      parameter = { name = "tokens_rerouted", value = routed } }
   end
   if row.type:lower():find("norm") and ev.input then
     local e_t, e_ref, resid = M.fit_epsilon(ev.input, r, t, ev.params.weight, ev.params.bias,
@@ -409,13 +441,14 @@ function M.run(ctx)
   end
   -- over-precision: innermost components markedly closer to fp32 than the reference's own low
   -- precision (R < r_over, exact in fp32): an upcast the reference does not do; not a fault
-  local over = core.json.array()
+  local over, two_tensor = core.json.array(), ctx.baseline == "2-tensor"
   for _, row in ipairs(rows) do
     local inner = false
     for _, other in ipairs(rows) do
-      if other.r and other.r < th.r_over and descends(other.reference, row.reference) then inner = true end
+      if other.r and other.r > 0 and other.r < th.r_over and descends(other.reference, row.reference) then inner = true end
     end
-    if row.r and row.r < th.r_over and row.isolated and (row.r32 or 0) < th.r32_p95 and not inner then
+    if two_tensor then break end  -- R < 1 there says closer than a perturbation, nothing about precision
+    if row.r and row.r > 0 and row.r < th.r_over and row.isolated and (row.r32 or 0) < th.r32_p95 and not inner then
       over[#over + 1] = { reference = row.reference, target = row.target, r = row.r,
         cause = { class = "over_precision", detail = ("R %.3g: more precise than the reference at the low precision"
           .. " (an extra upcast, or a fused kernel that rounds once)"):format(row.r) } }
@@ -471,7 +504,7 @@ function M.run(ctx)
   local pattern = absorbed and "spike" or "step"
   local evidence = ctx.memo.evidence or {}
   local cause = M.cause(primary, evidence[primary.reference], th,
-    { inside = ctx.memo.inside, no_counterpart = comp.no_counterpart_reference })
+    { inside = ctx.memo.inside, no_counterpart = comp.no_counterpart_reference, unmapped_target = comp.unmapped_target })
   -- a weight the static check found transposed, reordered or scaled explains the fault best
   local scaffold = ctx.results.scaffold
   for _, f in ipairs(scaffold and scaffold.static or {}) do

@@ -1,0 +1,100 @@
+-- bench/harness.lua — time to verdict on generated models (bench/make_models.py), next to what
+-- it costs at least: the process start and the bare forwards each command needs, timed alone in
+-- the same run. Prints a table and writes JSON. Wall clock, median of REPEATS runs each.
+--   parity run bench/harness.lua MODELS_DIR OUT.json [REPEATS] [SIZE...]
+local core = require("parity.core")
+local lm = require("parity.lm")
+local models, out_json, repeats = arg[1], arg[2], tonumber(arg[3]) or 3
+local sizes = { select(4, unpack(arg)) }
+if #sizes == 0 then sizes = { "s", "m" } end
+local parity_bin = assert(os.getenv("PARITY_BIN"), "set PARITY_BIN to the parity binary (make bench does)")
+local tmp = os.tmpname()
+os.remove(tmp)
+
+local function median(xs)
+  table.sort(xs)
+  return xs[math.floor((#xs + 1) / 2)]
+end
+
+--- A command's wall time and peak RSS (median of `repeats`): /usr/bin/time -f "%e %M".
+local function run(cmd)
+  local walls, rss = {}, {}
+  for i = 1, repeats do
+    local p = io.popen(("/usr/bin/time -f '@@ %%e %%M' %s 2>&1"):format(cmd))
+    local text = p:read("*a")
+    p:close()
+    local wall, kb = text:match("@@ ([%d.]+) (%d+)")
+    if not wall then error("no timing from: " .. cmd .. "\n" .. text, 0) end
+    walls[i], rss[i] = tonumber(wall), tonumber(kb) / 1024
+  end
+  return median(walls), median(rss)
+end
+
+--- The first forward of a freshly loaded trace, load included (what a command pays).
+local function fresh_forward(file, tokens)
+  local times = {}
+  for i = 1, repeats do
+    local t0 = core.clock()
+    local m = parity.load(file)
+    m(tokens)
+    times[i] = core.clock() - t0
+    parity.collect()
+  end
+  return median(times)
+end
+
+local results, rows = { repeats = repeats, threads = torch.get_num_threads(), sizes = {} }, {}
+local start = run(parity_bin .. " version")
+results.start_s = start
+for _, size in ipairs(sizes) do
+  local ref, port = models .. "/" .. size .. "/ref", models .. "/" .. size .. "/port"
+  local rb, pb = parity.bundle(ref), parity.bundle(port)
+  local params = 0
+  for _, t in pairs(rb:at("fp32"):parameters()) do params = params + t:numel() end
+  local bytes = 0
+  for _, f in pairs(rb.files) do bytes = bytes + tonumber(io.popen("stat -c %s " .. f):read("*l")) end
+  -- gate: both models once at fp32 on [2, 32] tokens
+  local gate_tokens = torch.randint(0, rb:vocab_size(), { 2, 32 }, { seed = 0 })
+  local gate_fw = fresh_forward(rb.files.fp32, gate_tokens) + fresh_forward(pb.files.fp32, gate_tokens)
+  local gate = run(("%s gate %s %s"):format(parity_bin, ref, port))
+  -- check: 4 prompts x 16 + 16 tokens; the reference side (fp32 greedy, both teacher-forced
+  -- passes) and the target's two teacher-forced passes
+  local prompts = torch.randint(0, rb:vocab_size(), { 4, 16 }, { seed = 0 })
+  local t0 = core.clock()
+  local seqs = lm.greedy(rb, "fp32", prompts, 16)
+  local greedy = core.clock() - t0
+  local ref_fw = greedy + fresh_forward(rb.files.fp32, seqs) + fresh_forward(rb.files.bf16, seqs)
+  local tgt_fw = fresh_forward(pb.files.bf16, seqs) + fresh_forward(pb.files.fp32, seqs)
+  local common = ("--out %s --cache-dir %s --quiet"):format(tmp .. "/out", tmp .. "/cache")
+  local cold, cold_rss = run(("%s check %s %s %s --no-cache"):format(parity_bin, ref, port, common))
+  run(("%s check %s %s %s"):format(parity_bin, ref, port, common))  -- fills the cache
+  local warm, warm_rss = run(("%s check %s %s %s"):format(parity_bin, ref, port, common))
+  local p = io.popen(("%s check %s %s --out %s --cache-dir %s 2>&1"):format(parity_bin, ref, port, tmp .. "/out",
+    tmp .. "/cache"))
+  local sweep = tonumber(p:read("*a"):match("components: %d+ tested in [%d.]+ s, ([%d.]+) x one forward"))
+  p:close()
+  local r = {
+    size = size, parameters = params, reference_bytes = bytes,
+    gate_s = gate, gate_forwards_s = gate_fw, gate_ratio = gate / (start + gate_fw),
+    check_cold_s = cold, check_cold_forwards_s = ref_fw + tgt_fw, check_cold_ratio = cold / (start + ref_fw + tgt_fw),
+    check_cached_s = warm, check_cached_forwards_s = tgt_fw, check_cached_ratio = warm / (start + tgt_fw),
+    component_sweep_forwards = sweep, peak_rss_mb = math.max(cold_rss, warm_rss),
+    peak_rss_per_model_size = math.max(cold_rss, warm_rss) / (bytes / 2 ^ 20),
+  }
+  results.sizes[#results.sizes + 1] = r
+  rows[#rows + 1] = r
+end
+os.execute("rm -rf " .. tmp)
+parity.json.write(out_json, results)
+print(("start-up (parity version): %.2f s; %d threads; median of %d"):format(start, results.threads, repeats))
+print(("%-5s %8s | %7s %7s %6s | %8s %8s %6s | %8s %8s %6s | %6s %8s"):format("size", "params", "gate", "fwds",
+  "ratio", "check", "fwds", "ratio", "cached", "fwds", "ratio", "sweep", "RSS MB"))
+for _, r in ipairs(rows) do
+  print(("%-5s %7.1fM | %7.2f %7.2f %6.2f | %8.2f %8.2f %6.2f | %8.2f %8.2f %6.2f | %6.1f %8.0f"):format(r.size,
+    r.parameters / 1e6, r.gate_s, r.gate_forwards_s, r.gate_ratio, r.check_cold_s, r.check_cold_forwards_s,
+    r.check_cold_ratio, r.check_cached_s, r.check_cached_forwards_s, r.check_cached_ratio,
+    r.component_sweep_forwards or 0, r.peak_rss_mb))
+end
+print("ratio = command / (start-up + the bare forwards it needs, each a fresh load and first call);")
+print("check's needed forwards: the reference's fp32 greedy and teacher-forced passes (cold only) and the")
+print("target's bf16 and fp32 passes; components add their sweep (in forwards of the model) on top. JSON: " .. out_json)
