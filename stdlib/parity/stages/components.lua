@@ -138,15 +138,15 @@ end
 
 --- The 3-tensor ratio of whole tensors; a component whose low precision is exact (an integer
 --- lookup, a copy) has no noise to measure against: exact is 0, anything else infinite. With the
---- 2-tensor baseline an output the perturbation leaves unchanged (a rotary embedding computes
---- from positions, not from its input's values) has no baseline at all: nil.
-local function ratio(t, r32, rlow, two)
+--- 2-tensor baseline (`eps`: the dtype's machine epsilon) the noise is at least one rounding of
+--- the output, eps x ||r32||: an output the perturbation leaves unchanged (a rotary embedding
+--- computes from positions, not from its input's values) is judged against that.
+local function ratio(t, r32, rlow, eps)
   if not (t and r32 and rlow) or not (same_shape(t, r32) and same_shape(rlow, r32)) then return nil end  -- an expert given other tokens
   local r, num, den = m.r_ratio(t:float(), r32:float(), rlow:float(), 0)
-  if den == 0 then
-    if two then return nil end
-    return num == 0 and 0 or math.huge
-  end
+  local floor = eps and eps * r32:float():norm():item() or 0
+  if den < floor then return num / floor end
+  if den == 0 then return num == 0 and 0 or math.huge end
   return r
 end
 
@@ -208,6 +208,7 @@ function M.run(ctx)
   -- the 2-tensor baseline (a reference without fp32): "r32" is the reference at the low
   -- precision, "rlow" it with its inputs perturbed by machine epsilon, and no fp32 leg
   local two = ctx.baseline == "2-tensor"
+  local eps = two and lm.EPSILON[dtype] or nil  -- the 2-tensor noise floor (ratio)
   local anchor, has32 = ctx.anchor, target:has("fp32") and not two
   local t0 = core.clock()
   local cap, forward_s = {}, nil
@@ -286,7 +287,7 @@ function M.run(ctx)
         local r32, rlow = combine(r32_outs, pair), combine(rlow_outs, pair)
         local tlow = isolated and run("tlow", pair.target, tinputs) or nil
         local t32 = isolated and run("t32", pair.target, tinputs) or nil
-        local r, r32_ratio = ratio(tlow, r32, rlow, two), ratio(t32, r32, rlow)
+        local r, r32_ratio = ratio(tlow, r32, rlow, eps), ratio(t32, r32, rlow)
         -- the accumulated view: outputs of the whole-model runs at this call
         local function outs(which, paths, as)
           local list = {}
@@ -298,14 +299,14 @@ function M.run(ctx)
         end
         local ar32, arlow = outs("r32", pair.reference, pair), outs("rlow", pair.reference, pair)
         local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
-        local acc, acc32 = ratio(atlow, ar32, arlow, two), ratio(at32, ar32, arlow)
+        local acc, acc32 = ratio(atlow, ar32, arlow, eps), ratio(at32, ar32, arlow)
         -- what it inherits: the same ratio on its first input in the whole-model runs
         local function input(which, path)
           local c = cap[which] and cap[which][path] and cap[which][path][k]
           return c and c.inputs[1] and is_float(c.inputs[1]) and c.inputs[1] or nil
         end
         local rin32, rinlow = input("r32", first), input("rlow", first)
-        local inh, inh32 = ratio(input("tlow", pair.target), rin32, rinlow, two), ratio(input("t32", pair.target), rin32, rinlow)
+        local inh, inh32 = ratio(input("tlow", pair.target), rin32, rinlow, eps), ratio(input("t32", pair.target), rin32, rinlow)
         if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
           row.inherited_r, row.inherited_r32 = inh, inh32
