@@ -18,16 +18,16 @@ end
 
 --- A command's wall time and peak RSS (median of `repeats`): /usr/bin/time -f "%e %M".
 local function run(cmd)
-  local walls, rss = {}, {}
+  local walls, rss, text = {}, {}, nil
   for i = 1, repeats do
     local p = io.popen(("/usr/bin/time -f '@@ %%e %%M' %s 2>&1"):format(cmd))
-    local text = p:read("*a")
+    text = p:read("*a")
     p:close()
     local wall, kb = text:match("@@ ([%d.]+) (%d+)")
     if not wall then error("no timing from: " .. cmd .. "\n" .. text, 0) end
     walls[i], rss[i] = tonumber(wall), tonumber(kb) / 1024
   end
-  return median(walls), median(rss)
+  return median(walls), median(rss), text
 end
 
 --- The first forward of a freshly loaded trace, load included (what a command pays).
@@ -65,14 +65,11 @@ for _, size in ipairs(sizes) do
   local greedy = core.clock() - t0
   local ref_fw = greedy + fresh_forward(rb.files.fp32, seqs) + fresh_forward(rb.files.bf16, seqs)
   local tgt_fw = fresh_forward(pb.files.bf16, seqs) + fresh_forward(pb.files.fp32, seqs)
-  local common = ("--out %s --cache-dir %s --quiet"):format(tmp .. "/out", tmp .. "/cache")
-  local cold, cold_rss = run(("%s check %s %s %s --no-cache"):format(parity_bin, ref, port, common))
-  run(("%s check %s %s %s"):format(parity_bin, ref, port, common))  -- fills the cache
-  local warm, warm_rss = run(("%s check %s %s %s"):format(parity_bin, ref, port, common))
-  local p = io.popen(("%s check %s %s --out %s --cache-dir %s 2>&1"):format(parity_bin, ref, port, tmp .. "/out",
-    tmp .. "/cache"))
-  local sweep = tonumber(p:read("*a"):match("components: %d+ tested in [%d.]+ s, ([%d.]+) x one forward"))
-  p:close()
+  local common = ("--out %s --cache-dir %s"):format(tmp .. "/out", tmp .. "/cache")
+  local cold, cold_rss = run(("%s check %s %s %s --no-cache --quiet"):format(parity_bin, ref, port, common))
+  os.execute(("%s check %s %s %s --quiet >/dev/null 2>&1"):format(parity_bin, ref, port, common))  -- fills the cache
+  local warm, warm_rss, log = run(("%s check %s %s %s"):format(parity_bin, ref, port, common))
+  local sweep = tonumber(log:match("components: %d+ tested in [%d.]+ s, ([%d.]+) x one forward of each"))
   local r = {
     size = size, parameters = params, reference_bytes = bytes,
     gate_s = gate, gate_forwards_s = gate_fw, gate_ratio = gate / (start + gate_fw),
@@ -97,4 +94,5 @@ for _, r in ipairs(rows) do
 end
 print("ratio = command / (start-up + the bare forwards it needs, each a fresh load and first call);")
 print("check's needed forwards: the reference's fp32 greedy and teacher-forced passes (cold only) and the")
-print("target's bf16 and fp32 passes; components add their sweep (in forwards of the model) on top. JSON: " .. out_json)
+print("target's bf16 and fp32 passes; components add their sweep on top (sweep: its time over one forward of each")
+print("model and dtype it runs, i.e. over its own four tapped forwards). JSON: " .. out_json)
