@@ -2,6 +2,9 @@
 # (Debian packages), configure, build and generate the fixture models first.
 BUILD ?= build
 JOBS ?= $(shell nproc)
+# make bench: the generated models' sizes (bench/make_models.py: s 19M parameters, m 56M, l 207M)
+BENCH_SIZES ?= s m
+BENCH_REPEATS ?= 3
 PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann-json3-dev \
         libfmt-dev doctest-dev python3-torch libopenblas0-pthread time
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -41,8 +44,9 @@ demo: build
 bench: build
 	./$(BUILD)/parity run bench/metrics.lua
 	./$(BUILD)/parity run bench/logits.lua
-	/usr/bin/python3 bench/make_models.py $(BUILD)/bench_models s m
-	PARITY_BIN=$(abspath $(BUILD)/parity) ./$(BUILD)/parity run bench/harness.lua $(BUILD)/bench_models $(BUILD)/bench.json
+	/usr/bin/python3 bench/make_models.py $(BUILD)/bench_models $(BENCH_SIZES)
+	PARITY_BIN=$(abspath $(BUILD)/parity) ./$(BUILD)/parity run bench/harness.lua $(BUILD)/bench_models \
+	  $(BUILD)/bench.json $(BENCH_REPEATS) $(BENCH_SIZES)
 
 clean:
 	rm -rf $(BUILD) build-asan
