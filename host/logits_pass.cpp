@@ -32,6 +32,7 @@
 #endif
 
 #include "host/metrics.hpp"
+#include "host/metrics_checks.hpp"
 
 namespace parity::metrics {
 namespace {
@@ -233,24 +234,16 @@ RowOut one_row(const float* t, const float* a, const float* b, int64_t v, int64_
 
 LogitsRows logits_rows(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
                        const at::Tensor& tokens, int64_t k) {
-  for (const auto* t : {&target, &ref_low})
-    if (!t->sizes().equals(ref32.sizes()))
-      throw std::invalid_argument(fmt::format("logits_rows: shapes differ: [{}] vs [{}]", fmt::join(t->sizes(), ", "),
-                                              fmt::join(ref32.sizes(), ", ")));
-  if (ref32.dim() < 1 || ref32.size(-1) == 0) throw std::invalid_argument("logits_rows: needs a non-empty last dim");
+  checks::same_shape("logits_rows", target, ref32);
+  checks::same_shape("logits_rows", ref_low, ref32);
+  checks::has_last_dim("logits_rows", ref32);
+  const at::Tensor tok = checks::token_ids("logits_rows", tokens, ref32);
   const int64_t v = ref32.size(-1);
-  auto want = ref32.sizes().vec();
-  want.pop_back();
-  if (!tokens.sizes().equals(want) || tokens.is_floating_point())
-    throw std::invalid_argument(fmt::format("logits_rows: tokens must be integer [{}], got [{}]", fmt::join(want, ", "),
-                                            fmt::join(tokens.sizes(), ", ")));
+  auto want = tokens.sizes().vec();
   if (k < 1 || k > v) throw std::invalid_argument(fmt::format("logits_rows: k = {} outside 1..{}", k, v));
   auto rows_of = [v](const at::Tensor& x) { return x.detach().to(at::kCPU, at::kFloat).reshape({-1, v}).contiguous(); };
   const at::Tensor t = rows_of(target), a = rows_of(ref32), b = rows_of(ref_low);
-  const at::Tensor tok = tokens.detach().reshape({-1}).to(at::kCPU, at::kLong).contiguous();
   const int64_t n = a.size(0);
-  if (n && (tok.min().item<int64_t>() < 0 || tok.max().item<int64_t>() >= v))
-    throw std::invalid_argument(fmt::format("logits_rows: token ids outside 0..{}", v - 1));
 
   std::vector<at::Tensor> out(10);
   for (auto& o : out) o = at::empty({n}, at::kDouble);

@@ -1,5 +1,6 @@
 // host/metrics.cpp — comparison metrics, in float64.
 #include "host/metrics.hpp"
+#include "host/metrics_checks.hpp"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -10,11 +11,7 @@
 #include <stdexcept>
 
 namespace parity::metrics {
-namespace {
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-at::Tensor f64(const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); }
+namespace checks {
 
 void same_shape(const char* metric, const at::Tensor& a, const at::Tensor& b) {
   if (!a.sizes().equals(b.sizes()))
@@ -26,6 +23,30 @@ void has_last_dim(const char* metric, const at::Tensor& t) {
   if (t.dim() < 1 || t.size(-1) == 0)
     throw std::invalid_argument(fmt::format("{}: needs a non-empty last dim", metric));
 }
+
+at::Tensor token_ids(const char* metric, const at::Tensor& tokens, const at::Tensor& logits) {
+  auto want = logits.sizes().vec();
+  want.pop_back();
+  if (!tokens.sizes().equals(want) || tokens.is_floating_point())
+    throw std::invalid_argument(fmt::format("{}: tokens must be integer [{}], got [{}]", metric,
+                                            fmt::join(want, ", "), fmt::join(tokens.sizes(), ", ")));
+  int64_t v = logits.size(-1);
+  auto tok = tokens.detach().reshape({-1}).to(at::kCPU, at::kLong).contiguous();
+  if (tok.numel() && (tok.min().item<int64_t>() < 0 || tok.max().item<int64_t>() >= v))
+    throw std::invalid_argument(fmt::format("{}: token ids outside 0..{}", metric, v - 1));
+  return tok;
+}
+
+}  // namespace checks
+
+namespace {
+
+using checks::has_last_dim;
+using checks::same_shape;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+at::Tensor f64(const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); }
 
 /// Rows of the last dim, processed in blocks of about kBlockElems elements so temporaries stay
 /// small (reused by malloc, bounded for 128K-vocab logits) whatever the input's size.
@@ -220,15 +241,9 @@ at::Tensor kl_per_position(const at::Tensor& target_logits, const at::Tensor& re
 at::Tensor delta_p(const at::Tensor& target_logits, const at::Tensor& ref_logits, const at::Tensor& tokens) {
   same_shape("delta_p", target_logits, ref_logits);
   has_last_dim("delta_p", ref_logits);
-  auto want = ref_logits.sizes().vec();
-  want.pop_back();
-  if (!tokens.sizes().equals(want) || tokens.is_floating_point())
-    throw std::invalid_argument(fmt::format("delta_p: tokens must be integer [{}], got [{}]", fmt::join(want, ", "),
-                                            fmt::join(tokens.sizes(), ", ")));
+  auto tok = checks::token_ids("delta_p", tokens, ref_logits);
   int64_t v = ref_logits.size(-1);
-  auto tok = tokens.detach().reshape({-1}).to(at::kCPU, at::kLong);
-  if (tok.numel() && (tok.min().item<int64_t>() < 0 || tok.max().item<int64_t>() >= v))
-    throw std::invalid_argument(fmt::format("delta_p: token ids outside 0..{}", v - 1));
+  auto want = tokens.sizes().vec();
   auto t = target_logits.detach().reshape({-1, v}), r = ref_logits.detach().reshape({-1, v});
   auto out = at::empty({tok.numel()}, at::kDouble);
   for_row_blocks(tok.numel(), v, [&](int64_t a, int64_t b) {

@@ -185,8 +185,10 @@ function M.perturbed(bundle, dtype, seed)
   local at
   return function(tokens, capture)  -- the logits, and the calls of the `capture` paths
     local b, t = tokens:size(0), tokens:size(1)
-    if not at then  -- where to perturb: found on the first call
-      local _, calls = module:run_tapped({ tokens })
+    -- the input to perturb: captured at every module on the first call (which finds where), at
+    -- that one afterwards
+    local _, calls = module:run_tapped({ tokens }, at and { capture = { at } } or nil)
+    if not at then
       for _, m in ipairs(modules) do
         local x = calls[m.path] and calls[m.path][1] and calls[m.path][1].inputs[1]
         if x and x:dim() == 3 and x:dtype():find("float") and x:size(0) == b and x:size(1) == t then
@@ -196,7 +198,6 @@ function M.perturbed(bundle, dtype, seed)
       end
       if not at then error(("%s: no module takes hidden states [batch, seq, hidden] to perturb"):format(bundle.path), 0) end
     end
-    local _, calls = module:run_tapped({ tokens }, { capture = { at } })
     local inject = {}
     for k, call in ipairs(calls[at]) do inject[k] = { M.perturb({ call.inputs[1] }, M.EPSILON[dtype], seed + k)[1] } end
     local out

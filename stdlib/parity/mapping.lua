@@ -121,7 +121,7 @@ function M.fingerprint(params)
   return names[1] and params[names[1]]
 end
 
-local function same(a, b) return a:dim() == b:dim() and table.concat(a:size(), ",") == table.concat(b:size(), ",")
+local function same(a, b) return a:is_same_size(b)
   and (a:float() - b:float()):abs():max():item() <= 1e-6 * math.max(1, b:float():abs():max():item()) end
 
 local function permutations(n)
@@ -161,7 +161,7 @@ end
 --- leading rows are (nil: all), or nil. The first row of each head stays; the second is row
 --- head_dim / 2, which gives the head size; rows past the last differing one are as they were.
 function M.interleaved_head_dim(tw, rw)
-  if tw:dim() ~= 2 or rw:dim() ~= 2 or table.concat(tw:size(), ",") ~= table.concat(rw:size(), ",")
+  if tw:dim() ~= 2 or not tw:is_same_size(rw)
     or tw:size(0) < 4 or not same(tw:narrow(0, 0, 1), rw:narrow(0, 0, 1)) then
     return nil
   end
@@ -204,7 +204,7 @@ function M.relation(tw, rws)
       if same(tw, torch.cat(parts, 0)) then return { relation = "reordered", order = order } end
     end
   end
-  if table.concat(tw:size(), ",") == table.concat(r:size(), ",") then
+  if tw:is_same_size(r) then
     local t, rd = tw:double(), r:double()
     local rr = (rd * rd):sum():item()
     if rr > 0 then

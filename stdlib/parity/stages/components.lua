@@ -111,8 +111,6 @@ function M.pairs_for(ctx)
   return expanded, kind, unmapped, absent, lacking
 end
 
-local function same_shape(a, b) return table.concat(a:size(), ",") == table.concat(b:size(), ",") end
-
 --- Shapes alike but for dim 0, which data may decide (the tokens routed to an expert).
 local function alike(a, b)
   if a:dim() ~= b:dim() or is_float(a) ~= is_float(b) then return false end
@@ -142,7 +140,7 @@ end
 --- the output, eps x ||r32||: an output the perturbation leaves unchanged (a rotary embedding
 --- computes from positions, not from its input's values) is judged against that.
 local function ratio(t, r32, rlow, eps)
-  if not (t and r32 and rlow) or not (same_shape(t, r32) and same_shape(rlow, r32)) then return nil end  -- an expert given other tokens
+  if not (t and r32 and rlow) or not (t:is_same_size(r32) and rlow:is_same_size(r32)) then return nil end  -- an expert given other tokens
   local r, num, den = m.r_ratio(t:float(), r32:float(), rlow:float(), 0)
   local floor = eps and eps * r32:float():norm():item() or 0
   if den < floor then return num / floor end
@@ -150,14 +148,12 @@ local function ratio(t, r32, rlow, eps)
   return r
 end
 
---- Runs a freshly loaded, tapped model once on the sequences; returns path -> calls and the
---- seconds the forward took.
+--- Runs a freshly loaded, tapped model once on the sequences; returns path -> calls.
 local function tapped_run(file, paths, sequences)
   local model = core.load(file)
   model:tap(paths)
-  local t0 = core.clock()
   local _, calls = model:run_tapped({ sequences })
-  return calls, core.clock() - t0
+  return calls
 end
 
 --- The reference modules' outputs as the pair's target computes them: interleaved per head where
@@ -349,8 +345,7 @@ function M.run(ctx)
   ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
                       pairs = pairs_, files = { reference = ref.files[anchor], target = target.files[has32 and "fp32" or dtype],
                       reference_low = ref.files[dtype] },
-                      dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype },
-                      target_fp32 = has32, reference_fp32 = anchor == "fp32" }
+                      dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s, %.1f x one forward of each model and dtype it runs (%.3f s together)")
     :format(#rows, total, total / math.max(forwards_s, 1e-9), forwards_s))

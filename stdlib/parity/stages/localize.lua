@@ -99,13 +99,18 @@ end
 --- t = r + alpha x, with x the component's input (same shape as its output): a residual dropped
 --- (alpha = -1), doubled (1) or scaled. Returns alpha and how much of t - r the fit leaves.
 function M.fit_residual(t, r, x)
-  if not x or table.concat(x:size(), ",") ~= table.concat(t:size(), ",") then return nil end
+  if not x or not x:is_same_size(t) then return nil end
   local d, xd = t - r, x:double()
   local xx = (xd * xd):sum():item()
   local dn = d:norm():item()
   if xx == 0 or dn == 0 then return nil end
   local alpha = (d * xd):sum():item() / xx
   return alpha, (d - xd * alpha):norm():item() / dn
+end
+
+--- The size of a difference ([B, T, ...]) at each position (dim 1), as a list.
+local function per_position(d)
+  return d:double():transpose(0, 1):reshape({ d:size(1), -1 }):norm(2, { -1 }):tolist()
 end
 
 --- Error by position (dim 1 of a [B, T, ...] output): whether position 0 is exact, the share of
@@ -115,7 +120,7 @@ end
 --- any scale) but is off at full size from position 1 on.
 function M.fit_position(t, r)
   if t:dim() < 2 or t:size(1) < 3 then return nil end
-  local err = (t - r):double():transpose(0, 1):reshape({ t:size(1), -1 }):norm(2, { -1 }):tolist()
+  local err = per_position(t - r)
   local max = largest(err)
   if max == 0 then return nil end
   local rising = 0
@@ -137,8 +142,8 @@ end
 local function moved(f, inputs, base, j)
   local args = { change_position(inputs[1], j), unpack(inputs, 2) }
   local out = f(args)
-  if not out or table.concat(out:size(), ",") ~= table.concat(base:size(), ",") then return nil end
-  return (out - base):double():transpose(0, 1):reshape({ base:size(1), -1 }):norm(2, { -1 }):tolist()
+  if not out or not out:is_same_size(base) then return nil end
+  return per_position(out - base)
 end
 
 --- Which positions see which: position j of the first input (hidden states [B, T, H], or token
@@ -221,7 +226,7 @@ function M.fit_activation(children)
     local yd, resid = y and y:double(), {}  -- name -> the best residual over the forms
     for _, form in ipairs(forms) do
       local g, u = form[1], form[2]
-      if table.concat(g:size(), ",") == table.concat(yd:size(), ",") then
+      if g:is_same_size(yd) then
         for name, f in pairs(M.ACTIVATIONS) do
           local fit = u and f(g) * u or f(g)
           local r = (fit - yd):norm():item() / math.max(yd:norm():item(), 1e-300)
@@ -255,7 +260,8 @@ end
 
 --- Routing: the fault's children (experts) that the reference and the target call on a subset of
 --- the fault's tokens, re-run on the same inputs with the children tapped. Returns the fraction
---- of tokens whose set of experts differs, and how many tokens; nil when no child takes a subset.
+--- of tokens whose set of experts differs, how many tokens, and the fraction the reference's own
+--- low precision reroutes; nil when no child takes a subset.
 function M.fit_routing(ev, fault, inside)
   local x = ev.inputs and ev.inputs[1]
   if not (x and ev.isolated and x:dim() >= 2) then return nil end
@@ -328,7 +334,8 @@ end
 --- own input -> output when it has none: an activation module), when both fit one well and
 --- they differ.
 local function activation(fault, ev, inside)
-  local tol, rtol = inside.target_fp32 and 1e-4 or 3e-2, inside.reference_fp32 == false and 3e-2 or 1e-4
+  local function tolerance(dtype) return dtype == "fp32" and 1e-4 or 3e-2 end  -- a fit at the rounding of its dtype
+  local tol, rtol = tolerance(inside.dtypes.target), tolerance(inside.dtypes.reference)
   local function fit(side, output)
     local calls = children(inside, side, side == "reference" and fault.reference or fault.target, ev.call)
     if #calls == 0 and ev.isolated and ev.input and output then calls = { { outputs = { ev.input } }, { inputs = { output } } } end
