@@ -22,6 +22,9 @@ M.TRANSFORMS = { identity = true, concat = true }
 
 local function list(x) return type(x) == "table" and x or { x } end
 
+--- Whether the module at `path` lies inside the one at `ancestor` (a dotted-path prefix).
+function M.descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancestor .. "." end
+
 --- Checks entries (from a file or a script) and names the first bad one.
 ---@param entries table
 ---@param origin string for messages
@@ -314,7 +317,7 @@ function M.auto(ref_module, target_module)
     if tm.path ~= "" and not next(tp[tm.path]) then
       local lca
       for _, e in ipairs(entries) do
-        if e.target:sub(1, #tm.path + 1) == tm.path .. "." then
+        if M.descends(e.target, tm.path) then
           for _, r in ipairs(list(e.reference)) do lca = lca and ancestor(lca, r) or r end
         end
       end
@@ -337,7 +340,7 @@ function M.auto(ref_module, target_module)
       if m.path ~= "" and parent(m.path) == root and not taken[m.path] and not next(params[m.path]) then
         local inner = false  -- a container of mapped modules is mapped above, or is not a leaf
         for _, other in ipairs(mods) do
-          if other.path:sub(1, #m.path + 1) == m.path .. "." then inner = true break end
+          if M.descends(other.path, m.path) then inner = true break end
         end
         if not inner then out[#out + 1] = m end
       end

@@ -331,7 +331,7 @@ function M.run(ctx)
   end
   -- and the whole-model captures inside failing components, for signatures that look inside
   -- (which nonlinearity lies between an MLP's projections)
-  local descends = require("parity.stages.localize").descends
+  local descends = mapping.descends
   local function inside_failing(captured, side)
     local kept = {}
     for path, c in pairs(captured or {}) do

@@ -37,9 +37,7 @@ function M.fails(row, th)
   return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95
 end
 
---- Whether `path` lies inside the module at `ancestor` (a dotted-path prefix).
-function M.descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancestor .. "." end
-local descends = M.descends
+local descends = require("parity.mapping").descends
 
 local function dot(a, b) return (a * b):sum():item() end
 

@@ -108,7 +108,7 @@ function M.criteria(s, th, results)
   local first = loc and not loc.skipped and loc.first_divergence
   local function absorbed(f)
     return type(first) == "table" and first.absorbed and (f.target == first.target
-      or require("parity.stages.localize").descends(f.target, first.target))
+      or mapping.descends(f.target, first.target))
   end
   local bugs, other = {}, {}
   for _, f in ipairs(s.static) do
