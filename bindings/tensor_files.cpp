@@ -17,10 +17,10 @@ bool ends_with(const std::string& s, const char* suffix) {
 
 [[noreturn]] void unknown_format(const std::string& path) {
   throw std::invalid_argument(
-      fmt::format("{}: unknown tensor file type (use .safetensors or .npy)", path));
+      fmt::format("{}: unknown tensor file type (use .safetensors, .npy, or raw .bin with a .json sidecar)", path));
 }
 
-/// tensors.load(path) -> {name = Tensor}, metadata   (.npy: {stem = Tensor})
+/// tensors.load(path) -> {name = Tensor}, metadata   (.npy, .bin: {stem = Tensor})
 int tensors_load(lua_State* L) {
   std::string path = luaL_checkstring(L, 1);
   if (ends_with(path, ".safetensors")) {
@@ -33,9 +33,9 @@ int tensors_load(lua_State* L) {
     }
     return 2;
   }
-  if (ends_with(path, ".npy")) {
+  if (ends_with(path, ".npy") || ends_with(path, ".bin")) {
     lua_newtable(L);
-    push_tensor(L, read_npy(path));
+    push_tensor(L, ends_with(path, ".npy") ? read_npy(path) : read_raw(path));
     lua_setfield(L, -2, std::filesystem::path(path).stem().c_str());
     return 1;
   }

@@ -238,6 +238,17 @@ int core_path_kind(lua_State* L) {
   return 1;
 }
 
+/// core.list_dir(path) -> { name... } sorted
+int core_list_dir(lua_State* L) {
+  auto names = list_dir(luaL_checkstring(L, 1));
+  lua_createtable(L, static_cast<int>(names.size()), 0);
+  for (size_t i = 0; i < names.size(); ++i) {
+    lua_pushstring(L, names[i].c_str());
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
+  return 1;
+}
+
 /// core.file_identity(path) -> "device-inode-size-mtime_ns"
 int core_file_identity(lua_State* L) {
   lua_pushstring(L, file_identity(luaL_checkstring(L, 1)).c_str());
@@ -273,6 +284,7 @@ int core_hash_string(lua_State* L) {
 const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_file", guard<core_hash_file>},
                           {"file_identity", guard<core_file_identity>},
+                          {"list_dir", guard<core_list_dir>},
                           {"hash_string", guard<core_hash_string>},
                           {"remove_stale_temps", guard<core_remove_stale_temps>},
                           {"write_text", guard<core_write_text>},

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -22,6 +23,17 @@ std::string path_kind(const std::string& path) {
   auto st = std::filesystem::status(path, ec);
   if (ec || !std::filesystem::exists(st)) return "";
   return std::filesystem::is_directory(st) ? "dir" : "file";
+}
+
+std::vector<std::string> list_dir(const std::string& path) {
+  std::error_code ec;
+  std::vector<std::string> names;
+  for (auto it = std::filesystem::directory_iterator(path, ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec))
+    names.push_back(it->path().filename().string());
+  if (ec) throw std::runtime_error(fmt::format("{}: {}", path, ec.message()));
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 namespace {

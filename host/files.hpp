@@ -1,6 +1,7 @@
 // host/files.hpp — whole-file reads and atomic writes (temp file in the same directory + rename).
 #pragma once
 #include <string>
+#include <vector>
 
 namespace parity {
 
@@ -15,6 +16,9 @@ std::string hash_string(const std::string& data);
 /// What identifies one version of a file without reading it: "device-inode-size-mtime_ns".
 /// Throws std::runtime_error "PATH: reason" when it cannot be stat'ed.
 std::string file_identity(const std::string& path);
+
+/// The names of a directory's entries, sorted; throws std::runtime_error "PATH: reason".
+std::vector<std::string> list_dir(const std::string& path);
 
 /// Reads a whole file; throws std::runtime_error "PATH: reason".
 std::string read_file(const std::string& path);

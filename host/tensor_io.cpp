@@ -130,6 +130,46 @@ void write_safetensors(const std::string& path, const NamedTensorList& tensors,
   write_file_atomic(path, blob);
 }
 
+// ---- raw .bin + JSON sidecar ------------------------------------------------------------
+
+at::Tensor read_raw(const std::string& path) {
+  std::string sidecar = path.substr(0, path.size() - (path.size() >= 4 && path.compare(path.size() - 4, 4, ".bin") == 0 ? 4 : 0)) + ".json";
+  json meta;
+  try {
+    meta = json::parse(read_file(sidecar));
+  } catch (const json::exception& e) {
+    fail(sidecar, fmt::format("not valid JSON ({})", e.what()));
+  } catch (const std::runtime_error& e) {
+    fail(path, fmt::format("a raw array needs its sidecar {} giving dtype and shape ({})", sidecar, e.what()));
+  }
+  if (!meta.is_object() || !meta.contains("dtype") || !meta["dtype"].is_string() || !meta.contains("shape") ||
+      !meta["shape"].is_array())
+    fail(sidecar, R"(expected {"dtype": "float32", "shape": [dims...]})");
+  c10::ScalarType type;
+  try {
+    type = parse_dtype(meta["dtype"].get<std::string>());
+  } catch (const std::exception& e) {
+    fail(sidecar, e.what());
+  }
+  std::vector<int64_t> shape;
+  uint64_t numel = 1;
+  for (const auto& d : meta["shape"]) {
+    if (!d.is_number_integer() || d.get<int64_t>() < 0 || d.get<int64_t>() > (int64_t{1} << 40))
+      fail(sidecar, fmt::format("shape entries must be whole numbers in 0..2^40, got {}", d.dump()));
+    shape.push_back(d.get<int64_t>());
+    numel *= static_cast<uint64_t>(shape.back());
+    if (numel > (uint64_t{1} << 40)) fail(sidecar, "shape has more than 2^40 elements");
+  }
+  Mapped file(path);
+  uint64_t want = numel * c10::elementSize(type);
+  if (file.size != want)
+    fail(path, fmt::format("{} bytes, but {} says {} [{}] = {} bytes", file.size, sidecar, dtype_name(type),
+                           fmt::join(shape, ", "), want));
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
+  if (want > 0) std::memcpy(t.data_ptr(), file.data, want);
+  return t;
+}
+
 // ---- .npy ---------------------------------------------------------------------------
 
 at::Tensor read_npy(const std::string& path) {

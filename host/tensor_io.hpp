@@ -29,6 +29,12 @@ void write_safetensors(const std::string& path, const NamedTensorList& tensors,
 /// Reads a .npy array (v1-v3; little/big endian; C or Fortran order; b1 i1-i8 u1-u8 f2 f4 f8).
 at::Tensor read_npy(const std::string& path);
 
+/// Reads a raw little-endian C-order array NAME.bin described by the JSON sidecar NAME.json
+/// beside it: {"dtype": "float32", "shape": [7, 64]} (PyTorch or short dtype names, as
+/// parse_dtype takes them). The file's size must be exactly numel x element size.
+/// Throws std::runtime_error "PATH: problem".
+at::Tensor read_raw(const std::string& path);
+
 /// Writes a .npy (v1) array atomically. bfloat16 has no numpy type: throws, suggest float32.
 void write_npy(const std::string& path, const at::Tensor& t);
 

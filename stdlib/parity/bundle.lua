@@ -129,4 +129,12 @@ function M.open(path)
   return b
 end
 
+--- Opens what a target may be: a bundle, or the logits a foreign engine saved (parity.saved).
+---@param path string|parity.Bundle|parity.Saved
+function M.open_target(path)
+  local saved = require("parity.saved")
+  if saved.is_saved(path) then return saved.open(path) end
+  return M.open(path)
+end
+
 return M

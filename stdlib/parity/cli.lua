@@ -12,6 +12,9 @@ Usage: parity [--stdlib-dir DIR] COMMAND [ARGS...]
 Commands:
   check REF TARGET           the default workflow: teacher-forced comparison (bf16 and fp32 legs), verdict
   gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
+  inputs REF --out FILE      the token sequences of a check, for a foreign engine to run
+  dump MODEL --inputs F --out DIR   a model's per-layer tensors, for parity diff
+  diff REF_DUMP TARGET_DUMP  two per-layer dumps compared: the first layer and sub-stage that diverges
   run SCRIPT.lua [ARGS...]   run a validation script (ARGS reach it as `arg` and `...`)
   tree MODEL                 print a model's module tree (--compressed, --flat, --json)
   version                    print versions of parity, LuaJIT and LibTorch
@@ -32,7 +35,8 @@ Environment (validated: a value out of range is an error, exit 2):
 
 Exit codes: 0 ok, 1 a check failed, 2 usage, input or environment error.
 MODEL, REF and TARGET are TorchScript .pt files or bundle directories (fp32.pt, bf16.pt,
-fp16.pt, parity.json), as scripts/parity_export.py writes them.]]
+fp16.pt, parity.json), as scripts/parity_export.py writes them. TARGET may also be the logits a
+foreign engine saved for the sequences of parity inputs (see parity inputs --help).]]
 
 local function stderr(fmt, ...)
   io.stderr:write((fmt):format(...), "\n")
@@ -161,6 +165,9 @@ the target never passes. Exit 0 pass, 1 fail, 2 bad input.
   --json FILE      also write the full result as JSON
   --vocab-size V   the vocabulary of the random tokens, overriding what the bundles say
 The vocabulary comes from parity.json, else the embedding weight, else the logits' width.
+TARGET may be the logits a foreign engine saved (see parity inputs --help): the token ids are
+then --inputs FILE, else the input_ids saved with them; --dtype picks the reference's logits
+and the tolerances (default fp32; --dtype bf16 for an engine computing in bf16).
 Limits: batch <= 1024, seq <= 131072 (and the models' max_position_embeddings), tolerances
 finite and >= 0, logits that fit in memory.]],
   run = function(argv)
@@ -194,6 +201,9 @@ greedily for N tokens; then every model sees those same sequences (teacher forci
          sees bugs smaller than the low-precision noise (skipped, and said, otherwise)
   components, localize  every mapped component on the reference's real inputs (R, R32 each),
          then the first divergent component and what kind of bug it looks like
+TARGET may be the logits a foreign engine saved for the sequences of parity inputs (see its
+--help; pass the same --inputs FILE here): scaffold, smoke, components and localize run the
+target's modules, so they are skipped and say so; e2e32 runs when an fp32 run was saved too.
 A reference without an fp32 trace (one too large to run in fp32) is judged with the 2-tensor
 baseline: the target against the reference at the low precision, over the reference's own
 change when its first layer's input is perturbed by machine epsilon; no fp32 leg.
@@ -210,7 +220,8 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
   --prompt-len P     tokens a prompt (default 16)
   --new-tokens N     greedy tokens generated and compared (default 16)
   --seed N           seed of the random prompts (default 0)
-  --inputs FILE      prompts from FILE.safetensors (input_ids [K, P]) instead
+  --inputs FILE      prompts from FILE.safetensors (input_ids [K, P]) instead; a file parity
+                     inputs wrote holds whole sequences: its prompts and new tokens are used
   --topk K           k of the top-k agreement (default 5)
   --vocab-size V     the vocabulary of the random prompts, overriding what the bundles say
   --thresholds FILE  criteria thresholds (Lua, run sandboxed: see the README, "Sandbox")
@@ -251,6 +262,126 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
       baseline = o.baseline, log = o.quiet and function() end or nil })
     print(require("parity.workflow").summary(verdict, out))
     return verdict.verdict == "equivalent" and 0 or 1
+  end,
+}
+
+commands.inputs = {
+  help = [[
+Usage: parity inputs REF --out FILE.safetensors [options]
+
+Writes the token sequences `parity check` compares on, for a foreign engine (a C++ runtime, a
+compiled graph only its own runtime runs) to run: K random prompts and the reference's greedy
+continuation of each, input_ids [K, P + N] (int64), with prompt_len and new_tokens in the file's
+metadata. Run the engine on every row, save its logits [K, P + N, V] (safetensors, .npy, or raw
+.bin with a .json sidecar {"dtype": "float32", "shape": [K, T, V]}), then
+  parity check REF LOGITS --inputs FILE.safetensors     (and parity gate REF LOGITS --inputs FILE)
+where LOGITS is that file, or a directory with logits.* (and optionally logits_fp32.*, an fp32
+run: the fp32 leg, and input_ids.*, checked against FILE). The reference's side is computed
+and cached here, so the check after runs nothing of it again.
+
+  --out FILE         the .safetensors file to write (required)
+  --dtype D          the low precision the check will use: bf16 (default) or fp16
+  --prompts K, --prompt-len P, --new-tokens N, --seed S, --vocab-size V, --baseline B,
+  --inputs FILE, --no-cache, --cache-dir DIR, --quiet
+                     as for parity check (the same settings give the same sequences)
+Exit 0 written, 2 bad input.]],
+  run = function(argv)
+    local o = parse(argv, {
+      flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
+                seed = "number", inputs = "string", out = "string", ["no-cache"] = "boolean", ["cache-dir"] = "string",
+                ["vocab-size"] = "number", quiet = "boolean", baseline = "string" },
+      positional = { "REF" },
+    })
+    if not o.out then usage_error("missing --out FILE.safetensors") end
+    local w = require("parity.workflow").write_inputs({ reference = o.REF, file = o.out, dtype = o.dtype,
+      prompts = o.prompts, prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
+      cache = not o["no-cache"], cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], quiet = o.quiet,
+      baseline = o.baseline, log = o.quiet and function() end or nil })
+    print(("parity inputs: wrote %s: input_ids [%s] (%d prompt + %d new tokens a sequence)"):format(
+      w.file, table.concat(w.shape, ", "), w.prompt_len, w.new_tokens))
+    return 0
+  end,
+}
+
+commands.diff = {
+  help = [[
+Usage: parity diff REF_DUMP TARGET_DUMP [options]
+
+Compares two dumps of per-layer tensors (a reference's, from parity dump or a script, and a
+foreign engine's) tensor by tensor, in layer order, and says where they part. A dump is a
+directory of tensor files named by where they were taken, or one .safetensors of named tensors:
+  emb, h{l}_in, h{l}_postattn (after attention + residual), h{l}_preffn (the FFN's input),
+  h{l}_ffnout (the FFN's output), h{l} (layer l's output), post_norm, logits
+as .safetensors, .npy or raw .bin with a .json sidecar {"dtype": "float32", "shape": [...]}.
+Tensors are [..., positions, width]; a dump of one position ([width]) is compared with the
+other side's position --pos (default 0). Per tensor and position: relative L2 ||t-r||/||r||,
+cosine, max |t-r|; the table shows the worst position, |t|/|r| (a sub-stage losing or gaining
+magnitude) and steps (an error x3 above what earlier layers reached at that sub-stage). The
+report: the first tensor and position past its thresholds, the localisation (the largest step
+up to it: which layer, which sub-stage), and the residual-leak fit h_l ≈ ref h_l + α·ref h_{l-1}.
+
+  --pos N              compare at position N only (default: every position)
+  --names FILE.lua     name mapping, run sandboxed, for dumps named otherwise:
+                       return { ["blk.0.out"] = "h0", ["^blk%.(%d+)%.ffn$"] = "h%1_ffnout" }
+  --thresholds FILE.lua  return { rel_l2 = 0.05, cosine = 0.99, max_abs = 1, step = 3,
+                       expected_noise = 0.03, layers = { logits = { cosine = 0.9, rel_l2 = 1 },
+                       ["^h%d+_ffnout$"] = { rel_l2 = 0.1 } } }   (defaults: rel_l2 0.05,
+                       cosine 0.99, no max_abs, step 3)
+  --expected-noise X   a quantised engine's per-layer relative error (Q4: about 0.03): layer l
+                       may reach 2·X·sqrt(l+1) (compounding), and steps must clear X
+  --json FILE          also write the full report as JSON
+Exit 0 every tensor within its thresholds, 1 a divergence, 2 bad input (a missing dump file or
+a shape mismatch names the file).]],
+  run = function(argv)
+    local o = parse(argv, {
+      flags = { pos = "number", names = "string", thresholds = "string", ["expected-noise"] = "number", json = "string" },
+      positional = { "REF_DUMP", "TARGET_DUMP" },
+    })
+    local diff = require("parity.diff")
+    local th = o.thresholds and require("parity.sandbox").run_file(o.thresholds, "thresholds file") or {}
+    if type(th) ~= "table" then error(("thresholds file %s: must return a table"):format(o.thresholds), 0) end
+    if o["expected-noise"] then th.expected_noise = o["expected-noise"] end
+    local report = diff.run(o.REF_DUMP, o.TARGET_DUMP, { pos = o.pos, thresholds = th,
+      names = o.names and require("parity.dump").load_names(o.names) })
+    print(diff.summary(report))
+    if o.json then parity.json.write(o.json, report) end
+    return report.pass and 0 or 1
+  end,
+}
+
+commands.dump = {
+  help = [[
+Usage: parity dump MODEL --inputs FILE --out DIR [--dtype D]
+
+Dumps a model's per-layer tensors on the token ids of FILE (.safetensors: input_ids [K, T], as
+parity inputs writes them), through the taps, in the layout parity diff reads: one float32 .npy a
+name, each [K, T, width]: emb, h{l}_in, h{l}_postattn, h{l}_preffn, h{l}_ffnout, h{l}, post_norm,
+logits. The layers are the container with the most numbered children (model.layers.N); the FFN
+is a layer's child named like mlp/ffn/feed_forward/moe, its input the FFN's input and the norm
+that feeds it gives h{l}_postattn; the final norm is the first module after the stack that takes
+the last layer's output. What a model lacks is left out and said.
+
+  --inputs FILE   token ids (required)
+  --out DIR       the dump directory (required)
+  --dtype D       which trace of a bundle: fp32 (default), bf16 or fp16
+Exit 0 written, 2 bad input.]],
+  run = function(argv)
+    local o = parse(argv, { flags = { inputs = "string", out = "string", dtype = "string" }, positional = { "MODEL" } })
+    if not o.inputs then usage_error("missing --inputs FILE") end
+    if not o.out then usage_error("missing --out DIR") end
+    local b = parity.bundle(o.MODEL)
+    local dtype = o.dtype or "fp32"
+    b:at(dtype)  -- a missing trace is named here
+    local tokens = require("parity.lm").tokens_from_file(o.inputs, b:vocab_size())
+    local w = require("parity.dump").write(parity.load(b.files[dtype]), tokens, o.out)
+    print(("parity dump: wrote %d tensors to %s/ (%s)"):format(#w.names, o.out, table.concat(w.names, ", ")))
+    local missing = {}
+    for _, sub in ipairs({ "postattn", "preffn", "ffnout" }) do
+      if not w.paths["h0_" .. sub] then missing[#missing + 1] = "h{l}_" .. sub end
+    end
+    if not w.paths.post_norm then missing[#missing + 1] = "post_norm" end
+    if #missing > 0 then print("  not found in this model: " .. table.concat(missing, ", ")) end
+    return 0
   end,
 }
 
@@ -322,7 +453,7 @@ function M.main(argv)
   if name == "--version" then name = "version" end
   local cmd = commands[name]
   if not cmd then
-    stderr("parity: unknown command '%s' (commands: check, gate, run, tree, version, help; see parity --help)", name)
+    stderr("parity: unknown command '%s' (commands: check, gate, inputs, dump, diff, run, tree, version, help; see parity --help)", name)
     return 2
   end
   local rest = { unpack(argv, 2) }

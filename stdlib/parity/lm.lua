@@ -65,9 +65,10 @@ function M.check_size(bundles, rows, tokens, vocab, copies)
   end
 end
 
---- Token ids from a safetensors file: the tensor named input_ids, or its only tensor.
+--- Token ids from a safetensors file: the tensor named input_ids, or its only tensor, and the
+--- file's metadata (`parity inputs` records prompt_len and new_tokens there).
 function M.tokens_from_file(path, vocab)
-  local tensors = core.tensors.load(path)
+  local tensors, meta = core.tensors.load(path)
   local t = tensors.input_ids
   if not t then
     local names = {}
@@ -85,7 +86,7 @@ function M.tokens_from_file(path, vocab)
   if lo < 0 or hi >= vocab then
     error(("%s: token ids span %d..%d, outside the vocabulary 0..%d"):format(path, lo, hi, vocab - 1), 0)
   end
-  return t:long()
+  return t:long(), meta or {}
 end
 
 --- The vocabulary both bundles share, or an error naming both sizes. `override` (--vocab-size)

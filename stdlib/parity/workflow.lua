@@ -7,6 +7,8 @@
 --- `criteria(result, thresholds, results) -> {criterion...}` (what the verdict judges, once every
 --- stage has run: `results` holds them all by name), `summary(result)`
 --- (the small table the verdict keeps) and `lines(summary) -> string[]` (the terminal summary).
+--- A stage that runs the target's modules (not only its logits) says what for in `runs_target`:
+--- it is skipped, and says why, against saved logits (parity.saved).
 --- A result `{skipped = "why"}` is recorded as skipped, never silently.
 local core = require("parity.core")
 local bundle = require("parity.bundle")
@@ -50,7 +52,8 @@ function M.context(opts)
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
-  ctx.reference, ctx.target = bundle.open(opts.reference), bundle.open(opts.target)
+  ctx.reference = bundle.open(opts.reference)
+  ctx.target = opts.target and bundle.open_target(opts.target)  -- none for parity inputs
   ctx.dtype = opts.dtype or "bf16"
   if ctx.dtype ~= "bf16" and ctx.dtype ~= "fp16" then
     error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
@@ -71,15 +74,29 @@ function M.context(opts)
   end
   ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype  -- what the target is compared with
   for _, d in ipairs({ ctx.anchor, ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace
-  ctx.target:at(ctx.dtype)
-  ctx.vocab = lm.shared_vocab(ctx.reference, ctx.target, opts.vocab_size)
-  ctx.prompts = opts.inputs and lm.tokens_from_file(opts.inputs, ctx.vocab)
-    or lm.random_tokens(ctx.vocab, s.prompts, s.prompt_len, s.seed)
+  if ctx.target then ctx.target:at(ctx.dtype) end
+  ctx.vocab = lm.shared_vocab(ctx.reference, ctx.target or ctx.reference, opts.vocab_size)
+  if opts.inputs then
+    local ids, meta = lm.tokens_from_file(opts.inputs, ctx.vocab)
+    local p = tonumber(meta.prompt_len)
+    if p then  -- whole sequences, as parity inputs writes them: prompts, then the reference's continuation
+      validate.integer(opts.inputs .. ": prompt_len", p, 1, ids:size(1) - 1)
+      if opts.new_tokens and opts.new_tokens ~= ids:size(1) - p then
+        error(("%s holds %d new tokens a sequence (written by parity inputs); --new-tokens %d disagrees"):format(
+          opts.inputs, ids:size(1) - p, opts.new_tokens), 0)
+      end
+      ctx.given_sequences, s.new_tokens = ids, ids:size(1) - p
+      ids = ids:narrow(1, 0, p)
+    end
+    ctx.prompts = ids
+  else
+    ctx.prompts = lm.random_tokens(ctx.vocab, s.prompts, s.prompt_len, s.seed)
+  end
   s.prompts, s.prompt_len = ctx.prompts:size(0), ctx.prompts:size(1)
   validate.integer("prompts", s.prompts, 1, max.rows)
   validate.integer("prompt_len + new_tokens", s.prompt_len + s.new_tokens, 2, max.tokens)
   validate.integer("topk", s.topk, 1, math.min(ctx.vocab, max.topk))
-  lm.check_size({ ctx.reference, ctx.target }, s.prompts, s.prompt_len + s.new_tokens, ctx.vocab, 6)
+  lm.check_size({ ctx.reference, ctx.target or ctx.reference }, s.prompts, s.prompt_len + s.new_tokens, ctx.vocab, 6)
   ctx.settings = s
   return ctx
 end
@@ -182,6 +199,11 @@ function Context:reference_outputs()
       self.log(("reference: computed in %.2f s CPU (cache off)"):format(os.clock() - t0))
     end
   end
+  local given = self.given_sequences
+  if given and not (given:is_same_size(r.sequences) and given:eq(r.sequences):all():item()) then
+    error(("%s: its sequences are not the greedy continuation of %s with these settings (another reference,"
+      .. " dtype or baseline made them?): run parity inputs again"):format(self.inputs_file, self.reference.path), 0)
+  end
   r.tokens = r.sequences:narrow(1, self.prompts:size(1), self.settings.new_tokens)  -- the judged tokens
   self.memo.reference = r
   return r
@@ -197,6 +219,24 @@ function Context:target_logits(dtype)
   lm.check_shape(t, { r.sequences:size(0), r.sequences:size(1), r.ref32:size(2) }, self.reference.path, self.target.path)
   self.memo[key] = t
   return t
+end
+
+--- Writes the token sequences a check with these settings compares on (the prompts and the
+--- reference's greedy continuation, [K, P + N]) to a safetensors file as input_ids, with
+--- prompt_len and new_tokens in its metadata: what a foreign engine runs before its logits are
+--- checked (parity.saved). Computes (and caches) the reference's side, as a check would.
+---@param opts table parity.CheckOptions without target, plus file (the .safetensors to write)
+---@return table { file, shape, prompt_len, new_tokens }
+function M.write_inputs(opts)
+  if not tostring(opts.file):find("%.safetensors$") then
+    error(("inputs go to a .safetensors file (input_ids and their prompt length), got %s"):format(tostring(opts.file)), 0)
+  end
+  local ctx = M.context(opts)
+  local seqs = ctx:reference_outputs().sequences
+  local s = ctx.settings
+  core.tensors.save(opts.file, { input_ids = seqs }, { prompt_len = tostring(s.prompt_len),
+    new_tokens = tostring(s.new_tokens), reference = ctx.reference.path, baseline = ctx.baseline, dtype = ctx.dtype })
+  return { file = opts.file, shape = seqs:size(), prompt_len = s.prompt_len, new_tokens = s.new_tokens }
 end
 
 local STAGE_FILES = { "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }
@@ -245,7 +285,8 @@ end
 function M.run(ctx, stages)
   local order = {}
   for _, stage in ipairs(stages) do
-    local result = stage.run(ctx)
+    local result = (stage.runs_target and ctx.target.saved)
+      and { skipped = ("it needs %s, and %s"):format(stage.runs_target, ctx.target.saved) } or stage.run(ctx)
     result.stage = stage.name
     ctx.results[stage.name] = result
     core.json.write(ctx.out .. "/" .. stage.name .. ".json", result)

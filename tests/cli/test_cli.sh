@@ -225,6 +225,43 @@ check)
     echo "ok   progress on stderr, none with --quiet"; else failures=$((failures + 1)); echo "FAIL: progress: [$err] quiet: [$quiet]"; fi
   expect 2 "PARITY_PROGRESS_AFTER must be a finite number" -- check "$ref" "$fx/port_fused" --out "$tmp/p" "${common[@]}" @PARITY_PROGRESS_AFTER=soon
   ;;
+foreign)
+  # a foreign engine (tests/fixtures/tiny_engine.py: numpy, no TorchScript) with and without a
+  # planted FFN bug at layer 1: its saved logits through check and gate, its dumps through diff
+  ref=$fx/reference
+  engine=(/usr/bin/python3 "$(dirname "$0")/../fixtures/tiny_engine.py" "$fx/engine" "$tmp/in.safetensors")
+  common=(--prompts 2 --new-tokens 8 --cache-dir "$tmp/cache")
+  expect 0 '^parity inputs: wrote .*in.safetensors: input_ids \[2, 24\] \(16 prompt \+ 8 new tokens a sequence\)' -- inputs "$ref" --out "$tmp/in.safetensors" "${common[@]}"
+  ENGINE_DUMP_DIR=$tmp/clean "${engine[@]}" --logits "$tmp/clean.npy"
+  ENGINE_DUMP_DIR=$tmp/bug "${engine[@]}" --logits "$tmp/bug.npy" --bug ffn_scale:1
+  ENGINE_DUMP_DIR=$tmp/bug_pos5 ENGINE_DUMP_POS=5 "${engine[@]}" --logits "$tmp/bug_pos5.npy" --bug ffn_scale:1
+  expect 0 '^parity dump: wrote 13 tensors' -- dump "$ref" --inputs "$tmp/in.safetensors" --out "$tmp/ref"
+  expect 0 '^verdict: EQUIVALENT' -- diff "$tmp/ref" "$tmp/clean"
+  expect 1 '^localized: h1_ffnout: layer 1.s FFN' -- diff "$tmp/ref" "$tmp/bug"
+  expect 1 '^first past threshold: h1_ffnout at position 0 ' -- diff "$tmp/ref" "$tmp/bug"
+  expect 1 '^localized: h1_ffnout: layer 1.s FFN' -- diff "$tmp/ref" "$tmp/bug_pos5" --pos 5
+  expect 1 '^  h1_ffnout .* 0\.500 ' -- diff "$tmp/ref" "$tmp/bug_pos5" --pos 5   # the FFN at half its magnitude
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$tmp/clean.npy" --inputs "$tmp/in.safetensors" --out "$tmp/c" "${common[@]}"
+  expect 0 'warning: smoke skipped: it needs its own greedy decoding.*saved logits' -- check "$ref" "$tmp/clean.npy" --inputs "$tmp/in.safetensors" --out "$tmp/c" "${common[@]}"
+  expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$tmp/bug.npy" --inputs "$tmp/in.safetensors" --out "$tmp/c" "${common[@]}"
+  expect 0 '^PASS.*rtol=0.0001' -- gate "$ref" "$tmp/clean.npy" --inputs "$tmp/in.safetensors"   # fp32 by default
+  expect 1 '^FAIL  allclose\(rtol=0.02' -- gate "$ref" "$tmp/clean.npy" --inputs "$tmp/in.safetensors" --dtype bf16
+  expect 1 '^FAIL' -- gate "$ref" "$tmp/bug.npy" --inputs "$tmp/in.safetensors"
+  # bad input: exit 2 naming the file
+  expect 2 'pass --inputs FILE, the token ids its engine ran' -- gate "$ref" "$tmp/clean.npy"
+  expect 2 'clean.npy: logits \[2, 24, 512\] are not for this run.s 3 sequences' -- check "$ref" "$tmp/clean.npy" --prompts 3 --new-tokens 8 --out "$tmp/c" --cache-dir "$tmp/cache"
+  expect 2 'in.safetensors holds 8 new tokens a sequence .*--new-tokens 4 disagrees' -- check "$ref" "$tmp/clean.npy" --inputs "$tmp/in.safetensors" --new-tokens 4 --out "$tmp/c"
+  rm "$tmp/bug/h1_preffn.json"
+  expect 2 "^parity diff: $tmp/bug/h1_preffn.bin: a raw array needs its sidecar $tmp/bug/h1_preffn.json" -- diff "$tmp/ref" "$tmp/bug"
+  rm "$tmp/bug/h1_preffn.bin"
+  expect 2 "^parity diff: $tmp/bug: no dump of h1_preffn \(the reference.s is $tmp/ref/h1_preffn.npy" -- diff "$tmp/ref" "$tmp/bug"
+  printf '{"dtype": "float32", "shape": [2, 24, 32]}' >"$tmp/clean/h0.json"
+  expect 2 "^parity diff: $tmp/clean/h0.bin: 12288 bytes, but $tmp/clean/h0.json says float32 \[2, 24, 32\] = 6144 bytes" -- diff "$tmp/ref" "$tmp/clean"
+  head -c 6144 "$tmp/clean/h0.bin" >"$tmp/h0" && mv "$tmp/h0" "$tmp/clean/h0.bin"
+  expect 2 "^parity diff: h0: shapes differ: reference $tmp/ref/h0.npy \[2, 24, 64\], target $tmp/clean/h0.bin \[2, 24, 32\]" -- diff "$tmp/ref" "$tmp/clean"
+  expect 2 "^parity diff: $tmp/none: no such file or directory" -- diff "$tmp/ref" "$tmp/none"
+  expect 0 'Usage: parity diff REF_DUMP TARGET_DUMP' -- diff --help
+  ;;
 *)
   echo "unknown subcommand to test: $cmd"
   exit 2

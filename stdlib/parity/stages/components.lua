@@ -20,7 +20,7 @@ local mapping = require("parity.mapping")
 local lm = require("parity.lm")
 local m = core.metrics
 
-local M = { name = "components" }
+local M = { name = "components", runs_target = "its components run one by one" }
 
 local function is_float(t) return t:dtype():find("float") ~= nil end
 

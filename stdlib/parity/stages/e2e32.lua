@@ -29,8 +29,8 @@ function M.run(ctx)
       ctx.reference.path, ctx.dtype) }
   end
   if not ctx.target:has("fp32") then
-    return { skipped = ("%s has no fp32 trace, so bugs smaller than the %s noise cannot be seen;"
-      .. " export one (parity_export.py --dtypes fp32,%s)"):format(ctx.target.path, ctx.dtype, ctx.dtype) }
+    return { skipped = ("%s has no fp32 trace, so bugs smaller than the %s noise cannot be seen; %s"):format(
+      ctx.target.path, ctx.dtype, ctx.target.no_fp32 or ("export one (parity_export.py --dtypes fp32,%s)"):format(ctx.dtype)) }
   end
   local r = ctx:reference_outputs()
   local full = ctx:target_logits("fp32")

@@ -57,13 +57,18 @@ function M.run(opts)
   validate.settings(opts, { batch = { "integer", 1, max.rows }, seq = { "integer", 1, max.tokens },
     seed = { "integer", 0, max.seed }, atol = { "number", 0, math.huge }, rtol = { "number", 0, math.huge },
     vocab_size = { "integer", 1, max.vocab } })
-  local ref, target = bundle.open(opts.reference), bundle.open(opts.target)
-  local dtype = opts.dtype or (target:has("fp32") and "fp32" or target:dtypes()[1])
+  local ref, target = bundle.open(opts.reference), bundle.open_target(opts.target)
+  -- saved logits are compared with the reference's fp32 ones unless told otherwise
+  local dtype = opts.dtype or ((target.saved or target:has("fp32")) and "fp32" or target:dtypes()[1])
   local tol = M.TOLERANCES[dtype]
   if not tol then error(("unknown dtype '%s' (use fp32, bf16 or fp16)"):format(dtype), 0) end
   local vocab = lm.shared_vocab(ref, target, opts.vocab_size)
   local batch, seq, seed = opts.batch or 2, opts.seq or 32, opts.seed or 0
-  local tokens = opts.inputs and lm.tokens_from_file(opts.inputs, vocab) or lm.random_tokens(vocab, batch, seq, seed)
+  if target.saved and not opts.inputs and not target.input_ids then
+    error(("%s: pass --inputs FILE, the token ids its engine ran (e.g. from parity inputs)"):format(target.saved), 0)
+  end
+  local tokens = opts.inputs and lm.tokens_from_file(opts.inputs, vocab) or target.input_ids
+    or lm.random_tokens(vocab, batch, seq, seed)
   lm.check_size({ ref, target }, tokens:size(0), tokens:size(1), vocab, 4)
   local r = lm.forward(ref, dtype, tokens)
   local t = lm.forward(target, dtype, tokens)
@@ -77,7 +82,7 @@ function M.run(opts)
     reference = ref.path,
     target = target.path,
     dtype = dtype,
-    inputs = opts.inputs and { file = opts.inputs, shape = tokens:size() }
+    inputs = (opts.inputs or target.input_ids) and { file = opts.inputs or target.path, shape = tokens:size() }
       or { random = true, shape = tokens:size(), seed = seed, vocab = vocab },
     tolerances = { rtol = rtol, atol = atol, defaults_for = dtype },
     pass = pass,

@@ -6,7 +6,7 @@ local core = require("parity.core")
 local mapping = require("parity.mapping")
 local tree = require("parity.tree")
 
-local M = { name = "scaffold" }
+local M = { name = "scaffold", runs_target = "its module tree" }
 
 --- The static weight check, before any forward: each mapped pair's weight against the reference
 --- weight(s) it should equal after the transform, at one dtype (fp32 when the target has it).

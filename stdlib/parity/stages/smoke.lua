@@ -7,7 +7,7 @@
 local lm = require("parity.lm")
 local json = require("parity.core").json
 
-local M = { name = "smoke" }
+local M = { name = "smoke", runs_target = "its own greedy decoding, which only running it gives" }
 
 --- Per prompt match rate and first divergence (0-based index of the first differing new token,
 --- null when all match) of `tokens` against `want`, both [K, N].

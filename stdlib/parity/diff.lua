@@ -1,0 +1,341 @@
+--- parity diff — a reference's dump against an engine's, layer by layer (seed 004, "refparity").
+--- Tensors are paired by name (parity.dump: emb, h{l}_in ... h{l}, post_norm, logits) and compared
+--- per position: relative L2 (||t - r|| / ||r||), cosine and max |t - r|. Reported: each tensor's
+--- worst position, the first tensor and position past its thresholds, the steps (a tensor whose
+--- error jumps above what earlier tensors of its family reached: the seed's localisation point), the
+--- target/reference norm ratio of each tensor (a sub-stage losing or gaining magnitude) and the
+--- residual-leak fit of each layer's output (target h_l ≈ ref h_l + α·ref h_{l-1}).
+local core = require("parity.core")
+local dump = require("parity.dump")
+local validate = require("parity.validate")
+
+local M = {}
+
+--- Thresholds: a tensor fails when at any compared position rel_l2 > rel_l2, cosine < cosine or
+--- max |t - r| > max_abs. With expected_noise X (a quantised engine's per-layer relative error),
+--- layer l may reach max(rel_l2, noise_factor · X · sqrt(l + 1)) (errors compounding like a
+--- random walk over the layers; the logits count as the layer after the last) and cosine
+--- 1 - that² / 2. A step: a tensor whose rel_l2 exceeds step x max(what earlier tensors of its
+--- family reached (the residual stream emb, h_in, h; each sub-stage its own; any earlier tensor
+--- for the first of a family), the noise floor); the floor is X when given, else 2^-8 (about one
+--- bf16 rounding).
+M.DEFAULTS = { rel_l2 = 0.05, cosine = 0.99, step = 3, noise_factor = 2 }
+M.FLOOR = 2 ^ -8
+
+local RANGES = { rel_l2 = { 0, math.huge }, cosine = { -1, 1 }, max_abs = { 0, math.huge }, step = { 1, math.huge },
+                 noise_factor = { 0, math.huge }, expected_noise = { 0, 1 } }
+local PER_TENSOR = { rel_l2 = true, cosine = true, max_abs = true }
+
+local function check_values(t, origin, allowed)
+  for k, v in pairs(t) do
+    if k ~= "layers" or allowed ~= RANGES then
+      if not allowed[k] then
+        local names = {}
+        for name in pairs(allowed) do names[#names + 1] = name end
+        table.sort(names)
+        error(("%s: unknown threshold '%s' (known: %s%s)"):format(origin, tostring(k), table.concat(names, ", "),
+          allowed == RANGES and ", layers" or ""), 0)
+      end
+      validate.number(("%s: '%s'"):format(origin, k), v, RANGES[k][1], RANGES[k][2])
+    end
+  end
+end
+
+--- Validates a thresholds table: the keys of M.DEFAULTS, max_abs, expected_noise and `layers`
+--- = { [name or ^pattern] = { rel_l2 =, cosine =, max_abs = } } for per-tensor overrides.
+function M.thresholds(t, origin)
+  origin = origin or "thresholds"
+  if type(t) ~= "table" then error(("%s: must be a table, got %s"):format(origin, type(t)), 0) end
+  check_values(t, origin, RANGES)
+  if t.layers ~= nil then
+    if type(t.layers) ~= "table" then error(("%s: layers must be a table of name = {...}"):format(origin), 0) end
+    for name, v in pairs(t.layers) do
+      if type(name) ~= "string" or type(v) ~= "table" then
+        error(("%s: layers entries are name = { rel_l2 = ..., cosine = ..., max_abs = ... }"):format(origin), 0)
+      end
+      check_values(v, ("%s: layers[%q]"):format(origin, name), PER_TENSOR)
+    end
+  end
+  local out = { layers = t.layers or {} }
+  for k, v in pairs(M.DEFAULTS) do out[k] = v end
+  for k, v in pairs(t) do
+    if k ~= "layers" then out[k] = v end
+  end
+  return out
+end
+
+--- The thresholds of one tensor: the layer's own override (exact name, else the first ^pattern
+--- in sorted order), else the defaults widened by the expected noise.
+local function limits_for(th, name, layer, last_layer)
+  local own = th.layers[name]
+  if not own then
+    local keys = {}
+    for k in pairs(th.layers) do
+      if k:sub(1, 1) == "^" then keys[#keys + 1] = k end
+    end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      if name:find(k) then own = th.layers[k] break end
+    end
+  end
+  local lim = { rel_l2 = th.rel_l2, cosine = th.cosine, max_abs = th.max_abs }
+  if th.expected_noise and th.expected_noise > 0 then
+    local l = layer or 0
+    if l == math.huge then l = last_layer + 1 end
+    lim.rel_l2 = math.max(lim.rel_l2, th.noise_factor * th.expected_noise * math.sqrt(math.max(l, 0) + 1))
+    lim.cosine = math.min(lim.cosine, 1 - lim.rel_l2 ^ 2 / 2)
+  end
+  for k, v in pairs(own or {}) do lim[k] = v end
+  return lim
+end
+
+--- A tensor as rows [positions, width] in float64: the last dim is the width.
+local function rows(t)
+  if t:dim() == 0 then return t:reshape({ 1, 1 }):double() end
+  local size = t:size()
+  return t:reshape({ -1, size[#size] }):double()
+end
+
+local function shape_text(t) return "[" .. table.concat(t:size(), ", ") .. "]" end
+
+--- The rows of each side to compare and the positions they stand for. Same shapes: every row,
+--- or row `pos`. One side a single position (an engine dumping one): the other's row `pos`
+--- (default 0). Anything else is a shape mismatch naming both files.
+local function align(name, r, t, rf, tf, pos)
+  local R, T = rows(r), rows(t)
+  local nr, nt = R:size(0), T:size(0)
+  local width_ok = R:size(1) == T:size(1)
+  if width_ok and nr == nt and r:numel() == t:numel() then
+    if pos == nil then return R, T, nil end
+    if pos >= nr then
+      error(("%s: --pos %d is past its %d positions (%s %s)"):format(name, pos, nr, rf, shape_text(r)), 0)
+    end
+    return R:narrow(0, pos, 1), T:narrow(0, pos, 1), pos
+  end
+  if width_ok and (nr == 1 or nt == 1) then
+    local p = pos or 0
+    local n = math.max(nr, nt)
+    if p >= n then error(("%s: --pos %d is past its %d positions"):format(name, p, n), 0) end
+    return nr == 1 and R or R:narrow(0, p, 1), nt == 1 and T or T:narrow(0, p, 1), p
+  end
+  error(("%s: shapes differ: reference %s %s, target %s %s"):format(name, rf, shape_text(r), tf, shape_text(t)), 0)
+end
+
+local function is_nan(x) return x ~= x end
+
+--- Per-row relative L2, cosine and max |t - r| of two [n, w] float64 tensors, as Lua lists.
+local function row_metrics(R, T)
+  local d = T - R
+  local dn = (d * d):sum(-1):sqrt():tolist()
+  local rn = (R * R):sum(-1):sqrt():tolist()
+  local tn = (T * T):sum(-1):sqrt():tolist()
+  local dot = (T * R):sum(-1):tolist()
+  local mx = d:abs():amax(-1):tolist()
+  local rel, cos = {}, {}
+  for i = 1, #dn do
+    rel[i] = rn[i] > 0 and dn[i] / rn[i] or (dn[i] == 0 and 0 or math.huge)
+    if is_nan(dn[i]) then rel[i] = 0 / 0 end
+    local denom = tn[i] * rn[i]
+    cos[i] = denom > 0 and dot[i] / denom or ((tn[i] == 0 and rn[i] == 0) and 1 or 0)
+  end
+  return rel, cos, mx
+end
+
+local function worse(a, b)  -- NaN is worst
+  if is_nan(a) then return true end
+  if is_nan(b) then return false end
+  return a > b
+end
+
+--- α and the fit quality of target h_l - ref h_l ≈ α · ref h_{l-1} (least squares; quality is
+--- the share of the difference's energy the fit explains, 1 - ||d - α p||² / ||d||²).
+local function leak_fit(R, T, P)
+  local d = T - R
+  local dd = (d * d):sum():item()
+  local pp = (P * P):sum():item()
+  if dd == 0 or pp == 0 or is_nan(dd) then return nil end
+  local alpha = (d * P):sum():item() / pp
+  local e = d - P * alpha
+  return { alpha = alpha, quality = 1 - (e * e):sum():item() / dd }
+end
+
+--- What a tensor's position in the layer says about where the bug is.
+local function where(place)
+  local l = place.layer
+  if place.kind == "emb" then return "the embedding" end
+  if place.kind == "post_norm" then return "the final norm" end
+  if place.kind == "logits" then return "the LM head (or the final norm before it)" end
+  if not l then return "the step that produces " .. place.kind end
+  local s = place.substage
+  if s == "in" then return ("between layer %d and layer %d (the residual stream's hand-off)"):format(l - 1, l) end
+  if s == "postattn" then return ("layer %d's attention block (its input norm, the self-attention or the residual add)"):format(l) end
+  if s == "preffn" then return ("layer %d's post-attention norm"):format(l) end
+  if s == "ffnout" then return ("layer %d's FFN (gate/up, activation, down projection)"):format(l) end
+  if s == "" then return ("layer %d (dump its sub-stages h%d_in/_postattn/_preffn/_ffnout to narrow it down)"):format(l, l) end
+  return ("layer %d, sub-stage %s"):format(l, s)
+end
+
+---@class parity.DiffOptions
+---@field names table|nil        name mapping (parity.dump.rename), applied to both dumps
+---@field pos integer|nil        compare at this position only (default: every position)
+---@field thresholds table|nil   see M.DEFAULTS (validated by M.thresholds)
+
+--- Compares two dumps (paths or parity.dump.read results); returns the report.
+---@param ref_path string|table
+---@param target_path string|table
+---@param opts parity.DiffOptions|nil
+---@return table
+function M.run(ref_path, target_path, opts)
+  opts = opts or {}
+  local th = M.thresholds(opts.thresholds or {}, "thresholds")
+  if opts.pos ~= nil then validate.integer("pos", opts.pos, 0, 2 ^ 31) end
+  local ref = dump.rename(type(ref_path) == "table" and ref_path or dump.read(ref_path), opts.names)
+  local tgt = dump.rename(type(target_path) == "table" and target_path or dump.read(target_path), opts.names)
+
+  -- pairing: a kind (emb, h, h_ffnout, ...) both dumps have must cover the same layers; a kind
+  -- only one side dumps is listed, not compared
+  local kinds = { reference = {}, target = {} }
+  for side, d in pairs({ reference = ref, target = tgt }) do
+    for _, n in ipairs(d.names) do kinds[side][dump.place(n).kind] = true end
+  end
+  local names, not_compared, last_layer = {}, {}, -1
+  for _, n in ipairs(ref.names) do
+    local place = dump.place(n)
+    if place.layer and place.layer ~= math.huge then last_layer = math.max(last_layer, place.layer) end
+    if tgt.tensors[n] then
+      names[#names + 1] = n
+    elseif kinds.target[place.kind] then
+      error(("%s: no dump of %s (the reference's is %s; the target dumps other %s tensors)"):format(
+        tgt.path, n, ref.files[n], place.kind), 0)
+    else
+      not_compared[#not_compared + 1] = { name = n, only = "reference" }
+    end
+  end
+  for _, n in ipairs(tgt.names) do
+    if not ref.tensors[n] then
+      if kinds.reference[dump.place(n).kind] then
+        error(("%s: no dump of %s (the target's is %s; the reference dumps other %s tensors)"):format(
+          ref.path, n, tgt.files[n], dump.place(n).kind), 0)
+      end
+      not_compared[#not_compared + 1] = { name = n, only = "target" }
+    end
+  end
+  if #names == 0 then
+    error(("no tensor names in common between %s (%s) and %s (%s); pass a name mapping (--names FILE.lua)"):format(
+      ref.path, table.concat(ref.names, ", "), tgt.path, table.concat(tgt.names, ", ")), 0)
+  end
+
+  local rows_of, tensors, by_kind, earlier = {}, {}, {}, 0
+  local first_fail
+  for _, n in ipairs(names) do
+    local place = dump.place(n)
+    local R, T, pos = align(n, ref.tensors[n], tgt.tensors[n], ref.files[n], tgt.files[n], opts.pos)
+    rows_of[n] = { R = R, T = T }
+    local rel, cos, mx = row_metrics(R, T)
+    local lim = limits_for(th, n, place.layer, last_layer)
+    local worst, bad = 1, nil
+    for i = 1, #rel do
+      if worse(rel[i], rel[worst]) then worst = i end
+      local fails = is_nan(rel[i]) or rel[i] > lim.rel_l2 or cos[i] < lim.cosine or (lim.max_abs and mx[i] > lim.max_abs)
+      if fails and not bad then bad = i end
+    end
+    local function position(i) return pos or (i - 1) end
+    local err = rel[worst]
+    local rn, tn = (R * R):sum():sqrt():item(), (T * T):sum():sqrt():item()
+    local row = {
+      name = n, layer = (place.layer and place.layer ~= math.huge) and place.layer or nil, substage = place.substage,
+      reference_file = ref.files[n], target_file = tgt.files[n],
+      reference_shape = ref.tensors[n]:size(), target_shape = tgt.tensors[n]:size(),
+      positions = #rel, position = pos,
+      rel_l2 = err, cosine = math.huge, max_abs = 0, worst_position = position(worst),
+      norm_ratio = rn > 0 and tn / rn or nil,
+      limits = lim, pass = bad == nil, first_bad_position = bad and position(bad) or nil,
+    }
+    for i = 1, #rel do
+      row.cosine = math.min(row.cosine, cos[i])
+      row.max_abs = (is_nan(mx[i]) or mx[i] > row.max_abs) and mx[i] or row.max_abs
+    end
+    -- the step: above what earlier tensors of its family reached (any earlier tensor for the first of one)
+    local family = place.family or place.kind
+    local prior = by_kind[family] or earlier
+    local base = math.max(prior, th.expected_noise or M.FLOOR)
+    if is_nan(err) or err > th.step * base then row.step = { baseline = prior, ratio = is_nan(err) and math.huge or err / base } end
+    by_kind[family] = math.max(by_kind[family] or 0, is_nan(err) and math.huge or err)
+    earlier = math.max(earlier, is_nan(err) and math.huge or err)
+    -- the residual-leak fit of a layer's output on the reference's previous one
+    if place.substage == "" and place.layer and place.layer >= 0 and place.layer ~= math.huge then
+      local prev = rows_of[place.layer == 0 and "emb" or ("h" .. (place.layer - 1))]
+      if prev and prev.R:is_same_size(R) then row.leak = leak_fit(R, T, prev.R) end
+    end
+    tensors[#tensors + 1] = row
+    if not row.pass and not first_fail then first_fail = row end
+  end
+
+  -- the localisation: the largest step up to the first tensor past its thresholds, else that tensor
+  local localized
+  if first_fail then
+    for _, row in ipairs(tensors) do
+      if row.step and (not localized or row.step.ratio > localized.step.ratio) then localized = row end
+      if row == first_fail then break end
+    end
+    localized = localized or first_fail
+  end
+  local function brief(row)
+    if not row then return core.json.null end
+    return { name = row.name, layer = row.layer, substage = row.substage, rel_l2 = row.rel_l2, cosine = row.cosine,
+             max_abs = row.max_abs, position = row.first_bad_position or row.worst_position,
+             where = where(dump.place(row.name)), step = row.step, leak = row.leak, norm_ratio = row.norm_ratio }
+  end
+  local ignored = {}
+  for _, f in ipairs(ref.ignored) do ignored[#ignored + 1] = ref.path .. "/" .. f end
+  for _, f in ipairs(tgt.ignored) do ignored[#ignored + 1] = tgt.path .. "/" .. f end
+  return {
+    reference = ref.path, target = tgt.path, position = opts.pos or core.json.null,
+    thresholds = th, pass = first_fail == nil, verdict = first_fail and "divergent" or "equivalent",
+    first_past_threshold = brief(first_fail), localized = brief(localized),
+    tensors = tensors, not_compared = core.json.array(not_compared), ignored = core.json.array(ignored),
+  }
+end
+
+local function num(x, fmt)
+  if x == nil then return "-" end
+  if is_nan(x) then return "NaN" end
+  return (fmt or "%.3g"):format(x)
+end
+
+--- The terminal report: the per-tensor table, then the first failure and the localisation.
+---@param d table M.run's report
+---@return string
+function M.summary(d)
+  local lines = { ("parity diff: reference %s, target %s%s"):format(d.reference, d.target,
+    d.position ~= core.json.null and (" at position " .. d.position) or ", every position") }
+  lines[#lines + 1] = ("  %-14s %10s %10s %10s %8s %6s %7s  %s"):format("tensor", "rel L2", "cosine", "max|d|",
+    "|t|/|r|", "worst", "step", "")
+  for _, t in ipairs(d.tensors) do
+    local mark = t.pass and "" or ("FAIL at position %d"):format(t.first_bad_position)
+    if t.leak and t.leak.quality > 0.5 and not t.pass then
+      mark = mark .. ("  leak: t ≈ r + %.3g·r_prev (fit %.2f)"):format(t.leak.alpha, t.leak.quality)
+    end
+    lines[#lines + 1] = ("  %-14s %10s %10s %10s %8s %6s %7s  %s"):format(t.name, num(t.rel_l2), num(t.cosine, "%.6f"),
+      num(t.max_abs), num(t.norm_ratio, "%.3f"), t.worst_position, t.step and ("x" .. num(t.step.ratio, "%.1f")) or "", mark)
+  end
+  for _, n in ipairs(d.not_compared) do
+    lines[#lines + 1] = ("  not compared: %s (only the %s dumps it)"):format(n.name, n.only)
+  end
+  for _, f in ipairs(d.ignored) do lines[#lines + 1] = ("  ignored: %s (not a tensor file)"):format(f) end
+  local f, l = d.first_past_threshold, d.localized
+  if f ~= core.json.null then
+    lines[#lines + 1] = ("first past threshold: %s at position %d (rel L2 %s, cosine %s)"):format(f.name, f.position,
+      num(f.rel_l2), num(f.cosine, "%.6f"))
+    lines[#lines + 1] = ("localized: %s: %s%s"):format(l.name, l.where,
+      l.step and (" (rel L2 %s, x%s over the earlier layers)"):format(num(l.rel_l2), num(l.step.ratio, "%.1f")) or "")
+    if l.leak and l.leak.quality > 0.5 then
+      lines[#lines + 1] = ("  residual leak: target %s ≈ reference %s + %.3g x reference's previous layer (fit %.2f)"):format(
+        l.name, l.name, l.leak.alpha, l.leak.quality)
+    end
+  end
+  lines[#lines + 1] = ("verdict: %s"):format(d.verdict:upper())
+  return table.concat(lines, "\n")
+end
+
+return M

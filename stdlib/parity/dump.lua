@@ -1,0 +1,280 @@
+--- Dump directories: the per-layer tensors a foreign engine or a reference script writes (seed 004,
+--- "refparity"), one tensor a file, named by where it was taken:
+---   emb                      the embeddings
+---   h{l}_in                  the residual stream entering layer l
+---   h{l}_postattn            after the self-attention and its residual add
+---   h{l}_preffn              after the post-attention norm (the FFN's input)
+---   h{l}_ffnout              the FFN's output, before its residual add
+---   h{l}                     layer l's output
+---   post_norm, logits        after the final norm; the logits
+--- Files are .safetensors (one tensor: named by the file; several: by their names), .npy, or
+--- raw .bin with a .json sidecar {"dtype": "float32", "shape": [...]}. Other names are compared
+--- too, after these, in name order.
+local core = require("parity.core")
+local saved = require("parity.saved")
+
+local M = {}
+
+--- Sub-stages of a layer, in the order they are computed; "" is the layer's output.
+M.SUBSTAGES = { "in", "postattn", "preffn", "ffnout", "" }
+local SUB_INDEX = {}
+for i, s in ipairs(M.SUBSTAGES) do SUB_INDEX[s] = i end
+
+--- Where a name sits: { layer = l (-1 for emb, math.huge after the stack), substage, kind (emb,
+--- h, h_in, h_ffnout, ...: what a dump has for every layer or not at all), family (kinds of one
+--- scale: the residual stream is emb, h_in and h), key (the sort key) }.
+---@param name string
+---@return table
+function M.place(name)
+  if name == "emb" then return { layer = -1, substage = "", kind = "emb", family = "stream", key = { -1, 0, name } } end
+  local l, sub = name:match("^h(%d+)_?(%w*)$")
+  if l then
+    local i = SUB_INDEX[sub] or (#M.SUBSTAGES - 0.5)  -- an unknown sub-stage: just before the output
+    local kind = "h" .. (sub ~= "" and ("_" .. sub) or "")
+    return { layer = tonumber(l), substage = sub, kind = kind,
+             family = (sub == "" or sub == "in") and "stream" or kind, key = { tonumber(l), i, name } }
+  end
+  if name == "post_norm" then return { layer = math.huge, substage = "", kind = "post_norm", key = { math.huge, 0, name } } end
+  if name == "logits" then return { layer = math.huge, substage = "", kind = "logits", key = { math.huge, 1, name } } end
+  return { kind = name, key = { math.huge, 2, name } }
+end
+
+--- Sorts names into dump order: emb, layer by layer (h{l}_in ... h{l}), post_norm, logits, others.
+function M.sort(names)
+  table.sort(names, function(a, b)
+    local ka, kb = M.place(a).key, M.place(b).key
+    for i = 1, 3 do
+      if ka[i] ~= kb[i] then return ka[i] < kb[i] end
+    end
+    return false
+  end)
+  return names
+end
+
+local function has_extension(file)
+  for _, ext in ipairs(saved.EXTENSIONS) do
+    if file:sub(-#ext - 1) == "." .. ext then return ext end
+  end
+end
+
+--- Reads a dump: a directory of tensor files, or one .safetensors file of named tensors.
+--- Returns { path, names (in dump order), tensors = {name = Tensor}, files = {name = file},
+--- ignored = {file...} (what is not a tensor file or a sidecar) }.
+---@param path string
+---@return table
+function M.read(path)
+  local kind = core.path_kind(path)
+  if not kind then error(("%s: no such file or directory"):format(path), 0) end
+  local d = { path = path, names = {}, tensors = {}, files = {}, ignored = {} }
+  local function add(name, t, file)
+    if d.tensors[name] then
+      error(("%s: two tensors named %s (%s and %s)"):format(path, name, d.files[name], file), 0)
+    end
+    d.names[#d.names + 1], d.tensors[name], d.files[name] = name, t, file
+  end
+  local function read_file(file, stem)
+    local tensors = core.tensors.load(file)
+    local names = {}
+    for n in pairs(tensors) do names[#names + 1] = n end
+    if #names == 1 and stem then
+      add(stem, tensors[names[1]], file)
+    else
+      table.sort(names)
+      for _, n in ipairs(names) do add(n, tensors[n], file) end
+    end
+  end
+  if kind == "file" then
+    if not path:find("%.safetensors$") then
+      error(("%s: a dump is a directory of tensor files or one .safetensors file of named tensors"):format(path), 0)
+    end
+    read_file(path, nil)
+  else
+    local entries = core.list_dir(path)
+    local bins = {}
+    for _, e in ipairs(entries) do
+      if e:find("%.bin$") then bins[e:sub(1, -5) .. ".json"] = true end
+    end
+    for _, e in ipairs(entries) do
+      local ext, file = has_extension(e), path .. "/" .. e
+      if ext and core.path_kind(file) == "file" then
+        read_file(file, e:sub(1, -#ext - 2))
+      elseif not bins[e] then
+        d.ignored[#d.ignored + 1] = e
+      end
+    end
+  end
+  if #d.names == 0 then
+    error(("%s: no tensors (expected files like emb.npy, h0.npy, ..., logits.npy; .safetensors, .npy or .bin + .json)"):format(path), 0)
+  end
+  M.sort(d.names)
+  return d
+end
+
+--- Renames a dump's tensors through a name mapping: { [name] = canonical } for exact names, and
+--- { ["^lua pattern$"] = "replacement with %1" } for patterns (keys starting with ^), applied with
+--- string.gsub, in the patterns' sorted order. Exact names win; names no entry matches stay as they are.
+---@param d table a dump (M.read)
+---@param names table|nil
+function M.rename(d, names)
+  if not names then return d end
+  local out = { path = d.path, names = {}, tensors = {}, files = {}, ignored = d.ignored, renamed = {} }
+  local patterns = {}  -- tried in name order, the first that matches renames
+  for k in pairs(names) do
+    if k:sub(1, 1) == "^" then patterns[#patterns + 1] = k end
+  end
+  table.sort(patterns)
+  for _, n in ipairs(d.names) do
+    local to = names[n]
+    if type(to) ~= "string" then
+      to = nil
+      for _, pattern in ipairs(patterns) do
+        if n:find(pattern) then
+          to = n:gsub(pattern, names[pattern])
+          break
+        end
+      end
+    end
+    to = to or n
+    if out.tensors[to] then
+      error(("%s: %s and %s both map to %s"):format(d.path, out.renamed[to] or to, n, to), 0)
+    end
+    out.names[#out.names + 1], out.tensors[to], out.files[to], out.renamed[to] = to, d.tensors[n], d.files[n], n
+  end
+  M.sort(out.names)
+  return out
+end
+
+--- Loads a name mapping file (sandboxed Lua returning a table of strings to strings).
+function M.load_names(path)
+  local t = require("parity.sandbox").run_file(path, "name mapping")
+  if type(t) ~= "table" then error(("name mapping %s: must return a table, got %s"):format(path, type(t)), 0) end
+  for k, v in pairs(t) do
+    if type(k) ~= "string" or type(v) ~= "string" then
+      error(("name mapping %s: entries map names (or ^patterns) to names, got %s = %s"):format(
+        path, tostring(k), tostring(v)), 0)
+    end
+  end
+  return t
+end
+
+-- ---- writing a dump of a model, through the taps ----------------------------------------
+
+local function first_tensor(list)
+  local x = list and list[1]
+  while type(x) == "table" do x = x[1] end
+  return torch.is_tensor(x) and x or nil
+end
+
+local function same(a, b) return a and b and a:is_same_size(b) and a:eq(b):all():item() end
+
+--- Where each dump name is taken in a module tree, from its paths and one tapped run's calls:
+--- the layer stack (the container with the most numbered children, outside any other numbered
+--- module), each layer's input and output, its FFN (a child named like mlp/ffn/feed_forward/moe)
+--- with its input and output, the norm feeding the FFN (its input: after the attention's
+--- residual add), and the first module after the stack that takes the last layer's output (the
+--- final norm). Returns { {name, path, field = "inputs"|"outputs"}... } in dump order.
+local function stack_of(modules)
+  local groups, order = {}, {}
+  for _, m in ipairs(modules) do
+    local parent = m.path:match("^(.*)%.%d+$")
+    if parent and not parent:find("%.%d+%.") and not parent:find("%.%d+$") and not parent:find("^%d+%.") then
+      if not groups[parent] then groups[parent] = {}; order[#order + 1] = parent end
+      table.insert(groups[parent], m.path)
+    end
+  end
+  local stack
+  for _, p in ipairs(order) do
+    if not stack or #groups[p] > #groups[stack] then stack = p end
+  end
+  if not stack then return nil end
+  local layers = groups[stack]
+  table.sort(layers, function(a, b) return tonumber(a:match("(%d+)$")) < tonumber(b:match("(%d+)$")) end)
+  return stack, layers
+end
+
+local function escape(path) return (path:gsub("%p", "%%%0")) end
+
+local function locate(modules, calls, stack, layers)
+  local where = {}
+  local function at(name, path, field) where[#where + 1] = { name = name, path = path, field = field } end
+  at("emb", layers[1], "inputs")
+  for l, path in ipairs(layers) do
+    local i = l - 1
+    at(("h%d_in"):format(i), path, "inputs")
+    local children = {}
+    for _, m in ipairs(modules) do
+      if m.path:match("^" .. escape(path) .. "%.[^.]+$") then children[#children + 1] = m.path end
+    end
+    local ffn
+    for _, c in ipairs(children) do
+      local leaf = c:match("([^.]+)$"):lower()
+      if (leaf:find("mlp") or leaf:find("ffn") or leaf:find("feed_forward") or leaf:find("moe"))
+          and not leaf:find("norm") and not leaf:find("^ln") then  -- ffn_norm is the FFN's norm
+        ffn = c
+        break
+      end
+    end
+    local ffn_in = ffn and calls[ffn] and first_tensor(calls[ffn][1].inputs)
+    if ffn_in then
+      for _, c in ipairs(children) do  -- the norm whose output the FFN takes
+        if c ~= ffn and calls[c] and same(first_tensor(calls[c][1].outputs), ffn_in) then
+          at(("h%d_postattn"):format(i), c, "inputs")
+          break
+        end
+      end
+      at(("h%d_preffn"):format(i), ffn, "inputs")
+      at(("h%d_ffnout"):format(i), ffn, "outputs")
+    end
+    at(("h%d"):format(i), path, "outputs")
+  end
+  local last = calls[layers[#layers]] and first_tensor(calls[layers[#layers]][1].outputs)
+  local after = false
+  for _, m in ipairs(modules) do
+    if m.path == layers[#layers] then after = true
+    elseif after and m.path ~= stack and not m.path:find("^" .. escape(stack) .. "%.")
+      and calls[m.path] and same(first_tensor(calls[m.path][1].inputs), last) then
+      at("post_norm", m.path, "outputs")
+      break
+    end
+  end
+  return where
+end
+
+--- Dumps a model's per-layer tensors for token ids [K, T] into `dir`, one float32 .npy a name
+--- (M.read's layout, each [K, T, width]), through the taps: what a reference dumper for
+--- `parity diff` writes. Returns { names, paths = {name = module path} }.
+---@param module userdata a Module
+---@param tokens userdata int64 [K, T]
+---@param dir string
+---@return table
+function M.write(module, tokens, dir)
+  local modules = module:modules()
+  local stack, layers = stack_of(modules)
+  if not stack then
+    error("cannot dump per-layer states: no numbered layer stack (like model.layers.0, model.layers.1, ...)", 0)
+  end
+  local paths = {}  -- the layers, their children, and what runs outside the stack
+  for _, m in ipairs(modules) do
+    local p = m.path
+    if p ~= "" and (not p:find("^" .. escape(stack) .. "%.") or p:find("^" .. escape(stack) .. "%.%d+$")
+        or p:find("^" .. escape(stack) .. "%.%d+%.[^.]+$")) then
+      paths[#paths + 1] = p
+    end
+  end
+  module:tap(paths)
+  local out, calls = module:run_tapped({ tokens })
+  local where = locate(modules, calls, stack, layers)
+  local written, from = {}, {}
+  for _, w in ipairs(where) do
+    local x = calls[w.path] and first_tensor(calls[w.path][1][w.field])
+    if x then
+      core.tensors.save(("%s/%s.npy"):format(dir, w.name), x:float())
+      written[#written + 1], from[w.name] = w.name, w.path .. " " .. w.field
+    end
+  end
+  core.tensors.save(dir .. "/logits.npy", require("parity.lm").logits_of(out, "the model"):float())
+  written[#written + 1], from.logits = "logits", "the model's output"
+  return { names = written, paths = from }
+end
+
+return M
