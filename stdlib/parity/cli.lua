@@ -317,8 +317,11 @@ Tensors are [..., positions, width]; a dump of one position ([width]) is compare
 other side's position --pos (default 0). Per tensor and position: relative L2 ||t-r||/||r||,
 cosine, max |t-r|; the table shows the worst position, |t|/|r| (a sub-stage losing or gaining
 magnitude) and steps (an error x3 above what earlier layers reached at that sub-stage). The
-report: the first tensor and position past its thresholds, the localisation (the largest step
-up to it: which layer, which sub-stage), and the residual-leak fit h_l ≈ ref h_l + α·ref h_{l-1}.
+report: the first tensor and position past its thresholds, the localisation (the main step up
+to it, the first within a step factor of the largest: which layer, which sub-stage), and the
+residual-leak fit h_l ≈ ref h_l + α·ref h_{l-1}. Within the thresholds, the main step is still
+said: a bug smaller than the thresholds (fp32 dumps: pass --expected-noise 1e-6 to lower the
+step floor from one bf16 rounding).
 
   --pos N              compare at position N only (default: every position)
   --names FILE.lua     name mapping, run sandboxed, for dumps named otherwise:
@@ -327,8 +330,9 @@ up to it: which layer, which sub-stage), and the residual-leak fit h_l ≈ ref h
                        expected_noise = 0.03, layers = { logits = { cosine = 0.9, rel_l2 = 1 },
                        ["^h%d+_ffnout$"] = { rel_l2 = 0.1 } } }   (defaults: rel_l2 0.05,
                        cosine 0.99, no max_abs, step 3)
-  --expected-noise X   a quantised engine's per-layer relative error (Q4: about 0.03): layer l
-                       may reach 2·X·sqrt(l+1) (compounding), and steps must clear X
+  --expected-noise X   the per-layer relative error a correct engine has (Q4: about 0.03; fp32:
+                       1e-6): layer l may reach max(rel_l2, 2·X·sqrt(l+1)) (compounding), and a
+                       step must clear 3·X (default floor 2^-8, one bf16 rounding)
   --json FILE          also write the full report as JSON
 Exit 0 every tensor within its thresholds, 1 a divergence, 2 bad input (a missing dump file or
 a shape mismatch names the file).]],

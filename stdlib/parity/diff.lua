@@ -271,15 +271,24 @@ function M.run(ref_path, target_path, opts)
     if not row.pass and not first_fail then first_fail = row end
   end
 
-  -- the localisation: the largest step up to the first tensor past its thresholds, else that tensor
-  local localized
-  if first_fail then
-    for _, row in ipairs(tensors) do
-      if row.step and (not localized or row.step.ratio > localized.step.ratio) then localized = row end
-      if row == first_fail then break end
+  -- the main step among rows[1..last]: the first whose ratio is within a step factor of the
+  -- largest (an early step of float noise is far smaller than a bug's)
+  local function main_step(last)
+    local max = 0
+    for i = 1, last do
+      if tensors[i].step then max = math.max(max, tensors[i].step.ratio) end
     end
-    localized = localized or first_fail
+    for i = 1, last do
+      if tensors[i].step and tensors[i].step.ratio * th.step >= max then return tensors[i] end
+    end
   end
+  -- the localisation: the main step up to the first tensor past its thresholds, else that tensor
+  local localized, last_fail = nil, #tensors
+  for i, row in ipairs(tensors) do
+    if row == first_fail then last_fail = i end
+  end
+  if first_fail then localized = main_step(last_fail) or first_fail end
+  local largest = main_step(#tensors)
   local function brief(row)
     if not row then return core.json.null end
     return { name = row.name, layer = row.layer, substage = row.substage, rel_l2 = row.rel_l2, cosine = row.cosine,
@@ -292,7 +301,7 @@ function M.run(ref_path, target_path, opts)
   return {
     reference = ref.path, target = tgt.path, position = opts.pos or core.json.null,
     thresholds = th, pass = first_fail == nil, verdict = first_fail and "divergent" or "equivalent",
-    first_past_threshold = brief(first_fail), localized = brief(localized),
+    first_past_threshold = brief(first_fail), localized = brief(localized), main_step = brief(largest),
     tensors = tensors, not_compared = core.json.array(not_compared), ignored = core.json.array(ignored),
   }
 end
@@ -333,6 +342,11 @@ function M.summary(d)
       lines[#lines + 1] = ("  residual leak: target %s ≈ reference %s + %.3g x reference's previous layer (fit %.2f)"):format(
         l.name, l.name, l.leak.alpha, l.leak.quality)
     end
+  end
+  local big = d.main_step
+  if f == core.json.null and big ~= core.json.null then
+    lines[#lines + 1] = ("within the thresholds; the main step: %s: %s (rel L2 %s, x%s over the earlier layers)"):format(
+      big.name, big.where, num(big.rel_l2), num(big.step.ratio, "%.1f"))
   end
   lines[#lines + 1] = ("verdict: %s"):format(d.verdict:upper())
   return table.concat(lines, "\n")

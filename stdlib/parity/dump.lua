@@ -170,8 +170,8 @@ local function same(a, b) return a and b and a:is_same_size(b) and a:eq(b):all()
 --- Where each dump name is taken in a module tree, from its paths and one tapped run's calls:
 --- the layer stack (the container with the most numbered children, outside any other numbered
 --- module), each layer's input and output, its FFN (a child named like mlp/ffn/feed_forward/moe)
---- with its input and output, the norm feeding the FFN (its input: after the attention's
---- residual add), and the first module after the stack that takes the last layer's output (the
+--- with weights, its input and output), the last module before it whose output the FFN takes
+--- (its norm; the norm's input is the stream after the attention's residual add), and the first module after the stack that takes the last layer's output (the
 --- final norm). Returns { {name, path, field = "inputs"|"outputs"}... } in dump order.
 local function stack_of(modules)
   local groups, order = {}, {}
@@ -203,21 +203,23 @@ local function locate(modules, calls, stack, layers)
     at(("h%d_in"):format(i), path, "inputs")
     local children = {}
     for _, m in ipairs(modules) do
-      if m.path:match("^" .. escape(path) .. "%.[^.]+$") then children[#children + 1] = m.path end
+      if m.path:match("^" .. escape(path) .. "%.[^.]+$") then children[#children + 1] = m end
     end
-    local ffn
+    local ffn, before = nil, {}
     for _, c in ipairs(children) do
-      local leaf = c:match("([^.]+)$"):lower()
+      local leaf = c.path:match("([^.]+)$"):lower()
       if (leaf:find("mlp") or leaf:find("ffn") or leaf:find("feed_forward") or leaf:find("moe"))
-          and not leaf:find("norm") and not leaf:find("^ln") then  -- ffn_norm is the FFN's norm
-        ffn = c
+          and not leaf:find("norm") and not leaf:find("^ln") and c.total_params > 0 then  -- not ffn_norm, not a dropout
+        ffn = c.path
         break
       end
+      before[#before + 1] = c.path
     end
     local ffn_in = ffn and calls[ffn] and first_tensor(calls[ffn][1].inputs)
     if ffn_in then
-      for _, c in ipairs(children) do  -- the norm whose output the FFN takes
-        if c ~= ffn and calls[c] and same(first_tensor(calls[c][1].outputs), ffn_in) then
+      for k = #before, 1, -1 do  -- the last module before the FFN whose output it takes: its norm
+        local c = before[k]
+        if calls[c] and same(first_tensor(calls[c][1].outputs), ffn_in) then
           at(("h%d_postattn"):format(i), c, "inputs")
           break
         end
