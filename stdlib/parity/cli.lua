@@ -15,6 +15,7 @@ Commands:
   inputs REF --out FILE      the token sequences of a check, for a foreign engine to run
   dump MODEL --inputs F --out DIR   a model's per-layer tensors, for parity diff
   diff REF_DUMP TARGET_DUMP  two per-layer dumps compared: the first layer and sub-stage that diverges
+  matrix FILE                a (model x prompt) matrix of engine runs diffed against reference dumps
   run SCRIPT.lua [ARGS...]   run a validation script (ARGS reach it as `arg` and `...`)
   tree MODEL                 print a model's module tree (--compressed, --flat, --json)
   version                    print versions of parity, LuaJIT and LibTorch
@@ -389,6 +390,48 @@ Exit 0 written, 2 bad input.]],
   end,
 }
 
+commands.matrix = {
+  help = [[
+Usage: parity matrix FILE [--filter SUBSTR] [--reports DIR]
+
+Runs a (model x prompt) matrix of engine-against-reference dump diffs (seed 004, "refparity").
+FILE (Lua, run sandboxed, or .json) returns:
+  { entries = { {
+      model = "tiny",                                   -- a name; --filter matches it
+      prompts = { "inputs/p0.safetensors" },            -- token ids (parity inputs writes them)
+      reference = "dumps/{model}/p{index}",             -- a dump directory, or a command:
+        -- reference = { command = "{parity} dump ref --inputs {inputs} --out {dump}" },
+      engine = { command = "./engine {inputs}", env = { TQ_DUMP_HIDDEN = "{dump}", TQ_DUMP_POS = "{pos}" } },
+      pos = 0,                                          -- optional: the position compared
+      thresholds = { expected_noise = 0.03 }, names = { ... },   -- optional, as parity diff takes them
+    } },
+    thresholds = { ... }, names = { ... } }            -- optional defaults for every entry
+Placeholders: {model}, {index} (the prompt's, from 0), {inputs}, {dump} (a directory parity makes
+for the command to fill), {pos}, {dir} (FILE's directory), {parity} (this binary). Commands run
+with sh in FILE's directory (relative paths are relative to it), their output in
+DIR/work/<model>__p<index>/*.log. A matrix runs the commands it lists: run only matrices you trust.
+Each failing (model, prompt) leaves DIR/<model>__p<index>.diff (the diff's report) and .json.
+
+  --filter SUBSTR   only the entries whose model contains SUBSTR
+  --reports DIR     reports and work directories (default parity-matrix)
+Exit 0 every pair within its thresholds, 1 a divergence, 2 an environment or configuration error
+(a command failing, a dump missing, a bad matrix), after running the rest.]],
+  run = function(argv)
+    local o = parse(argv, { flags = { filter = "string", reports = "string" }, positional = { "FILE" } })
+    local matrix = require("parity.matrix")
+    local m = matrix.load(o.FILE)
+    print(("parity matrix: %s"):format(o.FILE))
+    local r = matrix.run(m, { filter = o.filter, reports = o.reports, log = function(line) print("  " .. line) end })
+    local counts = { pass = 0, fail = 0, error = 0 }
+    for _, row in ipairs(r.rows) do
+      local k = row.verdict == "error" and "error" or (row.pass and "pass" or "fail")
+      counts[k] = counts[k] + 1
+    end
+    print(("%d pairs: %d pass, %d fail, %d error"):format(#r.rows, counts.pass, counts.fail, counts.error))
+    return r.exit
+  end,
+}
+
 commands.run = {
   help = [[
 Usage: parity run SCRIPT.lua [ARGS...]
@@ -457,7 +500,7 @@ function M.main(argv)
   if name == "--version" then name = "version" end
   local cmd = commands[name]
   if not cmd then
-    stderr("parity: unknown command '%s' (commands: check, gate, inputs, dump, diff, run, tree, version, help; see parity --help)", name)
+    stderr("parity: unknown command '%s' (commands: check, gate, inputs, dump, diff, matrix, run, tree, version, help; see parity --help)", name)
     return 2
   end
   local rest = { unpack(argv, 2) }

@@ -237,6 +237,11 @@ foreign)
   ENGINE_DUMP_DIR=$tmp/bug_pos5 ENGINE_DUMP_POS=5 "${engine[@]}" --logits "$tmp/bug_pos5.npy" --bug ffn_scale:1
   expect 0 '^parity dump: wrote 13 tensors' -- dump "$ref" --inputs "$tmp/in.safetensors" --out "$tmp/ref"
   expect 0 '^verdict: EQUIVALENT' -- diff "$tmp/ref" "$tmp/clean"
+  # the Python reference dumper (hooks) writes what parity dump (taps) does, on the eager model
+  /usr/bin/python3 "$(dirname "$0")/../../scripts/parity_dump.py" --module "$(dirname "$0")/../fixtures/tiny_llama.py:reference" \
+    --inputs "$tmp/in.safetensors" --out "$tmp/pyref" >/dev/null
+  expect 0 '^  h1_postattn +0 +1\.000000 +0 ' -- diff "$tmp/ref" "$tmp/pyref"
+  expect 0 '^  post_norm +0 +1\.000000 +0 ' -- diff "$tmp/ref" "$tmp/pyref"
   expect 1 '^localized: h1_ffnout: layer 1.s FFN' -- diff "$tmp/ref" "$tmp/bug"
   expect 1 '^first past threshold: h1_ffnout at position 0 ' -- diff "$tmp/ref" "$tmp/bug"
   expect 1 '^localized: h1_ffnout: layer 1.s FFN' -- diff "$tmp/ref" "$tmp/bug_pos5" --pos 5
@@ -261,6 +266,29 @@ foreign)
   expect 2 "^parity diff: h0: shapes differ: reference $tmp/ref/h0.npy \[2, 24, 64\], target $tmp/clean/h0.bin \[2, 24, 32\]" -- diff "$tmp/ref" "$tmp/clean"
   expect 2 "^parity diff: $tmp/none: no such file or directory" -- diff "$tmp/ref" "$tmp/none"
   expect 0 'Usage: parity diff REF_DUMP TARGET_DUMP' -- diff --help
+  # the matrix: the reference dumped by parity, the engine with its dump directory and position
+  # in its environment; one report per failing pair
+  cat >"$tmp/matrix.lua" <<EOF
+local engine = "/usr/bin/python3 $(cd "$(dirname "$0")/../fixtures" && pwd)/tiny_engine.py $(cd "$fx" && pwd)/engine {inputs} --logits {dump}.npy"
+local reference = { command = "{parity} dump $(cd "$ref" && pwd) --inputs {inputs} --out {dump}" }
+return { entries = {
+  { model = "clean", prompts = { "in.safetensors" }, reference = reference,
+    engine = { command = engine, env = { ENGINE_DUMP_DIR = "{dump}" } } },
+  { model = "ffn_bug", prompts = { "in.safetensors" }, pos = 3, reference = reference,
+    engine = { command = engine .. " --bug ffn_scale:1", env = { ENGINE_DUMP_DIR = "{dump}", ENGINE_DUMP_POS = "{pos}" } } },
+  { model = "broken", prompts = { "in.safetensors" }, reference = reference, engine = { command = "exit 3" } },
+} }
+EOF
+  expect 0 '^  clean +p0 +PASS$' -- matrix "$tmp/matrix.lua" --filter clean --reports "$tmp/reports"
+  expect 1 '^  ffn_bug +p0 +FAIL +first past threshold h1_ffnout at position 3; localized: h1_ffnout' -- matrix "$tmp/matrix.lua" --filter ffn --reports "$tmp/reports"
+  expect 2 "^  broken +p0 +ERROR +the engine command failed \\(exit 3\\)" -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
+  expect 2 '^3 pairs: 1 pass, 1 fail, 1 error$' -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
+  cases=$((cases + 1))
+  if grep -q '^localized: h1_ffnout' "$tmp/reports/ffn_bug__p0.diff" && [[ -e $tmp/reports/ffn_bug__p0.json && ! -e $tmp/reports/clean__p0.diff ]]; then
+    echo "ok   a report for the failing pair only"; else failures=$((failures + 1)); echo "FAIL: matrix reports"; fi
+  echo 'return { entries = { { model = "x y" } } }' >"$tmp/bad_matrix.lua"
+  expect 2 'bad_matrix.lua: entry 1: model must be a name' -- matrix "$tmp/bad_matrix.lua"
+  expect 2 "no entry's model matches --filter nothing" -- matrix "$tmp/matrix.lua" --filter nothing --reports "$tmp/reports"
   ;;
 *)
   echo "unknown subcommand to test: $cmd"

@@ -1,0 +1,174 @@
+--- parity matrix — the (model × prompt) matrix of seed 004 ("refparity"): for each entry and each
+--- of its prompts, get the reference's dump (a directory, or a command that writes one), run
+--- the engine with its dump directory and position in its environment, and diff the two
+--- (parity.diff). A failing pair leaves a report (<model>__p<index>.diff and .json).
+---
+--- A matrix file (Lua, run sandboxed, or JSON) returns:
+---   { entries = { {
+---       model = "qwen3-0.6b",                       -- a name (--filter matches it)
+---       prompts = { "inputs/hello.safetensors" },   -- token ids for both (parity inputs writes them)
+---       reference = "dumps/{model}/p{index}"        -- a dump directory, or a command writing {dump}:
+---                 or { command = "python3 ref.py {inputs} {dump}", env = { ... } },
+---       engine = { command = "./engine {inputs}", env = { TQ_DUMP_HIDDEN = "{dump}", TQ_DUMP_POS = "{pos}" } },
+---       pos = 0,                                    -- optional: the position compared (and {pos})
+---       names = { ... }, thresholds = { ... },      -- optional: as parity diff takes them
+---     }, ... },
+---     thresholds = { ... }, names = { ... } }      -- optional defaults for every entry
+--- Placeholders in commands, environment values and directories: {model}, {index} (the prompt's,
+--- from 0), {inputs}, {dump} (the directory parity gives the command), {pos}, {dir} (the matrix
+--- file's directory) and {parity} (this parity binary). Commands run with sh in the matrix
+--- file's directory, which relative paths are relative to. A matrix runs the commands it lists:
+--- run only matrices you trust.
+local core = require("parity.core")
+local diff = require("parity.diff")
+
+local M = {}
+
+local function fail(where, msg) error(("%s: %s"):format(where, msg), 0) end
+
+local function check_run(v, where)
+  if type(v) == "string" then return end
+  if type(v) ~= "table" or type(v.command) ~= "string" then
+    fail(where, "a dump directory (string) or { command = \"...\", env = { NAME = \"value\" } }")
+  end
+  for k, x in pairs(v.env or {}) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") or type(x) ~= "string" then
+      fail(where, ("env entries are NAME = \"value\" strings, got %s = %s"):format(tostring(k), tostring(x)))
+    end
+  end
+end
+
+--- Loads and checks a matrix file (.lua run sandboxed, or .json).
+---@param path string
+---@return table
+function M.load(path)
+  local m
+  if path:find("%.json$") then
+    m = core.json.read(path)
+  else
+    m = require("parity.sandbox").run_file(path, "matrix file")
+  end
+  local where = "matrix " .. path
+  if type(m) ~= "table" or type(m.entries) ~= "table" or #m.entries == 0 then
+    fail(where, "must give entries = { {model = ..., prompts = {...}, reference = ..., engine = ...}, ... }")
+  end
+  for i, e in ipairs(m.entries) do
+    local at = ("%s: entry %d"):format(where, i)
+    if type(e) ~= "table" then fail(at, "not a table") end
+    if type(e.model) ~= "string" or e.model == "" or e.model:find("[/%s]") then
+      fail(at, "model must be a name (no spaces or slashes)")
+    end
+    if type(e.prompts) == "string" then e.prompts = { e.prompts } end
+    if type(e.prompts) ~= "table" or #e.prompts == 0 then fail(at, "prompts must list token-id files") end
+    for _, p in ipairs(e.prompts) do
+      if type(p) ~= "string" then fail(at, "prompts must be file names") end
+    end
+    check_run(e.reference, at .. ": reference")
+    check_run(e.engine, at .. ": engine")
+    if e.pos ~= nil then require("parity.validate").integer(at .. ": pos", e.pos, 0, 2 ^ 31) end
+  end
+  m.path, m.dir = path, path:match("^(.*)/[^/]*$") or "."
+  return m
+end
+
+local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function expand(s, vars)
+  return (s:gsub("{(%w+)}", function(k) return vars[k] end))
+end
+
+local function absolute(dir, p)
+  if p:sub(1, 1) == "/" then return p end
+  return dir .. "/" .. p
+end
+
+local function self_exe()
+  local f = io.popen("readlink -f /proc/$PPID/exe 2>/dev/null")  -- the shell's parent: this process
+  local exe = f and f:read("*l")
+  if f then f:close() end
+  return exe or "parity"
+end
+
+--- A dump for one (entry, prompt): a directory as it stands, or a command run into `dump`.
+local function obtain(run, vars, dump, log, what, cwd)
+  if type(run) == "string" then return absolute(cwd, expand(run, vars)) end
+  os.execute("rm -rf " .. shell_quote(dump) .. " && mkdir -p " .. shell_quote(dump))
+  local env = {}
+  for k, v in pairs(run.env or {}) do env[#env + 1] = k .. "=" .. shell_quote(expand(v, vars)) end
+  table.sort(env)
+  local cmd = ("cd %s && env %s sh -c %s >%s 2>&1"):format(shell_quote(cwd), table.concat(env, " "),
+    shell_quote(expand(run.command, vars)), shell_quote(log))
+  local status = os.execute(cmd)
+  if status ~= 0 and status ~= true then
+    local f = io.open(log)
+    local text = f and f:read("*a") or ""
+    if f then f:close() end
+    local tail = {}
+    for line in text:gmatch("[^\n]+") do tail[#tail + 1] = line end
+    error(("the %s command failed (%s): %s%s"):format(what, expand(run.command, vars), #tail > 0 and tail[#tail] or "no output",
+      (" (log: %s)"):format(log)), 0)
+  end
+  return dump
+end
+
+--- Runs the matrix; returns { rows = { {model, index, prompt, verdict, first, localized, report, error} }, exit }.
+---@param m table M.load's
+---@param opts table { filter = substring of model names, reports = directory, log = fun(line) }
+function M.run(m, opts)
+  local here = os.getenv("PWD") or "."
+  local reports = absolute(here, opts.reports or "parity-matrix")  -- commands run elsewhere: absolute paths
+  local work = reports .. "/work"
+  os.execute("mkdir -p " .. shell_quote(work))
+  local exe = self_exe()
+  local rows, any_error, any_fail = {}, false, false
+  local cwd = absolute(here, m.dir)
+  for _, e in ipairs(m.entries) do
+    if not opts.filter or e.model:find(opts.filter, 1, true) then
+      for index, prompt in ipairs(e.prompts) do
+        local id = ("%s__p%d"):format(e.model, index - 1)
+        local vars = { model = e.model, index = tostring(index - 1), inputs = absolute(cwd, prompt),
+                       pos = e.pos and tostring(e.pos) or "", dir = cwd, parity = exe }
+        local row = { model = e.model, index = index - 1, prompt = prompt }
+        local ok, err = pcall(function()
+          if core.path_kind(vars.inputs) ~= "file" then error(("%s: no such prompt file"):format(vars.inputs), 0) end
+          vars.dump = ("%s/%s/reference"):format(work, id)
+          local ref = obtain(e.reference, vars, vars.dump, ("%s/%s/reference.log"):format(work, id), "reference", cwd)
+          vars.dump = ("%s/%s/engine"):format(work, id)
+          local tgt = obtain(e.engine, vars, vars.dump, ("%s/%s/engine.log"):format(work, id), "engine", cwd)
+          local th = {}
+          for k, v in pairs(m.thresholds or {}) do th[k] = v end
+          for k, v in pairs(e.thresholds or {}) do th[k] = v end
+          local report = diff.run(ref, tgt, { pos = e.pos, thresholds = th, names = e.names or m.names })
+          row.verdict, row.pass = report.verdict, report.pass
+          if not report.pass then
+            row.first, row.localized = report.first_past_threshold, report.localized
+            row.report = ("%s/%s.diff"):format(reports, id)
+            core.write_text(row.report, diff.summary(report) .. "\n")
+            core.json.write(("%s/%s.json"):format(reports, id), report)
+          end
+        end)
+        if not ok then
+          row.verdict, row.error = "error", require("parity.errors").clean(err)
+          any_error = true
+        elseif not row.pass then
+          any_fail = true
+        end
+        rows[#rows + 1] = row
+        if opts.log then opts.log(M.line(row)) end
+      end
+    end
+  end
+  if #rows == 0 then error(("no entry's model matches --filter %s"):format(tostring(opts.filter)), 0) end
+  return { rows = rows, exit = any_error and 2 or (any_fail and 1 or 0) }
+end
+
+--- One line of the matrix's table.
+function M.line(row)
+  local what = row.verdict == "error" and ("ERROR  " .. row.error)
+    or row.pass and "PASS"
+    or ("FAIL   first past threshold %s at position %d; localized: %s (%s)  report %s"):format(row.first.name,
+      row.first.position, row.localized.name, row.localized.where, row.report)
+  return ("%-24s p%-3d %s"):format(row.model, row.index, what)
+end
+
+return M
