@@ -169,7 +169,7 @@ local function where(place)
   local s = place.substage
   if s == "in" then return ("between layer %d and layer %d (the residual stream's hand-off)"):format(l - 1, l) end
   if s == "postattn" then return ("layer %d's attention block (its input norm, the self-attention or the residual add)"):format(l) end
-  if s == "preffn" then return ("layer %d's post-attention norm"):format(l) end
+  if s == "preffn" then return ("layer %d's norm before its FFN (the post-attention norm)"):format(l) end
   if s == "ffnout" then return ("layer %d's FFN (gate/up, activation, down projection)"):format(l) end
   if s == "" then return ("layer %d (dump its sub-stages h%d_in/_postattn/_preffn/_ffnout to narrow it down)"):format(l, l) end
   return ("layer %d, sub-stage %s"):format(l, s)

@@ -132,6 +132,32 @@ describe("parity.diff", function()
   end)
 end)
 
+describe("parity matrix", function()
+  it("runs a JSON matrix of dump directories and reports the failing pair", function()
+    local leak = noisy(1e-4, 90)
+    leak.h1 = ref.h1 * 1.5
+    write(root .. "/m/engines/good", noisy(1e-4, 91))
+    write(root .. "/m/engines/bad", leak)
+    local f = io.open(root .. "/m/p0.safetensors", "wb")
+    f:close()
+    parity.json.write(root .. "/m/matrix.json", { entries = {
+      { model = "good", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" },
+      { model = "bad", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" },
+    } })
+    local matrix = require("parity.matrix")
+    local r = matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports" })
+    eq(r.exit, 1)
+    eq({ r.rows[1].verdict, r.rows[2].verdict }, { "equivalent", "divergent" })
+    eq(r.rows[2].localized.name, "h1")
+    eq(parity.path_kind(root .. "/m/reports/bad__p0.diff"), "file")
+    eq(parity.path_kind(root .. "/m/reports/good__p0.diff"), nil)
+    eq(matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports", filter = "good" }).exit, 0)
+    parity.json.write(root .. "/m/matrix.json", { entries = {
+      { model = "gone", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" } } })
+    eq(matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports" }).exit, 2)
+  end)
+end)
+
 describe("parity dump (through the taps)", function()
   it("finds the stack, the FFN, its norm and the final norm of both layouts", function()
     local ids = torch.randint(0, 512, { 1, 6 }, { seed = 1 })
