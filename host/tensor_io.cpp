@@ -133,6 +133,7 @@ void write_safetensors(const std::string& path, const NamedTensorList& tensors,
 // ---- raw .bin + JSON sidecar ------------------------------------------------------------
 
 at::Tensor read_raw(const std::string& path) {
+  Mapped file(path);  // a missing .bin is named before its sidecar
   std::string sidecar = path.substr(0, path.size() - (path.size() >= 4 && path.compare(path.size() - 4, 4, ".bin") == 0 ? 4 : 0)) + ".json";
   json meta;
   try {
@@ -160,7 +161,6 @@ at::Tensor read_raw(const std::string& path) {
     numel *= static_cast<uint64_t>(shape.back());
     if (numel > (uint64_t{1} << 40)) fail(sidecar, "shape has more than 2^40 elements");
   }
-  Mapped file(path);
   uint64_t want = numel * c10::elementSize(type);
   if (file.size != want)
     fail(path, fmt::format("{} bytes, but {} says {} [{}] = {} bytes", file.size, sidecar, dtype_name(type),

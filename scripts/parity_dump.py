@@ -19,6 +19,7 @@ Runs where torch lives (Debian: /usr/bin/python3 with python3-torch).
 import argparse
 import json
 import os
+import re
 import struct
 import sys
 
@@ -62,7 +63,9 @@ def _is_norm(name):
 
 def dump(model, ids, out_dir):
     """Runs `model` on `ids` with hooks and writes the dump; returns the names written."""
-    stacks = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    # the layer stack: not a list inside a numbered module (a layer's experts), as parity dump
+    stacks = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
+              and not re.search(r"(^|\.)\d+\.", n)]
     if not stacks:
         raise ValueError("no layer stack (a torch.nn.ModuleList of layers) in this model")
     stack_name, stack = max(stacks, key=lambda s: len(s[1]))
@@ -117,6 +120,9 @@ def dump(model, ids, out_dir):
     if final is not None:
         states["post_norm"] = seen[final][1]
     states["logits"] = logits
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir} is not empty: dump into a new or empty directory "
+                         "(a tensor left from another dump would be compared too)")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for name, x in states.items():

@@ -12,13 +12,14 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 
 ---@class parity.CheckOptions
 ---@field reference string|parity.Bundle
----@field target string|parity.Bundle
+---@field target string|parity.Bundle|parity.Saved  a model, or the logits a foreign engine saved (parity.saved)
 ---@field dtype string|nil         low precision under test (default "bf16")
 ---@field prompts integer|nil      K prompts (default 4)
 ---@field prompt_len integer|nil   P tokens a prompt (default 16)
 ---@field new_tokens integer|nil   N greedy tokens (default 16)
 ---@field seed integer|nil         seed of the random prompts (default 0)
----@field inputs string|nil        prompts from a .safetensors file instead (input_ids [K, P])
+---@field inputs string|nil        prompts from a .safetensors file instead (input_ids [K, P]; whole
+---                                sequences [K, P + N] when written by parity inputs)
 ---@field topk integer|nil         k of top-k agreement (default 5)
 ---@field vocab_size integer|nil   overrides what the bundles say
 ---@field thresholds table|nil     overrides of parity.thresholds.DEFAULTS

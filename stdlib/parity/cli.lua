@@ -343,10 +343,11 @@ a shape mismatch names the file).]],
       positional = { "REF_DUMP", "TARGET_DUMP" },
     })
     local diff = require("parity.diff")
+    local origin = o.thresholds and ("thresholds file " .. o.thresholds) or "thresholds"
     local th = o.thresholds and require("parity.sandbox").run_file(o.thresholds, "thresholds file") or {}
-    if type(th) ~= "table" then error(("thresholds file %s: must return a table"):format(o.thresholds), 0) end
+    if type(th) ~= "table" then error(("%s: must return a table"):format(origin), 0) end
     if o["expected-noise"] then th.expected_noise = o["expected-noise"] end
-    local report = diff.run(o.REF_DUMP, o.TARGET_DUMP, { pos = o.pos, thresholds = th,
+    local report = diff.run(o.REF_DUMP, o.TARGET_DUMP, { pos = o.pos, thresholds = th, thresholds_origin = origin,
       names = o.names and require("parity.dump").load_names(o.names) })
     print(diff.summary(report))
     if o.json then parity.json.write(o.json, report) end
@@ -367,18 +368,17 @@ that feeds it gives h{l}_postattn; the final norm is the first module after the 
 the last layer's output. What a model lacks is left out and said.
 
   --inputs FILE   token ids (required)
-  --out DIR       the dump directory (required)
-  --dtype D       which trace of a bundle: fp32 (default), bf16 or fp16
+  --out DIR       the dump directory (required; new or empty)
+  --dtype D       which trace of a bundle: fp32 (default, when it has one), bf16 or fp16
 Exit 0 written, 2 bad input.]],
   run = function(argv)
     local o = parse(argv, { flags = { inputs = "string", out = "string", dtype = "string" }, positional = { "MODEL" } })
     if not o.inputs then usage_error("missing --inputs FILE") end
     if not o.out then usage_error("missing --out DIR") end
     local b = parity.bundle(o.MODEL)
-    local dtype = o.dtype or "fp32"
-    b:at(dtype)  -- a missing trace is named here
+    local dtype = o.dtype or (b:has("fp32") and "fp32" or b:dtypes()[1])
     local tokens = require("parity.lm").tokens_from_file(o.inputs, b:vocab_size())
-    local w = require("parity.dump").write(parity.load(b.files[dtype]), tokens, o.out)
+    local w = require("parity.dump").write(b:at(dtype), tokens, o.out)
     print(("parity dump: wrote %d tensors to %s/ (%s)"):format(#w.names, o.out, table.concat(w.names, ", ")))
     local missing = {}
     for _, sub in ipairs({ "postattn", "preffn", "ffnout" }) do
@@ -394,7 +394,8 @@ commands.matrix = {
   help = [[
 Usage: parity matrix FILE [--filter SUBSTR] [--reports DIR]
 
-Runs a (model x prompt) matrix of engine-against-reference dump diffs (seed 004, "refparity").
+Runs a (model x prompt) matrix of engine-against-reference dump diffs: a dump of the reference
+and the engine's own, for every model and prompt, each pair through parity diff.
 FILE (Lua, run sandboxed, or .json) returns:
   { entries = { {
       model = "tiny",                                   -- a name; --filter matches it
@@ -407,7 +408,8 @@ FILE (Lua, run sandboxed, or .json) returns:
     } },
     thresholds = { ... }, names = { ... } }            -- optional defaults for every entry
 Placeholders: {model}, {index} (the prompt's, from 0), {inputs}, {dump} (a directory parity makes
-for the command to fill), {pos}, {dir} (FILE's directory), {parity} (this binary). Commands run
+for the command to fill), {pos}, {dir} (FILE's directory), {parity} (this binary); in commands
+they are shell-quoted (write {dump}/x, not "{dump}/x"). Commands run
 with sh in FILE's directory (relative paths are relative to it), their output in
 DIR/work/<model>__p<index>/*.log. A matrix runs the commands it lists: run only matrices you trust.
 Each failing (model, prompt) leaves DIR/<model>__p<index>.diff (the diff's report) and .json.

@@ -67,17 +67,7 @@ end
 --- The thresholds of one tensor: the layer's own override (exact name, else the first ^pattern
 --- in sorted order), else the defaults widened by the expected noise.
 local function limits_for(th, name, layer, last_layer)
-  local own = th.layers[name]
-  if not own then
-    local keys = {}
-    for k in pairs(th.layers) do
-      if k:sub(1, 1) == "^" then keys[#keys + 1] = k end
-    end
-    table.sort(keys)
-    for _, k in ipairs(keys) do
-      if name:find(k) then own = th.layers[k] break end
-    end
-  end
+  local own = dump.lookup(th.layers, name)
   local lim = { rel_l2 = th.rel_l2, cosine = th.cosine, max_abs = th.max_abs }
   if th.expected_noise and th.expected_noise > 0 then
     local l = layer or 0
@@ -89,34 +79,42 @@ local function limits_for(th, name, layer, last_layer)
   return lim
 end
 
---- A tensor as rows [positions, width] in float64: the last dim is the width.
-local function rows(t)
-  if t:dim() == 0 then return t:reshape({ 1, 1 }):double() end
-  local size = t:size()
-  return t:reshape({ -1, size[#size] }):double()
-end
-
 local function shape_text(t) return "[" .. table.concat(t:size(), ", ") .. "]" end
 
---- The rows of each side to compare and the positions they stand for. Same shapes: every row,
---- or row `pos`. One side a single position (an engine dumping one): the other's row `pos`
---- (default 0). Anything else is a shape mismatch naming both files.
-local function align(name, r, t, rf, tf, pos)
-  local R, T = rows(r), rows(t)
-  local nr, nt = R:size(0), T:size(0)
-  local width_ok = R:size(1) == T:size(1)
-  if width_ok and nr == nt and r:numel() == t:numel() then
-    if pos == nil then return R, T, nil end
-    if pos >= nr then
-      error(("%s: --pos %d is past its %d positions (%s %s)"):format(name, pos, nr, rf, shape_text(r)), 0)
-    end
-    return R:narrow(0, pos, 1), T:narrow(0, pos, 1), pos
+--- A tensor [..., positions, width] as rows [sequences x positions, width] in float64, and its
+--- positions a sequence; `pos` keeps that position of every sequence only.
+local function rows(t, pos, file)
+  local size = t:size()
+  local n = #size >= 2 and size[#size - 1] or 1
+  if pos and #size >= 2 then
+    if pos >= n then error(("%s: --pos %d is past its %d positions %s"):format(file, pos, n, shape_text(t)), 0) end
+    t, n = t:narrow(#size - 2, pos, 1), 1
   end
-  if width_ok and (nr == 1 or nt == 1) then
-    local p = pos or 0
-    local n = math.max(nr, nt)
-    if p >= n then error(("%s: --pos %d is past its %d positions"):format(name, p, n), 0) end
-    return nr == 1 and R or R:narrow(0, p, 1), nt == 1 and T or T:narrow(0, p, 1), p
+  return t:reshape({ -1, size[#size] }):double(), n
+end
+
+--- The rows of each side to compare, and where row i (1-based) is: (sequence, position). Same
+--- shapes: every position, or position `pos` of each sequence. One side a single position
+--- ([width]: an engine dumping one): the other's position `pos` (default 0) of its first
+--- sequence. Anything else is a shape mismatch naming both files.
+local function align(name, r, t, rf, tf, pos)
+  for _, side in ipairs({ { r, rf }, { t, tf } }) do
+    if side[1]:dim() == 0 or side[1]:numel() == 0 then
+      error(("%s: %s is empty or a scalar %s; dumps are [..., positions, width]"):format(name, side[2], shape_text(side[1])), 0)
+    end
+  end
+  local rs, ts = r:size(), t:size()
+  if rs[#rs] == ts[#ts] then
+    if r:is_same_size(t) then
+      local R, n = rows(r, pos, rf)
+      local T = rows(t, pos, tf)
+      return R, T, function(i) return math.floor((i - 1) / n), pos or (i - 1) % n end
+    end
+    if #rs == 1 or #ts == 1 then
+      local p = pos or 0
+      local function first(x, f) return x:dim() == 1 and x:reshape({ 1, -1 }):double() or rows(x, p, f):narrow(0, 0, 1) end
+      return first(r, rf), first(t, tf), function() return 0, p end
+    end
   end
   error(("%s: shapes differ: reference %s %s, target %s %s"):format(name, rf, shape_text(r), tf, shape_text(t)), 0)
 end
@@ -167,7 +165,10 @@ local function where(place)
   if place.kind == "logits" then return "the LM head (or the final norm before it)" end
   if not l then return "the step that produces " .. place.kind end
   local s = place.substage
-  if s == "in" then return ("between layer %d and layer %d (the residual stream's hand-off)"):format(l - 1, l) end
+  if s == "in" then
+    return l == 0 and "the embedding's hand-off to layer 0"
+      or ("between layer %d and layer %d (the residual stream's hand-off)"):format(l - 1, l)
+  end
   if s == "postattn" then return ("layer %d's attention block (its input norm, the self-attention or the residual add)"):format(l) end
   if s == "preffn" then return ("layer %d's norm before its FFN (the post-attention norm)"):format(l) end
   if s == "ffnout" then return ("layer %d's FFN (gate/up, activation, down projection)"):format(l) end
@@ -179,6 +180,7 @@ end
 ---@field names table|nil        name mapping (parity.dump.rename), applied to both dumps
 ---@field pos integer|nil        compare at this position only (default: every position)
 ---@field thresholds table|nil   see M.DEFAULTS (validated by M.thresholds)
+---@field thresholds_origin string|nil  where they came from, for messages
 
 --- Compares two dumps (paths or parity.dump.read results); returns the report.
 ---@param ref_path string|table
@@ -187,7 +189,7 @@ end
 ---@return table
 function M.run(ref_path, target_path, opts)
   opts = opts or {}
-  local th = M.thresholds(opts.thresholds or {}, "thresholds")
+  local th = M.thresholds(opts.thresholds or {}, opts.thresholds_origin or "thresholds")
   if opts.pos ~= nil then validate.integer("pos", opts.pos, 0, 2 ^ 31) end
   local ref = dump.rename(type(ref_path) == "table" and ref_path or dump.read(ref_path), opts.names)
   local tgt = dump.rename(type(target_path) == "table" and target_path or dump.read(target_path), opts.names)
@@ -225,12 +227,11 @@ function M.run(ref_path, target_path, opts)
       ref.path, table.concat(ref.names, ", "), tgt.path, table.concat(tgt.names, ", ")), 0)
   end
 
-  local rows_of, tensors, by_kind, earlier = {}, {}, {}, 0
+  local stream, tensors, by_kind, earlier = {}, {}, {}, 0  -- stream: the last emb/h{l} rows, for the leak fit
   local first_fail
   for _, n in ipairs(names) do
     local place = dump.place(n)
-    local R, T, pos = align(n, ref.tensors[n], tgt.tensors[n], ref.files[n], tgt.files[n], opts.pos)
-    rows_of[n] = { R = R, T = T }
+    local R, T, at = align(n, ref.tensors[n], tgt.tensors[n], ref.files[n], tgt.files[n], opts.pos)
     local rel, cos, mx = row_metrics(R, T)
     local lim = limits_for(th, n, place.layer, last_layer)
     local worst, bad = 1, nil
@@ -239,18 +240,21 @@ function M.run(ref_path, target_path, opts)
       local fails = is_nan(rel[i]) or rel[i] > lim.rel_l2 or cos[i] < lim.cosine or (lim.max_abs and mx[i] > lim.max_abs)
       if fails and not bad then bad = i end
     end
-    local function position(i) return pos or (i - 1) end
+    local function position(i)
+      local seq, p = at(i)
+      return p, seq
+    end
     local err = rel[worst]
     local rn, tn = (R * R):sum():sqrt():item(), (T * T):sum():sqrt():item()
     local row = {
       name = n, layer = (place.layer and place.layer ~= math.huge) and place.layer or nil, substage = place.substage,
       reference_file = ref.files[n], target_file = tgt.files[n],
       reference_shape = ref.tensors[n]:size(), target_shape = tgt.tensors[n]:size(),
-      positions = #rel, position = pos,
-      rel_l2 = err, cosine = math.huge, max_abs = 0, worst_position = position(worst),
-      norm_ratio = rn > 0 and tn / rn or nil,
-      limits = lim, pass = bad == nil, first_bad_position = bad and position(bad) or nil,
+      rows = #rel, rel_l2 = err, cosine = math.huge, max_abs = 0, norm_ratio = rn > 0 and tn / rn or nil,
+      limits = lim, pass = bad == nil,
     }
+    row.worst_position, row.worst_sequence = position(worst)
+    if bad then row.first_bad_position, row.first_bad_sequence = position(bad) end
     for i = 1, #rel do
       row.cosine = math.min(row.cosine, cos[i])
       row.max_abs = (is_nan(mx[i]) or mx[i] > row.max_abs) and mx[i] or row.max_abs
@@ -258,15 +262,16 @@ function M.run(ref_path, target_path, opts)
     -- the step: above what earlier tensors of its family reached (any earlier tensor for the first of one)
     local family = place.family or place.kind
     local prior = by_kind[family] or earlier
-    local base = math.max(prior, th.expected_noise or M.FLOOR)
+    local base = math.max(prior, (th.expected_noise or 0) > 0 and th.expected_noise or M.FLOOR)
     if is_nan(err) or err > th.step * base then row.step = { baseline = prior, ratio = is_nan(err) and math.huge or err / base } end
     by_kind[family] = math.max(by_kind[family] or 0, is_nan(err) and math.huge or err)
     earlier = math.max(earlier, is_nan(err) and math.huge or err)
     -- the residual-leak fit of a layer's output on the reference's previous one
     if place.substage == "" and place.layer and place.layer >= 0 and place.layer ~= math.huge then
-      local prev = rows_of[place.layer == 0 and "emb" or ("h" .. (place.layer - 1))]
-      if prev and prev.R:is_same_size(R) then row.leak = leak_fit(R, T, prev.R) end
+      local prev = stream[place.layer == 0 and "emb" or ("h" .. (place.layer - 1))]
+      if prev and prev:is_same_size(R) then row.leak = leak_fit(R, T, prev) end
     end
+    if place.family == "stream" and place.substage ~= "in" then stream = { [n] = R } end
     tensors[#tensors + 1] = row
     if not row.pass and not first_fail then first_fail = row end
   end
@@ -293,6 +298,7 @@ function M.run(ref_path, target_path, opts)
     if not row then return core.json.null end
     return { name = row.name, layer = row.layer, substage = row.substage, rel_l2 = row.rel_l2, cosine = row.cosine,
              max_abs = row.max_abs, position = row.first_bad_position or row.worst_position,
+             sequence = row.first_bad_sequence or row.worst_sequence,
              where = where(dump.place(row.name)), step = row.step, leak = row.leak, norm_ratio = row.norm_ratio }
   end
   local ignored = {}
@@ -304,6 +310,12 @@ function M.run(ref_path, target_path, opts)
     first_past_threshold = brief(first_fail), localized = brief(localized), main_step = brief(largest),
     tensors = tensors, not_compared = core.json.array(not_compared), ignored = core.json.array(ignored),
   }
+end
+
+--- "position p", or "position p of sequence s" past the first sequence.
+function M.at(position, sequence)
+  if sequence and sequence > 0 then return ("position %d of sequence %d"):format(position, sequence) end
+  return ("position %d"):format(position)
 end
 
 local function num(x, fmt)
@@ -321,12 +333,13 @@ function M.summary(d)
   lines[#lines + 1] = ("  %-14s %10s %10s %10s %8s %6s %7s  %s"):format("tensor", "rel L2", "cosine", "max|d|",
     "|t|/|r|", "worst", "step", "")
   for _, t in ipairs(d.tensors) do
-    local mark = t.pass and "" or ("FAIL at position %d"):format(t.first_bad_position)
+    local mark = t.pass and "" or ("FAIL at " .. M.at(t.first_bad_position, t.first_bad_sequence))
     if t.leak and t.leak.quality > 0.5 and not t.pass then
       mark = mark .. ("  leak: t ≈ r + %.3g·r_prev (fit %.2f)"):format(t.leak.alpha, t.leak.quality)
     end
     lines[#lines + 1] = ("  %-14s %10s %10s %10s %8s %6s %7s  %s"):format(t.name, num(t.rel_l2), num(t.cosine, "%.6f"),
-      num(t.max_abs), num(t.norm_ratio, "%.3f"), t.worst_position, t.step and ("x" .. num(t.step.ratio, "%.1f")) or "", mark)
+      num(t.max_abs), num(t.norm_ratio, "%.3f"),
+      (t.worst_sequence or 0) > 0 and (t.worst_sequence .. ":" .. t.worst_position) or t.worst_position, t.step and ("x" .. num(t.step.ratio, "%.1f")) or "", mark)
   end
   for _, n in ipairs(d.not_compared) do
     lines[#lines + 1] = ("  not compared: %s (only the %s dumps it)"):format(n.name, n.only)
@@ -334,8 +347,8 @@ function M.summary(d)
   for _, f in ipairs(d.ignored) do lines[#lines + 1] = ("  ignored: %s (not a tensor file)"):format(f) end
   local f, l = d.first_past_threshold, d.localized
   if f ~= core.json.null then
-    lines[#lines + 1] = ("first past threshold: %s at position %d (rel L2 %s, cosine %s)"):format(f.name, f.position,
-      num(f.rel_l2), num(f.cosine, "%.6f"))
+    lines[#lines + 1] = ("first past threshold: %s at %s (rel L2 %s, cosine %s)"):format(f.name,
+      M.at(f.position, f.sequence), num(f.rel_l2), num(f.cosine, "%.6f"))
     lines[#lines + 1] = ("localized: %s: %s%s"):format(l.name, l.where,
       l.step and (" (rel L2 %s, x%s over the earlier layers)"):format(num(l.rel_l2), num(l.step.ratio, "%.1f")) or "")
     if l.leak and l.leak.quality > 0.5 then

@@ -11,6 +11,7 @@
 --- raw .bin with a .json sidecar {"dtype": "float32", "shape": [...]}. Other names are compared
 --- too, after these, in name order.
 local core = require("parity.core")
+local descends = require("parity.mapping").descends
 local saved = require("parity.saved")
 
 local M = {}
@@ -51,12 +52,6 @@ function M.sort(names)
   return names
 end
 
-local function has_extension(file)
-  for _, ext in ipairs(saved.EXTENSIONS) do
-    if file:sub(-#ext - 1) == "." .. ext then return ext end
-  end
-end
-
 --- Reads a dump: a directory of tensor files, or one .safetensors file of named tensors.
 --- Returns { path, names (in dump order), tensors = {name = Tensor}, files = {name = file},
 --- ignored = {file...} (what is not a tensor file or a sidecar) }.
@@ -95,7 +90,7 @@ function M.read(path)
       if e:find("%.bin$") then bins[e:sub(1, -5) .. ".json"] = true end
     end
     for _, e in ipairs(entries) do
-      local ext, file = has_extension(e), path .. "/" .. e
+      local ext, file = saved.extension(e), path .. "/" .. e
       if ext and core.path_kind(file) == "file" then
         read_file(file, e:sub(1, -#ext - 2))
       elseif not bins[e] then
@@ -110,30 +105,31 @@ function M.read(path)
   return d
 end
 
+--- The entry of `map` for `name`: its own key, else the first key starting with ^ (a Lua
+--- pattern), in sorted order, that matches it. Returns the value and the pattern (nil for an exact key).
+function M.lookup(map, name)
+  if map[name] ~= nil then return map[name] end
+  local patterns = {}
+  for k in pairs(map) do
+    if type(k) == "string" and k:sub(1, 1) == "^" then patterns[#patterns + 1] = k end
+  end
+  table.sort(patterns)
+  for _, k in ipairs(patterns) do
+    if name:find(k) then return map[k], k end
+  end
+end
+
 --- Renames a dump's tensors through a name mapping: { [name] = canonical } for exact names, and
---- { ["^lua pattern$"] = "replacement with %1" } for patterns (keys starting with ^), applied with
---- string.gsub, in the patterns' sorted order. Exact names win; names no entry matches stay as they are.
+--- { ["^lua pattern$"] = "replacement with %1" } for patterns (M.lookup), applied with
+--- string.gsub. Names no entry matches stay as they are.
 ---@param d table a dump (M.read)
 ---@param names table|nil
 function M.rename(d, names)
   if not names then return d end
   local out = { path = d.path, names = {}, tensors = {}, files = {}, ignored = d.ignored, renamed = {} }
-  local patterns = {}  -- tried in name order, the first that matches renames
-  for k in pairs(names) do
-    if k:sub(1, 1) == "^" then patterns[#patterns + 1] = k end
-  end
-  table.sort(patterns)
   for _, n in ipairs(d.names) do
-    local to = names[n]
-    if type(to) ~= "string" then
-      to = nil
-      for _, pattern in ipairs(patterns) do
-        if n:find(pattern) then
-          to = n:gsub(pattern, names[pattern])
-          break
-        end
-      end
-    end
+    local to, pattern = M.lookup(names, n)
+    if pattern then to = n:gsub(pattern, to) end
     to = to or n
     if out.tensors[to] then
       error(("%s: %s and %s both map to %s"):format(d.path, out.renamed[to] or to, n, to), 0)
@@ -144,17 +140,20 @@ function M.rename(d, names)
   return out
 end
 
---- Loads a name mapping file (sandboxed Lua returning a table of strings to strings).
-function M.load_names(path)
-  local t = require("parity.sandbox").run_file(path, "name mapping")
-  if type(t) ~= "table" then error(("name mapping %s: must return a table, got %s"):format(path, type(t)), 0) end
+--- Checks a name mapping (a table of strings to strings); returns it.
+function M.check_names(t, origin)
+  if type(t) ~= "table" then error(("%s: must be a table, got %s"):format(origin, type(t)), 0) end
   for k, v in pairs(t) do
     if type(k) ~= "string" or type(v) ~= "string" then
-      error(("name mapping %s: entries map names (or ^patterns) to names, got %s = %s"):format(
-        path, tostring(k), tostring(v)), 0)
+      error(("%s: entries map names (or ^patterns) to names, got %s = %s"):format(origin, tostring(k), tostring(v)), 0)
     end
   end
   return t
+end
+
+--- Loads a name mapping file (sandboxed Lua returning a table of strings to strings).
+function M.load_names(path)
+  return M.check_names(require("parity.sandbox").run_file(path, "name mapping"), "name mapping " .. path)
 end
 
 -- ---- writing a dump of a model, through the taps ----------------------------------------
@@ -165,7 +164,7 @@ local function first_tensor(list)
   return torch.is_tensor(x) and x or nil
 end
 
-local function same(a, b) return a and b and a:is_same_size(b) and a:eq(b):all():item() end
+local function same(a, b) return a ~= nil and b ~= nil and a == b end  -- Tensor == is torch.equal
 
 --- Where each dump name is taken in a module tree, from its paths and one tapped run's calls:
 --- the layer stack (the container with the most numbered children, outside any other numbered
@@ -192,7 +191,8 @@ local function stack_of(modules)
   return stack, layers
 end
 
-local function escape(path) return (path:gsub("%p", "%%%0")) end
+--- A direct child of `parent`.
+local function child_of(path, parent) return descends(path, parent) and not path:find(".", #parent + 2, true) end
 
 local function locate(modules, calls, stack, layers)
   local where = {}
@@ -203,7 +203,7 @@ local function locate(modules, calls, stack, layers)
     at(("h%d_in"):format(i), path, "inputs")
     local children = {}
     for _, m in ipairs(modules) do
-      if m.path:match("^" .. escape(path) .. "%.[^.]+$") then children[#children + 1] = m end
+      if child_of(m.path, path) then children[#children + 1] = m end
     end
     local ffn, before = nil, {}
     for _, c in ipairs(children) do
@@ -233,7 +233,7 @@ local function locate(modules, calls, stack, layers)
   local after = false
   for _, m in ipairs(modules) do
     if m.path == layers[#layers] then after = true
-    elseif after and m.path ~= stack and not m.path:find("^" .. escape(stack) .. "%.")
+    elseif after and m.path ~= stack and not descends(m.path, stack)
       and calls[m.path] and same(first_tensor(calls[m.path][1].inputs), last) then
       at("post_norm", m.path, "outputs")
       break
@@ -242,14 +242,19 @@ local function locate(modules, calls, stack, layers)
   return where
 end
 
---- Dumps a model's per-layer tensors for token ids [K, T] into `dir`, one float32 .npy a name
---- (M.read's layout, each [K, T, width]), through the taps: what a reference dumper for
---- `parity diff` writes. Returns { names, paths = {name = module path} }.
+--- Dumps a model's per-layer tensors for token ids [K, T] into `dir` (new or empty), one float32
+--- .npy a name (M.read's layout, each [K, T, width]), through the taps: what a reference dumper
+--- for `parity diff` writes. `module` must be freshly loaded (untapped). Returns { names, paths =
+--- {name = module path} }.
 ---@param module userdata a Module
 ---@param tokens userdata int64 [K, T]
 ---@param dir string
 ---@return table
 function M.write(module, tokens, dir)
+  if core.path_kind(dir) == "dir" and #core.list_dir(dir) > 0 then
+    error(("%s is not empty: dump into a new or empty directory (a tensor left from another dump would be"
+      .. " compared too)"):format(dir), 0)
+  end
   local modules = module:modules()
   local stack, layers = stack_of(modules)
   if not stack then
@@ -258,8 +263,8 @@ function M.write(module, tokens, dir)
   local paths = {}  -- the layers, their children, and what runs outside the stack
   for _, m in ipairs(modules) do
     local p = m.path
-    if p ~= "" and (not p:find("^" .. escape(stack) .. "%.") or p:find("^" .. escape(stack) .. "%.%d+$")
-        or p:find("^" .. escape(stack) .. "%.%d+%.[^.]+$")) then
+    local layer = p:match("^(.*)%.[^.]+$")
+    if p ~= "" and (not descends(p, stack) or child_of(p, stack) or (layer and child_of(layer, stack))) then
       paths[#paths + 1] = p
     end
   end

@@ -77,16 +77,22 @@ function M.tokens_from_file(path, vocab)
       error(("%s: expected a tensor named input_ids or a single tensor, found: %s"):format(path, table.concat(names, ", ")), 0)
     end
   end
+  return M.check_tokens(t, vocab, path), meta or {}
+end
+
+--- Token ids as int64 [batch, seq] ([seq] is one row), checked: integers inside the vocabulary;
+--- an error names `origin` otherwise.
+function M.check_tokens(t, vocab, origin)
   if t:dim() == 1 then t = t:unsqueeze(0) end
-  if t:dim() ~= 2 or t:dtype():find("float") then
-    error(("%s: token ids must be an integer [batch, seq] tensor, got %s [%s]"):format(
-      path, t:dtype(), table.concat(t:size(), ", ")), 0)
+  if t:dim() ~= 2 or t:dtype():find("float") or t:numel() == 0 then
+    error(("%s: token ids must be a non-empty integer [batch, seq] tensor, got %s [%s]"):format(
+      origin, t:dtype(), table.concat(t:size(), ", ")), 0)
   end
   local lo, hi = t:min():item(), t:max():item()
   if lo < 0 or hi >= vocab then
-    error(("%s: token ids span %d..%d, outside the vocabulary 0..%d"):format(path, lo, hi, vocab - 1), 0)
+    error(("%s: token ids span %d..%d, outside the vocabulary 0..%d"):format(origin, lo, hi, vocab - 1), 0)
   end
-  return t:long(), meta or {}
+  return t:long()
 end
 
 --- The vocabulary both bundles share, or an error naming both sizes. `override` (--vocab-size)

@@ -16,7 +16,8 @@
 ---     thresholds = { ... }, names = { ... } }      -- optional defaults for every entry
 --- Placeholders in commands, environment values and directories: {model}, {index} (the prompt's,
 --- from 0), {inputs}, {dump} (the directory parity gives the command), {pos}, {dir} (the matrix
---- file's directory) and {parity} (this parity binary). Commands run with sh in the matrix
+--- file's directory) and {parity} (this parity binary); in a command each value is shell-quoted
+--- (write {dump}/x, not "{dump}/x"). Commands run with sh in the matrix
 --- file's directory, which relative paths are relative to. A matrix runs the commands it lists:
 --- run only matrices you trust.
 local core = require("parity.core")
@@ -25,6 +26,13 @@ local diff = require("parity.diff")
 local M = {}
 
 local function fail(where, msg) error(("%s: %s"):format(where, msg), 0) end
+
+local function merged(defaults, own)
+  local t = {}
+  for k, v in pairs(defaults or {}) do t[k] = v end
+  for k, v in pairs(own or {}) do t[k] = v end
+  return t
+end
 
 local function check_run(v, where)
   if type(v) == "string" then return end
@@ -66,6 +74,10 @@ function M.load(path)
     check_run(e.reference, at .. ": reference")
     check_run(e.engine, at .. ": engine")
     if e.pos ~= nil then require("parity.validate").integer(at .. ": pos", e.pos, 0, 2 ^ 31) end
+    e.thresholds = merged(m.thresholds, e.thresholds)
+    diff.thresholds(e.thresholds, at .. ": thresholds")  -- checked before anything runs
+    e.names = e.names or m.names
+    if e.names then require("parity.dump").check_names(e.names, at .. ": names") end
   end
   m.path, m.dir = path, path:match("^(.*)/[^/]*$") or "."
   return m
@@ -73,8 +85,13 @@ end
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local function expand(s, vars)
-  return (s:gsub("{(%w+)}", function(k) return vars[k] end))
+--- Fills the placeholders of `s`; `quote` shell-quotes each value (in a command line).
+local function expand(s, vars, quote)
+  return (s:gsub("{(%w+)}", function(k)
+    local v = vars[k]
+    if v and quote then return shell_quote(v) end
+    return v
+  end))
 end
 
 local function absolute(dir, p)
@@ -82,11 +99,19 @@ local function absolute(dir, p)
   return dir .. "/" .. p
 end
 
-local function self_exe()
-  local f = io.popen("readlink -f /proc/$PPID/exe 2>/dev/null")  -- the shell's parent: this process
-  local exe = f and f:read("*l")
+--- The first line a shell command prints (run from this process: $PPID is parity).
+local function shell_line(cmd)
+  local f = io.popen(cmd)
+  local line = f and f:read("*l")
   if f then f:close() end
-  return exe or "parity"
+  return line
+end
+
+--- What os.execute's status says, for messages: "exit N" or "signal N".
+local function status_text(status)
+  if type(status) ~= "number" then return tostring(status) end
+  if status > 255 then return "exit " .. math.floor(status / 256) end
+  return status > 0 and ("signal " .. status) or "exit 0"
 end
 
 --- A dump for one (entry, prompt): a directory as it stands, or a command run into `dump`.
@@ -96,8 +121,9 @@ local function obtain(run, vars, dump, log, what, cwd)
   local env = {}
   for k, v in pairs(run.env or {}) do env[#env + 1] = k .. "=" .. shell_quote(expand(v, vars)) end
   table.sort(env)
+  local command = expand(run.command, vars, true)
   local cmd = ("cd %s && env %s sh -c %s >%s 2>&1"):format(shell_quote(cwd), table.concat(env, " "),
-    shell_quote(expand(run.command, vars)), shell_quote(log))
+    shell_quote(command), shell_quote(log))
   local status = os.execute(cmd)
   if status ~= 0 and status ~= true then
     local f = io.open(log)
@@ -105,8 +131,8 @@ local function obtain(run, vars, dump, log, what, cwd)
     if f then f:close() end
     local tail = {}
     for line in text:gmatch("[^\n]+") do tail[#tail + 1] = line end
-    error(("the %s command failed (%s): %s%s"):format(what, expand(run.command, vars), #tail > 0 and tail[#tail] or "no output",
-      (" (log: %s)"):format(log)), 0)
+    error(("the %s command failed (%s): %s: %s (log: %s)"):format(what, status_text(status), command,
+      #tail > 0 and tail[#tail] or "no output", log), 0)
   end
   return dump
 end
@@ -115,11 +141,11 @@ end
 ---@param m table M.load's
 ---@param opts table { filter = substring of model names, reports = directory, log = fun(line) }
 function M.run(m, opts)
-  local here = os.getenv("PWD") or "."
+  local here = shell_line("pwd") or error("cannot tell the working directory", 0)
   local reports = absolute(here, opts.reports or "parity-matrix")  -- commands run elsewhere: absolute paths
   local work = reports .. "/work"
   os.execute("mkdir -p " .. shell_quote(work))
-  local exe = self_exe()
+  local exe = shell_line("readlink -f /proc/$PPID/exe 2>/dev/null") or "parity"
   local rows, any_error, any_fail = {}, false, false
   local cwd = absolute(here, m.dir)
   for _, e in ipairs(m.entries) do
@@ -135,10 +161,7 @@ function M.run(m, opts)
           local ref = obtain(e.reference, vars, vars.dump, ("%s/%s/reference.log"):format(work, id), "reference", cwd)
           vars.dump = ("%s/%s/engine"):format(work, id)
           local tgt = obtain(e.engine, vars, vars.dump, ("%s/%s/engine.log"):format(work, id), "engine", cwd)
-          local th = {}
-          for k, v in pairs(m.thresholds or {}) do th[k] = v end
-          for k, v in pairs(e.thresholds or {}) do th[k] = v end
-          local report = diff.run(ref, tgt, { pos = e.pos, thresholds = th, names = e.names or m.names })
+          local report = diff.run(ref, tgt, { pos = e.pos, thresholds = e.thresholds, names = e.names })
           row.verdict, row.pass = report.verdict, report.pass
           if not report.pass then
             row.first, row.localized = report.first_past_threshold, report.localized
@@ -166,8 +189,8 @@ end
 function M.line(row)
   local what = row.verdict == "error" and ("ERROR  " .. row.error)
     or row.pass and "PASS"
-    or ("FAIL   first past threshold %s at position %d; localized: %s (%s)  report %s"):format(row.first.name,
-      row.first.position, row.localized.name, row.localized.where, row.report)
+    or ("FAIL   first past threshold %s at %s; localized: %s (%s)  report %s"):format(row.first.name,
+      diff.at(row.first.position, row.first.sequence), row.localized.name, row.localized.where, row.report)
   return ("%-24s p%-3d %s"):format(row.model, row.index, what)
 end
 

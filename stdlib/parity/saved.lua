@@ -13,11 +13,11 @@ local M = {}
 
 M.EXTENSIONS = { "safetensors", "npy", "bin" }
 
-local function is_tensor_file(path)
+--- The tensor-file extension of a path (one of M.EXTENSIONS), or nil.
+function M.extension(path)
   for _, ext in ipairs(M.EXTENSIONS) do
-    if path:sub(-#ext - 1) == "." .. ext then return true end
+    if path:sub(-#ext - 1) == "." .. ext then return ext end
   end
-  return false
 end
 
 --- The file STEM.<ext> in `dir` for one of the tensor extensions; nil when none, an error when several.
@@ -36,7 +36,7 @@ end
 function M.is_saved(path)
   if type(path) ~= "string" then return getmetatable(path) == M.Saved end
   local kind = core.path_kind(path)
-  if kind == "file" then return is_tensor_file(path) end
+  if kind == "file" then return M.extension(path) ~= nil end
   if kind ~= "dir" then return false end
   for _, d in ipairs({ "fp32", "bf16", "fp16" }) do
     if core.path_kind(path .. "/" .. d .. ".pt") then return false end
@@ -89,7 +89,7 @@ function M.open(path)
   if getmetatable(path) == Saved then return path end
   local s = setmetatable({ path = path, files = {}, logits = {} }, Saved)
   s.saved = ("the target %s is saved logits, not a model"):format(path)
-  s.no_fp32 = "save the engine's fp32 run as logits_fp32.* beside logits.* for the fp32 leg"
+  s.no_fp32 = "for the fp32 leg, make the target a directory holding logits.* and the engine's fp32 run as logits_fp32.*"
   if core.path_kind(path) == "file" then
     s.files.run = path
     local tensors = core.tensors.load(path)
@@ -103,7 +103,9 @@ function M.open(path)
     local ids = M.find(path, "input_ids")
     if ids then s.input_ids = tensor_of(ids, "input_ids", false) end
   end
-  if s.input_ids and s.input_ids:dim() == 1 then s.input_ids = s.input_ids:unsqueeze(0) end
+  if s.input_ids then  -- compared with int64 token ids; checked against the vocabulary where used
+    s.input_ids = (s.input_ids:dim() == 1 and s.input_ids:unsqueeze(0) or s.input_ids):long()
+  end
   return s
 end
 
@@ -138,7 +140,7 @@ function Saved:at(dtype)
     local logits = self:logits_at(dtype)
     local k, t = tokens:size(0), tokens:size(1)
     if self.input_ids then
-      if not self.input_ids:is_same_size(tokens) or not self.input_ids:eq(tokens):all():item() then
+      if self.input_ids ~= tokens then
         error(("%s: the saved input_ids [%s] are not the token ids this run uses [%d, %d]; make the engine"
           .. " run the file parity inputs writes with the same settings"):format(self.path,
           table.concat(self.input_ids:size(), ", "), k, t), 0)

@@ -22,7 +22,7 @@ local FORMAT = 2  -- bump when what the reference cache stores changes
 
 ---@class parity.Context
 ---@field reference parity.Bundle
----@field target parity.Bundle
+---@field target parity.Bundle|parity.Saved|nil   a model, saved logits, or none (parity inputs)
 ---@field dtype string        the low precision under test ("bf16" or "fp16")
 ---@field settings table      prompts, prompt_len, new_tokens, seed, topk
 ---@field prompts userdata    token ids [K, P]
@@ -75,6 +75,9 @@ function M.context(opts)
   ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype  -- what the target is compared with
   for _, d in ipairs({ ctx.anchor, ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace
   if ctx.target then ctx.target:at(ctx.dtype) end
+  if ctx.target and ctx.target.saved and not opts.inputs then
+    error(("%s: pass --inputs FILE, the file parity inputs wrote and its engine ran"):format(ctx.target.saved), 0)
+  end
   ctx.vocab = lm.shared_vocab(ctx.reference, ctx.target or ctx.reference, opts.vocab_size)
   if opts.inputs then
     local ids, meta = lm.tokens_from_file(opts.inputs, ctx.vocab)
@@ -200,7 +203,7 @@ function Context:reference_outputs()
     end
   end
   local given = self.given_sequences
-  if given and not (given:is_same_size(r.sequences) and given:eq(r.sequences):all():item()) then
+  if given and given ~= r.sequences then
     error(("%s: its sequences are not the greedy continuation of %s with these settings (another reference,"
       .. " dtype or baseline made them?): run parity inputs again"):format(self.inputs_file, self.reference.path), 0)
   end

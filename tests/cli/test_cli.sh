@@ -254,7 +254,9 @@ foreign)
   expect 1 '^FAIL' -- gate "$ref" "$tmp/bug.npy" --inputs "$tmp/in.safetensors"
   # bad input: exit 2 naming the file
   expect 2 'pass --inputs FILE, the token ids its engine ran' -- gate "$ref" "$tmp/clean.npy"
-  expect 2 'clean.npy: logits \[2, 24, 512\] are not for this run.s 3 sequences' -- check "$ref" "$tmp/clean.npy" --prompts 3 --new-tokens 8 --out "$tmp/c" --cache-dir "$tmp/cache"
+  expect 2 'pass --inputs FILE, the file parity inputs wrote' -- check "$ref" "$tmp/clean.npy" --out "$tmp/c" "${common[@]}"
+  "$parity" inputs "$ref" --out "$tmp/in3.safetensors" --prompts 3 --new-tokens 8 --cache-dir "$tmp/cache" --quiet >/dev/null
+  expect 2 'clean.npy: logits \[2, 24, 512\] are not for this run.s 3 sequences' -- check "$ref" "$tmp/clean.npy" --inputs "$tmp/in3.safetensors" --out "$tmp/c" --cache-dir "$tmp/cache"
   expect 2 'in.safetensors holds 8 new tokens a sequence .*--new-tokens 4 disagrees' -- check "$ref" "$tmp/clean.npy" --inputs "$tmp/in.safetensors" --new-tokens 4 --out "$tmp/c"
   rm "$tmp/bug/h1_preffn.json"
   expect 2 "^parity diff: $tmp/bug/h1_preffn.bin: a raw array needs its sidecar $tmp/bug/h1_preffn.json" -- diff "$tmp/ref" "$tmp/bug"
@@ -276,12 +278,12 @@ return { entries = {
     engine = { command = engine, env = { ENGINE_DUMP_DIR = "{dump}" } } },
   { model = "ffn_bug", prompts = { "in.safetensors" }, pos = 3, reference = reference,
     engine = { command = engine .. " --bug ffn_scale:1", env = { ENGINE_DUMP_DIR = "{dump}", ENGINE_DUMP_POS = "{pos}" } } },
-  { model = "broken", prompts = { "in.safetensors" }, reference = reference, engine = { command = "exit 3" } },
+  { model = "broken", prompts = { "in.safetensors" }, reference = reference, engine = { command = "echo no engine here >&2; false" } },
 } }
 EOF
   expect 0 '^  clean +p0 +PASS$' -- matrix "$tmp/matrix.lua" --filter clean --reports "$tmp/reports"
   expect 1 '^  ffn_bug +p0 +FAIL +first past threshold h1_ffnout at position 3; localized: h1_ffnout' -- matrix "$tmp/matrix.lua" --filter ffn --reports "$tmp/reports"
-  expect 2 "^  broken +p0 +ERROR +the engine command failed \\(exit 3\\)" -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
+  expect 2 "^  broken +p0 +ERROR +the engine command failed \\(exit 1\\): echo no engine here >&2; false: no engine here \\(log: " -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
   expect 2 '^3 pairs: 1 pass, 1 fail, 1 error$' -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
   cases=$((cases + 1))
   if grep -q '^localized: h1_ffnout' "$tmp/reports/ffn_bug__p0.diff" && [[ -e $tmp/reports/ffn_bug__p0.json && ! -e $tmp/reports/clean__p0.diff ]]; then

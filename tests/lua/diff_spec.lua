@@ -111,7 +111,24 @@ describe("parity.diff", function()
     eq(r.first_past_threshold.name, "h1")
     eq(r.first_past_threshold.position, 3)
     near(row(r, "h1").norm_ratio, 2, 1e-6, "|t|/|r|")
-    eq(row(r, "h1").positions, 1)
+    eq(row(r, "h1").rows, 1)
+  end)
+
+  it("reports positions within each sequence", function()
+    local r2, t2 = {}, {}
+    for n, x in pairs(ref) do r2[n] = torch.cat({ x, x * 2 }, 0) end  -- [2, 8, 16]: two sequences
+    for n, x in pairs(noisy(1e-4, 55)) do t2[n] = torch.cat({ x, x * 2 }, 0) end
+    -- sequence 1, positions 5..7 off by 100%
+    local mask = torch.cat({ torch.zeros({ 1, 8, 16 }), torch.cat({ torch.zeros({ 1, 5, 16 }), torch.ones({ 1, 3, 16 }) }, 1) }, 0)
+    t2.h2 = r2.h2 + r2.h2 * mask
+    local r = diff.run(write(root .. "/seq_ref", r2), write(root .. "/seq_t", t2))
+    eq({ r.first_past_threshold.name, r.first_past_threshold.sequence, r.first_past_threshold.position }, { "h2", 1, 5 })
+    eq(diff.at(5, 1), "position 5 of sequence 1")
+    local at7 = diff.run(root .. "/seq_ref", root .. "/seq_t", { pos = 7 })
+    eq({ at7.first_past_threshold.sequence, at7.first_past_threshold.position, row(at7, "h2").rows }, { 1, 7, 2 })
+    truthy(diff.run(root .. "/seq_ref", root .. "/seq_t", { pos = 4 }).pass, "position 4 of both sequences is clean")
+    -- an expected noise of 0 keeps the default floor: an exact prefix makes no step of every error
+    eq(row(diff.run(root .. "/seq_ref", root .. "/seq_t", { thresholds = { expected_noise = 0 } }), "h0").step, nil)
   end)
 
   it("never passes NaN and names files on bad input", function()
@@ -129,6 +146,9 @@ describe("parity.diff", function()
       .. ref_dir .. "/h3.npy [1, 8, 16], target " .. root .. "/wide/h3.npy [1, 8, 17]")
     raises(function() diff.run(ref_dir, root .. "/wide", { pos = 8 }) end, "--pos 8 is past its 8 positions")
     raises(function() diff.run(ref_dir, write(root .. "/other", { x = ref.h0 })) end, "no tensor names in common")
+    local empty = noisy(1e-4, 81)
+    empty.h1 = torch.zeros({ 1, 0, 16 })
+    raises(function() diff.run(ref_dir, write(root .. "/empty", empty)) end, "h1: " .. root .. "/empty/h1.npy is empty")
   end)
 end)
 

@@ -67,7 +67,8 @@ function M.run(opts)
   if target.saved and not opts.inputs and not target.input_ids then
     error(("%s: pass --inputs FILE, the token ids its engine ran (e.g. from parity inputs)"):format(target.saved), 0)
   end
-  local tokens = opts.inputs and lm.tokens_from_file(opts.inputs, vocab) or target.input_ids
+  local tokens = opts.inputs and lm.tokens_from_file(opts.inputs, vocab)
+    or target.input_ids and lm.check_tokens(target.input_ids, vocab, target.path)
     or lm.random_tokens(vocab, batch, seq, seed)
   lm.check_size({ ref, target }, tokens:size(0), tokens:size(1), vocab, 4)
   local r = lm.forward(ref, dtype, tokens)
