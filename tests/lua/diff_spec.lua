@@ -128,7 +128,7 @@ describe("parity.diff", function()
     eq({ at7.first_past_threshold.sequence, at7.first_past_threshold.position, row(at7, "h2").rows }, { 1, 7, 2 })
     truthy(diff.run(root .. "/seq_ref", root .. "/seq_t", { pos = 4 }).pass, "position 4 of both sequences is clean")
     -- an expected noise of 0 keeps the default floor: an exact prefix makes no step of every error
-    eq(row(diff.run(root .. "/seq_ref", root .. "/seq_t", { thresholds = { expected_noise = 0 } }), "h0").step, nil)
+    eq(row(diff.run(root .. "/seq_ref", root .. "/seq_t", { thresholds = { expected_noise = 0 } }), "emb").step, nil)
   end)
 
   it("never passes NaN and names files on bad input", function()
