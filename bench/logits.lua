@@ -40,6 +40,7 @@ if not pytorch then print("plain PyTorch: not measured: " .. torch_out:gsub("\n"
 
 local read = median_time(function() return t:sum():item() + a:sum():item() + b:sum():item() end)
 local fused = median_time(function() return m.logits_rows(t, a, b, tokens, 5) end)
+local fused_sse2 = median_time(function() return m.logits_rows(t, a, b, tokens, 5, { simd = "sse2" }) end)
 local separate = median_time(function()
   m.r_ratio_rows(t, a, b); m.cosine_rows(t, a); m.cosine_rows(b, a); m.kl(t, a); m.kl(b, a)
   m.delta_p(t, a, tokens); m.top1(t, a); m.topk(t, a, 5); m.max_abs_diff_rows(b, a); m.top2_gap(a)
@@ -48,6 +49,7 @@ print(("logits %d x %d, 3 tensors, %.2f GB, %d threads, median of %d"):format(ro
   torch.get_num_threads(), repeats))
 print(("%-38s %9s %12s %10s"):format("", "s", "GB/s", "x read"))
 for _, r in ipairs({ { "read once (3 sums): the floor", read }, { "logits_rows (one fused pass)", fused },
+                     { "logits_rows, SSE2 kernel forced", fused_sse2 },
                      { "metric by metric (before)", separate }, pytorch and { "plain PyTorch (Python, same threads)", pytorch } }) do
   print(("%-38s %9.3f %12.2f %10.2f"):format(r[1], r[2], bytes / r[2] / 2 ^ 30, r[2] / read))
 end

@@ -1,4 +1,6 @@
 // bindings/metrics.cpp — parity.core.metrics: the host metrics (host/metrics.hpp) for Lua.
+#include <fmt/format.h>
+
 #include "bindings/lua_value.hpp"
 #include "bindings/vm.hpp"
 #include "host/metrics.hpp"
@@ -92,11 +94,21 @@ int max_abs_diff_rows(lua_State* L) {
   return 1;
 }
 
-/// logits_rows(target, ref32, ref_low, tokens, k) -> {r, cosine, own_cosine, kl, own_kl, delta_p,
-/// top1, topk, top2_gap, noise}: per-position tensors from one pass (NOTE [ One pass over the logits ])
+/// logits_rows(target, ref32, ref_low, tokens, k[, {simd = "sse2"}]) -> {r, cosine, own_cosine, kl,
+/// own_kl, delta_p, top1, topk, top2_gap, noise}: per-position tensors from one pass (NOTE [ One
+/// pass over the logits ]); simd "sse2" forces the 4-lane kernel (benchmarks), "best" the default
 int logits_rows(lua_State* L) {
+  m::Simd simd = m::Simd::best;
+  if (lua_istable(L, 6)) {
+    lua_getfield(L, 6, "simd");
+    std::string s = lua_isnil(L, -1) ? "best" : luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+    if (s != "best" && s != "sse2")
+      throw std::invalid_argument(fmt::format("logits_rows: simd must be \"best\" or \"sse2\", got \"{}\"", s));
+    simd = s == "sse2" ? m::Simd::sse2 : m::Simd::best;
+  }
   auto o = m::logits_rows(check_tensor(L, 1), check_tensor(L, 2), check_tensor(L, 3), check_tensor(L, 4),
-                          luaL_checkinteger(L, 5));
+                          luaL_checkinteger(L, 5), simd);
   lua_createtable(L, 0, 10);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"r", &o.r}, {"cosine", &o.cosine},
                                 {"own_cosine", &o.own_cosine}, {"kl", &o.kl}, {"own_kl", &o.own_kl},

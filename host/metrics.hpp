@@ -80,11 +80,14 @@ at::Tensor max_abs_diff_rows(const at::Tensor& a, const at::Tensor& b);
 /// cosine_rows (t vs ref, low vs ref), kl_per_position (t, low), delta_p, top1_agree,
 /// topk_agree, top2_gap (ref) and max_abs_diff_rows (low vs ref), to float32 rounding, with
 /// the same non-finite rules. Each is float64, shaped like `tokens`.
+/// The kernel runs on 8 lanes of AVX2 with FMA where the CPU has them, else on 4 of SSE2;
+/// `simd` = Simd::sse2 forces the latter (for tests and benchmarks).
 struct LogitsRows {
   at::Tensor r, cosine, own_cosine, kl, own_kl, delta_p, top1, topk, top2_gap, noise;
 };
+enum class Simd { best, sse2 };
 LogitsRows logits_rows(const at::Tensor& target, const at::Tensor& ref32, const at::Tensor& ref_low,
-                       const at::Tensor& tokens, int64_t k);
+                       const at::Tensor& tokens, int64_t k, Simd simd = Simd::best);
 
 /// Top-1 agreement: per position 1 where argmax over the last dim is equal (float64 tensor).
 at::Tensor top1_agree(const at::Tensor& a, const at::Tensor& b);

@@ -184,13 +184,14 @@ TEST_SUITE("metrics") {
       }
       auto tok = at::randint(0, v, {3, 5}, gen, at::kLong);
       int64_t k = std::min<int64_t>(5, v);
-      auto o = m::logits_rows(tt, a, b, tok, k);
       auto same = [](const at::Tensor& got, const at::Tensor& want, double tol) {
         CHECK(got.sizes().equals(want.sizes()));
         CHECK(got.isnan().equal(want.isnan()));
         auto ok = got.isnan().logical_not();
         CHECK((got - want).abs().masked_select(ok).max().item<double>() <= tol);
       };
+      for (auto simd : {m::Simd::best, m::Simd::sse2}) {  // AVX2 + FMA where the CPU has them, and SSE2
+      auto o = m::logits_rows(tt, a, b, tok, k, simd);
       same(o.r, m::r_ratio_rows(tt, a, b), 1e-5);
       same(o.cosine, m::cosine_rows(tt, a), 1e-6);
       same(o.own_cosine, m::cosine_rows(b, a), 1e-6);
@@ -201,6 +202,7 @@ TEST_SUITE("metrics") {
       same(o.topk, m::topk_agree(tt, a, k), 0);
       same(o.top2_gap, m::top2_gap(a), 1e-6);
       same(o.noise, m::max_abs_diff_rows(b, a), 1e-6);
+      }
     }
     CHECK_THROWS_AS(m::logits_rows(t2({1, 2}, 1), t2({1, 2}, 1), t2({1, 2}, 1), at::zeros({1}, at::kLong), 3),
                     std::invalid_argument);
