@@ -3,6 +3,7 @@
 
 #include <ATen/core/function_schema.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/csrc/jit/runtime/operator.h>
 
 #include <optional>

@@ -2,6 +2,7 @@
 #include "host/taps.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/library.h>
 #include <torch/script.h>

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <unistd.h>  // getpid
 #include <filesystem>
 #include <fstream>
 #include <string>
