@@ -157,8 +157,9 @@ local function leak_fit(R, T, P)
   return { alpha = alpha, quality = 1 - (e * e):sum():item() / dd }
 end
 
---- What a tensor's position in the layer says about where the bug is.
-local function where(place)
+--- What a tensor's position in the layer says about where the bug is; `subs`: the layer's
+--- sub-stages were compared too.
+local function where(place, subs)
   local l = place.layer
   if place.kind == "emb" then return "the embedding" end
   if place.kind == "post_norm" then return "the final norm" end
@@ -172,6 +173,9 @@ local function where(place)
   if s == "postattn" then return ("layer %d's attention block (its input norm, the self-attention or the residual add)"):format(l) end
   if s == "preffn" then return ("layer %d's norm before its FFN (the post-attention norm)"):format(l) end
   if s == "ffnout" then return ("layer %d's FFN (gate/up, activation, down projection)"):format(l) end
+  if s == "" and subs then
+    return ("layer %d's output, past the sub-stages dumped (in a parallel-residual layer: its attention)"):format(l)
+  end
   if s == "" then return ("layer %d (dump its sub-stages h%d_in/_postattn/_preffn/_ffnout to narrow it down)"):format(l, l) end
   return ("layer %d, sub-stage %s"):format(l, s)
 end
@@ -227,6 +231,8 @@ function M.run(ref_path, target_path, opts)
       ref.path, table.concat(ref.names, ", "), tgt.path, table.concat(tgt.names, ", ")), 0)
   end
 
+  local compared = {}
+  for _, n in ipairs(names) do compared[n] = true end
   local stream, tensors, by_kind, earlier = {}, {}, {}, 0  -- stream: the last emb/h{l} rows, for the leak fit
   local first_fail
   for _, n in ipairs(names) do
@@ -299,7 +305,7 @@ function M.run(ref_path, target_path, opts)
     return { name = row.name, layer = row.layer, substage = row.substage, rel_l2 = row.rel_l2, cosine = row.cosine,
              max_abs = row.max_abs, position = row.first_bad_position or row.worst_position,
              sequence = row.first_bad_sequence or row.worst_sequence,
-             where = where(dump.place(row.name)), step = row.step, leak = row.leak, norm_ratio = row.norm_ratio }
+             where = where(dump.place(row.name), row.layer and compared["h" .. row.layer .. "_ffnout"]), step = row.step, leak = row.leak, norm_ratio = row.norm_ratio }
   end
   local ignored = {}
   for _, f in ipairs(ref.ignored) do ignored[#ignored + 1] = ref.path .. "/" .. f end
