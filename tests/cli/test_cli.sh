@@ -254,6 +254,7 @@ foreign)
   expect 1 '^FAIL' -- gate "$ref" "$tmp/bug.npy" --inputs "$tmp/in.safetensors"
   # bad input: exit 2 naming the file
   expect 2 'pass --inputs FILE, the token ids its engine ran' -- gate "$ref" "$tmp/clean.npy"
+  expect 2 'in.safetensors: its sequences are not the greedy continuation of .*bug_eps' -- check "$fx/bug_eps" "$tmp/clean.npy" --inputs "$tmp/in.safetensors" --out "$tmp/c" "${common[@]}"
   expect 2 'pass --inputs FILE, the file parity inputs wrote' -- check "$ref" "$tmp/clean.npy" --out "$tmp/c" "${common[@]}"
   "$parity" inputs "$ref" --out "$tmp/in3.safetensors" --prompts 3 --new-tokens 8 --cache-dir "$tmp/cache" --quiet >/dev/null
   expect 2 'clean.npy: logits \[2, 24, 512\] are not for this run.s 3 sequences' -- check "$ref" "$tmp/clean.npy" --inputs "$tmp/in3.safetensors" --out "$tmp/c" --cache-dir "$tmp/cache"
