@@ -245,6 +245,19 @@ function M.run(ctx)
     if not ok then return nil, "cannot re-run on captured inputs: " .. require("parity.errors").clean(out) end
     return tensors(out)[1]
   end
+  -- a component re-run on exactly the inputs it had in its model's whole run gives that run's
+  -- output again: those calls are read from the capture instead of re-run (components taking
+  -- token ids; a target computing bit for bit what the reference does upstream)
+  local reruns, reused = 0, 0
+  local function same_inputs(which, path, k, inputs)
+    local c = cap[which] and cap[which][path] and cap[which][path][k]
+    if not c or #c.inputs ~= #inputs or not c.outputs[1] then return nil end
+    local cast = M.cast(inputs, dtype_of(which))
+    for i, x in ipairs(cast) do
+      if x ~= c.inputs[i] then return nil end  -- Tensor ~= is not torch.equal
+    end
+    return c.outputs[1]
+  end
   local fails = require("parity.stages.localize").fails
   local tcap = has32 and "t32" or "tlow"
   local rows = {}
@@ -263,6 +276,9 @@ function M.run(ctx)
     else
       for k = 1, #calls do
         local function run(which, path, inputs)
+          local known = same_inputs(which, path, k, inputs)
+          if known then reused = reused + 1 return known end
+          reruns = reruns + 1
           local out, why = rerun(which, path, inputs)
           if why then row.skipped = why end
           return out
@@ -347,8 +363,9 @@ function M.run(ctx)
                       reference_low = ref.files[dtype] },
                       dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
-  ctx.log(("components: %d tested in %.2f s, %.1f x one forward of each model and dtype it runs (%.3f s together)")
-    :format(#rows, total, total / math.max(forwards_s, 1e-9), forwards_s))
+  ctx.log(("components: %d tested in %.2f s, %.1f x one forward of each model and dtype it runs (%.3f s together);"
+    .. " %d component runs, %d read from the whole runs (the same inputs)")
+    :format(#rows, total, total / math.max(forwards_s, 1e-9), forwards_s, reruns, reused))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
   return { mapping = kind, components = rows, has_fp32 = has32, unmapped_target = core.json.array(unmapped or {}),
