@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,12 @@ int main(int argc, char** argv) {
     }
     options.stdlib_dir = argv[first + 1];
     first += 2;
+  }
+  // the parity processes this one starts (a matrix's {parity} commands) use the same stdlib
+  if (!options.stdlib_dir.empty()) {
+    std::error_code ec;
+    auto dir = std::filesystem::absolute(options.stdlib_dir, ec);
+    ::setenv("PARITY_STDLIB_DIR", (ec ? options.stdlib_dir : dir.string()).c_str(), 1);
   }
   try {
     options.gc_threshold_mb = static_cast<size_t>(parity::env_integer("PARITY_GC_MB", 256, 1, 1 << 20));

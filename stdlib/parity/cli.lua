@@ -324,16 +324,17 @@ residual-leak fit h_l ≈ ref h_l + α·ref h_{l-1}. Within the thresholds, the 
 said: a bug smaller than the thresholds (fp32 dumps: pass --expected-noise 1e-6 to lower the
 step floor from one bf16 rounding).
 
-  --pos N              compare at position N only (default: every position)
+  --pos N              compare position N of each sequence only (default: every position)
   --names FILE.lua     name mapping, run sandboxed, for dumps named otherwise:
                        return { ["blk.0.out"] = "h0", ["^blk%.(%d+)%.ffn$"] = "h%1_ffnout" }
   --thresholds FILE.lua  return { rel_l2 = 0.05, cosine = 0.99, max_abs = 1, step = 3,
                        expected_noise = 0.03, layers = { logits = { cosine = 0.9, rel_l2 = 1 },
                        ["^h%d+_ffnout$"] = { rel_l2 = 0.1 } } }   (defaults: rel_l2 0.05,
-                       cosine 0.99, no max_abs, step 3)
+                       cosine 0.99, no max_abs, step 3, noise_factor 2: see --expected-noise)
   --expected-noise X   the per-layer relative error a correct engine has (Q4: about 0.03; fp32:
-                       1e-6): layer l may reach max(rel_l2, 2·X·sqrt(l+1)) (compounding), and a
-                       step must clear 3·X (default floor 2^-8, one bf16 rounding)
+                       1e-6): layer l may reach max(rel_l2, noise_factor·X·sqrt(l+1))
+                       (compounding), and a step must clear 3·X (default floor 2^-8, one bf16
+                       rounding)
   --json FILE          also write the full report as JSON
 Exit 0 every tensor within its thresholds, 1 a divergence, 2 bad input (a missing dump file or
 a shape mismatch names the file).]],

@@ -46,8 +46,8 @@ end
 
 --- One tensor of a file: `name` in a safetensors file (else its only tensor of the wanted kind),
 --- the array of a .npy or .bin.
-local function tensor_of(file, name, floating)
-  local tensors = core.tensors.load(file)
+local function tensor_of(file, name, floating, tensors)
+  tensors = tensors or core.tensors.load(file)
   if tensors[name] then return tensors[name] end
   local found, names = nil, {}
   for n, t in pairs(tensors) do
@@ -65,8 +65,8 @@ local function tensor_of(file, name, floating)
   return found
 end
 
-local function logits_from(file)
-  local t = tensor_of(file, "logits", true)
+local function logits_from(file, tensors)
+  local t = tensor_of(file, "logits", true, tensors)
   if t:dim() == 2 then t = t:unsqueeze(0) end
   if t:dim() ~= 3 then
     error(("%s: logits must be [batch, seq, vocab] (or [seq, vocab]), got [%s]"):format(file, table.concat(t:size(), ", ")), 0)
@@ -92,8 +92,9 @@ function M.open(path)
   s.no_fp32 = "for the fp32 leg, make the target a directory holding logits.* and the engine's fp32 run as logits_fp32.*"
   if core.path_kind(path) == "file" then
     s.files.run = path
-    local tensors = core.tensors.load(path)
-    if tensors.input_ids then s.input_ids = tensors.input_ids end
+    local tensors = core.tensors.load(path)  -- read once: the logits, and input_ids when there
+    s.logits[path] = logits_from(path, tensors)
+    s.input_ids = tensors.input_ids
   else
     s.files.run = M.find(path, "logits")
     if not s.files.run then
