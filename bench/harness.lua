@@ -69,13 +69,13 @@ for _, size in ipairs(sizes) do
   local cold, cold_rss = run(("%s check %s %s %s --no-cache --quiet"):format(parity_bin, ref, port, common))
   os.execute(("%s check %s %s %s --quiet >/dev/null 2>&1"):format(parity_bin, ref, port, common))  -- fills the cache
   local warm, warm_rss, log = run(("%s check %s %s %s"):format(parity_bin, ref, port, common))
-  local sweep = tonumber(log:match("components: %d+ tested in [%d.]+ s, ([%d.]+) x one forward of each"))
+  local sweep = tonumber(log:match("components: %d+ tested in ([%d.]+) s"))
   local r = {
     size = size, parameters = params, reference_bytes = bytes,
     gate_s = gate, gate_forwards_s = gate_fw, gate_ratio = gate / (start + gate_fw),
     check_cold_s = cold, check_cold_forwards_s = ref_fw + tgt_fw, check_cold_ratio = cold / (start + ref_fw + tgt_fw),
     check_cached_s = warm, check_cached_forwards_s = tgt_fw, check_cached_ratio = warm / (start + tgt_fw),
-    component_sweep_forwards = sweep, peak_rss_mb = math.max(cold_rss, warm_rss),
+    component_sweep_s = sweep, component_sweep_ratio = sweep and sweep / tgt_fw, peak_rss_mb = math.max(cold_rss, warm_rss),
     peak_rss_per_model_size = math.max(cold_rss, warm_rss) / (bytes / 2 ^ 20),
   }
   results.sizes[#results.sizes + 1] = r
@@ -90,9 +90,9 @@ for _, r in ipairs(rows) do
   print(("%-5s %7.1fM | %7.2f %7.2f %6.2f | %8.2f %8.2f %6.2f | %8.2f %8.2f %6.2f | %6.1f %8.0f"):format(r.size,
     r.parameters / 1e6, r.gate_s, r.gate_forwards_s, r.gate_ratio, r.check_cold_s, r.check_cold_forwards_s,
     r.check_cold_ratio, r.check_cached_s, r.check_cached_forwards_s, r.check_cached_ratio,
-    r.component_sweep_forwards or 0, r.peak_rss_mb))
+    r.component_sweep_ratio or 0, r.peak_rss_mb))
 end
 print("ratio = command / (start-up + the bare forwards it needs, each a fresh load and first call);")
 print("check's needed forwards: the reference's fp32 greedy and teacher-forced passes (cold only) and the")
-print("target's bf16 and fp32 passes; components add their sweep on top (sweep: its time over one forward of each")
-print("model and dtype it runs, i.e. over its own four tapped forwards). JSON: " .. out_json)
+print("target's bf16 and fp32 passes; components add their sweep on top (sweep: its time over the target's")
+print("two passes, which it reuses: it runs the reference's two tapped forwards and the component runs). JSON: " .. out_json)

@@ -213,6 +213,15 @@ function M.perturbed(bundle, dtype, seed)
   end
 end
 
+--- Runs a freshly loaded model from `file` with taps on `paths` once on token ids; returns its
+--- output and the calls of those paths (Module:run_tapped). The output is the plain forward's:
+--- the taps copy what passes, they change nothing.
+function M.tapped_forward(file, paths, tokens)
+  local model = core.load(file)
+  model:tap(paths)
+  return model:run_tapped({ tokens })
+end
+
 --- Checks the target's logits against the shape the reference's have, naming both otherwise.
 ---@param t userdata the target's logits
 ---@param want integer[] the reference's logits shape

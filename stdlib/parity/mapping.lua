@@ -25,6 +25,20 @@ local function list(x) return type(x) == "table" and x or { x } end
 --- Whether the module at `path` lies inside the one at `ancestor` (a dotted-path prefix).
 function M.descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancestor .. "." end
 
+--- The module paths mapping pairs name: the reference's (each once, in order) and the target's.
+---@return string[] reference paths
+---@return string[] target paths
+function M.paths(pairs_)
+  local ref_paths, tgt_paths, seen = {}, {}, {}
+  for _, pair in ipairs(pairs_) do
+    for _, p in ipairs(pair.reference) do
+      if not seen[p] then ref_paths[#ref_paths + 1], seen[p] = p, true end
+    end
+    tgt_paths[#tgt_paths + 1] = pair.target
+  end
+  return ref_paths, tgt_paths
+end
+
 --- Checks entries (from a file or a script) and names the first bad one.
 ---@param entries table
 ---@param origin string for messages

@@ -13,6 +13,7 @@
 local core = require("parity.core")
 local bundle = require("parity.bundle")
 local lm = require("parity.lm")
+local mapping = require("parity.mapping")
 local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
 
@@ -61,7 +62,6 @@ function M.context(opts)
   end
   ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
     or opts.thresholds)
-  local mapping = require("parity.mapping")
   ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)
     or (opts.mapping and mapping.validate(opts.mapping, "mapping"))
   local s = { prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
@@ -180,7 +180,7 @@ function Context:reference_outputs()
     local seqs = lm.greedy(ref, anchor, self.prompts, n, function(i, k) self:progress("reference greedy (" .. anchor .. ")", i, k) end)
     local own = self.baseline == "2-tensor" and lm.perturbed(ref, self.dtype, self.settings.seed) or nil
     local function logits(dtype, forward)  -- a reference that is not finite leaves nothing to compare against
-      local l = forward and forward(seqs) or lm.forward(ref, dtype, seqs)
+      local l = forward and forward(seqs) or self:tapped_logits("reference", dtype, seqs) or lm.forward(ref, dtype, seqs)
       local bad = core.metrics.non_finite(l)
       if bad.nan + bad.inf > 0 then
         error(("the reference %s (%s) has %d NaN and %d Inf in its own logits: fix the reference first"):format(
@@ -214,11 +214,13 @@ end
 
 --- The target's teacher-forced logits over the reference's whole sequences at `dtype`
 --- ([K, P + N, V], float32), computed once per dtype; their shape is checked against the reference's.
+--- When the scaffold stage has paired components, the forward runs with their taps, and the
+--- components stage takes its captures (Context:take_target_calls) instead of running it again.
 function Context:target_logits(dtype)
   local key = "target_" .. dtype
   if self.memo[key] then return self.memo[key] end
   local r = self:reference_outputs()
-  local t = lm.forward(self.target, dtype, r.sequences)
+  local t = self:tapped_logits("target", dtype, r.sequences) or lm.forward(self.target, dtype, r.sequences)
   lm.check_shape(t, { r.sequences:size(0), r.sequences:size(1), r.ref32:size(2) }, self.reference.path, self.target.path)
   self.memo[key] = t
   return t
@@ -240,6 +242,30 @@ function M.write_inputs(opts)
   core.tensors.save(opts.file, { input_ids = seqs }, { prompt_len = tostring(s.prompt_len),
     new_tokens = tostring(s.new_tokens), reference = ctx.reference.path, baseline = ctx.baseline, dtype = ctx.dtype })
   return { file = opts.file, shape = seqs:size(), prompt_len = s.prompt_len, new_tokens = s.new_tokens }
+end
+
+--- A model's logits from a forward tapped on the components the scaffold stage paired, its
+--- captures kept for the components stage (Context:take_calls), which then runs it no more; nil
+--- (run the plain forward) without pairs, for saved logits, or when the model cannot be tapped.
+---@param side string "reference" or "target"
+function Context:tapped_logits(side, dtype, sequences)
+  local b = self[side]
+  if not self.memo.pairs or b.saved then return nil end
+  local ref_paths, tgt_paths = mapping.paths(self.memo.pairs[1])
+  local ok, out, calls = pcall(lm.tapped_forward, b.files[dtype], side == "reference" and ref_paths or tgt_paths,
+    sequences)
+  if not ok then return nil end  -- the plain forward says what went wrong (or the components stage does)
+  self.memo[("calls_%s_%s"):format(side, dtype)] = calls
+  return lm.logits_of(out, ("%s (%s)"):format(b.path, dtype)):float()
+end
+
+--- The captured calls of a tapped forward (Context:tapped_logits), handed over once (the memo
+--- lets go of them); nil when there are none.
+function Context:take_calls(side, dtype)
+  local key = ("calls_%s_%s"):format(side, dtype)
+  local calls = self.memo[key]
+  self.memo[key] = nil
+  return calls
 end
 
 local STAGE_FILES = { "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }

@@ -161,6 +161,9 @@ check)
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
   expect 0 '^reference: from cache ' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
   expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
+  # the e2e stages' teacher-forced passes run tapped; the component sweep runs none of them again
+  expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
+  expect 0 '^components: 24 tested in [0-9.]+ s: 2 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
   expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  first divergence: model.layers.0.input_layernorm \(LlamaRMSNorm\), .*: precision: exact in fp32' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  first divergence: model.layers.0.input_layernorm .*: epsilon: a norm whose output is the reference.s with eps 1e-05' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug" "${common[@]}"
