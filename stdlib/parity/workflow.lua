@@ -215,7 +215,7 @@ end
 --- The target's teacher-forced logits over the reference's whole sequences at `dtype`
 --- ([K, P + N, V], float32), computed once per dtype; their shape is checked against the reference's.
 --- When the scaffold stage has paired components, the forward runs with their taps, and the
---- components stage takes its captures (Context:take_target_calls) instead of running it again.
+--- components stage takes its captures (Context:take_calls) instead of running it again.
 function Context:target_logits(dtype)
   local key = "target_" .. dtype
   if self.memo[key] then return self.memo[key] end
