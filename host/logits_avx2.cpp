@@ -32,19 +32,6 @@ struct V8 {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   /// Bit l set where lane l > x.
   int greater(float x) const { return _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(x), _CMP_GT_OQ)); }
-  double sum() const {
-    float x[8];
-    store(x);
-    return ((static_cast<double>(x[0]) + x[1]) + (static_cast<double>(x[2]) + x[3])) +
-           ((static_cast<double>(x[4]) + x[5]) + (static_cast<double>(x[6]) + x[7]));
-  }
-  float maximum() const {
-    float x[8];
-    store(x);
-    float m = x[0];
-    for (float y : x) m = y > m ? y : m;
-    return m;
-  }
 };
 
 #include "host/logits_kernel.inl"

@@ -7,7 +7,7 @@
 //
 // V provides: kWidth; load, all, store; + - *; fma(a, b, c) = a * b + c; max; abs;
 // round_nonpositive (nearest integer for x <= 0); pow2 (2^n for integral n); greater(x) (bit l
-// set where lane l > x); sum() in double; maximum().
+// set where lane l > x).
 
 constexpr int64_t kBlock = 1024;
 constexpr double kNan = __builtin_nan("");
@@ -15,6 +15,26 @@ constexpr double kNan = __builtin_nan("");
 inline int64_t min_i(int64_t x, int64_t y) { return x < y ? x : y; }
 inline int64_t max_i(int64_t x, int64_t y) { return x > y ? x : y; }
 inline float max_f(float x, float y) { return x > y ? x : y; }  // NaN in y is dropped, as std::max
+
+/// The lanes' sum, in double.
+template <class V>
+inline double sum(V x) {
+  float l[V::kWidth];
+  x.store(l);
+  double s = 0;
+  for (float y : l) s += y;
+  return s;
+}
+
+/// The lanes' maximum.
+template <class V>
+inline float maximum(V x) {
+  float l[V::kWidth];
+  x.store(l);
+  float m = l[0];
+  for (float y : l) m = y > m ? y : m;
+  return m;
+}
 
 /// exp(x) for x <= 0 (and -inf): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-6
 /// Taylor polynomial (relative error < 2e-7), times 2^n.
@@ -98,10 +118,10 @@ RowOut one_row(const float* t, const float* a, const float* b, int64_t v, int64_
       mt4 = max(mt4, x), ma4 = max(ma4, y), mb4 = max(mb4, z), noise4 = max(noise4, abs(e));
       top_t.push_lanes(x, j), top_a.push_lanes(y, j);
     }
-    dt2 += s_dt2.sum(), db2 += s_db2.sum(), ta += s_ta.sum(), tt += s_tt.sum(), aa += s_aa.sum(), ba += s_ba.sum();
-    bb += s_bb.sum(), ft += s_ft.sum(), fa += s_fa.sum(), fb += s_fb.sum();
+    dt2 += sum(s_dt2), db2 += sum(s_db2), ta += sum(s_ta), tt += sum(s_tt), aa += sum(s_aa), ba += sum(s_ba);
+    bb += sum(s_bb), ft += sum(s_ft), fa += sum(s_fa), fb += sum(s_fb);
   }
-  float mt = mt4.maximum(), ma = ma4.maximum(), mb = mb4.maximum(), noise = noise4.maximum();
+  float mt = maximum(mt4), ma = maximum(ma4), mb = maximum(mb4), noise = maximum(noise4);
   for (int64_t j = whole; j < v; ++j) {  // the last v % W
     double x = t[j], y = a[j], z = b[j];
     dt2 += (x - y) * (x - y), db2 += (z - y) * (z - y), ta += x * y, tt += x * x, aa += y * y, ba += z * y, bb += z * z;
@@ -127,7 +147,7 @@ RowOut one_row(const float* t, const float* a, const float* b, int64_t v, int64_
         s_eat = fma(pa, y - x, s_eat);
         s_eab = fma(pa, y - z, s_eab);
       }
-      zt += s_zt.sum(), za += s_za.sum(), zb += s_zb.sum(), eat += s_eat.sum(), eab += s_eab.sum();
+      zt += sum(s_zt), za += sum(s_za), zb += sum(s_zb), eat += sum(s_eat), eab += sum(s_eab);
     }
     for (int64_t j = whole; j < v; ++j) {
       double pa = exp_nonpositive1<V>(a[j] - ma);

@@ -62,18 +62,6 @@ struct V4 {
   void store(float* p) const { for (int l = 0; l < 4; ++l) p[l] = v[l]; }
   int greater(float x) const { int m = 0; for (int l = 0; l < 4; ++l) m |= (v[l] > x) << l; return m; }
 #endif
-  double sum() const {
-    float x[4];
-    store(x);
-    return static_cast<double>(x[0]) + x[1] + x[2] + x[3];
-  }
-  float maximum() const {
-    float x[4];
-    store(x);
-    float m = x[0];
-    for (float y : x) m = y > m ? y : m;
-    return m;
-  }
 };
 
 #include "host/logits_kernel.inl"
