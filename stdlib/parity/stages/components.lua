@@ -148,11 +148,6 @@ local function ratio(t, r32, rlow, eps)
   return r
 end
 
---- Runs a freshly loaded, tapped model once on the sequences; returns path -> calls.
-local function tapped_run(file, paths, sequences)
-  return select(2, lm.tapped_forward(file, paths, sequences))
-end
-
 --- The reference modules' outputs as the pair's target computes them: interleaved per head where
 --- the mapping says so, concatenated (transform "concat") or the one's.
 local function combine(outs, pair)
@@ -205,7 +200,7 @@ function M.run(ctx)
     local calls = ctx:take_calls(side, d)
     if calls then return calls end
     forwards = forwards + 1
-    return tapped_run(ctx[side].files[d], paths, seqs)
+    return select(2, lm.tapped_forward(ctx[side].files[d], paths, seqs))
   end
   local ok, err = pcall(function()
     cap.r32 = run_tapped("reference", anchor, ref_paths)
@@ -233,11 +228,13 @@ function M.run(ctx)
     end
     return child_cache[key] or nil
   end
+  local reruns, reused = 0, 0  -- component runs, and calls read from the whole runs instead (logged)
   -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
   -- and why not
   local function rerun(which, path, inputs)
     local c = child(which, path)
     if not c then return nil end
+    reruns = reruns + 1
     local args, bad = M.arguments(c:schema(), M.cast(inputs, dtype_of(which)))
     local ok, out = false, bad
     if args then ok, out = pcall(c, unpack(args)) end
@@ -247,7 +244,6 @@ function M.run(ctx)
   -- a component re-run on exactly the inputs it had in its model's whole run gives that run's
   -- output again: those calls are read from the capture instead of re-run (components taking
   -- token ids; a target computing bit for bit what the reference does upstream)
-  local reruns, reused = 0, 0
   local function same_inputs(which, path, k, inputs)
     local c = cap[which] and cap[which][path] and cap[which][path][k]
     if not c or #c.inputs ~= #inputs or not c.outputs[1] then return nil end
@@ -277,7 +273,6 @@ function M.run(ctx)
         local function run(which, path, inputs)
           local known = same_inputs(which, path, k, inputs)
           if known then reused = reused + 1 return known end
-          reruns = reruns + 1
           local out, why = rerun(which, path, inputs)
           if why then row.skipped = why end
           return out
