@@ -95,4 +95,5 @@ end
 print("ratio = command / (start-up + the bare forwards it needs, each a fresh load and first call);")
 print("check's needed forwards: the reference's fp32 greedy and teacher-forced passes (cold only) and the")
 print("target's bf16 and fp32 passes; components add their sweep on top (sweep: its time over the target's")
-print("two passes, which it reuses: it runs the reference's two tapped forwards and the component runs). JSON: " .. out_json)
+print("two passes, which it reuses: it runs the reference's fp32 tapped forward and the target's component runs;")
+print("the reference's own noise comes from the cache). JSON: " .. out_json)

@@ -151,6 +151,29 @@ function Context:cache_key()
   }))
 end
 
+--- The reference's cache file, <key>.safetensors, or <key>_<name>.safetensors for more of its side.
+function Context:cache_path(name)
+  self.memo.cache_key = self.memo.cache_key or self:cache_key()
+  return ("%s/%s%s.safetensors"):format(self.cache_dir, self.memo.cache_key, name and "_" .. name or "")
+end
+
+--- More of the reference's side, cached beside its outputs (Context:reference_outputs) under the
+--- same key and `name` (which says what else they depend on): {name = Tensor}, or nil when not
+--- cached (or the cache is off or unreadable). Context:cache_reference_extra writes them.
+function Context:reference_extra(name)
+  if not self.cache_enabled then return nil end
+  local path = self:cache_path(name)
+  if core.path_kind(path) ~= "file" then return nil end
+  local ok, t = pcall(core.tensors.load, path)
+  return ok and t or nil
+end
+
+function Context:cache_reference_extra(name, tensors)
+  if not self.cache_enabled then return end
+  core.remove_stale_temps(self.cache_dir)
+  core.tensors.save(self:cache_path(name), tensors, { format = tostring(FORMAT) })
+end
+
 --- Narrows [K, P + N, V] logits to the N judged positions: those predicting the new tokens.
 function Context:judged(logits)
   return logits:narrow(1, self.prompts:size(1) - 1, self.settings.new_tokens):contiguous()
@@ -166,7 +189,7 @@ end
 function Context:reference_outputs()
   if self.memo.reference then return self.memo.reference end
   local t0 = os.clock()
-  local path = self.cache_dir .. "/" .. self:cache_key() .. ".safetensors"
+  local path = self:cache_path()
   local r, why
   if self.cache_enabled and core.path_kind(path) == "file" then
     local ok, t = pcall(core.tensors.load, path)

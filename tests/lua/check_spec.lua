@@ -230,6 +230,35 @@ describe("check", function()
     truthy(lines[1]:find("^reference: computed"), "other inputs, other key: " .. lines[1])
   end)
 
+  it("caches the reference's own noise in the components and reads it back to the same results", function()
+    local cache = tmp .. "/noise_cache"
+    os.execute("rm -rf " .. cache)
+    for _, case in ipairs({ { "bug_eps" }, { "port_interleaved" }, { "bug_eps", "reference_bf16.pt" } }) do
+      local target, ref = case[1], case[2] or "reference"
+      local function components(opts)
+        lines = {}
+        opts.reference, opts.out, opts.cache_dir = ref, tmp .. "/noise", cache
+        check(target, opts)
+        local log = ""
+        for _, l in ipairs(lines) do log = l:find("^components:") and l or log end
+        return read(tmp .. "/noise/components.json"), log:find("own noise from the cache") ~= nil
+      end
+      local what = target .. " against " .. ref
+      local want = components({ cache = false })
+      eq({ components({}) }, { want, false }, what .. ": computed and cached")
+      eq({ components({}) }, { want, true }, what .. ": read from the cache")
+      local f = assert(io.popen("ls " .. cache .. "/*_components_*"))
+      for file in f:lines() do
+        local g = assert(io.open(file, "w"))
+        g:write("not safetensors")
+        g:close()
+      end
+      f:close()
+      eq({ components({}) }, { want, false }, what .. ": an unreadable cache is computed again")
+      eq({ components({}) }, { want, true }, what .. ": and written again")
+    end
+  end)
+
   it("hashes a reference file once per version of it: by its identity, then by content", function()
     local dir = tmp .. "/copy"
     os.execute(("rm -rf %s %s/files && cp -r %s/reference %s"):format(dir, tmp .. "/cache", fx, dir))

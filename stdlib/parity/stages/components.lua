@@ -134,18 +134,52 @@ local function inputs_for(target_inputs, ref_inputs)
   return out
 end
 
---- The 3-tensor ratio of whole tensors; a component whose low precision is exact (an integer
---- lookup, a copy) has no noise to measure against: exact is 0, anything else infinite. With the
---- 2-tensor baseline (`eps`: the dtype's machine epsilon) the noise is at least one rounding of
---- the output, eps x ||r32||: an output the perturbation leaves unchanged (a rotary embedding
---- computes from positions, not from its input's values) is judged against that.
-local function ratio(t, r32, rlow, eps)
-  if not (t and r32 and rlow) or not (t:is_same_size(r32) and rlow:is_same_size(r32)) then return nil end  -- an expert given other tokens
-  local r, num, den = m.r_ratio(t:float(), r32:float(), rlow:float(), 0)
+--- ||a - b|| in float64 (NaN when either is not finite); nil when either is missing or their
+--- shapes differ (an expert given other tokens).
+local function distance(a, b)
+  if not (a and b) or not a:is_same_size(b) then return nil end
+  return select(2, m.r_ratio(a:float(), b:float(), b:float(), 0))
+end
+
+--- The 3-tensor ratio of whole tensors, ||t - r32|| / noise, where noise = ||r_low - r32|| (the
+--- reference's own; nil: none to judge against). A component whose low precision is exact (an
+--- integer lookup, a copy) has no noise to measure against: exact is 0, anything else infinite.
+--- With the 2-tensor baseline (`eps`: the dtype's machine epsilon) the noise is at least one
+--- rounding of the output, eps x ||r32||: an output the perturbation leaves unchanged (a rotary
+--- embedding computes from positions, not from its input's values) is judged against that.
+local function ratio(t, r32, noise, eps)
+  local num = distance(t, r32)
+  if not (num and noise) or num ~= num then return num and noise and num end
   local floor = eps and eps * r32:float():norm():item() or 0
-  if den < floor then return num / floor end
-  if den == 0 then return num == 0 and 0 or math.huge end
-  return r
+  if noise < floor then return num / floor end
+  if noise == 0 then return num == 0 and 0 or math.huge end
+  return num / noise
+end
+
+--- The reference's own noise at every pair and call (R's denominators: ||r_low - r32|| of the
+--- isolated run, of the whole runs and at the first input) as cached tensors, one [calls, 3] per
+--- pair (-1: none); and back.
+local NONE = -1
+local function noise_tensors(noise)
+  local out = {}
+  for n, calls in pairs(noise) do
+    local rows = {}
+    for k, v in ipairs(calls) do rows[k] = { v[1] or NONE, v[2] or NONE, v[3] or NONE } end
+    out[tostring(n)] = torch.tensor(rows, { dtype = "float64" })
+  end
+  return out
+end
+
+local function noise_of(tensors, n, calls)
+  local t = tensors[tostring(n)]
+  if not t or t:dim() ~= 2 or t:size(0) ~= calls or t:size(1) ~= 3 then return nil end
+  local rows = t:tolist()
+  for _, v in ipairs(rows) do
+    for i = 1, 3 do
+      if v[i] == NONE then v[i] = nil end
+    end
+  end
+  return rows
 end
 
 --- The reference modules' outputs as the pair's target computes them: interleaved per head where
@@ -202,9 +236,23 @@ function M.run(ctx)
     forwards = forwards + 1
     return select(2, lm.tapped_forward(ctx[side].files[d], paths, seqs))
   end
+  -- the reference's own noise (noise[pair][call]) depends on the reference, the sequences and
+  -- the pairs' reference side only: cached beside the reference's outputs, it spares a check
+  -- against a cached reference that reference's low-precision forward and component runs
+  local sides = {}
+  for n, pair in ipairs(pairs_) do sides[n] = { pair.reference, pair.transform, pair.interleave or false } end
+  local noise_name = "components_" .. core.hash_string(core.json.encode(sides))
+  local cached, noise = ctx:reference_extra(noise_name), {}
   local ok, err = pcall(function()
     cap.r32 = run_tapped("reference", anchor, ref_paths)
-    if two then
+    for n, pair in ipairs(pairs_) do  -- cached for every pair, called as often as then
+      local calls = cached and cap.r32[pair.reference[1]]
+      noise[n] = calls and noise_of(cached, n, #calls)
+      if calls and not noise[n] then cached, noise = nil, {} end
+    end
+    if cached then
+      ctx:take_calls("reference", dtype)  -- not needed
+    elseif two then
       local _, calls = lm.perturbed(ref, dtype, ctx.settings.seed)(seqs, ref_paths)
       cap.rlow, forwards = calls, forwards + 1
     else
@@ -228,7 +276,7 @@ function M.run(ctx)
     end
     return child_cache[key] or nil
   end
-  local reruns, reused = 0, 0  -- component runs, and calls read from the whole runs instead (logged)
+  local reruns, reused, failed = 0, 0, {}  -- component runs, calls read from the whole runs instead (logged), failures
   -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
   -- and why not
   local function rerun(which, path, inputs)
@@ -274,7 +322,7 @@ function M.run(ctx)
           local known = same_inputs(which, path, k, inputs)
           if known then reused = reused + 1 return known end
           local out, why = rerun(which, path, inputs)
-          if why then row.skipped = why end
+          if why then row.skipped, failed[which] = why, true end
           return out
         end
         -- the target component runs on the reference's inputs when it takes the same tensors
@@ -285,16 +333,6 @@ function M.run(ctx)
         for _, x in ipairs(calls[k].inputs) do perturbable = perturbable or is_float(x) end
         local tinputs = tcall and perturbable and inputs_for(tcall.inputs, calls[k].inputs) or nil
         local isolated = tinputs ~= nil
-        local r32_outs, rlow_outs = {}, {}
-        for i, p in ipairs(pair.reference) do
-          local c = cap.r32[p] and cap.r32[p][k]
-          r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
-          rlow_outs[i] = c and run("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
-        end
-        local r32, rlow = combine(r32_outs, pair), combine(rlow_outs, pair)
-        local tlow = isolated and run("tlow", pair.target, tinputs) or nil
-        local t32 = isolated and run("t32", pair.target, tinputs) or nil
-        local r, r32_ratio = ratio(tlow, r32, rlow, eps), ratio(t32, r32, rlow)
         -- the accumulated view: outputs of the whole-model runs at this call
         local function outs(which, paths, as)
           local list = {}
@@ -304,16 +342,34 @@ function M.run(ctx)
           end
           return combine(list, as)
         end
-        local ar32, arlow = outs("r32", pair.reference, pair), outs("rlow", pair.reference, pair)
-        local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
-        local acc, acc32 = ratio(atlow, ar32, arlow, eps), ratio(at32, ar32, arlow)
-        -- what it inherits: the same ratio on its first input in the whole-model runs
+        -- what it inherits: its first input in the whole-model runs
         local function input(which, path)
           local c = cap[which] and cap[which][path] and cap[which][path][k]
           return c and c.inputs[1] and is_float(c.inputs[1]) and c.inputs[1] or nil
         end
-        local rin32, rinlow = input("r32", first), input("rlow", first)
-        local inh, inh32 = ratio(input("tlow", pair.target), rin32, rinlow, eps), ratio(input("t32", pair.target), rin32, rinlow)
+        local r32_outs = {}
+        for i, p in ipairs(pair.reference) do
+          local c = cap.r32[p] and cap.r32[p][k]
+          r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
+        end
+        local r32, ar32, rin32 = combine(r32_outs, pair), outs("r32", pair.reference, pair), input("r32", first)
+        noise[n] = noise[n] or {}
+        if not noise[n][k] then  -- the reference's own noise: isolated, in the whole runs, at the input
+          local rlow_outs = {}
+          for i, p in ipairs(pair.reference) do
+            local c = cap.r32[p] and cap.r32[p][k]
+            rlow_outs[i] = c and run("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
+          end
+          noise[n][k] = { distance(combine(rlow_outs, pair), r32), distance(outs("rlow", pair.reference, pair), ar32),
+                          distance(input("rlow", first), rin32) }
+        end
+        local own, own_acc, own_in = unpack(noise[n][k], 1, 3)
+        local tlow = isolated and run("tlow", pair.target, tinputs) or nil
+        local t32 = isolated and run("t32", pair.target, tinputs) or nil
+        local r, r32_ratio = ratio(tlow, r32, own, eps), ratio(t32, r32, own)
+        local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
+        local acc, acc32 = ratio(atlow, ar32, own_acc, eps), ratio(at32, ar32, own_acc)
+        local inh, inh32 = ratio(input("tlow", pair.target), rin32, own_in, eps), ratio(input("t32", pair.target), rin32, own_in)
         if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
           row.inherited_r, row.inherited_r32 = inh, inh32
@@ -356,10 +412,11 @@ function M.run(ctx)
                       pairs = pairs_, files = { reference = ref.files[anchor], target = target.files[has32 and "fp32" or dtype],
                       reference_low = ref.files[dtype] },
                       dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
+  if not cached and not failed.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s: %d tapped forwards (%.2f s; the others came with the logits), %d"
-    .. " component runs, %d read from the whole runs (the same inputs)")
-    :format(#rows, total, forwards, forwards_s, reruns, reused))
+    .. " component runs, %d read from the whole runs (the same inputs)%s")
+    :format(#rows, total, forwards, forwards_s, reruns, reused, cached and "; the reference's own noise from the cache" or ""))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
   return { mapping = kind, components = rows, has_fp32 = has32, unmapped_target = core.json.array(unmapped or {}),
