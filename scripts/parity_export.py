@@ -14,8 +14,12 @@ Command line:
         factory() returns (module, example_inputs_tuple[, second_inputs_tuple])
     parity_export.py --hf NAME_OR_DIR --out DIR               (needs transformers)
     parity_export.py --hf-config config.json --random-init --seed 0 --out DIR
-        Hugging Face causal LMs, traced with torchscript=True / return_dict=False so the
-        logits come out as the first tensor; inputs are seeded random token ids.
+        Hugging Face causal LMs (transformers 4.x and 5.x), traced through a wrapper whose
+        forward(input_ids) returns the logits (module paths under "m.": m.model.layers.0...),
+        with an all-ones attention mask so that the trace takes any batch and length;
+        --attn-implementation eager (default; sdpa traces an operator LibTorch 1.13 lacks).
+        Inputs are seeded random token ids.
+The manifest records the versions of torch (and transformers) that made the bundle.
 Runs where torch lives (Debian: /usr/bin/python3 with python3-torch).
 """
 import argparse
@@ -67,12 +71,13 @@ def _check(name, traced, eager, inputs):
 
 
 def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inputs=None,
-           vocab_size=None, source=None, config=None, log=print):
+           vocab_size=None, source=None, config=None, log=print, made_with=None):
     """Traces `module` at each dtype into out_dir/{dtype}.pt and writes out_dir/parity.json.
 
     Raises RuntimeError when a trace does not reproduce the eager output exactly on the example
     inputs or on `second_inputs` (which should have another shape: a trace that baked in a shape
     fails there). `vocab_size` defaults to the last dim of the traced [batch, seq, vocab] output.
+    The manifest's `made_with` holds torch's version and the entries of `made_with`.
     The bundle is built in a temporary directory beside out_dir and moved into place at the end:
     a failed export leaves no half-written bundle (and an earlier bundle at out_dir untouched)."""
     example_inputs = tuple(example_inputs)
@@ -85,7 +90,7 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
         manifest = _export_into(tmp, module, example_inputs, dtypes, second_inputs, vocab_size, source, config,
-                                lambda msg: log(msg.replace(tmp, out_dir)))
+                                lambda msg: log(msg.replace(tmp, out_dir)), dict(made_with or {}, torch=torch.__version__))
         if os.path.isdir(out_dir):  # replace an earlier bundle only once the new one is complete
             old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
             os.rename(out_dir, os.path.join(old, "bundle"))
@@ -98,7 +103,7 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
     return manifest
 
 
-def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_size, source, config, log):
+def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_size, source, config, log, made_with):
     checks = {}
     for name in dtypes:
         model = copy.deepcopy(module).to(DTYPES[name]).eval()
@@ -134,6 +139,7 @@ def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_s
         "config": config,
         "modules": [n for n, _ in module.named_modules() if n],
         "trace_checks": checks,
+        "made_with": made_with,
     }
     with open(os.path.join(out_dir, "parity.json"), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -141,33 +147,57 @@ def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_s
     return manifest
 
 
+class CausalLMLogits(torch.nn.Module):
+    """What is traced of a transformers causal LM: forward(input_ids) -> logits, the model under
+    `m`. The 2-D all-ones attention mask keeps the trace shape-generic: without one, transformers
+    5's mask code bakes the example's batch and length into the trace. (A prepared 4-D mask traces
+    too, but silently breaks sliding-window models.) transformers 5 dropped the tuple outputs of
+    `torchscript=True`; the wrapper takes `.logits` on 4.x and 5.x alike."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids):
+        return self.m(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+                      return_dict=True).logits
+
+
 def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, seed=0, dtypes=("fp32", "bf16"),
-              batch=1, seq=8, log=print):
+              batch=1, seq=8, log=print, attn_implementation="eager"):
     """Exports a transformers causal LM: pretrained (`name_or_dir`) or randomly initialised from
-    a config (`config_file`, or `name_or_dir` with random_init) with a seeded init."""
+    a config (`config_file`, or `name_or_dir` with random_init) with a seeded init, through
+    CausalLMLogits, with the attention implementation given (recorded in the manifest)."""
     try:
+        import transformers
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
         raise RuntimeError(f"--hf needs transformers, which is not importable here ({e}); "
                            "export where the model's Python environment lives") from e
     config = AutoConfig.from_pretrained(config_file or name_or_dir)
-    config.torchscript = True    # tuple outputs, untied weights: what torch.jit.trace needs
-    config.return_dict = False
     config.use_cache = False
-    if random_init or config_file:
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(name_or_dir, config=config)
+    try:
+        if random_init or config_file:
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name_or_dir, config=config,
+                                                         attn_implementation=attn_implementation)
+    except ValueError as e:  # an implementation this model or this transformers does not support
+        raise RuntimeError(f"attn_implementation {attn_implementation!r}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # a config the model class rejects (its asserts), a checkpoint that does not fit
+        raise RuntimeError(f"{config_file or name_or_dir}: cannot build the model: {type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0]}") from e
     vocab = config.vocab_size
     gen = torch.Generator().manual_seed(seed)
     example = (torch.randint(0, vocab, (batch, seq), generator=gen),)
     second = (torch.randint(0, vocab, (batch + 1, seq + 3), generator=gen),)
     source = name_or_dir or config_file
     cfg = json.loads(json.dumps(config.to_dict(), default=str))
-    return export(model.eval(), example, out_dir, dtypes, second, vocab_size=vocab,
+    return export(CausalLMLogits(model).eval(), example, out_dir, dtypes, second, vocab_size=vocab,
                   source=f"hf:{source}" + (f" (random init, seed {seed})" if random_init or config_file else ""),
-                  config=cfg, log=log)
+                  config=cfg, log=log,
+                  made_with={"transformers": transformers.__version__, "attn_implementation": attn_implementation})
 
 
 def _load_factory(spec):
@@ -193,6 +223,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the random init and the example token ids")
     ap.add_argument("--batch", type=int, default=1, help="--hf: example batch (the second check uses batch+1)")
     ap.add_argument("--seq", type=int, default=8, help="--hf: example length (the second check uses seq+3)")
+    ap.add_argument("--attn-implementation", default="eager",
+                    help="--hf: the attention transformers runs (default eager, which LibTorch 1.13 loads; "
+                         "sdpa traces aten::scaled_dot_product_attention, which needs LibTorch 2.x)")
     ap.add_argument("--out", required=True, help="bundle directory to write")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16 (default fp32,bf16)")
     ap.add_argument("--vocab-size", type=int,
@@ -205,7 +238,8 @@ def main(argv=None):
             second = made[2] if len(made) > 2 else None
             export(made[0], made[1], args.out, dtypes, second, vocab_size=args.vocab_size, source=args.module)
         else:
-            export_hf(args.out, args.hf, args.hf_config, args.random_init, args.seed, dtypes, args.batch, args.seq)
+            export_hf(args.out, args.hf, args.hf_config, args.random_init, args.seed, dtypes, args.batch, args.seq,
+                      attn_implementation=args.attn_implementation)
     except (RuntimeError, ValueError, OSError) as e:
         print(f"parity_export: {e}", file=sys.stderr)
         return 2
