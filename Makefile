@@ -5,6 +5,12 @@ JOBS ?= $(shell nproc)
 # make bench: the generated models' sizes (bench/make_models.py: s 19M parameters, m 56M, l 207M)
 BENCH_SIZES ?= s m
 BENCH_REPEATS ?= 3
+# Another LibTorch than Debian's 1.13 (README, "Build"): its CMake prefix, e.g. a pip torch's
+# `python -c "import torch; print(torch.utils.cmake_prefix_path)"`, and a Python with that torch
+# for the fixtures and the exporter; best in a build directory of its own (BUILD=build-torch2).
+TORCH_PREFIX ?=
+TORCH_PYTHON ?=
+CMAKE_FLAGS := $(if $(TORCH_PREFIX),-DCMAKE_PREFIX_PATH=$(TORCH_PREFIX)) $(if $(TORCH_PYTHON),-DTORCH_PYTHON=$(TORCH_PYTHON))
 PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann-json3-dev \
         libfmt-dev doctest-dev python3-torch libopenblas0-pthread time
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -22,7 +28,7 @@ deps:
 	fi
 
 $(BUILD)/build.ninja:
-	cmake -S . -B $(BUILD) -G Ninja
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
 
 build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
