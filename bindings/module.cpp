@@ -5,6 +5,7 @@
 #include "bindings/vm.hpp"
 #include "host/dtype.hpp"
 #include "host/model.hpp"
+#include "host/runtime.hpp"
 #include "host/taps.hpp"
 
 namespace parity {
@@ -28,8 +29,17 @@ std::vector<Value> args_from(lua_State* L, int first) {
 }
 
 /// parity.load(path) -> Module
+/// core.load(path[, device])
 int load(lua_State* L) {
-  push_module(L, Model::load(luaL_checkstring(L, 1)));
+  std::optional<c10::Device> device;
+  if (!lua_isnoneornil(L, 2)) device = parse_device(luaL_checkstring(L, 2));
+  push_module(L, Model::load(luaL_checkstring(L, 1), device));
+  return 1;
+}
+
+/// core.usable_device(name) -> its canonical name ("cuda:0"), or an error saying why not here
+int usable_device_fn(lua_State* L) {
+  lua_pushstring(L, usable_device(luaL_checkstring(L, 1)).str().c_str());
   return 1;
 }
 
@@ -100,9 +110,25 @@ int module_type(lua_State* L) {
   return 1;
 }
 
+/// m:to("bf16"), m:to("cuda:0"), m:to{dtype = "bf16", device = "cpu"}
 int module_to(lua_State* L) {
-  check_module(L, 1).to(parse_dtype(luaL_checkstring(L, 2)));
+  auto& m = check_module(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    std::string s = lua_tostring(L, 2);
+    if (is_device_name(s)) m.to(parse_device(s));
+    else m.to(parse_dtype(s));
+  } else if (lua_istable(L, 2)) {
+    if (auto dev = opt_string_field(L, 2, "device")) m.to(parse_device(*dev));
+    if (auto dt = opt_string_field(L, 2, "dtype")) m.to(parse_dtype(*dt));
+  } else {
+    return luaL_argerror(L, 2, "expected a dtype, a device or {dtype=, device=}");
+  }
   lua_settop(L, 1);
+  return 1;
+}
+
+int module_device(lua_State* L) {
+  lua_pushstring(L, check_module(L, 1).device().str().c_str());
   return 1;
 }
 
@@ -226,11 +252,13 @@ const luaL_Reg kMethods[] = {
     {"buffers", guard<module_buffers>},  {"methods", guard<module_methods>},
     {"schema", guard<module_schema>},    {"type", guard<module_type>},
     {"to", guard<module_to>},            {"eval", guard<module_eval>},
+    {"device", guard<module_device>},
     {"tap", guard<module_tap>},          {"run_tapped", guard<module_run_tapped>},
     {nullptr, nullptr}};
 
 const luaL_Reg kCore[] = {
-    {"load", guard<load>}, {"load_library", guard<load_library_fn>}, {nullptr, nullptr}};
+    {"load", guard<load>}, {"load_library", guard<load_library_fn>},
+    {"usable_device", guard<usable_device_fn>}, {nullptr, nullptr}};
 
 }  // namespace
 

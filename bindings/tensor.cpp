@@ -122,7 +122,7 @@ int tensor_to(lua_State* L) {
   at::Tensor out = t;
   if (lua_type(L, 2) == LUA_TSTRING) {
     std::string s = lua_tostring(L, 2);
-    if (s == "cpu" || s.rfind("cuda", 0) == 0) out = t.to(parse_device(s));
+    if (is_device_name(s)) out = t.to(parse_device(s));
     else out = t.to(parse_dtype(s));
   } else if (lua_istable(L, 2)) {
     if (auto dev = opt_string_field(L, 2, "device")) out = out.to(parse_device(*dev));

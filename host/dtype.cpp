@@ -44,6 +44,10 @@ std::string dtype_name(c10::ScalarType t) {
   return c10::toString(t);
 }
 
+bool is_device_name(const std::string& name) {
+  return name == "cpu" || name == "meta" || name.rfind("cuda", 0) == 0;
+}
+
 c10::Device parse_device(const std::string& name) {
   try {
     return c10::Device(name);

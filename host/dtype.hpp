@@ -16,5 +16,7 @@ std::string dtype_name(c10::ScalarType t);
 
 /// Parses "cpu", "cuda", "cuda:1"; throws with the accepted forms on anything else.
 c10::Device parse_device(const std::string& name);
+/// Whether a name is a device's rather than a dtype's: "cpu", "meta", "cuda", "cuda:N".
+bool is_device_name(const std::string& name);
 
 }  // namespace parity

@@ -83,11 +83,11 @@ std::string demangle_type(const std::string& qualified) {
   return dot == std::string::npos ? qualified : qualified.substr(dot + 1);
 }
 
-Model Model::load(const std::string& path) {
+Model Model::load(const std::string& path, std::optional<c10::Device> device) {
   if (!std::filesystem::exists(path))
     throw std::runtime_error(fmt::format("{}: no such file", path));
   try {
-    return Model(std::make_shared<torch::jit::Module>(torch::jit::load(path)));
+    return Model(std::make_shared<torch::jit::Module>(device ? torch::jit::load(path, *device) : torch::jit::load(path)));
   } catch (const c10::Error& e) {
     std::string why = e.what_without_backtrace();
     throw std::runtime_error(
@@ -177,9 +177,14 @@ Value Model::call(const std::string& method, const std::vector<Value>& args) con
   const auto& schema = method_schema(*m_, method);
   const auto& all = schema.arguments();
   auto without_self = schema.cloneWithArguments({all.begin() + 1, all.end()});
-  auto inputs = bind_arguments(without_self, args);
+  auto dev = device();
+  std::vector<Value> moved;
+  if (!dev.is_cpu())
+    for (const auto& a : args) moved.push_back(on_device(a, dev));
+  auto inputs = bind_arguments(without_self, dev.is_cpu() ? args : moved);
   inputs.insert(inputs.begin(), m_->_ivalue());
-  return from_ivalue(m_->get_method(method).function()(std::move(inputs)));
+  auto out = from_ivalue(m_->get_method(method).function()(std::move(inputs)));
+  return dev.is_cpu() ? out : on_device(out, c10::Device(c10::kCPU));
 }
 
 Value Model::schema(const std::string& method) const {
@@ -200,6 +205,13 @@ Value Model::schema(const std::string& method) const {
 }
 
 void Model::to(c10::ScalarType dtype) { m_->to(dtype); }
+void Model::to(c10::Device device) { m_->to(device); }
+
+c10::Device Model::device() const {
+  for (const auto& p : m_->parameters()) return p.device();
+  for (const auto& b : m_->buffers()) return b.device();
+  return c10::Device(c10::kCPU);
+}
 void Model::set_training(bool on) { on ? m_->train() : m_->eval(); }
 
 void load_library(const std::string& path) {

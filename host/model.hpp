@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,9 +31,9 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 class Model {
  public:
-  /// Loads a TorchScript file. Throws std::runtime_error naming the file when it is missing or
-  /// is not a TorchScript archive.
-  static Model load(const std::string& path);
+  /// Loads a TorchScript file, its tensors onto `device` ("cpu" when none). Throws
+  /// std::runtime_error naming the file when it is missing or is not a TorchScript archive.
+  static Model load(const std::string& path, std::optional<c10::Device> device = std::nullopt);
 
   /// The submodule at a dotted path ("model.layers.0.mlp"); throws naming the missing part.
   Model child(const std::string& path) const;
@@ -47,12 +48,17 @@ class Model {
   std::string type_name() const;  ///< demangled class name ("LlamaRMSNorm")
 
   /// Calls a method ("forward" by default) with Lua-shaped arguments bound against its schema.
+  /// A model off the CPU gets its tensor arguments moved to its device and gives its results
+  /// back on the CPU, where Lua and the metrics work.
   Value call(const std::string& method, const std::vector<Value>& args) const;
 
   /// The method's schema: {name, arguments = {{name, type, default?}...}, returns = {{type}}}.
   Value schema(const std::string& method) const;
 
   void to(c10::ScalarType dtype);  ///< casts parameters/buffers (scripted modules; traces bake dtypes)
+  void to(c10::Device device);     ///< moves parameters/buffers
+  /// Where its tensors are: its first parameter's (else first buffer's) device; cpu without any.
+  c10::Device device() const;
   void set_training(bool on);
 
   /// The TorchScript module itself, for host code that works on graphs (host/taps.cpp).

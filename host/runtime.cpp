@@ -1,9 +1,11 @@
 // host/runtime.cpp — torch threads and version string.
 #include "host/runtime.hpp"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <fmt/format.h>
+#include <torch/csrc/api/include/torch/cuda.h>
 #include <torch/csrc/api/include/torch/version.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
@@ -15,6 +17,8 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <thread>
+
+#include "host/dtype.hpp"
 
 namespace parity {
 
@@ -56,9 +60,29 @@ void set_executor(const std::string& mode) {
 }
 
 std::string version_string() {
-  return fmt::format("parity {} (LibTorch {}.{}.{}, {} threads)", PARITY_VERSION,
+  auto gpus = torch::cuda::device_count();
+  return fmt::format("parity {} (LibTorch {}.{}.{}, {} threads, {} CUDA device{})", PARITY_VERSION,
                      TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH,
-                     at::get_num_threads());
+                     at::get_num_threads(), gpus, gpus == 1 ? "" : "s");
+}
+
+c10::Device usable_device(const std::string& name) {
+  auto d = parse_device(name);
+  if (d.is_cpu()) return d;
+  if (!d.is_cuda())
+    throw std::invalid_argument(fmt::format("device '{}': models run on \"cpu\" or \"cuda[:N]\"", name));
+  auto n = static_cast<int64_t>(torch::cuda::device_count());
+  if (n == 0)
+    throw std::invalid_argument(fmt::format(
+        "device '{}': no CUDA device here ({}); run on a machine with a GPU, with parity built against a"
+        " CUDA LibTorch (README, Build)", name,
+        at::hasCUDA() ? "this LibTorch has CUDA but sees no GPU"
+                      : fmt::format("LibTorch {}.{}.{} is built without CUDA", TORCH_VERSION_MAJOR,
+                                    TORCH_VERSION_MINOR, TORCH_VERSION_PATCH)));
+  if (d.has_index() && d.index() >= n)
+    throw std::invalid_argument(fmt::format("device '{}': {} CUDA device{} here (cuda:0 to cuda:{})", name, n,
+                                            n == 1 ? "" : "s", n - 1));
+  return d;
 }
 
 }  // namespace parity

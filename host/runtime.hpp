@@ -1,5 +1,7 @@
 // host/runtime.hpp — process-wide set-up of LibTorch (threads) and version facts.
 #pragma once
+#include <c10/core/Device.h>
+
 #include <string>
 
 namespace parity {
@@ -19,7 +21,11 @@ void set_executor(const std::string& mode);
 /// lo..hi; anything else throws std::runtime_error naming the variable and what it held.
 long long env_integer(const char* name, long long fallback, long long lo, long long hi);
 
-/// "parity 0.1.0 (LibTorch 1.13.1, 2 threads)".
+/// "parity 0.1.0 (LibTorch 1.13.1, 2 threads, 0 CUDA devices)".
 std::string version_string();
+
+/// A device models can run on here: "cpu", or "cuda[:N]" with that GPU present. Throws
+/// std::invalid_argument saying why not (no GPU, a LibTorch built without CUDA, no such index).
+c10::Device usable_device(const std::string& name);
 
 }  // namespace parity

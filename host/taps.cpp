@@ -191,7 +191,14 @@ Value run_tapped(const Model& model, const std::vector<Value>& args, const std::
   struct Reset {
     ~Reset() { active = nullptr; }
   } reset;
-  return model.call("forward", args);
+  Value out = model.call("forward", args);
+  if (calls && !model.device().is_cpu()) {  // captures come back on the CPU too, as the output does
+    for (auto& [path, list] : *calls)
+      for (auto& call : list)
+        for (auto* tensors : {&call.inputs, &call.outputs})
+          for (auto& t : *tensors) t = t.to(at::kCPU);
+  }
+  return out;
 }
 
 }  // namespace parity

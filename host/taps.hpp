@@ -37,7 +37,8 @@ using TapInjections = std::map<std::string, std::map<int64_t, std::map<int64_t, 
 
 /// Runs the model's forward with its taps active: records the calls of `capture` paths (all
 /// tapped paths when empty) and substitutes the `inject` tensors (cast to the tapped input's
-/// dtype and device). Returns the forward's output; `calls` receives the records.
+/// dtype and device). Returns the forward's output; `calls` receives the records (on the CPU, as
+/// the output is, for a model on another device: Model::call).
 Value run_tapped(const Model& model, const std::vector<Value>& args, const std::vector<std::string>& capture,
                  const TapInjections& inject, TapCalls* calls);
 

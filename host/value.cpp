@@ -216,4 +216,19 @@ Value from_ivalue(const c10::IValue& iv) {
       fmt::format("a value of type {} has no Lua form", iv.type()->annotation_str()));
 }
 
+Value on_device(const Value& v, c10::Device device) {
+  if (const auto* t = v.get<at::Tensor>()) return t->to(device);
+  if (const auto* a = v.get<Array>()) {
+    Array out;
+    for (const auto& x : *a) out.push_back(on_device(x, device));
+    return out;
+  }
+  if (const auto* m = v.get<Map>()) {
+    Map out;
+    for (const auto& [k, x] : *m) out.emplace_back(k, on_device(x, device));
+    return out;
+  }
+  return v;
+}
+
 }  // namespace parity

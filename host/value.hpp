@@ -45,4 +45,7 @@ c10::IValue to_ivalue(const Value& v);
 /// ScalarType/Device-like ints stay ints. Throws on types with no Lua shape (objects, futures).
 Value from_ivalue(const c10::IValue& iv);
 
+/// `v` with every tensor in it moved to `device` (arrays and maps walked).
+Value on_device(const Value& v, c10::Device device);
+
 }  // namespace parity

@@ -12,6 +12,7 @@ local CANONICAL = { float32 = "fp32", bfloat16 = "bf16", float16 = "fp16",
 ---@class parity.Bundle
 ---@field path string
 ---@field manifest table|nil   parity.json, when the bundle has one
+---@field device string|nil    where its models run ("cuda:0"; nil: the CPU)
 local Bundle = {}
 Bundle.__index = Bundle
 
@@ -31,18 +32,30 @@ function Bundle:has(dtype)
   return self.files[CANONICAL[dtype] or dtype] ~= nil
 end
 
+--- The canonical name of a dtype this bundle has a trace for; errors name what it has.
+local function traced(self, dtype)
+  local d = CANONICAL[dtype]
+  if not d then error(("unknown bundle dtype '%s' (use fp32, bf16 or fp16)"):format(tostring(dtype)), 3) end
+  if not self.files[d] then
+    error(("%s has no %s trace (it has: %s); export one per dtype with scripts/parity_export.py")
+      :format(self.path, d, table.concat(self:dtypes(), ", ")), 3)
+  end
+  return d
+end
+
 --- The module traced at `dtype` ("fp32", "bf16", "fp16"; PyTorch names work too), loaded once.
 ---@param dtype string
 ---@return userdata Module
 function Bundle:at(dtype)
-  local d = CANONICAL[dtype]
-  if not d then error(("unknown bundle dtype '%s' (use fp32, bf16 or fp16)"):format(tostring(dtype)), 2) end
-  if not self.files[d] then
-    error(("%s has no %s trace (it has: %s); export one per dtype with scripts/parity_export.py")
-      :format(self.path, d, table.concat(self:dtypes(), ", ")), 2)
-  end
-  if not self.modules[d] then self.modules[d] = core.load(self.files[d]) end
+  local d = traced(self, dtype)
+  if not self.modules[d] then self.modules[d] = core.load(self.files[d], self.device) end
   return self.modules[d]
+end
+
+--- A freshly loaded module of `dtype` on the bundle's device: one to tap (taps go into a module
+--- before its first run).
+function Bundle:fresh(dtype)
+  return core.load(self.files[traced(self, dtype)], self.device)
 end
 
 --- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight (a parameter
@@ -104,16 +117,19 @@ local function first_float_dtype(module)
   return "fp32"
 end
 
---- Opens a bundle directory or a single .pt file; an already open bundle is returned as is.
+--- Opens a bundle directory or a single .pt file, its models to run on `device` ("cpu",
+--- "cuda:N"; checked: core.usable_device) or the CPU; an already open bundle is returned as is.
 ---@param path string|parity.Bundle
+---@param device string|nil
 ---@return parity.Bundle
-function M.open(path)
+function M.open(path, device)
   if getmetatable(path) == Bundle then return path end
   local kind = core.path_kind(path)
   if not kind then error(("%s: no such file or directory"):format(path), 2) end
-  local b = setmetatable({ path = path, files = {}, modules = {} }, Bundle)
+  local b = setmetatable({ path = path, files = {}, modules = {},
+                           device = device and core.usable_device(device) or nil }, Bundle)
   if kind == "file" then
-    local m = core.load(path)
+    local m = core.load(path, b.device)
     local d = first_float_dtype(m)
     b.files[d], b.modules[d] = path, m
     return b
@@ -131,10 +147,10 @@ end
 
 --- Opens what a target may be: a bundle, or the logits a foreign engine saved (parity.saved).
 ---@param path string|parity.Bundle|parity.Saved
-function M.open_target(path)
+function M.open_target(path, device)
   local saved = require("parity.saved")
   if saved.is_saved(path) then return saved.open(path) end
-  return M.open(path)
+  return M.open(path, device)
 end
 
 return M

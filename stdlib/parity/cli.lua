@@ -165,6 +165,10 @@ the target never passes. Exit 0 pass, 1 fail, 2 bad input.
   --rtol X         relative tolerance (defaults: fp32 1e-4, bf16 2e-2, fp16 2e-3)
   --json FILE      also write the full result as JSON
   --vocab-size V   the vocabulary of the random tokens, overriding what the bundles say
+  --device D       where the models run: cpu (default) or cuda[:N]; without that GPU here,
+                   one line and exit 2. Inputs go to the models' devices and their outputs
+                   and captures come back to the CPU, where the metrics run
+  --reference-device D  the reference's device, when it differs (default: --device)
 The vocabulary comes from parity.json, else the embedding weight, else the logits' width.
 TARGET may be the logits a foreign engine saved (see parity inputs --help): the token ids are
 then --inputs FILE, else the input_ids saved with them; --dtype picks the reference's logits
@@ -174,11 +178,13 @@ finite and >= 0, logits that fit in memory.]],
   run = function(argv)
     local o = parse(argv, {
       flags = { dtype = "string", batch = "number", seq = "number", seed = "number", inputs = "string",
-                atol = "number", rtol = "number", json = "string", ["vocab-size"] = "number" },
+                atol = "number", rtol = "number", json = "string", ["vocab-size"] = "number", device = "string",
+                ["reference-device"] = "string" },
       positional = { "REF", "TARGET" },
     })
     local result = parity.gate({ reference = o.REF, target = o.TARGET, dtype = o.dtype, batch = o.batch,
-      seq = o.seq, seed = o.seed, inputs = o.inputs, atol = o.atol, rtol = o.rtol, vocab_size = o["vocab-size"] })
+      seq = o.seq, seed = o.seed, inputs = o.inputs, atol = o.atol, rtol = o.rtol, vocab_size = o["vocab-size"],
+      device = o.device, reference_device = o["reference-device"] })
     print(require("parity.stages.gate").summary(result))
     if o.json then parity.json.write(o.json, result) end
     return result.pass and 0 or 1
@@ -235,6 +241,10 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
   --no-cache         recompute the reference's outputs
   --quiet            no progress on stderr and no log lines (the summary and the files only)
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
+  --device D         where the models run: cpu (default) or cuda[:N]; without that GPU here,
+                     one line and exit 2. Inputs go to the models' devices and their outputs
+                     and captures come back to the CPU, where the metrics run
+  --reference-device D  the reference's device, when it differs (default: --device)
 The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
 check against a changed target runs only the target.
 Limits: prompts <= 1024, new tokens <= 4096, prompt + new tokens <= 131072 (and the models'
@@ -245,7 +255,7 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
-                quiet = "boolean", baseline = "string" },
+                quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string" },
       positional = { "REF", "TARGET" },
     })
     if not ok then  -- a usage error must not leave an earlier verdict standing
@@ -260,7 +270,8 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
-      baseline = o.baseline, log = o.quiet and function() end or nil })
+      baseline = o.baseline, device = o.device, reference_device = o["reference-device"],
+      log = o.quiet and function() end or nil })
     print(require("parity.workflow").summary(verdict, out))
     return verdict.verdict == "equivalent" and 0 or 1
   end,
@@ -283,21 +294,21 @@ and cached here, so the check after runs nothing of it again.
   --out FILE         the .safetensors file to write (required)
   --dtype D          the low precision the check will use: bf16 (default) or fp16
   --prompts K, --prompt-len P, --new-tokens N, --seed S, --vocab-size V, --baseline B,
-  --inputs FILE, --no-cache, --cache-dir DIR, --quiet
+  --inputs FILE, --no-cache, --cache-dir DIR, --quiet, --device D
                      as for parity check (the same settings give the same sequences)
 Exit 0 written, 2 bad input.]],
   run = function(argv)
     local o = parse(argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", out = "string", ["no-cache"] = "boolean", ["cache-dir"] = "string",
-                ["vocab-size"] = "number", quiet = "boolean", baseline = "string" },
+                ["vocab-size"] = "number", quiet = "boolean", baseline = "string", device = "string" },
       positional = { "REF" },
     })
     if not o.out then usage_error("missing --out FILE.safetensors") end
     local w = require("parity.workflow").write_inputs({ reference = o.REF, file = o.out, dtype = o.dtype,
       prompts = o.prompts, prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       cache = not o["no-cache"], cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], quiet = o.quiet,
-      baseline = o.baseline, log = o.quiet and function() end or nil })
+      baseline = o.baseline, device = o.device, log = o.quiet and function() end or nil })
     print(("parity inputs: wrote %s: input_ids [%s] (%d prompt + %d new tokens a sequence)"):format(
       w.file, table.concat(w.shape, ", "), w.prompt_len, w.new_tokens))
     return 0
@@ -437,15 +448,22 @@ Exit 0 every pair within its thresholds, 1 a divergence, 2 an environment or con
 
 commands.run = {
   help = [[
-Usage: parity run SCRIPT.lua [ARGS...]
+Usage: parity run [--device D] SCRIPT.lua [ARGS...]
 
 Runs a validation script (loaded as text: precompiled bytecode is refused). Inside it,
 `parity` and `torch` are globals, `arg` holds ARGS (arg[0] is the script), `...` receives them
 too, and the script's directory is on package.path.
 The script's return value is the exit code: nothing or true -> 0, false -> 1, a whole number
 0..125 as is; anything else (NaN, 1.5, 256, a string) is an error: exit 2 saying what came back.
-An error prints its message and a Lua traceback and exits 2.]],
+An error prints its message and a Lua traceback and exits 2.
+--device D (cpu or cuda[:N]; checked: without that GPU here, one line and exit 2) becomes
+parity.device, where parity.load and parity.bundle put models unless told otherwise.]],
   run = function(argv)
+    if argv[1] == "--device" then
+      if not argv[2] then usage_error("--device needs a value") end
+      parity.device = require("parity.core").usable_device(argv[2])
+      argv = { select(3, unpack(argv)) }
+    end
     local script = argv[1]
     if not script then usage_error("missing SCRIPT") end
     if script == "--help" or script == "-h" then

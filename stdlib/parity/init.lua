@@ -5,8 +5,9 @@ local core = require("parity.core")
 
 local M = {
   version = core.version,
-  --- Loads one TorchScript file as a Module.
-  load = core.load,
+  --- The --device of `parity run` ("cuda:0"; nil: the CPU), which parity.load and parity.bundle
+  --- default to.
+  device = nil,
   --- Loads a shared library of custom operators (call before loading a model that uses them).
   load_library = core.load_library,
   --- Tensor files: tensors.load(path) -> {name = Tensor}, tensors.save(path, tbl[, metadata]).
@@ -25,9 +26,14 @@ local M = {
   hash_string = core.hash_string,
 }
 
+--- Loads one TorchScript file as a Module, onto `device` (default parity.device, else the CPU).
+--- A model off the CPU takes Lua's (CPU) tensors and gives its results back on the CPU.
+M.load = function(path, device) return core.load(path, device or M.device) end
+
 --- Opens a bundle: a directory of per-dtype traces (fp32.pt, bf16.pt, fp16.pt) with an
---- optional parity.json manifest, or a single .pt file (a bundle of one).
-M.bundle = function(path) return require("parity.bundle").open(path) end
+--- optional parity.json manifest, or a single .pt file (a bundle of one); its models load onto
+--- `device` (default parity.device, else the CPU).
+M.bundle = function(path, device) return require("parity.bundle").open(path, device or M.device) end
 
 --- The logit verifier: target vs reference logits at one dtype (see stages/gate.lua).
 M.gate = function(opts) return require("parity.stages.gate").run(opts) end

@@ -179,7 +179,7 @@ end
 --- epsilon (M.perturb). The first layer: the first module in execution order that takes hidden
 --- states [B, T, H], the first of a numbered stack (`layers.0`) when there is one.
 function M.perturbed(bundle, dtype, seed)
-  local module = core.load(bundle.files[dtype])
+  local module = bundle:fresh(dtype)
   local paths, modules = {}, module:modules()
   for _, m in ipairs(modules) do
     if m.path ~= "" then paths[#paths + 1] = m.path end
@@ -213,11 +213,11 @@ function M.perturbed(bundle, dtype, seed)
   end
 end
 
---- Runs a freshly loaded model from `file` with taps on `paths` once on token ids; returns its
---- output and the calls of those paths (Module:run_tapped). The output is the plain forward's:
---- the taps copy what passes, they change nothing.
-function M.tapped_forward(file, paths, tokens)
-  local model = core.load(file)
+--- Runs a freshly loaded model (the bundle's at `dtype`) with taps on `paths` once on token ids;
+--- returns its output and the calls of those paths (Module:run_tapped). The output is the plain
+--- forward's: the taps copy what passes, they change nothing.
+function M.tapped_forward(bundle, dtype, paths, tokens)
+  local model = bundle:fresh(dtype)
   model:tap(paths)
   return model:run_tapped({ tokens })
 end

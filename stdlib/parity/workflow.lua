@@ -53,8 +53,8 @@ function M.context(opts)
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
-  ctx.reference = bundle.open(opts.reference)
-  ctx.target = opts.target and bundle.open_target(opts.target)  -- none for parity inputs
+  ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
+  ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs
   ctx.dtype = opts.dtype or "bf16"
   if ctx.dtype ~= "bf16" and ctx.dtype ~= "fp16" then
     error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
@@ -275,7 +275,7 @@ function Context:tapped_logits(side, dtype, sequences)
   local b = self[side]
   if not self.memo.pairs or b.saved then return nil end
   local ref_paths, tgt_paths = mapping.paths(self.memo.pairs[1])
-  local ok, out, calls = pcall(lm.tapped_forward, b.files[dtype], side == "reference" and ref_paths or tgt_paths,
+  local ok, out, calls = pcall(lm.tapped_forward, b, dtype, side == "reference" and ref_paths or tgt_paths,
     sequences)
   if not ok then return nil end  -- the plain forward says what went wrong (or the components stage does)
   self.memo[("calls_%s_%s"):format(side, dtype)] = calls

@@ -28,7 +28,7 @@ expect() {
 
 case $cmd in
 version)
-  expect 0 '^parity [0-9]+\.[0-9]+\.[0-9]+ \(LuaJIT 2\.1.*LibTorch 1\.13.*threads\)$' -- version
+  expect 0 '^parity [0-9]+\.[0-9]+\.[0-9]+ \(LuaJIT 2\.1.*LibTorch [0-9]+\.[0-9]+.*threads, [0-9]+ CUDA devices?\)$' -- version
   expect 0 '^parity [0-9]' -- --version
   expect 2 'unexpected argument' -- version extra
   ;;
@@ -37,7 +37,7 @@ help)
   expect 0 'Exit codes: 0 ok, 1 a check failed, 2' -- help
   expect 0 'Usage: parity tree MODEL' -- help tree
   expect 0 'Usage: parity tree MODEL' -- tree --help
-  expect 0 'Usage: parity run SCRIPT' -- run --help
+  expect 0 'Usage: parity run \[--device D\] SCRIPT' -- run --help
   expect 2 'Usage: parity' --            # no command: usage on stderr, exit 2
   expect 2 "unknown command 'bogus'" -- bogus
   expect 2 "unknown command 'bogus'" -- help bogus
@@ -81,6 +81,10 @@ LUA
   echo 'return torch.ones(2):add("x")' >"$tmp/native.lua"
   echo 'require("parity.tree").pretty({})' >"$tmp/stdlib_error.lua"
   expect 0 '^args=a,b n=2 first=a answer=42$' -- run "$tmp/args.lua" a b
+  # --device becomes parity.device, checked first
+  echo 'print("device=" .. parity.device .. " " .. parity.load(arg[1]):device())' >"$tmp/device.lua"
+  expect 0 '^device=cpu cpu$' -- run --device cpu "$tmp/device.lua" "$fx/reference/fp32.pt"
+  expect 2 "^parity run: device 'cuda:99': .*CUDA device" -- run --device cuda:99 "$tmp/device.lua"
   # the return value is the exit code only when it is nothing, a boolean or a whole number 0..125
   for r in 0 1 125 true; do echo "return $r" >"$tmp/r.lua"; expect "$([[ $r == true ]] && echo 0 || echo "$r")" '^$' -- run "$tmp/r.lua"; done
   for r in '0/0' 256 1.5 -1 126 '"3"' '{}'; do
@@ -120,6 +124,8 @@ gate)
   expect 1 '^FAIL  allclose' -- gate "$ref" "$fx/bug_rope"
   expect 1 'would pass with atol >= ' -- gate "$ref" "$fx/bug_rope"
   expect 0 '^PASS' -- gate "$ref" "$fx/bug_rope" --atol 100
+  expect 2 "^parity gate: device 'cuda:99': .*CUDA device" -- gate "$ref" "$fx/port_fused" --device cuda:99
+  expect 2 "^parity gate: unknown device 'tpu'" -- gate "$ref" "$fx/port_fused" --device tpu
   expect 1 'non-finite: target 2 NaN 0 Inf' -- gate "$ref" "$fx/bug_nan" --atol 1e9
   expect 1 'no tolerance would pass: NaN/Inf in the logits' -- gate "$ref" "$fx/bug_nan" --atol 1e9
   expect 0 'at bf16 on 1 x 8 tokens' -- gate "$ref" "$fx/port_fused" --dtype bf16 --batch 1 --seq 8
@@ -163,7 +169,12 @@ check)
   expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
   # the e2e stages' teacher-forced passes run tapped; the component sweep runs none of them again
   expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
-  expect 0 '^components: 24 tested in [0-9.]+ s: 2 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  # against a cached reference: its fp32 pass only, its own noise read from the cache
+  expect 0 '^components: 24 tested in [0-9.]+ s: 1 tapped forwards.*own noise from the cache' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  # a device that is not here: one line, exit 2 (cuda:99: no GPU here, or fewer)
+  expect 2 "^parity check: device 'cuda:99': .*CUDA device" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --device cuda:99
+  expect 2 "^parity check: device 'cuda:99'" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --reference-device cuda:99
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --device cpu
   expect 1 '^verdict: DIVERGENT — failed: r_p95' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  first divergence: model.layers.0.input_layernorm \(LlamaRMSNorm\), .*: precision: exact in fp32' -- check "$ref" "$fx/bug_norm_bf16" --out "$tmp/bug" "${common[@]}"
   expect 1 '^  first divergence: model.layers.0.input_layernorm .*: epsilon: a norm whose output is the reference.s with eps 1e-05' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug" "${common[@]}"

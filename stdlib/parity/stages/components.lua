@@ -234,7 +234,7 @@ function M.run(ctx)
     local calls = ctx:take_calls(side, d)
     if calls then return calls end
     forwards = forwards + 1
-    return select(2, lm.tapped_forward(ctx[side].files[d], paths, seqs))
+    return select(2, lm.tapped_forward(ctx[side], d, paths, seqs))
   end
   -- the reference's own noise (noise[pair][call]) depends on the reference, the sequences and
   -- the pairs' reference side only: cached beside the reference's outputs, it spares a check
@@ -409,8 +409,7 @@ function M.run(ctx)
     return kept
   end
   ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
-                      pairs = pairs_, files = { reference = ref.files[anchor], target = target.files[has32 and "fp32" or dtype],
-                      reference_low = ref.files[dtype] },
+                      pairs = pairs_, bundles = { reference = ref, target = target, reference_low = ref },
                       dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
   if not cached and not failed.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run

@@ -57,7 +57,8 @@ function M.run(opts)
   validate.settings(opts, { batch = { "integer", 1, max.rows }, seq = { "integer", 1, max.tokens },
     seed = { "integer", 0, max.seed }, atol = { "number", 0, math.huge }, rtol = { "number", 0, math.huge },
     vocab_size = { "integer", 1, max.vocab } })
-  local ref, target = bundle.open(opts.reference), bundle.open_target(opts.target)
+  local ref, target = bundle.open(opts.reference, opts.reference_device or opts.device),
+    bundle.open_target(opts.target, opts.device)
   -- saved logits are compared with the reference's fp32 ones unless told otherwise
   local dtype = opts.dtype or ((target.saved or target:has("fp32")) and "fp32" or target:dtypes()[1])
   local tol = M.TOLERANCES[dtype]

@@ -276,8 +276,8 @@ function M.fit_routing(ev, fault, inside)
   end
   if #ref_children == 0 then return nil end
   local components = require("parity.stages.components")
-  local function assignment(file, dtype, path, children, translate)
-    local model = core.load(file):child(path)
+  local function assignment(b, dtype, path, children, translate)
+    local model = b:fresh(dtype):child(path)
     local taps = {}
     for i, c in ipairs(children) do taps[i] = translate and translate[c] or c end
     model:tap(taps)
@@ -299,8 +299,8 @@ function M.fit_routing(ev, fault, inside)
     end
     return sets
   end
-  local rs = assignment(inside.files.reference, inside.dtypes.reference, fault.reference, ref_children)
-  local ts = assignment(inside.files.target, inside.dtypes.target, fault.target, ref_children, tgt_of)
+  local rs = assignment(inside.bundles.reference, inside.dtypes.reference, fault.reference, ref_children)
+  local ts = assignment(inside.bundles.target, inside.dtypes.target, fault.target, ref_children, tgt_of)
   if not (rs and ts and next(rs)) then return nil end
   local function rerouted(other)
     local differ = 0
@@ -312,7 +312,7 @@ function M.fit_routing(ev, fault, inside)
     return differ / tokens
   end
   -- what precision alone reroutes: the reference at the low precision on the same inputs
-  local own = assignment(inside.files.reference_low, inside.dtypes.reference_low, fault.reference, ref_children)
+  local own = assignment(inside.bundles.reference_low, inside.dtypes.reference_low, fault.reference, ref_children)
   return rerouted(ts), tokens, own and rerouted(own) or 0
 end
 
