@@ -19,7 +19,8 @@ Command line:
         with an all-ones attention mask so that the trace takes any batch and length;
         --attn-implementation eager (default; sdpa traces an operator LibTorch 1.13 lacks).
         Inputs are seeded random token ids.
-The manifest records the versions of torch (and transformers) that made the bundle.
+The manifest records the versions of torch (and transformers) that made the bundle, and the
+device it was traced on (--device cuda:0 traces on a GPU, for parity's --device cuda).
 Runs where torch lives (Debian: /usr/bin/python3 with python3-torch).
 """
 import argparse
@@ -37,8 +38,9 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _cast_inputs(inputs, dtype):
-    return tuple(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs)
+def _cast_inputs(inputs, dtype, device="cpu"):
+    return tuple((x.to(device, dtype) if x.is_floating_point() else x.to(device)) if torch.is_tensor(x) else x
+                 for x in inputs)
 
 
 def _first_tensor(out):
@@ -71,16 +73,20 @@ def _check(name, traced, eager, inputs):
 
 
 def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inputs=None,
-           vocab_size=None, source=None, config=None, log=print, made_with=None):
+           vocab_size=None, source=None, config=None, log=print, made_with=None, device="cpu"):
     """Traces `module` at each dtype into out_dir/{dtype}.pt and writes out_dir/parity.json.
 
     Raises RuntimeError when a trace does not reproduce the eager output exactly on the example
     inputs or on `second_inputs` (which should have another shape: a trace that baked in a shape
     fails there). `vocab_size` defaults to the last dim of the traced [batch, seq, vocab] output.
-    The manifest's `made_with` holds torch's version and the entries of `made_with`.
+    The manifest's `made_with` holds torch's version and the entries of `made_with`. The model is
+    traced on `device` ("cuda:0": a trace may keep the device of tensors it creates in its graph,
+    so trace where parity will run it), recorded as the manifest's `traced_on`.
     The bundle is built in a temporary directory beside out_dir and moved into place at the end:
     a failed export leaves no half-written bundle (and an earlier bundle at out_dir untouched)."""
     example_inputs = tuple(example_inputs)
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r}: no CUDA device here (torch {torch.__version__})")
     for name in dtypes:
         if name not in DTYPES:
             raise ValueError(f"unknown dtype {name!r} (use {', '.join(DTYPES)})")
@@ -90,7 +96,8 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
         manifest = _export_into(tmp, module, example_inputs, dtypes, second_inputs, vocab_size, source, config,
-                                lambda msg: log(msg.replace(tmp, out_dir)), dict(made_with or {}, torch=torch.__version__))
+                                lambda msg: log(msg.replace(tmp, out_dir)), dict(made_with or {}, torch=torch.__version__),
+                                device)
         if os.path.isdir(out_dir):  # replace an earlier bundle only once the new one is complete
             old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=parent)
             os.rename(out_dir, os.path.join(old, "bundle"))
@@ -103,11 +110,12 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
     return manifest
 
 
-def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_size, source, config, log, made_with):
+def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_size, source, config, log, made_with,
+                 device):
     checks = {}
     for name in dtypes:
-        model = copy.deepcopy(module).to(DTYPES[name]).eval()
-        inputs = _cast_inputs(example_inputs, DTYPES[name])
+        model = copy.deepcopy(module).to(device, DTYPES[name]).eval()
+        inputs = _cast_inputs(example_inputs, DTYPES[name], device)
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -116,7 +124,7 @@ def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_s
             raise RuntimeError(f"{name}: tracing failed: {str(e).splitlines()[0]}") from e
         checks[name] = {"example": _check(name, traced, model, inputs)}
         if second_inputs is not None:
-            checks[name]["second"] = _check(name, traced, model, _cast_inputs(tuple(second_inputs), DTYPES[name]))
+            checks[name]["second"] = _check(name, traced, model, _cast_inputs(tuple(second_inputs), DTYPES[name], device))
         bad = {k: v for k, v in checks[name].items() if v != 0.0}
         if bad:
             raise RuntimeError(f"{name} trace differs from eager: max |diff| {bad}")
@@ -140,6 +148,7 @@ def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_s
         "modules": [n for n, _ in module.named_modules() if n],
         "trace_checks": checks,
         "made_with": made_with,
+        "traced_on": str(torch.device(device)),
     }
     with open(os.path.join(out_dir, "parity.json"), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -164,7 +173,7 @@ class CausalLMLogits(torch.nn.Module):
 
 
 def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, seed=0, dtypes=("fp32", "bf16"),
-              batch=1, seq=8, log=print, attn_implementation="eager"):
+              batch=1, seq=8, log=print, attn_implementation="eager", device="cpu"):
     """Exports a transformers causal LM: pretrained (`name_or_dir`) or randomly initialised from
     a config (`config_file`, or `name_or_dir` with random_init) with a seeded init, through
     CausalLMLogits, with the attention implementation given (recorded in the manifest)."""
@@ -197,7 +206,8 @@ def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, se
     return export(CausalLMLogits(model).eval(), example, out_dir, dtypes, second, vocab_size=vocab,
                   source=f"hf:{source}" + (f" (random init, seed {seed})" if random_init or config_file else ""),
                   config=cfg, log=log,
-                  made_with={"transformers": transformers.__version__, "attn_implementation": attn_implementation})
+                  made_with={"transformers": transformers.__version__, "attn_implementation": attn_implementation},
+                  device=device)
 
 
 def _load_factory(spec):
@@ -226,6 +236,8 @@ def main(argv=None):
     ap.add_argument("--attn-implementation", default="eager",
                     help="--hf: the attention transformers runs (default eager, which LibTorch 1.13 loads; "
                          "sdpa traces aten::scaled_dot_product_attention, which needs LibTorch 2.x)")
+    ap.add_argument("--device", default="cpu",
+                    help="trace on this device (default cpu; cuda:0 for bundles parity runs with --device cuda)")
     ap.add_argument("--out", required=True, help="bundle directory to write")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16 (default fp32,bf16)")
     ap.add_argument("--vocab-size", type=int,
@@ -236,10 +248,11 @@ def main(argv=None):
         if args.module:
             made = _load_factory(args.module)()
             second = made[2] if len(made) > 2 else None
-            export(made[0], made[1], args.out, dtypes, second, vocab_size=args.vocab_size, source=args.module)
+            export(made[0], made[1], args.out, dtypes, second, vocab_size=args.vocab_size, source=args.module,
+                   device=args.device)
         else:
             export_hf(args.out, args.hf, args.hf_config, args.random_init, args.seed, dtypes, args.batch, args.seq,
-                      attn_implementation=args.attn_implementation)
+                      attn_implementation=args.attn_implementation, device=args.device)
     except (RuntimeError, ValueError, OSError) as e:
         print(f"parity_export: {e}", file=sys.stderr)
         return 2
