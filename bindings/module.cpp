@@ -28,8 +28,7 @@ std::vector<Value> args_from(lua_State* L, int first) {
   return args;
 }
 
-/// parity.load(path) -> Module
-/// core.load(path[, device])
+/// core.load(path[, device]) -> Module
 int load(lua_State* L) {
   std::optional<c10::Device> device;
   if (!lua_isnoneornil(L, 2)) device = parse_device(luaL_checkstring(L, 2));

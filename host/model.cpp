@@ -87,7 +87,8 @@ Model Model::load(const std::string& path, std::optional<c10::Device> device) {
   if (!std::filesystem::exists(path))
     throw std::runtime_error(fmt::format("{}: no such file", path));
   try {
-    return Model(std::make_shared<torch::jit::Module>(device ? torch::jit::load(path, *device) : torch::jit::load(path)));
+    auto m = device ? torch::jit::load(path, *device) : torch::jit::load(path);
+    return Model(std::make_shared<torch::jit::Module>(std::move(m)));
   } catch (const c10::Error& e) {
     std::string why = e.what_without_backtrace();
     throw std::runtime_error(

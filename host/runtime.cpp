@@ -1,4 +1,4 @@
-// host/runtime.cpp — torch threads and version string.
+// host/runtime.cpp — torch threads, the version string, the devices there are.
 #include "host/runtime.hpp"
 
 #include <ATen/Context.h>

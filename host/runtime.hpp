@@ -1,4 +1,4 @@
-// host/runtime.hpp — process-wide set-up of LibTorch (threads) and version facts.
+// host/runtime.hpp — process-wide set-up of LibTorch (threads), version and device facts.
 #pragma once
 #include <c10/core/Device.h>
 
