@@ -335,8 +335,9 @@ end
 ---@param stages table[] stage modules
 ---@return table verdict
 function M.run(ctx, stages)
-  local order = {}
+  local order, times = {}, {}
   for _, stage in ipairs(stages) do
+    local t0 = core.clock()
     local result = (stage.runs_target and ctx.target.saved)
       and { skipped = ("it needs %s, and %s"):format(stage.runs_target, ctx.target.saved) } or stage.run(ctx)
     result.stage = stage.name
@@ -344,7 +345,11 @@ function M.run(ctx, stages)
     core.json.write(ctx.out .. "/" .. stage.name .. ".json", result)
     order[#order + 1] = stage.name
     core.collect()
+    times[#times + 1] = ("%s %.2f s"):format(stage.name, core.clock() - t0)
   end
+  -- logged, not stored (the JSON stays byte-identical run to run); a stage that first needs the
+  -- reference's side (or the target's passes) counts their time
+  ctx.log("stages: " .. table.concat(times, ", "))
   local criteria, failed, failed_set, warnings, skipped, summaries = {}, {}, {}, {}, {}, {}
   for _, stage in ipairs(stages) do
     local result = ctx.results[stage.name]

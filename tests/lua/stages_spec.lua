@@ -358,9 +358,10 @@ end)
 describe("workflow", function()
   local out = os.tmpname()
   os.remove(out)
+  local logged = {}
   local function ctx()
     return { out = out, results = {}, thresholds = TH, dtype = "bf16", settings = { prompts = 1, new_tokens = 1 },
-             reference = { path = "ref" }, target = { path = "target" } }
+             reference = { path = "ref" }, target = { path = "target" }, log = function(l) logged[#logged + 1] = l end }
   end
   local function stage(name, result, criteria)
     return { name = name, run = function() return result end, summary = function(r) return { x = r.x } end,
@@ -380,6 +381,7 @@ describe("workflow", function()
     eq(v.stages, { "a", "b", "c" })
     eq(parity.json.read(out .. "/b.json").skipped, "no fp32 trace")
     eq(parity.json.read(out .. "/verdict.json").summaries.c.x, 3)
+    truthy(logged[#logged]:find("^stages: a [%d.]+ s, b [%d.]+ s, c [%d.]+ s$"), "each stage's time, logged")
   end)
 
   it("names the cause: a computation difference when fp32 differs too, precision when it does not", function()

@@ -5,7 +5,8 @@
 --- teacher-forced pass up to its first divergence and is decoded from there. Informative: a low match rate with a high cosine
 --- is margin-sensitive drift (near-ties flipping), not necessarily a bug; the e2e stage decides.
 local lm = require("parity.lm")
-local json = require("parity.core").json
+local core = require("parity.core")
+local json = core.json
 
 local M = { name = "smoke", runs_target = "its own greedy decoding, which only running it gives" }
 
@@ -44,10 +45,11 @@ function M.run(ctx)
   -- the target's teacher-forced logits (which e2e reads too) give its greedy continuation up to
   -- its first divergence; only the rest is decoded (lm.greedy_from)
   local predicted = ctx:judged(ctx:target_logits(ctx.dtype)):argmax(-1)
+  local t0 = core.clock()
   local target, forwards = lm.greedy_from(function(seq) return lm.forward(ctx.target, ctx.dtype, seq) end,
     ctx.prompts, r.tokens, predicted, function(i, k) ctx:progress("smoke", i, k) end)
-  ctx.log(("smoke: %d forward%s to decode past the first divergences (%d new tokens)"):format(forwards,
-    forwards == 1 and "" or "s", ctx.settings.new_tokens))
+  ctx.log(("smoke: %d forward%s in %.2f s to decode past the first divergences (%d new tokens)"):format(forwards,
+    forwards == 1 and "" or "s", core.clock() - t0, ctx.settings.new_tokens))
   return M.compare(r.tokens, target, r.own_tokens)
 end
 
