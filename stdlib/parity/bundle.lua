@@ -32,30 +32,32 @@ function Bundle:has(dtype)
   return self.files[CANONICAL[dtype] or dtype] ~= nil
 end
 
---- The canonical name of a dtype this bundle has a trace for; errors name what it has.
-local function traced(self, dtype)
+--- The trace file of `dtype`; errors name the dtypes the bundle has.
+---@param dtype string
+---@return string
+function Bundle:file(dtype)
   local d = CANONICAL[dtype]
   if not d then error(("unknown bundle dtype '%s' (use fp32, bf16 or fp16)"):format(tostring(dtype)), 3) end
   if not self.files[d] then
     error(("%s has no %s trace (it has: %s); export one per dtype with scripts/parity_export.py")
       :format(self.path, d, table.concat(self:dtypes(), ", ")), 3)
   end
-  return d
+  return self.files[d]
 end
 
 --- The module traced at `dtype` ("fp32", "bf16", "fp16"; PyTorch names work too), loaded once.
 ---@param dtype string
 ---@return userdata Module
 function Bundle:at(dtype)
-  local d = traced(self, dtype)
-  if not self.modules[d] then self.modules[d] = core.load(self.files[d], self.device) end
-  return self.modules[d]
+  local file = self:file(dtype)
+  if not self.modules[file] then self.modules[file] = core.load(file, self.device) end
+  return self.modules[file]
 end
 
 --- A freshly loaded module of `dtype` on the bundle's device: one to tap (taps go into a module
 --- before its first run).
 function Bundle:fresh(dtype)
-  return core.load(self.files[traced(self, dtype)], self.device)
+  return core.load(self:file(dtype), self.device)
 end
 
 --- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight (a parameter
@@ -131,7 +133,7 @@ function M.open(path, device)
   if kind == "file" then
     local m = core.load(path, b.device)
     local d = first_float_dtype(m)
-    b.files[d], b.modules[d] = path, m
+    b.files[d], b.modules[path] = path, m
     return b
   end
   for _, d in ipairs(DTYPES) do

@@ -73,7 +73,9 @@ function M.context(opts)
     error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(ctx.baseline)), 0)
   end
   ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype  -- what the target is compared with
-  for _, d in ipairs({ ctx.anchor, ctx.dtype }) do ctx.reference:at(d) end  -- fail early on a missing trace
+  -- fail early on a missing trace; the reference's load when a stage needs it (a check against
+  -- a cached reference never runs its low precision)
+  for _, d in ipairs({ ctx.anchor, ctx.dtype }) do ctx.reference:file(d) end
   if ctx.target then ctx.target:at(ctx.dtype) end
   if ctx.target and ctx.target.saved and not opts.inputs then
     error(("%s: pass --inputs FILE, the file parity inputs wrote and its engine ran"):format(ctx.target.saved), 0)
