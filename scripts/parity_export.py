@@ -192,11 +192,10 @@ def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, se
         else:
             model = AutoModelForCausalLM.from_pretrained(name_or_dir, config=config,
                                                          attn_implementation=attn_implementation)
-    except ValueError as e:  # an implementation this model or this transformers does not support
-        raise RuntimeError(f"attn_implementation {attn_implementation!r}: {str(e).splitlines()[0]}") from e
-    except Exception as e:  # a config the model class rejects (its asserts), a checkpoint that does not fit
-        raise RuntimeError(f"{config_file or name_or_dir}: cannot build the model: {type(e).__name__}: "
-                           f"{(str(e).splitlines() or [''])[0]}") from e
+    except Exception as e:  # an attention implementation it refuses, a config its class rejects, a checkpoint
+        what = (f"attn_implementation {attn_implementation!r}" if "attn_implementation" in str(e)
+                else f"{config_file or name_or_dir}: cannot build the model")
+        raise RuntimeError(f"{what}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
     vocab = config.vocab_size
     gen = torch.Generator().manual_seed(seed)
     example = (torch.randint(0, vocab, (batch, seq), generator=gen),)

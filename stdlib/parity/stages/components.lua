@@ -149,7 +149,8 @@ end
 --- embedding computes from positions, not from its input's values) is judged against that.
 local function ratio(t, r32, noise, eps)
   local num = distance(t, r32)
-  if not (num and noise) or num ~= num then return num and noise and num end
+  if not (num and noise) then return nil end
+  if num ~= num then return num end  -- NaN: t or r32 is not finite
   local floor = eps and eps * r32:float():norm():item() or 0
   if noise < floor then return num / floor end
   if noise == 0 then return num == 0 and 0 or math.huge end
