@@ -190,7 +190,7 @@ end
 ---@return table
 function Context:reference_outputs()
   if self.memo.reference then return self.memo.reference end
-  local t0 = os.clock()
+  local t0 = core.clock()
   local path = self:cache_path()
   local r, why
   if self.cache_enabled and core.path_kind(path) == "file" then
@@ -198,7 +198,7 @@ function Context:reference_outputs()
     if ok and t.sequences and t.ref32 and t.ref_low and t.own_tokens then r = t else why = ok and "incomplete" or tostring(t) end
   end
   if r then
-    self.log(("reference: from cache %s (%.2f s CPU)"):format(path, os.clock() - t0))
+    self.log(("reference: from cache %s (%.2f s)"):format(path, core.clock() - t0))
   else
     local ref, n, p = self.reference, self.settings.new_tokens, self.prompts:size(1)
     local anchor = self.anchor
@@ -221,10 +221,10 @@ function Context:reference_outputs()
     if self.cache_enabled then
       core.remove_stale_temps(self.cache_dir)
       core.tensors.save(path, r, { format = tostring(FORMAT) })
-      self.log(("reference: computed in %.2f s CPU%s, cached as %s"):format(os.clock() - t0,
+      self.log(("reference: computed in %.2f s%s, cached as %s"):format(core.clock() - t0,
         why and (" (cache unreadable: " .. why .. ")") or "", path))
     else
-      self.log(("reference: computed in %.2f s CPU (cache off)"):format(os.clock() - t0))
+      self.log(("reference: computed in %.2f s (cache off)"):format(core.clock() - t0))
     end
   end
   local given = self.given_sequences
