@@ -180,12 +180,7 @@ int torch_get_num_threads(lua_State* L) {
 
 /// torch.schemas("aten::add") -> { "aten::add.Tensor(Tensor self, ...) -> Tensor", ... }
 int torch_schemas(lua_State* L) {
-  auto list = op_schemas(luaL_checkstring(L, 1));
-  lua_createtable(L, static_cast<int>(list.size()), 0);
-  for (size_t i = 0; i < list.size(); ++i) {
-    lua_pushstring(L, list[i].c_str());
-    lua_rawseti(L, -2, static_cast<int>(i + 1));
-  }
+  push_strings(L, op_schemas(luaL_checkstring(L, 1)));
   return 1;
 }
 

@@ -240,12 +240,7 @@ int core_path_kind(lua_State* L) {
 
 /// core.list_dir(path) -> { name... } sorted
 int core_list_dir(lua_State* L) {
-  auto names = list_dir(luaL_checkstring(L, 1));
-  lua_createtable(L, static_cast<int>(names.size()), 0);
-  for (size_t i = 0; i < names.size(); ++i) {
-    lua_pushstring(L, names[i].c_str());
-    lua_rawseti(L, -2, static_cast<int>(i + 1));
-  }
+  push_strings(L, list_dir(luaL_checkstring(L, 1)));
   return 1;
 }
 
@@ -346,6 +341,14 @@ bool call_traced(lua_State* L, int nargs, int nresults, std::string* error) {
   if (error) error->assign(lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
   lua_pop(L, 1);
   return false;
+}
+
+void push_strings(lua_State* L, const std::vector<std::string>& list) {
+  lua_createtable(L, static_cast<int>(list.size()), 0);
+  for (size_t i = 0; i < list.size(); ++i) {
+    lua_pushstring(L, list[i].c_str());
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
 }
 
 void push_core_table(lua_State* L, const char* field, const luaL_Reg* fns) {

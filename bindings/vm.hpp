@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace parity {
 
@@ -55,6 +56,9 @@ class Vm {
 /// Calls the function below `nargs` arguments on the stack through a pcall whose handler adds
 /// a traceback. On error returns false, pops everything and stores message + traceback.
 bool call_traced(lua_State* L, int nargs, int nresults, std::string* error);
+
+/// Pushes the strings as a Lua array { s1, s2, ... }. [-0, +1]
+void push_strings(lua_State* L, const std::vector<std::string>& list);
 
 // NOTE [ GC accounting ]
 // Tensor memory is invisible to Lua's collector: a userdata holding a 40 MB tensor costs Lua
