@@ -70,27 +70,33 @@ for _, size in ipairs(sizes) do
   os.execute(("%s check %s %s %s --quiet >/dev/null 2>&1"):format(parity_bin, ref, port, common))  -- fills the cache
   local warm, warm_rss, log = run(("%s check %s %s %s"):format(parity_bin, ref, port, common))
   -- what the log says the model runs took: the reference's side (its greedy decoding, its passes,
-  -- its own low-precision decoding), the smoke's decoding past the divergences, the sweep
+  -- its own low-precision decoding), the smoke's decoding past the divergences, the sweep (all of
+  -- it, and its model runs: tapped forwards and component runs)
   local function spent(text)
     local reference = tonumber(text:match("reference: computed in ([%d.]+) s")) or 0
     local smoke = tonumber(text:match("smoke: %d+ forwards? in ([%d.]+) s"))
-    local sweep = tonumber(text:match("components: %d+ tested in ([%d.]+) s"))
-    return reference, smoke, sweep
+    local sweep, tapped, runs = text:match(
+      "components: %d+ tested in ([%d.]+) s: %d+ tapped forwards %(([%d.]+) s;[^)]*%), %d+ component runs %(([%d.]+) s%)")
+    return reference, smoke, tonumber(sweep), tapped and tonumber(tapped) + tonumber(runs)
   end
-  local _, smoke, sweep = spent(log)
-  local cold_reference, cold_smoke, cold_sweep = spent(cold_log)
+  local _, smoke, sweep, sweep_runs = spent(log)
+  local cold_reference, cold_smoke, _, cold_sweep_runs = spent(cold_log)
+  -- what the cached check spends beyond the start, the target's two passes, the smoke's decoding
+  -- and the component sweep's model runs: parity's own work
+  local rest = sweep_runs and smoke and warm - start - tgt_fw - smoke - sweep_runs
   local r = {
     size = size, parameters = params, reference_bytes = bytes,
     gate_s = gate, gate_forwards_s = gate_fw, gate_ratio = gate / (start + gate_fw),
     check_cold_s = cold, check_cold_forwards_s = ref_fw + tgt_fw, check_cold_ratio = cold / (start + ref_fw + tgt_fw),
     check_cold_reference_s = cold_reference,
-    check_cold_rest_s = cold_smoke and cold_sweep and cold - start - cold_reference - tgt_fw - cold_smoke - cold_sweep,
+    check_cold_rest_s = cold_smoke and cold_sweep_runs and cold - start - cold_reference - tgt_fw - cold_smoke
+      - cold_sweep_runs,
     check_cached_s = warm, check_cached_forwards_s = tgt_fw, check_cached_ratio = warm / (start + tgt_fw),
     component_sweep_s = sweep, component_sweep_ratio = sweep and sweep / tgt_fw, smoke_s = smoke,
-    -- what the cached check spends beyond the start, the target's two passes, the smoke's
-    -- decoding and the component sweep: parity's own work
-    check_cached_rest_s = sweep and smoke and warm - start - tgt_fw - smoke - sweep,
+    check_cached_rest_s = rest,
     peak_rss_mb = math.max(cold_rss, warm_rss),
+    -- the cached check over what it cannot do without: the start and the model runs it makes
+    check_cached_overhead = rest and warm / (warm - rest),
     peak_rss_per_model_size = math.max(cold_rss, warm_rss) / (bytes / 2 ^ 20),
   }
   results.sizes[#results.sizes + 1] = r
@@ -99,13 +105,15 @@ end
 os.execute("rm -rf " .. tmp)
 parity.json.write(out_json, results)
 print(("start-up (parity version): %.2f s; %d threads; median of %d"):format(start, results.threads, repeats))
-print(("%-5s %8s | %7s %7s %6s | %8s %8s %6s %6s | %8s %8s %6s | %6s %6s %6s %8s"):format("size", "params", "gate",
-  "fwds", "ratio", "check", "fwds", "ratio", "rest", "cached", "fwds", "ratio", "sweep", "smoke", "rest", "RSS MB"))
+print(("%-5s %8s | %7s %7s %6s | %8s %8s %6s %6s | %8s %8s %6s | %6s %6s %6s %6s %8s"):format("size", "params", "gate",
+  "fwds", "ratio", "check", "fwds", "ratio", "rest", "cached", "fwds", "ratio", "sweep", "smoke", "rest", "ovh",
+  "RSS MB"))
 for _, r in ipairs(rows) do
-  print(("%-5s %7.1fM | %7.2f %7.2f %6.2f | %8.2f %8.2f %6.2f %6.1f | %8.2f %8.2f %6.2f | %6.1f %6.1f %6.1f %8.0f"):format(
-    r.size, r.parameters / 1e6, r.gate_s, r.gate_forwards_s, r.gate_ratio, r.check_cold_s, r.check_cold_forwards_s,
-    r.check_cold_ratio, r.check_cold_rest_s or 0, r.check_cached_s, r.check_cached_forwards_s, r.check_cached_ratio,
-    r.component_sweep_ratio or 0, r.smoke_s or 0, r.check_cached_rest_s or 0, r.peak_rss_mb))
+  print(("%-5s %7.1fM | %7.2f %7.2f %6.2f | %8.2f %8.2f %6.2f %6.1f | %8.2f %8.2f %6.2f | %6.1f %6.1f %6.1f %6.2f %8.0f")
+    :format(r.size, r.parameters / 1e6, r.gate_s, r.gate_forwards_s, r.gate_ratio, r.check_cold_s,
+    r.check_cold_forwards_s, r.check_cold_ratio, r.check_cold_rest_s or 0, r.check_cached_s, r.check_cached_forwards_s,
+    r.check_cached_ratio, r.component_sweep_ratio or 0, r.smoke_s or 0, r.check_cached_rest_s or 0,
+    r.check_cached_overhead or 0, r.peak_rss_mb))
 end
 print("ratio = command / (start-up + the bare forwards it needs, each a fresh load and first call);")
 print("check's needed forwards: the reference's fp32 greedy and teacher-forced passes (cold only) and the")
@@ -113,5 +121,6 @@ print("target's bf16 and fp32 passes; components add their sweep on top (sweep: 
 print("two passes, which it reuses: it runs the reference's fp32 tapped forward and the target's component runs;")
 print("the reference's own noise comes from the cache); smoke: seconds its decoding past the first")
 print("divergences takes (one forward a token); rest: the check less start-up, the target's two passes,")
-print("smoke and sweep, and (cold) the reference's side as its log times it: parity's own work (loading,")
-print("scaffold, metrics). JSON: " .. out_json)
+print("the smoke's decoding, the sweep's model runs and (cold) the reference's side as its log times it:")
+print("parity's own work (loading, scaffold, metrics); ovh: the cached check over start-up and the model")
+print("runs it makes, i.e. over itself less its rest. JSON: " .. out_json)

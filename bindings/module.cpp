@@ -186,7 +186,8 @@ TapInjections injections_from(lua_State* L, int idx) {
   return out;
 }
 
-/// m:run_tapped({args...}[, {capture = {paths} (default: every tapped path), inject = {...}}])
+/// m:run_tapped({args...}[, {capture = {paths} (default: every tapped path), inject = {...},
+///                          last_position = {paths}}])
 ///   -> output, calls: {[path] = { {inputs = {Tensor...}, outputs = {Tensor...}}, ... }}
 int module_run_tapped(lua_State* L) {
   auto& m = check_module(L, 1);
@@ -197,18 +198,21 @@ int module_run_tapped(lua_State* L) {
     args.push_back(to_value(L, -1));
     lua_pop(L, 1);
   }
-  std::vector<std::string> capture;
-  TapInjections inject;
+  TapRequest request;
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "capture");  // [.., capture]
-    if (lua_istable(L, -1)) capture = check_strings(L, lua_gettop(L));
+    if (lua_istable(L, -1)) request.capture = check_strings(L, lua_gettop(L));
     lua_pop(L, 1);
     lua_getfield(L, 3, "inject");
-    inject = injections_from(L, lua_gettop(L));
+    request.inject = injections_from(L, lua_gettop(L));
+    lua_pop(L, 1);
+    lua_getfield(L, 3, "last_position");
+    if (lua_istable(L, -1))
+      for (auto& path : check_strings(L, lua_gettop(L))) request.last_position.insert(std::move(path));
     lua_pop(L, 1);
   }
   TapCalls calls;
-  Value out = run_tapped(m, args, capture, inject, &calls);
+  Value out = run_tapped(m, args, request, &calls);
   push_value(L, out);
   lua_createtable(L, 0, static_cast<int>(calls.size()));  // [out, calls]
   for (const auto& [path, list] : calls) {

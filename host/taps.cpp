@@ -22,7 +22,7 @@ struct TapRun {
   std::string tag;
   bool capture_all = false;
   std::set<std::string> capture;
-  const TapInjections* inject = nullptr;
+  const TapRequest* request = nullptr;
   TapCalls* calls = nullptr;
   std::map<std::string, int64_t> call_index;  // path -> index of the current call
 };
@@ -39,9 +39,10 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
   if (starts) ++it->second;
   int64_t call = std::max<int64_t>(it->second, 0);
   at::Tensor out = x;
-  if (slot >= 0 && run->inject) {
-    auto p = run->inject->find(path);
-    if (p != run->inject->end()) {
+  const TapRequest& request = *run->request;
+  if (slot >= 0 && !request.inject.empty()) {
+    auto p = request.inject.find(path);
+    if (p != request.inject.end()) {
       auto c = p->second.find(call);
       if (c != p->second.end()) {
         auto s = c->second.find(slot);
@@ -54,6 +55,12 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
         }
       }
     }
+  }
+  if (slot == 0 && request.last_position.count(path)) {
+    if (out.dim() < 2 || out.size(1) == 0)
+      throw std::invalid_argument(fmt::format("last position of {}: its input is [{}], not [batch, seq, ...]", path,
+                                              fmt::join(out.sizes(), ", ")));
+    out = out.narrow(1, out.size(1) - 1, 1);
   }
   if (run->calls && (run->capture_all || run->capture.count(path))) {
     auto& list = (*run->calls)[path];
@@ -177,15 +184,14 @@ std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& 
   return sites;
 }
 
-Value run_tapped(const Model& model, const std::vector<Value>& args, const std::vector<std::string>& capture,
-                 const TapInjections& inject, TapCalls* calls) {
+Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls) {
   if (model.tap_tag().empty()) throw std::invalid_argument("run_tapped: the model has no taps (install_taps first)");
   if (active) throw std::logic_error("run_tapped: already inside a tapped run");
   TapRun run;
   run.tag = model.tap_tag();
-  run.capture_all = capture.empty();
-  run.capture.insert(capture.begin(), capture.end());
-  run.inject = &inject;
+  run.capture_all = request.capture.empty();
+  run.capture.insert(request.capture.begin(), request.capture.end());
+  run.request = &request;
   run.calls = calls;
   active = &run;
   struct Reset {

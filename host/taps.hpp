@@ -1,11 +1,14 @@
 // host/taps.hpp — forward hooks for TorchScript: a host operator, parity::tap, spliced into the
 // forward graphs of chosen submodules so that every tensor they take and return passes through
-// it. One mechanism, two uses so far: capture (record each call's inputs and outputs) and inject
-// (replace a call's inputs, e.g. with the reference's, to measure what a component adds itself).
+// it. One mechanism, three uses so far: capture (record each call's inputs and outputs), inject
+// (replace a call's inputs, e.g. with the reference's, to measure what a component adds itself)
+// and last position (give a module only the last position of its input: an LM head during
+// greedy decoding, which needs the next token's logits only).
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,11 +38,18 @@ std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& 
 /// Replacements for inject: path -> call index (0-based) -> input index -> tensor.
 using TapInjections = std::map<std::string, std::map<int64_t, std::map<int64_t, at::Tensor>>>;
 
-/// Runs the model's forward with its taps active: records the calls of `capture` paths (all
-/// tapped paths when empty) and substitutes the `inject` tensors (cast to the tapped input's
-/// dtype and device). Returns the forward's output; `calls` receives the records (on the CPU, as
-/// the output is, for a model on another device: Model::call).
-Value run_tapped(const Model& model, const std::vector<Value>& args, const std::vector<std::string>& capture,
-                 const TapInjections& inject, TapCalls* calls);
+/// What a tapped run does at its taps.
+struct TapRequest {
+  std::vector<std::string> capture;  ///< paths whose calls are recorded; empty: every tapped path
+  TapInjections inject;              ///< input tensors replaced (cast to the tapped input's dtype and device)
+  /// paths whose first input, [batch, seq, ...], is cut to its last position (seq 1) before the
+  /// module sees it (and before it is captured)
+  std::set<std::string> last_position;
+};
+
+/// Runs the model's forward with its taps active, as `request` says. Returns the forward's
+/// output; `calls` receives the records (on the CPU, as the output is, for a model on another
+/// device: Model::call).
+Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls);
 
 }  // namespace parity

@@ -60,6 +60,21 @@ function Bundle:fresh(dtype)
   return core.load(self:file(dtype), self.device)
 end
 
+--- The module traced at `dtype` with taps on every submodule (Module:tap), freshly loaded and
+--- from then on the bundle's module at `dtype` (Bundle:at): outside a tapped run the taps change
+--- nothing, and one copy of the weights stays loaded. Returns it and its submodules
+--- (Module:modules()); Module:tap's error (a scripted model) leaves Bundle:at as it was.
+function Bundle:tapped(dtype)
+  local module = self:fresh(dtype)
+  local modules, paths = module:modules(), {}
+  for _, m in ipairs(modules) do
+    if m.path ~= "" then paths[#paths + 1] = m.path end
+  end
+  module:tap(paths)
+  self.modules[self:file(dtype)] = module
+  return module, modules
+end
+
 --- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight (a parameter
 --- named like *embed_tokens.weight, *wte.weight or *embeddings.weight), else the last dim of the
 --- logits of a one-token forward.

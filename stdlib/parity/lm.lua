@@ -106,11 +106,97 @@ function M.shared_vocab(reference, target, override)
   return rv
 end
 
+--- The LM head of a tapped run's `calls` (Module:run_tapped) on tokens [b, t] giving logits of
+--- `vocab`: of the modules called once that turn hidden states [b, t, ...] into [b, t, vocab], the
+--- last one called, or the outermost around it (`modules` are in execution order, parents first).
+--- Returns its path, or nil.
+local function lm_head(calls, modules, b, t, vocab)
+  local found
+  for _, m in ipairs(modules) do
+    local list = calls[m.path]
+    local x, y = list and list[1].inputs[1], list and list[1].outputs
+    if #(list or {}) == 1 and x and x:dim() == 3 and x:dtype():find("float") and x:size(0) == b and x:size(1) == t
+        and #y == 1 and y[1]:dim() == 3 and y[1]:size(0) == b and y[1]:size(1) == t and y[1]:size(2) == vocab
+        and not (found and m.path:sub(1, #found + 1) == found .. ".") then
+      found = m.path
+    end
+  end
+  return found
+end
+
+--- A forward for greedy decoding: tokens [b, t] -> float32 logits whose last position predicts
+--- the next token, and a table whose `head` (the LM head's path) or `why` says, after its first
+--- call, whether the head runs on the last position only. That is what decoding needs of it, and
+--- at a large vocabulary the head is much of a forward. Its first call runs the model tapped
+--- everywhere (Bundle:tapped) to find the head (lm_head), then again with the head's input cut
+--- to its last position, and keeps the cut only when that gives logits of one position that
+--- agree with the whole forward's last (same next tokens, relative L2 under 1e-3); otherwise,
+--- and for a model that cannot be tapped, every call is the whole forward.
+function M.decoding_forward(bundle, dtype)
+  local who = ("%s (%s)"):format(bundle.path, dtype)
+  local info, module, started = {}, nil, false
+  local function run(tokens, request)
+    local ok, out = pcall(function() return M.logits_of(module:run_tapped({ tokens }, request), who):float() end)
+    if not ok then return nil, require("parity.errors").clean(out) end
+    return out
+  end
+  local function first(tokens)
+    local ok, modules
+    ok, module, modules = pcall(bundle.tapped, bundle, dtype)
+    if not ok then
+      info.why = "the model cannot be tapped: " .. require("parity.errors").clean(module)
+      return M.forward(bundle, dtype, tokens)
+    end
+    local pok, out, calls = pcall(module.run_tapped, module, { tokens })
+    if not pok then return M.forward(bundle, dtype, tokens) end  -- which says what fails
+    local whole = M.logits_of(out, who):float()
+    local b, t = tokens:size(0), tokens:size(1)
+    local head = lm_head(calls, modules, b, t, whole:size(2))
+    calls = nil
+    local last, err, why = nil, nil, "no module turns hidden states into the logits"
+    if head then
+      last, err = run(tokens, { capture = { head }, last_position = { head } })
+      why = err and ("with %s on the last position only, the forward fails: %s"):format(head, err)
+    end
+    if last then
+      local want, got = whole:select(1, -1), last:select(1, -1)
+      if last:size(1) ~= 1 or not got:is_same_size(want) then
+        why = ("with %s on the last position only, the logits are [%s]"):format(head, table.concat(last:size(), ", "))
+      elseif not got:argmax(-1):equal(want:argmax(-1))
+          or (got - want):norm():item() > 1e-3 * want:norm():item() then
+        why = ("with %s on the last position only, the last position's logits differ from the whole forward's"):format(head)
+      else
+        info.head = head
+      end
+    end
+    info.why = not info.head and why or nil
+    return whole
+  end
+  return function(tokens)
+    if not started then
+      started = true
+      return first(tokens)
+    end
+    if not info.head then return M.forward(bundle, dtype, tokens) end
+    local out, err = run(tokens, { capture = { info.head }, last_position = { info.head } })
+    if not out then
+      error(("%s: forward on token ids [%s] failed: %s"):format(who, table.concat(tokens:size(), ", "), err), 0)
+    end
+    return out
+  end, info
+end
+
+--- What a decoding forward's info (M.decoding_forward) says, for a log line: "" before its first call.
+function M.decoding_note(info)
+  if info.head then return ("; LM head %s on the last position only"):format(info.head) end
+  return info.why and ("; the LM head ran on every position (%s)"):format(info.why) or ""
+end
+
 --- Greedy decoding of `n` new tokens from prompts [batch, p]; returns [batch, p + n].
---- Runs the full sequence each step (traces carry no KV cache). `forward` (tokens -> logits)
---- replaces the bundle's own forward when given.
+--- Runs the full sequence each step (traces carry no KV cache), its LM head on the last position
+--- only (M.decoding_forward). `forward` (tokens -> logits) replaces the bundle's own when given.
 function M.greedy(bundle, dtype, prompts, n, progress, forward)
-  forward = forward or function(tokens) return M.forward(bundle, dtype, tokens) end
+  forward = forward or M.decoding_forward(bundle, dtype)
   local seq = prompts
   for i = 1, n do
     if progress then progress(i, n) end
@@ -179,15 +265,10 @@ end
 --- epsilon (M.perturb). The first layer: the first module in execution order that takes hidden
 --- states [B, T, H], the first of a numbered stack (`layers.0`) when there is one.
 function M.perturbed(bundle, dtype, seed)
-  local module = bundle:fresh(dtype)
-  local paths, modules = {}, module:modules()
-  for _, m in ipairs(modules) do
-    if m.path ~= "" then paths[#paths + 1] = m.path end
-  end
-  local ok, err = pcall(module.tap, module, paths)
+  local ok, module, modules = pcall(bundle.tapped, bundle, dtype)
   if not ok then
     error(("%s (%s): the 2-tensor baseline perturbs its first layer's input through a tap, and it cannot be"
-      .. " tapped: %s"):format(bundle.path, dtype, require("parity.errors").clean(err)), 0)
+      .. " tapped: %s"):format(bundle.path, dtype, require("parity.errors").clean(module)), 0)
   end
   local at
   return function(tokens, capture)  -- the logits, and the calls of the `capture` paths

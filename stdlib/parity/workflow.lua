@@ -202,7 +202,9 @@ function Context:reference_outputs()
   else
     local ref, n, p = self.reference, self.settings.new_tokens, self.prompts:size(1)
     local anchor = self.anchor
-    local seqs = lm.greedy(ref, anchor, self.prompts, n, function(i, k) self:progress("reference greedy (" .. anchor .. ")", i, k) end)
+    local decode, decoding = lm.decoding_forward(ref, anchor)
+    local seqs = lm.greedy(ref, anchor, self.prompts, n, function(i, k) self:progress("reference greedy (" .. anchor .. ")", i, k) end,
+      decode)
     local own = self.baseline == "2-tensor" and lm.perturbed(ref, self.dtype, self.settings.seed) or nil
     local function logits(dtype, forward)  -- a reference that is not finite leaves nothing to compare against
       local l = forward and forward(seqs) or self:tapped_logits("reference", dtype, seqs) or lm.forward(ref, dtype, seqs)
@@ -215,16 +217,16 @@ function Context:reference_outputs()
     end
     r = { sequences = seqs, ref32 = logits(anchor), ref_low = logits(self.dtype, own) }
     -- the reference's own low-precision greedy tokens, decoded from its first divergence
-    r.own_tokens = lm.greedy_from(own or function(seq) return lm.forward(ref, self.dtype, seq) end, self.prompts,
+    r.own_tokens = lm.greedy_from(own or lm.decoding_forward(ref, self.dtype), self.prompts,
       seqs:narrow(1, p, n), r.ref_low:argmax(-1), function(i, k)
         self:progress(("reference greedy (%s%s)"):format(self.dtype, own and ", perturbed" or ""), i, k) end)
     if self.cache_enabled then
       core.remove_stale_temps(self.cache_dir)
       core.tensors.save(path, r, { format = tostring(FORMAT) })
-      self.log(("reference: computed in %.2f s%s, cached as %s"):format(core.clock() - t0,
-        why and (" (cache unreadable: " .. why .. ")") or "", path))
+      self.log(("reference: computed in %.2f s%s, cached as %s%s"):format(core.clock() - t0,
+        why and (" (cache unreadable: " .. why .. ")") or "", path, lm.decoding_note(decoding)))
     else
-      self.log(("reference: computed in %.2f s (cache off)"):format(core.clock() - t0))
+      self.log(("reference: computed in %.2f s (cache off)%s"):format(core.clock() - t0, lm.decoding_note(decoding)))
     end
   end
   local given = self.given_sequences

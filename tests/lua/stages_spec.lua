@@ -139,6 +139,28 @@ describe("smoke", function()
       seqs:narrow(1, 6, n))
     eq(none, 0)
   end)
+
+  it("runs the LM head on the last position only where that gives the whole forward's last position", function()
+    local lm = require("parity.lm")
+    local fx = assert(arg[1], "usage: stages_spec.lua FIXTURES_DIR")
+    local ids = torch.randint(0, 64, { 3, 9 }, { seed = 7 })
+    local forward, info = lm.decoding_forward(parity.bundle(fx .. "/reference"), "bf16")
+    local whole = forward(ids)
+    eq({ info.head, whole:size() }, { "lm_head", { 3, 9, 512 } }, "the first call: the whole forward, the head found")
+    local last = forward(ids)
+    eq(last:size(), { 3, 1, 512 })
+    truthy(torch.equal(last:select(1, 0), whole:select(1, -1)), "the last position as the whole forward gives it")
+    truthy(lm.decoding_note(info):find("LM head lm_head on the last position only", 1, true))
+    -- where the cut is not safe, or not possible, every call is the whole forward, and says why
+    for name, why in pairs({ mixed_head = "the last position's logits differ from the whole forward's",
+                             two_heads = "with other on the last position only, the logits are [3, 9, 64]",
+                             scripted_lm = "the model cannot be tapped: tap: 'l1' shares its module type" }) do
+      local f, i = lm.decoding_forward(parity.bundle(fx .. "/" .. name), "fp32")
+      f(ids)
+      eq({ f(ids):size(), i.head }, { { 3, 9, 64 }, nil }, name)
+      truthy(i.why and i.why:find(why, 1, true), ("%s: %s"):format(name, tostring(i.why)))
+    end
+  end)
 end)
 
 describe("localize signatures", function()

@@ -277,7 +277,8 @@ function M.run(ctx)
     end
     return child_cache[key] or nil
   end
-  local reruns, reused, failed = 0, 0, {}  -- component runs, calls read from the whole runs instead (logged), failures
+  -- component runs and their time, calls read from the whole runs instead (logged), failures
+  local reruns, reruns_s, reused, failed = 0, 0, 0, {}
   -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
   -- and why not
   local function rerun(which, path, inputs)
@@ -286,7 +287,11 @@ function M.run(ctx)
     reruns = reruns + 1
     local args, bad = M.arguments(c:schema(), M.cast(inputs, dtype_of(which)))
     local ok, out = false, bad
-    if args then ok, out = pcall(c, unpack(args)) end
+    if args then
+      local t = core.clock()
+      ok, out = pcall(c, unpack(args))
+      reruns_s = reruns_s + core.clock() - t
+    end
     if not ok then return nil, "cannot re-run on captured inputs: " .. require("parity.errors").clean(out) end
     return tensors(out)[1]
   end
@@ -415,8 +420,9 @@ function M.run(ctx)
   if not cached and not failed.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s: %d tapped forwards (%.2f s; the others came with the logits), %d"
-    .. " component runs, %d read from the whole runs (the same inputs)%s")
-    :format(#rows, total, forwards, forwards_s, reruns, reused, cached and "; the reference's own noise from the cache" or ""))
+    .. " component runs (%.2f s), %d read from the whole runs (the same inputs)%s")
+    :format(#rows, total, forwards, forwards_s, reruns, reruns_s, reused,
+      cached and "; the reference's own noise from the cache" or ""))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
   return { mapping = kind, components = rows, has_fp32 = has32, unmapped_target = core.json.array(unmapped or {}),

@@ -46,10 +46,11 @@ function M.run(ctx)
   -- its first divergence; only the rest is decoded (lm.greedy_from)
   local predicted = ctx:judged(ctx:target_logits(ctx.dtype)):argmax(-1)
   local t0 = core.clock()
-  local target, forwards = lm.greedy_from(function(seq) return lm.forward(ctx.target, ctx.dtype, seq) end,
-    ctx.prompts, r.tokens, predicted, function(i, k) ctx:progress("smoke", i, k) end)
-  ctx.log(("smoke: %d forward%s in %.2f s to decode past the first divergences (%d new tokens)"):format(forwards,
-    forwards == 1 and "" or "s", core.clock() - t0, ctx.settings.new_tokens))
+  local forward, decoding = lm.decoding_forward(ctx.target, ctx.dtype)
+  local target, forwards = lm.greedy_from(forward, ctx.prompts, r.tokens, predicted,
+    function(i, k) ctx:progress("smoke", i, k) end)
+  ctx.log(("smoke: %d forward%s in %.2f s to decode past the first divergences (%d new tokens)%s"):format(forwards,
+    forwards == 1 and "" or "s", core.clock() - t0, ctx.settings.new_tokens, lm.decoding_note(decoding)))
   return M.compare(r.tokens, target, r.own_tokens)
 end
 
