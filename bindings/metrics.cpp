@@ -157,6 +157,7 @@ const luaL_Reg kMetrics[] = {
     {"mean_abs_diff", guard<scalar_metric<m::mean_abs_diff>>},
     {"rel_l2", guard<scalar_metric<m::rel_l2>>},
     {"cosine", guard<scalar_metric<m::cosine>>},
+    {"l2_distance", guard<scalar_metric<m::l2_distance>>},
     {"sqnr", guard<scalar_metric<m::sqnr_db>>},
     {"cosine_rows", guard<cosine_rows>},
     {"non_finite", guard<non_finite>},

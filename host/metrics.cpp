@@ -133,6 +133,12 @@ double rel_l2(const at::Tensor& target, const at::Tensor& reference) {
   return num / den;
 }
 
+double l2_distance(const at::Tensor& a, const at::Tensor& b) {
+  same_shape("l2_distance", a, b);
+  if (!all_finite({a, b})) return kNan;
+  return frob(f64(a) - f64(b));
+}
+
 double cosine(const at::Tensor& a, const at::Tensor& b) {
   same_shape("cosine", a, b);
   if (!all_finite({a, b})) return kNan;
@@ -207,10 +213,8 @@ RRatio r_ratio(const at::Tensor& target, const at::Tensor& ref32, const at::Tens
   same_shape("r_ratio (ref_low vs ref32)", ref_low, ref32);
   check_parameter("r_ratio", "eps", eps);
   RRatio out;
-  if (!all_finite({target, ref32, ref_low})) return {kNan, kNan, kNan};
-  auto r = f64(ref32);
-  out.numerator = frob(f64(target) - r);
-  out.denominator = frob(f64(ref_low) - r);
+  out.numerator = l2_distance(target, ref32);
+  out.denominator = l2_distance(ref_low, ref32);
   out.r = out.numerator / (out.denominator + eps);
   return out;
 }

@@ -26,6 +26,8 @@ double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference);
 /// ||target - reference|| / ||reference|| (Frobenius); 0 when both are zero, inf when only the
 /// reference is.
 double rel_l2(const at::Tensor& target, const at::Tensor& reference);
+/// ||a - b|| (Frobenius): the R-ratio's numerator and denominator.
+double l2_distance(const at::Tensor& a, const at::Tensor& b);
 /// Cosine similarity of the flattened tensors; 1 when both are zero, 0 when only one is.
 double cosine(const at::Tensor& a, const at::Tensor& b);
 /// Cosine per row over the last dim: shape = input shape without its last dim, float64.

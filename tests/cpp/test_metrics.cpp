@@ -105,11 +105,14 @@ TEST_SUITE("metrics") {
     CHECK(m::top1_agree(t2({1, 0}, 1), t2({1, 0}, 1))[0].item<double>() == 1.0);
   }
 
-  TEST_CASE("R-ratio of three tensors") {
+  TEST_CASE("R-ratio of three tensors, and its L2 distances") {
     auto r = m::r_ratio(t({6, 8}), t({0, 0}), t({3, 4}), 0.0);
     CHECK(r.r == Approx(2.0));
     CHECK(r.numerator == Approx(10.0));
     CHECK(r.denominator == Approx(5.0));
+    CHECK(m::l2_distance(t({7, 9}), t({1, 1})) == Approx(10.0));
+    CHECK(std::isnan(m::l2_distance(t({1, kInf}), t({1, 1}))));
+    CHECK(std::isnan(m::r_ratio(t({1, 1}), t({1, 1}), t({kNan, 1})).denominator));
   }
 
   TEST_CASE("R-ratio per row") {

@@ -138,7 +138,7 @@ end
 --- shapes differ (an expert given other tokens).
 local function distance(a, b)
   if not (a and b) or not a:is_same_size(b) then return nil end
-  return select(2, m.r_ratio(a:float(), b:float(), b:float(), 0))
+  return m.l2_distance(a, b)
 end
 
 --- The 3-tensor ratio of whole tensors, ||t - r32|| / noise, where noise = ||r_low - r32|| (the
@@ -381,7 +381,7 @@ function M.run(ctx)
           row.inherited_r, row.inherited_r32 = inh, inh32
           row.isolated = isolated and true or false
           if t32 then
-            row.rel_l2_32, row.cosine_32 = m.rel_l2(t32:float(), r32:float()), m.cosine(t32:float(), r32:float())
+            row.rel_l2_32, row.cosine_32 = m.rel_l2(t32, r32), m.cosine(t32, r32)  -- in float64, whatever the dtype
           end
           -- what localize's signatures fit, kept out of the JSON: the isolated outputs and a way to
           -- re-run both components on other inputs; without an isolated run, the whole-model
