@@ -149,18 +149,26 @@ std::vector<std::string> check_strings(lua_State* L, int idx) {
   return out;
 }
 
-/// m:tap({paths}) -> { {path, inputs, outputs, untapped = {...}}, ... }: splices taps (before
-/// the module's first run)
+/// m:tap({paths}[, {skip_shared = true}]) -> { {path, inputs, outputs, untapped = {...}[, refused]}, ... }:
+/// splices taps (before the module's first run)
 int module_tap(lua_State* L) {
   auto& m = check_module(L, 1);
+  bool skip_shared = false;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "skip_shared");
+    skip_shared = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   Array out;
-  for (const auto& site : install_taps(m, check_strings(L, 2))) {
+  for (const auto& site : install_taps(m, check_strings(L, 2), skip_shared)) {
     Array untapped;
     for (const auto& u : site.untapped) untapped.emplace_back(u);
-    out.emplace_back(Map{{"path", site.path},
-                         {"inputs", static_cast<int64_t>(site.inputs)},
-                         {"outputs", static_cast<int64_t>(site.outputs)},
-                         {"untapped", std::move(untapped)}});
+    Map entry{{"path", site.path},
+              {"inputs", static_cast<int64_t>(site.inputs)},
+              {"outputs", static_cast<int64_t>(site.outputs)},
+              {"untapped", std::move(untapped)}};
+    if (!site.refused.empty()) entry.emplace_back("refused", site.refused);
+    out.emplace_back(std::move(entry));
   }
   push_value(L, out);
   return 1;

@@ -157,7 +157,7 @@ std::atomic<int> next_tag{0};
 
 }  // namespace
 
-std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& paths) {
+std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& paths, bool skip_shared) {
   auto& root = model.jit();
   std::string tag = fmt::format("m{}", next_tag++);
   std::map<std::string, torch::jit::Module> by_path;
@@ -171,12 +171,16 @@ std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& 
     auto it = by_path.find(path);
     if (it == by_path.end()) throw std::invalid_argument(fmt::format("tap: no submodule '{}'", path));
     const auto& same = by_type[it->second.type().get()];
-    if (same.size() > 1 && it->second.find_method("forward"))
-      throw std::invalid_argument(fmt::format(
-          "tap: '{}' shares its module type (and so its graph) with '{}': taps could not tell their calls"
-          " apart (a scripted model?); trace the model instead", path, same[0] == path ? same[1] : same[0]));
     TapSite site;
     site.path = path;
+    if (same.size() > 1 && it->second.find_method("forward")) {
+      site.refused = fmt::format(
+          "tap: '{}' shares its module type (and so its graph) with '{}': taps could not tell their calls"
+          " apart (a scripted model?); trace the model instead", path, same[0] == path ? same[1] : same[0]);
+      if (!skip_shared) throw std::invalid_argument(site.refused);
+      sites.push_back(std::move(site));
+      continue;
+    }
     splice(it->second, tag + "|" + path, site);
     sites.push_back(std::move(site));
   }

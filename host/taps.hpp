@@ -27,13 +27,15 @@ struct TapSite {
   std::string path;
   int inputs = 0, outputs = 0;
   std::vector<std::string> untapped;  ///< "input 2 (int)", ... : values that are not tensors
+  std::string refused;                ///< why the path has no taps (skip_shared), empty when it has
 };
 
 /// Splices taps into the forward graphs of `paths` (dotted, "" is the root). The model must be
 /// freshly loaded and not yet run: a run inlines the graphs as they are. Throws when a path is
-/// missing, or when two tapped paths share one module type (a scripted model's layers share
-/// their graph, so a tap could not tell them apart).
-std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& paths);
+/// missing, or when a path shares its module type with another module (a scripted model's
+/// layers share their graph, so a tap could not tell them apart); with `skip_shared`, such a
+/// path is left untapped instead and its site says why (`refused`).
+std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& paths, bool skip_shared = false);
 
 /// Replacements for inject: path -> call index (0-based) -> input index -> tensor.
 using TapInjections = std::map<std::string, std::map<int64_t, std::map<int64_t, at::Tensor>>>;

@@ -9,6 +9,16 @@ local DTYPES = { "fp32", "bf16", "fp16" }
 local CANONICAL = { float32 = "fp32", bfloat16 = "bf16", float16 = "fp16",
                     fp32 = "fp32", bf16 = "bf16", fp16 = "fp16" }
 
+--- Taps a freshly loaded module of `file` everywhere it can and keeps it as the bundle's (Bundle:at).
+local function keep(self, file, module)
+  local paths, refused = {}, {}
+  for _, m in ipairs(module:modules()) do
+    if m.path ~= "" then paths[#paths + 1] = m.path end
+  end
+  for _, site in ipairs(module:tap(paths, { skip_shared = true })) do refused[site.path] = site.refused end
+  self.modules[file], self.refused[file] = module, refused
+end
+
 ---@class parity.Bundle
 ---@field path string
 ---@field manifest table|nil   parity.json, when the bundle has one
@@ -45,34 +55,36 @@ function Bundle:file(dtype)
   return self.files[d]
 end
 
---- The module traced at `dtype` ("fp32", "bf16", "fp16"; PyTorch names work too), loaded once.
+--- The module traced at `dtype` ("fp32", "bf16", "fp16"; PyTorch names work too), loaded once,
+--- with taps on every submodule that can have them (Module:tap; a scripted model's modules that
+--- share a type cannot): outside a tapped run the taps change nothing, so one module a dtype
+--- serves plain forwards, tapped ones (Bundle:tapped_run) and runs of its children.
 ---@param dtype string
 ---@return userdata Module
 function Bundle:at(dtype)
   local file = self:file(dtype)
-  if not self.modules[file] then self.modules[file] = core.load(file, self.device) end
+  if not self.modules[file] then keep(self, file, core.load(file, self.device)) end
   return self.modules[file]
 end
 
---- A freshly loaded module of `dtype` on the bundle's device: one to tap (taps go into a module
---- before its first run).
+
+--- A freshly loaded module of `dtype` on the bundle's device, without taps.
 function Bundle:fresh(dtype)
   return core.load(self:file(dtype), self.device)
 end
 
---- The module traced at `dtype` with taps on every submodule (Module:tap), freshly loaded and
---- from then on the bundle's module at `dtype` (Bundle:at): outside a tapped run the taps change
---- nothing, and one copy of the weights stays loaded. Returns it and its submodules
---- (Module:modules()); Module:tap's error (a scripted model) leaves Bundle:at as it was.
-function Bundle:tapped(dtype)
-  local module = self:fresh(dtype)
-  local modules, paths = module:modules(), {}
-  for _, m in ipairs(modules) do
-    if m.path ~= "" then paths[#paths + 1] = m.path end
+--- Runs the module at `dtype` (Bundle:at) tapped on `tokens`, capturing the calls of `paths`
+--- (Module:run_tapped; `request` adds inject or last_position); returns its output and the
+--- calls. Errors when one of `paths` could not be tapped, saying why.
+function Bundle:tapped_run(dtype, tokens, paths, request)
+  local module = self:at(dtype)
+  local refused = self.refused[self:file(dtype)]
+  for _, p in ipairs(paths) do
+    if refused[p] then error(refused[p], 0) end
   end
-  module:tap(paths)
-  self.modules[self:file(dtype)] = module
-  return module, modules
+  local r = { capture = #paths > 0 and paths or { "" } }  -- the root has no taps: capture nothing
+  for k, v in pairs(request or {}) do r[k] = v end
+  return module:run_tapped({ tokens }, r)
 end
 
 --- Vocabulary size: the manifest's `vocab_size`, else rows of the embedding weight (a parameter
@@ -143,12 +155,13 @@ function M.open(path, device)
   if getmetatable(path) == Bundle then return path end
   local kind = core.path_kind(path)
   if not kind then error(("%s: no such file or directory"):format(path), 2) end
-  local b = setmetatable({ path = path, files = {}, modules = {},
+  local b = setmetatable({ path = path, files = {}, modules = {}, refused = {},
                            device = device and core.usable_device(device) or nil }, Bundle)
   if kind == "file" then
     local m = core.load(path, b.device)
     local d = first_float_dtype(m)
-    b.files[d], b.modules[path] = path, m
+    b.files[d] = path
+    keep(b, path, m)
     return b
   end
   for _, d in ipairs(DTYPES) do

@@ -390,7 +390,7 @@ Exit 0 written, 2 bad input.]],
     local b = parity.bundle(o.MODEL)
     local dtype = o.dtype or (b:has("fp32") and "fp32" or b:dtypes()[1])
     local tokens = require("parity.lm").tokens_from_file(o.inputs, b:vocab_size())
-    local w = require("parity.dump").write(b:at(dtype), tokens, o.out)
+    local w = require("parity.dump").write(b:fresh(dtype), tokens, o.out)  -- write taps it
     print(("parity dump: wrote %d tensors to %s/ (%s)"):format(#w.names, o.out, table.concat(w.names, ", ")))
     local missing = {}
     for _, sub in ipairs({ "postattn", "preffn", "ffnout" }) do

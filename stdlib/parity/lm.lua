@@ -127,31 +127,27 @@ end
 --- A forward for greedy decoding: tokens [b, t] -> float32 logits whose last position predicts
 --- the next token, and a table whose `head` (the LM head's path) or `why` says, after its first
 --- call, whether the head runs on the last position only. That is what decoding needs of it, and
---- at a large vocabulary the head is much of a forward. Its first call runs the model tapped
---- everywhere (Bundle:tapped) to find the head (lm_head), then again with the head's input cut
---- to its last position, and keeps the cut only when that gives logits of one position that
---- agree with the whole forward's last (same next tokens, relative L2 under 1e-3); otherwise,
---- and for a model that cannot be tapped, every call is the whole forward.
+--- at a large vocabulary the head is much of a forward. Its first call runs the model capturing
+--- every tapped module (Bundle:at) to find the head (lm_head), then again with the head's input
+--- cut to its last position, and keeps the cut only when that gives logits of one position that
+--- agree with the whole forward's last (same next tokens, relative L2 under 1e-3); otherwise
+--- every call is the whole forward.
 function M.decoding_forward(bundle, dtype)
   local who = ("%s (%s)"):format(bundle.path, dtype)
   local info, module, started = {}, nil, false
+  -- a run of the tapped module; `request` names a capture (the head: small), else it would capture every module
   local function run(tokens, request)
     local ok, out = pcall(function() return M.logits_of(module:run_tapped({ tokens }, request), who):float() end)
     if not ok then return nil, require("parity.errors").clean(out) end
     return out
   end
   local function first(tokens)
-    local ok, modules
-    ok, module, modules = pcall(bundle.tapped, bundle, dtype)
-    if not ok then
-      info.why = "the model cannot be tapped: " .. require("parity.errors").clean(module)
-      return M.forward(bundle, dtype, tokens)
-    end
-    local pok, out, calls = pcall(module.run_tapped, module, { tokens })
-    if not pok then return M.forward(bundle, dtype, tokens) end  -- which says what fails
+    module = bundle:at(dtype)
+    local ok, out, calls = pcall(module.run_tapped, module, { tokens })
+    if not ok then return M.forward(bundle, dtype, tokens) end  -- which says what fails
     local whole = M.logits_of(out, who):float()
     local b, t = tokens:size(0), tokens:size(1)
-    local head = lm_head(calls, modules, b, t, whole:size(2))
+    local head = lm_head(calls, module:modules(), b, t, whole:size(2))
     calls = nil
     local last, err, why = nil, nil, "no module turns hidden states into the logits"
     if head then
@@ -265,11 +261,8 @@ end
 --- epsilon (M.perturb). The first layer: the first module in execution order that takes hidden
 --- states [B, T, H], the first of a numbered stack (`layers.0`) when there is one.
 function M.perturbed(bundle, dtype, seed)
-  local ok, module, modules = pcall(bundle.tapped, bundle, dtype)
-  if not ok then
-    error(("%s (%s): the 2-tensor baseline perturbs its first layer's input through a tap, and it cannot be"
-      .. " tapped: %s"):format(bundle.path, dtype, require("parity.errors").clean(module)), 0)
-  end
+  local module = bundle:at(dtype)
+  local modules = module:modules()
   local at
   return function(tokens, capture)  -- the logits, and the calls of the `capture` paths
     local b, t = tokens:size(0), tokens:size(1)
@@ -292,15 +285,6 @@ function M.perturbed(bundle, dtype, seed)
     out, calls = module:run_tapped({ tokens }, { capture = capture or { at }, inject = { [at] = inject } })
     return M.logits_of(out, bundle.path):float(), calls
   end
-end
-
---- Runs a freshly loaded model (the bundle's at `dtype`) with taps on `paths` once on token ids;
---- returns its output and the calls of those paths (Module:run_tapped). The output is the plain
---- forward's: the taps copy what passes, they change nothing.
-function M.tapped_forward(bundle, dtype, paths, tokens)
-  local model = bundle:fresh(dtype)
-  model:tap(paths)
-  return model:run_tapped({ tokens })
 end
 
 --- Checks the target's logits against the shape the reference's have, naming both otherwise.

@@ -279,8 +279,7 @@ function Context:tapped_logits(side, dtype, sequences)
   local b = self[side]
   if not self.memo.pairs or b.saved then return nil end
   local ref_paths, tgt_paths = mapping.paths(self.memo.pairs[1])
-  local ok, out, calls = pcall(lm.tapped_forward, b, dtype, side == "reference" and ref_paths or tgt_paths,
-    sequences)
+  local ok, out, calls = pcall(b.tapped_run, b, dtype, sequences, side == "reference" and ref_paths or tgt_paths)
   if not ok then return nil end  -- the plain forward says what went wrong (or the components stage does)
   self.memo[("calls_%s_%s"):format(side, dtype)] = calls
   return lm.logits_of(out, ("%s (%s)"):format(b.path, dtype)):float()

@@ -235,7 +235,7 @@ function M.run(ctx)
     local calls = ctx:take_calls(side, d)
     if calls then return calls end
     forwards = forwards + 1
-    return select(2, lm.tapped_forward(ctx[side], d, paths, seqs))
+    return select(2, ctx[side]:tapped_run(d, seqs, paths))
   end
   -- the reference's own noise (noise[pair][call]) depends on the reference, the sequences and
   -- the pairs' reference side only: cached beside the reference's outputs, it spares a check
