@@ -195,7 +195,7 @@ TapInjections injections_from(lua_State* L, int idx) {
 }
 
 /// m:run_tapped({args...}[, {capture = {paths} (default: every tapped path), inject = {...},
-///                          last_position = {paths}}])
+///                          last_position = {[path] = input}}])
 ///   -> output, calls: {[path] = { {inputs = {Tensor...}, outputs = {Tensor...}}, ... }}
 int module_run_tapped(lua_State* L) {
   auto& m = check_module(L, 1);
@@ -214,9 +214,10 @@ int module_run_tapped(lua_State* L) {
     lua_getfield(L, 3, "inject");
     request.inject = injections_from(L, lua_gettop(L));
     lua_pop(L, 1);
-    lua_getfield(L, 3, "last_position");
+    lua_getfield(L, 3, "last_position");  // {[path] = input index (1-based)}
     if (lua_istable(L, -1))
-      for (auto& path : check_strings(L, lua_gettop(L))) request.last_position.insert(std::move(path));
+      for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+        request.last_position[luaL_checkstring(L, -2)] = luaL_checkinteger(L, -1) - 1;
     lua_pop(L, 1);
   }
   TapCalls calls;

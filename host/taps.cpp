@@ -56,10 +56,11 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
       }
     }
   }
-  if (slot == 0 && request.last_position.count(path)) {
+  auto cut = request.last_position.find(path);
+  if (cut != request.last_position.end() && cut->second == slot) {
     if (out.dim() < 2 || out.size(1) == 0)
-      throw std::invalid_argument(fmt::format("last position of {}: its input is [{}], not [batch, seq, ...]", path,
-                                              fmt::join(out.sizes(), ", ")));
+      throw std::invalid_argument(fmt::format("last position of {}: its input {} is [{}], not [batch, seq, ...]", path,
+                                              slot, fmt::join(out.sizes(), ", ")));
     out = out.narrow(1, out.size(1) - 1, 1);
   }
   if (run->calls && (run->capture_all || run->capture.count(path))) {

@@ -44,9 +44,9 @@ using TapInjections = std::map<std::string, std::map<int64_t, std::map<int64_t, 
 struct TapRequest {
   std::vector<std::string> capture;  ///< paths whose calls are recorded; empty: every tapped path
   TapInjections inject;              ///< input tensors replaced (cast to the tapped input's dtype and device)
-  /// paths whose first input, [batch, seq, ...], is cut to its last position (seq 1) before the
-  /// module sees it (and before it is captured)
-  std::set<std::string> last_position;
+  /// path -> which tensor input (0-based), [batch, seq, ...], is cut to its last position (seq 1)
+  /// before the module sees it (and before it is captured)
+  std::map<std::string, int64_t> last_position;
 };
 
 /// Runs the model's forward with its taps active, as `request` says. Returns the forward's

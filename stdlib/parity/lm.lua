@@ -107,26 +107,31 @@ function M.shared_vocab(reference, target, override)
 end
 
 --- The LM head of a tapped run's `calls` (Module:run_tapped) on tokens [b, t] giving logits of
---- `vocab`: of the modules called once that turn hidden states [b, t, ...] into [b, t, vocab], the
---- last one called, or the outermost around it (`modules` are in execution order, parents first).
---- Returns its path, or nil.
+--- `vocab`: of the modules called once that turn hidden states [b, t, ...] (one of their inputs:
+--- a tied head may take its weight first) into [b, t, vocab], the last one called, or the
+--- outermost around it (`modules` are in execution order, parents first). Returns its path and
+--- which of its inputs holds the hidden states, or nil.
 local function lm_head(calls, modules, b, t, vocab)
-  local found
+  local found, input
   for _, m in ipairs(modules) do
     local list = calls[m.path]
-    local x, y = list and list[1].inputs[1], list and list[1].outputs
-    if #(list or {}) == 1 and x and x:dim() == 3 and x:dtype():find("float") and x:size(0) == b and x:size(1) == t
-        and #y == 1 and y[1]:dim() == 3 and y[1]:size(0) == b and y[1]:size(1) == t and y[1]:size(2) == vocab
+    local y = list and #list == 1 and list[1].outputs
+    if y and #y == 1 and y[1]:dim() == 3 and y[1]:size(0) == b and y[1]:size(1) == t and y[1]:size(2) == vocab
         and not (found and m.path:sub(1, #found + 1) == found .. ".") then
-      found = m.path
+      for i, x in ipairs(list[1].inputs) do
+        if x:dim() == 3 and x:dtype():find("float") and x:size(0) == b and x:size(1) == t then
+          found, input = m.path, i
+          break
+        end
+      end
     end
   end
-  return found
+  return found, input
 end
 
 --- A forward for greedy decoding: tokens [b, t] -> float32 logits whose last position predicts
---- the next token, and a table whose `head` (the LM head's path) or `why` says, after its first
---- call, whether the head runs on the last position only. That is what decoding needs of it, and
+--- the next token, and a table whose `head` (the LM head's path; `input`: which of its inputs is
+--- cut) or `why` says, after its first call, whether the head runs on the last position only. That is what decoding needs of it, and
 --- at a large vocabulary the head is much of a forward. Its first call runs the model capturing
 --- every tapped module (Bundle:at) to find the head (lm_head), then again with the head's input
 --- cut to its last position, and keeps the cut only when that gives logits of one position that
@@ -147,11 +152,11 @@ function M.decoding_forward(bundle, dtype)
     if not ok then return M.forward(bundle, dtype, tokens) end  -- which says what fails
     local whole = M.logits_of(out, who):float()
     local b, t = tokens:size(0), tokens:size(1)
-    local head = lm_head(calls, module:modules(), b, t, whole:size(2))
+    local head, input = lm_head(calls, module:modules(), b, t, whole:size(2))
     calls = nil
     local last, err, why = nil, nil, "no module turns hidden states into the logits"
     if head then
-      last, err = run(tokens, { capture = { head }, last_position = { head } })
+      last, err = run(tokens, { capture = { head }, last_position = { [head] = input } })
       why = err and ("with %s on the last position only, the forward fails: %s"):format(head, err)
     end
     if last then
@@ -162,7 +167,7 @@ function M.decoding_forward(bundle, dtype)
           or (got - want):norm():item() > 1e-3 * want:norm():item() then
         why = ("with %s on the last position only, the last position's logits differ from the whole forward's"):format(head)
       else
-        info.head = head
+        info.head, info.input = head, input
       end
     end
     info.why = not info.head and why or nil
@@ -174,7 +179,7 @@ function M.decoding_forward(bundle, dtype)
       return first(tokens)
     end
     if not info.head then return M.forward(bundle, dtype, tokens) end
-    local out, err = run(tokens, { capture = { info.head }, last_position = { info.head } })
+    local out, err = run(tokens, { capture = { info.head }, last_position = { [info.head] = info.input } })
     if not out then
       error(("%s: forward on token ids [%s] failed: %s"):format(who, table.concat(tokens:size(), ", "), err), 0)
     end

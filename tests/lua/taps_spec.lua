@@ -55,13 +55,13 @@ describe("taps", function()
     local m = parity.load(fx .. "/reference/bf16.pt")
     m:tap({ "lm_head" })
     local whole = parity.load(fx .. "/reference/bf16.pt")(ids)
-    local out, calls = m:run_tapped({ ids }, { last_position = { "lm_head" } })
+    local out, calls = m:run_tapped({ ids }, { last_position = { lm_head = 1 } })
     eq({ out:size(), calls.lm_head[1].inputs[1]:size() }, { { 2, 1, 512 }, { 2, 1, 64 } }, "captured as cut")
     truthy(torch.equal(out:select(1, 0), whole:select(1, -1)), "the whole forward's last position")
     local t = parity.load(fx .. "/twice.pt")
     t:tap({ "lin" })
-    raises(function() t:run_tapped({ torch.zeros({ 4 }) }, { last_position = { "lin" } }) end,
-      "last position of lin: its input is [4], not [batch, seq, ...]")
+    raises(function() t:run_tapped({ torch.zeros({ 4 }) }, { last_position = { lin = 1 } }) end,
+      "last position of lin: its input 0 is [4], not [batch, seq, ...]")
   end)
 
   it("keep two tapped models apart", function()
