@@ -67,7 +67,6 @@ function Bundle:at(dtype)
   return self.modules[file]
 end
 
-
 --- A freshly loaded module of `dtype` on the bundle's device, without taps.
 function Bundle:fresh(dtype)
   return core.load(self:file(dtype), self.device)

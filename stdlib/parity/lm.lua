@@ -131,8 +131,8 @@ end
 
 --- A forward for greedy decoding: tokens [b, t] -> float32 logits whose last position predicts
 --- the next token, and a table whose `head` (the LM head's path; `input`: which of its inputs is
---- cut) or `why` says, after its first call, whether the head runs on the last position only. That is what decoding needs of it, and
---- at a large vocabulary the head is much of a forward. Its first call runs the model capturing
+--- cut) or `why` says, after its first call, whether the head runs on the last position only.
+--- That is what decoding needs of it, and at a large vocabulary the head is much of a forward. Its first call runs the model capturing
 --- every tapped module (Bundle:at) to find the head (lm_head), then again with the head's input
 --- cut to its last position, and keeps the cut only when that gives logits of one position that
 --- agree with the whole forward's last (same next tokens, relative L2 under 1e-3); otherwise
