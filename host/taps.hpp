@@ -8,7 +8,6 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
-#include <set>
 #include <string>
 #include <vector>
 
