@@ -126,6 +126,21 @@ std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* k
   return out;
 }
 
+ToTarget check_to_target(lua_State* L, int idx) {
+  ToTarget out;
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    std::string s = lua_tostring(L, idx);
+    if (is_device_name(s)) out.device = parse_device(s);
+    else out.dtype = parse_dtype(s);
+  } else if (lua_istable(L, idx)) {
+    if (auto dev = opt_string_field(L, idx, "device")) out.device = parse_device(*dev);
+    if (auto dt = opt_string_field(L, idx, "dtype")) out.dtype = parse_dtype(*dt);
+  } else {
+    luaL_argerror(L, idx, "expected a dtype, a device or {dtype=, device=}");
+  }
+  return out;
+}
+
 std::optional<double> opt_number_field(lua_State* L, int idx, const char* key) {
   if (!lua_istable(L, idx)) return std::nullopt;
   lua_getfield(L, idx, key);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "host/dtype.hpp"
 #include "host/value.hpp"
 
 namespace parity {
@@ -31,6 +32,14 @@ void push_op_closure(lua_State* L, const std::string& qualified);
 /// Reads an optional field of the table at `idx` (absent or nil: nullopt).
 std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key);
 std::optional<double> opt_number_field(lua_State* L, int idx, const char* key);
+
+/// What `x:to(...)` and `m:to(...)` take at `idx`: a dtype name, a device name, or
+/// {dtype =, device =}; a Lua argument error otherwise.
+struct ToTarget {
+  std::optional<c10::Device> device;
+  std::optional<c10::ScalarType> dtype;
+};
+ToTarget check_to_target(lua_State* L, int idx);
 
 /// Pushes a Map-like list of (name, tensor) pairs as a Lua table name -> Tensor.
 template <typename Pairs>

@@ -112,16 +112,9 @@ int module_type(lua_State* L) {
 /// m:to("bf16"), m:to("cuda:0"), m:to{dtype = "bf16", device = "cpu"}
 int module_to(lua_State* L) {
   auto& m = check_module(L, 1);
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    std::string s = lua_tostring(L, 2);
-    if (is_device_name(s)) m.to(parse_device(s));
-    else m.to(parse_dtype(s));
-  } else if (lua_istable(L, 2)) {
-    if (auto dev = opt_string_field(L, 2, "device")) m.to(parse_device(*dev));
-    if (auto dt = opt_string_field(L, 2, "dtype")) m.to(parse_dtype(*dt));
-  } else {
-    return luaL_argerror(L, 2, "expected a dtype, a device or {dtype=, device=}");
-  }
+  auto to = check_to_target(L, 2);
+  if (to.device) m.to(*to.device);
+  if (to.dtype) m.to(*to.dtype);
   lua_settop(L, 1);
   return 1;
 }

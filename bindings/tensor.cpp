@@ -118,18 +118,10 @@ int tensor_tolist(lua_State* L) {
 
 /// x:to("bf16"), x:to("cpu"), x:to{dtype = "bf16", device = "cpu"}
 int tensor_to(lua_State* L) {
-  auto& t = check_tensor(L, 1);
-  at::Tensor out = t;
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    std::string s = lua_tostring(L, 2);
-    if (is_device_name(s)) out = t.to(parse_device(s));
-    else out = t.to(parse_dtype(s));
-  } else if (lua_istable(L, 2)) {
-    if (auto dev = opt_string_field(L, 2, "device")) out = out.to(parse_device(*dev));
-    if (auto dt = opt_string_field(L, 2, "dtype")) out = out.to(parse_dtype(*dt));
-  } else {
-    return luaL_argerror(L, 2, "expected a dtype, a device or {dtype=, device=}");
-  }
+  at::Tensor out = check_tensor(L, 1);
+  auto to = check_to_target(L, 2);
+  if (to.device) out = out.to(*to.device);
+  if (to.dtype) out = out.to(*to.dtype);
   push_tensor(L, out);
   return 1;
 }
