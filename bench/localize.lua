@@ -48,7 +48,9 @@ for d = 2, #args do  -- dev sets
   for _, name in ipairs(names) do
     local t, arch = truth[name], name:match("^[^/]+")
     local where, class
-    if t.params then
+    if t.where then  -- a bug in the forward code (bench/make_codebugs_hf.py)
+      where, class = t.where, t.cause
+    elseif t.params then
       where, class = t.params[1]:gsub("%.weight$", ""):gsub("%.", "%%.") .. "$", "scale"
     elseif t.config and t.config.rope_theta then
       where, class = "rotary_emb$", "position"

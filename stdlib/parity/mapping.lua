@@ -83,15 +83,68 @@ function M.load_file(path)
   return M.validate((sandbox.run_file(path, "mapping file")), "mapping file " .. path)
 end
 
+--- Levenshtein distance of two strings (bounded by the caller: paths are short).
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:byte(i) == b:byte(j) and 0 or 1))
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+--- The three paths of `at` nearest to `path` (its {i} read as 0), for a message.
+local function nearest(path, at)
+  path = path:gsub("{i}", "0")
+  local scored = {}
+  for p in pairs(at) do
+    if p ~= "" and #p <= 256 then scored[#scored + 1] = { distance(path:sub(1, 256), p), p } end
+  end
+  table.sort(scored, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+  local out = {}
+  for i = 1, math.min(3, #scored) do out[i] = "'" .. scored[i][2] .. "'" end
+  return table.concat(out, ", ")
+end
+
 --- Expands `{i}` over the layer indices the reference has and keeps entries whose paths all
 --- exist; returns pairs {reference = {paths}, target, transform} in the reference's execution
---- order, and the entries without a counterpart.
-function M.expand(entries, ref_modules, target_modules)
+--- order, and the entries without a counterpart. With `origin` (a given mapping: a file or a
+--- script's), an entry that pairs nothing, or names a reference module that does not exist, is
+--- an error naming the entry, the path and the nearest paths that exist; so is an entry that
+--- pairs a reference module another entry pairs already.
+function M.expand(entries, ref_modules, target_modules, origin)
   local ref_at, tgt_at, order = {}, {}, {}
   for i, m in ipairs(ref_modules) do ref_at[m.path], order[m.path] = m, i end
   for _, m in ipairs(target_modules) do tgt_at[m.path] = m end
-  local pairs_, absent = {}, {}
-  for _, e in ipairs(entries) do
+  local function missing_path(n, e)  -- the first path of entry n that exists for no layer index
+    local function exists(p, at)
+      if not p:find("{i}", 1, true) then return at[p] ~= nil end
+      for i = 0, 4095 do
+        if at[(p:gsub("{i}", tostring(i)))] then return true end
+      end
+      return false
+    end
+    for _, p in ipairs(list(e.reference)) do
+      if not exists(p, ref_at) then return "reference", p, ref_at end
+    end
+    if e.target and not exists(e.target, tgt_at) then return "target", e.target, tgt_at end
+  end
+  local function refuse(n, why)
+    error(("%s: entry %d: %s"):format(origin, n, why), 0)
+  end
+  local pairs_, absent, taken = {}, {}, {}
+  for n, e in ipairs(entries) do
+    local found = #pairs_
+    if origin then
+      local side, p, at = missing_path(n, e)
+      if side then
+        refuse(n, ("the %s has no module '%s' (nearest: %s)"):format(side, p, nearest(p, at)))
+      end
+    end
     if e.target == false then
       absent[#absent + 1] = { reference = list(e.reference), reason = e.reason }
     else
@@ -110,6 +163,14 @@ function M.expand(entries, ref_modules, target_modules)
         elseif has_i and not ref_at[sub(list(e.reference)[1])] then
           break
         end
+      end
+      if origin and #pairs_ == found then
+        refuse(n, ("'%s' and '%s' exist, but for no layer index both"):format(table.concat(list(e.reference), "+"), e.target))
+      end
+      for k = found + 1, origin and #pairs_ or 0 do
+        local key = table.concat(pairs_[k].reference, "+")
+        if taken[key] then refuse(n, ("pairs '%s' again (entry %d pairs it already)"):format(key, taken[key])) end
+        taken[key] = n
       end
     end
   end

@@ -26,6 +26,9 @@ M.DEFAULTS = {
                         -- match rate is a warning (seeds: 30% liveness)
   r_over = 0.8,         -- a component whose own R is below this is markedly more precise than the
                         -- reference at the low precision (seeds: over-precision, an extra upcast): a warning
+  row_z = 4,            -- a component is consistently less precise than the reference when its rows'
+  row_r_p50 = 1.05,     --   R_i > 1 at more rows than chance allows (the sign test's z >= row_z: one
+                        --   in 30,000 components by chance) and their R p50 >= row_r_p50
 }
 
 --- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).
@@ -33,6 +36,7 @@ M.RANGES = {
   r_p95 = { 0, math.huge }, r_p50_precision = { 0, math.huge }, r32_p95 = { 0, math.huge },
   kl_ratio = { 0, math.huge }, kl_floor = { 0, math.huge }, cosine_ratio = { 0, math.huge },
   cosine_floor = { 0, 2 }, top1 = { 0, 1 }, tie_factor = { 0, math.huge }, smoke_match = { 0, 1 }, r_over = { 0, 1 },
+  row_z = { 0, math.huge }, row_r_p50 = { 0, math.huge },
 }
 
 local function check_table(t, origin)

@@ -19,7 +19,7 @@ local validate = require("parity.validate")
 
 local M = {}
 
-local FORMAT = 2  -- bump when what the reference cache stores changes
+local FORMAT = 3  -- bump when what the reference cache stores changes
 
 ---@class parity.Context
 ---@field reference parity.Bundle
@@ -64,6 +64,7 @@ function M.context(opts)
     or opts.thresholds)
   ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)
     or (opts.mapping and mapping.validate(opts.mapping, "mapping"))
+  ctx.mapping_origin = opts.mapping_file and ("mapping file " .. opts.mapping_file) or "mapping"
   local s = { prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
               seed = opts.seed or 0, topk = opts.topk or 5 }
   -- a reference without an fp32 trace (one that cannot run in fp32) is judged against itself:

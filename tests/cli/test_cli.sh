@@ -190,7 +190,7 @@ check)
   cases=$((cases + 1))
   if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); assert v["verdict"]=="divergent" and v["failed"] and v["cause"]["class"]' "$tmp/bug/verdict.json"; then
     echo "ok   check writes verdict.json"; else failures=$((failures + 1)); echo "FAIL: check verdict.json"; fi
-  echo 'return { r_p95 = 1000, r32_p95 = 1000, kl_floor = 1000, cosine_floor = 2, top1 = 0 }' >"$tmp/lenient.lua"
+  echo 'return { r_p95 = 1000, r32_p95 = 1000, kl_floor = 1000, cosine_floor = 2, top1 = 0, row_z = 1e9 }' >"$tmp/lenient.lua"
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}" --thresholds "$tmp/lenient.lua"
   echo 'return { r_p95 = os.exit(0) }' >"$tmp/escape.lua"
   expect 2 "attempt to index global 'os'" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/escape.lua"

@@ -84,6 +84,25 @@ describe("check", function()
     eq(v.failed[1], "r_p95")
   end)
 
+  it("catches a norm without its fp32 upcast, which a Frobenius R over all positions hides", function()
+    -- the real form of the bug (variance and scaling in bf16): R p50 ~1.15 end to end, each norm's
+    -- R ~1.2; consistently above the reference's own noise at its rows
+    for _, c in ipairs({ { "same_norm_nocast", "model.layers.0.input_layernorm" },
+                         { "bug_norm_nocast", "blocks.0.attn_norm" } }) do
+      local v = check(c[1])
+      local f = v.first_divergence
+      eq({ v.verdict, f.target, f.cause.class, f.pattern }, { "divergent", c[2], "precision", "step" }, c[1])
+      local q = parity.json.read(tmp .. "/" .. c[1] .. "/components.json")
+      truthy(f.r32 == 0 and f.cause.parameter.value >= 1.05, c[1] .. ": exact in fp32, rows' R p50 >= 1.05")
+      local e2e_warned = false
+      for _, crit in ipairs(v.criteria) do
+        if crit.name == "r_p95" then e2e_warned = crit.warn ~= nil end
+      end
+      eq(e2e_warned, false, c[1] .. ": no precision-ordering exception while a component is less precise")
+      truthy(q.components[1] ~= nil, c[1])
+    end
+  end)
+
   it("localises a bug planted in the reference's own structure, with its cause and fitted parameter", function()
     for _, c in ipairs({
       { "same_eps", "model.layers.0.input_layernorm", "epsilon", "eps", 1e-3 },
@@ -290,9 +309,10 @@ describe("check", function()
   end)
 
   it("takes thresholds from a table or a sandboxed file", function()
-    eq(check("bug_norm_bf16", { thresholds = { r_p95 = 3, kl_ratio = 3, cosine_ratio = 3 } }).verdict, "equivalent")
+    eq(check("bug_norm_bf16", { thresholds = { r_p95 = 3, kl_ratio = 3, cosine_ratio = 3, row_r_p50 = 3 } }).verdict,
+      "equivalent")
     local f = assert(io.open(tmp .. "/th.lua", "w"))
-    f:write("return { r_p95 = 3, kl_ratio = 3, kl_floor = 0.01, cosine_ratio = 3 }")
+    f:write("return { r_p95 = 3, kl_ratio = 3, kl_floor = 0.01, cosine_ratio = 3, row_r_p50 = 3 }")
     f:close()
     local v = check("bug_norm_bf16", { thresholds_file = tmp .. "/th.lua" })
     eq(v.thresholds.kl_floor, 0.01)

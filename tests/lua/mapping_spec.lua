@@ -120,6 +120,41 @@ describe("components through a mapping", function()
     eq({ v.first_divergence.reference, v.first_divergence.cause.class }, { "model.layers.0.input_layernorm", "epsilon" })
   end)
 
+  it("refuses a given entry that names no module, naming the entry and the nearest paths", function()
+    local ok, err = pcall(mapping.expand, { { reference = "model.norm", target = "final_norm" },
+      { reference = "model.layers.{i}.self_atn", target = "blocks.{i}.attn" } }, ref:modules(), port:modules(), "mapping file m.lua")
+    eq(ok, false)
+    truthy(err:find("^mapping file m.lua: entry 2: the reference has no module 'model.layers.{i}.self_atn' %(nearest:"
+      .. " 'model.layers.0.self_attn'"), err)
+    ok, err = pcall(mapping.expand, { { reference = "model.norm", target = "blocks.{i}.atn" } }, ref:modules(), port:modules(), "m")
+    truthy(not ok and err:find("entry 1: the target has no module 'blocks.{i}.atn' %(nearest: 'blocks.0.attn'"), err)
+    ok, err = pcall(mapping.expand, { { reference = "model.norm", target = "final_norm" },
+      { reference = "model.norm", target = "final_norm" } }, ref:modules(), port:modules(), "m")
+    truthy(not ok and err:find("entry 2: pairs 'model.norm' again %(entry 1"), err)
+    ok, err = pcall(mapping.expand, { { reference = "model.ghost", target = false, reason = "x" } }, ref:modules(),
+      port:modules(), "m")
+    truthy(not ok and err:find("entry 1: the reference has no module 'model.ghost'"), err)
+    eq(#mapping.expand({ { reference = "model.ghost", target = "final_norm" } }, ref:modules(), port:modules()), 0,
+      "without an origin (a proposal from the weights) such entries pair nothing")
+  end)
+
+  it("says missing only of what a given mapping declares absent, and lists what it leaves out", function()
+    local f = assert(io.open(tmp .. "/partial.lua", "w"))
+    f:write([[return {
+      { reference = "model.layers.{i}.self_attn", target = "blocks.{i}.attn" },
+      { reference = "model.layers.{i}.mlp", target = "blocks.{i}.ffn" },
+      { reference = "model.layers.{i}", target = "blocks.{i}" },
+    }]])
+    f:close()
+    local v = check("bug_eps", { mapping_file = tmp .. "/partial.lua" })
+    eq(v.first_divergence.reference, "model.layers.0")
+    truthy(v.first_divergence.cause.class ~= "missing", "the norms are left out, not missing: " .. v.first_divergence.cause.class)
+    local s = parity.json.read(tmp .. "/bug_eps/scaffold.json")
+    truthy(#s.unmapped_reference >= 4, "the norms left unmapped are listed")
+    local lines = require("parity.stages.scaffold").lines(v.summaries.scaffold)
+    truthy(lines[2] and lines[2]:find("leaves %d+ reference modules with weights unmapped"), lines[2])
+  end)
+
   it("localises bugs inside a differently structured port", function()
     local v = check("bug_eps")
     eq({ v.first_divergence.target, v.first_divergence.cause.class }, { "blocks.0.attn_norm", "epsilon" })

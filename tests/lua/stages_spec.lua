@@ -93,6 +93,8 @@ describe("e2e", function()
     fig.r_ratio.p50 = 0.98
     eq(e2e.criteria(fig, TH, { e2e32 = { r32 = { p95 = 0.01 } } })[2].warn, nil, "not with a failing fp32 leg")
     eq(e2e.criteria(fig, TH, { e2e32 = { skipped = "no fp32" } })[2].warn, nil, "not without an fp32 leg")
+    exact.localize = { less_precise = { { reference = "model.norm" } } }
+    eq(e2e.criteria(fig, TH, exact)[2].warn, nil, "not while a component is consistently less precise")
   end)
 end)
 
@@ -321,6 +323,39 @@ describe("localize signatures", function()
   end)
 end)
 
+describe("components per row", function()
+  it("row_ratios: R_i of the rows with reference noise, ties left out of the sign test", function()
+    local q = components.row_ratios({ { error = torch.tensor({ 2, 1, 3, 1 }, { dtype = "float64" }),
+                                        noise = torch.tensor({ 1, 1, 1, 0 }, { dtype = "float64" }) } })
+    eq({ q.rows, q.p50, q.above }, { 3, 2, 1 })
+    near(q.ties, 1 / 3, 1e-12)
+    near(q.z, 1 / math.sqrt(0.5), 1e-12)
+    eq(components.row_ratios({ { error = torch.ones({ 2 }), noise = torch.zeros({ 2 }) } }), nil, "no noise to judge against")
+  end)
+
+  -- 512 rows of 64: the reference's own rounding e, a port rounding in another order (its own e',
+  -- as large, independent), one less precise (e plus a per-row relative error, as a variance
+  -- rounded to bf16 gives), one more precise (half of e)
+  local r32 = torch.randn({ 512, 64 }, { seed = 1 })
+  local e = torch.randn({ 512, 64 }, { seed = 2 }) * 4e-3
+  local function judge(t, r32_ratio)
+    local rows = function(a) return (a - r32):norm(2, { -1 }) end
+    local q = components.row_ratios({ { error = rows(t), noise = rows(r32 + e) } })
+    return localize.less_precise({ rows_r = q, r32 = r32_ratio or 0 }, TH), q
+  end
+
+  it("less_precise: a lower precision at every row, not another rounding order or an upcast", function()
+    local other = torch.randn({ 512, 64 }, { seed = 3 }) * 4e-3
+    local per_row = torch.randn({ 512, 1 }, { seed = 4 }) * 3e-3
+    eq((judge(r32 + other)), false, "another order: R_i > 1 at about half of the rows")
+    eq((judge(r32 + e * 0.5)), false, "an upcast: R_i < 1")
+    local lp, q = judge(r32 + e + r32 * per_row)
+    eq(lp, true, ("a per-row error on top of the reference's: above %.2f, p50 %.3f, z %.1f"):format(q.above, q.p50, q.z))
+    eq((judge(r32 + e + r32 * per_row, 5)), false, "a component off in fp32 too is no precision fault")
+    eq((judge(r32 + e * 1.01 + other * 0.01)), false, "consistent, but within row_r_p50 of 1")
+  end)
+end)
+
 describe("localize", function()
   local TH = thresholds.resolve()
   local function row(path, depth, r32, acc)
@@ -346,6 +381,17 @@ describe("localize", function()
     eq({ l.first_divergence.reference, l.first_divergence.pattern, l.first_divergence.absorbed }, { "a.mlp", "spike", true })
     eq(localize.criteria(l)[1].pass, true)
     eq(localize.criteria(run({ row("a", 1, 5) }))[1].pass, false)
+  end)
+
+  it("never calls a fault consistently less precise than the reference a spike: no later operation undoes noise", function()
+    local norm = row("a.norm", 2, 0, 1.3)
+    norm.r, norm.rows_r = 1.1, { rows = 128, p50 = 1.15, above = 0.8, z = 6.8, ties = 0 }
+    local l = run({ row("a", 1, 0, 1e-6), norm, row("a.mlp", 2, 0) })
+    eq({ l.first_divergence.reference, l.first_divergence.pattern, l.first_divergence.cause.class },
+      { "a.norm", "step", "precision" })
+    eq({ #l.less_precise, l.less_precise[1].reference }, { 1, "a.norm" })
+    norm.rows_r.z = 3
+    eq(run({ row("a", 1, 0, 1e-6), norm, row("a.mlp", 2, 0) }).first_divergence, parity.json.null, "z below row_z")
   end)
 
   it("follows a fault inside a component to it: an expert's sibling does not carry its error, the MoE block does", function()

@@ -96,7 +96,7 @@ function M.pairs_for(ctx)
   if pairs_ then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
   local entries, kind, unmapped = ctx.mapping, "given", {}
   if not entries then entries, unmapped = mapping.auto(ref32, tgt); kind = "auto" end
-  local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods)
+  local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods, kind == "given" and ctx.mapping_origin or nil)
   if #expanded == 0 then return nil, why .. ", and no mapping pairs any components" end
   -- reference modules with weights of their own that nothing maps and no entry explains
   local covered, rp, lacking = {}, mapping.own_params(ref32, ref_mods), {}
@@ -157,30 +157,65 @@ local function ratio(t, r32, noise, eps)
   return num / noise
 end
 
+--- ||a_i - b_i|| of every row i (the last dim is a row's: a position's hidden state, a head's
+--- vector), in float64, as a 1-D tensor; nil when either is missing or their shapes differ.
+local function row_distances(a, b)
+  if not (a and b) or not a:is_same_size(b) or a:dim() == 0 then return nil end
+  local d = a:double() - b:double()
+  return d:reshape({ -1, d:size(d:dim() - 1) }):norm(2, { -1 })
+end
+
 --- The reference's own noise at every pair and call (R's denominators: ||r_low - r32|| of the
---- isolated run, of the whole runs and at the first input) as cached tensors, one [calls, 3] per
---- pair (-1: none); and back.
+--- isolated run, of the whole runs and at the first input, and the isolated run's per row) as
+--- cached tensors: one [calls, 3] per pair (-1: none), and the rows' "<pair>_<call>"; and back.
 local NONE = -1
 local function noise_tensors(noise)
   local out = {}
   for n, calls in pairs(noise) do
     local rows = {}
-    for k, v in ipairs(calls) do rows[k] = { v[1] or NONE, v[2] or NONE, v[3] or NONE } end
+    for k, v in ipairs(calls) do
+      rows[k] = { v[1] or NONE, v[2] or NONE, v[3] or NONE }
+      if v.rows then out[("%d_%d"):format(n, k)] = v.rows end
+    end
     out[tostring(n)] = torch.tensor(rows, { dtype = "float64" })
   end
   return out
 end
 
-local function noise_of(tensors, n, calls)
+local function noise_of(tensors, n, calls, with_rows)
   local t = tensors[tostring(n)]
   if not t or t:dim() ~= 2 or t:size(0) ~= calls or t:size(1) ~= 3 then return nil end
   local rows = t:tolist()
-  for _, v in ipairs(rows) do
+  for k, v in ipairs(rows) do
     for i = 1, 3 do
       if v[i] == NONE then v[i] = nil end
     end
+    v.rows = tensors[("%d_%d"):format(n, k)]
+    if with_rows and v[1] and not v.rows then return nil end  -- cached before the rows were
   end
   return rows
+end
+
+--- The per-row view of a component's own error over all its calls: R_i = ||t_i - r32_i|| /
+--- ||r_low_i - r32_i|| of every row whose reference noise is not zero. A component that computes
+--- at a lower precision than the reference's adds its error on top of the reference's rounding
+--- at every row: R_i > 1 at nearly every row. One that rounds in another order has an error of
+--- the same size, independent of the reference's: R_i > 1 at about half of the rows. Rows the
+--- target computes exactly as the reference does (R_i = 1: a tie) say neither. Returns {rows,
+--- p50, ties (their share), above (the share of the other rows with R_i > 1), z (the sign test's
+--- over those: (above - n/2) / sqrt(n/4), about normal when the target is not less precise)}.
+function M.row_ratios(list)
+  local ratios = {}
+  for _, v in ipairs(list) do
+    local keep = v.noise:gt(0)
+    if keep:sum():item() > 0 then ratios[#ratios + 1] = v.error:masked_select(keep) / v.noise:masked_select(keep) end
+  end
+  if #ratios == 0 then return nil end
+  local q = #ratios == 1 and ratios[1] or torch.cat(ratios, 0)
+  local n, ties = q:numel(), q:eq(1):sum():item()
+  local above, judged = q:gt(1):sum():item(), n - ties
+  return { rows = n, p50 = m.percentiles(q, { 50 })[1], ties = ties / n, above = judged > 0 and above / judged or 0,
+           z = judged > 0 and (above - judged / 2) / math.sqrt(judged / 4) or 0 }
 end
 
 --- The reference modules' outputs as the pair's target computes them: interleaved per head where
@@ -248,7 +283,7 @@ function M.run(ctx)
     cap.r32 = run_tapped("reference", anchor, ref_paths)
     for n, pair in ipairs(pairs_) do  -- cached for every pair, called as often as then
       local calls = cached and cap.r32[pair.reference[1]]
-      noise[n] = calls and noise_of(cached, n, #calls)
+      noise[n] = calls and noise_of(cached, n, #calls, not two)
       if calls and not noise[n] then cached, noise = nil, {} end
     end
     if cached then
@@ -320,6 +355,7 @@ function M.run(ctx)
                   interleave = pair.interleave and pair.interleave.head_dim or nil }
     rows[#rows + 1] = row
     local evidence
+    local per_row = {}  -- the isolated runs' rows, every call (M.row_ratios)
     if not calls then
       row.skipped = "never called"
     else
@@ -366,12 +402,17 @@ function M.run(ctx)
             local c = cap.r32[p] and cap.r32[p][k]
             rlow_outs[i] = c and run("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
           end
-          noise[n][k] = { distance(combine(rlow_outs, pair), r32), distance(outs("rlow", pair.reference, pair), ar32),
-                          distance(input("rlow", first), rin32) }
+          local rlow = combine(rlow_outs, pair)
+          noise[n][k] = { distance(rlow, r32), distance(outs("rlow", pair.reference, pair), ar32),
+                          distance(input("rlow", first), rin32), rows = not two and row_distances(rlow, r32) or nil }
         end
         local own, own_acc, own_in = unpack(noise[n][k], 1, 3)
         local tlow = isolated and run("tlow", pair.target, tinputs) or nil
         local t32 = isolated and run("t32", pair.target, tinputs) or nil
+        local own_rows, t_rows = noise[n][k].rows, row_distances(tlow, r32)
+        if own_rows and t_rows and own_rows:is_same_size(t_rows) then
+          per_row[#per_row + 1] = { error = t_rows, noise = own_rows }
+        end
         local r, r32_ratio = ratio(tlow, r32, own, eps), ratio(t32, r32, own)
         local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
         local acc, acc32 = ratio(atlow, ar32, own_acc, eps), ratio(at32, ar32, own_acc)
@@ -397,6 +438,7 @@ function M.run(ctx)
         end
       end
     end
+    if row.isolated and not row.skipped then row.rows_r = M.row_ratios(per_row) end
     -- evidence is kept for the failing components only (localize looks no further)
     if evidence and fails(row, ctx.thresholds) then ctx.memo.evidence[row.reference] = evidence end
     row.role = M.role(row, ctx.thresholds, fails)

@@ -89,7 +89,10 @@ function M.criteria(e, th, results)
   local e32 = results and results.e2e32
   local exact32 = e32 and not e32.skipped and e32.r32.p95 < th.r32_p95
   local r_pass = e.r_ratio.p95 < th.r_p95
-  local r_warn = not r_pass and exact32 and e.r_ratio.p50 < th.r_p50_precision
+  -- ... unless a component is consistently less precise than the reference (localize)
+  local loc = results and results.localize
+  local less = loc and not loc.skipped and loc.less_precise and #loc.less_precise > 0
+  local r_warn = not r_pass and exact32 and e.r_ratio.p50 < th.r_p50_precision and not less
   local kl_max = relative(e.own_kl.p95, th.kl_ratio, th.kl_floor)
   local cos_gap = relative(1 - e.own_cosine.p5, th.cosine_ratio, th.cosine_floor)
   return {

@@ -34,7 +34,19 @@ function M.fails(row, th)
     if row.acc_r32 then return row.acc_r32 >= th.r32_p95 end
     return (row.acc_r or 0) >= th.r_p95
   end
-  return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95
+  return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95 or M.less_precise(row, th)
+end
+
+--- Consistently less precise than the reference (components.row_ratios): its own error is above
+--- the reference's own noise at more rows than chance allows (z >= row_z), by a margin (the
+--- rows' R p50 >= row_r_p50). A single Frobenius R hides this: a norm whose variance is computed
+--- in bf16 adds its error at every row, but its R over all rows stays near 1.2.
+--- Only where the fp32 leg has nothing to say against it (exact in fp32, or no fp32 leg): a
+--- component that computes something else (a scale) is above the noise at every row too.
+function M.less_precise(row, th)
+  local q = row.rows_r
+  return q ~= nil and q.z ~= nil and q.z >= th.row_z and q.p50 >= th.row_r_p50
+    and (row.r32 == nil or row.r32 < th.r32_p95)
 end
 
 local descends = require("parity.mapping").descends
@@ -352,7 +364,15 @@ end
 --- (`inside`) and the reference modules with weights that have no counterpart (`no_counterpart`).
 function M.cause(row, ev, th, extra)
   extra = extra or {}
-  if row.r32 and row.r32 < th.r32_p95 and (row.r or 0) >= th.r_p95 then  -- without an fp32 leg: unknown
+  local fp32_exact = row.r32 and row.r32 < th.r32_p95
+  if M.less_precise(row, th) then
+    local q = row.rows_r
+    return { class = "precision", detail = ("%sconsistently less precise than the reference: R > 1 at %.0f%% of %d rows"
+      .. " (p50 %.3g, sign test z %.1f): an operation computed at a lower precision (e.g. a variance in the input"
+      .. " dtype, without an fp32 upcast)"):format(fp32_exact and ("exact in fp32 (R32 %.3g) but "):format(row.r32) or "",
+        100 * q.above, q.rows, q.p50, q.z), parameter = { name = "row_r_p50", value = q.p50 } }
+  end
+  if fp32_exact and (row.r or 0) >= th.r_p95 then  -- without an fp32 leg: unknown
     return { class = "precision", detail = ("exact in fp32 (R32 %.3g), R %.3g at the low precision: an operation"
       .. " computed at a lower precision or in another order"):format(row.r32 or 0, row.r) }
   end
@@ -468,9 +488,18 @@ function M.run(ctx)
         inherited = row.inherited_r32 or row.inherited_r, accumulated = row.acc_r32 or row.acc_r }
     end
   end
+  -- the innermost components consistently less precise than the reference (e2e grants the
+  -- precision-ordering exception only when there are none)
+  local less = core.json.array()
+  for _, row in ipairs(faults) do
+    if M.less_precise(row, th) then
+      less[#less + 1] = { reference = row.reference, target = row.target, rows = row.rows_r.rows, p50 = row.rows_r.p50,
+                          above = row.rows_r.above, z = row.rows_r.z }
+    end
+  end
   if #faults == 0 then
     return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {}, over_precision = over,
-             amplifiers = amplifiers }
+             amplifiers = amplifiers, less_precise = less }
   end
   local primary = faults[1]
   -- step or spike, in the accumulated view: an error seen only at the low precision is followed
@@ -507,10 +536,22 @@ function M.run(ctx)
   local value, limit = nil, nil
   if after then value, limit = carried(after) end
   if #enclosing == 0 then absorbed = value and value < limit end
+  -- rounding error is noise, which no later operation undoes (a norm absorbs a scale, not noise):
+  -- a component consistently less precise than the reference is a step wherever it is diluted
+  if M.less_precise(primary, th) then absorbed = false end
   local pattern = absorbed and "spike" or "step"
   local evidence = ctx.memo.evidence or {}
+  -- a module the target lacks: one a given mapping declares so (target = false), or, mapped from
+  -- the weights, one that nothing maps (a given mapping that leaves a module out says nothing)
+  local lacks = comp.no_counterpart_reference
+  if comp.mapping == "given" then
+    lacks = {}
+    for _, a in ipairs(comp.no_counterpart or {}) do
+      for _, p in ipairs(a.reference) do lacks[#lacks + 1] = p end
+    end
+  end
   local cause = M.cause(primary, evidence[primary.reference], th,
-    { inside = ctx.memo.inside, no_counterpart = comp.no_counterpart_reference, unmapped_target = comp.unmapped_target })
+    { inside = ctx.memo.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target })
   -- a weight the static check found transposed, reordered or scaled explains the fault best
   local scaffold = ctx.results.scaffold
   for _, f in ipairs(scaffold and scaffold.static or {}) do
@@ -544,6 +585,7 @@ function M.run(ctx)
     suspects = list,
     over_precision = over,
     amplifiers = amplifiers,
+    less_precise = less,
   }
 end
 

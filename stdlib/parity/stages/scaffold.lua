@@ -124,14 +124,23 @@ function M.criteria(s, th, results)
 end
 
 function M.summary(s)
-  return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped, static = s.static }
+  return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped, static = s.static,
+           unmapped_reference = s.unmapped_reference }
 end
 
 function M.lines(s)
-  return { ("scaffold reference %s (%d modules), target %s (%d modules): %s"):format(s.reference.type,
+  local lines = { ("scaffold reference %s (%d modules), target %s (%d modules): %s"):format(s.reference.type,
     s.reference.modules, s.target.type, s.target.modules,
     s.mapping == "none" and "trees differ, no mapping" or ("%d components mapped (%s%s)"):format(s.mapped, s.mapping,
       s.mapping == "auto" and ": from the weights, see scaffold/mapping.lua" or "")) }
+  local left = s.unmapped_reference or {}
+  if s.mapping == "given" and #left > 0 then  -- not tested, and not said to be missing either
+    local shown = {}
+    for i = 1, math.min(5, #left) do shown[i] = left[i] end
+    lines[#lines + 1] = ("  the mapping leaves %d reference modules with weights unmapped (untested): %s%s"):format(
+      #left, table.concat(shown, ", "), #left > 5 and ", ..." or "")
+  end
+  return lines
 end
 
 return M
