@@ -22,7 +22,14 @@ local cases = {
   { "reference", "bug_eps", "blocks%.0%.attn_norm$", "epsilon" },
   { "reference", "bug_eps_small", "blocks%.0%.attn_norm$", "epsilon" },
   { "reference", "bug_rope", "blocks%.0%.attn$", "position" },
-  { "reference", "bug_attn_scale", "blocks%.0%.attn$", "formula" },
+  { "reference", "bug_attn_scale", "blocks%.0%.attn$", "scale" },  -- the scores' temperature: sqrt(16)
+  { "reference", "bug_attn_1_over_d", "blocks%.0%.attn$", "scale" },  -- 1/sqrt(16)
+  { "reference", "bug_gate_up_swap", "blocks%.0%.ffn$", "layout" },
+  { "reference", "bug_attn_residual", "blocks%.0$", "residual" },  -- alpha -1 at ffn_norm's input
+  { "reference", "bug_final_norm", "^final_norm$", "missing" },  -- the port never calls it
+  { "reference", "bug_emb_scale", "^blocks%.0$", "scale" },  -- x8 at the first block's input
+  { "reference", "same_norm_nocast", "layers%.0%.input_layernorm$", "precision" },
+  { "reference", "bug_norm_nocast", "blocks%.0%.attn_norm$", "precision" },
   { "reference", "bug_norm_bf16", "blocks%.0%.attn_norm$", "precision" },
   { "reference", "bug_qkv_order", "blocks%.0%.attn$", "layout" },  -- the fused weight's rows, found statically
   { "reference", "bug_transposed", "blocks%.1%.attn%.out_proj$", "layout" },

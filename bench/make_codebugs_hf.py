@@ -10,6 +10,16 @@ second shape). Per architecture: ref, control (re-traced) and
   port_rope_fp32   RoPE applied in fp32 and cast back: a correct port that rounds in another
                    order                                                    (equivalent)
   port_norm_div    RMSNorm as x / sqrt(var + eps) in fp32: a hand-written, correct norm (equivalent)
+and, by editing the source of HF's modeling code (the text replaced is asserted to be there):
+  bug_attn_1_over_d    scores / head_dim instead of / sqrt(head_dim)       (scale of the scores)
+  bug_attn_noscale     the scores' scale missing                           (scale of the scores)
+  bug_gqa_tile         kv heads repeated as a tile, not interleaved         (layout)
+  bug_gate_up_swap     act(up(x)) * gate(x) in the MLP                      (layout)
+  bug_attn_residual    layer 0 drops its attention residual: h = attn(x)    (residual)
+  bug_final_norm       the final norm skipped: the module exists, never called (missing)
+  bug_moe_renorm       top-k routing weights renormalised / not, against the config (routing)
+  bug_emb_scale        Gemma's x sqrt(hidden) on the embedding missing      (scale)
+  bug_rope_gptj        rotate_half written GPT-J style (interleaved pairs)  (position)
 truth.json says, per variant, the expected verdict, and for a bug where (a Lua pattern on the path
 of the first divergent component: the bug is in every norm, any of them) and the cause class.
 Usage: /usr/bin/python3 bench/make_codebugs_hf.py OUT_DIR [arch ...]"""
@@ -101,6 +111,83 @@ def rope_fp32(arch):
     return apply
 
 
+def source_patch(owner, name, old, new, count=1):
+    """owner.name (a function of a module, or a method of a class) recompiled from its source
+    with `old` replaced by `new` (count times; -1: all), in its module's globals. Returns a patch
+    for save(): it installs the function and returns how to restore the original."""
+    import inspect, textwrap
+    fn = getattr(owner, name)
+    src = textwrap.dedent(inspect.getsource(fn))
+    assert old in src, f"{owner.__name__}.{name}: {old!r} is not in its source"
+    src = src.replace(old, new, count)
+    mod = importlib.import_module(fn.__module__)
+    scope = dict(mod.__dict__)
+    exec(compile(src, f"<{fn.__module__}.{name}, patched>", "exec"), scope)
+    patched = scope[name]
+
+    def apply(model):
+        setattr(owner, name, patched)
+        return lambda: setattr(owner, name, fn)
+    return apply
+
+
+def code_bugs(arch, m, cfg):
+    """name -> (patch, where (a Lua pattern on the first divergent component's path), cause)"""
+    mod = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+    cls = lambda suffix: next(getattr(mod, n) for n in dir(mod) if n.lower() == (arch.replace("_", "") + suffix).lower())
+    attn, layer, model = cls("Attention"), cls("DecoderLayer"), cls("Model")
+    bugs = {}
+    scale = "/ math.sqrt(self.head_dim)"
+    if scale in __import__("inspect").getsource(attn.forward):
+        bugs["bug_attn_1_over_d"] = (source_patch(attn, "forward", scale, "/ self.head_dim"), "self_attn$", "scale")
+        bugs["bug_attn_noscale"] = (source_patch(attn, "forward", scale, ""), "self_attn$", "scale")
+    elif hasattr(mod, "GEMMA2_ATTENTION_FUNCTION"):  # gemma2: a module-level function, called through a table
+        patch = source_patch(mod, "eager_attention_forward", "* config.scaling", "")
+
+        def noscale(model, patch=patch, table=mod.GEMMA2_ATTENTION_FUNCTION):
+            undo, orig = patch(model), table["eager"]
+            table["eager"] = mod.eager_attention_forward
+            return lambda: (undo(), table.__setitem__("eager", orig))
+        bugs["bug_attn_noscale"] = (noscale, "self_attn$", "scale")
+    if cfg.num_key_value_heads < cfg.num_attention_heads:
+        bugs["bug_gqa_tile"] = (source_patch(mod, "repeat_kv",
+            "hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)",
+            "hidden_states[:, None, :, :, :].expand(batch, n_rep, num_key_value_heads, slen, head_dim)"), "self_attn$", "layout")
+    mlp = type(getattr(m.model.layers[0], "mlp", None))  # (Mixtral's layers have none: experts)
+    msrc = __import__("inspect").getsource(mlp.forward) if mlp is not type(None) else ""
+    if "self.act_fn(self.gate_proj(x)) * self.up_proj(x)" in msrc:
+        bugs["bug_gate_up_swap"] = (source_patch(mlp, "forward", "self.act_fn(self.gate_proj(x)) * self.up_proj(x)",
+                                                 "self.act_fn(self.up_proj(x)) * self.gate_proj(x)"), "mlp$", "layout")
+    elif "gate, up_states = up_states.chunk(2, dim=-1)" in msrc:  # phi3's fused gate_up_proj
+        bugs["bug_gate_up_swap"] = (source_patch(mlp, "forward", "gate, up_states = up_states.chunk(2, dim=-1)",
+                                                 "up_states, gate = up_states.chunk(2, dim=-1)"), "mlp$", "layout")
+    lsrc = __import__("inspect").getsource(layer.forward)
+    for res, dropped in (("hidden_states = residual + hidden_states", "hidden_states = hidden_states"),
+                         ("hidden_states = residual + self.resid_attn_dropout(attn_outputs)",  # phi3
+                          "hidden_states = self.resid_attn_dropout(attn_outputs)")):
+        if res in lsrc:
+            bugs["bug_attn_residual"] = (source_patch(layer, "forward", res, dropped), "layers%.%d+$", "residual")
+            break
+    bugs["bug_final_norm"] = (source_patch(model, "forward", "hidden_states = self.norm(hidden_states)",
+                                           "hidden_states = hidden_states"), "^m%.model%.norm$", "missing")
+    if arch == "qwen2_moe":
+        sparse = mod.Qwen2MoeSparseMoeBlock
+        bugs["bug_moe_renorm"] = (source_patch(sparse, "forward", "if self.norm_topk_prob:", "if True:"),
+                                  "layers%.0%.mlp$", "routing")
+    if arch == "mixtral":
+        sparse = mod.MixtralSparseMoeBlock
+        bugs["bug_moe_renorm"] = (source_patch(sparse, "forward", "routing_weights /= routing_weights.sum(dim=-1, keepdim=True)",
+                                               "pass"), "layers%.0%.block_sparse_moe$", "routing")
+    if arch == "gemma2":
+        bugs["bug_emb_scale"] = (source_patch(model, "forward", "hidden_states = hidden_states * normalizer",
+                                              "hidden_states = hidden_states"), "^m%.model$", "scale")
+    if hasattr(mod, "rotate_half"):
+        bugs["bug_rope_gptj"] = (source_patch(mod, "rotate_half",
+            "x1 = x[..., : x.shape[-1] // 2]\n    x2 = x[..., x.shape[-1] // 2 :]\n    return torch.cat((-x2, x1), dim=-1)",
+            "x1 = x[..., ::2]\n    x2 = x[..., 1::2]\n    return torch.stack((-x2, x1), dim=-1).flatten(-2)"), "self_attn$", "position")
+    return bugs
+
+
 truth_path = f"{out}/truth.json"
 truth = json.load(open(truth_path)) if os.path.exists(truth_path) else {}
 for arch, extra in ARCHS.items():
@@ -116,5 +203,8 @@ for arch, extra in ARCHS.items():
     if hasattr(importlib.import_module(f"transformers.models.{arch}.modeling_{arch}"), "apply_rotary_pos_emb"):
         save(m, f"{out}/{arch}/port_rope_fp32", cfg, rope_fp32(arch))
         truth[f"{arch}/port_rope_fp32"] = {"expected": "equivalent"}
+    for name, (patch, where, cause) in code_bugs(arch, m, cfg).items():
+        save(m, f"{out}/{arch}/{name}", cfg, patch)
+        truth[f"{arch}/{name}"] = {"expected": "divergent", "where": where, "cause": cause}
     print(arch, "ok", flush=True)
     json.dump(truth, open(truth_path, "w"), indent=1, sort_keys=True)

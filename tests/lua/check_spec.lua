@@ -63,7 +63,7 @@ describe("check", function()
   it("finds every planted bug divergent, for the stated reason", function()
     for _, c in ipairs({
       { "reference", "bug_eps", "epsilon", "r_p95" }, { "reference", "bug_rope", "position", "r_p95" },
-      { "reference", "bug_attn_scale", "formula", "r_p95" },
+      { "reference", "bug_attn_scale", "scale", "r_p95" },
       -- hidden inside the bf16 noise: only the fp32 leg sees them
       { "reference", "bug_eps_small", "epsilon", "r32_p95" }, { "noisy", "noisy_bug_gelu", "activation", "r32_p95" },
       { "noisy", "noisy_bug_eps", "epsilon", "r32_p95" },  -- same tree: the component's cause
@@ -134,6 +134,14 @@ describe("check", function()
       { "moe_bug_routing", "moe", "model.layers.1.block_sparse_moe", "routing", "tokens_rerouted" },
       { "moe_bug_expert", "moe", "model.layers.1.block_sparse_moe.experts.1.w2", "scale", "scale", 1.05 },
       { "reference", "sandwich", "model.layers.0", "missing" },  -- no post-feedforward norm in the port
+      -- bugs in the port's forward code (its weights are the reference's)
+      { "bug_attn_scale", "reference", "model.layers.0.self_attn", "scale", "score_scale", 4 },  -- sqrt(16) missing
+      { "bug_attn_1_over_d", "reference", "model.layers.0.self_attn", "scale", "score_scale", 0.25 },
+      { "bug_gate_up_swap", "reference", "model.layers.0.mlp", "layout", "gated", "model.layers.0.mlp.up_proj" },
+      { "bug_attn_residual", "reference", "model.layers.0", "residual", "alpha", -1 },
+      { "bug_final_norm", "reference", "model.norm", "missing" },  -- final_norm exists, never called
+      { "bug_emb_scale", "reference", "model.layers.0", "scale", "scale", 8 },  -- at the first block's input
+      { "bug_rope", "reference", "model.layers.0.self_attn", "position" },
     }) do
       local v = check(c[1], { reference = c[2] })
       local f = v.first_divergence

@@ -22,44 +22,8 @@ local m = core.metrics
 
 local M = { name = "components", runs_target = "its components run one by one" }
 
-local function is_float(t) return t:dtype():find("float") ~= nil end
-
-function M.cast(list, dtype)
-  local out = {}
-  for i, t in ipairs(list) do out[i] = is_float(t) and t:to(dtype) or t end
-  return out
-end
-
---- The tensors of a forward's output, tuples flattened, in order.
-local function tensors(v, out)
-  out = out or {}
-  if torch.is_tensor(v) then
-    out[#out + 1] = v
-  elseif type(v) == "table" then
-    for _, x in ipairs(v) do tensors(x, out) end
-  end
-  return out
-end
-
---- Rebuilds a call's arguments from the flat captured tensors using the forward's schema:
---- "Tensor" takes one, "Tuple[Tensor, ...]" as many as it names. Nil when they do not fit.
-function M.arguments(schema, flat)
-  local args, k = {}, 1
-  for _, a in ipairs(schema.arguments) do
-    local n = select(2, a.type:gsub("Tensor", ""))
-    if a.type == "Tensor" then
-      args[#args + 1], k = flat[k], k + 1
-    elseif a.type:find("^Tuple%[") and n > 0 then
-      local tup = {}
-      for j = 1, n do tup[j] = flat[k + j - 1] end
-      args[#args + 1], k = tup, k + n
-    else
-      return nil, ("argument %s is %s"):format(a.name, a.type)
-    end
-  end
-  if k - 1 ~= #flat then return nil, ("%d captured inputs for %d in the schema"):format(#flat, k - 1) end
-  return args
-end
+local replay = require("parity.replay")
+local is_float, tensors = replay.is_float, replay.tensors
 
 --- Components both models have (same path, same type), in the reference's execution order, as
 --- mapping pairs, or nil and why not.
@@ -320,7 +284,7 @@ function M.run(ctx)
     local c = child(which, path)
     if not c then return nil end
     reruns = reruns + 1
-    local args, bad = M.arguments(c:schema(), M.cast(inputs, dtype_of(which)))
+    local args, bad = replay.arguments(c:schema(), replay.cast(inputs, dtype_of(which)))
     local ok, out = false, bad
     if args then
       local t = core.clock()
@@ -336,7 +300,7 @@ function M.run(ctx)
   local function same_inputs(which, path, k, inputs)
     local c = cap[which] and cap[which][path] and cap[which][path][k]
     if not c or #c.inputs ~= #inputs or not c.outputs[1] then return nil end
-    local cast = M.cast(inputs, dtype_of(which))
+    local cast = replay.cast(inputs, dtype_of(which))
     for i, x in ipairs(cast) do
       if x ~= c.inputs[i] then return nil end  -- Tensor ~= is not torch.equal
     end
@@ -358,7 +322,10 @@ function M.run(ctx)
     local per_row = {}  -- the isolated runs' rows, every call (M.row_ratios)
     if not calls then
       row.skipped = "never called"
-    else
+    elseif not (cap[tcap][pair.target] or cap.tlow[pair.target]) and next(child("r32", first):parameters()) then
+      row.never_called_by_target = true  -- a module with weights the target has but its forward skips
+    end
+    if calls then
       for k = 1, #calls do
         local function run(which, path, inputs)
           local known = same_inputs(which, path, k, inputs)
@@ -417,6 +384,12 @@ function M.run(ctx)
         local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
         local acc, acc32 = ratio(atlow, ar32, own_acc, eps), ratio(at32, ar32, own_acc)
         local inh, inh32 = ratio(input("tlow", pair.target), rin32, own_in, eps), ratio(input("t32", pair.target), rin32, own_in)
+        -- the first component whose input in the whole fp32 runs is off: what localize looks at
+        -- when no component adds an error itself (the forward code between components)
+        if inh32 and inh32 >= ctx.thresholds.r32_p95 and not ctx.memo.first_inherited then
+          ctx.memo.first_inherited = { reference = row.reference, target = row.target, type = row.type, call = k,
+                                       t = input("t32", pair.target), r = rin32, r32_ratio = inh32 }
+        end
         if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
           row.inherited_r, row.inherited_r32 = inh, inh32
@@ -430,6 +403,7 @@ function M.run(ctx)
           local single = #pair.reference == 1
           evidence = isolated and {
             isolated = true, inputs = calls[k].inputs, input = calls[k].inputs[1], r32 = r32, t32 = t32, tlow = tlow,
+            target_inputs = tinputs,
             params = child("r32", first):parameters(),
             run_reference = single and function(inputs) return rerun("r32", first, inputs) end or nil,
             run_target = function(inputs) return rerun(tcap, pair.target, inputs_for(tinputs, inputs) or inputs) end,

@@ -29,6 +29,7 @@ local M = { name = "localize" }
 --- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
 --- run, fp32 when the target has it.
 function M.fails(row, th)
+  if row.never_called_by_target then return true end  -- it has the module and skips it: missing
   if row.skipped then return false end
   if row.isolated == false then
     if row.acc_r32 then return row.acc_r32 >= th.r32_p95 end
@@ -50,6 +51,8 @@ function M.less_precise(row, th)
 end
 
 local descends = require("parity.mapping").descends
+local replay = require("parity.replay")
+local signatures = require("parity.signatures")
 
 local function dot(a, b) return (a * b):sum():item() end
 
@@ -128,16 +131,17 @@ end
 --- A RoPE bug (theta, layout) is exact at position 0 (angle 0) and builds up with the angle; an
 --- attention whose scores are scaled wrongly is exact at position 0 too (one key: softmax hides
 --- any scale) but is off at full size from position 1 on.
-function M.fit_position(t, r)
+function M.fit_position(t, r, tol)
   if t:dim() < 2 or t:size(1) < 3 then return nil end
   local err = per_position(t - r)
   local max = largest(err)
   if max == 0 then return nil end
+  tol = tol or 1e-6
   local rising = 0
   for p = 2, #err do
     if err[p] >= err[p - 1] * 0.9 then rising = rising + 1 end
   end
-  return err[1] <= 1e-6 * max, rising / (#err - 1), err[2] / max
+  return err[1] <= tol * max, rising / (#err - 1), err[2] / max
 end
 
 --- x ([B, T, ...]) with position j changed: negated, or for token ids ([B, T] integers: a whole
@@ -213,7 +217,8 @@ M.FAMILY = { gelu = "gelu", gelu_tanh = "gelu", quick_gelu = "gelu" }
 --- ({inputs, outputs} each): a child's input y = f(g) (fc1 -> act -> fc2) or f(g) * u (a gated
 --- MLP: g and u two children's outputs, or the halves of one's). Returns the best name, its
 --- relative residual, the best residual of another family and the best of another name in its
---- own family; nil when no such pair of children exists.
+--- own family, and its form ({child index, half}: which child's output, or which half of it (1,
+--- 2), goes through the nonlinearity); nil when no such pair of children exists.
 function M.fit_activation(children)
   for ci = #children, 2, -1 do
     local y = children[ci].inputs[1]
@@ -221,26 +226,26 @@ function M.fit_activation(children)
     local forms, singles = {}, {}
     for pi = 1, ci - 1 do
       local o = children[pi].outputs[1]
-      if n and o and o:dim() == y:dim() and o:numel() == y:numel() then singles[#singles + 1] = o:double() end
+      if n and o and o:dim() == y:dim() and o:numel() == y:numel() then singles[#singles + 1] = { o:double(), pi } end
       if n and o and o:dim() == y:dim() and o:numel() == 2 * y:numel() and o:size(o:dim() - 1) == 2 * n then
         local a, b = o:double():narrow(-1, 0, n), o:double():narrow(-1, n, n)
-        forms[#forms + 1], forms[#forms + 2] = { a, b }, { b, a }
+        forms[#forms + 1], forms[#forms + 2] = { a, b, id = { pi, 1 } }, { b, a, id = { pi, 2 } }
       end
     end
-    for i, g in ipairs(singles) do
-      forms[#forms + 1] = { g }
-      for j, u in ipairs(singles) do
-        if i ~= j then forms[#forms + 1] = { g, u } end
+    for _, g in ipairs(singles) do
+      forms[#forms + 1] = { g[1], id = { g[2] } }
+      for _, u in ipairs(singles) do
+        if u ~= g then forms[#forms + 1] = { g[1], u[1], id = { g[2] } } end
       end
     end
-    local yd, resid = y and y:double(), {}  -- name -> the best residual over the forms
+    local yd, resid, form_of = y and y:double(), {}, {}  -- name -> the best residual over the forms, and its form
     for _, form in ipairs(forms) do
       local g, u = form[1], form[2]
       if g:is_same_size(yd) then
         for name, f in pairs(M.ACTIVATIONS) do
           local fit = u and f(g) * u or f(g)
           local r = (fit - yd):norm():item() / math.max(yd:norm():item(), 1e-300)
-          resid[name] = math.min(resid[name] or math.huge, r)
+          if r < (resid[name] or math.huge) then resid[name], form_of[name] = r, form.id end
         end
       end
     end
@@ -255,7 +260,7 @@ function M.fit_activation(children)
         if same_family and name ~= best then kin = math.min(kin, r) end
         if not same_family then other = math.min(other, r) end
       end
-      return best, resid[best], other, kin
+      return best, resid[best], other, kin, form_of[best]
     end
   end
   return nil
@@ -287,16 +292,13 @@ function M.fit_routing(ev, fault, inside)
     end
   end
   if #ref_children == 0 then return nil end
-  local components = require("parity.stages.components")
   local function assignment(b, dtype, path, children, translate)
-    local model = b:fresh(dtype):child(path)
+    local model = replay.fresh_module(b, dtype, path)
     local taps = {}
     for i, c in ipairs(children) do taps[i] = translate and translate[c] or c end
-    model:tap(taps)
-    local args = components.arguments(model:schema(), components.cast(ev.inputs, dtype))
-    if not args then return nil end
-    local ok, _, calls = pcall(model.run_tapped, model, args)
-    if not ok then return nil end
+    local _, calls = nil, nil
+    if model then _, calls = replay.run(model, dtype, ev.inputs, taps) end
+    if not calls then return nil end
     local sets = {}  -- child -> token -> true, for children given a subset of the tokens
     for _, c in ipairs(children) do
       for _, call in ipairs(calls[translate and translate[c] or c] or {}) do
@@ -329,15 +331,16 @@ function M.fit_routing(ev, fault, inside)
 end
 
 --- The calls (call k) of the captured components inside `root`, in execution order.
+--- Also, per call, the reference modules it computes (a target's fused projection: several).
 local function children(inside, side, root, k)
-  local out = {}
+  local out, refs = {}, {}
   for _, pair in ipairs(inside.pairs) do
     for _, p in ipairs(side == "reference" and pair.reference or { pair.target }) do
       local c = descends(p, root) and inside[side][p]
-      if c and c[k] then out[#out + 1] = c[k] end
+      if c and c[k] then out[#out + 1], refs[#out + 1] = c[k], side == "reference" and { p } or pair.reference end
     end
   end
-  return out
+  return out, refs
 end
 
 --- The nonlinearity each model computes inside the fault (between its children, or the fault's
@@ -346,17 +349,28 @@ end
 local function activation(fault, ev, inside)
   local function tolerance(dtype) return dtype == "fp32" and 1e-4 or 3e-2 end  -- a fit at the rounding of its dtype
   local tol, rtol = tolerance(inside.dtypes.target), tolerance(inside.dtypes.reference)
+  local refs = {}
   local function fit(side, output)
-    local calls = children(inside, side, side == "reference" and fault.reference or fault.target, ev.call)
+    local calls
+    calls, refs[side] = children(inside, side, side == "reference" and fault.reference or fault.target, ev.call)
     if #calls == 0 and ev.isolated and ev.input and output then calls = { { outputs = { ev.input } }, { inputs = { output } } } end
     return M.fit_activation(calls)
   end
-  local rn, rres, rsec, rkin = fit("reference", ev.r32)
-  local tn, tres, tsec, tkin = fit("target", ev.t32 or ev.tlow)
+  local rn, rres, rsec, rkin, rform = fit("reference", ev.r32)
+  local tn, tres, tsec, tkin, tform = fit("target", ev.t32 or ev.tlow)
   if not (rn and tn and rres < rtol and rres * 10 < rsec and tres < tol and tres * 10 < tsec) then return nil end
   -- the family's name where its members are not told apart (GELU's two forms in bf16)
   if rkin < 10 * rres or tkin < 10 * tres then rn, tn = M.FAMILY[rn] or rn, M.FAMILY[tn] or tn end
   if rn ~= tn then return tn, rn, tres end
+  -- the same nonlinearity on the other operand (children listed alike: the same pairs)
+  -- the same nonlinearity on another operand: the reference module whose output each gates (a
+  -- target's fused gate/up projection computes the reference's two: the half says which)
+  local function gated(side, form)
+    local r = refs[side] and refs[side][form[1]]
+    return r and (form[2] and r[form[2]] or (#r == 1 and r[1])) or nil
+  end
+  local tg, rg = gated("target", tform), gated("reference", rform)
+  if tg and rg and tg ~= rg then return nil, nil, tres, { target = tg, reference = rg, name = tn } end
 end
 
 --- The cause of a fault from its evidence (captured tensors) and figures. `extra` carries what
@@ -387,8 +401,26 @@ function M.cause(row, ev, th, extra)
       return { class = "missing", detail = ("%s has no counterpart in the target: a component the port lacks"):format(p) }
     end
   end
+  for _, p in ipairs(extra.never_called or {}) do
+    if p.reference == row.reference or descends(p.reference, row.reference) then
+      return { class = "missing", detail = ("the target has %s (with its weights) but its forward never calls it: a"
+        .. " component the port skips"):format(p.target) }
+    end
+  end
   local t = ev and (ev.t32 or ev.tlow)
   if not t then return { class = "formula", detail = "no output to fit a signature on" } end
+  -- the fault's own code between children that compute as the reference's do
+  local glue = signatures.fit_glue(ev, row, extra.inside, M.fit_scale, M.fit_residual)
+  if glue and glue.what == "scale" then
+    return { class = "scale", detail = ("the input of %s is %.4g x the reference's: a factor the forward code between"
+      .. " the components applies (or misses)"):format(glue.child, glue.value),
+      parameter = { name = "scale", value = glue.value, at = glue.child } }
+  elseif glue then
+    local what = math.abs(glue.value + 1) < 0.05 and "dropped" or math.abs(glue.value - 1) < 0.05 and "added twice" or "scaled"
+    return { class = "residual", detail = ("the input of %s is the reference's + %.4g x the input of %s: a residual %s"
+      .. " there"):format(glue.child, glue.value, row.reference, what),
+      parameter = { name = "alpha", value = glue.value, at = glue.child } }
+  end
   local r
   t, r = t:double(), ev.r32:double()
   local mask = M.fit_mask(ev.run_reference, ev.run_target, ev.inputs)
@@ -421,26 +453,42 @@ function M.cause(row, ev, th, extra)
     return { class = "scale", detail = ("the output is %.4g x the reference's"):format(c),
              parameter = { name = "scale", value = c } }
   end
-  local alpha, aresid = M.fit_residual(t, r, ev.input)
+  local alpha, aresid = M.fit_residual(t, r, replay.stream_input(ev.inputs, t) or ev.input)
   if alpha and aresid < 0.05 and math.abs(alpha) > 1e-3 then
     local what = math.abs(alpha + 1) < 0.05 and "dropped" or math.abs(alpha - 1) < 0.05 and "added twice" or "scaled"
     return { class = "residual", detail = ("the output is the reference's + %.4g x the input: a residual %s"):format(
       alpha, what), parameter = { name = "alpha", value = alpha } }
   end
-  local act, ref_act, fit = nil, nil, nil
-  if inside then act, ref_act, fit = activation(row, ev, inside) end
+  local act, ref_act, fit, swapped = nil, nil, nil, nil
+  if inside then act, ref_act, fit, swapped = activation(row, ev, inside) end
+  if swapped then
+    return { class = "layout", detail = ("%s is applied to what the reference's %s computes, where the reference"
+      .. " applies it to %s's (fits to %.1e): a gated MLP's gate and up swapped"):format(swapped.name, swapped.target,
+        swapped.reference, fit),
+      parameter = { name = "gated", value = swapped.target, reference = swapped.reference } }
+  end
   if act then
     return { class = "activation", detail = ("the nonlinearity is %s where the reference's is %s (fits to %.1e)"):format(
       act, ref_act, fit), parameter = { name = "activation", value = act, reference = ref_act } }
   end
-  local zero_at_0, rising, at_1 = M.fit_position(t, r)
+  local temp = signatures.fit_temperature(ev, row, inside, ev.t32)
+  if temp then
+    local hint = signatures.temperature_hint(temp.tau)
+    return { class = "scale", detail = ("the attention scores are %.4g x the reference's (a temperature: the reference"
+      .. " with %s computes the target's%s)"):format(temp.tau, temp.how, hint and (": " .. hint) or ""),
+      parameter = { name = "score_scale", value = temp.tau, at = temp.child } }
+  end
+  -- "no error" at position 0: in fp32, within a port's float reassociation (a fused q/k/v gives
+  -- 2e-5 of the largest error there); at the low precision, exactly
+  local zero_at_0, rising, at_1 = M.fit_position(t, r, ev.t32 and 1e-4 or 1e-6)
   if zero_at_0 and rising >= 0.6 and at_1 <= 0.4 then
     return { class = "position", detail = ("no error at position 0, growing with position (%.0f%% of steps):"
       .. " RoPE theta or layout"):format(100 * rising) }
   end
-  if zero_at_0 then
-    return { class = "formula", detail = ("exact at position 0, %.0f%% of the largest error already at position 1:"
-      .. " in how positions are mixed (the attention scores' scale, the softmax), not in RoPE"):format(100 * at_1) }
+  if zero_at_0 then  -- what depends on the position, off at once (no temperature of the scores fits)
+    return { class = "position", detail = ("exact at position 0, %.0f%% of the largest error already at position 1,"
+      .. " and no scale of the attention scores explains it: which dimensions RoPE rotates together (its"
+      .. " layout: interleaved pairs for halves) or its frequencies"):format(100 * at_1) }
   end
   return { class = "formula", detail = "no signature fits: a different computation" }
 end
@@ -497,6 +545,23 @@ function M.run(ctx)
                           above = row.rows_r.above, z = row.rows_r.z }
     end
   end
+  -- no component adds an error itself, yet one's input in the whole fp32 runs is off: the forward
+  -- code between components (outside every mapped one) differs before it
+  local between = #faults == 0 and ctx.memo.first_inherited
+  if between then
+    local c, resid = nil, nil
+    if between.t and between.r then c, resid = M.fit_scale(between.t:double(), between.r:double()) end
+    local cause = (c and resid < 0.05) and { class = "scale", detail = ("the input of %s is %.4g x the reference's, while"
+        .. " no component before it adds an error of its own: a factor the forward code between components applies (or"
+        .. " misses)"):format(between.reference, c), parameter = { name = "scale", value = c, at = between.reference } }
+      or { class = "formula", detail = ("the input of %s differs from the reference's (R32 %.3g), while no component"
+        .. " before it adds an error of its own: the forward code between components"):format(between.reference,
+          between.r32_ratio) }
+    return { faults = 1, failing = #failing, suspects = {}, over_precision = over, amplifiers = amplifiers, less_precise = less,
+      first_divergence = { reference = between.reference, target = between.target, type = between.type,
+        r = core.json.null, r32 = core.json.null, pattern = "step", absorbed = false, at_input = true, cause = cause,
+        evidence = { inherited_r32 = between.r32_ratio, calls = between.call } } }
+  end
   if #faults == 0 then
     return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {}, over_precision = over,
              amplifiers = amplifiers, less_precise = less }
@@ -550,8 +615,12 @@ function M.run(ctx)
       for _, p in ipairs(a.reference) do lacks[#lacks + 1] = p end
     end
   end
+  local never = {}
+  for _, row in ipairs(rows) do
+    if row.never_called_by_target then never[#never + 1] = row end
+  end
   local cause = M.cause(primary, evidence[primary.reference], th,
-    { inside = ctx.memo.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target })
+    { inside = ctx.memo.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target, never_called = never })
   -- a weight the static check found transposed, reordered or scaled explains the fault best
   local scaffold = ctx.results.scaffold
   for _, f in ipairs(scaffold and scaffold.static or {}) do

@@ -1,0 +1,154 @@
+--- Cause signatures that re-run a fault on its own inputs (the reference's captured ones), on a
+--- fresh copy of each model, with the fault's children tapped or a child's parameters changed:
+---   glue         every child computes as the reference's does, yet one gets another input: the
+---                fault's own forward code between its children differs (a residual dropped, a
+---                scale missing on the embedding); fitted there as a scale or a residual
+---   temperature  the reference with one child's parameters scaled by tau reproduces the target:
+---                the attention scores scaled by tau (a 1/sqrt(head_dim) missing: tau = sqrt(head_dim))
+--- Both judge in fp32 (the target's fp32 trace against the reference's), where a correct port
+--- is at its float-reassociation level (1e-6..1e-5) and a difference above DIFFERS is the bug's.
+local core = require("parity.core")
+local replay = require("parity.replay")
+local descends = require("parity.mapping").descends
+
+local M = {}
+
+-- a child's input differs from the reference's when their relative L2 is above this (fp32; a
+-- fused q/k/v's reassociation is 2e-5); a fit explains a difference when it leaves under FITS of it
+M.DIFFERS, M.FITS = 1e-3, 0.05
+
+--- The mapped components inside `fault` on both sides, in execution order: {path (the
+--- reference's), reference and target (relative to the fault)}.
+function M.inner_pairs(pairs_, fault)
+  local out = {}
+  for _, pair in ipairs(pairs_) do
+    local p = pair.reference[1]
+    if #pair.reference == 1 and descends(p, fault.reference) and descends(pair.target, fault.target) then
+      out[#out + 1] = { path = p, reference = p:sub(#fault.reference + 2), target = pair.target:sub(#fault.target + 2) }
+    end
+  end
+  return out
+end
+
+local function fp32_legs(ev, inside)
+  return ev and ev.isolated and ev.inputs and inside and inside.dtypes.target == "fp32"
+    and inside.dtypes.reference == "fp32"
+end
+
+--- Glue: the first child (in execution order) whose input in the target's fault differs from the
+--- reference's, both re-run on the fault's inputs; fitted as t = c r (a scale) or t = r + alpha x,
+--- x the fault's input (a residual). Returns {child, what = "scale"|"residual", value, rel}, or nil
+--- when no child's input differs or the first that does fits neither.
+function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
+  if not fp32_legs(ev, inside) then return nil end
+  local inner = M.inner_pairs(inside.pairs, fault)
+  if #inner == 0 then return nil end
+  local rtaps, ttaps = {}, {}
+  for i, c in ipairs(inner) do rtaps[i], ttaps[i] = c.reference, c.target end
+  local rm = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
+  local tm = replay.fresh_module(inside.bundles.target, "fp32", fault.target)
+  if not (rm and tm) then return nil end
+  local _, rcalls = replay.run(rm, "fp32", ev.inputs, rtaps)
+  local _, tcalls = replay.run(tm, "fp32", ev.target_inputs or ev.inputs, ttaps)
+  if not (rcalls and tcalls) then return nil end
+  for _, c in ipairs(inner) do
+    local rc, tc = rcalls[c.reference] and rcalls[c.reference][1], tcalls[c.target] and tcalls[c.target][1]
+    local r, t = rc and rc.inputs[1], tc and tc.inputs[1]
+    if r and t and replay.is_float(r) and r:is_same_size(t) then
+      local rel = core.metrics.rel_l2(t, r)
+      if rel > M.DIFFERS then
+        local td, rd = t:double(), r:double()
+        local s, sresid = fit_scale(td, rd)
+        if s and sresid < M.FITS then return { child = c.path, what = "scale", value = s, rel = rel } end
+        local alpha, aresid = fit_residual(td, rd, replay.stream_input(ev.inputs, t))
+        if alpha and aresid < M.FITS then return { child = c.path, what = "residual", value = alpha, rel = rel } end
+        return nil
+      end
+    end
+  end
+  return nil
+end
+
+--- Golden-section search of f's minimum over [a, b] (f unimodal there), `n` steps.
+local function golden(f, a, b, n)
+  local g = (math.sqrt(5) - 1) / 2
+  local c, d = b - g * (b - a), a + g * (b - a)
+  local fc, fd = f(c), f(d)
+  for _ = 1, n do
+    if fc < fd then b, d, fd = d, c, fc; c = b - g * (b - a); fc = f(c)
+    else a, c, fc = c, d, fd; d = a + g * (b - a); fd = f(d) end
+  end
+  if fc < fd then return c, fc end
+  return d, fd
+end
+
+--- Temperature: the reference's fault changed so that its attention scores scale by tau, fitted
+--- over tau in [1/64, 64] (a grid, then a golden section) against the target's output t. Tried
+--- in turn: each child with parameters (in execution order) scaled by tau (a query or key
+--- projection, or its norm, scales the scores by tau), then the fault's input scaled by c and its
+--- output by 1/c (q, k and v all scale by c: the scores by tau = c^2, exactly so for a fused q/k/v
+--- projection without biases and no norm inside). Returns {child, tau, resid} for the first whose
+--- fit leaves under FITS of ||t - r|| (`how`: the change, in words), or nil. (A value projection's tau scales the output: the
+--- scale signature's, which comes first.)
+function M.fit_temperature(ev, fault, inside, t)
+  if not fp32_legs(ev, inside) or not t then return nil end
+  local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
+  local x = replay.stream_input(ev.inputs, t)
+  if not model then return nil end
+  local td = t:double()
+  local function distance(out) return out and out:is_same_size(t) and (out:double() - td):norm():item() or math.huge end
+  local candidates = {}  -- {what, err(log_tau), restore()}
+  for _, c in ipairs(M.inner_pairs(inside.pairs, fault)) do
+    local ok, params = pcall(function() return model:child(c.reference):parameters() end)
+    if ok and next(params) then
+      local orig = {}
+      for k, p in pairs(params) do orig[k] = p:clone() end
+      candidates[#candidates + 1] = { what = c.path, how = function(tau)
+        return ("%s's parameters scaled by %.4g"):format(c.path, tau)
+      end, err = function(log_tau)
+        for k, p in pairs(params) do p:copy_(orig[k] * math.exp(log_tau)) end
+        return distance((replay.run(model, "fp32", ev.inputs)))
+      end, restore = function() for k, p in pairs(params) do p:copy_(orig[k]) end end }
+    end
+  end
+  if x then
+    candidates[#candidates + 1] = { what = "its input", how = function(tau)
+      return ("its input scaled by %.4g and its output divided by it (q, k and v scaled alike)"):format(math.sqrt(tau))
+    end, err = function(log_tau)
+      local c, inputs = math.exp(log_tau / 2), {}
+      for i, v in ipairs(ev.inputs) do inputs[i] = v == x and v * c or v end
+      local out = replay.run(model, "fp32", inputs)
+      return distance(out and out / c)
+    end, restore = function() end }
+  end
+  for _, cand in ipairs(candidates) do
+    local base = cand.err(0)
+    local best, best_err = 0, base
+    for i = -6, 6 do  -- tau = 2^i
+      local e = cand.err(i * math.log(2))
+      if e < best_err then best, best_err = i * math.log(2), e end
+    end
+    local lt, e = golden(cand.err, best - math.log(2), best + math.log(2), 24)
+    if e < best_err then best, best_err = lt, e end
+    cand.restore()
+    if base > 0 and best_err < M.FITS * base and math.abs(best) > 1e-2 then
+      return { child = cand.what, tau = math.exp(best), how = cand.how(math.exp(best)), resid = best_err / base }
+    end
+  end
+  return nil
+end
+
+--- In words, what a temperature tau says when tau^2 or 1/tau^2 is an integer n (a head size):
+--- tau = sqrt(n), a 1/sqrt(n) missing; tau = 1/sqrt(n), scores divided by n instead of sqrt(n).
+function M.temperature_hint(tau)
+  for _, v in ipairs({ { tau * tau, "the 1/sqrt(%d) scale of the scores missing" },
+                       { 1 / (tau * tau), "the scores divided by %d instead of sqrt(%d)" } }) do
+    local n = math.floor(v[1] + 0.5)
+    if n >= 2 and math.abs(v[1] / n - 1) < 0.01 then
+      return v[2]:format(n, n)
+    end
+  end
+  return nil
+end
+
+return M
