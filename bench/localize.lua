@@ -41,6 +41,7 @@ local cases = {
   { "sandwich", "reference", "model%.layers%.0$", "missing" },  -- the port lacks the post-feedforward norm
   { "moe", "moe_bug_routing", "layers%.1%.block_sparse_moe$", "routing" },
   { "moe", "moe_bug_expert", "experts%.1%.w2$", "scale" },
+  { "moe", "moe_bug_renorm", "layers%.0%.block_sparse_moe$", "routing" },  -- other weights, the same experts
   { "reference", "port_fused" }, { "reference", "port_reorder" }, { "reference", "port_rope_fp32" },
   { "reference", "port_interleaved" }, { "reference", "port_upcast" }, { "port_fused", "port_interleaved" },
   { "noisy", "noisy_port" }, { "moe", "moe" }, { "sandwich", "sandwich_scale" },

@@ -14,8 +14,10 @@ local descends = require("parity.mapping").descends
 local M = {}
 
 -- a child's input differs from the reference's when their relative L2 is above this (fp32; a
--- fused q/k/v's reassociation is 2e-5); a fit explains a difference when it leaves under FITS of it
-M.DIFFERS, M.FITS = 1e-3, 0.05
+-- fused q/k/v's reassociation is 2e-5); a fit explains a difference when it leaves under FITS of
+-- it; a temperature, whose fit re-runs the reference in fp32, under EXACT (a q/k norm that undoes
+-- most of a projection's scale leaves a fit of 0.05 with another tau)
+M.DIFFERS, M.FITS, M.EXACT = 1e-3, 0.05, 1e-3
 
 --- The mapped components inside `fault` on both sides, in execution order: {path (the
 --- reference's), reference and target (relative to the fault)}.
@@ -87,9 +89,9 @@ end
 --- in turn: each child with parameters (in execution order) scaled by tau (a query or key
 --- projection, or its norm, scales the scores by tau), then the fault's input scaled by c and its
 --- output by 1/c (q, k and v all scale by c: the scores by tau = c^2, exactly so for a fused q/k/v
---- projection without biases and no norm inside). Returns {child, tau, resid} for the first whose
---- fit leaves under FITS of ||t - r|| (`how`: the change, in words), or nil. (A value projection's tau scales the output: the
---- scale signature's, which comes first.)
+--- projection without biases and no norm inside). Returns {child, tau, how (the change in
+--- words), resid} for the first whose fit leaves under EXACT of ||t - r||, or nil. (A value
+--- projection's tau scales the output: the scale signature's, which comes first.)
 function M.fit_temperature(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
   local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
@@ -131,7 +133,7 @@ function M.fit_temperature(ev, fault, inside, t)
     local lt, e = golden(cand.err, best - math.log(2), best + math.log(2), 24)
     if e < best_err then best, best_err = lt, e end
     cand.restore()
-    if base > 0 and best_err < M.FITS * base and math.abs(best) > 1e-2 then
+    if base > 0 and best_err < M.EXACT * base and math.abs(best) > 1e-2 then
       return { child = cand.what, tau = math.exp(best), how = cand.how(math.exp(best)), resid = best_err / base }
     end
   end

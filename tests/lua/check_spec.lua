@@ -133,6 +133,7 @@ describe("check", function()
       { "bug_rope_weights", "reference", "model.layers.0.self_attn", "position" },
       { "moe_bug_routing", "moe", "model.layers.1.block_sparse_moe", "routing", "tokens_rerouted" },
       { "moe_bug_expert", "moe", "model.layers.1.block_sparse_moe.experts.1.w2", "scale", "scale", 1.05 },
+      { "moe_bug_renorm", "moe", "model.layers.0.block_sparse_moe", "routing", "weights_sum" },
       { "reference", "sandwich", "model.layers.0", "missing" },  -- no post-feedforward norm in the port
       -- bugs in the port's forward code (its weights are the reference's)
       { "bug_attn_scale", "reference", "model.layers.0.self_attn", "scale", "score_scale", 4 },  -- sqrt(16) missing

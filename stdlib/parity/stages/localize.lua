@@ -296,25 +296,60 @@ function M.fit_routing(ev, fault, inside)
     local model = replay.fresh_module(b, dtype, path)
     local taps = {}
     for i, c in ipairs(children) do taps[i] = translate and translate[c] or c end
-    local _, calls = nil, nil
-    if model then _, calls = replay.run(model, dtype, ev.inputs, taps) end
+    local out, calls = nil, nil
+    if model then out, calls = replay.run(model, dtype, ev.inputs, taps) end
     if not calls then return nil end
     local sets = {}  -- child -> token -> true, for children given a subset of the tokens
+    local rows, routed = {}, {}  -- token -> {the outputs [h] of the children that computed it}, how many routed
+    local function inner(c)  -- inside another called child (an expert's projections): not a term of the sum
+      for _, other in ipairs(children) do
+        if descends(c, other) and calls[translate and translate[other] or other] then return true end
+      end
+      return false
+    end
     for _, c in ipairs(children) do
       for _, call in ipairs(calls[translate and translate[c] or c] or {}) do
-        local y = call.inputs[1]
+        local y, o = call.inputs[1], call.outputs[1]
         if y and y:dim() == 2 and y:size(1) == h and y:size(0) < tokens then
           sets[c] = sets[c] or {}
           if y:size(0) > 0 then
-            for _, i in ipairs(row_indices(y, flat)) do sets[c][i] = true end
+            for j, i in ipairs(row_indices(y, flat)) do
+              sets[c][i] = true
+              if o and o:dim() == 2 and o:size(1) == h and not inner(c) then
+                rows[i] = rows[i] or {}
+                rows[i][#rows[i] + 1], routed[i] = o:select(0, j - 1), (routed[i] or 0) + 1
+              end
+            end
+          end
+        elseif o and o:numel() == tokens * h and o:size(o:dim() - 1) == h and not inner(c) then  -- every token's (a shared expert)
+          local of = o:reshape({ tokens, h })
+          for i = 0, tokens - 1 do
+            rows[i] = rows[i] or {}
+            rows[i][#rows[i] + 1] = of:select(0, i)
           end
         end
       end
     end
-    return sets
+    return sets, { rows = rows, routed = routed }, out and out:numel() == tokens * h and out:reshape({ tokens, h }) or nil
   end
-  local rs = assignment(inside.bundles.reference, inside.dtypes.reference, fault.reference, ref_children)
-  local ts = assignment(inside.bundles.target, inside.dtypes.target, fault.target, ref_children, tgt_of)
+  -- each token's combination of what its experts computed: the least-squares weights of the
+  -- block's output on their outputs (the routed experts' first, in the children's order)
+  local function weights(r, y)
+    local w = {}
+    for i = 0, tokens - 1 do
+      local list = r.rows[i]
+      if not (list and y and #list > 0) then return nil end
+      local a = torch.stack(list, 1):double()  -- [h, k]
+      local ok, sol = pcall(function()
+        return a:t():matmul(a):inverse():matmul(a:t()):matmul(y:select(0, i):double():unsqueeze(1)):squeeze(1)
+      end)
+      if not ok then return nil end
+      w[i] = { sol = sol, routed = r.routed[i] or 0 }
+    end
+    return w
+  end
+  local rs, rrows, ry = assignment(inside.bundles.reference, inside.dtypes.reference, fault.reference, ref_children)
+  local ts, trows, ty = assignment(inside.bundles.target, inside.dtypes.target, fault.target, ref_children, tgt_of)
   if not (rs and ts and next(rs)) then return nil end
   local function rerouted(other)
     local differ = 0
@@ -327,7 +362,27 @@ function M.fit_routing(ev, fault, inside)
   end
   -- what precision alone reroutes: the reference at the low precision on the same inputs
   local own = assignment(inside.bundles.reference_low, inside.dtypes.reference_low, fault.reference, ref_children)
-  return rerouted(ts), tokens, own and rerouted(own) or 0
+  local moved = rerouted(ts)
+  -- the same experts everywhere (in fp32): how far the combination weights differ, and what the
+  -- routed experts' weights of a token sum to on each side (renormalised: 1)
+  local combination
+  if moved == 0 and inside.dtypes.target == "fp32" and inside.dtypes.reference == "fp32" then
+    local okr, wr = pcall(weights, rrows, ry)
+    local okt, wt = pcall(weights, trows, ty)
+    if not (okr and okt) then wr, wt = nil, nil end
+    if wr and wt then
+      local diff, sr, st, n = 0, 0, 0, 0
+      for i = 0, tokens - 1 do
+        local a, b, k = wr[i].sol, wt[i].sol, wr[i].routed
+        if a:is_same_size(b) and k == wt[i].routed and k > 0 then
+          diff = math.max(diff, (a - b):abs():max():item())
+          sr, st, n = sr + a:narrow(0, 0, k):sum():item(), st + b:narrow(0, 0, k):sum():item(), n + 1
+        end
+      end
+      if n > 0 then combination = { max_diff = diff, sum_reference = sr / n, sum_target = st / n } end
+    end
+  end
+  return moved, tokens, own and rerouted(own) or 0, combination
 end
 
 --- The calls (call k) of the captured components inside `root`, in execution order.
@@ -367,7 +422,9 @@ local function activation(fault, ev, inside)
   -- target's fused gate/up projection computes the reference's two: the half says which)
   local function gated(side, form)
     local r = refs[side] and refs[side][form[1]]
-    return r and (form[2] and r[form[2]] or (#r == 1 and r[1])) or nil
+    if not r then return nil end
+    if #r > 1 then return form[2] and r[form[2]] or nil end  -- a fused target projection: the half is a module
+    return r[1] .. (form[2] and ({ " (its first half)", " (its second half)" })[form[2]] or "")
   end
   local tg, rg = gated("target", tform), gated("reference", rform)
   if tg and rg and tg ~= rg then return nil, nil, tres, { target = tg, reference = rg, name = tn } end
@@ -431,8 +488,16 @@ function M.cause(row, ev, th, extra)
       parameter = { name = "position_pairs", value = mask.leaks + mask.hides } }
   end
   local inside = extra.inside
-  local routed, tokens, own = nil, nil, nil
-  if inside then routed, tokens, own = M.fit_routing(ev, row, inside) end
+  local routed, tokens, own, combination = nil, nil, nil, nil
+  if inside then routed, tokens, own, combination = M.fit_routing(ev, row, inside) end
+  -- the same experts, combined with other weights (fp32: 1e-3 is far above its reassociation)
+  if combination and combination.max_diff > 1e-3 then
+    return { class = "routing", detail = ("every token goes to the reference's experts, combined with other weights (up"
+      .. " to %.3g apart; a token's routed weights sum to %.3g where the reference's sum to %.3g: top-k weights"
+      .. " renormalised, or not, against the reference)"):format(combination.max_diff, combination.sum_target,
+        combination.sum_reference), parameter = { name = "weights_sum", value = combination.sum_target,
+        reference = combination.sum_reference } }
+  end
   -- more than precision alone reroutes (near-tie router scores flip at the low precision)
   if routed and routed > 2 * own and routed * tokens >= 1 then
     return { class = "routing", detail = ("%.0f%% of %d tokens go to another set of experts than the reference's"
