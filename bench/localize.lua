@@ -28,6 +28,7 @@ local cases = {
   { "reference", "bug_attn_residual", "blocks%.0$", "residual" },  -- alpha -1 at ffn_norm's input
   { "reference", "bug_final_norm", "^final_norm$", "missing" },  -- the port never calls it
   { "reference", "bug_emb_scale", "^blocks%.0$", "scale" },  -- x8 at the first block's input
+  { "reference", "bug_theta", "blocks%.0%.attn$", "position" },  -- theta x100, a fused q/k/v port
   { "reference", "same_norm_nocast", "layers%.0%.input_layernorm$", "precision" },
   { "reference", "bug_norm_nocast", "blocks%.0%.attn_norm$", "precision" },
   { "reference", "bug_norm_bf16", "blocks%.0%.attn_norm$", "precision" },

@@ -140,6 +140,57 @@ function M.fit_temperature(ev, fault, inside, t)
   return nil
 end
 
+--- Grouped-query heads: the reference re-run with its query heads re-ordered (the rows of its
+--- first projection, its output projection's columns alike) so that query head j meets kv head
+--- j mod G, as when a port repeats the kv heads as a tile (repeat) where the reference
+--- interleaves them (repeat_interleave). The projections are the fault's children with 2-D
+--- weights in execution order: the first (q), the next with fewer rows (k), the last taking q's
+--- width (o); head sizes tried from 256 down to 8. Returns {heads, kv_heads, head_dim} when the
+--- re-run computes the target's to EXACT, or nil.
+function M.fit_kv_layout(ev, fault, inside, t)
+  if not fp32_legs(ev, inside) or not t then return nil end
+  local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
+  if not model then return nil end
+  local lin = {}
+  for _, c in ipairs(M.inner_pairs(inside.pairs, fault)) do
+    local ok, p = pcall(function() return model:child(c.reference):parameters() end)
+    if ok and p.weight and p.weight:dim() == 2 then lin[#lin + 1] = p end
+  end
+  local q, o, k = lin[1], lin[#lin], nil
+  for i = 2, #lin - 1 do
+    if not k and lin[i].weight:size(0) < q.weight:size(0) then k = lin[i] end
+  end
+  if not (k and o.weight:size(1) == q.weight:size(0)) then return nil end
+  local qr, kr = q.weight:size(0), k.weight:size(0)
+  local td = t:double()
+  local function distance()
+    local out = replay.run(model, "fp32", ev.inputs)
+    return out and out:is_same_size(t) and (out:double() - td):norm():item() or math.huge
+  end
+  local base = distance()
+  local orig = { qw = q.weight:clone(), qb = q.bias and q.bias:clone(), ow = o.weight:clone() }
+  for _, d in ipairs({ 256, 128, 96, 80, 64, 32, 16, 8 }) do
+    local h, g = qr / d, kr / d
+    if h % 1 == 0 and g % 1 == 0 and h > g and h % g == 0 then
+      local rep, src, idx = h / g, {}, {}
+      for j = 0, h - 1 do src[(j % g) * rep + math.floor(j / g)] = j end  -- slot -> the query head it holds
+      for slot = 0, h - 1 do
+        for e = 0, d - 1 do idx[#idx + 1] = src[slot] * d + e end
+      end
+      local perm = torch.tensor(idx, { dtype = "int64" })
+      q.weight:copy_(orig.qw:index_select(0, perm))
+      if orig.qb then q.bias:copy_(orig.qb:index_select(0, perm)) end
+      o.weight:copy_(orig.ow:index_select(1, perm))
+      local e = distance()
+      q.weight:copy_(orig.qw)
+      if orig.qb then q.bias:copy_(orig.qb) end
+      o.weight:copy_(orig.ow)
+      if base > 0 and e < M.EXACT * base then return { heads = h, kv_heads = g, head_dim = d } end
+    end
+  end
+  return nil
+end
+
 --- In words, what a temperature tau says when tau^2 or 1/tau^2 is an integer n (a head size):
 --- tau = sqrt(n), a 1/sqrt(n) missing; tau = 1/sqrt(n), scores divided by n instead of sqrt(n).
 function M.temperature_hint(tau)

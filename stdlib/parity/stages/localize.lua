@@ -536,6 +536,13 @@ function M.cause(row, ev, th, extra)
     return { class = "activation", detail = ("the nonlinearity is %s where the reference's is %s (fits to %.1e)"):format(
       act, ref_act, fit), parameter = { name = "activation", value = act, reference = ref_act } }
   end
+  local kv = signatures.fit_kv_layout(ev, row, inside, ev.t32)
+  if kv then
+    return { class = "layout", detail = ("query head j meets kv head j mod %d where the reference's meets j // %d (%d"
+      .. " heads, %d kv heads of %d): the kv heads repeated as a tile, not interleaved"):format(kv.kv_heads,
+        kv.heads / kv.kv_heads, kv.heads, kv.kv_heads, kv.head_dim),
+      parameter = { name = "kv_heads", value = kv.kv_heads, heads = kv.heads, head_dim = kv.head_dim } }
+  end
   local temp = signatures.fit_temperature(ev, row, inside, ev.t32)
   if temp then
     local hint = signatures.temperature_hint(temp.tau)
