@@ -3,7 +3,8 @@
 -- Dev sets (../shared/hf-devset, ...) give their cases in truth.json: a scaled parameter (its
 -- module, scale), a norm eps (the first norm, epsilon), RoPE theta (the rotary embedding,
 -- position), experts per token (the first MoE block, routing), a sliding window (the model,
--- whose forward builds the mask: mask).
+-- whose forward builds the mask: mask), or, for bugs in the forward code
+-- (bench/make_codebugs_hf.py), `where` (a Lua pattern on the path) and `cause`.
 --   parity run bench/localize.lua [--two-tensor] FIXTURES_DIR [DEVSET_DIR...]
 -- --two-tensor judges every case with the 2-tensor baseline, as if the references had no fp32.
 -- Fixture cases are listed below.
@@ -29,6 +30,7 @@ local cases = {
   { "reference", "bug_final_norm", "^final_norm$", "missing" },  -- the port never calls it
   { "reference", "bug_emb_scale", "^blocks%.0$", "scale" },  -- x8 at the first block's input
   { "reference", "bug_theta", "blocks%.0%.attn$", "position" },  -- theta x100, a fused q/k/v port
+  { "reference", "bug_gqa_tile", "blocks%.0%.attn$", "layout" },  -- kv heads as a tile
   { "reference", "same_norm_nocast", "layers%.0%.input_layernorm$", "precision" },
   { "reference", "bug_norm_nocast", "blocks%.0%.attn_norm$", "precision" },
   { "reference", "bug_norm_bf16", "blocks%.0%.attn_norm$", "precision" },

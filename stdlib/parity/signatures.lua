@@ -143,17 +143,17 @@ end
 --- Grouped-query heads: the reference re-run with its query heads re-ordered (the rows of its
 --- first projection, its output projection's columns alike) so that query head j meets kv head
 --- j mod G, as when a port repeats the kv heads as a tile (repeat) where the reference
---- interleaves them (repeat_interleave). The projections are the fault's children with 2-D
---- weights in execution order: the first (q), the next with fewer rows (k), the last taking q's
---- width (o); head sizes tried from 256 down to 8. Returns {heads, kv_heads, head_dim} when the
+--- interleaves them (repeat_interleave). The projections are the reference fault's modules with
+--- 2-D weights in the order they are defined (HF's: q, k, v, o): the first (q), the next with
+--- fewer rows (k), the last taking q's width (o); head sizes tried from 256 down to 8. Returns {heads, kv_heads, head_dim} when the
 --- re-run computes the target's to EXACT, or nil.
 function M.fit_kv_layout(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
   local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
   if not model then return nil end
-  local lin = {}
-  for _, c in ipairs(M.inner_pairs(inside.pairs, fault)) do
-    local ok, p = pcall(function() return model:child(c.reference):parameters() end)
+  local lin = {}  -- the reference's own, mapped or not (a port's fused q/k/v maps none of them alone)
+  for _, info in ipairs(model:modules()) do
+    local ok, p = pcall(function() return info.path ~= "" and model:child(info.path):parameters() or {} end)
     if ok and p.weight and p.weight:dim() == 2 then lin[#lin + 1] = p end
   end
   local q, o, k = lin[1], lin[#lin], nil

@@ -144,6 +144,7 @@ describe("check", function()
       { "bug_emb_scale", "reference", "model.layers.0", "scale", "scale", 8 },  -- at the first block's input
       { "bug_rope", "reference", "model.layers.0.self_attn", "position" },
       { "bug_theta", "reference", "model.layers.0.self_attn", "position" },  -- through the fused q/k/v
+      { "bug_gqa_tile", "reference", "model.layers.0.self_attn", "layout", "kv_heads", 2 },
     }) do
       local v = check(c[1], { reference = c[2] })
       local f = v.first_divergence
