@@ -32,13 +32,16 @@ function M.inner_pairs(pairs_, fault)
   return out
 end
 
-local function fp32_legs(ev, inside)
-  return ev and ev.isolated and ev.inputs and inside and inside.dtypes.target == "fp32"
-    and inside.dtypes.reference == "fp32"
+--- Whether the re-running signatures can judge this fault: isolated evidence, both legs in fp32.
+function M.can_rerun(ev, inside)
+  return (ev and ev.isolated and ev.inputs and inside and inside.dtypes.target == "fp32"
+    and inside.dtypes.reference == "fp32") and true or false
 end
+local fp32_legs = M.can_rerun
 
---- Glue: the first child (in execution order) whose input in the target's fault differs from the
---- reference's, both re-run on the fault's inputs; fitted as t = c r (a scale) or t = r + alpha x,
+--- Glue: the first child (in execution order) whose input (its first floating one that differs)
+--- in the target's fault differs from the reference's, both re-run on the fault's inputs, while
+--- every child before it gave the reference's outputs; fitted as t = c r (a scale) or t = r + alpha x,
 --- x the fault's input (a residual). Returns {child, what = "scale"|"residual", value, rel}, or nil
 --- when no child's input differs or the first that does fits neither.
 function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
@@ -53,10 +56,16 @@ function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
   local _, rcalls = replay.run(rm, "fp32", ev.inputs, rtaps)
   local _, tcalls = replay.run(tm, "fp32", ev.target_inputs or ev.inputs, ttaps)
   if not (rcalls and tcalls) then return nil end
+  local function differs(r, t)
+    return r and t and replay.is_float(r) and r:is_same_size(t) and core.metrics.rel_l2(t, r) > M.DIFFERS
+  end
   for _, c in ipairs(inner) do
     local rc, tc = rcalls[c.reference] and rcalls[c.reference][1], tcalls[c.target] and tcalls[c.target][1]
-    local r, t = rc and rc.inputs[1], tc and tc.inputs[1]
-    if r and t and replay.is_float(r) and r:is_same_size(t) then
+    local r, t  -- its first floating input that differs (a traced layer may take its mask first)
+    for i = 1, rc and tc and math.min(#rc.inputs, #tc.inputs) or 0 do
+      if not r and differs(rc.inputs[i], tc.inputs[i]) then r, t = rc.inputs[i], tc.inputs[i] end
+    end
+    if r then
       local rel = core.metrics.rel_l2(t, r)
       if rel > M.DIFFERS then
         local td, rd = t:double(), r:double()
@@ -67,6 +76,8 @@ function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
         return nil
       end
     end
+    -- a child that computes otherwise here (not clean after all): what follows is not glue
+    if differs(rc and rc.outputs[1], tc and tc.outputs[1]) then return nil end
   end
   return nil
 end
@@ -84,14 +95,37 @@ local function golden(f, a, b, n)
   return d, fd
 end
 
+--- The fault's own children that put the attention scores' scale in q or k: its first two with
+--- 2-D weights (HF's q_proj and k_proj, in the order they are defined) and those with a 1-D
+--- weight as wide as one of them (a q/k norm: Olmo 2's), when it owns three projections or more;
+--- none with two (a fused q/k/v and an output projection: scaling it scales v too). Also how many
+--- projections it owns: none (a layer, whose projections are its children's) is no attention.
+function M.query_key(model)
+  local lin, norms = {}, {}
+  for _, info in ipairs(model:modules()) do
+    if info.path ~= "" and not info.path:find(".", 1, true) then
+      local ok, p = pcall(function() return model:child(info.path):parameters() end)
+      local w = ok and p.weight
+      if w and w:dim() == 2 then lin[#lin + 1] = { info.path, w:size(0) } end
+      if w and w:dim() == 1 then norms[#norms + 1] = { info.path, w:size(0) } end
+    end
+  end
+  if #lin < 3 then return {}, #lin end
+  local out = { lin[1][1], lin[2][1] }
+  for _, n in ipairs(norms) do
+    if n[2] == lin[1][2] or n[2] == lin[2][2] then out[#out + 1] = n[1] end
+  end
+  return out, #lin
+end
+
 --- Temperature: the reference's fault changed so that its attention scores scale by tau, fitted
 --- over tau in [1/64, 64] (a grid, then a golden section) against the target's output t. Tried
---- in turn: each child with parameters (in execution order) scaled by tau (a query or key
---- projection, or its norm, scales the scores by tau), then the fault's input scaled by c and its
---- output by 1/c (q, k and v all scale by c: the scores by tau = c^2, exactly so for a fused q/k/v
---- projection without biases and no norm inside). Returns {child, tau, how (the change in
---- words), resid} for the first whose fit leaves under EXACT of ||t - r||, or nil. (A value
---- projection's tau scales the output: the scale signature's, which comes first.)
+--- in turn: the parameters of each of M.query_key's children scaled by tau (a query or key
+--- projection, or its norm, scales the scores by tau), then, for a fault that owns projections,
+--- its input scaled by c and its output by 1/c (q, k and v all scale by c: the scores by tau =
+--- c^2, exactly so for a fused q/k/v projection without biases and no norm inside). Returns
+--- {child, tau, how (the change in words), resid} for the first whose fit leaves under EXACT of
+--- ||t - r||, or nil. Parameters are restored whatever happens.
 function M.fit_temperature(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
   local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
@@ -99,10 +133,12 @@ function M.fit_temperature(ev, fault, inside, t)
   if not model then return nil end
   local td = t:double()
   local function distance(out) return out and out:is_same_size(t) and (out:double() - td):norm():item() or math.huge end
-  local candidates = {}  -- {what, err(log_tau), restore()}
-  for _, c in ipairs(M.inner_pairs(inside.pairs, fault)) do
-    local ok, params = pcall(function() return model:child(c.reference):parameters() end)
+  local candidates = {}  -- {what, how(tau), err(log_tau), restore()}
+  local qk, projections = M.query_key(model)
+  for _, path in ipairs(qk) do
+    local ok, params = pcall(function() return model:child(path):parameters() end)
     if ok and next(params) then
+      local c = { path = fault.reference .. "." .. path }
       local orig = {}
       for k, p in pairs(params) do orig[k] = p:clone() end
       candidates[#candidates + 1] = { what = c.path, how = function(tau)
@@ -113,7 +149,7 @@ function M.fit_temperature(ev, fault, inside, t)
       end, restore = function() for k, p in pairs(params) do p:copy_(orig[k]) end end }
     end
   end
-  if x then
+  if x and projections >= 2 then
     candidates[#candidates + 1] = { what = "its input", how = function(tau)
       return ("its input scaled by %.4g and its output divided by it (q, k and v scaled alike)"):format(math.sqrt(tau))
     end, err = function(log_tau)
@@ -124,15 +160,19 @@ function M.fit_temperature(ev, fault, inside, t)
     end, restore = function() end }
   end
   for _, cand in ipairs(candidates) do
-    local base = cand.err(0)
-    local best, best_err = 0, base
-    for i = -6, 6 do  -- tau = 2^i
-      local e = cand.err(i * math.log(2))
-      if e < best_err then best, best_err = i * math.log(2), e end
-    end
-    local lt, e = golden(cand.err, best - math.log(2), best + math.log(2), 24)
-    if e < best_err then best, best_err = lt, e end
+    local ok, base, best, best_err = pcall(function()
+      local base = cand.err(0)
+      local best, best_err = 0, base
+      for i = -6, 6 do  -- tau = 2^i
+        local e = cand.err(i * math.log(2))
+        if e < best_err then best, best_err = i * math.log(2), e end
+      end
+      local lt, e = golden(cand.err, best - math.log(2), best + math.log(2), 24)
+      if e < best_err then best, best_err = lt, e end
+      return base, best, best_err
+    end)
     cand.restore()
+    if not ok then return nil end
     if base > 0 and best_err < M.EXACT * base and math.abs(best) > 1e-2 then
       return { child = cand.what, tau = math.exp(best), how = cand.how(math.exp(best)), resid = best_err / base }
     end
@@ -144,9 +184,9 @@ end
 --- first projection, its output projection's columns alike) so that query head j meets kv head
 --- j mod G, as when a port repeats the kv heads as a tile (repeat) where the reference
 --- interleaves them (repeat_interleave). The projections are the reference fault's modules with
---- 2-D weights in the order they are defined (HF's: q, k, v, o): the first (q), the next with
---- fewer rows (k), the last taking q's width (o); head sizes tried from 256 down to 8. Returns {heads, kv_heads, head_dim} when the
---- re-run computes the target's to EXACT, or nil.
+--- 2-D weights in the order modules() lists them (HF's attention: q, k, v, o): the first (q), the
+--- next with fewer rows (k), the last taking q's width (o); head sizes tried from 256 down to 8.
+--- Returns {heads, kv_heads, head_dim} when the re-run computes the target's to EXACT, or nil.
 function M.fit_kv_layout(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
   local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
@@ -177,11 +217,14 @@ function M.fit_kv_layout(ev, fault, inside, t)
       for slot = 0, h - 1 do
         for e = 0, d - 1 do idx[#idx + 1] = src[slot] * d + e end
       end
-      local perm = torch.tensor(idx, { dtype = "int64" })
-      q.weight:copy_(orig.qw:index_select(0, perm))
-      if orig.qb then q.bias:copy_(orig.qb:index_select(0, perm)) end
-      o.weight:copy_(orig.ow:index_select(1, perm))
-      local e = distance()
+      local perm = torch.tensor(idx, { dtype = "int64" }):to(q.weight:device())
+      local ok, e = pcall(function()
+        q.weight:copy_(orig.qw:index_select(0, perm))
+        if orig.qb then q.bias:copy_(orig.qb:index_select(0, perm)) end
+        o.weight:copy_(orig.ow:index_select(1, perm))
+        return distance()
+      end)
+      e = ok and e or math.huge
       q.weight:copy_(orig.qw)
       if orig.qb then q.bias:copy_(orig.qb) end
       o.weight:copy_(orig.ow)
@@ -197,7 +240,7 @@ function M.temperature_hint(tau)
   for _, v in ipairs({ { tau * tau, "the 1/sqrt(%d) scale of the scores missing" },
                        { 1 / (tau * tau), "the scores divided by %d instead of sqrt(%d)" } }) do
     local n = math.floor(v[1] + 0.5)
-    if n >= 2 and math.abs(v[1] / n - 1) < 0.01 then
+    if n >= 2 and n <= 4096 and math.abs(v[1] - n) < 0.02 then
       return v[2]:format(n, n)
     end
   end

@@ -230,6 +230,10 @@ describe("localize signatures", function()
     local step = torch.tensor({ 0, 1, 1, 1, 1 }, { dtype = "float64" }):view({ 1, 5, 1 })
     local TH = thresholds.resolve()
     local c = localize.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + noise * step, params = {} }, TH)
+    eq(c.class, "formula", "without fp32 legs to re-run, no temperature was tried")
+    local fp32 = { dtypes = { target = "fp32", reference = "fp32" }, pairs = {}, bundles = {} }  -- re-runs fail: no fit
+    c = localize.cause({ r = 9, r32 = 9, type = "Attention", reference = "a", target = "a" },
+      { r32 = r, t32 = r + noise * step, params = {}, isolated = true, inputs = { r } }, TH, { inside = fp32 })
     eq(c.class, "position")
     truthy(c.detail:find("no scale of the attention scores explains it"), c.detail)
     c = localize.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + r * ramp, params = {} }, TH)

@@ -139,7 +139,7 @@ local function noise_tensors(noise)
     local rows = {}
     for k, v in ipairs(calls) do
       rows[k] = { v[1] or NONE, v[2] or NONE, v[3] or NONE }
-      if v.rows then out[("%d_%d"):format(n, k)] = v.rows end
+      if v[1] then out[("%d_%d"):format(n, k)] = v.rows or torch.zeros({ 0 }, { dtype = "float64" }) end  -- none: a 0-d output
     end
     out[tostring(n)] = torch.tensor(rows, { dtype = "float64" })
   end
@@ -156,6 +156,7 @@ local function noise_of(tensors, n, calls, with_rows)
     end
     v.rows = tensors[("%d_%d"):format(n, k)]
     if with_rows and v[1] and not v.rows then return nil end  -- cached before the rows were
+    if v.rows and v.rows:numel() == 0 then v.rows = nil end
   end
   return rows
 end

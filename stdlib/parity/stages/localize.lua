@@ -29,7 +29,6 @@ local M = { name = "localize" }
 --- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
 --- run, fp32 when the target has it.
 function M.fails(row, th)
-  if row.never_called_by_target then return true end  -- it has the module and skips it: missing
   if row.skipped then return false end
   if row.isolated == false then
     if row.acc_r32 then return row.acc_r32 >= th.r32_p95 end
@@ -53,6 +52,18 @@ end
 local descends = require("parity.mapping").descends
 local replay = require("parity.replay")
 local signatures = require("parity.signatures")
+
+--- A signature that re-runs models: its answer, or nil when it fails (a model that cannot re-run
+--- so, a device without room): the next signature decides, the check goes on.
+local function attempt(f, ...)
+  local ok, v = pcall(f, ...)
+  return ok and v or nil
+end
+
+--- What a residual's fitted alpha says.
+local function residual_kind(alpha)
+  return math.abs(alpha + 1) < 0.05 and "dropped" or math.abs(alpha - 1) < 0.05 and "added twice" or "scaled"
+end
 
 local function dot(a, b) return (a * b):sum():item() end
 
@@ -300,7 +311,8 @@ function M.fit_routing(ev, fault, inside)
     if model then out, calls = replay.run(model, dtype, ev.inputs, taps) end
     if not calls then return nil end
     local sets = {}  -- child -> token -> true, for children given a subset of the tokens
-    local rows, routed = {}, {}  -- token -> {the outputs [h] of the children that computed it}, how many routed
+    -- token -> the outputs [h] of the routed children that computed it, and of those on every token
+    local rows, routed, shared = {}, {}, {}
     local function inner(c)  -- inside another called child (an expert's projections): not a term of the sum
       for _, other in ipairs(children) do
         if descends(c, other) and calls[translate and translate[other] or other] then return true end
@@ -324,10 +336,16 @@ function M.fit_routing(ev, fault, inside)
         elseif o and o:numel() == tokens * h and o:size(o:dim() - 1) == h and not inner(c) then  -- every token's (a shared expert)
           local of = o:reshape({ tokens, h })
           for i = 0, tokens - 1 do
-            rows[i] = rows[i] or {}
-            rows[i][#rows[i] + 1] = of:select(0, i)
+            shared[i] = shared[i] or {}
+            shared[i][#shared[i] + 1] = of:select(0, i)
           end
         end
+      end
+    end
+    for i = 0, tokens - 1 do  -- the routed first: their weights are the leading ones
+      for _, o in ipairs(shared[i] or {}) do
+        rows[i] = rows[i] or {}
+        rows[i][#rows[i] + 1] = o
       end
     end
     return sets, { rows = rows, routed = routed }, out and out:numel() == tokens * h and out:reshape({ tokens, h }) or nil
@@ -417,7 +435,6 @@ local function activation(fault, ev, inside)
   -- the family's name where its members are not told apart (GELU's two forms in bf16)
   if rkin < 10 * rres or tkin < 10 * tres then rn, tn = M.FAMILY[rn] or rn, M.FAMILY[tn] or tn end
   if rn ~= tn then return tn, rn, tres end
-  -- the same nonlinearity on the other operand (children listed alike: the same pairs)
   -- the same nonlinearity on another operand: the reference module whose output each gates (a
   -- target's fused gate/up projection computes the reference's two: the half says which)
   local function gated(side, form)
@@ -435,13 +452,15 @@ end
 --- (`inside`) and the reference modules with weights that have no counterpart (`no_counterpart`).
 function M.cause(row, ev, th, extra)
   extra = extra or {}
+  -- (without an fp32 leg, rows above the noise may be another computation too: the other signatures say)
   local fp32_exact = row.r32 and row.r32 < th.r32_p95
-  if M.less_precise(row, th) then
+  if fp32_exact and M.less_precise(row, th) then
     local q = row.rows_r
-    return { class = "precision", detail = ("%sconsistently less precise than the reference: R > 1 at %.0f%% of %d rows"
-      .. " (p50 %.3g, sign test z %.1f): an operation computed at a lower precision (e.g. a variance in the input"
-      .. " dtype, without an fp32 upcast)"):format(fp32_exact and ("exact in fp32 (R32 %.3g) but "):format(row.r32) or "",
-        100 * q.above, q.rows, q.p50, q.z), parameter = { name = "row_r_p50", value = q.p50 } }
+    return { class = "precision", detail = ("exact in fp32 (R32 %.3g) but consistently less precise than the reference:"
+      .. " R > 1 at %.0f%% of the %d rows it does not compute as the reference does (p50 %.3g, sign test z %.1f): an"
+      .. " operation computed at a lower precision (e.g. a variance in the input dtype, without an fp32 upcast)"):format(
+        row.r32, 100 * q.above, math.floor(q.rows * (1 - q.ties) + 0.5), q.p50, q.z),
+      parameter = { name = "row_r_p50", value = q.p50 } }
   end
   if fp32_exact and (row.r or 0) >= th.r_p95 then  -- without an fp32 leg: unknown
     return { class = "precision", detail = ("exact in fp32 (R32 %.3g), R %.3g at the low precision: an operation"
@@ -467,15 +486,14 @@ function M.cause(row, ev, th, extra)
   local t = ev and (ev.t32 or ev.tlow)
   if not t then return { class = "formula", detail = "no output to fit a signature on" } end
   -- the fault's own code between children that compute as the reference's do
-  local glue = signatures.fit_glue(ev, row, extra.inside, M.fit_scale, M.fit_residual)
+  local glue = attempt(signatures.fit_glue, ev, row, extra.inside, M.fit_scale, M.fit_residual)
   if glue and glue.what == "scale" then
     return { class = "scale", detail = ("the input of %s is %.4g x the reference's: a factor the forward code between"
       .. " the components applies (or misses)"):format(glue.child, glue.value),
       parameter = { name = "scale", value = glue.value, at = glue.child } }
   elseif glue then
-    local what = math.abs(glue.value + 1) < 0.05 and "dropped" or math.abs(glue.value - 1) < 0.05 and "added twice" or "scaled"
     return { class = "residual", detail = ("the input of %s is the reference's + %.4g x the input of %s: a residual %s"
-      .. " there"):format(glue.child, glue.value, row.reference, what),
+      .. " there"):format(glue.child, glue.value, row.reference, residual_kind(glue.value)),
       parameter = { name = "alpha", value = glue.value, at = glue.child } }
   end
   local r
@@ -520,9 +538,8 @@ function M.cause(row, ev, th, extra)
   end
   local alpha, aresid = M.fit_residual(t, r, replay.stream_input(ev.inputs, t) or ev.input)
   if alpha and aresid < 0.05 and math.abs(alpha) > 1e-3 then
-    local what = math.abs(alpha + 1) < 0.05 and "dropped" or math.abs(alpha - 1) < 0.05 and "added twice" or "scaled"
     return { class = "residual", detail = ("the output is the reference's + %.4g x the input: a residual %s"):format(
-      alpha, what), parameter = { name = "alpha", value = alpha } }
+      alpha, residual_kind(alpha)), parameter = { name = "alpha", value = alpha } }
   end
   local act, ref_act, fit, swapped = nil, nil, nil, nil
   if inside then act, ref_act, fit, swapped = activation(row, ev, inside) end
@@ -536,14 +553,14 @@ function M.cause(row, ev, th, extra)
     return { class = "activation", detail = ("the nonlinearity is %s where the reference's is %s (fits to %.1e)"):format(
       act, ref_act, fit), parameter = { name = "activation", value = act, reference = ref_act } }
   end
-  local kv = signatures.fit_kv_layout(ev, row, inside, ev.t32)
+  local kv = attempt(signatures.fit_kv_layout, ev, row, inside, ev.t32)
   if kv then
     return { class = "layout", detail = ("query head j meets kv head j mod %d where the reference's meets j // %d (%d"
       .. " heads, %d kv heads of %d): the kv heads repeated as a tile, not interleaved"):format(kv.kv_heads,
         kv.heads / kv.kv_heads, kv.heads, kv.kv_heads, kv.head_dim),
       parameter = { name = "kv_heads", value = kv.kv_heads, heads = kv.heads, head_dim = kv.head_dim } }
   end
-  local temp = signatures.fit_temperature(ev, row, inside, ev.t32)
+  local temp = attempt(signatures.fit_temperature, ev, row, inside, ev.t32)
   if temp then
     local hint = signatures.temperature_hint(temp.tau)
     return { class = "scale", detail = ("the attention scores are %.4g x the reference's (a temperature: the reference"
@@ -556,6 +573,10 @@ function M.cause(row, ev, th, extra)
   if zero_at_0 and rising >= 0.6 and at_1 <= 0.4 then
     return { class = "position", detail = ("no error at position 0, growing with position (%.0f%% of steps):"
       .. " RoPE theta or layout"):format(100 * rising) }
+  end
+  if zero_at_0 and not signatures.can_rerun(ev, inside) then  -- no temperature could be tried
+    return { class = "formula", detail = ("exact at position 0, %.0f%% of the largest error already at position 1:"
+      .. " in how positions are mixed (RoPE's layout, the scores' scale or the softmax)"):format(100 * at_1) }
   end
   if zero_at_0 then  -- what depends on the position, off at once (no temperature of the scores fits)
     return { class = "position", detail = ("exact at position 0, %.0f%% of the largest error already at position 1,"
@@ -608,6 +629,12 @@ function M.run(ctx)
         inherited = row.inherited_r32 or row.inherited_r, accumulated = row.acc_r32 or row.acc_r }
     end
   end
+  -- modules with weights that the target has but never calls (components): no fault by themselves
+  -- (a tied head computed from the embedding's weight), where a fault containing one parts
+  local never_called = {}
+  for _, row in ipairs(rows) do
+    if row.never_called_by_target then never_called[#never_called + 1] = row end
+  end
   -- the innermost components consistently less precise than the reference (e2e grants the
   -- precision-ordering exception only when there are none)
   local less = core.json.array()
@@ -619,11 +646,19 @@ function M.run(ctx)
   end
   -- no component adds an error itself, yet one's input in the whole fp32 runs is off: the forward
   -- code between components (outside every mapped one) differs before it
-  local between = #faults == 0 and ctx.memo.first_inherited
+  -- (only when the fp32 leg fails: a long model's reassociation may build up past r32_p95)
+  local e32 = ctx.results.e2e32
+  local between = #faults == 0 and ctx.memo.first_inherited and e32 and not e32.skipped
+    and e32.r32.p95 >= th.r32_p95 and ctx.memo.first_inherited
+  local skipped_module = between and never_called[1]  -- a module the target has and never calls, before it
+  if skipped_module then
+    between = nil
+    faults[1] = skipped_module
+  end
   if between then
     local c, resid = nil, nil
     if between.t and between.r then c, resid = M.fit_scale(between.t:double(), between.r:double()) end
-    local cause = (c and resid < 0.05) and { class = "scale", detail = ("the input of %s is %.4g x the reference's, while"
+    local cause = (c and resid < signatures.FITS) and { class = "scale", detail = ("the input of %s is %.4g x the reference's, while"
         .. " no component before it adds an error of its own: a factor the forward code between components applies (or"
         .. " misses)"):format(between.reference, c), parameter = { name = "scale", value = c, at = between.reference } }
       or { class = "formula", detail = ("the input of %s differs from the reference's (R32 %.3g), while no component"
@@ -687,12 +722,12 @@ function M.run(ctx)
       for _, p in ipairs(a.reference) do lacks[#lacks + 1] = p end
     end
   end
-  local never = {}
-  for _, row in ipairs(rows) do
-    if row.never_called_by_target then never[#never + 1] = row end
+  -- a module inside the fault that the target has and never calls is where it parts
+  for _, row in ipairs(never_called) do
+    if descends(row.reference, primary.reference) then primary = row break end
   end
   local cause = M.cause(primary, evidence[primary.reference], th,
-    { inside = ctx.memo.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target, never_called = never })
+    { inside = ctx.memo.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target, never_called = never_called })
   -- a weight the static check found transposed, reordered or scaled explains the fault best
   local scaffold = ctx.results.scaffold
   for _, f in ipairs(scaffold and scaffold.static or {}) do
