@@ -1,26 +1,34 @@
 --- stage localize — stage 3 of the seeds: from the components' figures, the primary fault and
 --- what kind of bug it looks like.
 --- A component fails when its own added error does (R >= r_p95 at the low precision, or
---- R32 >= r32_p95 in fp32). A parent contains its children, so the faults are the failing
---- components none of whose descendants fail; the earliest in execution order is the primary
---- fault, the others are suspects ranked by how far off they are. In the accumulated view (whole-
---- model runs), the error either persists (a step) or an enclosing component that adds none
---- itself is back within the noise (a spike: reported as absorbed, not as a fault of the model's
---- output); a top-level fault is followed to the next component.
+--- R32 >= r32_p95 in fp32), or when it is consistently less precise than the reference (its rows,
+--- M.less_precise). A parent contains its children, so the faults are the failing components
+--- none of whose descendants fail; the earliest in execution order is the primary fault, the
+--- others are suspects ranked by how far off they are. In the accumulated view (whole-model
+--- runs), the error either persists (a step) or an enclosing component that adds none itself is
+--- back within the noise (a spike: reported as absorbed, not as a fault of the model's output;
+--- never for a precision fault); a top-level fault is followed to the next component.
 --- The cause comes from signatures, in this order, on the fault's outputs (fp32 when the target
---- has it) and re-runs of it:
----   precision   fails only at the low precision (exact in fp32)
----   missing     a reference module with weights inside the fault has no counterpart
+--- has it) and re-runs of it (parity.signatures: those re-running both models in fp32):
+---   precision   less precise at its rows, or fails only at the low precision (exact in fp32)
+---   missing     a reference module with weights inside the fault has no counterpart, or the
+---               target has it and never calls it (then reported at that module)
+---   scale, residual  the fault's own code between clean children: at a child's input (glue)
 ---   mask        a position sees one the reference's cannot (or not one it can)
----   routing     experts get other tokens than the reference's (the share of tokens)
+---   routing     experts get other tokens than the reference's, or other combination weights
 ---   epsilon     a norm whose output is the reference's with another eps: reports both eps
 ---   scale       t = c x r: reports c
 ---   residual    t = r + alpha x, x the component's input: a residual dropped (-1) or scaled
+---   layout      a gated MLP's gate and up swapped (the activation fit's operand)
 ---   activation  another nonlinearity between its children (or of itself)
----   position    no error at position 0, growing with position (RoPE theta or layout)
+---   layout      kv heads repeated as a tile (the reference re-run with its q heads re-ordered)
+---   scale       the attention scores' temperature (the reference re-run with q/k scaled)
+---   position    no error at position 0, growing with position (RoPE theta or layout), or
+---               full-sized from position 1 where no temperature fits (RoPE's layout)
 ---   formula     anything else
---- A static-check finding on the fault overrides them; components markedly more precise than
---- the reference are listed as over-precision (a warning).
+--- With no fault but a failing fp32 leg, a component whose input is off is the first divergence
+--- (at its input). A static-check finding on the fault overrides them; components markedly more
+--- precise than the reference are listed as over-precision (a warning).
 local core = require("parity.core")
 
 local M = { name = "localize" }
