@@ -82,6 +82,11 @@ function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
   return nil
 end
 
+--- ||out - t|| in float64 (t's double `td`), or huge when out is missing or of another shape.
+local function distance(out, t, td)
+  return out and out:is_same_size(t) and (out:double() - td):norm():item() or math.huge
+end
+
 --- Golden-section search of f's minimum over [a, b] (f unimodal there), `n` steps.
 local function golden(f, a, b, n)
   local g = (math.sqrt(5) - 1) / 2
@@ -132,7 +137,6 @@ function M.fit_temperature(ev, fault, inside, t)
   local x = replay.stream_input(ev.inputs, t)
   if not model then return nil end
   local td = t:double()
-  local function distance(out) return out and out:is_same_size(t) and (out:double() - td):norm():item() or math.huge end
   local candidates = {}  -- {what, how(tau), err(log_tau), restore()}
   local qk, projections = M.query_key(model)
   for _, path in ipairs(qk) do
@@ -145,7 +149,7 @@ function M.fit_temperature(ev, fault, inside, t)
         return ("%s's parameters scaled by %.4g"):format(c.path, tau)
       end, err = function(log_tau)
         for k, p in pairs(params) do p:copy_(orig[k] * math.exp(log_tau)) end
-        return distance((replay.run(model, "fp32", ev.inputs)))
+        return distance((replay.run(model, "fp32", ev.inputs)), t, td)
       end, restore = function() for k, p in pairs(params) do p:copy_(orig[k]) end end }
     end
   end
@@ -156,7 +160,7 @@ function M.fit_temperature(ev, fault, inside, t)
       local c, inputs = math.exp(log_tau / 2), {}
       for i, v in ipairs(ev.inputs) do inputs[i] = v == x and v * c or v end
       local out = replay.run(model, "fp32", inputs)
-      return distance(out and out / c)
+      return distance(out and out / c, t, td)
     end, restore = function() end }
   end
   for _, cand in ipairs(candidates) do
@@ -203,11 +207,8 @@ function M.fit_kv_layout(ev, fault, inside, t)
   if not (k and o.weight:size(1) == q.weight:size(0)) then return nil end
   local qr, kr = q.weight:size(0), k.weight:size(0)
   local td = t:double()
-  local function distance()
-    local out = replay.run(model, "fp32", ev.inputs)
-    return out and out:is_same_size(t) and (out:double() - td):norm():item() or math.huge
-  end
-  local base = distance()
+  local function rerun() return distance((replay.run(model, "fp32", ev.inputs)), t, td) end
+  local base = rerun()
   local orig = { qw = q.weight:clone(), qb = q.bias and q.bias:clone(), ow = o.weight:clone() }
   for _, d in ipairs({ 256, 128, 96, 80, 64, 32, 16, 8 }) do
     local h, g = qr / d, kr / d
@@ -222,7 +223,7 @@ function M.fit_kv_layout(ev, fault, inside, t)
         q.weight:copy_(orig.qw:index_select(0, perm))
         if orig.qb then q.bias:copy_(orig.qb:index_select(0, perm)) end
         o.weight:copy_(orig.ow:index_select(1, perm))
-        return distance()
+        return rerun()
       end)
       e = ok and e or math.huge
       q.weight:copy_(orig.qw)

@@ -303,12 +303,8 @@ function M.fit_routing(ev, fault, inside)
   local flat = x:reshape({ -1, h })
   local tokens = flat:size(0)
   local ref_children, tgt_of = {}, {}
-  for _, pair in ipairs(inside.pairs) do
-    local p = pair.reference[1]
-    if #pair.reference == 1 and descends(p, fault.reference) and descends(pair.target, fault.target) then
-      ref_children[#ref_children + 1] = p:sub(#fault.reference + 2)
-      tgt_of[ref_children[#ref_children]] = pair.target:sub(#fault.target + 2)
-    end
+  for i, c in ipairs(signatures.inner_pairs(inside.pairs, fault)) do
+    ref_children[i], tgt_of[c.reference] = c.reference, c.target
   end
   if #ref_children == 0 then return nil end
   local function assignment(b, dtype, path, children, translate)
