@@ -45,12 +45,44 @@ local function pass_limits(ok, ...)
   return ok, ...
 end
 
+--- How deeply the built-ins that call back into Lua (string.gsub with a function, table.sort's
+--- comparator, table.foreach and foreachi) may nest: each level is a C frame of several KB, and
+--- recursion through them overflows the C stack long before Lua's own recursion limit.
+M.MAX_NESTING = 100
+local nesting = 0
+
+local function unnest(ok, ...)
+  nesting = nesting - 1
+  if not ok then error((...), 0) end
+  return ...
+end
+
+--- `f` with its nesting counted, and its callback (argument `at`) called through a Lua function,
+--- so that each call back costs instructions even when the callback is a built-in (math.max).
+local function counted(f, at)
+  return function(...)
+    if nesting >= M.MAX_NESTING then
+      error(("callbacks nest deeper than %d levels (gsub, sort or foreach calling back into itself)")
+        :format(M.MAX_NESTING), 2)
+    end
+    local args = { n = select("#", ...), ... }
+    local callback = args[at]
+    if type(callback) == "function" then args[at] = function(...) return callback(...) end end
+    nesting = nesting + 1
+    return unnest(pcall(f, unpack(args, 1, args.n)))
+  end
+end
+
+SAFE_STRING.gsub = counted(string.gsub, 3)  -- methods of strings too: ("a"):gsub(".", f)
+
 --- A fresh environment holding copies of the allowed libraries (changes stay inside it).
 ---@return table
 function M.environment()
   local env = {}
   for _, name in ipairs(M.GLOBALS) do env[name] = _G[name] end
   env.math, env.table, env.string = copy(math), copy(table), copy(SAFE_STRING)
+  env.table.sort, env.table.foreach, env.table.foreachi = counted(table.sort, 2), counted(table.foreach, 2),
+    counted(table.foreachi, 2)
   env.pcall = function(f, ...) return pass_limits(pcall(f, ...)) end
   return env
 end
@@ -62,14 +94,24 @@ end
 ---@return any ...
 function M.call(what, fn, ...)
   local lim = M.limits()
-  jit.off(fn, true)  -- count hooks do not run inside JIT-compiled code
+  -- count hooks do not run inside compiled traces, and built-ins written in Lua (table.foreachi)
+  -- are compiled wherever they are called from: no compiled code runs while a sandbox does
+  local jit_was_on = jit.status()
+  jit.off()
+  jit.flush()
   local smt = debug.getmetatable("")
   local saved = smt.__index
   smt.__index = SAFE_STRING
+  nesting = 0
   local res = { core.run_limited(fn, { instructions = lim.instructions, memory = lim.memory_mb * 2 ^ 20,
                                        seconds = lim.seconds, what = what }, ...) }
   smt.__index = saved
-  if res[1] then return unpack(res, 2, table.maxn(res)) end
+  if jit_was_on then jit.on() end
+  if res[1] then
+    local n = table.maxn(res)
+    if n > 101 then error(("%s: returns %d values; a file returns one (a table)"):format(what, n - 1), 0) end
+    return unpack(res, 2, n)
+  end
   local msg, tripped = res[2], res[3]
   if tripped == "instructions" then
     msg = ("instruction budget of %d exceeded (an endless loop?); PARITY_SANDBOX_INSTRUCTIONS raises it")

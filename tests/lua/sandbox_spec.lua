@@ -82,6 +82,39 @@ spec.describe("sandbox", function()
     eq(#after, 200 * 2 ^ 20)
   end)
 
+  spec.it("bounds recursion through built-ins that call back into Lua (the C stack), naming the file", function()
+    for name, text in pairs({
+      gsub = 'local d = 0 local function f(s) d = d + 1 if d >= 1000 then return "" end return (s:gsub(".", f)) end return f("a")',
+      gsub_fn = 'local d = 0 local function f(s) d = d + 1 return (string.gsub("a", ".", f)) end return f("a")',
+      sort = 'local function f(a, b) table.sort({ 3, 2, 1 }, f) return a < b end table.sort({ 2, 1 }, f)',
+      foreachi = 'local function f() table.foreachi({ 1 }, f) end f()',
+      foreach = 'local function f() table.foreach({ x = 1 }, f) end f()',
+    }) do
+      raises(function() sandbox.run_file(file(name .. ".lua", text), "mapping file") end,
+        ("mapping file %s/%s.lua: %s/%s.lua:1: callbacks nest deeper than 100 levels"):format(dir, name, dir, name))
+    end
+    -- what stays allowed: a callback that calls another built-in, a pcall that catches the limit
+    eq(sandbox.run_file(file("ok.lua", [[
+      local t = { 3, 1, 2 } table.sort(t, function(a, b) return ("%d"):format(a) < ("%d"):format(b) end)
+      local caught = pcall(function() local function f() table.foreachi({ 1 }, f) end f() end)
+      return { t = t, s = ("a.b"):gsub("%a", string.upper), caught = caught }
+    ]])), { t = { 1, 2, 3 }, s = "A.B", caught = false })
+  end)
+
+  spec.it("counts every built-in that calls back, even into a built-in, even where the JIT would compile", function()
+    for name, text in pairs({
+      foreachi = 'local t = {} for i = 1, 4000 do t[i] = i end table.foreachi(t, function() table.foreachi(t, math.randomseed) end)',
+      foreach = 'local t = {} for i = 1, 4000 do t[i] = i end table.foreach(t, function() table.foreach(t, math.randomseed) end)',
+      gsub = 'local s = ("x"):rep(4000) s:gsub(".", function() s:gsub(".", string.lower) end)',
+    }) do
+      local budget = sandbox.DEFAULTS.instructions
+      sandbox.DEFAULTS.instructions = 1e6
+      local ok, err = pcall(sandbox.run_file, file(name .. ".lua", text))
+      sandbox.DEFAULTS.instructions = budget
+      truthy(not ok and tostring(err):find("instruction budget of 1000000 exceeded", 1, true), name .. ": " .. tostring(err))
+    end
+  end)
+
   spec.it("reports a file's own errors with their line", function()
     raises(function() sandbox.run_file(file("err.lua", "local x = 1\nreturn os.time()"), "thresholds file") end,
       "err.lua:2: attempt to index global 'os' (a nil value)")
