@@ -250,7 +250,7 @@ int core_file_identity(lua_State* L) {
   return 1;
 }
 
-/// core.hash_file(path), core.hash_string(s) -> 16 hex digits (FNV-1a 64)
+/// core.hash_file(path), core.hash_string(s) -> 64 hex digits (SHA-256)
 int core_hash_file(lua_State* L) {
   lua_pushstring(L, hash_file(luaL_checkstring(L, 1)).c_str());
   return 1;
@@ -263,7 +263,7 @@ int core_write_text(lua_State* L) {
   return 0;
 }
 
-/// core.remove_stale_temps(dir) -> count of removed "NAME.tmp.PID" files of dead processes
+/// core.remove_stale_temps(dir) -> count of removed "NAME.tmp.PID[.N]" files of dead processes
 int core_remove_stale_temps(lua_State* L) {
   lua_pushinteger(L, remove_stale_temps(luaL_checkstring(L, 1)));
   return 1;
@@ -276,6 +276,23 @@ int core_hash_string(lua_State* L) {
   return 1;
 }
 
+/// core.private_dir(path, create) -> nil when path is a directory of the effective user's that
+/// nobody else can write (created 0700 with missing parents when `create`), else the reason
+int core_private_dir(lua_State* L) {
+  std::string problem = private_dir_problem(luaL_checkstring(L, 1), lua_toboolean(L, 2));
+  if (problem.empty()) lua_pushnil(L);
+  else lua_pushstring(L, problem.c_str());
+  return 1;
+}
+
+/// core.home_dir() -> the effective user's home directory from the password database, or nil
+int core_home_dir(lua_State* L) {
+  std::string home = home_dir();
+  if (home.empty()) lua_pushnil(L);
+  else lua_pushstring(L, home.c_str());
+  return 1;
+}
+
 const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_file", guard<core_hash_file>},
                           {"file_identity", guard<core_file_identity>},
@@ -283,6 +300,8 @@ const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"hash_string", guard<core_hash_string>},
                           {"remove_stale_temps", guard<core_remove_stale_temps>},
                           {"write_text", guard<core_write_text>},
+                          {"private_dir", guard<core_private_dir>},
+                          {"home_dir", guard<core_home_dir>},
                           {"version", guard<core_version>},
                           {"gc_stats", push_gc_stats},
                           {"collect", core_collect},

@@ -1,13 +1,20 @@
-// host/model.cpp — TorchScript modules: loading, execution-ordered tree, schema-bound calls.
+// host/model.cpp — TorchScript modules: loading (after a look at the archive's sizes), execution-ordered
+// tree, schema-bound calls.
 #include "host/model.hpp"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <sys/stat.h>
 #include <torch/script.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
@@ -83,9 +90,172 @@ std::string demangle_type(const std::string& qualified) {
   return dot == std::string::npos ? qualified : qualified.substr(dot + 1);
 }
 
+// NOTE [ Archive sizes ]
+// torch::jit::load allocates every record of the archive at its declared uncompressed size and
+// inflates it (miniz), all before it can say anything: a few MB of deflated zeros declaring
+// gigabytes exhaust memory. So the central directory is read first, every count and offset
+// bounded by the file's size, and loading is refused when
+// - an entry is compressed (method != 0) and inflates past kMaxInflated or past kMaxRatio times
+//   its compressed size: PyTorch stores every record (method 0), so such an entry was not
+//   written by torch.jit.save anyway;
+// - all entries together declare more than the memory available (MemAvailable).
+// A file without a ZIP end record is left to torch, which says what it says of non-archives.
+namespace {
+
+constexpr uint64_t kMaxInflated = 64ull << 20;
+constexpr uint64_t kMaxRatio = 1000;
+
+uint64_t le(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = v << 8 | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+/// MemAvailable, else the physical memory, else "unknown" (no limit).
+uint64_t memory_available() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, rest;
+  uint64_t kb = 0;
+  while (meminfo >> key >> kb && std::getline(meminfo, rest))
+    if (key == "MemAvailable:") return kb * 1024;
+  long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+  return UINT64_MAX;
+}
+
+class ArchiveReader {
+ public:
+  ArchiveReader(const std::string& path, int fd, uint64_t size) : path_(path), fd_(fd), size_(size) {}
+  uint64_t size() const { return size_; }
+
+  std::runtime_error malformed(const std::string& why) const {
+    return std::runtime_error(
+        fmt::format("{}: not a loadable TorchScript file (malformed ZIP central directory: {})", path_, why));
+  }
+  std::string read(uint64_t offset, uint64_t n, const char* what) const {
+    if (offset > size_ || n > size_ - offset)
+      throw malformed(
+          fmt::format("{} ({} bytes at offset {}) lies outside the file of {} bytes", what, n, offset, size_));
+    std::string buf(n, '\0');
+    for (uint64_t done = 0; done < n;) {
+      ssize_t got = ::pread(fd_, buf.data() + done, n - done, static_cast<off_t>(offset + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0)
+        throw std::runtime_error(fmt::format("{}: {}", path_, got < 0 ? std::strerror(errno) : "read past its end"));
+      done += static_cast<uint64_t>(got);
+    }
+    return buf;
+  }
+
+ private:
+  const std::string& path_;
+  int fd_;
+  uint64_t size_;
+};
+
+struct FdCloser {
+  int fd;
+  ~FdCloser() { ::close(fd); }
+};
+
+}  // namespace
+
+void check_torchscript_archive(const std::string& path, uint64_t available) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // torch says why
+  FdCloser closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 22) return;
+  ArchiveReader file(path, fd, static_cast<uint64_t>(st.st_size));
+
+  // the end record: the last signature whose comment fits in the file
+  uint64_t tail_size = std::min<uint64_t>(file.size(), 22 + 0xFFFF);
+  std::string tail = file.read(file.size() - tail_size, tail_size, "the end");
+  int64_t at = -1;
+  for (int64_t i = static_cast<int64_t>(tail_size) - 22; i >= 0 && at < 0; --i)
+    if (le(&tail[i], 4) == 0x06054b50 && i + 22 + le(&tail[i + 20], 2) <= tail_size) at = i;
+  if (at < 0) return;  // not a ZIP archive: torch's to report
+  const char* e = &tail[at];
+  uint64_t end_record = file.size() - tail_size + static_cast<uint64_t>(at);
+  uint64_t disk = le(e + 4, 2), cd_disk = le(e + 6, 2), on_disk = le(e + 8, 2), entries = le(e + 10, 2);
+  uint64_t cd_size = le(e + 12, 4), cd_offset = le(e + 16, 4), cd_limit = end_record;
+  if (disk == 0xFFFF || cd_disk == 0xFFFF || on_disk == 0xFFFF || entries == 0xFFFF || cd_size == 0xFFFFFFFF ||
+      cd_offset == 0xFFFFFFFF) {  // ZIP64: a locator just before the end record points at the ZIP64 end record
+    if (end_record < 20) throw file.malformed("ZIP64 marks in the end record, but no ZIP64 locator");
+    std::string loc = file.read(end_record - 20, 20, "the ZIP64 locator");
+    if (le(&loc[0], 4) != 0x07064b50) throw file.malformed("ZIP64 marks in the end record, but no ZIP64 locator");
+    uint64_t rec = le(&loc[8], 8);
+    if (rec > end_record - 20 || end_record - 20 - rec < 56)
+      throw file.malformed(fmt::format("the ZIP64 end record at offset {} does not fit before its locator", rec));
+    std::string r = file.read(rec, 56, "the ZIP64 end record");
+    if (le(&r[0], 4) != 0x06064b50) throw file.malformed(fmt::format("no ZIP64 end record at offset {}", rec));
+    disk = le(&r[16], 4), cd_disk = le(&r[20], 4), on_disk = le(&r[24], 8), entries = le(&r[32], 8);
+    cd_size = le(&r[40], 8), cd_offset = le(&r[48], 8), cd_limit = rec;
+  }
+  if (disk != 0 || cd_disk != 0 || on_disk != entries)
+    throw file.malformed(fmt::format("{} entries in all but {} on this disk: a multi-disk archive", entries, on_disk));
+  if (cd_offset > cd_limit || cd_size > cd_limit - cd_offset)
+    throw file.malformed(fmt::format("{} bytes at offset {} do not fit before its end record at offset {}", cd_size,
+                                     cd_offset, cd_limit));
+  if (entries > cd_size / 46)
+    throw file.malformed(fmt::format("{} entries cannot fit in its {} bytes", entries, cd_size));
+  std::string cd = file.read(cd_offset, cd_size, "the central directory");
+
+  uint64_t total = 0, pos = 0;
+  for (uint64_t i = 0; i < entries; ++i) {
+    if (cd_size - pos < 46 || le(&cd[pos], 4) != 0x02014b50)
+      throw file.malformed(fmt::format("entry {} of {} has no header at offset {}", i + 1, entries, cd_offset + pos));
+    const char* h = &cd[pos];
+    uint64_t method = le(h + 10, 2), packed = le(h + 20, 4), size = le(h + 24, 4), local = le(h + 42, 4);
+    uint64_t name_len = le(h + 28, 2), extra_len = le(h + 30, 2), comment_len = le(h + 32, 2);
+    uint64_t len = 46 + name_len + extra_len + comment_len;
+    if (len > cd_size - pos) throw file.malformed(fmt::format("entry {} of {} runs past its end", i + 1, entries));
+    std::string name(h + 46, name_len);
+    if (size == 0xFFFFFFFF || packed == 0xFFFFFFFF || local == 0xFFFFFFFF) {  // the ZIP64 extra field has them
+      const char* x = h + 46 + name_len;
+      bool found = false;
+      for (uint64_t off = 0; off + 4 <= extra_len && !found;) {
+        uint64_t id = le(x + off, 2), n = le(x + off + 2, 2);
+        if (n > extra_len - off - 4) break;
+        if (id == 1) {
+          uint64_t k = 0;
+          for (uint64_t* v : {&size, &packed, &local}) {
+            if (*v != 0xFFFFFFFF) continue;
+            if (k + 8 > n) throw file.malformed(fmt::format("entry {}: a short ZIP64 extra field", name));
+            *v = le(x + off + 4 + k, 8), k += 8;
+          }
+          found = true;
+        }
+        off += 4 + n;
+      }
+      if (!found) throw file.malformed(fmt::format("entry {}: ZIP64 marks but no ZIP64 extra field", name));
+    }
+    if (local >= cd_offset || packed > cd_offset - local)
+      throw file.malformed(fmt::format("entry {}: its {} bytes at offset {} are not before the directory", name,
+                                       packed, local));
+    if (method == 0 && packed != size)
+      throw file.malformed(
+          fmt::format("entry {} is stored, yet declares {} bytes for {} in the file", name, size, packed));
+    if (method != 0 && (size > kMaxInflated || size / std::max<uint64_t>(packed, 1) > kMaxRatio))
+      throw std::runtime_error(fmt::format(
+          "{}: refusing to load: entry {} is compressed (method {}) and inflates {} bytes to {} ({}); PyTorch "
+          "stores its archive entries uncompressed, so torch.jit.save did not write this one as it is",
+          path, name, method, packed, size,
+          size > kMaxInflated ? "more than 64 MiB" : fmt::format("a ratio above {}", kMaxRatio)));
+    total = size > UINT64_MAX - total ? UINT64_MAX : total + size;
+    pos += len;
+  }
+  if (available == 0) available = memory_available();
+  if (total > available)
+    throw std::runtime_error(fmt::format(
+        "{}: refusing to load: its {} entries take {} bytes once read, more than the memory available ({} bytes)",
+        path, entries, total, available));
+}
+
 Model Model::load(const std::string& path, std::optional<c10::Device> device) {
   if (!std::filesystem::exists(path))
     throw std::runtime_error(fmt::format("{}: no such file", path));
+  check_torchscript_archive(path);  // NOTE [ Archive sizes ]
   try {
     auto m = device ? torch::jit::load(path, *device) : torch::jit::load(path);
     return Model(std::make_shared<torch::jit::Module>(std::move(m)));

@@ -182,13 +182,34 @@ TEST_SUITE("tensor_io") {
     CHECK(at::equal(m, at::arange(6, at::kDouble).reshape({2, 3})));
   }
 
-  TEST_CASE("content hashes are FNV-1a 64, stable across runs") {
-    CHECK(hash_string("") == "cbf29ce484222325");
-    CHECK(hash_string("a") == "af63dc4c8601ec8c");
+  TEST_CASE("content hashes are SHA-256, stable across runs (more in test_files.cpp)") {
+    CHECK(hash_string("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(hash_string("a") == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb");
     auto path = tmp_path("h.txt");
     write_bytes(path, "a");
-    CHECK(hash_file(path) == "af63dc4c8601ec8c");
+    CHECK(hash_file(path) == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb");
     CHECK_THROWS_WITH(hash_file(tmp_path("nope.txt")), doctest::Contains("nope.txt: cannot read"));
+  }
+
+  TEST_CASE("tensor writes go through write_file_atomic: a link planted at the temporary name is not followed") {
+    auto victim = tmp_path("victim.txt");
+    write_bytes(victim, "precious");
+    for (const char* name : {"linked.safetensors", "linked.npy"}) {
+      auto path = tmp_path(name);
+      auto tmp = path + ".tmp." + std::to_string(::getpid());
+      std::filesystem::remove(tmp);
+      std::filesystem::create_symlink(victim, tmp);
+      auto t = at::arange(6, at::kFloat).reshape({2, 3});
+      if (std::string(name).find(".npy") != std::string::npos) write_npy(path, t);
+      else write_safetensors(path, {{"t", t}});
+      std::ifstream in(victim);
+      CHECK(std::string(std::istreambuf_iterator<char>(in), {}) == "precious");
+      CHECK(std::filesystem::is_symlink(std::filesystem::symlink_status(tmp)));
+      std::filesystem::remove(tmp);
+    }
+    CHECK(at::equal(read_npy(tmp_path("linked.npy")), at::arange(6, at::kFloat).reshape({2, 3})));
+    CHECK(at::equal(read_safetensors(tmp_path("linked.safetensors")).tensors.at(0).second,
+                    at::arange(6, at::kFloat).reshape({2, 3})));
   }
 
   TEST_CASE("npy rejections") {
@@ -273,17 +294,19 @@ TEST_SUITE("tensor_io") {
 
   TEST_CASE("every kept fuzz regression input reads cleanly or fails with the file's name") {
     int files = 0;
-    for (const auto& entry : std::filesystem::recursive_directory_iterator(PARITY_FUZZ_REGRESSIONS)) {
-      if (!entry.is_regular_file()) continue;
-      std::string path = entry.path().string();
-      ++files;
-      try {
-        if (entry.path().extension() == ".npy") read_npy(path);
-        else read_safetensors(path);
-      } catch (const std::runtime_error& e) {
-        CHECK_THAT_CONTAINS(std::string(e.what()), path + ": ");
+    for (const char* format : {"safetensors", "npy"})
+      for (const auto& entry :
+           std::filesystem::recursive_directory_iterator(std::string(PARITY_FUZZ_REGRESSIONS) + "/" + format)) {
+        if (!entry.is_regular_file()) continue;
+        std::string path = entry.path().string();
+        ++files;
+        try {
+          if (entry.path().extension() == ".npy") read_npy(path);
+          else read_safetensors(path);
+        } catch (const std::runtime_error& e) {
+          CHECK_THAT_CONTAINS(std::string(e.what()), path + ": ");
+        }
       }
-    }
     CHECK(files >= 3);
   }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Seed corpus for the fuzz targets, generated at build time (Python's standard library only):
 well-formed safetensors and .npy files covering every dtype, byte order, layout and version the
-readers accept, so the fuzzer starts from inputs that reach deep into the parsers.
-Usage: make_corpus.py OUT_DIR  (writes OUT_DIR/safetensors/* and OUT_DIR/npy/*)"""
+readers accept, JSON documents of every kind of value, and bundle manifests (parity.json), so the
+fuzzer starts from inputs that reach deep into the parsers.
+Usage: make_corpus.py OUT_DIR  (writes OUT_DIR/{safetensors,npy,json,manifest}/*)"""
 import json
 import os
 import struct
@@ -59,7 +60,49 @@ def main(out):
             count *= d
         with open(os.path.join(npy_dir, f"{name}.npy"), "wb") as f:
             f.write(npy("<f4", shape, b"\0" * 4 * count))
+    json_seeds(os.path.join(out, "json"))
+    manifest_seeds(os.path.join(out, "manifest"))
     return 0
+
+
+def write_all(directory, seeds):
+    os.makedirs(directory, exist_ok=True)
+    for name, text in seeds.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+
+
+def json_seeds(directory):
+    write_all(directory, {
+        "scalars.json": '[null, true, false, 0, -0, 1, -1, 3.5, 1e300, -2.5e-300, 9007199254740993, '
+                        '18446744073709551615, -9223372036854775808]',
+        "strings.json": json.dumps(["", "plain", "tab\tnewline\nquote\"", "\u0000nul", "\u00e9\u4e2d\ud83d\ude00",
+                                    "NaN", "Infinity", "-Infinity"]),
+        "containers.json": '{"a": [], "b": {}, "c": [[], {}], "d": {"e": {"f": [1, {"g": null}]}}, "1": "one"}',
+        "nested.json": "[" * 100 + "]" * 100,
+        "verdict.json": json.dumps({"verdict": "equivalent", "stages": [{"name": "e2e", "rows": [
+            {"position": 0, "r": 1.01, "kl": 1e-6, "top1": True}]}], "figures": {"r_p95": 1.05}}, indent=2),
+        "empty_object.json": "{}",
+        "number.json": "42",
+        "whitespace.json": " \t\r\n [ 1 , 2 ] \n",
+    })
+
+
+def manifest_seeds(directory):
+    config = {"hidden_size": 64, "intermediate_size": 176, "max_position_embeddings": 2048,
+              "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+              "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "vocab_size": 512}
+    full = {"config": config, "dtypes": ["fp32", "bf16"], "format": 1,
+            "inputs": [{"dtype": "int64", "shape": [1, 8]}], "made_with": {"torch": "1.13.0a0"},
+            "modules": ["model", "model.embed_tokens", "model.layers", "model.layers.0", "lm_head"],
+            "vocab_size": 512}
+    write_all(directory, {
+        "full.json": json.dumps(full, indent=2, sort_keys=True),
+        "minimal.json": json.dumps({"format": 1}),
+        "vocab_null.json": json.dumps({"vocab_size": None, "config": {"n_positions": 1024}}),
+        "vocab_bad.json": json.dumps({"vocab_size": 0.5, "config": []}),
+        "not_object.json": "[1, 2, 3]",
+    })
 
 
 if __name__ == "__main__":
