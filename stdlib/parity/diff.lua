@@ -4,9 +4,12 @@
 --- worst position, the first tensor and position past its thresholds, the steps (a tensor whose
 --- error jumps above what earlier tensors of its family reached: the seed's localisation point), the
 --- target/reference norm ratio of each tensor (a sub-stage losing or gaining magnitude) and the
---- residual-leak fit of each layer's output (target h_l ≈ ref h_l + α·ref h_{l-1}).
+--- residual-leak fit of each layer's output (target h_l ≈ ref h_l + α·ref h_{l-1}). A comparison
+--- must cover every layer output and the logits the reference dumped, or what `only` selects:
+--- else it is "incomplete". Thresholds looser than the defaults are listed (`loosened`).
 local core = require("parity.core")
 local dump = require("parity.dump")
+local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
 
 local M = {}
@@ -53,6 +56,7 @@ function M.thresholds(t, origin)
       if type(name) ~= "string" or type(v) ~= "table" then
         error(("%s: layers entries are name = { rel_l2 = ..., cosine = ..., max_abs = ... }"):format(origin), 0)
       end
+      if name:sub(1, 1) == "^" then dump.check_pattern(name, nil, origin .. ": layers") end
       check_values(v, ("%s: layers[%q]"):format(origin, name), PER_TENSOR)
     end
   end
@@ -77,6 +81,116 @@ local function limits_for(th, name, layer, last_layer)
   end
   for k, v in pairs(own or {}) do lim[k] = v end
   return lim
+end
+
+--- Where rel_l2 (a ratio) and cosine (a gap) switch their criterion off: a relative L2 of 10^6
+--- (a target 10^6 times the reference's magnitude), a cosine of -1.
+M.OFF = { ratio = 1e6, gap = -1 }
+
+--- What loosens the gates (parity.thresholds' kinds and factors: rel_l2 a ratio, cosine a gap,
+--- each per-tensor override too; expected_noise counts through the rel_l2 it allows at layer 0,
+--- noise_factor · X) and whether any compared tensor can still fail on finite values. `rows`:
+--- the compared tensors with their limits.
+local function audit(th, rows)
+  local loosened = {}
+  local function judge(name, kind, default, given, value)
+    local how = given ~= nil and thresholds.judge(kind, default, value or given, M.OFF[kind])
+    if how then loosened[#loosened + 1] = { name = name, default = default, given = given, off = how == "off" } end
+  end
+  judge("rel_l2", "ratio", M.DEFAULTS.rel_l2, th.rel_l2)
+  judge("cosine", "gap", M.DEFAULTS.cosine, th.cosine)
+  if (th.expected_noise or 0) > 0 then
+    judge("expected_noise", "ratio", M.DEFAULTS.rel_l2, th.expected_noise, th.noise_factor * th.expected_noise)
+  end
+  local layers = {}
+  for name in pairs(th.layers) do layers[#layers + 1] = name end
+  table.sort(layers)
+  for _, name in ipairs(layers) do
+    local own = th.layers[name]
+    judge(("layers[%q].rel_l2"):format(name), "ratio", M.DEFAULTS.rel_l2, own.rel_l2)
+    judge(("layers[%q].cosine"):format(name), "gap", M.DEFAULTS.cosine, own.cosine)
+  end
+  local can_fail = false
+  for _, row in ipairs(rows) do
+    local lim = row.limits
+    can_fail = can_fail or lim.max_abs ~= nil
+      or thresholds.judge("ratio", M.DEFAULTS.rel_l2, lim.rel_l2, M.OFF.ratio) ~= "off"
+      or thresholds.judge("gap", M.DEFAULTS.cosine, lim.cosine, M.OFF.gap) ~= "off"
+  end
+  local warnings = {}
+  if not can_fail then
+    warnings[1] = "THESE THRESHOLDS SWITCH OFF rel_l2 AND cosine FOR EVERY TENSOR COMPARED: only NaN/Inf can still fail,"
+      .. " so this verdict says nothing about equivalence"
+  end
+  for _, l in ipairs(loosened) do
+    warnings[#warnings + 1] = ("loosened threshold %s = %g (default %g; %s)"):format(l.name, l.given, l.default,
+      l.off and "so loose it is switched off" or "more than 10x looser")
+  end
+  return core.json.array(loosened), can_fail, core.json.array(warnings)
+end
+
+--- Whether `name` is one of `only` (exact names, or Lua patterns starting with ^).
+local function selected(only, name)
+  for _, o in ipairs(only) do
+    if o == name then return true end
+    if o:sub(1, 1) == "^" then
+      local ok, hit = pcall(string.find, name, o)
+      if not ok then error(("only: bad pattern %s: %s"):format(o, tostring(hit):gsub("^.-:%d+: ", "")), 0) end
+      if hit then return true end
+    end
+  end
+  return false
+end
+
+--- Validates `only`: a list of names or ^patterns (a string: comma-separated), each matching a
+--- tensor of the reference dump (`names`; nil: the types only). Returns the list.
+function M.check_only(only, origin, names)
+  if type(only) == "string" then
+    local list = {}
+    for item in only:gmatch("[^,]+") do list[#list + 1] = item:match("^%s*(.-)%s*$") end
+    only = list
+  end
+  if type(only) ~= "table" or #only == 0 then
+    error(("%s: only must list tensor names or ^patterns (e.g. \"h0,h1,^h%%d+_ffnout$\")"):format(origin), 0)
+  end
+  for _, o in ipairs(only) do
+    if type(o) ~= "string" or o == "" then error(("%s: only entries are names or ^patterns, got %s"):format(origin, tostring(o)), 0) end
+    if o:sub(1, 1) == "^" then dump.check_pattern(o, nil, origin .. ": only") end
+    local hit = false
+    for _, n in ipairs(names or {}) do
+      local ok, yes = pcall(selected, { o }, n)
+      if not ok then error(("%s: %s"):format(origin, yes), 0) end
+      hit = hit or yes
+    end
+    if names and not hit then error(("%s: only: %s matches no tensor of the reference dump"):format(origin, o), 0) end
+  end
+  return only
+end
+
+--- Names as one short text: consecutive layers of a kind as a range ("h0..h10"), in dump order.
+function M.names_text(names)
+  local groups, order = {}, {}
+  for _, n in ipairs(names) do
+    local p = dump.place(n)
+    local key = (p.layer and p.layer >= 0 and p.layer ~= math.huge) and p.kind or n
+    if not groups[key] then groups[key], order[#order + 1] = {}, key end
+    table.insert(groups[key], { name = n, layer = p.layer })
+  end
+  local parts = {}
+  for _, key in ipairs(order) do
+    local g, i = groups[key], 1
+    while i <= #g do
+      local j = i
+      while j < #g and g[j + 1].layer == g[j].layer + 1 do j = j + 1 end
+      if j - i >= 2 then
+        parts[#parts + 1] = g[i].name .. ".." .. g[j].name
+      else
+        for k = i, j do parts[#parts + 1] = g[k].name end
+      end
+      i = j + 1
+    end
+  end
+  return table.concat(parts, ", ")
 end
 
 local function shape_text(t) return "[" .. table.concat(t:size(), ", ") .. "]" end
@@ -185,6 +299,10 @@ end
 ---@field pos integer|nil        compare at this position only (default: every position)
 ---@field thresholds table|nil   see M.DEFAULTS (validated by M.thresholds)
 ---@field thresholds_origin string|nil  where they came from, for messages
+---@field only table|string|nil  compare only these tensors (names or ^patterns; a string:
+---                             comma-separated), each of which the target must have; by default
+---                             every tensor both have is compared, and the target must have every
+---                             layer's output h{l} and the logits the reference has
 
 --- Compares two dumps (paths or parity.dump.read results); returns the report.
 ---@param ref_path string|table
@@ -197,17 +315,34 @@ function M.run(ref_path, target_path, opts)
   if opts.pos ~= nil then validate.integer("pos", opts.pos, 0, 2 ^ 31) end
   local ref = dump.rename(type(ref_path) == "table" and ref_path or dump.read(ref_path), opts.names)
   local tgt = dump.rename(type(target_path) == "table" and target_path or dump.read(target_path), opts.names)
+  local only = opts.only and M.check_only(opts.only, "diff", ref.names)
+
+  -- narrowing: with `only`, what it does not select is left out on both sides
+  local left_out, seen = {}, {}
+  local function keep(names)
+    if not only then return names end
+    local kept = {}
+    for _, n in ipairs(names) do
+      if selected(only, n) then kept[#kept + 1] = n elseif not seen[n] then left_out[#left_out + 1], seen[n] = n, true end
+    end
+    return kept
+  end
+  local ref_names, tgt_names = keep(ref.names), keep(tgt.names)
+  dump.sort(left_out)
 
   -- pairing: a kind (emb, h, h_ffnout, ...) both dumps have must cover the same layers; a kind
-  -- only one side dumps is listed, not compared
+  -- only one side dumps is listed, not compared. What the comparison must cover: what `only`
+  -- selects, else every layer's output and the logits the reference has (`missing` otherwise).
   local kinds = { reference = {}, target = {} }
-  for side, d in pairs({ reference = ref, target = tgt }) do
-    for _, n in ipairs(d.names) do kinds[side][dump.place(n).kind] = true end
+  for side, list in pairs({ reference = ref_names, target = tgt_names }) do
+    for _, n in ipairs(list) do kinds[side][dump.place(n).kind] = true end
   end
-  local names, not_compared, last_layer = {}, {}, -1
-  for _, n in ipairs(ref.names) do
+  local names, not_compared, required, missing, last_layer = {}, {}, {}, {}, -1
+  for _, n in ipairs(ref_names) do
     local place = dump.place(n)
     if place.layer and place.layer ~= math.huge then last_layer = math.max(last_layer, place.layer) end
+    local needed = only or place.kind == "h" or place.kind == "logits"
+    if needed then required[#required + 1] = n end
     if tgt.tensors[n] then
       names[#names + 1] = n
     elseif kinds.target[place.kind] then
@@ -215,9 +350,10 @@ function M.run(ref_path, target_path, opts)
         tgt.path, n, ref.files[n], place.kind), 0)
     else
       not_compared[#not_compared + 1] = { name = n, only = "reference" }
+      if needed then missing[#missing + 1] = n end
     end
   end
-  for _, n in ipairs(tgt.names) do
+  for _, n in ipairs(tgt_names) do
     if not ref.tensors[n] then
       if kinds.reference[dump.place(n).kind] then
         error(("%s: no dump of %s (the target's is %s; the reference dumps other %s tensors)"):format(
@@ -310,11 +446,16 @@ function M.run(ref_path, target_path, opts)
   local ignored = {}
   for _, f in ipairs(ref.ignored) do ignored[#ignored + 1] = ref.path .. "/" .. f end
   for _, f in ipairs(tgt.ignored) do ignored[#ignored + 1] = tgt.path .. "/" .. f end
+  local loosened, can_fail, warnings = audit(th, tensors)
   return {
     reference = ref.path, target = tgt.path, position = opts.pos or core.json.null,
-    thresholds = th, pass = first_fail == nil, verdict = first_fail and "divergent" or "equivalent",
+    thresholds = th, pass = first_fail == nil and #missing == 0,
+    verdict = first_fail and "divergent" or (#missing > 0 and "incomplete" or "equivalent"),
     first_past_threshold = brief(first_fail), localized = brief(localized), main_step = brief(largest),
     tensors = tensors, not_compared = core.json.array(not_compared), ignored = core.json.array(ignored),
+    required = core.json.array(required), missing = core.json.array(missing),
+    only = only and core.json.array(only) or core.json.null, left_out = core.json.array(left_out),
+    loosened = loosened, criteria_can_fail = can_fail, warnings = warnings,
   }
 end
 
@@ -347,10 +488,28 @@ function M.summary(d)
       num(t.max_abs), num(t.norm_ratio, "%.3f"),
       (t.worst_sequence or 0) > 0 and (t.worst_sequence .. ":" .. t.worst_position) or t.worst_position, t.step and ("x" .. num(t.step.ratio, "%.1f")) or "", mark)
   end
-  for _, n in ipairs(d.not_compared) do
-    lines[#lines + 1] = ("  not compared: %s (only the %s dumps it)"):format(n.name, n.only)
+  local lacks = 0
+  for _, side in ipairs({ "reference", "target" }) do
+    local list = {}
+    for _, n in ipairs(d.not_compared) do
+      if n.only == side then list[#list + 1] = n.name end
+    end
+    if #list > 0 then lines[#lines + 1] = ("  not compared (only the %s dumps them): %s"):format(side, M.names_text(list)) end
+    if side == "reference" then lacks = #list end
   end
   for _, f in ipairs(d.ignored) do lines[#lines + 1] = ("  ignored: %s (not a tensor file)"):format(f) end
+  if d.only ~= core.json.null then
+    lines[#lines + 1] = ("  narrowed to %s: left out %d tensors%s"):format(table.concat(d.only, ","), #d.left_out,
+      #d.left_out > 0 and (": " .. M.names_text(d.left_out)) or "")
+  end
+  for _, w in ipairs(d.warnings) do lines[#lines + 1] = "  warning: " .. w end
+  if #d.missing > 0 then
+    local narrowed = d.only ~= core.json.null
+    lines[#lines + 1] = ("incomplete: the target dump lacks %d of the %d reference tensors %s; of what the comparison"
+      .. " must cover (%s) it lacks %s%s"):format(lacks, lacks + #d.tensors, narrowed and "selected" or "dumped",
+      narrowed and "every tensor selected" or "every layer's output h{l} and the logits", M.names_text(d.missing),
+      narrowed and "" or " (diff --only NAMES, a matrix entry's only, compares less)")
+  end
   local f, l = d.first_past_threshold, d.localized
   if f ~= core.json.null then
     lines[#lines + 1] = ("first past threshold: %s at %s (rel L2 %s, cosine %s)"):format(f.name,

@@ -12,8 +12,11 @@
 ---       engine = { command = "./engine {inputs}", env = { TQ_DUMP_HIDDEN = "{dump}", TQ_DUMP_POS = "{pos}" } },
 ---       pos = 0,                                    -- optional: the position compared (and {pos})
 ---       names = { ... }, thresholds = { ... },      -- optional: as parity diff takes them
+---       only = { "emb", "^h%d+$" },                 -- optional: as diff --only (or "emb,^h%d+$")
 ---     }, ... },
----     thresholds = { ... }, names = { ... } }      -- optional defaults for every entry
+---     thresholds = { ... }, names = { ... }, only = ... }  -- optional defaults for every entry
+--- A pair whose engine dump lacks a layer's output or the logits the reference dumped (and no
+--- `only` leaves them out) is incomplete: a report, and exit 2 like a missing dump.
 --- Placeholders in commands, environment values and directories: {model}, {index} (the prompt's,
 --- from 0), {inputs}, {dump} (the directory parity gives the command), {pos}, {dir} (the matrix
 --- file's directory) and {parity} (this parity binary); in a command each value is shell-quoted
@@ -78,6 +81,8 @@ function M.load(path)
     diff.thresholds(e.thresholds, at .. ": thresholds")  -- checked before anything runs
     e.names = e.names or m.names
     if e.names then require("parity.dump").check_names(e.names, at .. ": names") end
+    if e.only == nil then e.only = m.only end
+    if e.only ~= nil then e.only = diff.check_only(e.only, at) end
   end
   m.path, m.dir = path, path:match("^(.*)/[^/]*$") or "."
   return m
@@ -146,7 +151,7 @@ function M.run(m, opts)
   local work = reports .. "/work"
   os.execute("mkdir -p " .. shell_quote(work))
   local exe = shell_line("readlink -f /proc/$PPID/exe 2>/dev/null") or "parity"
-  local rows, any_error, any_fail = {}, false, false
+  local rows, any_error, any_fail = {}, false, false  -- an incomplete pair counts as an error (a dump missing)
   local cwd = absolute(here, m.dir)
   for _, e in ipairs(m.entries) do
     if not opts.filter or e.model:find(opts.filter, 1, true) then
@@ -161,8 +166,9 @@ function M.run(m, opts)
           local ref = obtain(e.reference, vars, vars.dump, ("%s/%s/reference.log"):format(work, id), "reference", cwd)
           vars.dump = ("%s/%s/engine"):format(work, id)
           local tgt = obtain(e.engine, vars, vars.dump, ("%s/%s/engine.log"):format(work, id), "engine", cwd)
-          local report = diff.run(ref, tgt, { pos = e.pos, thresholds = e.thresholds, names = e.names })
-          row.verdict, row.pass = report.verdict, report.pass
+          local report = diff.run(ref, tgt, { pos = e.pos, thresholds = e.thresholds, names = e.names, only = e.only })
+          row.verdict, row.pass, row.missing, row.left_out = report.verdict, report.pass, report.missing, report.left_out
+          row.loosened, row.criteria_can_fail = report.loosened, report.criteria_can_fail
           if not report.pass then
             row.first, row.localized = report.first_past_threshold, report.localized
             row.report = ("%s/%s.diff"):format(reports, id)
@@ -172,6 +178,8 @@ function M.run(m, opts)
         end)
         if not ok then
           row.verdict, row.error = "error", require("parity.errors").clean(err)
+          any_error = true
+        elseif row.verdict == "incomplete" then
           any_error = true
         elseif not row.pass then
           any_fail = true
@@ -187,10 +195,25 @@ end
 
 --- One line of the matrix's table.
 function M.line(row)
-  local what = row.verdict == "error" and ("ERROR  " .. row.error)
-    or row.pass and "PASS"
-    or ("FAIL   first past threshold %s at %s; localized: %s (%s)  report %s"):format(row.first.name,
+  local what
+  if row.verdict == "error" then
+    what = "ERROR  " .. row.error
+  elseif row.verdict == "incomplete" then
+    what = ("INCOMPLETE  the engine's dump lacks %s  report %s"):format(diff.names_text(row.missing), row.report)
+  elseif row.pass then
+    what = "PASS"
+  else
+    what = ("FAIL   first past threshold %s at %s; localized: %s (%s)  report %s"):format(row.first.name,
       diff.at(row.first.position, row.first.sequence), row.localized.name, row.localized.where, row.report)
+    if #row.missing > 0 then what = what .. "; the engine's dump lacks " .. diff.names_text(row.missing) end
+  end
+  if row.left_out and #row.left_out > 0 then what = ("%s  (narrowed: %d tensors left out)"):format(what, #row.left_out) end
+  if row.loosened and #row.loosened > 0 then
+    local names = {}
+    for i, l in ipairs(row.loosened) do names[i] = l.name end
+    what = ("%s  (loosened thresholds: %s%s)"):format(what, table.concat(names, ", "),
+      row.criteria_can_fail and "" or "; NO CRITERION CAN FAIL")
+  end
   return ("%-24s p%-3d %s"):format(row.model, row.index, what)
 end
 

@@ -39,6 +39,103 @@ M.RANGES = {
   row_z = { 0, math.huge }, row_r_p50 = { 0, math.huge },
 }
 
+--- How each threshold loosens, and when it is "loosened" (listed in the verdict, a warning) or
+--- "off" (its criterion switched off). A kind says the direction and the measure of looseness,
+--- how many times looser the given value is than the default (below 1: tighter):
+---   ratio  passes below, larger is looser: given / default                       loosened > 10x
+---   r      an R bound (1 = the reference's own noise), larger is looser: the excess
+---          over that noise, (given - 1) / (default - 1)                          loosened > 10x
+---   rate   passes above (an agreement, a fraction), smaller is looser: default / given
+---                                                                                loosened > 2x
+---   gap    a cosine bound, passes above, smaller is looser: (1 - given) / (1 - default)
+---                                                                                loosened > 10x
+--- (parity.diff's thresholds use the same kinds.)
+M.KINDS = { ratio = { loosened = 10, larger = true }, r = { loosened = 10, larger = true },
+            rate = { loosened = 2 }, gap = { loosened = 10 } }
+
+--- name -> kind, from the direction each stage judges it in (stages/e2e, e2e32, smoke, localize).
+M.KIND = {
+  r_p95 = "r", r_p50_precision = "r", row_r_p50 = "r",
+  r32_p95 = "ratio", kl_ratio = "ratio", kl_floor = "ratio", cosine_ratio = "ratio", cosine_floor = "ratio",
+  tie_factor = "ratio", row_z = "ratio",
+  top1 = "rate", smoke_match = "rate", r_over = "rate",
+}
+
+--- name -> the value at which (or past which) a threshold switches its criterion off: no result
+--- a target with finite logits gives fails it. R and R32 are in units of the reference's own
+--- low-precision noise (a target unrelated to the reference is at about 1/epsilon, 10^2..10^4);
+--- KL in nats; kl_ratio and cosine_ratio multiply the reference's own KL and 1 - cosine, taken
+--- as at least 1e-7 (a reference with less is warned about as switched off all the same);
+--- 1 - cosine is at most 2; the rows' sign-test z is at most sqrt(rows), 10^4 at the size limits.
+M.OFF = {
+  r_p95 = 1e6, r_p50_precision = 1e6, row_r_p50 = 1e6, r32_p95 = 1e6, kl_floor = 1e6, kl_ratio = 1e13,
+  cosine_ratio = 1e8, cosine_floor = 2, tie_factor = 1e6, row_z = 1e6, top1 = 0, smoke_match = 0, r_over = 0,
+}
+
+--- How many times looser `given` is than `default` (math.huge at the end of a range: a rate of
+--- 0, a cosine of -1).
+---@return number
+function M.looseness(kind, default, given)
+  if kind == "ratio" then return default > 0 and given / default or (given > 0 and math.huge or 1) end
+  if kind == "r" then return (given - 1) / (default - 1) end
+  if kind == "rate" then return given <= 0 and math.huge or default / given end
+  if kind == "gap" then return given <= -1 and math.huge or (1 - given) / (1 - default) end
+  error("unknown threshold kind " .. tostring(kind))
+end
+
+--- "off" (at or past `off`, when given), "loosened" (past its kind's factor) or nil.
+function M.judge(kind, default, given, off)
+  local k = M.KINDS[kind]
+  if off and (k.larger and given >= off or not k.larger and given <= off) then return "off" end
+  if M.looseness(kind, default, given) > k.loosened then return "loosened" end
+end
+
+--- The verdict's criteria these thresholds govern, and when they are switched off (`off`: the
+--- threshold names that are). NaN/Inf and the static weight check take no threshold.
+M.GATES = {
+  { "r_p95", function(off) return off.r_p95 end },
+  { "r32_p95", function(off) return off.r32_p95 end },
+  { "kl", function(off) return off.kl_ratio or off.kl_floor end },         -- KL <= max(ratio x own, floor)
+  { "cosine", function(off) return off.cosine_ratio or off.cosine_floor end },
+  { "top1", function(off) return off.top1 or off.tie_factor end },         -- every flip a near-tie
+  { "components", function(off) return off.r_p95 and off.r32_p95 and (off.row_z or off.row_r_p50) end },
+}
+
+--- What resolved thresholds loosen: { loosened = { {name, default, given, off}... } (in name
+--- order), switched_off = { criterion... }, criteria_can_fail = false when every criterion
+--- they govern is switched off, warnings = { line... } }.
+---@param th table M.resolve's
+---@return table
+function M.audit(th)
+  local names, loosened, off = {}, {}, {}
+  for name in pairs(M.DEFAULTS) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local how = M.judge(M.KIND[name], M.DEFAULTS[name], th[name], M.OFF[name])
+    if how then
+      loosened[#loosened + 1] = { name = name, default = M.DEFAULTS[name], given = th[name], off = how == "off" }
+      off[name] = how == "off"
+    end
+  end
+  local switched = {}
+  for _, gate in ipairs(M.GATES) do
+    if gate[2](off) then switched[#switched + 1] = gate[1] end
+  end
+  local warnings = {}
+  for _, l in ipairs(loosened) do
+    warnings[#warnings + 1] = ("loosened threshold %s = %g (default %g; %s)"):format(l.name, l.given, l.default,
+      l.off and "so loose it is switched off"
+        or ("more than %gx looser"):format(M.KINDS[M.KIND[l.name]].loosened))
+  end
+  local can_fail = #switched < #M.GATES
+  if not can_fail then
+    table.insert(warnings, 1, ("THESE THRESHOLDS SWITCH OFF EVERY CRITERION THEY GOVERN (%s): only NaN/Inf and the"
+      .. " static weight check can still fail, so this verdict says nothing about equivalence"):format(
+      table.concat(switched, ", ")))
+  end
+  return { loosened = loosened, switched_off = switched, criteria_can_fail = can_fail, warnings = warnings }
+end
+
 local function check_table(t, origin)
   if type(t) ~= "table" then error(("%s: thresholds must be a table, got %s"):format(origin, type(t)), 0) end
   for k, v in pairs(t) do

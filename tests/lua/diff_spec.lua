@@ -152,6 +152,78 @@ describe("parity.diff", function()
   end)
 end)
 
+describe("parity diff: what a comparison must cover", function()
+  local function only_emb()
+    local t = noisy(1e-4, 100)
+    return write(root .. "/only_emb", { emb = t.emb })
+  end
+
+  it("is incomplete, not equivalent, when the target lacks layer outputs or the logits", function()
+    local r = diff.run(ref_dir, only_emb())
+    eq({ r.pass, r.verdict }, { false, "incomplete" })
+    eq(r.missing, { "h0", "h1", "h2", "h3", "logits" })
+    eq(#r.tensors, 1)
+    local text = diff.summary(r)
+    truthy(text:find("incomplete: the target dump lacks 5 of the 6 reference tensors dumped; of what the comparison must"
+      .. " cover (every layer's output h{l} and the logits) it lacks h0..h3, logits", 1, true), text)
+    truthy(text:find("not compared (only the reference dumps them): h0..h3, logits", 1, true), text)
+    truthy(text:find("verdict: INCOMPLETE", 1, true), text)
+    -- an engine that stops before the logits
+    local t = noisy(1e-4, 101)
+    t.logits = nil
+    eq(diff.run(ref_dir, write(root .. "/no_logits", t)).missing, { "logits" })
+    -- a divergence among what was compared stays a divergence, and says what is missing too
+    t.h1 = ref.h1 * 2
+    local d = diff.run(ref_dir, write(root .. "/no_logits_bad", t))
+    eq({ d.verdict, d.first_past_threshold.name, d.missing }, { "divergent", "h1", { "logits" } })
+  end)
+
+  it("needs neither the embedding nor sub-stages, and lists what only the target dumps", function()
+    local t = noisy(1e-4, 102)
+    t.emb, t.h0_ffnout = nil, ref.h0
+    local r = diff.run(ref_dir, write(root .. "/no_emb", t))
+    eq({ r.pass, r.verdict, #r.missing }, { true, "equivalent", 0 })
+    eq(r.not_compared, { { name = "emb", only = "reference" }, { name = "h0_ffnout", only = "target" } })
+  end)
+
+  it("compares only what --only selects, each of which the target must have, and says what it left out", function()
+    local r = diff.run(ref_dir, only_emb(), { only = "emb" })
+    eq({ r.pass, r.verdict, r.only, r.left_out }, { true, "equivalent", { "emb" }, { "h0", "h1", "h2", "h3", "logits" } })
+    eq(r.not_compared, {})
+    truthy(diff.summary(r):find("narrowed to emb: left out 5 tensors: h0..h3, logits", 1, true), diff.summary(r))
+    local t = noisy(1e-4, 103)
+    t.logits = nil
+    local dir = write(root .. "/only_h", t)
+    eq(diff.run(ref_dir, dir, { only = { "emb", "^h%d+$" } }).pass, true)
+    eq(diff.run(ref_dir, dir, { only = "h1, logits" }).missing, { "logits" })
+    raises(function() diff.run(ref_dir, dir, { only = "h9" }) end, "only: h9 matches no tensor of the reference dump")
+    raises(function() diff.run(ref_dir, dir, { only = "^h[" }) end, "only: pattern \"^h[\" is not a Lua pattern (missing ']')")
+    raises(function() diff.run(ref_dir, dir, { only = {} }) end, "only must list tensor names")
+  end)
+
+  it("lists thresholds looser than the defaults, and says when none can fail", function()
+    local dir = write(root .. "/th", noisy(1e-4, 104))
+    local r = diff.run(ref_dir, dir)
+    eq({ #r.loosened, r.criteria_can_fail, #r.warnings }, { 0, true, 0 })
+    -- tighter, or looser by less than 10x: nothing to say
+    eq(#diff.run(ref_dir, dir, { thresholds = { rel_l2 = 0.4, cosine = 0.95, step = 2, expected_noise = 0.03 } }).loosened, 0)
+    r = diff.run(ref_dir, dir, { thresholds = { rel_l2 = 1, layers = { logits = { cosine = 0.5 } } } })
+    eq(r.loosened, { { name = "rel_l2", default = 0.05, given = 1, off = false },
+                     { name = 'layers["logits"].cosine', default = 0.99, given = 0.5, off = false } })
+    eq(r.criteria_can_fail, true)
+    truthy(diff.summary(r):find("warning: loosened threshold rel_l2 = 1 (default 0.05; more than 10x looser)", 1, true),
+      diff.summary(r))
+    eq(diff.run(ref_dir, dir, { thresholds = { expected_noise = 0.3 } }).loosened[1].name, "expected_noise")
+    r = diff.run(ref_dir, dir, { thresholds = { rel_l2 = 1e9, cosine = -1 } })
+    eq({ r.pass, r.criteria_can_fail }, { true, false })
+    eq({ r.loosened[1].off, r.loosened[2].off }, { true, true })
+    truthy(diff.summary(r):find("THESE THRESHOLDS SWITCH OFF rel_l2 AND cosine FOR EVERY TENSOR", 1, true), diff.summary(r))
+    -- one tensor still judged is enough for the criteria to fail
+    eq(diff.run(ref_dir, dir, { thresholds = { rel_l2 = 1e9, cosine = -1, layers = { h2 = { rel_l2 = 0.1, cosine = 0.9 } } } })
+      .criteria_can_fail, true)
+  end)
+end)
+
 describe("parity matrix", function()
   it("runs a JSON matrix of dump directories and reports the failing pair", function()
     local leak = noisy(1e-4, 90)
@@ -175,6 +247,30 @@ describe("parity matrix", function()
     parity.json.write(root .. "/m/matrix.json", { entries = {
       { model = "gone", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" } } })
     eq(matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports" }).exit, 2)
+  end)
+
+  it("does not pass an engine that stops dumping, unless the entry narrows the comparison", function()
+    write(root .. "/m/engines/quiet", { emb = ref.emb })  -- dumps the embedding and nothing else
+    local matrix = require("parity.matrix")
+    parity.json.write(root .. "/m/matrix.json", { entries = {
+      { model = "quiet", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" } } })
+    local r = matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports" })
+    eq({ r.exit, r.rows[1].verdict, r.rows[1].pass }, { 2, "incomplete", false })
+    truthy(matrix.line(r.rows[1]):find("INCOMPLETE  the engine's dump lacks h0..h3, logits", 1, true), matrix.line(r.rows[1]))
+    eq(parity.path_kind(root .. "/m/reports/quiet__p0.diff"), "file")
+    parity.json.write(root .. "/m/matrix.json", { only = "emb", entries = {
+      { model = "quiet", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" } } })
+    r = matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports" })
+    eq({ r.exit, r.rows[1].verdict }, { 0, "equivalent" })
+    truthy(matrix.line(r.rows[1]):find("PASS  (narrowed: 5 tensors left out)", 1, true), matrix.line(r.rows[1]))
+    parity.json.write(root .. "/m/matrix.json", { only = "emb", thresholds = { rel_l2 = 1e9, cosine = -1 }, entries = {
+      { model = "quiet", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}" } } })
+    r = matrix.run(matrix.load(root .. "/m/matrix.json"), { reports = root .. "/m/reports" })
+    truthy(matrix.line(r.rows[1]):find("(loosened thresholds: rel_l2, cosine; NO CRITERION CAN FAIL)", 1, true),
+      matrix.line(r.rows[1]))
+    parity.json.write(root .. "/m/matrix.json", { entries = {
+      { model = "quiet", prompts = { "p0.safetensors" }, reference = ref_dir, engine = "engines/{model}", only = 3 } } })
+    raises(function() matrix.load(root .. "/m/matrix.json") end, "entry 1: only must list tensor names")
   end)
 end)
 
