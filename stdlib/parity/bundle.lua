@@ -2,6 +2,7 @@
 --- A directory holds fp32.pt, bf16.pt and/or fp16.pt plus an optional parity.json manifest;
 --- a single .pt file is a bundle of one, its dtype read off its first floating parameter.
 local core = require("parity.core")
+local validate = require("parity.validate")
 
 local M = {}
 
@@ -94,10 +95,7 @@ function Bundle:vocab_size()
   if self.vocab then return self.vocab end
   local v = self.manifest and self.manifest.vocab_size
   if v ~= nil and v ~= core.json.null then
-    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-      error(("%s/parity.json: vocab_size must be a whole number >= 1, got %s"):format(self.path, tostring(v)), 0)
-    end
-    self.vocab = v
+    self.vocab = v  -- checked by M.check_manifest
     return v
   end
   local module = self:at(self:dtypes()[1])
@@ -167,11 +165,47 @@ function M.open(path, device)
     local f = path .. "/" .. d .. ".pt"
     if core.path_kind(f) == "file" then b.files[d] = f end
   end
-  if core.path_kind(path .. "/parity.json") == "file" then b.manifest = core.json.read(path .. "/parity.json") end
+  local manifest = path .. "/parity.json"
+  if core.path_kind(manifest) == "file" then b.manifest = M.check_manifest(core.json.read(manifest), manifest) end
   if not next(b.files) then
     error(("%s: not a bundle (no fp32.pt, bf16.pt or fp16.pt inside)"):format(path), 2)
   end
   return b
+end
+
+local function is_object(v)
+  local mt = type(v) == "table" and getmetatable(v)
+  return type(v) == "table" and not (mt and mt.__jsontype == "array")
+end
+
+--- Checks a decoded parity.json (errors name `origin`): an object; `vocab_size` null or a whole
+--- number in range; `config` an object whose max_position_embeddings or n_positions, where
+--- present, is a whole number >= 1 (its other fields are read only where they make sense).
+---@return table the manifest
+function M.check_manifest(m, origin)
+  if not is_object(m) then error(("%s: a manifest is a JSON object, got %s"):format(origin, type(m)), 0) end
+  local v = m.vocab_size
+  if v ~= nil and v ~= core.json.null then
+    if type(v) ~= "number" then error(("%s: vocab_size must be a whole number, got %s"):format(origin, type(v)), 0) end
+    validate.integer(origin .. ": vocab_size", v, 1, validate.MAX.vocab)
+  end
+  local cfg = m.config
+  if cfg ~= nil and cfg ~= core.json.null then
+    if not is_object(cfg) then error(("%s: config must be an object, got %s"):format(origin, type(cfg)), 0) end
+    for _, key in ipairs({ "max_position_embeddings", "n_positions" }) do  -- what bounds a run's length
+      local x = cfg[key]
+      if x ~= nil and x ~= core.json.null then
+        if type(x) ~= "number" then error(("%s: config.%s must be a whole number, got %s"):format(origin, key, type(x)), 0) end
+        validate.integer(("%s: config.%s"):format(origin, key), x, 1, 2 ^ 40)
+      end
+    end
+  end
+  return m
+end
+
+--- A manifest from its text (M.check_manifest); errors name `origin`.
+function M.read_manifest(text, origin)
+  return M.check_manifest(core.json.decode(text, origin), origin)
 end
 
 --- Opens what a target may be: a bundle, or the logits a foreign engine saved (parity.saved).

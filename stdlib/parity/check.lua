@@ -39,6 +39,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@return table
 function M.run(opts)
   local out = opts.out or "parity-results"
+  if type(out) ~= "string" or out == "" then error("check: out must name a directory, got an empty path", 0) end
   workflow.mark_unfinished(out, "this run did not finish (still running, or killed)")
   local ok, result = pcall(function()
     local stages = {}

@@ -50,6 +50,13 @@ end
 
 local clean = require("parity.errors").clean
 
+--- list[from..] as a new list (unpack overflows LuaJIT's stack on a few thousand arguments).
+local function tail(list, from)
+  local out = {}
+  for i = from, #list do out[#out + 1] = list[i] end
+  return out
+end
+
 --- Parses `--flag`, `--key value`, `--key=value` and positionals against a spec.
 ---@param argv string[]
 ---@param spec table { flags = { name = "boolean"|"string"|"number" }, positional = { "NAME", ... } }
@@ -72,14 +79,16 @@ local function parse(argv, spec)
           value = argv[i]
           if not value then usage_error(("--%s needs a value"):format(key)) end
         end
+        if value == "" then usage_error(("--%s needs a value, got an empty one (an unset shell variable?)"):format(key)) end
         if kind == "number" then
-          local n = tonumber(value)
+          local n = require("parity.validate").decimal(value)
           if not n then usage_error(("--%s needs a number, got '%s'"):format(key, value)) end
           value = n
         end
         opts[key] = value
       end
     else
+      if a == "" then usage_error("an empty argument (an unset shell variable?)") end
       pos[#pos + 1] = a
     end
     i = i + 1
@@ -96,7 +105,7 @@ end
 local function out_dir(argv)
   for i, a in ipairs(argv) do
     if a == "--out" and argv[i + 1] then return argv[i + 1] end
-    local v = a:match("^%-%-out=(.+)$")
+    local v = a:match("^%-%-out=(.*)$")
     if v then return v end
   end
   return "parity-results"
@@ -174,7 +183,7 @@ TARGET may be the logits a foreign engine saved (see parity inputs --help): the 
 then --inputs FILE, else the input_ids saved with them; --dtype picks the reference's logits
 and the tolerances (default fp32; --dtype bf16 for an engine computing in bf16).
 Limits: batch <= 1024, seq <= 131072 (and the models' max_position_embeddings), tolerances
-finite and >= 0, logits that fit in memory.]],
+finite and >= 0, logits and a forward that fit in the memory available.]],
   run = function(argv)
     local o = parse(argv, {
       flags = { dtype = "string", batch = "number", seq = "number", seed = "number", inputs = "string",
@@ -248,9 +257,12 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
 The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
 check against a changed target runs only the target.
 Limits: prompts <= 1024, new tokens <= 4096, prompt + new tokens <= 131072 (and the models'
-max_position_embeddings), top-k <= 1000, logits that fit in memory. Any run that ends in an
+max_position_embeddings), top-k <= 1000, logits and a forward that fit in the memory available.
+Any run that ends in an
 error leaves a verdict.json saying "error" (usage errors included), never an earlier verdict.]],
   run = function(argv)
+    local out = out_dir(argv)  -- an earlier verdict goes first, before anything can fail
+    if out ~= "" then os.remove(out .. "/verdict.json") end
     local ok, o = pcall(parse, argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
@@ -258,14 +270,12 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string" },
       positional = { "REF", "TARGET" },
     })
-    if not ok then  -- a usage error must not leave an earlier verdict standing
-      local out = out_dir(argv)
-      if parity.path_kind(out .. "/verdict.json") then
-        require("parity.workflow").mark_unfinished(out, "usage error: " .. tostring(o.usage or o))
+    if not ok then  -- a usage error leaves a verdict saying so where there was one
+      if out ~= "" and parity.path_kind(out) == "dir" then
+        pcall(require("parity.workflow").mark_unfinished, out, "usage error: " .. tostring(o.usage or o))
       end
       error(o, 0)
     end
-    local out = o.out or "parity-results"
     local verdict = parity.check({ reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
@@ -346,12 +356,20 @@ step floor from one bf16 rounding).
                        1e-6): layer l may reach max(rel_l2, noise_factor·X·sqrt(l+1))
                        (compounding), and a step must clear 3·X (default floor 2^-8, one bf16
                        rounding)
+  --only NAMES         compare only these tensors: names or ^patterns, comma-separated
+                       (e.g. emb,^h%d+$); each must be in the target too. Without it the
+                       target must have every layer's output h{l} and the logits the reference
+                       has, or the verdict is INCOMPLETE. What it leaves out is said
   --json FILE          also write the full report as JSON
+A threshold more than 10x looser than its default (rel_l2 > 0.5, cosine < 0.9, ...) is a
+warning; thresholds under which no tensor can fail on finite values say so.
 Exit 0 every tensor within its thresholds, 1 a divergence, 2 bad input (a missing dump file or
-a shape mismatch names the file).]],
+a shape mismatch names the file) or an incomplete comparison (a layer output or the logits the
+target does not dump).]],
   run = function(argv)
     local o = parse(argv, {
-      flags = { pos = "number", names = "string", thresholds = "string", ["expected-noise"] = "number", json = "string" },
+      flags = { pos = "number", names = "string", thresholds = "string", ["expected-noise"] = "number", json = "string",
+                only = "string" },
       positional = { "REF_DUMP", "TARGET_DUMP" },
     })
     local diff = require("parity.diff")
@@ -360,10 +378,10 @@ a shape mismatch names the file).]],
     if type(th) ~= "table" then error(("%s: must return a table"):format(origin), 0) end
     if o["expected-noise"] then th.expected_noise = o["expected-noise"] end
     local report = diff.run(o.REF_DUMP, o.TARGET_DUMP, { pos = o.pos, thresholds = th, thresholds_origin = origin,
-      names = o.names and require("parity.dump").load_names(o.names) })
+      names = o.names and require("parity.dump").load_names(o.names), only = o.only })
     print(diff.summary(report))
     if o.json then parity.json.write(o.json, report) end
-    return report.pass and 0 or 1
+    return report.pass and 0 or (report.verdict == "incomplete" and 2 or 1)
   end,
 }
 
@@ -417,8 +435,9 @@ FILE (Lua, run sandboxed, or .json) returns:
       engine = { command = "./engine {inputs}", env = { TQ_DUMP_HIDDEN = "{dump}", TQ_DUMP_POS = "{pos}" } },
       pos = 0,                                          -- optional: the position compared
       thresholds = { expected_noise = 0.03 }, names = { ... },   -- optional, as parity diff takes them
+      only = "emb,^h%d+$",                              -- optional, as diff --only (or a list)
     } },
-    thresholds = { ... }, names = { ... } }            -- optional defaults for every entry
+    thresholds = { ... }, names = { ... }, only = ... }  -- optional defaults for every entry
 Placeholders: {model}, {index} (the prompt's, from 0), {inputs}, {dump} (a directory parity makes
 for the command to fill), {pos}, {dir} (FILE's directory), {parity} (this binary); in commands
 they are shell-quoted (write {dump}/x, not "{dump}/x"). Commands run
@@ -429,19 +448,21 @@ Each failing (model, prompt) leaves DIR/<model>__p<index>.diff (the diff's repor
   --filter SUBSTR   only the entries whose model contains SUBSTR
   --reports DIR     reports and work directories (default parity-matrix)
 Exit 0 every pair within its thresholds, 1 a divergence, 2 an environment or configuration error
-(a command failing, a dump missing, a bad matrix), after running the rest.]],
+(a command failing, a dump missing, a bad matrix) or an incomplete pair (an engine dump lacking
+a layer output or the logits the reference has), after running the rest.]],
   run = function(argv)
     local o = parse(argv, { flags = { filter = "string", reports = "string" }, positional = { "FILE" } })
     local matrix = require("parity.matrix")
     local m = matrix.load(o.FILE)
     print(("parity matrix: %s"):format(o.FILE))
     local r = matrix.run(m, { filter = o.filter, reports = o.reports, log = function(line) print("  " .. line) end })
-    local counts = { pass = 0, fail = 0, error = 0 }
+    local counts = { pass = 0, fail = 0, error = 0, incomplete = 0 }
     for _, row in ipairs(r.rows) do
-      local k = row.verdict == "error" and "error" or (row.pass and "pass" or "fail")
+      local k = (row.verdict == "error" or row.verdict == "incomplete") and row.verdict or (row.pass and "pass" or "fail")
       counts[k] = counts[k] + 1
     end
-    print(("%d pairs: %d pass, %d fail, %d error"):format(#r.rows, counts.pass, counts.fail, counts.error))
+    print(("%d pairs: %d pass, %d fail, %d error%s"):format(#r.rows, counts.pass, counts.fail, counts.error,
+      counts.incomplete > 0 and (", %d incomplete"):format(counts.incomplete) or ""))
     return r.exit
   end,
 }
@@ -462,7 +483,7 @@ parity.device, where parity.load and parity.bundle put models unless told otherw
     if argv[1] == "--device" then
       if not argv[2] then usage_error("--device needs a value") end
       parity.device = require("parity.core").usable_device(argv[2])
-      argv = { select(3, unpack(argv)) }
+      argv = tail(argv, 3)
     end
     local script = argv[1]
     if not script then usage_error("missing SCRIPT") end
@@ -524,7 +545,7 @@ function M.main(argv)
     stderr("parity: unknown command '%s' (commands: check, gate, inputs, dump, diff, matrix, run, tree, version, help; see parity --help)", name)
     return 2
   end
-  local rest = { unpack(argv, 2) }
+  local rest = tail(argv, 2)
   if name ~= "run" and (rest[1] == "--help" or rest[1] == "-h") then
     print(cmd.help)
     return 0

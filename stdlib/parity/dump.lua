@@ -140,13 +140,79 @@ function M.rename(d, names)
   return out
 end
 
---- Checks a name mapping (a table of strings to strings); returns it.
+--- Bounds on the name patterns of shared files, which the host applies to every tensor name
+--- outside the sandbox's limits: a pattern's length, its repetitions (* + -: each multiplies the
+--- backtracking by a name's length), a replacement's length, and how many entries a table holds.
+M.PATTERN_LIMITS = { length = 200, repetitions = 3, replacement = 200, entries = 10000 }
+
+--- The repetition operators and captures of a Lua pattern (escapes and sets skipped), and what
+--- makes it malformed (matching raises that only when it gets that far, so it is read here).
+local function pattern_shape(p)
+  local reps, caps, open, i = 0, 0, 0, 1
+  while i <= #p do
+    local c = p:sub(i, i)
+    if c == "%" then
+      i = i + 1
+      if i > #p then return reps, caps, "ends with '%'" end
+      if p:sub(i, i) == "b" then i = i + 2 end
+    elseif c == "[" then
+      i = i + 1
+      if p:sub(i, i) == "^" then i = i + 1 end
+      repeat  -- the first ] of a set is a member
+        if p:sub(i, i) == "%" then i = i + 1 end
+        i = i + 1
+      until i > #p or p:sub(i, i) == "]"
+      if i > #p then return reps, caps, "missing ']'" end
+    elseif c == "*" or c == "+" or c == "-" then
+      reps = reps + 1
+    elseif c == "(" then
+      caps, open = caps + 1, open + 1
+    elseif c == ")" then
+      open = open - 1
+      if open < 0 then return reps, caps, "invalid pattern capture" end
+    end
+    i = i + 1
+  end
+  return reps, caps, open > 0 and "unfinished capture" or nil
+end
+
+--- Checks one name pattern (a key starting with ^) and, when given, its replacement; errors
+--- name `origin`.
+function M.check_pattern(pattern, replacement, origin)
+  local lim = M.PATTERN_LIMITS
+  local function bad(why) error(("%s: pattern %q %s"):format(origin, pattern:sub(1, 60), why), 0) end
+  if #pattern > lim.length then bad(("is %d characters long; at most %d"):format(#pattern, lim.length)) end
+  local reps, caps, malformed = pattern_shape(pattern)
+  local ok, err = pcall(string.find, "", pattern)
+  malformed = malformed or not ok and tostring(err):gsub("^.-: ", "")
+  if malformed then bad(("is not a Lua pattern (%s)"):format(malformed)) end
+  if reps > lim.repetitions then
+    bad(("has %d repetitions (* + -); at most %d, each multiplies the matching work"):format(reps, lim.repetitions))
+  end
+  if replacement == nil then return end
+  if #replacement > lim.replacement then
+    bad(("has a replacement of %d characters; at most %d"):format(#replacement, lim.replacement))
+  end
+  for d in replacement:gsub("%%%%", ""):gmatch("%%(.?)") do
+    if not d:match("%d") or tonumber(d) > math.max(caps, 1) then
+      bad(("has %%%s in its replacement, which names no capture (it has %d)"):format(d, caps))
+    end
+  end
+end
+
+--- Checks a name mapping (a table of strings to strings, keys starting with ^ patterns); returns it.
 function M.check_names(t, origin)
   if type(t) ~= "table" then error(("%s: must be a table, got %s"):format(origin, type(t)), 0) end
+  local n = 0
   for k, v in pairs(t) do
     if type(k) ~= "string" or type(v) ~= "string" then
       error(("%s: entries map names (or ^patterns) to names, got %s = %s"):format(origin, tostring(k), tostring(v)), 0)
     end
+    n = n + 1
+    if n > M.PATTERN_LIMITS.entries then
+      error(("%s: more than %d entries"):format(origin, M.PATTERN_LIMITS.entries), 0)
+    end
+    if k:sub(1, 1) == "^" then M.check_pattern(k, v, origin) end
   end
   return t
 end
@@ -251,6 +317,7 @@ end
 ---@param dir string
 ---@return table
 function M.write(module, tokens, dir)
+  if type(dir) ~= "string" or dir == "" then error("dump: the directory must not be an empty path", 0) end
   if core.path_kind(dir) == "dir" and #core.list_dir(dir) > 0 then
     error(("%s is not empty: dump into a new or empty directory (a tensor left from another dump would be"
       .. " compared too)"):format(dir), 0)

@@ -44,24 +44,57 @@ function M.random_tokens(vocab, batch, seq, seed)
   return torch.randint(0, vocab, { batch, seq }, { seed = seed })
 end
 
+--- This machine's memory available to a new allocation, in bytes (MemAvailable, else MemTotal), or nil.
+local function memory_available()
+  local f = io.open("/proc/meminfo")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  local kb = tonumber(text:match("MemAvailable:%s*(%d+) kB") or text:match("MemTotal:%s*(%d+) kB"))
+  return kb and kb * 1024
+end
+
+--- What one fp32 forward of `bundle` over [rows, tokens] holds at its peak beyond the weights,
+--- in bytes, from its manifest's config (nil without one): one layer's attention scores and
+--- their softmax ([rows, heads, tokens, tokens] each, as eager attention materialises them) and
+--- a layer's activations (the residual stream, its norms, q/k/v/o and the FFN's hidden states).
+function M.forward_bytes(bundle, rows, tokens)
+  local cfg = bundle.manifest and bundle.manifest.config
+  if type(cfg) ~= "table" then return nil end
+  local function num(...)
+    for _, k in ipairs({ ... }) do
+      if type(cfg[k]) == "number" and cfg[k] >= 1 and cfg[k] < 2 ^ 40 then return cfg[k] end
+    end
+  end
+  local heads, hidden = num("num_attention_heads", "n_head", "num_heads"), num("hidden_size", "n_embd", "d_model")
+  if not heads and not hidden then return nil end
+  local ffn = num("intermediate_size", "n_inner", "ffn_dim") or 4 * (hidden or 0)
+  local scores = 2 * rows * (heads or 1) * tokens * tokens * 4
+  local activations = rows * tokens * (8 * (hidden or 0) + 3 * ffn) * 4
+  return scores + activations
+end
+
 --- Refuses, before anything is allocated, sequences longer than either model's
---- max_position_embeddings and runs whose logits (`copies` float32 tensors of
---- rows x tokens x vocab) would not fit in this machine's memory.
+--- max_position_embeddings and runs that would not fit in this machine's available memory:
+--- `copies` float32 logits of rows x tokens x vocab, and the larger of the two forwards'
+--- attention scores and activations (M.forward_bytes).
 ---@param bundles parity.Bundle[]
 function M.check_size(bundles, rows, tokens, vocab, copies)
+  local forward = 0
   for _, b in ipairs(bundles) do
     local max = b:max_positions()
     if max and tokens > max then
       error(("%d tokens a sequence exceed %s's max_position_embeddings (%d, parity.json)"):format(tokens, b.path, max), 0)
     end
+    forward = math.max(forward, M.forward_bytes(b, rows, tokens) or 0)
   end
-  local bytes = rows * tokens * vocab * 4 * copies
-  local f = io.open("/proc/meminfo")
-  local total = f and tonumber(f:read("*a"):match("MemTotal:%s*(%d+) kB"))
-  if f then f:close() end
-  if total and bytes > total * 1024 then
-    error(("%d x %d tokens over a %d vocabulary need about %.1f GB of logits, more than this machine's %.1f GB")
-      :format(rows, tokens, vocab, bytes / 2 ^ 30, total / 2 ^ 20), 0)
+  local logits = rows * tokens * vocab * 4 * copies
+  local avail = memory_available()
+  if avail and logits + forward > avail then
+    error(("%d x %d tokens need about %.1f GB (%.1f GB of logits over a %d vocabulary, %.1f GB of attention"
+      .. " scores and activations a forward), more than the %.1f GB this machine has available: fewer prompts"
+      .. " or shorter ones"):format(rows, tokens, (logits + forward) / 2 ^ 30, logits / 2 ^ 30, vocab,
+      forward / 2 ^ 30, avail / 2 ^ 30), 0)
   end
 end
 
@@ -84,7 +117,7 @@ end
 --- an error names `origin` otherwise.
 function M.check_tokens(t, vocab, origin)
   if t:dim() == 1 then t = t:unsqueeze(0) end
-  if t:dim() ~= 2 or t:dtype():find("float") or t:numel() == 0 then
+  if t:dim() ~= 2 or not t:dtype():find("^u?int") or t:numel() == 0 then
     error(("%s: token ids must be a non-empty integer [batch, seq] tensor, got %s [%s]"):format(
       origin, t:dtype(), table.concat(t:size(), ", ")), 0)
   end

@@ -19,6 +19,7 @@ local sandbox = require("parity.sandbox")
 local M = {}
 
 M.TRANSFORMS = { identity = true, concat = true }
+M.MAX_ENTRIES = 10000
 
 local function list(x) return type(x) == "table" and x or { x } end
 
@@ -44,9 +45,13 @@ end
 ---@param origin string for messages
 function M.validate(entries, origin)
   if type(entries) ~= "table" then error(("%s: a mapping is a list of entries, got %s"):format(origin, type(entries)), 0) end
+  if #entries > M.MAX_ENTRIES then
+    error(("%s: %d entries; at most %d (use {i} for what repeats per layer)"):format(origin, #entries, M.MAX_ENTRIES), 0)
+  end
   for n, e in ipairs(entries) do
     local where = ("%s: entry %d"):format(origin, n)
     if type(e) ~= "table" then error(where .. ": not a table", 0) end
+    if #list(e.reference) > 64 then error(("%s: %d reference paths; at most 64"):format(where, #list(e.reference)), 0) end
     for _, p in ipairs(list(e.reference)) do
       if type(p) ~= "string" then error(where .. ": reference paths must be strings", 0) end
     end
@@ -65,8 +70,8 @@ function M.validate(entries, origin)
         error(where .. ": interleave = { head_dim = <an even number>, parts = { ... } }", 0)
       end
       if il.parts ~= nil and type(il.parts) ~= "table" then error(where .. ": interleave.parts must be a list", 0) end
-      if il.rows ~= nil and (type(il.rows) ~= "number" or il.rows < d or il.rows % d ~= 0) then
-        error(where .. ": interleave.rows must be a multiple of head_dim", 0)
+      if il.rows ~= nil and (type(il.rows) ~= "number" or il.rows < d or il.rows % d ~= 0 or il.rows > 2 ^ 24) then
+        error(where .. ": interleave.rows must be a multiple of head_dim, at most 2^24", 0)
       end
       for _, k in ipairs(type(il.parts) == "table" and il.parts or {}) do
         if type(k) ~= "number" or k % 1 ~= 0 or k < 1 or k > #list(e.reference) then
@@ -226,6 +231,10 @@ function M.interleave(t, head_dim, dim, rows)
   if dim < 0 then dim = t:dim() + dim end
   local n, half, idx = t:size(dim), head_dim / 2, {}
   rows = rows or n
+  if rows > n then error(("interleave.rows = %d, but the tensor has %d rows"):format(rows, n), 0) end
+  if rows % head_dim ~= 0 then
+    error(("interleave.head_dim = %d does not divide the %d rows interleaved"):format(head_dim, rows), 0)
+  end
   for h = 0, rows / head_dim - 1 do
     for j = 0, half - 1 do
       idx[#idx + 1], idx[#idx + 2] = h * head_dim + j, h * head_dim + j + half
@@ -261,7 +270,13 @@ function M.as_target(entry, tensors, dim)
   if not il then return tensors end
   local out, parts = { unpack(tensors) }, il.parts or { 1 }
   for _, k in ipairs(parts) do
-    if out[k] then out[k] = M.interleave(out[k], il.head_dim, dim, il.rows) end
+    if out[k] then
+      local ok, t = pcall(M.interleave, out[k], il.head_dim, dim, il.rows)
+      if not ok then
+        error(("the mapping entry pairing %s with %s: %s"):format(table.concat(entry.reference, "+"), entry.target, t), 0)
+      end
+      out[k] = t
+    end
   end
   return out
 end

@@ -34,6 +34,19 @@ function M.number(name, v, lo, hi)
   return v
 end
 
+--- The number a decimal literal writes ("12", "-0.5", "1e-3"), else nil: unlike tonumber, no
+--- hexadecimal ("0x2"), no surrounding spaces (" 2"), no "nan" or "inf".
+---@param text string
+---@return number|nil
+function M.decimal(text)
+  if type(text) ~= "string" then return nil end
+  local mantissa, exponent = text:match("^[-+]?(%d*%.?%d*)([eE]?[-+]?%d*)$")
+  if not mantissa or not mantissa:find("%d") or (exponent ~= "" and not exponent:find("^[eE][-+]?%d+$")) then
+    return nil
+  end
+  return tonumber(text)
+end
+
 --- A number from the environment: `default` when unset or empty, else `text` must be a number
 --- (whole when `whole`) in lo..hi; an error names the variable and quotes what it held, like
 --- the host's env_integer.
@@ -41,7 +54,7 @@ end
 function M.env(name, default, lo, hi, whole)
   local text = os.getenv(name)
   if not text or text == "" then return default end
-  local v = tonumber(text)
+  local v = M.decimal(text)
   local ok = v and v == v and v >= lo and v <= hi and (not whole or (text:match("^%d+$") and v == math.floor(v)))
   if not ok then
     error(("%s must be a %s in %s..%s, got '%s'"):format(name, whole and "whole number" or "finite number",

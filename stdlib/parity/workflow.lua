@@ -19,7 +19,7 @@ local validate = require("parity.validate")
 
 local M = {}
 
-local FORMAT = 3  -- bump when what the reference cache stores changes
+local FORMAT = 4  -- bump when what the reference cache stores changes
 
 ---@class parity.Context
 ---@field reference parity.Bundle
@@ -35,10 +35,15 @@ local FORMAT = 3  -- bump when what the reference cache stores changes
 local Context = {}
 Context.__index = Context
 
+--- The default reference cache: $XDG_CACHE_HOME/parity, else .cache/parity in $HOME or, with
+--- HOME unset, in the user's home from the password database; nil (no cache) when none is known:
+--- never a place others share, like /tmp.
 local function default_cache_dir()
   local xdg = os.getenv("XDG_CACHE_HOME")
-  if xdg and xdg ~= "" then return xdg .. "/parity" end
-  return (os.getenv("HOME") or "/tmp") .. "/.cache/parity"
+  if xdg and xdg:sub(1, 1) == "/" then return xdg .. "/parity" end
+  local home = os.getenv("HOME")
+  if not home or home:sub(1, 1) ~= "/" then home = core.home_dir() end
+  return home and home .. "/.cache/parity" or nil
 end
 
 --- Validates the options, opens both bundles and makes the prompts. See parity.CheckOptions.
@@ -53,6 +58,9 @@ function M.context(opts)
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
+  for _, key in ipairs({ "out", "cache_dir" }) do
+    if opts[key] == "" then error(("%s must not be an empty path"):format(key), 0) end
+  end
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs
   ctx.dtype = opts.dtype or "bf16"
@@ -84,7 +92,14 @@ function M.context(opts)
   ctx.vocab = lm.shared_vocab(ctx.reference, ctx.target or ctx.reference, opts.vocab_size)
   if opts.inputs then
     local ids, meta = lm.tokens_from_file(opts.inputs, ctx.vocab)
-    local p = tonumber(meta.prompt_len)
+    local text, p = meta.prompt_len, nil
+    if text ~= nil then
+      p = type(text) == "string" and text:match("^%d+$") and tonumber(text)
+      if not p then
+        error(("%s: its metadata's prompt_len must be a whole number (written by parity inputs), got %q"):format(
+          opts.inputs, tostring(text):sub(1, 40)), 0)
+      end
+    end
     if p then  -- whole sequences, as parity inputs writes them: prompts, then the reference's continuation
       validate.integer(opts.inputs .. ": prompt_len", p, 1, ids:size(1) - 1)
       if opts.new_tokens and opts.new_tokens ~= ids:size(1) - p then
@@ -126,55 +141,128 @@ function Context:progress(stage, i, n)
   end
 end
 
+--- Whether the reference cache is on: asked for, a directory known, and that directory private
+--- (a real directory, yours, that no one else can write: an entry others could write could
+--- forge a pass). It is created (0700) when missing. Decided once; a cache that cannot be used
+--- is a note, and the reference is computed.
+function Context:cache_on()
+  if self.memo.cache_on ~= nil then return self.memo.cache_on end
+  local why
+  if not self.cache_enabled then
+    self.memo.cache_on = false
+    return false
+  elseif not self.cache_dir then
+    why = "no home directory to keep it in (HOME unset); --cache-dir DIR names one"
+  else
+    local ok, problem = pcall(core.private_dir, self.cache_dir, true)
+    why = not ok and tostring(problem) or problem and ("%s: %s"):format(self.cache_dir, problem)
+  end
+  if why then self.log(("reference cache off: %s"):format(why)) end
+  self.memo.cache_on = not why
+  return self.memo.cache_on
+end
+
+--- A cache write that fails (a full or read-only disk) is a warning: the run goes on.
+function Context:cache_write(what, fn, ...)
+  local ok, err = pcall(fn, ...)
+  if not ok then self.log(("reference cache: %s not written (%s)"):format(what, tostring(err))) end
+end
+
 --- A file's content hash, computed once per version of the file: remembered in the cache
 --- directory under its identity (device, inode, size, modification time), so that checking
 --- again against an unchanged reference reads none of it.
 function Context:content_hash(path)
-  if not self.cache_enabled then return core.hash_file(path) end
+  if not self:cache_on() then return core.hash_file(path) end
   local memo = ("%s/files/%s"):format(self.cache_dir, core.hash_string(path .. "\0" .. core.file_identity(path)))
   local f = io.open(memo, "rb")
   local known = f and f:read("*a")
   if f then f:close() end
-  if known and known:match("^%x+$") and #known == 16 then return known end
+  if known and known:match("^%x+$") and #known == 64 then return known end
   local h = core.hash_file(path)
-  core.remove_stale_temps(self.cache_dir .. "/files")
-  core.write_text(memo, h)
+  self:cache_write("a file hash", function()
+    core.remove_stale_temps(self.cache_dir .. "/files")
+    core.write_text(memo, h)
+  end)
   return h
 end
 
---- The cache key: the reference's files, the inputs and every setting its outputs depend on.
-function Context:cache_key()
+--- What the reference's side is computed from, as one string: the reference's files, the
+--- inputs and every setting its outputs depend on. Its SHA-256 is the cache key; each entry
+--- holds it whole in its metadata, which a read compares.
+function Context:cache_material()
+  if self.memo.cache_material then return self.memo.cache_material end
   local files = {}
   for _, d in ipairs({ self.anchor, self.dtype }) do files[d] = self:content_hash(self.reference.files[d]) end
   if self.reference.manifest then files.manifest = core.hash_string(core.json.encode(self.reference.manifest)) end
-  return core.hash_string(core.json.encode({
+  self.memo.cache_material = core.json.encode({
     format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens, baseline = self.baseline,
     perturbation_seed = self.baseline == "2-tensor" and self.settings.seed or nil,  -- the 2-tensor noise
-    prompts = core.hash_string(core.json.encode(self.prompts:tolist())),
-  }))
+    prompts = core.hash_string(core.json.encode(self.prompts:tolist())), vocab = self.vocab,
+  })
+  return self.memo.cache_material
 end
 
 --- The reference's cache file, <key>.safetensors, or <key>_<name>.safetensors for more of its side.
 function Context:cache_path(name)
-  self.memo.cache_key = self.memo.cache_key or self:cache_key()
+  self.memo.cache_key = self.memo.cache_key or core.hash_string(self:cache_material())
   return ("%s/%s%s.safetensors"):format(self.cache_dir, self.memo.cache_key, name and "_" .. name or "")
+end
+
+local function entry_metadata(self, name)
+  return { format = tostring(FORMAT), material = self:cache_material() .. (name and "\n" .. name or "") }
+end
+
+--- A cache entry's tensors when it is one of this key's (its metadata holds this key's material
+--- and `name`): {name = Tensor}, or nil and why not (nil, nil: no such entry).
+function Context:read_cache_entry(name)
+  local path = self:cache_path(name)
+  if core.path_kind(path) ~= "file" then return nil end
+  local ok, t, meta = pcall(core.tensors.load, path)
+  if not ok then return nil, tostring(t) end
+  local want = entry_metadata(self, name)
+  if type(meta) ~= "table" or meta.format ~= want.format or meta.material ~= want.material then
+    return nil, "written for other inputs (its metadata does not hold this key's)"
+  end
+  return t
 end
 
 --- More of the reference's side, cached beside its outputs (Context:reference_outputs) under the
 --- same key and `name` (which says what else they depend on): {name = Tensor}, or nil when not
---- cached (or the cache is off or unreadable). Context:cache_reference_extra writes them.
+--- cached (or the cache is off or the entry not this key's). Context:cache_reference_extra writes them.
 function Context:reference_extra(name)
-  if not self.cache_enabled then return nil end
-  local path = self:cache_path(name)
-  if core.path_kind(path) ~= "file" then return nil end
-  local ok, t = pcall(core.tensors.load, path)
-  return ok and t or nil
+  if not self:cache_on() then return nil end
+  local t, why = self:read_cache_entry(name)
+  if why then self.log(("reference cache: %s ignored: %s"):format(self:cache_path(name), why)) end
+  return t
 end
 
 function Context:cache_reference_extra(name, tensors)
-  if not self.cache_enabled then return end
-  core.remove_stale_temps(self.cache_dir)
-  core.tensors.save(self:cache_path(name), tensors, { format = tostring(FORMAT) })
+  if not self:cache_on() then return end
+  self:cache_write(self:cache_path(name), function()
+    core.remove_stale_temps(self.cache_dir)
+    core.tensors.save(self:cache_path(name), tensors, entry_metadata(self, name))
+  end)
+end
+
+--- Why cached reference outputs `t` cannot be these inputs' (nil when they can): each tensor of
+--- the dtype and shape it must have, the sequences starting with the prompts, finite logits.
+function Context:cached_outputs_problem(t)
+  local k, p, n = self.prompts:size(0), self.prompts:size(1), self.settings.new_tokens
+  local want = { sequences = { "int64", { k, p + n } }, own_tokens = { "int64", { k, n } },
+                 ref32 = { "float32", { k, n, self.vocab } }, ref_low = { "float32", { k, n, self.vocab } } }
+  for _, name in ipairs({ "sequences", "own_tokens", "ref32", "ref_low" }) do
+    local x, dtype, shape = t[name], want[name][1], want[name][2]
+    if not torch.is_tensor(x) then return ("it has no %s"):format(name) end
+    if x:dtype() ~= dtype or table.concat(x:size(), "x") ~= table.concat(shape, "x") then
+      return ("its %s is %s [%s], not %s [%s]"):format(name, x:dtype(), table.concat(x:size(), ", "), dtype,
+        table.concat(shape, ", "))
+    end
+  end
+  if t.sequences:narrow(1, 0, p) ~= self.prompts then return "its sequences do not start with these prompts" end
+  for _, name in ipairs({ "ref32", "ref_low" }) do
+    local bad = core.metrics.non_finite(t[name])
+    if bad.nan + bad.inf > 0 then return ("its %s holds NaN or Inf"):format(name) end
+  end
 end
 
 --- Narrows [K, P + N, V] logits to the N judged positions: those predicting the new tokens.
@@ -192,11 +280,13 @@ end
 function Context:reference_outputs()
   if self.memo.reference then return self.memo.reference end
   local t0 = core.clock()
-  local path = self:cache_path()
+  local cache = self:cache_on()
+  local path = cache and self:cache_path()
   local r, why
-  if self.cache_enabled and core.path_kind(path) == "file" then
-    local ok, t = pcall(core.tensors.load, path)
-    if ok and t.sequences and t.ref32 and t.ref_low and t.own_tokens then r = t else why = ok and "incomplete" or tostring(t) end
+  if cache then
+    r, why = self:read_cache_entry()
+    why = why or (r and self:cached_outputs_problem(r))
+    if why then r = nil end
   end
   if r then
     self.log(("reference: from cache %s (%.2f s)"):format(path, core.clock() - t0))
@@ -221,11 +311,13 @@ function Context:reference_outputs()
     r.own_tokens = lm.greedy_from(own or lm.decoding_forward(ref, self.dtype), self.prompts,
       seqs:narrow(1, p, n), r.ref_low:argmax(-1), function(i, k)
         self:progress(("reference greedy (%s%s)"):format(self.dtype, own and ", perturbed" or ""), i, k) end)
-    if self.cache_enabled then
-      core.remove_stale_temps(self.cache_dir)
-      core.tensors.save(path, r, { format = tostring(FORMAT) })
+    if cache then
       self.log(("reference: computed in %.2f s%s, cached as %s%s"):format(core.clock() - t0,
-        why and (" (cache unreadable: " .. why .. ")") or "", path, lm.decoding_note(decoding)))
+        why and (" (the cache entry was ignored: " .. why .. ")") or "", path, lm.decoding_note(decoding)))
+      self:cache_write(path, function()
+        core.remove_stale_temps(self.cache_dir)
+        core.tensors.save(path, r, entry_metadata(self))
+      end)
     else
       self.log(("reference: computed in %.2f s (cache off)%s"):format(core.clock() - t0, lm.decoding_note(decoding)))
     end
@@ -303,6 +395,7 @@ local STAGE_FILES = { "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "
 ---@param out string
 ---@param why string
 function M.mark_unfinished(out, why)
+  os.remove(out .. "/verdict.json")  -- first: removing needs no space, writing may fail
   core.remove_stale_temps(out)
   core.remove_stale_temps(out .. "/scaffold")
   for _, f in ipairs(STAGE_FILES) do os.remove(out .. "/" .. f) end
@@ -380,6 +473,9 @@ function M.run(ctx, stages)
   if #failed > 0 and first ~= core.json.null and not first.absorbed and not (why and why.class == "non_finite") then
     why = first.cause
   end
+  -- thresholds looser than the defaults, and whether the criteria can still fail at all
+  local audit = thresholds.audit(ctx.thresholds)
+  for i, w in ipairs(audit.warnings) do table.insert(warnings, i, w) end
   local verdict = {
     verdict = #failed == 0 and "equivalent" or "divergent",
     cause = why or core.json.null,
@@ -389,6 +485,8 @@ function M.run(ctx, stages)
     settings = ctx.settings, inputs = ctx.inputs_file or core.json.null, thresholds = ctx.thresholds,
     criteria = criteria, failed = core.json.array(failed), warnings = core.json.array(warnings),
     skipped = core.json.array(skipped), stages = order, summaries = summaries,
+    loosened = core.json.array(audit.loosened), switched_off = core.json.array(audit.switched_off),
+    criteria_can_fail = audit.criteria_can_fail,
   }
   core.json.write(ctx.out .. "/verdict.json", verdict)
   return verdict

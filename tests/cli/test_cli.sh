@@ -142,9 +142,10 @@ gate)
   expect 2 "--seq needs a number, got 'x'" -- gate "$ref" "$fx/port_fused" --seq x
   expect 2 '^parity gate: seq must be a whole number in 1\.\.131072, got -1$' -- gate "$ref" "$fx/port_fused" --seq -1
   # numbers that must never pass: NaN tolerances, sizes past their bounds, fractional counts
-  expect 2 '^parity gate: atol must be a finite number >= 0, got nan$' -- gate "$ref" "$fx/bug_rope" --atol nan
-  expect 2 '^parity gate: rtol must be a finite number >= 0, got nan$' -- gate "$ref" "$fx/bug_rope" --rtol nan
-  expect 2 '^parity gate: atol must be a finite number >= 0, got inf$' -- gate "$ref" "$fx/bug_rope" --atol inf
+  expect 2 "^parity gate: --atol needs a number, got 'nan'" -- gate "$ref" "$fx/bug_rope" --atol nan
+  expect 2 "^parity gate: --rtol needs a number, got 'nan'" -- gate "$ref" "$fx/bug_rope" --rtol nan
+  expect 2 "^parity gate: --atol needs a number, got 'inf'" -- gate "$ref" "$fx/bug_rope" --atol inf
+  expect 2 '^parity gate: atol must be a finite number >= 0, got inf$' -- gate "$ref" "$fx/bug_rope" --atol 1e999
   expect 2 '^parity gate: rtol must be a finite number >= 0, got -0\.1$' -- gate "$ref" "$fx/bug_rope" --rtol -0.1
   expect 2 '^parity gate: batch must be a whole number in 1\.\.1024, got 1\.5$' -- gate "$ref" "$fx/port_fused" --batch 1.5
   expect 2 '^parity gate: seed must be a whole number' -- gate "$ref" "$fx/port_fused" --seed -1
@@ -204,7 +205,7 @@ check)
   expect 2 '^parity check: new_tokens must be a whole number in 1\.\.4096, got 0$' -- check "$ref" "$fx/port_fused" --new-tokens 0 --out "$tmp/e"
   expect 2 '^parity check: new_tokens must be a whole number in 1\.\.4096, got 100000$' -- check "$ref" "$fx/port_fused" --new-tokens 100000 --out "$tmp/e"
   expect 2 '^parity check: 3016 tokens a sequence exceed' -- check "$ref" "$fx/port_fused" --prompt-len 3000 --out "$tmp/e"
-  expect 2 '^parity check: topk must be a whole number in 1\.\.1000, got nan$' -- check "$ref" "$fx/port_fused" --topk nan --out "$tmp/e"
+  expect 2 "^parity check: --topk needs a number, got 'nan'" -- check "$ref" "$fx/port_fused" --topk nan --out "$tmp/e"
   # shared recipes: text only, safe globals, bounded, and what they return is data
   printf '%s' 'return { r_p95 = 0/0 }' >"$tmp/nan.lua"
   expect 2 "^parity check: thresholds file $tmp/nan.lua: threshold 'r_p95' must be a finite number >= 0, got nan$" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/nan.lua"
@@ -251,6 +252,11 @@ foreign)
   ENGINE_DUMP_DIR=$tmp/bug_pos5 ENGINE_DUMP_POS=5 "${engine[@]}" --logits "$tmp/bug_pos5.npy" --bug ffn_scale:1
   expect 0 '^parity dump: wrote 13 tensors' -- dump "$ref" --inputs "$tmp/in.safetensors" --out "$tmp/ref"
   expect 0 '^verdict: EQUIVALENT' -- diff "$tmp/ref" "$tmp/clean"
+  # a comparison covers what the reference dumped (every layer, the logits) unless narrowed
+  mkdir -p "$tmp/embonly" && cp "$tmp/clean"/emb.* "$tmp/embonly/"
+  expect 2 '^incomplete: .*h0, h1, logits' -- diff "$tmp/ref" "$tmp/embonly"
+  expect 0 '^verdict: EQUIVALENT' -- diff "$tmp/ref" "$tmp/embonly" --only emb
+  expect 2 'only: pattern "\^\.-\.-\.-\.-x" has 4 repetitions' -- diff "$tmp/ref" "$tmp/embonly" --only '^.-.-.-.-x'
   # the Python reference dumper (hooks) writes what parity dump (taps) does, on the eager model
   /usr/bin/python3 "$(dirname "$0")/../../scripts/parity_dump.py" --module "$(dirname "$0")/../fixtures/tiny_llama.py:reference" \
     --inputs "$tmp/in.safetensors" --out "$tmp/pyref" >/dev/null
@@ -306,6 +312,98 @@ EOF
   echo 'return { entries = { { model = "x y" } } }' >"$tmp/bad_matrix.lua"
   expect 2 'bad_matrix.lua: entry 1: model must be a name' -- matrix "$tmp/bad_matrix.lua"
   expect 2 "no entry's model matches --filter nothing" -- matrix "$tmp/matrix.lua" --filter nothing --reports "$tmp/reports"
+  ;;
+hardening)
+  # issue 19: what an attacker or a careless user hands parity ends in one line and exit 2, and
+  # nothing they hand it forges a pass
+  ref=$fx/reference
+  common=(--prompts 2 --new-tokens 8 --cache-dir "$tmp/cache")
+  # recursion through built-ins that call back into Lua, from every kind of shared file
+  recurse='local d = 0 local function f(s) d = d + 1 if d >= 1000 then return "" end return (s:gsub(".", f)) end f("a")'
+  echo "$recurse return {}" >"$tmp/recurse.lua"
+  expect 2 "^parity check: thresholds file $tmp/recurse.lua: $tmp/recurse.lua:1: callbacks nest deeper than 100 levels" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/recurse.lua"
+  expect 2 "^parity check: mapping file $tmp/recurse.lua: $tmp/recurse.lua:1: callbacks nest deeper" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/recurse.lua"
+  "$parity" inputs "$ref" --out "$tmp/in.safetensors" "${common[@]}" --quiet >/dev/null
+  "$parity" dump "$ref" --inputs "$tmp/in.safetensors" --out "$tmp/ref" >/dev/null
+  expect 2 "^parity diff: name mapping $tmp/recurse.lua: $tmp/recurse.lua:1: callbacks nest deeper" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/recurse.lua"
+  echo "$recurse return { entries = {} }" >"$tmp/recurse_matrix.lua"
+  expect 2 "^parity matrix: matrix file $tmp/recurse_matrix.lua: $tmp/recurse_matrix.lua:1: callbacks nest deeper" -- matrix "$tmp/recurse_matrix.lua"
+  echo 'return (" "):rep(5000):byte(1, -1)' >"$tmp/many.lua"
+  expect 2 "^parity check: thresholds file $tmp/many.lua: returns 5000 values" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/many.lua"
+  # JSON nested past any use: the manifest of a bundle, a matrix file
+  cp -r "$ref" "$tmp/deep"
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); s=json.dumps(m); open(sys.argv[1],"w").write(s[:-1] + ", \"extra\": " + "["*100000 + "]"*100000 + "}")' "$tmp/deep/parity.json"
+  expect 2 "^parity tree: $tmp/deep/parity.json: JSON nests deeper than" -- tree "$tmp/deep"
+  expect 2 "^parity gate: $tmp/deep/parity.json: JSON nests deeper than" -- gate "$tmp/deep" "$fx/port_fused"
+  expect 2 "^parity check: $tmp/deep/parity.json: JSON nests deeper than" -- check "$tmp/deep" "$fx/port_fused" --out "$tmp/e" "${common[@]}"
+  python3 -c 'print("{\"entries\": " + "["*50000 + "]"*50000 + "}")' >"$tmp/deep_matrix.json"
+  expect 2 "^parity matrix: $tmp/deep_matrix.json: JSON nests deeper than" -- matrix "$tmp/deep_matrix.json"
+  # name patterns the host applies: bounded in length, repetitions and replacement, and checked
+  lua_pat=$(printf '.-%.0s' $(seq 150))
+  echo "return { [\"^$lua_pat\" .. \"X\"] = \"y\" }" >"$tmp/slow_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/slow_names.lua: pattern .* is 302 characters long; at most 200" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/slow_names.lua"
+  echo 'return { ["^.-.-.-.-X"] = "y" }' >"$tmp/slow_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/slow_names.lua: pattern .* has 4 repetitions" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/slow_names.lua"
+  echo 'return { ["^.*$"] = ("%0"):rep(1.2e7) }' >"$tmp/big_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/big_names.lua: pattern .* has a replacement of 24000000 characters; at most 200" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/big_names.lua"
+  echo 'return { ["^(abc"] = "x" }' >"$tmp/bad_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/bad_names.lua: pattern .* is not a Lua pattern \(unfinished capture\)" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/bad_names.lua"
+  echo 'return { ["^h(%d+)$"] = "layer%2" }' >"$tmp/bad_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/bad_names.lua: pattern .* has %2 in its replacement, which names no capture" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/bad_names.lua"
+  # mapping values checked against the models, before any work
+  echo 'return { { reference = "model.layers.{i}.self_attn.q_proj", target = "model.layers.{i}.self_attn.q_proj", interleave = { head_dim = 16, rows = 2^60 } } }' >"$tmp/rows.lua"
+  expect 2 "^parity check: mapping file $tmp/rows.lua: entry 1: interleave.rows must be a multiple of head_dim, at most 2\^24" -- check "$ref" "$fx/port_reorder" --out "$tmp/e" "${common[@]}" --mapping "$tmp/rows.lua"
+  qkv='reference = { "model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.k_proj", "model.layers.{i}.self_attn.v_proj" }, target = "blocks.{i}.attn.qkv_proj", transform = "concat"'
+  echo "return { { $qkv, interleave = { head_dim = 16, rows = 2^20, parts = { 1 } } } }" >"$tmp/rows.lua"
+  expect 2 "^parity check: the mapping entry pairing model.layers.0.self_attn.q_proj\+.* with blocks.0.attn.qkv_proj: interleave.rows = 1048576, but the tensor has 64 rows" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/rows.lua"
+  echo "return { { $qkv, interleave = { head_dim = 6, parts = { 1 } } } }" >"$tmp/hd.lua"
+  expect 2 "^parity check: the mapping entry pairing .*: interleave.head_dim = 6 does not divide the 64 rows" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/hd.lua"
+  echo 'local t = {} for i = 1, 2000 do t[i] = { reference = "model.norm", target = "final_norm" } end return t' >"$tmp/dups.lua"
+  expect 2 "^parity check: mapping file $tmp/dups.lua: entry 2: pairs 'model.norm' again \(entry 1 pairs it already\)" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/dups.lua"
+  echo 'local r = {} for i = 1, 9000 do r[i] = "model.norm" end return { { reference = r, target = "final_norm", transform = "concat" } }' >"$tmp/wide.lua"
+  expect 2 "^parity check: mapping file $tmp/wide.lua: entry 1: 9000 reference paths; at most 64" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/wide.lua"
+  expect 2 "^parity gate: unexpected argument '3'" -- gate $(seq 9000)
+  # what a forward needs, not only its logits; token ids from a file within the same bounds
+  expect 2 "^parity check: 1024 x 1024 tokens need about [0-9.]+ GB \(.* of attention scores and activations a forward\), more than the [0-9.]+ GB this machine has available" -- check "$ref" "$fx/port_fused" --prompts 1024 --prompt-len 1000 --new-tokens 24 --out "$tmp/e" --no-cache
+  cat >"$tmp/ids.lua" <<'LUA'
+local t = parity.core and parity.core.tensors or require("parity.core").tensors
+t.save(arg[1] .. "/rows.safetensors", { input_ids = torch.zeros(2000, 4, { dtype = "int64" }) })
+t.save(arg[1] .. "/bool.safetensors", { input_ids = torch.zeros(2, 4, { dtype = "bool" }) })
+t.save(arg[1] .. "/abc.safetensors", { input_ids = torch.zeros(2, 24, { dtype = "int64" }) }, { prompt_len = "abc" })
+t.save(arg[1] .. "/hex.safetensors", { input_ids = torch.zeros(2, 24, { dtype = "int64" }) }, { prompt_len = "0x2" })
+LUA
+  "$parity" run "$tmp/ids.lua" "$tmp"
+  expect 2 "^parity gate: $tmp/rows.safetensors: rows of token ids must be a whole number in 1\.\.1024, got 2000$" -- gate "$ref" "$fx/port_fused" --inputs "$tmp/rows.safetensors"
+  expect 2 "^parity gate: $tmp/bool.safetensors: token ids must be a non-empty integer \[batch, seq\] tensor, got bool" -- gate "$ref" "$fx/port_fused" --inputs "$tmp/bool.safetensors"
+  expect 2 "^parity check: $tmp/abc.safetensors: its metadata's prompt_len must be a whole number .*got \"abc\"" -- check "$ref" "$fx/port_fused" --inputs "$tmp/abc.safetensors" --out "$tmp/e" "${common[@]}"
+  expect 2 "^parity check: $tmp/hex.safetensors: its metadata's prompt_len must be a whole number .*got \"0x2\"" -- check "$ref" "$fx/port_fused" --inputs "$tmp/hex.safetensors" --out "$tmp/e" "${common[@]}"
+  expect 2 "^parity gate: --seq needs a number, got '0x2'" -- gate "$ref" "$fx/port_fused" --seq 0x2
+  expect 2 "^parity gate: --seq needs a number, got ' 2'" -- gate "$ref" "$fx/port_fused" --seq ' 2'
+  cp -r "$ref" "$tmp/huge_vocab"
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m["vocab_size"]=1e300; json.dump(m, open(sys.argv[1],"w"))' "$tmp/huge_vocab/parity.json"
+  expect 2 "^parity gate: $tmp/huge_vocab/parity.json: vocab_size must be a whole number in 1\.\.2147483647, got 1e\+300$" -- gate "$tmp/huge_vocab" "$fx/port_fused"
+  cp -r "$ref" "$tmp/num_manifest" && echo 3 >"$tmp/num_manifest/parity.json"
+  expect 2 "^parity gate: $tmp/num_manifest/parity.json: a manifest is a JSON object, got number$" -- gate "$tmp/num_manifest" "$fx/port_fused"
+  cp -r "$ref" "$tmp/bad_config"
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m["config"]["max_position_embeddings"]="x"; json.dump(m, open(sys.argv[1],"w"))' "$tmp/bad_config/parity.json"
+  expect 2 "^parity gate: $tmp/bad_config/parity.json: config.max_position_embeddings must be a whole number, got string$" -- gate "$tmp/bad_config" "$fx/port_fused"
+  # empty paths never mean /
+  expect 2 "^parity check: --out needs a value, got an empty one" -- check "$ref" "$fx/port_fused" --out ''
+  expect 2 "^parity check: --cache-dir needs a value, got an empty one" -- check "$ref" "$fx/port_fused" --out "$tmp/e" --cache-dir ''
+  expect 2 "^parity dump: --out needs a value, got an empty one" -- dump "$ref" --inputs "$tmp/in.safetensors" --out ''
+  expect 2 "^parity check: an empty argument" -- check "" "$fx/port_fused" --out "$tmp/e"
+  # the reference cache: an entry proves it is this key's, a directory others can write is not used
+  expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
+  expect 0 '^verdict: EQUIVALENT' -- check "$fx/bug_rope" "$fx/bug_rope" --out "$tmp/c2" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c2cache"
+  entry=$(ls "$tmp/c1cache"/*.safetensors | grep -v _components)
+  cp "$(ls "$tmp/c2cache"/*.safetensors | grep -v _components)" "$entry"
+  expect 1 'the cache entry was ignored: written for other inputs' -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
+  echo garbage >"$entry"
+  expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
+  chmod 0777 "$tmp/c1cache"
+  expect 1 "reference cache off: $tmp/c1cache: writable by others" -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
+  touch "$tmp/afile"
+  expect 0 "reference cache off: $tmp/afile/cache: cannot create: Not a directory" -- check "$ref" "$fx/port_fused" --out "$tmp/c3" --prompts 2 --new-tokens 8 --cache-dir "$tmp/afile/cache"
   ;;
 *)
   echo "unknown subcommand to test: $cmd"
