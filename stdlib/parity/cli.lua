@@ -103,12 +103,12 @@ end
 
 --- The --out directory of a command line that may not parse (default parity-results).
 local function out_dir(argv)
-  for i, a in ipairs(argv) do
-    if a == "--out" and argv[i + 1] then return argv[i + 1] end
-    local v = a:match("^%-%-out=(.*)$")
-    if v then return v end
+  local out = "parity-results"
+  for i, a in ipairs(argv) do  -- the last one, as parse takes it
+    if a == "--out" and argv[i + 1] then out = argv[i + 1] end
+    out = a:match("^%-%-out=(.*)$") or out
   end
-  return "parity-results"
+  return out
 end
 
 local commands = {}

@@ -52,6 +52,11 @@ function M.thresholds(t, origin)
   check_values(t, origin, RANGES)
   if t.layers ~= nil then
     if type(t.layers) ~= "table" then error(("%s: layers must be a table of name = {...}"):format(origin), 0) end
+    local n = 0
+    for _ in pairs(t.layers) do n = n + 1 end
+    if n > dump.PATTERN_LIMITS.entries then
+      error(("%s: layers has %d entries; at most %d"):format(origin, n, dump.PATTERN_LIMITS.entries), 0)
+    end
     for name, v in pairs(t.layers) do
       if type(name) ~= "string" or type(v) ~= "table" then
         error(("%s: layers entries are name = { rel_l2 = ..., cosine = ..., max_abs = ... }"):format(origin), 0)
@@ -93,14 +98,17 @@ M.OFF = { ratio = 1e6, gap = -1 }
 --- the compared tensors with their limits.
 local function audit(th, rows)
   local loosened = {}
-  local function judge(name, kind, default, given, value)
-    local how = given ~= nil and thresholds.judge(kind, default, value or given, M.OFF[kind])
-    if how then loosened[#loosened + 1] = { name = name, default = default, given = given, off = how == "off" } end
+  local function judge(name, kind, default, given)
+    local how = given ~= nil and thresholds.judge(kind, default, given, M.OFF[kind])
+    if how then
+      loosened[#loosened + 1] = { name = name, default = default, given = given, off = how == "off",
+                                  factor = thresholds.KINDS[kind].loosened }
+    end
   end
   judge("rel_l2", "ratio", M.DEFAULTS.rel_l2, th.rel_l2)
   judge("cosine", "gap", M.DEFAULTS.cosine, th.cosine)
-  if (th.expected_noise or 0) > 0 then
-    judge("expected_noise", "ratio", M.DEFAULTS.rel_l2, th.expected_noise, th.noise_factor * th.expected_noise)
+  if (th.expected_noise or 0) > 0 then  -- the rel_l2 it allows at layer 0
+    judge("noise_factor x expected_noise", "ratio", M.DEFAULTS.rel_l2, th.noise_factor * th.expected_noise)
   end
   local layers = {}
   for name in pairs(th.layers) do layers[#layers + 1] = name end
@@ -122,22 +130,14 @@ local function audit(th, rows)
     warnings[1] = "THESE THRESHOLDS SWITCH OFF rel_l2 AND cosine FOR EVERY TENSOR COMPARED: only NaN/Inf can still fail,"
       .. " so this verdict says nothing about equivalence"
   end
-  for _, l in ipairs(loosened) do
-    warnings[#warnings + 1] = ("loosened threshold %s = %g (default %g; %s)"):format(l.name, l.given, l.default,
-      l.off and "so loose it is switched off" or "more than 10x looser")
-  end
+  for _, line in ipairs(thresholds.loosened_lines(loosened)) do warnings[#warnings + 1] = line end
   return core.json.array(loosened), can_fail, core.json.array(warnings)
 end
 
 --- Whether `name` is one of `only` (exact names, or Lua patterns starting with ^).
 local function selected(only, name)
   for _, o in ipairs(only) do
-    if o == name then return true end
-    if o:sub(1, 1) == "^" then
-      local ok, hit = pcall(string.find, name, o)
-      if not ok then error(("only: bad pattern %s: %s"):format(o, tostring(hit):gsub("^.-:%d+: ", "")), 0) end
-      if hit then return true end
-    end
+    if o == name or (o:sub(1, 1) == "^" and name:find(o)) then return true end  -- checked by check_only
   end
   return false
 end
@@ -153,15 +153,14 @@ function M.check_only(only, origin, names)
   if type(only) ~= "table" or #only == 0 then
     error(("%s: only must list tensor names or ^patterns (e.g. \"h0,h1,^h%%d+_ffnout$\")"):format(origin), 0)
   end
+  if #only > dump.PATTERN_LIMITS.entries then
+    error(("%s: only lists %d names; at most %d"):format(origin, #only, dump.PATTERN_LIMITS.entries), 0)
+  end
   for _, o in ipairs(only) do
     if type(o) ~= "string" or o == "" then error(("%s: only entries are names or ^patterns, got %s"):format(origin, tostring(o)), 0) end
     if o:sub(1, 1) == "^" then dump.check_pattern(o, nil, origin .. ": only") end
     local hit = false
-    for _, n in ipairs(names or {}) do
-      local ok, yes = pcall(selected, { o }, n)
-      if not ok then error(("%s: %s"):format(origin, yes), 0) end
-      hit = hit or yes
-    end
+    for _, n in ipairs(names or {}) do hit = hit or selected({ o }, n) end
     if names and not hit then error(("%s: only: %s matches no tensor of the reference dump"):format(origin, o), 0) end
   end
   return only
@@ -341,7 +340,9 @@ function M.run(ref_path, target_path, opts)
   for _, n in ipairs(ref_names) do
     local place = dump.place(n)
     if place.layer and place.layer ~= math.huge then last_layer = math.max(last_layer, place.layer) end
-    local needed = only or place.kind == "h" or place.kind == "logits"
+    -- by its name before and after --names, so that a renaming cannot move a layer out of the rule
+    local before = dump.place(ref.renamed and ref.renamed[n] or n)
+    local needed = only or place.kind == "h" or place.kind == "logits" or before.kind == "h" or before.kind == "logits"
     if needed then required[#required + 1] = n end
     if tgt.tensors[n] then
       names[#names + 1] = n

@@ -141,20 +141,25 @@ function M.rename(d, names)
 end
 
 --- Bounds on the name patterns of shared files, which the host applies to every tensor name
---- outside the sandbox's limits: a pattern's length, its repetitions (* + -: each multiplies the
+--- outside the sandbox's limits: a pattern's length, its repetitions (* + - ?: each multiplies the
 --- backtracking by a name's length), a replacement's length, and how many entries a table holds.
 M.PATTERN_LIMITS = { length = 200, repetitions = 3, replacement = 200, entries = 10000 }
 
---- The repetition operators and captures of a Lua pattern (escapes and sets skipped), and what
---- makes it malformed (matching raises that only when it gets that far, so it is read here).
+--- The repetition operators (* + - ?) and captures of a Lua pattern (escapes and sets skipped),
+--- and what makes it malformed (matching raises that only when it gets that far, so it is read here).
 local function pattern_shape(p)
   local reps, caps, open, i = 0, 0, 0, 1
   while i <= #p do
     local c = p:sub(i, i)
     if c == "%" then
       i = i + 1
+      local e = p:sub(i, i)
       if i > #p then return reps, caps, "ends with '%'" end
-      if p:sub(i, i) == "b" then i = i + 2 end
+      if e == "b" then i = i + 2 end
+      if e == "f" and p:sub(i + 1, i + 1) ~= "[" then return reps, caps, "missing '[' after '%f'" end
+      if e:match("%d") and (tonumber(e) == 0 or tonumber(e) > caps - open) then
+        return reps, caps, ("%%%s refers to no closed capture"):format(e)
+      end
     elseif c == "[" then
       i = i + 1
       if p:sub(i, i) == "^" then i = i + 1 end
@@ -163,7 +168,7 @@ local function pattern_shape(p)
         i = i + 1
       until i > #p or p:sub(i, i) == "]"
       if i > #p then return reps, caps, "missing ']'" end
-    elseif c == "*" or c == "+" or c == "-" then
+    elseif c == "*" or c == "+" or c == "-" or c == "?" then
       reps = reps + 1
     elseif c == "(" then
       caps, open = caps + 1, open + 1
@@ -187,14 +192,14 @@ function M.check_pattern(pattern, replacement, origin)
   malformed = malformed or not ok and tostring(err):gsub("^.-: ", "")
   if malformed then bad(("is not a Lua pattern (%s)"):format(malformed)) end
   if reps > lim.repetitions then
-    bad(("has %d repetitions (* + -); at most %d, each multiplies the matching work"):format(reps, lim.repetitions))
+    bad(("has %d repetitions (* + - ?); at most %d, each multiplies the matching work"):format(reps, lim.repetitions))
   end
   if replacement == nil then return end
   if #replacement > lim.replacement then
     bad(("has a replacement of %d characters; at most %d"):format(#replacement, lim.replacement))
   end
-  for d in replacement:gsub("%%%%", ""):gmatch("%%(.?)") do
-    if not d:match("%d") or tonumber(d) > math.max(caps, 1) then
+  for d in replacement:gsub("%%%%", ""):gmatch("%%(%d)") do  -- % before anything else is that character
+    if tonumber(d) > math.max(caps, 1) then
       bad(("has %%%s in its replacement, which names no capture (it has %d)"):format(d, caps))
     end
   end

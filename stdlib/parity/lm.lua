@@ -54,13 +54,16 @@ local function memory_available()
   return kb and kb * 1024
 end
 
---- What one fp32 forward of `bundle` over [rows, tokens] holds at its peak beyond the weights,
---- in bytes, from its manifest's config (nil without one): one layer's attention scores and
---- their softmax ([rows, heads, tokens, tokens] each, as eager attention materialises them) and
---- a layer's activations (the residual stream, its norms, q/k/v/o and the FFN's hidden states).
+--- What one fp32 forward of `bundle` over [rows, tokens] holds in this machine's memory at its
+--- peak beyond the weights, in bytes, from its manifest's config (nil without one, or when it
+--- runs on another device): a layer's activations (the residual stream, its norms, q/k/v/o and
+--- the FFN's hidden states) and, unless it was exported with another attention than eager, one
+--- layer's attention scores and their softmax ([rows, heads, tokens, tokens] each).
 function M.forward_bytes(bundle, rows, tokens)
   local cfg = bundle.manifest and bundle.manifest.config
-  if type(cfg) ~= "table" then return nil end
+  if type(cfg) ~= "table" or (bundle.device and bundle.device ~= "cpu") then return nil end
+  local made = type(bundle.manifest.made_with) == "table" and bundle.manifest.made_with.attn_implementation
+  local eager = made == nil or made == "eager"
   local function num(...)
     for _, k in ipairs({ ... }) do
       if type(cfg[k]) == "number" and cfg[k] >= 1 and cfg[k] < 2 ^ 40 then return cfg[k] end
@@ -69,7 +72,7 @@ function M.forward_bytes(bundle, rows, tokens)
   local heads, hidden = num("num_attention_heads", "n_head", "num_heads"), num("hidden_size", "n_embd", "d_model")
   if not heads and not hidden then return nil end
   local ffn = num("intermediate_size", "n_inner", "ffn_dim") or 4 * (hidden or 0)
-  local scores = 2 * rows * (heads or 1) * tokens * tokens * 4
+  local scores = eager and 2 * rows * (heads or 1) * tokens * tokens * 4 or 0
   local activations = rows * tokens * (8 * (hidden or 0) + 3 * ffn) * 4
   return scores + activations
 end

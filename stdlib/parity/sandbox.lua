@@ -59,13 +59,15 @@ end
 
 --- `f` with its nesting counted, and its callback (argument `at`) called through a Lua function,
 --- so that each call back costs instructions even when the callback is a built-in (math.max).
+local function pack(...) return { n = select("#", ...), ... } end
+
 local function counted(f, at)
   return function(...)
     if nesting >= M.MAX_NESTING then
       error(("callbacks nest deeper than %d levels (gsub, sort or foreach calling back into itself)")
         :format(M.MAX_NESTING), 2)
     end
-    local args = { n = select("#", ...), ... }
+    local args = pack(...)
     local callback = args[at]
     if type(callback) == "function" then args[at] = function(...) return callback(...) end end
     nesting = nesting + 1
@@ -102,15 +104,16 @@ function M.call(what, fn, ...)
   local smt = debug.getmetatable("")
   local saved = smt.__index
   smt.__index = SAFE_STRING
+  local outer = nesting
   nesting = 0
-  local res = { core.run_limited(fn, { instructions = lim.instructions, memory = lim.memory_mb * 2 ^ 20,
-                                       seconds = lim.seconds, what = what }, ...) }
+  local res = pack(core.run_limited(fn, { instructions = lim.instructions, memory = lim.memory_mb * 2 ^ 20,
+                                          seconds = lim.seconds, what = what }, ...))
+  nesting = outer
   smt.__index = saved
   if jit_was_on then jit.on() end
   if res[1] then
-    local n = table.maxn(res)
-    if n > 101 then error(("%s: returns %d values; a file returns one (a table)"):format(what, n - 1), 0) end
-    return unpack(res, 2, n)
+    if res.n > 101 then error(("%s: returns %d values; at most 100 (a file returns a table)"):format(what, res.n - 1), 0) end
+    return unpack(res, 2, res.n)
   end
   local msg, tripped = res[2], res[3]
   if tripped == "instructions" then

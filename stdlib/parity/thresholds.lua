@@ -93,13 +93,25 @@ end
 --- The verdict's criteria these thresholds govern, and when they are switched off (`off`: the
 --- threshold names that are). NaN/Inf and the static weight check take no threshold.
 M.GATES = {
-  { "r_p95", function(off) return off.r_p95 end },
+  -- R p95 is a warning only when r_p50_precision is past R's median (with an exact fp32 leg)
+  { "r_p95", function(off) return off.r_p95 or off.r_p50_precision end },
   { "r32_p95", function(off) return off.r32_p95 end },
   { "kl", function(off) return off.kl_ratio or off.kl_floor end },         -- KL <= max(ratio x own, floor)
   { "cosine", function(off) return off.cosine_ratio or off.cosine_floor end },
   { "top1", function(off) return off.top1 or off.tie_factor end },         -- every flip a near-tie
   { "components", function(off) return off.r_p95 and off.r32_p95 and (off.row_z or off.row_r_p50) end },
 }
+
+--- A warning line for each loosened threshold ({name, default, given, off, factor}).
+---@return string[]
+function M.loosened_lines(loosened)
+  local out = {}
+  for _, l in ipairs(loosened) do
+    out[#out + 1] = ("loosened threshold %s = %g (default %g; %s)"):format(l.name, l.given, l.default,
+      l.off and "so loose it is switched off" or ("more than %gx looser"):format(l.factor))
+  end
+  return out
+end
 
 --- What resolved thresholds loosen: { loosened = { {name, default, given, off}... } (in name
 --- order), switched_off = { criterion... }, criteria_can_fail = false when every criterion
@@ -113,7 +125,8 @@ function M.audit(th)
   for _, name in ipairs(names) do
     local how = M.judge(M.KIND[name], M.DEFAULTS[name], th[name], M.OFF[name])
     if how then
-      loosened[#loosened + 1] = { name = name, default = M.DEFAULTS[name], given = th[name], off = how == "off" }
+      loosened[#loosened + 1] = { name = name, default = M.DEFAULTS[name], given = th[name], off = how == "off",
+                                  factor = M.KINDS[M.KIND[name]].loosened }
       off[name] = how == "off"
     end
   end
@@ -121,12 +134,7 @@ function M.audit(th)
   for _, gate in ipairs(M.GATES) do
     if gate[2](off) then switched[#switched + 1] = gate[1] end
   end
-  local warnings = {}
-  for _, l in ipairs(loosened) do
-    warnings[#warnings + 1] = ("loosened threshold %s = %g (default %g; %s)"):format(l.name, l.given, l.default,
-      l.off and "so loose it is switched off"
-        or ("more than %gx looser"):format(M.KINDS[M.KIND[l.name]].loosened))
-  end
+  local warnings = M.loosened_lines(loosened)
   local can_fail = #switched < #M.GATES
   if not can_fail then
     table.insert(warnings, 1, ("THESE THRESHOLDS SWITCH OFF EVERY CRITERION THEY GOVERN (%s): only NaN/Inf and the"

@@ -35,7 +35,8 @@ function M.number(name, v, lo, hi)
 end
 
 --- The number a decimal literal writes ("12", "-0.5", "1e-3"), else nil: unlike tonumber, no
---- hexadecimal ("0x2"), no surrounding spaces (" 2"), no "nan" or "inf".
+--- hexadecimal ("0x2"), no surrounding spaces (" 2"), no "nan" or "inf" (an overflowing literal,
+--- "1e999", is inf: range checks then refuse it, naming the setting).
 ---@param text string
 ---@return number|nil
 function M.decimal(text)

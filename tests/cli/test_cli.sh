@@ -329,7 +329,7 @@ hardening)
   echo "$recurse return { entries = {} }" >"$tmp/recurse_matrix.lua"
   expect 2 "^parity matrix: matrix file $tmp/recurse_matrix.lua: $tmp/recurse_matrix.lua:1: callbacks nest deeper" -- matrix "$tmp/recurse_matrix.lua"
   echo 'return (" "):rep(5000):byte(1, -1)' >"$tmp/many.lua"
-  expect 2 "^parity check: thresholds file $tmp/many.lua: returns 5000 values" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/many.lua"
+  expect 2 "^parity check: thresholds file $tmp/many.lua: returns 5000 values; at most 100" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --thresholds "$tmp/many.lua"
   # JSON nested past any use: the manifest of a bundle, a matrix file
   cp -r "$ref" "$tmp/deep"
   python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); s=json.dumps(m); open(sys.argv[1],"w").write(s[:-1] + ", \"extra\": " + "["*100000 + "]"*100000 + "}")' "$tmp/deep/parity.json"
@@ -348,6 +348,12 @@ hardening)
   expect 2 "^parity diff: name mapping $tmp/big_names.lua: pattern .* has a replacement of 24000000 characters; at most 200" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/big_names.lua"
   echo 'return { ["^(abc"] = "x" }' >"$tmp/bad_names.lua"
   expect 2 "^parity diff: name mapping $tmp/bad_names.lua: pattern .* is not a Lua pattern \(unfinished capture\)" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/bad_names.lua"
+  echo 'return { ["^" .. (".?"):rep(28) .. ("."):rep(28) .. "x$"] = "y" }' >"$tmp/slow_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/slow_names.lua: pattern .* has 28 repetitions \(\* \+ - \?\)" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/slow_names.lua"
+  echo 'return { ["^x%1"] = "y" }' >"$tmp/bad_names.lua"
+  expect 2 "^parity diff: name mapping $tmp/bad_names.lua: pattern .* is not a Lua pattern \(%1 refers to no closed capture\)" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/bad_names.lua"
+  echo 'return { ["^(h)(%d+)$"] = "%1%.%2" }' >"$tmp/ok_names.lua"
+  expect 0 '^  h\.0 ' -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/ok_names.lua"
   echo 'return { ["^h(%d+)$"] = "layer%2" }' >"$tmp/bad_names.lua"
   expect 2 "^parity diff: name mapping $tmp/bad_names.lua: pattern .* has %2 in its replacement, which names no capture" -- diff "$tmp/ref" "$tmp/ref" --names "$tmp/bad_names.lua"
   # mapping values checked against the models, before any work

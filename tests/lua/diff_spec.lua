@@ -176,6 +176,9 @@ describe("parity diff: what a comparison must cover", function()
     t.h1 = ref.h1 * 2
     local d = diff.run(ref_dir, write(root .. "/no_logits_bad", t))
     eq({ d.verdict, d.first_past_threshold.name, d.missing }, { "divergent", "h1", { "logits" } })
+    -- a name mapping that renames the layers out of the rule does not narrow it
+    local r2 = diff.run(ref_dir, only_emb(), { names = { ["^h(%d+)$"] = "x%1", ["^logits$"] = "y" } })
+    eq({ r2.verdict, r2.missing }, { "incomplete", { "x0", "x1", "x2", "x3", "y" } })
   end)
 
   it("needs neither the embedding nor sub-stages, and lists what only the target dumps", function()
@@ -208,12 +211,12 @@ describe("parity diff: what a comparison must cover", function()
     -- tighter, or looser by less than 10x: nothing to say
     eq(#diff.run(ref_dir, dir, { thresholds = { rel_l2 = 0.4, cosine = 0.95, step = 2, expected_noise = 0.03 } }).loosened, 0)
     r = diff.run(ref_dir, dir, { thresholds = { rel_l2 = 1, layers = { logits = { cosine = 0.5 } } } })
-    eq(r.loosened, { { name = "rel_l2", default = 0.05, given = 1, off = false },
-                     { name = 'layers["logits"].cosine', default = 0.99, given = 0.5, off = false } })
+    eq(r.loosened, { { name = "rel_l2", default = 0.05, given = 1, off = false, factor = 10 },
+                     { name = 'layers["logits"].cosine', default = 0.99, given = 0.5, off = false, factor = 10 } })
     eq(r.criteria_can_fail, true)
     truthy(diff.summary(r):find("warning: loosened threshold rel_l2 = 1 (default 0.05; more than 10x looser)", 1, true),
       diff.summary(r))
-    eq(diff.run(ref_dir, dir, { thresholds = { expected_noise = 0.3 } }).loosened[1].name, "expected_noise")
+    eq(diff.run(ref_dir, dir, { thresholds = { expected_noise = 0.3 } }).loosened[1].name, "noise_factor x expected_noise")
     r = diff.run(ref_dir, dir, { thresholds = { rel_l2 = 1e9, cosine = -1 } })
     eq({ r.pass, r.criteria_can_fail }, { true, false })
     eq({ r.loosened[1].off, r.loosened[2].off }, { true, true })
