@@ -15,7 +15,15 @@ PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann
         libfmt-dev doctest-dev python3-torch libopenblas0-pthread time
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build test test-asan demo bench clean
+# The user's stack (make test-modern): a virtual environment of the project's own under
+# $(MODERN)/venv with these pins from PyPI (torch's Linux wheel is a CUDA build: about 2.9 GB of
+# wheels with its nvidia-* ones, kept in pip's own cache, ~/.cache/pip), parity built against
+# that torch's LibTorch in $(MODERN) and the whole suite run on it, fixtures made with that torch.
+MODERN ?= build-modern
+MODERN_PINS ?= torch==2.15.0 transformers==5.24.0 safetensors==0.8.0 numpy==2.4.6
+MODERN_PY := $(abspath $(MODERN))/venv/bin/python
+
+.PHONY: all deps build test test-asan test-modern modern-venv demo bench clean
 
 all: build
 
@@ -44,6 +52,16 @@ test-asan: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
+$(MODERN_PY):
+	python3 -m venv $(MODERN)/venv
+
+modern-venv: $(MODERN_PY)
+	$(MODERN_PY) -m pip install -q --disable-pip-version-check $(MODERN_PINS)
+
+test-modern: deps modern-venv
+	$(MAKE) test BUILD=$(MODERN) TORCH_PYTHON=$(MODERN_PY) \
+	  TORCH_PREFIX="$$($(MODERN_PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+
 demo: build
 	./$(BUILD)/parity run examples/compare_logits.lua $(BUILD)/fixtures/reference $(BUILD)/fixtures/port_fused
 
@@ -55,4 +73,4 @@ bench: build
 	  $(BUILD)/bench.json $(BENCH_REPEATS) $(BENCH_SIZES)
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan $(MODERN)

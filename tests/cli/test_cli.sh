@@ -260,8 +260,10 @@ foreign)
   # the Python reference dumper (hooks) writes what parity dump (taps) does, on the eager model
   /usr/bin/python3 "$(dirname "$0")/../../scripts/parity_dump.py" --module "$(dirname "$0")/../fixtures/tiny_llama.py:reference" \
     --inputs "$tmp/in.safetensors" --out "$tmp/pyref" >/dev/null
-  expect 0 '^  h1_postattn +0 +1\.000000 +0 ' -- diff "$tmp/ref" "$tmp/pyref"
-  expect 0 '^  post_norm +0 +1\.000000 +0 ' -- diff "$tmp/ref" "$tmp/pyref"
+  # (bit for bit on LibTorch 1.13; eager and traced round a little apart on 2.x)
+  tiny='(0|[0-9.]+e-0[6-9]|[0-9.]+e-[1-9][0-9])'
+  expect 0 "^  h1_postattn +$tiny +1\.000000 +$tiny " -- diff "$tmp/ref" "$tmp/pyref"
+  expect 0 "^  post_norm +$tiny +1\.000000 +$tiny " -- diff "$tmp/ref" "$tmp/pyref"
   expect 1 '^localized: h1_ffnout: layer 1.s FFN' -- diff "$tmp/ref" "$tmp/bug"
   expect 1 '^first past threshold: h1_ffnout at position 0 ' -- diff "$tmp/ref" "$tmp/bug"
   expect 1 '^localized: h1_ffnout: layer 1.s FFN' -- diff "$tmp/ref" "$tmp/bug_pos5" --pos 5
