@@ -372,7 +372,7 @@ hardening)
   expect 2 "^parity check: mapping file $tmp/wide.lua: entry 1: 9000 reference paths; at most 64" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/wide.lua"
   expect 2 "^parity gate: unexpected argument '3'" -- gate $(seq 9000)
   # what a forward needs, not only its logits; token ids from a file within the same bounds
-  expect 2 "^parity check: 1024 x 1024 tokens need about [0-9.]+ GB \(.* of attention scores and activations a forward\), more than the [0-9.]+ GB this machine has available" -- check "$ref" "$fx/port_fused" --prompts 1024 --prompt-len 1000 --new-tokens 24 --out "$tmp/e" --no-cache
+  expect 2 "^parity check: 1024 x 2040 tokens need about [0-9.]+ GB \(.* of attention scores and activations a forward\), more than the [0-9.]+ GB this machine has available" -- check "$ref" "$fx/port_fused" --prompts 1024 --prompt-len 2000 --new-tokens 40 --out "$tmp/e" --no-cache
   cat >"$tmp/ids.lua" <<'LUA'
 local t = parity.core and parity.core.tensors or require("parity.core").tensors
 t.save(arg[1] .. "/rows.safetensors", { input_ids = torch.zeros(2000, 4, { dtype = "int64" }) })
