@@ -364,6 +364,9 @@ hardening)
   qkv='reference = { "model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.k_proj", "model.layers.{i}.self_attn.v_proj" }, target = "blocks.{i}.attn.qkv_proj", transform = "concat"'
   echo "return { { $qkv, interleave = { head_dim = 16, rows = 2^20, parts = { 1 } } } }" >"$tmp/rows.lua"
   expect 2 "^parity check: the mapping entry pairing model.layers.0.self_attn.q_proj\+.* with blocks.0.attn.qkv_proj: interleave.rows = 1048576, but the tensor has 64 rows" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/rows.lua"
+  # a mapping given between identical trees is used, not ignored
+  echo 'return { { reference = "model.layers.{i}.self_attn.q_proj", target = "model.layers.{i}.self_attn.q_proj", interleave = { head_dim = 16, rows = 2^20 } } }' >"$tmp/same_rows.lua"
+  expect 2 "^parity check: the mapping entry pairing model.layers.0.self_attn.q_proj with model.layers.0.self_attn.q_proj: interleave.rows = 1048576, but the tensor has 64 rows" -- check "$ref" "$ref" --out "$tmp/e" "${common[@]}" --mapping "$tmp/same_rows.lua"
   echo "return { { $qkv, interleave = { head_dim = 6, parts = { 1 } } } }" >"$tmp/hd.lua"
   expect 2 "^parity check: the mapping entry pairing .*: interleave.head_dim = 6 does not divide the 64 rows" -- check "$ref" "$fx/port_fused" --out "$tmp/e" "${common[@]}" --mapping "$tmp/hd.lua"
   echo 'local t = {} for i = 1, 2000 do t[i] = { reference = "model.norm", target = "final_norm" } end return t' >"$tmp/dups.lua"

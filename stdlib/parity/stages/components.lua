@@ -57,7 +57,10 @@ function M.pairs_for(ctx)
   local tgt = ctx.target:at(ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype)
   local ref_mods, tgt_mods = ref32:modules(), tgt:modules()
   local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
-  if pairs_ then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
+  -- a mapping given is used even between identical trees (it may declare a layout, or a module
+  -- without a counterpart): never ignored
+  if pairs_ and not ctx.mapping then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
+  why = why or "the trees are identical"
   local entries, kind, unmapped = ctx.mapping, "given", {}
   if not entries then entries, unmapped = mapping.auto(ref32, tgt); kind = "auto" end
   local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods, kind == "given" and ctx.mapping_origin or nil)
