@@ -270,7 +270,7 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string" },
       positional = { "REF", "TARGET" },
     })
-    if not ok then  -- a usage error leaves a verdict saying so where there was one
+    if not ok then  -- a usage error leaves a verdict saying so in an existing results directory
       if out ~= "" and parity.path_kind(out) == "dir" then
         pcall(require("parity.workflow").mark_unfinished, out, "usage error: " .. tostring(o.usage or o))
       end

@@ -57,10 +57,10 @@ local function unnest(ok, ...)
   return ...
 end
 
---- `f` with its nesting counted, and its callback (argument `at`) called through a Lua function,
---- so that each call back costs instructions even when the callback is a built-in (math.max).
 local function pack(...) return { n = select("#", ...), ... } end
 
+--- `f` with its nesting counted, and its callback (argument `at`) called through a Lua function,
+--- so that each call back costs instructions even when the callback is a built-in (math.max).
 local function counted(f, at)
   return function(...)
     if nesting >= M.MAX_NESTING then

@@ -58,9 +58,7 @@ function M.context(opts)
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
-  for _, key in ipairs({ "out", "cache_dir" }) do
-    if opts[key] == "" then error(("%s must not be an empty path"):format(key), 0) end
-  end
+  if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs
   ctx.dtype = opts.dtype or "bf16"
@@ -163,8 +161,8 @@ function Context:cache_on()
 end
 
 --- A cache write that fails (a full or read-only disk) is a warning: the run goes on.
-function Context:cache_write(what, fn, ...)
-  local ok, err = pcall(fn, ...)
+function Context:cache_write(what, fn)
+  local ok, err = pcall(fn)
   if not ok then self.log(("reference cache: %s not written (%s)"):format(what, tostring(err))) end
 end
 
