@@ -337,6 +337,7 @@ Vm::Vm(const VmOptions& options) : limits_(new Limits()), L_(luaL_newstate()) {
   open_tensor(L_);
   open_torch(L_);
   open_module(L_);
+  open_program(L_);
   open_tensor_files(L_);
   open_metrics(L_);
   open_json(L_);

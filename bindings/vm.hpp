@@ -97,6 +97,7 @@ void push_core_table(lua_State* L, const char* field, const luaL_Reg* fns);
 void open_tensor(lua_State* L);
 void open_torch(lua_State* L);
 void open_module(lua_State* L);
+void open_program(lua_State* L);  // bindings/program.cpp: .pt2 packages
 void open_tensor_files(lua_State* L);
 void open_metrics(lua_State* L);
 void open_json(lua_State* L);

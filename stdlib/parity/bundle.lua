@@ -1,7 +1,10 @@
 --- A bundle: one model traced once per dtype, because a trace bakes its dtypes into the graph.
---- A directory holds fp32.pt, bf16.pt and/or fp16.pt plus an optional parity.json manifest;
---- a single .pt file is a bundle of one, its dtype read off its first floating parameter.
+--- A directory holds fp32.pt, bf16.pt and/or fp16.pt (TorchScript) or .pt2 packages of the
+--- same names (torch.export programs compiled by AOTInductor: parity.program) plus an optional
+--- parity.json manifest; a single .pt or .pt2 file is a bundle of one, its dtype read off its
+--- first floating parameter.
 local core = require("parity.core")
+local program = require("parity.program")
 local validate = require("parity.validate")
 
 local M = {}
@@ -11,6 +14,12 @@ local CANONICAL = { float32 = "fp32", bfloat16 = "bf16", float16 = "fp16",
                     fp32 = "fp32", bf16 = "bf16", fp16 = "fp16" }
 
 --- Taps a freshly loaded module of `file` everywhere it can and keeps it as the bundle's (Bundle:at).
+--- A model file loaded: a .pt2 package as a program, anything else as TorchScript.
+local function load(file, device)
+  if file:sub(-4) == ".pt2" then return program.load(file, device) end
+  return core.load(file, device)
+end
+
 local function keep(self, file, module)
   local paths, refused = {}, {}
   for _, m in ipairs(module:modules()) do
@@ -64,13 +73,19 @@ end
 ---@return userdata Module
 function Bundle:at(dtype)
   local file = self:file(dtype)
-  if not self.modules[file] then keep(self, file, core.load(file, self.device)) end
+  if not self.modules[file] then keep(self, file, load(file, self.device)) end
   return self.modules[file]
 end
 
 --- A freshly loaded module of `dtype` on the bundle's device, without taps.
 function Bundle:fresh(dtype)
-  return core.load(self:file(dtype), self.device)
+  return load(self:file(dtype), self.device)
+end
+
+--- Whether the model at `dtype` can run its components alone and take injected inputs
+--- (TorchScript); a .pt2 program runs whole: its components have the accumulated view only.
+function Bundle:runs_alone(dtype)
+  return self:file(dtype):sub(-4) ~= ".pt2"
 end
 
 --- Runs the module at `dtype` (Bundle:at) tapped on `tokens`, capturing the calls of `paths`
@@ -155,20 +170,25 @@ function M.open(path, device)
   local b = setmetatable({ path = path, files = {}, modules = {}, refused = {},
                            device = device and core.usable_device(device) or nil }, Bundle)
   if kind == "file" then
-    local m = core.load(path, b.device)
+    local m = load(path, b.device)
     local d = first_float_dtype(m)
     b.files[d] = path
     keep(b, path, m)
     return b
   end
   for _, d in ipairs(DTYPES) do
-    local f = path .. "/" .. d .. ".pt"
-    if core.path_kind(f) == "file" then b.files[d] = f end
+    for _, ext in ipairs({ ".pt", ".pt2" }) do
+      local f = path .. "/" .. d .. ext
+      if core.path_kind(f) == "file" then
+        if b.files[d] then error(("%s: both %s.pt and %s.pt2: keep one model a dtype"):format(path, d, d), 2) end
+        b.files[d] = f
+      end
+    end
   end
   local manifest = path .. "/parity.json"
   if core.path_kind(manifest) == "file" then b.manifest = M.check_manifest(core.json.read(manifest), manifest) end
   if not next(b.files) then
-    error(("%s: not a bundle (no fp32.pt, bf16.pt or fp16.pt inside)"):format(path), 2)
+    error(("%s: not a bundle (no fp32.pt, bf16.pt or fp16.pt inside, nor .pt2 packages of those names)"):format(path), 2)
   end
   return b
 end

@@ -58,6 +58,19 @@ tree)
     echo "ok   tree --json parses"; else failures=$((failures + 1)); echo "FAIL: tree --json"; fi
   expect 2 "^parity tree: $fx/missing: no such file or directory$" -- tree "$fx/missing"
   expect 2 "^parity tree: $fx/corrupt.pt: not a loadable TorchScript file" -- tree "$fx/corrupt.pt"
+  # a .pt2 package (torch.export, AOTInductor): read by a LibTorch 2.x build, one line elsewhere
+  mkdir -p "$tmp/pt2" && printf 'PK\005\006%018d' 0 >"$tmp/pt2/fp32.pt2" && cp "$tmp/pt2/fp32.pt2" "$tmp/pt2/bf16.pt2"
+  if "$parity" version | grep -q 'LibTorch 1\.'; then
+    pt2_why='a torch\.export program \(\.pt2\); this parity is built against LibTorch 1\.[0-9.]+, which has no AOTInductor package loader; a parity built against a pip torch 2\.x'
+  else
+    pt2_why='not a loadable AOTInductor package'
+  fi
+  expect 2 "^parity tree: $tmp/pt2/fp32.pt2: $pt2_why" -- tree "$tmp/pt2"
+  expect 2 "^parity tree: $tmp/pt2/fp32.pt2: $pt2_why" -- tree "$tmp/pt2/fp32.pt2"
+  expect 2 "^parity gate: $tmp/pt2/(bf16|fp32).pt2: $pt2_why" -- gate "$fx/reference" "$tmp/pt2"
+  expect 2 "^parity check: $tmp/pt2/(bf16|fp32).pt2: $pt2_why" -- check "$fx/reference" "$tmp/pt2" --out "$tmp/pt2_out"
+  cp "$fx/reference/fp32.pt" "$tmp/pt2/fp32.pt"
+  expect 2 "both fp32.pt and fp32.pt2: keep one model a dtype" -- tree "$tmp/pt2"
   expect 2 '^parity tree: missing MODEL \(see parity tree --help\)$' -- tree
   expect 2 'unknown option --wide' -- tree "$fx/reference" --wide
   expect 2 'exclude each other' -- tree "$fx/reference" --flat --json

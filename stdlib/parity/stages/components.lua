@@ -270,6 +270,13 @@ function M.run(ctx)
   end
   local forwards_s = core.clock() - t0  -- the tapped forwards run here
   local function dtype_of(which) return which == "r32" and anchor or which == "t32" and "fp32" or dtype end
+  -- which models can run a component alone (TorchScript; a .pt2 program runs whole)
+  local alone = { r32 = ref:runs_alone(anchor), rlow = ref:runs_alone(dtype), tlow = target:runs_alone(dtype),
+                  t32 = has32 and target:runs_alone("fp32") }
+  local whole = {}
+  for _, side in ipairs({ { "reference", ref, anchor }, { "target", target, has32 and "fp32" or dtype } }) do
+    if not side[2]:runs_alone(side[3]) then whole[#whole + 1] = ("the %s is a .pt2 program (%s)"):format(side[1], side[2]:file(side[3])) end
+  end
   local child_cache = {}
   local function child(which, path)
     local key = which .. "|" .. path
@@ -285,6 +292,7 @@ function M.run(ctx)
   -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
   -- and why not
   local function rerun(which, path, inputs)
+    if not alone[which] then return nil end  -- a .pt2 program: the accumulated view only
     local c = child(which, path)
     if not c then return nil end
     reruns = reruns + 1
@@ -344,7 +352,7 @@ function M.run(ctx)
         -- model, its embedding) has the accumulated view only, against the perturbed whole model
         local perturbable = not two
         for _, x in ipairs(calls[k].inputs) do perturbable = perturbable or is_float(x) end
-        local tinputs = tcall and perturbable and inputs_for(tcall.inputs, calls[k].inputs) or nil
+        local tinputs = tcall and perturbable and alone.tlow and alone.r32 and inputs_for(tcall.inputs, calls[k].inputs) or nil
         local isolated = tinputs ~= nil
         -- the accumulated view: outputs of the whole-model runs at this call
         local function outs(which, paths, as)
@@ -437,7 +445,7 @@ function M.run(ctx)
   ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
                       pairs = pairs_, bundles = { reference = ref, target = target, reference_low = ref },
                       dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
-  if not cached and not failed.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
+  if not cached and not failed.rlow and alone.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s: %d tapped forwards (%.2f s; the others came with the logits), %d"
     .. " component runs (%.2f s), %d read from the whole runs (the same inputs)%s")
@@ -445,7 +453,12 @@ function M.run(ctx)
       cached and "; the reference's own noise from the cache" or ""))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
-  return { mapping = kind, components = rows, has_fp32 = has32, unmapped_target = core.json.array(unmapped or {}),
+  -- a .pt2 program runs whole: no component runs alone, nothing is injected; what is skipped, and why
+  local accumulated_only = #whole > 0 and (table.concat(whole, "; ") .. ": a .pt2 program runs whole (AOTInductor), so no"
+    .. " component runs alone on the reference's inputs: every component has the accumulated view only (isolated:"
+    .. " false; no per-row precision test, no re-runs for the signatures)") or nil
+  if accumulated_only then ctx.log("components: " .. accumulated_only) end
+  return { mapping = kind, components = rows, has_fp32 = has32, accumulated_only = accumulated_only, unmapped_target = core.json.array(unmapped or {}),
            no_counterpart = absent_list, no_counterpart_reference = core.json.array(lacking or {}) }
 end
 
