@@ -1,6 +1,8 @@
 // bindings/module.cpp — Lua view of a TorchScript module (host/model.hpp) and parity.load.
 #include <fmt/format.h>
 
+#include <stdexcept>
+
 #include "bindings/lua_value.hpp"
 #include "bindings/vm.hpp"
 #include "host/dtype.hpp"
@@ -50,6 +52,33 @@ int load_library_fn(lua_State* L) {
 /// m(...) calls forward
 int module_call(lua_State* L) {
   push_value(L, check_module(L, 1).call("forward", args_from(L, 2)));
+  return 1;
+}
+
+/// The first tensor of a forward's output, depth first ((out, input) -> out; {logits = ...} too).
+const at::Tensor* first_tensor(const Value& v) {
+  if (auto* t = v.get<at::Tensor>()) return t;
+  if (auto* a = v.get<Array>()) {
+    for (auto& x : *a)
+      if (auto* t = first_tensor(x)) return t;
+  }
+  if (auto* m = v.get<Map>()) {
+    for (auto& [k, x] : *m)
+      if (k == "logits") return first_tensor(x);
+    for (auto& [k, x] : *m)
+      if (auto* t = first_tensor(x)) return t;
+  }
+  return nullptr;
+}
+
+/// m:forward1(...): forward's primary output, its first tensor (a traced HF RMSNorm returns
+/// (out, input); a dict its "logits", else its first tensor); an error when it returns none
+int module_forward1(lua_State* L) {
+  auto& m = check_module(L, 1);
+  Value out = m.call("forward", args_from(L, 2));
+  const at::Tensor* t = first_tensor(out);
+  if (!t) throw std::runtime_error(fmt::format("{}'s forward returned no tensor (a {})", m.type_name(), out.kind()));
+  push_tensor(L, *t);
   return 1;
 }
 
@@ -252,7 +281,7 @@ int module_gc(lua_State* L) {
 }
 
 const luaL_Reg kMethods[] = {
-    {"call", guard<module_call_method>}, {"child", guard<module_child>},
+    {"call", guard<module_call_method>}, {"forward1", guard<module_forward1>}, {"child", guard<module_child>},
     {"modules", guard<module_modules>},  {"parameters", guard<module_parameters>},
     {"buffers", guard<module_buffers>},  {"methods", guard<module_methods>},
     {"schema", guard<module_schema>},    {"type", guard<module_type>},

@@ -100,6 +100,12 @@ std::string demangle_type(const std::string& qualified) {
 //   written by torch.jit.save anyway;
 // - all entries together declare more than the memory available (MemAvailable).
 // A file without a ZIP end record is left to torch, which says what it says of non-archives.
+//
+// The entry names also tell a torch.save pickle (a state dict, a pickled nn.Module) from a
+// TorchScript archive, which torch would only report as "PytorchStreamReader failed locating
+// file constants.pkl": both hold <prefix>/data.pkl, only TorchScript has <prefix>/code/ and
+// <prefix>/constants.pkl. torch.save's legacy format (_use_new_zipfile_serialization=False) is
+// no ZIP; it starts with its pickled magic number.
 namespace {
 
 constexpr uint64_t kMaxInflated = 64ull << 20;
@@ -158,6 +164,16 @@ struct FdCloser {
   ~FdCloser() { ::close(fd); }
 };
 
+std::runtime_error torch_save_pickle(const std::string& path) {
+  return std::runtime_error(fmt::format(
+      "{}: a torch.save pickle (a state dict or a pickled nn.Module), not a TorchScript model: export the model itself "
+      "with scripts/parity_export.py (README, \"Bundles\")",
+      path));
+}
+
+/// How the legacy torch.save format begins: pickle protocol 2, then the long 0x1950a86a20f9469cfc6c.
+constexpr char kLegacyMagic[] = "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+
 }  // namespace
 
 void check_torchscript_archive(const std::string& path, uint64_t available) {
@@ -174,7 +190,11 @@ void check_torchscript_archive(const std::string& path, uint64_t available) {
   int64_t at = -1;
   for (int64_t i = static_cast<int64_t>(tail_size) - 22; i >= 0 && at < 0; --i)
     if (le(&tail[i], 4) == 0x06054b50 && i + 22 + le(&tail[i + 20], 2) <= tail_size) at = i;
-  if (at < 0) return;  // not a ZIP archive: torch's to report
+  if (at < 0) {  // not a ZIP archive: torch's to report, unless torch.save wrote it
+    std::string head = file.read(0, sizeof kLegacyMagic - 1, "the start");
+    if (head == std::string(kLegacyMagic, sizeof kLegacyMagic - 1)) throw torch_save_pickle(path);
+    return;
+  }
   const char* e = &tail[at];
   uint64_t end_record = file.size() - tail_size + static_cast<uint64_t>(at);
   uint64_t disk = le(e + 4, 2), cd_disk = le(e + 6, 2), on_disk = le(e + 8, 2), entries = le(e + 10, 2);
@@ -202,6 +222,7 @@ void check_torchscript_archive(const std::string& path, uint64_t available) {
   std::string cd = file.read(cd_offset, cd_size, "the central directory");
 
   uint64_t total = 0, pos = 0;
+  bool data_pkl = false, script = false;  // <prefix>/data.pkl; <prefix>/code/ or <prefix>/constants.pkl
   for (uint64_t i = 0; i < entries; ++i) {
     if (cd_size - pos < 46 || le(&cd[pos], 4) != 0x02014b50)
       throw file.malformed(fmt::format("entry {} of {} has no header at offset {}", i + 1, entries, cd_offset + pos));
@@ -211,6 +232,11 @@ void check_torchscript_archive(const std::string& path, uint64_t available) {
     uint64_t len = 46 + name_len + extra_len + comment_len;
     if (len > cd_size - pos) throw file.malformed(fmt::format("entry {} of {} runs past its end", i + 1, entries));
     std::string name(h + 46, name_len);
+    if (auto slash = name.find('/'); slash != std::string::npos) {
+      std::string rest = name.substr(slash + 1);
+      data_pkl = data_pkl || rest == "data.pkl";
+      script = script || rest == "constants.pkl" || rest.rfind("code/", 0) == 0;
+    }
     if (size == 0xFFFFFFFF || packed == 0xFFFFFFFF || local == 0xFFFFFFFF) {  // the ZIP64 extra field has them
       const char* x = h + 46 + name_len;
       bool found = false;
@@ -245,6 +271,7 @@ void check_torchscript_archive(const std::string& path, uint64_t available) {
     total = size > UINT64_MAX - total ? UINT64_MAX : total + size;
     pos += len;
   }
+  if (data_pkl && !script) throw torch_save_pickle(path);
   if (available == 0) available = memory_available();
   if (total > available)
     throw std::runtime_error(fmt::format(

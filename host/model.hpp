@@ -76,8 +76,10 @@ class Model {
 /// Reads a TorchScript archive's ZIP central directory (NOTE [ Archive sizes ] in model.cpp)
 /// and throws std::runtime_error "PATH: reason" when loading it could exhaust memory: the
 /// entries' declared sizes add up to more than `available` bytes (0: MemAvailable), or an entry
-/// is compressed past 64 MiB or past a ratio of 1000. A malformed directory is an error too; a
-/// file without a ZIP end record is left to torch. Model::load runs it first.
+/// is compressed past 64 MiB or past a ratio of 1000. A malformed directory is an error too, and
+/// so is a torch.save pickle (a state dict: "PATH: a torch.save pickle ..., not a TorchScript
+/// model: export ..."); any other file without a ZIP end record is left to torch. Model::load
+/// runs it first.
 void check_torchscript_archive(const std::string& path, uint64_t available = 0);
 
 /// Loads a shared library of custom operators (e.g. torch-neuronx's) into the process.

@@ -57,6 +57,50 @@ local function tail(list, from)
   return out
 end
 
+--- The edit distance of two strings: insertions, deletions, substitutions and swaps of two
+--- neighbours (promts -> prompts 1, atlo -> atol 1).
+local function distance(a, b)
+  local d = {}
+  for i = 0, #a do d[i] = { [0] = i } end
+  for j = 1, #b do d[0][j] = j end
+  for i = 1, #a do
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      d[i][j] = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+      if i > 1 and j > 1 and a:byte(i) == b:byte(j - 1) and a:byte(i - 1) == b:byte(j) then
+        d[i][j] = math.min(d[i][j], d[i - 2][j - 2] + 1)
+      end
+    end
+  end
+  return d[#a][#b]
+end
+
+--- The names nearest to `word`, when close enough to be a typo of them: at most 2 edits, and
+--- at most a third of the name (one for names of up to 5 letters); "" when none is.
+---@param names string[]
+---@param prefix string written before each name ("--" for flags)
+---@return string " (did you mean --a?)", or ""
+local function nearest(word, names, prefix)
+  local best, found = math.huge, {}
+  for _, name in ipairs(names) do
+    local d = distance(word, name)
+    if d <= 2 and d <= math.max(1, math.floor(#name / 3)) then
+      if d < best then best, found = d, {} end
+      if d == best then found[#found + 1] = prefix .. name end
+    end
+  end
+  if #found == 0 then return "" end
+  table.sort(found)
+  return (" (did you mean %s?)"):format(table.concat(found, " or "))
+end
+
+--- The keys of a table, as a list.
+local function keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  return out
+end
+
 --- Parses `--flag`, `--key value`, `--key=value` and positionals against a spec.
 ---@param argv string[]
 ---@param spec table { flags = { name = "boolean"|"string"|"number" }, positional = { "NAME", ... } }
@@ -69,7 +113,7 @@ local function parse(argv, spec)
     key = key or a:match("^%-%-([%w%-]+)$")
     if key then
       local kind = spec.flags[key]
-      if not kind then usage_error(("unknown option --%s"):format(key)) end
+      if not kind then usage_error(("unknown option --%s%s"):format(key, nearest(key, keys(spec.flags), "--"))) end
       if kind == "boolean" then
         if value then usage_error(("--%s takes no value"):format(key)) end
         opts[key] = true
@@ -101,14 +145,49 @@ local function parse(argv, spec)
   return opts
 end
 
---- The --out directory of a command line that may not parse (default parity-results).
-local function out_dir(argv)
-  local out = "parity-results"
-  for i, a in ipairs(argv) do  -- the last one, as parse takes it
-    if a == "--out" and argv[i + 1] then out = argv[i + 1] end
-    out = a:match("^%-%-out=(.*)$") or out
+--- Module paths only Hugging Face transformers' models have (Llama, Mistral, Qwen, Gemma, ...,
+--- GPT-NeoX, GPT-2): a reference has them, a port of one usually names its modules otherwise.
+--- The --out of a command line that did not parse (the last one given), or nil.
+local function out_given(argv)
+  local out
+  for i, a in ipairs(argv) do
+    if a == "--out" then out = argv[i + 1] end
+    out = a:match("^%-%-out=(.+)$") or out
   end
   return out
+end
+
+local HF_PATHS = { "%.self_attn%.[qkvo]_proj$", "%.mlp%.gate_proj$", "%.mlp%.up_proj$", "%.mlp%.down_proj$",
+  "%.input_layernorm$", "%.post_attention_layernorm$", "embed_tokens$", "^gpt_neox%.layers%.%d+%.attention$",
+  "^transformer%.h%.%d+%.attn%.c_attn$" }
+
+--- The module path of a scaffold/<side>.flat.tsv that looks most like Hugging Face's (by the
+--- order of HF_PATHS), or nil; false when the file cannot be read.
+local function hf_path(file)
+  local f = io.open(file, "r")
+  if not f then return false end
+  local paths = {}
+  for line in f:lines() do paths[#paths + 1] = line:match("^([^\t]+)") end
+  f:close()
+  for _, pattern in ipairs(HF_PATHS) do
+    for _, path in ipairs(paths) do
+      if path:find(pattern) then return path end
+    end
+  end
+  return nil
+end
+
+--- A divergent check whose target has Hugging Face's module names while its reference has none
+--- (a port's) was likely given in the wrong order: a hint line saying so, else nil. Never on an
+--- equivalent verdict, nor when both or neither look like Hugging Face's.
+local function swap_hint(verdict, out)
+  local scaffold = verdict.summaries and verdict.summaries.scaffold
+  if verdict.verdict ~= "divergent" or type(scaffold) ~= "table" then return nil end  -- this run's trees only
+  local target = hf_path(out .. "/scaffold/target.flat.tsv")
+  if not target then return nil end
+  if hf_path(out .. "/scaffold/reference.flat.tsv") ~= nil then return nil end  -- HF-named, or no tree
+  return ("hint: is the order swapped? parity check REFERENCE TARGET: the reference is the first argument"
+    .. " (the target has Hugging Face's module names, %s; the reference has none)"):format(target)
 end
 
 local commands = {}
@@ -258,11 +337,17 @@ The reference's outputs are cached, keyed by its files, the inputs and the setti
 check against a changed target runs only the target.
 Limits: prompts <= 1024, new tokens <= 4096, prompt + new tokens <= 131072 (and the models'
 max_position_embeddings), top-k <= 1000, logits and a forward that fit in the memory available.
-Any run that ends in an
-error leaves a verdict.json saying "error" (usage errors included), never an earlier verdict.]],
+A bad command line (an unknown flag, a number out of range, a --dtype, --baseline or --device
+it cannot take) is refused before anything runs: in --out it only marks an earlier verdict.json
+"error" (the other results stay as they were); any other run that ends in an error leaves a
+verdict.json saying "error", never an earlier verdict. A divergent check whose
+target has Hugging Face's module names and whose reference has none ends with a hint that the
+two may be swapped.]],
   run = function(argv)
-    local out = out_dir(argv)  -- an earlier verdict goes first, before anything can fail
-    if out ~= "" then os.remove(out .. "/verdict.json") end
+    -- the whole command line first: a bad one (a typo'd flag, a number out of range) only marks
+    -- the last run's verdict in --out as an error (an automation loop must not read it as this
+    -- run's), and leaves its other results as they were
+    local workflow = require("parity.workflow")
     local ok, o = pcall(parse, argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
@@ -270,19 +355,25 @@ error leaves a verdict.json saying "error" (usage errors included), never an ear
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string" },
       positional = { "REF", "TARGET" },
     })
-    if not ok then  -- a usage error leaves a verdict saying so in an existing results directory
-      if out ~= "" and parity.path_kind(out) == "dir" then
-        pcall(require("parity.workflow").mark_unfinished, out, "usage error: " .. tostring(o.usage or o))
-      end
-      error(o, 0)
-    end
-    local verdict = parity.check({ reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
+    local out = ok and (o.out or "parity-results") or out_given(argv)
+    local opts = ok and { reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"],
-      log = o.quiet and function() end or nil })
-    print(require("parity.workflow").summary(verdict, out))
+      log = o.quiet and function() end or nil }
+    if ok then ok, o = pcall(workflow.check_options, opts) end
+    if not ok then
+      if out and parity.path_kind(out .. "/verdict.json") == "file" then
+        workflow.mark_verdict(out, "usage error: " .. clean(type(o) == "table" and o.usage or o))
+      end
+      error(o, 0)
+    end
+    os.remove(out .. "/verdict.json")  -- then an earlier verdict goes, before anything can fail
+    local verdict = parity.check(opts)
+    print(workflow.summary(verdict, out))
+    local hint = swap_hint(verdict, out)
+    if hint then print(hint) end
     return verdict.verdict == "equivalent" and 0 or 1
   end,
 }
@@ -491,6 +582,10 @@ parity.device, where parity.load and parity.bundle put models unless told otherw
       print(commands.run.help)
       return 0
     end
+    local flag = script:match("^%-%-([%w%-]+)$")
+    if flag and not parity.path_kind(script) then
+      usage_error(("unknown option --%s%s"):format(flag, nearest(flag, { "device" }, "--")))
+    end
     local chunk, err = require("parity.sandbox").load_text(script)
     if not chunk then
       stderr("parity run: %s", err)
@@ -524,7 +619,7 @@ commands.help = {
       print(USAGE)
       return 0
     end
-    if not commands[name] then usage_error(("unknown command '%s'"):format(name)) end
+    if not commands[name] then usage_error(("unknown command '%s'%s"):format(name, nearest(name, keys(commands), ""))) end
     print(commands[name].help)
     return 0
   end,
@@ -542,7 +637,9 @@ function M.main(argv)
   if name == "--version" then name = "version" end
   local cmd = commands[name]
   if not cmd then
-    stderr("parity: unknown command '%s' (commands: check, gate, inputs, dump, diff, matrix, run, tree, version, help; see parity --help)", name)
+    local near = nearest(name, keys(commands), ""):match("^ %((.*)%)$")
+    stderr("parity: unknown command '%s' (%scommands: check, gate, inputs, dump, diff, matrix, run, tree, version, help;"
+      .. " see parity --help)", name, near and (near .. " ") or "")
     return 2
   end
   local rest = tail(argv, 2)

@@ -4,14 +4,17 @@ local validate = require("parity.validate")
 
 local M = {}
 
---- The logits of a forward output: the tensor itself, or the first tensor of a tuple (HF
---- models traced with return_dict=False return (logits, ...)).
+--- The logits of a forward output: the tensor itself, the first tensor of a tuple (HF models
+--- traced with return_dict=False return (logits, ...)) or a dict's "logits" (Module:forward1
+--- takes the same); a leading dimension of 1 ([1, batch, seq, vocab], as some engines return)
+--- is dropped.
 ---@return userdata Tensor [batch, seq, vocab]
 function M.logits_of(out, who)
-  while type(out) == "table" do out = out[1] end
+  while type(out) == "table" do out = out.logits or out[1] end
   if not torch.is_tensor(out) then
     error(("%s: forward returned no tensor"):format(who), 0)
   end
+  while out:dim() > 3 and out:size(0) == 1 do out = out:squeeze(0) end
   if out:dim() ~= 3 then
     error(("%s: logits must be [batch, seq, vocab], got [%s]"):format(who, table.concat(out:size(), ", ")), 0)
   end
@@ -131,15 +134,33 @@ function M.check_tokens(t, vocab, origin)
   return t:long()
 end
 
---- The vocabulary both bundles share, or an error naming both sizes. `override` (--vocab-size)
---- replaces what both bundles say; their logits' widths are still checked against it.
+--- The vocabulary compared: the reference's, or `override` (--vocab-size). A target may have
+--- more rows in its LM head (engines pad the vocabulary to a multiple of 64 or 128): its logits
+--- are cut to this vocabulary (M.fit_vocab) and the padded columns checked apart; fewer is an
+--- error naming both sizes. Their logits' widths are checked against it when they come.
 function M.shared_vocab(reference, target, override)
   if override then return validate.integer("vocab_size", override, 1, validate.MAX.vocab) end
   local rv, tv = reference:vocab_size(), target:vocab_size()
-  if rv ~= tv then
+  if tv < rv then
     error(("vocab sizes differ: reference %s has %d, target %s has %d"):format(reference.path, rv, target.path, tv), 0)
   end
   return rv
+end
+
+--- Logits cut to the compared vocabulary: [.., V'] -> [.., vocab], the columns past it left
+--- out; then what the padding did, the columns from `pad_from` (default `vocab`; the reference's
+--- own width when --vocab-size compares fewer: those are its vocabulary too): {columns, wins
+--- (positions where one of them is above every compared logit, i.e. would win the argmax),
+--- positions}, or nil without padding. Logits with fewer columns come back as they are
+--- (M.check_shape says what differs).
+function M.fit_vocab(t, vocab, pad_from)
+  local v = t:size(t:dim() - 1)
+  if v <= vocab then return t, nil end
+  local real = t:narrow(-1, 0, vocab)
+  pad_from = math.max(pad_from or vocab, vocab)
+  if v <= pad_from then return real:contiguous(), nil end
+  local wins = t:narrow(-1, pad_from, v - pad_from):amax(-1):gt(real:amax(-1))
+  return real:contiguous(), { columns = v - pad_from, wins = wins:sum():item(), positions = wins:numel() }
 end
 
 --- The LM head of a tapped run's `calls` (Module:run_tapped) on tokens [b, t] giving logits of

@@ -175,6 +175,9 @@ function Program:call(method, ...)
   return run(self, ...)[1]
 end
 
+--- The primary output, as Module:forward1: the logits (a program returns them first).
+function Program:forward1(...) return run(self, ...)[1] end
+
 Program.__call = function(self, ...) return run(self, ...)[1] end
 Program.__tostring = function(self) return ("Program(%s)"):format(self:type()) end
 

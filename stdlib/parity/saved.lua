@@ -68,8 +68,9 @@ end
 local function logits_from(file, tensors)
   local t = tensor_of(file, "logits", true, tensors)
   if t:dim() == 2 then t = t:unsqueeze(0) end
+  while t:dim() > 3 and t:size(0) == 1 do t = t:squeeze(0) end  -- an engine's extra leading dimension
   if t:dim() ~= 3 then
-    error(("%s: logits must be [batch, seq, vocab] (or [seq, vocab]), got [%s]"):format(file, table.concat(t:size(), ", ")), 0)
+    error(("%s: logits must be [batch, seq, vocab] (or [seq, vocab], or with leading dimensions of 1), got [%s]"):format(file, table.concat(t:size(), ", ")), 0)
   end
   return t:float()
 end

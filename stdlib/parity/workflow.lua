@@ -46,13 +46,29 @@ local function default_cache_dir()
   return home and home .. "/.cache/parity" or nil
 end
 
---- Validates the options, opens both bundles and makes the prompts. See parity.CheckOptions.
----@return parity.Context
-function M.context(opts)
+--- Checks the options that need no model (numbers in range, the dtype, the baseline, the
+--- devices): the CLI runs it before anything in the results directory is touched.
+function M.check_options(opts)
   local max = validate.MAX
   validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
     new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
     topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
+  if opts.dtype ~= nil and opts.dtype ~= "bf16" and opts.dtype ~= "fp16" then
+    error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
+      .. " (for fp32 logits use parity gate)"):format(tostring(opts.dtype)), 0)
+  end
+  if opts.baseline ~= nil and opts.baseline ~= "3-tensor" and opts.baseline ~= "2-tensor" then
+    error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(opts.baseline)), 0)
+  end
+  for _, device in ipairs({ opts.device or "cpu", opts.reference_device or "cpu" }) do core.usable_device(device) end
+  return opts
+end
+
+--- Validates the options, opens both bundles and makes the prompts. See parity.CheckOptions.
+---@return parity.Context
+function M.context(opts)
+  local max = validate.MAX
+  M.check_options(opts)
   local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print, results = {},
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
@@ -62,10 +78,6 @@ function M.context(opts)
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs
   ctx.dtype = opts.dtype or "bf16"
-  if ctx.dtype ~= "bf16" and ctx.dtype ~= "fp16" then
-    error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
-      .. " (for fp32 logits use parity gate)"):format(tostring(ctx.dtype)), 0)
-  end
   ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
     or opts.thresholds)
   ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)
@@ -76,9 +88,6 @@ function M.context(opts)
   -- a reference without an fp32 trace (one that cannot run in fp32) is judged against itself:
   -- the 2-tensor baseline, its low precision and a run of it perturbed by machine epsilon
   ctx.baseline = opts.baseline or (ctx.reference:has("fp32") and "3-tensor" or "2-tensor")
-  if ctx.baseline ~= "3-tensor" and ctx.baseline ~= "2-tensor" then
-    error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(ctx.baseline)), 0)
-  end
   ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype  -- what the target is compared with
   -- fail early on a missing trace; the reference's load when a stage needs it (a check against
   -- a cached reference never runs its low precision)
@@ -302,7 +311,7 @@ function Context:reference_outputs()
         error(("the reference %s (%s) has %d NaN and %d Inf in its own logits: fix the reference first"):format(
           ref.path, dtype, bad.nan, bad.inf), 0)
       end
-      return self:judged(l)
+      return self:judged((lm.fit_vocab(l, self.vocab)))
     end
     r = { sequences = seqs, ref32 = logits(anchor), ref_low = logits(self.dtype, own) }
     -- the reference's own low-precision greedy tokens, decoded from its first divergence
@@ -339,6 +348,10 @@ function Context:target_logits(dtype)
   if self.memo[key] then return self.memo[key] end
   local r = self:reference_outputs()
   local t = self:tapped_logits("target", dtype, r.sequences) or lm.forward(self.target, dtype, r.sequences)
+  -- a padded LM head: its extra columns are left out of every comparison, their wins kept (e2e's criterion)
+  local padded
+  t, padded = lm.fit_vocab(t, self.vocab, self.reference:vocab_size())
+  self.memo["padded_" .. dtype] = padded
   lm.check_shape(t, { r.sequences:size(0), r.sequences:size(1), r.ref32:size(2) }, self.reference.path, self.target.path)
   self.memo[key] = t
   return t
@@ -387,6 +400,14 @@ end
 
 local STAGE_FILES = { "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }
 
+--- Marks the verdict.json in `out` "error", saying `why`, and touches nothing else there (a bad
+--- command line: the last run's other results stay as they were). A failure to write is ignored:
+--- the error that led here is what the user sees.
+function M.mark_verdict(out, why)
+  os.remove(out .. "/verdict.json")
+  pcall(core.json.write, out .. "/verdict.json", { verdict = "error", error = why })
+end
+
 --- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
 --- dies before writing its own verdict never leaves an earlier one behind), removes the stage
 --- files and the temporary files of killed runs.
@@ -406,6 +427,13 @@ end
 local function cause(failed, results, dtype)
   if failed.finite or failed.finite32 then
     return { class = "non_finite", detail = "NaN or Inf in the target's logits" }
+  end
+  local padded = results.e2e and results.e2e.padded
+  if failed.padded and not (failed.r_p95 or failed.r32_p95 or failed.kl or failed.cosine or failed.top1) then
+    return { class = "vocabulary", detail = ("a padded LM head: one of the target's %d columns past the vocabulary wins the"
+      .. " argmax at %d of %d positions (the compared ones agree): its padding rows must give logits below the real ones"
+      .. " (zero rows, or logits masked to -inf), or cut the logits to the vocabulary"):format(padded.columns, padded.wins,
+      padded.positions) }
   end
   local low = failed.r_p95 or failed.kl or failed.cosine or failed.top1
   local e32 = results.e2e32

@@ -429,6 +429,71 @@ LUA
   touch "$tmp/afile"
   expect 0 "reference cache off: $tmp/afile/cache: cannot create: Not a directory" -- check "$ref" "$fx/port_fused" --out "$tmp/c3" --prompts 2 --new-tokens 8 --cache-dir "$tmp/afile/cache"
   ;;
+usability)
+  # issue 22: errors that say what to do
+  ref=$fx/reference
+  common=(--prompts 2 --new-tokens 8 --cache-dir "$tmp/cache")
+  # a typo'd flag: the nearest flag of that command, when one is close
+  expect 2 '^parity check: unknown option --promts \(did you mean --prompts\?\) \(see parity check --help\)$' -- check "$ref" "$fx/port_fused" --promts 8
+  expect 2 '^parity check: unknown option --new-token \(did you mean --new-tokens\?\)' -- check "$ref" "$fx/port_fused" --new-token=8
+  expect 2 '^parity gate: unknown option --atoll \(did you mean --atol\?\)' -- gate "$ref" "$fx/port_fused" --atoll 1
+  expect 2 '^parity tree: unknown option --jsno \(did you mean --json\?\)' -- tree "$ref" --jsno
+  expect 2 '^parity inputs: unknown option --promtp-len \(did you mean --prompt-len\?\)' -- inputs "$ref" --out "$tmp/in.safetensors" --promtp-len 4
+  expect 2 '^parity diff: unknown option --expected-nosie \(did you mean --expected-noise\?\)' -- diff "$tmp/a" "$tmp/b" --expected-nosie 0.1
+  expect 2 '^parity dump: unknown option --input \(did you mean --inputs\?\)' -- dump "$ref" --input x --out "$tmp/d"
+  expect 2 '^parity matrix: unknown option --filtre \(did you mean --filter\?\)' -- matrix "$tmp/m.lua" --filtre x
+  expect 2 '^parity run: unknown option --devcie \(did you mean --device\?\)' -- run --devcie cpu "$tmp/x.lua"
+  expect 2 "^parity: unknown command 'chek' \(did you mean check\?" -- chek "$ref" "$fx/port_fused"
+  # none when nothing is close
+  expect 2 '^parity check: unknown option --frobnicate \(see parity check --help\)$' -- check "$ref" "$fx/port_fused" --frobnicate
+  expect 2 '^parity tree: unknown option --wide \(see parity tree --help\)$' -- tree "$ref" --wide
+  # a bad command line marks the last run's verdict "error" and leaves its other results as they
+  # were: stages, scaffold/
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}"
+  snapshot() { (cd "$tmp/res" && find . | sort && find . -type f ! -name verdict.json | sort | xargs sha256sum); }
+  before=$(snapshot)
+  for bad in "--promts 8" "--new-tokens 0" "--dtype fp32" "--topk nan" "--baseline 1-tensor" "--device tpu"; do
+    # shellcheck disable=SC2086
+    expect 2 '^parity check: ' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}" $bad
+    cases=$((cases + 1))
+    if [[ $(snapshot) == "$before" ]] && grep -q '"verdict": "error"' "$tmp/res/verdict.json" \
+       && grep -q '"error": "usage error: ' "$tmp/res/verdict.json"; then
+      echo "ok   check $bad marks the verdict and leaves the rest of --out as it was"
+    else failures=$((failures + 1)); echo "FAIL: check $bad changed --out:"; diff <(echo "$before") <(snapshot) | head -10; fi
+  done
+  # a torch.save pickle given as a model: what it is and what to do, in one line
+  sd_why='a torch\.save pickle \(a state dict or a pickled nn\.Module\), not a TorchScript model: export the model itself with scripts/parity_export\.py \(README, "Bundles"\)$'
+  if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+    /usr/bin/python3 -c "import sys, torch; torch.save({'w': torch.zeros(2)}, sys.argv[1] + '/sd.pt'); torch.save(torch.nn.Linear(2, 2), sys.argv[1] + '/module.pt'); torch.save({'w': torch.zeros(2)}, sys.argv[1] + '/legacy.pt', _use_new_zipfile_serialization=False)" "$tmp"
+    expect 2 "^parity tree: $tmp/sd.pt: $sd_why" -- tree "$tmp/sd.pt"
+    expect 2 "^parity tree: $tmp/module.pt: $sd_why" -- tree "$tmp/module.pt"
+    expect 2 "^parity tree: $tmp/legacy.pt: $sd_why" -- tree "$tmp/legacy.pt"
+    expect 2 "^parity gate: $tmp/sd.pt: $sd_why" -- gate "$ref" "$tmp/sd.pt"
+    cases=$((cases + 1))
+    lines=$("$parity" tree "$tmp/sd.pt" 2>&1 | wc -l)
+    if [[ $lines -eq 1 ]]; then echo "ok   a torch.save pickle is one line"; else failures=$((failures + 1)); echo "FAIL: a torch.save pickle printed $lines lines"; fi
+  else
+    echo "FAIL: /usr/bin/python3 has no torch to write a torch.save pickle"; failures=$((failures + 1))
+  fi
+  # arguments swapped: a divergent check whose reference has a port's names and whose target has
+  # Hugging Face's says so; never the right order, never an equivalent verdict
+  swap='^hint: is the order swapped\? parity check REFERENCE TARGET: the reference is the first argument'
+  expect 1 "$swap" -- check "$fx/bug_eps" "$ref" --out "$tmp/swap" "${common[@]}"
+  for pair in "$ref $fx/bug_eps 1" "$fx/port_fused $ref 0" "$ref $fx/port_fused 0" "$fx/noisy $fx/noisy_bug_gelu 1"; do
+    set -- $pair
+    cases=$((cases + 1))
+    out=$("$parity" check "$1" "$2" --out "$tmp/swap" "${common[@]}" 2>&1); rc=$?
+    if [[ $rc -eq $3 ]] && ! grep -q '^hint: is the order swapped' <<<"$out"; then echo "ok   no swap hint on check $1 $2 -> $rc"
+    else failures=$((failures + 1)); echo "FAIL: check $1 $2: exit $rc (want $3), hint: $(grep 'hint' <<<"$out")"; fi
+  done
+  # the cosine line shows what the cosine criterion judges (1 - cosine), not "p5 1 p50 1"
+  cases=$((cases + 1))
+  out=$("$parity" check "$ref" "$fx/bug_eps_small" --out "$tmp/cos" "${common[@]}" --quiet 2>&1)
+  judged=$(sed -nE 's/^  (pass|FAIL)  1 - cosine p5 <= .* ([0-9.e+-]+)$/\2/p' <<<"$out")
+  shown=$(sed -nE 's/^  1 - cos p5 ([^ ]+) .*/\1/p' <<<"$out")
+  if [[ -n $judged && $shown == "$judged" ]]; then echo "ok   the 1 - cos line shows the judged $judged"
+  else failures=$((failures + 1)); echo "FAIL: 1 - cos line: shown '$shown', judged '$judged'"; grep -E 'cos' <<<"$out"; fi
+  ;;
 *)
   echo "unknown subcommand to test: $cmd"
   exit 2

@@ -263,6 +263,27 @@ TEST_SUITE("model") {
     CHECK_THROWS_WITH(check_torchscript_archive(path, 100), doctest::Contains((path + ": ").c_str()));
   }
 
+  TEST_CASE("a torch.save pickle (data.pkl, no code/) is named as such, in its ZIP and its legacy format") {
+    const std::string why =
+        ": a torch.save pickle (a state dict or a pickled nn.Module), not a TorchScript model: export the model "
+        "itself with scripts/parity_export.py (README, \"Bundles\")";
+    auto path = tmp_path("state_dict.pt");
+    // what torch.save({"w": torch.zeros(2)}) writes: the pickle, its tensor's storage, the version
+    write_bytes(path, zip({stored("state_dict/data.pkl", std::string("\x80\x02}q\x00.", 6)),
+                           stored("state_dict/data/0", std::string(8, '\0')), stored("state_dict/version", "3\n")},
+                          false));
+    CHECK_THROWS_WITH(check_torchscript_archive(path), (path + why).c_str());
+    CHECK_EQ(load_error(path), path + why);
+    write_bytes(path, std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15) +
+                          std::string(40, 'x'));  // the legacy format's pickled magic number
+    CHECK_EQ(load_error(path), path + why);
+    // TorchScript has data.pkl too, and code/ and constants.pkl: it loads
+    auto script = tmp_path("script.pt");
+    write_bytes(script, zip(tiny_records(), false));
+    CHECK_NOTHROW(check_torchscript_archive(script));
+    CHECK_EQ(load_error(script), "loaded");
+  }
+
   TEST_CASE("a malformed central directory is named as such; a file that is no ZIP is torch's to report") {
     auto good = zip(tiny_records(), false);
     auto path = tmp_path("bad.pt");

@@ -73,6 +73,19 @@ describe("check", function()
     end
   end)
 
+  it("compares a padded vocabulary on the reference's, and fails padding rows that win the argmax", function()
+    -- the LM head padded from 512 to 576 rows: zero rows pass, never-zeroed random ones win
+    local v = check("port_padded")
+    eq({ v.verdict, v.summaries.e2e.padded.columns, v.summaries.e2e.padded.wins }, { "equivalent", 64, 0 })
+    v = check("bug_padded")
+    eq({ v.verdict, v.failed, v.cause.class }, { "divergent", { "padded" }, "vocabulary" })
+    truthy(v.summaries.e2e.padded.wins > 0 and v.summaries.e2e.r_ratio.p95 < 1.2, "the compared columns agree")
+    local g = parity.gate({ reference = fx .. "/reference", target = fx .. "/port_padded" })
+    eq({ g.pass, g.padded.wins }, { true, 0 })
+    g = parity.gate({ reference = fx .. "/reference", target = fx .. "/bug_padded" })
+    eq({ g.pass, g.allclose.pass }, { false, true })
+  end)
+
   it("finds every planted bug divergent, for the stated reason", function()
     for _, c in ipairs({
       { "reference", "bug_eps", "epsilon", "r_p95" }, { "reference", "bug_rope", "position", "r_p95" },

@@ -277,6 +277,12 @@ function M.run(ctx)
   for _, side in ipairs({ { "reference", ref, anchor }, { "target", target, has32 and "fp32" or dtype } }) do
     if not side[2]:runs_alone(side[3]) then whole[#whole + 1] = ("the %s is a .pt2 program (%s)"):format(side[1], side[2]:file(side[3])) end
   end
+  -- a padded LM head's output, cut to the compared vocabulary (its extra columns are e2e's to judge)
+  local function padded_head(t, r)
+    if not (t and r) or t:dim() ~= r:dim() or r:size(r:dim() - 1) ~= ctx.vocab or t:size(t:dim() - 1) <= ctx.vocab then return t end
+    local cut = t:narrow(-1, 0, ctx.vocab)
+    return cut:is_same_size(r) and cut or t
+  end
   local child_cache = {}
   local function child(which, path)
     local key = which .. "|" .. path
@@ -386,14 +392,14 @@ function M.run(ctx)
                           distance(input("rlow", first), rin32), rows = not two and row_distances(rlow, r32) or nil }
         end
         local own, own_acc, own_in = unpack(noise[n][k], 1, 3)
-        local tlow = isolated and run("tlow", pair.target, tinputs) or nil
-        local t32 = isolated and run("t32", pair.target, tinputs) or nil
+        local tlow = padded_head(isolated and run("tlow", pair.target, tinputs) or nil, r32)
+        local t32 = padded_head(isolated and run("t32", pair.target, tinputs) or nil, r32)
         local own_rows, t_rows = noise[n][k].rows, row_distances(tlow, r32)
         if own_rows and t_rows and own_rows:is_same_size(t_rows) then
           per_row[#per_row + 1] = { error = t_rows, noise = own_rows }
         end
         local r, r32_ratio = ratio(tlow, r32, own, eps), ratio(t32, r32, own)
-        local at32, atlow = outs("t32", { pair.target }, {}), outs("tlow", { pair.target }, {})
+        local at32, atlow = padded_head(outs("t32", { pair.target }, {}), ar32), padded_head(outs("tlow", { pair.target }, {}), ar32)
         local acc, acc32 = ratio(atlow, ar32, own_acc, eps), ratio(at32, ar32, own_acc)
         local inh, inh32 = ratio(input("tlow", pair.target), rin32, own_in, eps), ratio(input("t32", pair.target), rin32, own_in)
         -- the first component whose input in the whole fp32 runs is off: what localize looks at

@@ -73,6 +73,7 @@ function M.run(ctx)
     { topk = ctx.settings.topk, tie_factor = ctx.thresholds.tie_factor, dtype = ctx.dtype })
   result.target_non_finite = m.non_finite(full)  -- anywhere, not only at the judged positions
   result.baseline = ctx.baseline  -- "2-tensor": ref32 is the reference at the low precision, ref_low it perturbed
+  result.padded = ctx.memo["padded_" .. ctx.dtype]  -- a padded LM head's extra columns (Context:target_logits)
   return result
 end
 
@@ -106,11 +107,13 @@ function M.criteria(e, th, results)
       rule = ("1 - cosine p5 <= max(%g x own %.3g, %g)"):format(th.cosine_ratio, 1 - e.own_cosine.p5, th.cosine_floor) },
     { name = "top1", value = e.top1_ties_excluded.rate, threshold = th.top1, pass = e.top1_ties_excluded.rate > th.top1,
       rule = ("top-1 agreement (near-ties excluded) > %g"):format(th.top1) },
+    e.padded and { name = "padded", value = e.padded.wins, threshold = 0, pass = e.padded.wins == 0,
+      rule = ("no padded vocabulary column (the target's %d past the vocabulary) wins the argmax"):format(e.padded.columns) } or nil,
   }
 end
 
 function M.summary(e)
-  return { positions = e.positions, r_ratio = e.r_ratio, cosine = e.cosine, own_cosine = e.own_cosine, kl = e.kl,
+  return { padded = e.padded, positions = e.positions, r_ratio = e.r_ratio, cosine = e.cosine, own_cosine = e.own_cosine, kl = e.kl,
            own_kl = e.own_kl, delta_p = e.delta_p, top1 = e.top1, top1_ties_excluded = e.top1_ties_excluded,
            topk = e.topk, ties = e.ties.count, target_non_finite = e.target_non_finite }
 end
@@ -120,7 +123,7 @@ local function d(x) return ("p5 %.4g  p50 %.4g  p95 %.4g  max %.4g"):format(x.p5
 function M.lines(e)
   return {
     "R       " .. d(e.r_ratio),
-    "cosine  " .. d(e.cosine) .. ("   (reference's own: p5 %.6g)"):format(e.own_cosine.p5),
+    ("1 - cos p5 %.4g  p50 %.4g  p95 %.4g  max %.4g   (1 - each cosine percentile; reference's own: p5 %.4g)"):format(1 - e.cosine.p5, 1 - e.cosine.p50, 1 - e.cosine.p95, 1 - e.cosine.max, 1 - e.own_cosine.p5),
     "KL      " .. d(e.kl) .. ("   (reference's own: p95 %.4g)"):format(e.own_kl.p95),
     "delta p " .. d(e.delta_p),
     ("top-1   %.1f%% ± %.1f%% (%d near-ties excluded; %.1f%% with them)   top-%d %.1f%%"):format(

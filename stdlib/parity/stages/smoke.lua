@@ -46,7 +46,9 @@ function M.run(ctx)
   -- its first divergence; only the rest is decoded (lm.greedy_from)
   local predicted = ctx:judged(ctx:target_logits(ctx.dtype)):argmax(-1)
   local t0 = core.clock()
-  local forward, decoding = lm.decoding_forward(ctx.target, ctx.dtype)
+  local whole, decoding = lm.decoding_forward(ctx.target, ctx.dtype)
+  -- the compared vocabulary only: a padded LM head's extra columns are e2e's to judge
+  local function forward(tokens) return (lm.fit_vocab(whole(tokens), ctx.vocab)) end
   local target, forwards = lm.greedy_from(forward, ctx.prompts, r.tokens, predicted,
     function(i, k) ctx:progress("smoke", i, k) end)
   ctx.log(("smoke: %d forward%s in %.2f s to decode past the first divergences (%d new tokens)%s"):format(forwards,
