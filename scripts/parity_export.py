@@ -27,7 +27,19 @@ Command line:
     parity_export.py --module path/to/file.py:factory --out DIR [--dtypes fp32,bf16] [--format pt2]
         factory() returns (module, example_inputs_tuple[, second_inputs_tuple])
     parity_export.py --hf NAME_OR_DIR --out DIR               (needs transformers)
-    parity_export.py --hf-config config.json --random-init --seed 0 --out DIR
+    parity_export.py --hf-config config.json --random-init --seed 0 --out DIR [--save-weights W.safetensors]
+        --save-weights: the model's weights as well, named as its state_dict() (the HF checkpoint's
+        names, no "m." prefix), a tied tensor once (the metadata's "tied": {alias: kept}), written
+        without the safetensors package, for a port to load exactly the reference's weights.
+A forward may return the logits, a dict or transformers ModelOutput holding "logits", or a tuple
+or list whose first tensor (depth first) they are: the module is then traced returning that one
+tensor (its class swapped for a subclass, so its module and parameter names stay its own), and the
+log says so ("the model returns a dict: exporting its 'logits' [1, 8, 256]").
+Whatever the exporter cannot take (a factory name the file lacks, a missing or broken --hf-config,
+a --hf name neither a local directory nor on the Hub, a forward that fails or returns no tensor to
+take) is one line on stderr and exit 2, as is a trace that differs from eager. Python warnings
+(transformers' FutureWarnings, torch's deprecations) and transformers' log are off unless -v,
+which also prints an error's traceback.
         Hugging Face causal LMs (transformers 4.x and 5.x), traced through a wrapper whose
         forward(input_ids) returns the logits (module paths under "m.": m.model.layers.0...),
         with an all-ones attention mask so that the trace takes any batch and length;
@@ -49,6 +61,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 
 import torch
@@ -65,6 +78,116 @@ def _first_tensor(out):
     while isinstance(out, (tuple, list)):
         out = out[0]
     return out
+
+
+# what a model's forward may return: the logits, or a container the exporter takes them from
+_RETURN = ("return the logits [batch, seq, vocab]: a tensor, a tuple or list whose first tensor they are, "
+           "or a dict (a transformers ModelOutput) with 'logits'")
+
+
+def _kind(out):
+    """A module output's kind in words: "a dict", "a tuple of 2", "a CausalLMOutputWithPast (a transformers
+    ModelOutput)", "a NoneType"."""
+    t = type(out)
+    if isinstance(out, dict) and any(c.__name__ == "ModelOutput" for c in t.__mro__):
+        return f"a {t.__name__} (a transformers ModelOutput)"
+    if isinstance(out, (tuple, list)):
+        return f"a {'tuple' if isinstance(out, tuple) else 'list'} of {len(out)}"
+    return "a dict" if isinstance(out, dict) else _a(t.__name__)
+
+
+def _a(word):
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def _tensor_path(out):
+    """The keys leading to the one tensor the exporter takes of a module output: () for a tensor, ("logits",)
+    for a dict (a ModelOutput) holding a tensor "logits", a tuple's or list's first such element (depth
+    first: (0,), (1, "logits")); None when there is none."""
+    if torch.is_tensor(out):
+        return ()
+    if isinstance(out, dict):
+        return ("logits",) if torch.is_tensor(out.get("logits")) else None
+    if isinstance(out, (tuple, list)):
+        for i, x in enumerate(out):
+            path = _tensor_path(x)
+            if path is not None:
+                return (i,) + path
+    return None
+
+
+def _follow(out, path):
+    for k in path:
+        out = out[k]
+    return out
+
+
+def _output_path(out):
+    """(path, said): where the exporter takes the logits of a forward's output `out` (_tensor_path), and the
+    log line saying so (None for a tensor). Raises RuntimeError, in one line saying what to return, when
+    `out` holds no tensor it can take."""
+    path = _tensor_path(out)
+    if path == ():
+        return path, None
+    if path is None:
+        if isinstance(out, dict):
+            keys = ", ".join(repr(k) for k in out.keys())
+            raise RuntimeError(f"the model's forward returns {_kind(out)} without 'logits' "
+                               f"({'keys: ' + keys if keys else 'empty'}): {_RETURN}")
+        held = " with no tensor in it" if isinstance(out, (tuple, list)) else ", not a tensor"
+        raise RuntimeError(f"the model's forward returns {_kind(out)}{held}: {_RETURN}")
+    taken = _follow(out, path)
+    where = "its 'logits'" if path == ("logits",) else "its first tensor, out" + "".join(f"[{k!r}]" for k in path)
+    return path, f"the model returns {_kind(out)}: exporting {where} {list(taken.shape)}"
+
+
+def _subclass_forward(model, forward):
+    """Swaps `model`'s class for a subclass of it with this forward (same name, module and qualname), so
+    that a trace or torch.export sees the module itself: its module, parameter and buffer names stay
+    exactly its own, with no wrapper prefix. Returns the original class, for restoring."""
+    base = type(model)
+    model.__class__ = type(base.__name__, (base,), {"forward": functools.wraps(base.forward)(forward),
+                                                    "__module__": base.__module__, "__qualname__": base.__qualname__})
+    return base
+
+
+def _returning(model, path):
+    """`model` (a copy the export owns), made to return the one tensor at `path` of its forward's output
+    (_output_path): what is traced or exported. A ScriptModule is left as it is (a trace of it is itself)."""
+    if path and not isinstance(model, torch.jit.ScriptModule):
+        base = type(model)
+        _subclass_forward(model, lambda self, *args, **kwargs: _follow(base.forward(self, *args, **kwargs), path))
+    return model
+
+
+def _located(e):
+    """' (at FILE:LINE)': the innermost frame of exception `e`'s traceback outside torch and this script,
+    where the user's code (a factory, a model's forward, transformers' modeling code) raised it."""
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not os.path.abspath(f.filename).startswith(skip) and not f.filename.startswith("<")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    rel = os.path.relpath(f.filename)
+    return f" (at {f.filename if rel.startswith('..') else rel}:{f.lineno})"
+
+
+def _said(e):
+    """An exception in one line: its type and first line, and where it was raised (_located)."""
+    first = ([line for line in str(e).splitlines() if line.strip()] or [""])[0].strip()
+    return f"{type(e).__name__}: {first}{_located(e)}" if first else f"{type(e).__name__}{_located(e)}"
+
+
+def _eager(name, model, inputs):
+    """The model's eager output on `inputs`; its failure (the model's own error, a dtype this machine
+    cannot run) as a RuntimeError in one line."""
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    except Exception as e:
+        raise RuntimeError(f"{name}: the model's forward fails on the example inputs {_describe(inputs)}: "
+                           f"{_said(e)}") from e
 
 
 def _describe(inputs):
@@ -105,7 +228,9 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
     a failed export leaves no half-written bundle (and an earlier bundle at out_dir untouched).
     fmt="pt2" writes AOTInductor packages out_dir/{dtype}.pt2 instead (see _export_pt2), for
     sequences up to `max_seq` (default: the config's max_position_embeddings, else unbounded)."""
-    example_inputs = tuple(example_inputs)
+    example_inputs = (example_inputs,) if torch.is_tensor(example_inputs) else tuple(example_inputs)
+    if torch.is_tensor(second_inputs):
+        second_inputs = (second_inputs,)
     if fmt not in ("pt", "pt2"):
         raise ValueError(f"unknown format {fmt!r} (use pt or pt2)")
     if fmt == "pt2":
@@ -139,10 +264,15 @@ def export(module, example_inputs, out_dir, dtypes=("fp32", "bf16"), second_inpu
 
 def _export_into(out_dir, module, example_inputs, dtypes, second_inputs, vocab_size, source, config, log, made_with,
                  device, fmt="pt", max_seq=None):
-    checks = {}
+    checks, taken = {}, None
     for name in dtypes:
         model = copy.deepcopy(module).to(device, DTYPES[name]).eval()
         inputs = _cast_inputs(example_inputs, DTYPES[name], device)
+        if taken is None:  # what the forward returns, seen once: the logits, or where they are in it
+            taken, said = _output_path(_eager(name, model, inputs))
+            if said and not isinstance(model, torch.jit.ScriptModule):
+                log(said)
+        model = _returning(model, taken)
         if fmt == "pt2":
             checks[name] = _export_pt2(os.path.join(out_dir, f"{name}.pt2"), name, model, inputs, second_inputs,
                                        max_seq, log)
@@ -283,13 +413,14 @@ def _module_table(model, inputs):
 
 @contextlib.contextmanager
 def _tapped(model, where):
-    """While active, model(...) returns (its first output, tap 1, ..., tap N): forward hooks on every
+    """While active, model(...) returns (its output, tap 1, ..., tap N): `model` returns one tensor
+    (_returning), and forward hooks on every
     submodule collect each call's first floating input and first tensor output, in the order the
     calls return, and `where` is refilled at each forward with their {"path", "call", "kind"} (call:
     0-based index of that module's call; kind "input" or "output").
-    The model's class is swapped for a subclass whose forward wraps the original, so that torch.export
-    sees the module itself: its parameter and buffer names stay exactly those of named_parameters()
-    and named_buffers(), with no wrapper prefix. Restored on exit."""
+    The model's class is swapped for a subclass whose forward wraps the original (_subclass_forward), so
+    that torch.export sees the module itself: its parameter and buffer names stay exactly those of
+    named_parameters() and named_buffers(), with no wrapper prefix. Restored on exit."""
     taps, calls = [], {}
 
     def tap(path):
@@ -306,17 +437,12 @@ def _tapped(model, where):
             calls[path] = call + 1
         return hook
 
-    base = type(model)
-
-    @functools.wraps(base.forward)  # keeps the signature, to which torch.export binds the inputs
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, **kwargs):  # wrapped: keeps the signature, to which torch.export binds the inputs
         taps.clear(), where.clear(), calls.clear()
-        out = base.forward(self, *args, **kwargs)
-        return (_first_tensor(out), *taps)
+        return (base.forward(self, *args, **kwargs), *taps)
 
     handles = [m.register_forward_hook(tap(p)) for p, m in model.named_modules() if p]
-    model.__class__ = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
-                                                    "__qualname__": base.__qualname__})
+    base = _subclass_forward(model, forward)
     try:
         yield
     finally:
@@ -368,7 +494,7 @@ def _export_pt2(path, name, model, inputs, second_inputs, max_seq, log):
     def eager(k, x):
         if k not in want:
             with torch.no_grad():
-                want[k] = _first_tensor(model(x))
+                want[k] = model(x)
         return want[k]
 
     def run(what, fn, x):
@@ -406,7 +532,7 @@ def _export_pt2(path, name, model, inputs, second_inputs, max_seq, log):
         def wrong(shape):  # the program disagrees with eager on made-up ids of this shape
             x = probes.setdefault(shape, made_up(*shape))
             with torch.no_grad():
-                want = _first_tensor(model(x))
+                want = model(x)
             return _agreement(want, run("the exported program", program, x))["rel_l2"] > PT2_PROGRAM_REL_L2[name]
 
         if 1 not in low or not wrong(tuple(low)):
@@ -502,19 +628,88 @@ class CausalLMLogits(torch.nn.Module):
                       return_dict=True).logits
 
 
+def _config_file(path):
+    """Checks a --hf-config before transformers reads it (which would take a path it cannot open for a Hub
+    name, and answer that it cannot connect to the Hub): a JSON file, or a directory holding config.json,
+    naming its architecture in "model_type". Returns the parsed config. RuntimeError in one line."""
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if os.path.isdir(path) and not os.path.isfile(file):
+        raise RuntimeError(f"--hf-config {path}: a directory without config.json: give the config file itself "
+                           f"(or --hf {path} for a model directory that save_pretrained() wrote)")
+    if not os.path.exists(file):
+        raise RuntimeError(f"--hf-config {path}: no such file: give a Hugging Face config.json (a model's "
+                           f"config, e.g. from its Hub page's files), or --hf NAME for a model by name")
+    try:
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+    except OSError as e:
+        raise RuntimeError(f"--hf-config {path}: cannot read it: {e.strerror or e}") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RuntimeError(f"--hf-config {path}: not a JSON file ({e})") from e
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise RuntimeError(f"--hf-config {path}: no \"model_type\" in it: a Hugging Face config.json names "
+                           f"its architecture there (\"llama\", \"qwen2\", ...)")
+    return config
+
+
+def _hub_error(name, e):
+    """Why transformers could not get `name` (not a local directory) from the Hub, in one line, with what
+    to do."""
+    text = str(e).lower()
+    if "gated" in text or "401" in text or "403" in text or "access to model" in text:
+        why = ("the Hub has it gated or private: accept its terms on its Hub page and log in (huggingface-cli "
+               "login, or HF_TOKEN)")
+    elif "is not a valid model identifier" in text or "repository not found" in text or "404" in text:
+        why = "the Hugging Face Hub has no model of that name: check it (ORG/NAME, as on its Hub page)"
+    elif "connect" in text or "offline" in text or "network" in text:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = (("HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached from here") +
+               " and it is not in the local cache: download it where there is a network and pass its directory "
+               "(one that save_pretrained() wrote)")
+    else:
+        why = f"transformers cannot get it from the Hugging Face Hub: {_said(e)}"
+    return f"--hf {name}: not a local directory, and {why}; or --hf-config CONFIG.json for random weights"
+
+
 def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, seed=0, dtypes=("fp32", "bf16"),
-              batch=1, seq=8, log=print, attn_implementation="eager", device="cpu", fmt="pt"):
+              batch=1, seq=8, log=print, attn_implementation="eager", device="cpu", fmt="pt", save_weights=None):
     """Exports a transformers causal LM: pretrained (`name_or_dir`) or randomly initialised from
     a config (`config_file`, or `name_or_dir` with random_init) with a seeded init, through
     CausalLMLogits, with the attention implementation given (recorded in the manifest), as
-    TorchScript (fmt "pt") or AOTInductor packages (fmt "pt2", seq up to max_position_embeddings)."""
+    TorchScript (fmt "pt") or AOTInductor packages (fmt "pt2", seq up to max_position_embeddings).
+    `save_weights` (a .safetensors path): the model's weights are written there too (save_weights),
+    once the bundle is. Whatever it cannot take (a missing config file, a name neither a local
+    directory nor on the Hub) raises RuntimeError in one line."""
+    if save_weights is not None and not save_weights.endswith(".safetensors"):
+        raise RuntimeError(f"--save-weights {save_weights}: name a .safetensors file")
+    if config_file:
+        _config_file(config_file)
+    elif name_or_dir and os.path.exists(name_or_dir) and not os.path.isdir(name_or_dir):
+        raise RuntimeError(f"--hf {name_or_dir}: a file, not a model directory: a config.json goes to --hf-config "
+                           f"(random weights), --hf takes a directory that save_pretrained() wrote or a Hub name")
+    elif name_or_dir and os.path.isdir(name_or_dir) and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+        raise RuntimeError(f"--hf {name_or_dir}: a directory without config.json: give one that save_pretrained() "
+                           f"wrote (config.json and the weights)")
     try:
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM
     except ImportError as e:
         raise RuntimeError(f"--hf needs transformers, which is not importable here ({e}); "
                            "export where the model's Python environment lives") from e
-    config = AutoConfig.from_pretrained(config_file or name_or_dir)
+    try:
+        config = AutoConfig.from_pretrained(config_file or name_or_dir)
+    except Exception as e:  # OSError (not found, no network), ValueError (an unknown model_type), ...
+        if config_file is None and not os.path.isdir(name_or_dir):
+            raise RuntimeError(_hub_error(name_or_dir, e)) from e
+        kind = _config_file(config_file)["model_type"] if config_file else None
+        known = list(getattr(transformers, "CONFIG_MAPPING", {}).keys())
+        if kind is not None and known and kind not in known:
+            import difflib
+            close = difflib.get_close_matches(kind, known, 3)
+            raise RuntimeError(f"--hf-config {config_file}: transformers {transformers.__version__} has no model_type "
+                               f"{kind!r}" + (f" (close: {', '.join(close)})" if close else "") +
+                               " (a newer transformers may have it)") from e
+        raise RuntimeError(f"{config_file or name_or_dir}: transformers cannot read the config: {_said(e)}") from e
     config.use_cache = False
     try:
         if random_init or config_file:
@@ -531,26 +726,154 @@ def export_hf(out_dir, name_or_dir=None, config_file=None, random_init=False, se
     gen = torch.Generator().manual_seed(seed)
     example = (torch.randint(0, vocab, (batch, seq), generator=gen),)
     second = (torch.randint(0, vocab, (batch + 1, seq + 3), generator=gen),)
-    source = name_or_dir or config_file
+    source = f"hf:{name_or_dir or config_file}" + (f" (random init, seed {seed})" if random_init or config_file else "")
     cfg = json.loads(json.dumps(config.to_dict(), default=str))
-    return export(CausalLMLogits(model).eval(), example, out_dir, dtypes, second, vocab_size=vocab,
-                  source=f"hf:{source}" + (f" (random init, seed {seed})" if random_init or config_file else ""),
-                  config=cfg, log=log,
-                  made_with={"transformers": transformers.__version__, "attn_implementation": attn_implementation},
-                  device=device, fmt=fmt, max_seq=getattr(config, "max_position_embeddings", None))
+    manifest = export(CausalLMLogits(model).eval(), example, out_dir, dtypes, second, vocab_size=vocab,
+                      source=source, config=cfg, log=log,
+                      made_with={"transformers": transformers.__version__, "attn_implementation": attn_implementation},
+                      device=device, fmt=fmt, max_seq=getattr(config, "max_position_embeddings", None))
+    if save_weights is not None:
+        saved(model, save_weights, log=log, metadata={"source": source, "transformers": transformers.__version__})
+    return manifest
+
+
+# --save-weights: a model's state_dict as safetensors -------------------------------------------------
+
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _tensor_bytes(t):
+    """A tensor's data as little-endian bytes, row-major (bf16 and fp16 through int16: numpy has no bf16)."""
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)
+    a = t.numpy()
+    return (a.byteswap() if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big")
+            else a).tobytes()
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: tensor} to `path` in the safetensors format (no safetensors package needed): an 8-byte
+    little-endian header length, the JSON header {name: {dtype, shape, data_offsets}, "__metadata__":
+    {str: str}} padded with spaces to a multiple of 8, then each tensor's little-endian bytes, in the
+    header's (sorted) order, back to back. Written to a temporary file beside `path`, then renamed."""
+    header, offset = {}, 0
+    names = sorted(tensors)
+    for name in names:
+        t = tensors[name]
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise RuntimeError(f"{path}: {name} is {t.dtype}, which safetensors has no name for here")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(text).to_bytes(8, "little"))
+            f.write(text)
+            for name in names:
+                f.write(_tensor_bytes(tensors[name]))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _ties(state):
+    """{alias: kept}: the state_dict entries that are the same tensor as an earlier one (the same storage,
+    offset, shape and strides: lm_head.weight tied to model.embed_tokens.weight), each with the earlier
+    name, which is kept."""
+    seen, ties = {}, {}
+    for name, t in state.items():
+        key = (t.device.type, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if key is not None and key in seen:
+            ties[name] = seen[key]
+        elif key is not None:
+            seen[key] = name
+    return ties
+
+
+def saved(model, path, log=print, metadata=None):
+    """Writes `model.state_dict()` (the model's own names: a transformers model's are its checkpoint's) to
+    `path` as safetensors, a tied tensor once, under its first name; the metadata says which are tied
+    ("tied": JSON {alias: kept}). Says what it wrote. Returns the {alias: kept} ties."""
+    state = model.state_dict()
+    ties = _ties(state)
+    tensors = {n: t for n, t in state.items() if n not in ties}
+    write_safetensors(path, tensors, dict(metadata or {}, format="pt", tied=json.dumps(ties, sort_keys=True)))
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
+    count = sum(t.numel() for t in tensors.values())
+    size = f"{count / 1e6:.3g}M" if count >= 1e6 else f"{count:,}"
+    log(f"weights: wrote {path}: {len(tensors)} tensors, {size} values ({', '.join(dtypes)}), "
+        f"named as the model's state_dict()" + (", tied ones once: " + ", ".join(
+            f"{a} is {k}" for a, k in ties.items()) + " (written as the latter)" if ties else "; no tied weights"))
+    return ties
 
 
 def _load_factory(spec):
-    path, _, func = spec.partition(":")
-    if not func:
-        raise SystemExit(f"--module needs FILE.py:FUNCTION, got {spec!r}")
+    """The function FILE.py:FUNCTION names, the file imported as a module (its directory on sys.path).
+    What it cannot take (no ':', no such file, an error importing it, no such function) raises
+    RuntimeError in one line."""
+    path, _, func = spec.rpartition(":")
+    if not path or not func or not path.endswith(".py"):
+        raise RuntimeError(f"--module needs FILE.py:FUNCTION (a function returning the model), got {spec!r}")
+    if not os.path.isfile(path):
+        raise RuntimeError(f"--module {spec}: no such file {path}")
     mod_spec = importlib.util.spec_from_file_location("parity_user_module", path)
     if mod_spec is None:
-        raise SystemExit(f"{path}: cannot import")
+        raise RuntimeError(f"--module {spec}: {path} cannot be imported")
     mod = importlib.util.module_from_spec(mod_spec)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    mod_spec.loader.exec_module(mod)
-    return getattr(mod, func)
+    try:
+        mod_spec.loader.exec_module(mod)
+    except Exception as e:
+        raise RuntimeError(f"--module {spec}: importing {path} fails: {_said(e)}") from e
+    factory = getattr(mod, func, None)
+    if factory is None or not callable(factory):
+        defined = [n for n, v in vars(mod).items() if callable(v) and not isinstance(v, type) and not n.startswith("_")
+                   and getattr(v, "__module__", None) == mod.__name__]
+        what = "no function" if factory is None else f"{_a(type(factory).__name__)}, not a function, named"
+        raise RuntimeError(f"--module {spec}: {path} has {what} {func!r}; "
+                           + (f"its functions: {', '.join(defined)}" if defined else "it defines no function"))
+    return factory
+
+
+def _made(spec, factory):
+    """Calls a --module factory: (module, example_inputs, second_inputs or None). Its error, or a return
+    value that is not (module, example_inputs[, second_inputs]), raises RuntimeError in one line."""
+    try:
+        made = factory()
+    except Exception as e:
+        raise RuntimeError(f"--module {spec}: {spec.rpartition(':')[2]}() fails: {_said(e)}") from e
+    usage = "return (module, example_inputs[, second_inputs]), e.g. (model, (input_ids,), (other_ids,))"
+    if isinstance(made, torch.nn.Module):
+        raise RuntimeError(f"--module {spec} returns a module ({type(made).__name__}) alone: {usage}")
+    if not isinstance(made, (tuple, list)) or len(made) not in (2, 3) or not isinstance(made[0], torch.nn.Module):
+        raise RuntimeError(f"--module {spec} returns {_kind(made)}: {usage}")
+    for what, inputs in (("example_inputs", made[1]), ("second_inputs", made[2] if len(made) > 2 else ())):
+        if not (torch.is_tensor(inputs) or isinstance(inputs, (tuple, list))):
+            raise RuntimeError(f"--module {spec}: its {what} is {_kind(inputs)}, not a tuple of inputs: {usage}")
+    return made[0], made[1], made[2] if len(made) > 2 else None
+
+
+def _quiet():
+    """Off: Python warnings (transformers' FutureWarnings, torch's deprecation of TorchScript, ...) and
+    transformers' and huggingface_hub's log below errors; -v keeps them."""
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    for name in ("transformers", "huggingface_hub"):
+        lib = sys.modules.get(name)
+        if lib is not None:  # already imported (its env variable is read at import)
+            lib.utils.logging.set_verbosity_error()
 
 
 def main(argv=None):
@@ -581,21 +904,37 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32,bf16,fp16 (default fp32,bf16)")
     ap.add_argument("--vocab-size", type=int,
                     help="--module: vocabulary size for the manifest (default: the logits' last dim)")
+    ap.add_argument("--save-weights", metavar="FILE.safetensors",
+                    help="--hf, --hf-config: also write the model's weights there, as its state_dict() names them "
+                         "(model.embed_tokens.weight: no m. prefix), a tied tensor once (the metadata's \"tied\" "
+                         "says which), for a port to load exactly the reference's weights")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show Python warnings (transformers' FutureWarnings, torch's deprecations) and "
+                         "transformers' log, and a traceback with an error")
     args = ap.parse_args(argv)
     dtypes = tuple(args.dtypes.split(","))
+    if not args.verbose:
+        _quiet()
     try:
+        if args.save_weights is not None and args.module:
+            raise RuntimeError("--save-weights goes with --hf or --hf-config (the reference's weights, for a "
+                               "port to load); a --module's factory builds its weights itself")
         if args.format == "pt2":
             _pt2_available()  # before building the model
         if args.module:
-            made = _load_factory(args.module)()
-            second = made[2] if len(made) > 2 else None
-            export(made[0], made[1], args.out, dtypes, second, vocab_size=args.vocab_size, source=args.module,
+            module, inputs, second = _made(args.module, _load_factory(args.module))
+            export(module, inputs, args.out, dtypes, second, vocab_size=args.vocab_size, source=args.module,
                    device=args.device, fmt=args.format)
         else:
             export_hf(args.out, args.hf, args.hf_config, args.random_init, args.seed, dtypes, args.batch, args.seq,
-                      attn_implementation=args.attn_implementation, device=args.device, fmt=args.format)
+                      attn_implementation=args.attn_implementation, device=args.device, fmt=args.format,
+                      save_weights=args.save_weights)
     except (RuntimeError, ValueError, OSError) as e:
-        print(f"parity_export: {e}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        # one line: a message that spans several (an OSError of transformers, torch's) is joined
+        said = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"parity_export: {said}", file=sys.stderr)
         return 2
     return 0
 
