@@ -13,13 +13,15 @@ local DTYPES = { "fp32", "bf16", "fp16" }
 local CANONICAL = { float32 = "fp32", bfloat16 = "bf16", float16 = "fp16",
                     fp32 = "fp32", bf16 = "bf16", fp16 = "fp16" }
 
---- Taps a freshly loaded module of `file` everywhere it can and keeps it as the bundle's (Bundle:at).
+local function is_program(file) return file:sub(-4) == ".pt2" end
+
 --- A model file loaded: a .pt2 package as a program, anything else as TorchScript.
 local function load(file, device)
-  if file:sub(-4) == ".pt2" then return program.load(file, device) end
+  if is_program(file) then return program.load(file, device) end
   return core.load(file, device)
 end
 
+--- Taps a freshly loaded module of `file` everywhere it can and keeps it as the bundle's (Bundle:at).
 local function keep(self, file, module)
   local paths, refused = {}, {}
   for _, m in ipairs(module:modules()) do
@@ -85,7 +87,7 @@ end
 --- Whether the model at `dtype` can run its components alone and take injected inputs
 --- (TorchScript); a .pt2 program runs whole: its components have the accumulated view only.
 function Bundle:runs_alone(dtype)
-  return self:file(dtype):sub(-4) ~= ".pt2"
+  return not is_program(self:file(dtype))
 end
 
 --- Runs the module at `dtype` (Bundle:at) tapped on `tokens`, capturing the calls of `paths`

@@ -273,9 +273,10 @@ function M.run(ctx)
   -- which models can run a component alone (TorchScript; a .pt2 program runs whole)
   local alone = { r32 = ref:runs_alone(anchor), rlow = ref:runs_alone(dtype), tlow = target:runs_alone(dtype),
                   t32 = has32 and target:runs_alone("fp32") }
-  local whole = {}
-  for _, side in ipairs({ { "reference", ref, anchor }, { "target", target, has32 and "fp32" or dtype } }) do
-    if not side[2]:runs_alone(side[3]) then whole[#whole + 1] = ("the %s is a .pt2 program (%s)"):format(side[1], side[2]:file(side[3])) end
+  local whole, tcap_dtype = {}, has32 and "fp32" or dtype
+  if not alone.r32 then whole[#whole + 1] = ("the reference is a .pt2 program (%s)"):format(ref:file(anchor)) end
+  if not alone[has32 and "t32" or "tlow"] then
+    whole[#whole + 1] = ("the target is a .pt2 program (%s)"):format(target:file(tcap_dtype))
   end
   -- a padded LM head's output, cut to the compared vocabulary (its extra columns are e2e's to judge)
   local function padded_head(t, r)
