@@ -5,13 +5,18 @@
 -- position), experts per token (the first MoE block, routing), a sliding window (the model,
 -- whose forward builds the mask: mask), or, for bugs in the forward code
 -- (bench/make_codebugs_hf.py), `where` (a Lua pattern on the path) and `cause`.
---   parity run bench/localize.lua [--two-tensor] FIXTURES_DIR [DEVSET_DIR...]
+--   parity run bench/localize.lua [--two-tensor] [--fp32] FIXTURES_DIR [DEVSET_DIR...]
 -- --two-tensor judges every case with the 2-tensor baseline, as if the references had no fp32.
+-- --fp32 checks every target as an fp32-only port (its fp32.pt alone, check --dtype fp32): a bug
+-- of the low precision alone (class precision) is then no bug; with --two-tensor too, against the
+-- reference's fp32 reassociation level, as if the references had no low precision.
 -- Fixture cases are listed below.
 local parity = require("parity")
 local args = { ... }
-local baseline
-if args[1] == "--two-tensor" then baseline = "2-tensor"; table.remove(args, 1) end  -- as if no fp32 reference
+local baseline, fp32
+while args[1] == "--two-tensor" or args[1] == "--fp32" do
+  if table.remove(args, 1) == "--fp32" then fp32 = true else baseline = "2-tensor" end
+end
 local fx = args[1]
 local cases = {
   -- reference, target, expected component (a Lua pattern on the target path), expected class
@@ -78,7 +83,9 @@ end
 local out = os.tmpname()
 local right_place, right_class, bugs, clean_ok, clean = 0, 0, 0, 0, 0
 for _, c in ipairs(cases) do
-  local v = parity.check({ reference = c[1], target = c[2], out = out .. ".d", log = function() end, baseline = baseline })
+  if fp32 and c[4] == "precision" then c[3], c[4] = nil, nil end  -- none in fp32
+  local v = parity.check({ reference = c[1], target = fp32 and c[2] .. "/fp32.pt" or c[2], out = out .. ".d",
+    log = function() end, baseline = baseline, dtype = fp32 and "fp32" or nil })
   local f = v.first_divergence
   local got = f ~= parity.json.null and ("%s (%s)"):format(f.target, f.cause.class) or "none"
   local ok

@@ -302,6 +302,12 @@ target's modules, so they are skipped and say so; e2e32 runs when an fp32 run wa
 A reference without an fp32 trace (one too large to run in fp32) is judged with the 2-tensor
 baseline: the target against the reference at the low precision, over the reference's own
 change when its first layer's input is perturbed by machine epsilon; no fp32 leg.
+An fp32-only port (making fp32 exact is a port's first milestone): --dtype fp32 runs every
+stage with the target in fp32. Against the reference's own bf16 (or fp16) noise when it has that
+trace: e2e32 is the comparison (R32 p95 < 3e-4) and e2e is skipped, saying why; else against the
+reference's fp32 reassociation level (its first layer's input perturbed by fp32's machine
+epsilon, the 2-tensor baseline at fp32): e2e is the comparison and e2e32 is skipped. Components
+and localisation run in fp32; a divergence is a computation difference (cause formula or finer).
 Criteria (thresholds: --thresholds FILE.lua returning e.g. { kl_ratio = 1.5 }):
   R p95 < 1.2; R32 p95 < 3e-4; KL p95 <= max(2 x the reference's own, 1e-4);
   1 - cosine p5 <= max(2 x the reference's own, 1e-6); top-1 agreement (near-ties excluded)
@@ -310,7 +316,8 @@ Verdict "equivalent" only if every criterion passes; "divergent" comes with a ca
 (differs in fp32 too), precision (exact in fp32, not at bf16), non_finite, or unknown (no fp32
 trace). Exit 0 equivalent, 1 divergent, 2 bad input.
 
-  --dtype D          the low precision under test: bf16 (default) or fp16
+  --dtype D          the low precision under test: bf16 (default) or fp16; or fp32 for a port
+                     that only runs in fp32 (below)
   --prompts K        number of prompts (default 4)
   --prompt-len P     tokens a prompt (default 16)
   --new-tokens N     greedy tokens generated and compared (default 16)
@@ -393,7 +400,7 @@ run: the fp32 leg, and input_ids.*, checked against FILE). The reference's side 
 and cached here, so the check after runs nothing of it again.
 
   --out FILE         the .safetensors file to write (required)
-  --dtype D          the low precision the check will use: bf16 (default) or fp16
+  --dtype D          the precision the check will use: bf16 (default), fp16 or fp32
   --prompts K, --prompt-len P, --new-tokens N, --seed S, --vocab-size V, --baseline B,
   --inputs FILE, --no-cache, --cache-dir DIR, --quiet, --device D
                      as for parity check (the same settings give the same sequences)

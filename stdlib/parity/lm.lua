@@ -301,7 +301,7 @@ function M.greedy_from(forward, prompts, reference, predicted, progress)
 end
 
 --- Machine epsilon of the low precisions: the spacing of values just above 1.
-M.EPSILON = { bf16 = 2 ^ -7, fp16 = 2 ^ -10 }
+M.EPSILON = { bf16 = 2 ^ -7, fp16 = 2 ^ -10, fp32 = 2 ^ -23 }
 
 --- Floating tensors x (1 + eps x noise), noise ~ N(0, 1) from `seed`, in their own dtype: the
 --- perturbation of the 2-tensor baseline (about one unit in the last place).

@@ -15,8 +15,11 @@ end
 
 ---@param name string
 ---@param body fun()
+--- With PARITY_SPEC_ONLY set, only the cases whose full name contains it (plain text) run.
 function M.it(name, body)
   local full = table.concat(prefix, " ") .. (#prefix > 0 and " " or "") .. name
+  local only = os.getenv("PARITY_SPEC_ONLY")
+  if only and only ~= "" and not full:find(only, 1, true) then return end
   cases[#cases + 1] = { name = full, body = body }
 end
 

@@ -53,9 +53,9 @@ function M.check_options(opts)
   validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
     new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
     topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
-  if opts.dtype ~= nil and opts.dtype ~= "bf16" and opts.dtype ~= "fp16" then
-    error(("check compares a low precision with fp32: --dtype must be bf16 or fp16, got %s"
-      .. " (for fp32 logits use parity gate)"):format(tostring(opts.dtype)), 0)
+  if opts.dtype ~= nil and opts.dtype ~= "bf16" and opts.dtype ~= "fp16" and opts.dtype ~= "fp32" then
+    error(("--dtype must be bf16 or fp16 (the low precision under test), or fp32 (an fp32-only port), got %s")
+      :format(tostring(opts.dtype)), 0)
   end
   if opts.baseline ~= nil and opts.baseline ~= "3-tensor" and opts.baseline ~= "2-tensor" then
     error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(opts.baseline)), 0)
@@ -77,7 +77,7 @@ function M.context(opts)
   if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs
-  ctx.dtype = opts.dtype or "bf16"
+  M.precisions(ctx, opts.dtype or "bf16", opts.baseline)
   ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
     or opts.thresholds)
   ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)
@@ -85,14 +85,14 @@ function M.context(opts)
   ctx.mapping_origin = opts.mapping_file and ("mapping file " .. opts.mapping_file) or "mapping"
   local s = { prompts = opts.prompts or 4, prompt_len = opts.prompt_len or 16, new_tokens = opts.new_tokens or 16,
               seed = opts.seed or 0, topk = opts.topk or 5 }
-  -- a reference without an fp32 trace (one that cannot run in fp32) is judged against itself:
-  -- the 2-tensor baseline, its low precision and a run of it perturbed by machine epsilon
-  ctx.baseline = opts.baseline or (ctx.reference:has("fp32") and "3-tensor" or "2-tensor")
-  ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype  -- what the target is compared with
   -- fail early on a missing trace; the reference's load when a stage needs it (a check against
   -- a cached reference never runs its low precision)
   for _, d in ipairs({ ctx.anchor, ctx.dtype }) do ctx.reference:file(d) end
-  if ctx.target then ctx.target:at(ctx.dtype) end
+  if ctx.target and not ctx.target:has(ctx.target_dtype) and ctx.target:has("fp32") and not ctx.target.saved then
+    error(("%s has no %s trace, only fp32: check an fp32-only port with --dtype fp32"):format(ctx.target.path,
+      ctx.target_dtype), 0)
+  end
+  if ctx.target then ctx.target:at(ctx.target_dtype) end
   if ctx.target and ctx.target.saved and not opts.inputs then
     error(("%s: pass --inputs FILE, the file parity inputs wrote and its engine ran"):format(ctx.target.saved), 0)
   end
@@ -128,6 +128,37 @@ function M.context(opts)
   ctx.settings = s
   return ctx
 end
+
+--- The precisions of a check, on `ctx`: `target_dtype`, the target's under test; `dtype`, the
+--- reference's low precision whose noise is the yardstick; `anchor`, what the target is compared
+--- with; `baseline`. A check at bf16 (or fp16) compares the target at that precision with the fp32
+--- reference over the reference's own noise there (3-tensor); a reference without an fp32 trace
+--- (one that cannot run in fp32) is judged against itself (2-tensor: its low precision, and a run
+--- of it perturbed by machine epsilon). An fp32 check (an fp32-only port) runs the target in fp32
+--- only: against the reference's own low-precision noise when the reference has a low-precision
+--- trace (the fp32 leg, e2e32, is the comparison), else against its fp32 reassociation level
+--- (2-tensor at fp32: the reference perturbed by fp32's machine epsilon; e2e is the comparison).
+function M.precisions(ctx, want, baseline)
+  local ref = ctx.reference
+  ctx.target_dtype = want
+  if want ~= "fp32" then
+    ctx.dtype, ctx.baseline = want, baseline or (ref:has("fp32") and "3-tensor" or "2-tensor")
+  else
+    ref:file("fp32")  -- an fp32 check needs the reference in fp32
+    local low = baseline ~= "2-tensor" and (ref:has("bf16") and "bf16" or ref:has("fp16") and "fp16") or nil
+    if baseline == "3-tensor" and not low then
+      error(("--dtype fp32 --baseline 3-tensor: %s has no low-precision trace whose noise would be the yardstick"
+        .. " (it has: %s); leave --baseline out to judge against its fp32 reassociation level"):format(ref.path,
+        table.concat(ref:dtypes(), ", ")), 0)
+    end
+    ctx.dtype, ctx.baseline = low or "fp32", low and "3-tensor" or "2-tensor"
+  end
+  ctx.anchor = ctx.baseline == "3-tensor" and "fp32" or ctx.dtype
+end
+
+--- Whether the target runs at the low precision whose noise is the yardstick (false in an fp32
+--- check against a reference's low-precision noise: the target runs in fp32 only).
+function Context:target_runs_low() return self.target_dtype == self.dtype end
 
 --- Progress on stderr for work past 2 s (PARITY_PROGRESS_AFTER seconds): "stage i/n, elapsed",
 --- redrawn in place on a terminal, a plain line every 10 s otherwise; nothing with opts.quiet,
@@ -424,11 +455,12 @@ end
 --- What kind of divergence the failed criteria point to, from the two legs: the fp32 leg
 --- separates a computation difference (the target differs in fp32 too) from a precision one
 --- (exact in fp32, different only at the low precision).
-local function cause(failed, results, dtype)
+local function cause(failed, results, ctx)
+  local dtype = ctx.dtype
   if failed.finite or failed.finite32 then
     return { class = "non_finite", detail = "NaN or Inf in the target's logits" }
   end
-  local padded = results.e2e and results.e2e.padded
+  local padded = (results.e2e and results.e2e.padded) or (results.e2e32 and results.e2e32.padded)
   if failed.padded and not (failed.r_p95 or failed.r32_p95 or failed.kl or failed.cosine or failed.top1) then
     return { class = "vocabulary", detail = ("a padded LM head: one of the target's %d columns past the vocabulary wins the"
       .. " argmax at %d of %d positions (the compared ones agree): its padding rows must give logits below the real ones"
@@ -437,6 +469,12 @@ local function cause(failed, results, dtype)
   end
   local low = failed.r_p95 or failed.kl or failed.cosine or failed.top1
   local e32 = results.e2e32
+  if ctx.target_dtype == "fp32" and (low or failed.r32_p95) then  -- an fp32 check: any difference is a computation's
+    local figure = failed.r32_p95 and ("R32 p95 %.3g, in units of the reference's own %s noise"):format(e32.r32.p95, dtype)
+      or ("R p95 %.3g, in units of the reference's own fp32 reassociation level"):format(results.e2e.r_ratio.p95)
+    return { class = "formula", detail = ("the target differs from the reference in fp32 (%s): a computation"
+      .. " difference"):format(figure) }
+  end
   if failed.r32_p95 then
     return { class = "formula", detail = ("the target differs from the reference in fp32 too (R32 p95 %.3g): a"
       .. " computation difference%s"):format(e32.r32.p95, low and "" or (", smaller than the %s noise"):format(dtype)) }
@@ -495,7 +533,7 @@ function M.run(ctx, stages)
   local loc = ctx.results.localize
   local first = loc and not loc.skipped and loc.first_divergence or core.json.null
   -- the most specific cause: NaN first, then the first divergent component's, then the two legs'
-  local why = cause(failed_set, ctx.results, ctx.dtype)
+  local why = cause(failed_set, ctx.results, ctx)
   if #failed > 0 and first ~= core.json.null and not first.absorbed and not (why and why.class == "non_finite") then
     why = first.cause
   end
@@ -507,7 +545,7 @@ function M.run(ctx, stages)
     cause = why or core.json.null,
     first_divergence = first,
     suspects = loc and not loc.skipped and loc.suspects or core.json.array(),
-    reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
+    reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.target_dtype, noise_dtype = ctx.dtype,
     settings = ctx.settings, inputs = ctx.inputs_file or core.json.null, thresholds = ctx.thresholds,
     criteria = criteria, failed = core.json.array(failed), warnings = core.json.array(warnings),
     skipped = core.json.array(skipped), stages = order, summaries = summaries,
@@ -524,8 +562,10 @@ end
 ---@return string
 function M.summary(v, out)
   local s = v.settings
-  local lines = { ("parity check: reference %s, target %s at %s, %d prompts x %d new tokens (teacher-forced)"):format(
-    v.reference, v.target, v.dtype, s.prompts, s.new_tokens) }
+  local noise = v.dtype ~= "fp32" and "" or v.noise_dtype == "fp32" and " (over the reference's fp32 reassociation level)"
+    or (" (over the reference's own %s noise)"):format(v.noise_dtype)
+  local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
+    v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
   for _, name in ipairs(v.stages) do
     local stage, summary = require("parity.stages." .. name), v.summaries[name]
     if summary and summary ~= core.json.null and stage.lines then

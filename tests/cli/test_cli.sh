@@ -214,7 +214,10 @@ check)
   cases=$((cases + 1))
   if grep -q '"verdict": "error"' "$tmp/e/verdict.json"; then echo "ok   error verdict on disk"; else failures=$((failures + 1)); echo "FAIL: error verdict"; fi
   expect 2 "^parity check: $fx/gone: no such file or directory$" -- check "$fx/gone" "$fx/port_fused" --out "$tmp/e"
-  expect 2 '^parity check: check compares a low precision with fp32: --dtype must be bf16 or fp16, got fp32' -- check "$ref" "$fx/port_fused" --dtype fp32 --out "$tmp/e"
+  expect 2 '^parity check: --dtype must be bf16 or fp16 \(the low precision under test\), or fp32 \(an fp32-only port\), got fp8$' -- check "$ref" "$fx/port_fused" --dtype fp8 --out "$tmp/e"
+  # an fp32-only port: told how to check it, then checked in fp32
+  expect 2 "^parity check: $fx/bug_eps_small/fp32.pt has no bf16 trace, only fp32: check an fp32-only port with --dtype fp32$" -- check "$ref" "$fx/bug_eps_small/fp32.pt" --out "$tmp/e" "${common[@]}"
+  expect 1 '^  first divergence: model.layers.0.input_layernorm \(LlamaRMSNorm\), R -, R32 [0-9.e-]*, step: epsilon' -- check "$ref" "$fx/bug_eps_small/fp32.pt" --dtype fp32 --out "$tmp/e" "${common[@]}"
   expect 2 '^parity check: new_tokens must be a whole number in 1\.\.4096, got 0$' -- check "$ref" "$fx/port_fused" --new-tokens 0 --out "$tmp/e"
   expect 2 '^parity check: new_tokens must be a whole number in 1\.\.4096, got 100000$' -- check "$ref" "$fx/port_fused" --new-tokens 100000 --out "$tmp/e"
   expect 2 '^parity check: 3016 tokens a sequence exceed' -- check "$ref" "$fx/port_fused" --prompt-len 3000 --out "$tmp/e"
@@ -452,7 +455,7 @@ usability)
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}"
   snapshot() { (cd "$tmp/res" && find . | sort && find . -type f ! -name verdict.json | sort | xargs sha256sum); }
   before=$(snapshot)
-  for bad in "--promts 8" "--new-tokens 0" "--dtype fp32" "--topk nan" "--baseline 1-tensor" "--device tpu"; do
+  for bad in "--promts 8" "--new-tokens 0" "--dtype fp8" "--topk nan" "--baseline 1-tensor" "--device tpu"; do
     # shellcheck disable=SC2086
     expect 2 '^parity check: ' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}" $bad
     cases=$((cases + 1))

@@ -224,6 +224,42 @@ describe("check", function()
     raises(function() check("bug_rope", { baseline = "4-tensor" }) end, "baseline must be 3-tensor or 2-tensor")
   end)
 
+  it("checks an fp32-only port in fp32: over the reference's bf16 noise, or over its fp32 reassociation", function()
+    -- a target with an fp32 trace alone (its fp32.pt as a bundle of one)
+    local function f32(target, extra)
+      extra = extra or {}
+      extra.dtype, extra.out = "fp32", tmp .. "/fp32_" .. target
+      return check(target .. "/fp32.pt", extra)
+    end
+    raises(function() check("port_fused/fp32.pt") end, "only fp32: check an fp32-only port with --dtype fp32")
+    -- the reference has bf16: the fp32 leg is the comparison, the bf16 one is skipped and says why
+    local v = f32("port_reorder")
+    eq({ v.verdict, v.dtype, v.noise_dtype, v.skipped[1].stage }, { "equivalent", "fp32", "bf16", "e2e" })
+    truthy(v.skipped[1].reason:find("runs in fp32 only"), v.skipped[1].reason)
+    for _, c in ipairs({
+      { "bug_eps_small", "model.layers.0.input_layernorm", "epsilon" },  -- inside the bf16 noise
+      { "bug_gate_up_swap", "model.layers.0.mlp", "layout" },
+    }) do
+      v = f32(c[1])
+      local f = v.first_divergence
+      eq({ v.verdict, v.failed[1], f.reference, f.cause.class }, { "divergent", "r32_p95", c[2], c[3] }, c[1])
+    end
+    eq(f32("bug_norm_bf16").verdict, "equivalent", "a bug of the low precision alone is none in fp32")
+    v = f32("bug_padded")
+    eq({ v.verdict, v.failed, v.cause.class, v.summaries.e2e32.padded.columns }, { "divergent", { "padded" }, "vocabulary", 64 })
+    -- the reference in fp32 alone: R over its own reassociation level (perturbed by fp32's epsilon)
+    v = f32("noisy_port", { reference = "noisy/fp32.pt" })
+    eq({ v.verdict, v.noise_dtype, v.skipped[1].stage }, { "equivalent", "fp32", "e2e32" })
+    local e = parity.json.read(tmp .. "/fp32_noisy_port/e2e.json")
+    truthy(e.r_ratio.p95 > 0.5 and e.r_ratio.p95 < require("parity.thresholds").DEFAULTS.r_p95_fp32,
+      "a port rounding in another order: R near 1, below r_p95_fp32: " .. e.r_ratio.p95)
+    v = f32("noisy_bug_eps", { reference = "noisy/fp32.pt" })
+    eq({ v.verdict, v.failed[1], v.first_divergence.reference, v.first_divergence.cause.class, v.cause.class },
+       { "divergent", "r_p95", "h.0.ln_1", "epsilon", "epsilon" })
+    raises(function() f32("port_fused", { reference = "reference/fp32.pt", baseline = "3-tensor" }) end,
+      "has no low-precision trace whose noise would be the yardstick")
+  end)
+
   it("warns of a component more precise than the reference (over-precision), not on a faithful port", function()
     local v = check("port_upcast")
     eq(v.verdict, "equivalent")

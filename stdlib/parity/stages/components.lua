@@ -23,6 +23,7 @@ local m = core.metrics
 local M = { name = "components", runs_target = "its components run one by one" }
 
 local replay = require("parity.replay")
+local thresholds = require("parity.thresholds")
 local is_float, tensors = replay.is_float, replay.tensors
 
 --- Components both models have (same path, same type), in the reference's execution order, as
@@ -230,6 +231,10 @@ function M.run(ctx)
   local two = ctx.baseline == "2-tensor"
   local eps = two and lm.EPSILON[dtype] or nil  -- the 2-tensor noise floor (ratio)
   local anchor, has32 = ctx.anchor, target:has("fp32") and not two
+  local runs_low = ctx:target_runs_low()  -- not in an fp32 check against the low precision's noise: fp32 only
+  -- an fp32 check against the reassociation level: the target's "low precision" is fp32, and
+  -- what the fp32 leg's figures say elsewhere its figures say
+  local in32 = dtype == "fp32"
   local t0 = core.clock()
   -- the models' tapped forwards: those whose logits came from them (Context:tapped_logits: the
   -- target's, and the reference's unless they came from the cache) are not run again
@@ -262,7 +267,7 @@ function M.run(ctx)
     else
       cap.rlow = run_tapped("reference", dtype, ref_paths)
     end
-    cap.tlow = run_tapped("target", dtype, tgt_paths)
+    if runs_low then cap.tlow = run_tapped("target", dtype, tgt_paths) end
     if has32 then cap.t32 = run_tapped("target", "fp32", tgt_paths) end
   end)
   if not ok then  -- e.g. a scripted model whose layers share one graph
@@ -271,7 +276,7 @@ function M.run(ctx)
   local forwards_s = core.clock() - t0  -- the tapped forwards run here
   local function dtype_of(which) return which == "r32" and anchor or which == "t32" and "fp32" or dtype end
   -- which models can run a component alone (TorchScript; a .pt2 program runs whole)
-  local alone = { r32 = ref:runs_alone(anchor), rlow = ref:runs_alone(dtype), tlow = target:runs_alone(dtype),
+  local alone = { r32 = ref:runs_alone(anchor), rlow = ref:runs_alone(dtype), tlow = runs_low and target:runs_alone(dtype),
                   t32 = has32 and target:runs_alone("fp32") }
   local whole, tcap_dtype = {}, has32 and "fp32" or dtype
   if not alone.r32 then whole[#whole + 1] = ("the reference is a .pt2 program (%s)"):format(ref:file(anchor)) end
@@ -326,6 +331,7 @@ function M.run(ctx)
     return c.outputs[1]
   end
   local fails = require("parity.stages.localize").fails
+  local th = thresholds.at(ctx.thresholds, dtype)  -- R's bound as it applies at this yardstick
   local tcap = has32 and "t32" or "tlow"
   local rows = {}
   ctx.memo.evidence = {}
@@ -341,7 +347,7 @@ function M.run(ctx)
     local per_row = {}  -- the isolated runs' rows, every call (M.row_ratios)
     if not calls then
       row.skipped = "never called"
-    elseif not (cap[tcap][pair.target] or cap.tlow[pair.target]) and next(child("r32", first):parameters()) then
+    elseif not (cap[tcap][pair.target] or (cap.tlow or {})[pair.target]) and next(child("r32", first):parameters()) then
       row.never_called_by_target = true  -- a module with weights the target has but its forward skips
     end
     if calls then
@@ -359,7 +365,7 @@ function M.run(ctx)
         -- model, its embedding) has the accumulated view only, against the perturbed whole model
         local perturbable = not two
         for _, x in ipairs(calls[k].inputs) do perturbable = perturbable or is_float(x) end
-        local tinputs = tcall and perturbable and alone.tlow and alone.r32 and inputs_for(tcall.inputs, calls[k].inputs) or nil
+        local tinputs = tcall and perturbable and alone[tcap] and alone.r32 and inputs_for(tcall.inputs, calls[k].inputs) or nil
         local isolated = tinputs ~= nil
         -- the accumulated view: outputs of the whole-model runs at this call
         local function outs(which, paths, as)
@@ -405,11 +411,13 @@ function M.run(ctx)
         local inh, inh32 = ratio(input("tlow", pair.target), rin32, own_in, eps), ratio(input("t32", pair.target), rin32, own_in)
         -- the first component whose input in the whole fp32 runs is off: what localize looks at
         -- when no component adds an error itself (the forward code between components)
-        if inh32 and inh32 >= ctx.thresholds.r32_p95 and not ctx.memo.first_inherited then
+        local off, bar, leg = inh32, th.r32_p95, "t32"
+        if in32 then off, bar, leg = inh, th.r_p95, "tlow" end
+        if off and off >= bar and not ctx.memo.first_inherited then
           ctx.memo.first_inherited = { reference = row.reference, target = row.target, type = row.type, call = k,
-                                       t = input("t32", pair.target), r = rin32, r32_ratio = inh32 }
+                                       t = input(leg, pair.target), r = rin32, ratio = off, figure = in32 and "R" or "R32" }
         end
-        if k == 1 or (r or acc or 0) > (row.r or row.acc_r or 0) then
+        if k == 1 or (r or acc or r32_ratio or acc32 or 0) > (row.r or row.acc_r or row.r32 or row.acc_r32 or 0) then
           row.r, row.r32, row.acc_r, row.acc_r32, row.worst_call = r, r32_ratio, acc, acc32, k
           row.inherited_r, row.inherited_r32 = inh, inh32
           row.isolated = isolated and true or false
@@ -420,21 +428,24 @@ function M.run(ctx)
           -- re-run both components on other inputs; without an isolated run, the whole-model
           -- outputs (whose inputs may carry inherited error)
           local single = #pair.reference == 1
+          -- (the signatures that need fp32 outputs fit on those of an fp32 check)
           evidence = isolated and {
-            isolated = true, inputs = calls[k].inputs, input = calls[k].inputs[1], r32 = r32, t32 = t32, tlow = tlow,
+            isolated = true, inputs = calls[k].inputs, input = calls[k].inputs[1], r32 = r32,
+            t32 = t32 or (in32 and tlow or nil), tlow = tlow,
             target_inputs = tinputs,
             params = child("r32", first):parameters(),
             run_reference = single and function(inputs) return rerun("r32", first, inputs) end or nil,
             run_target = function(inputs) return rerun(tcap, pair.target, inputs_for(tinputs, inputs) or inputs) end,
-          } or { isolated = false, r32 = ar32, t32 = at32 or nil, tlow = atlow or nil, params = {} }
+          } or { isolated = false, r32 = ar32, t32 = at32 or (in32 and atlow) or nil, tlow = atlow or nil,
+                params = {} }
           evidence.call = k
         end
       end
     end
     if row.isolated and not row.skipped then row.rows_r = M.row_ratios(per_row) end
     -- evidence is kept for the failing components only (localize looks no further)
-    if evidence and fails(row, ctx.thresholds) then ctx.memo.evidence[row.reference] = evidence end
-    row.role = M.role(row, ctx.thresholds, fails)
+    if evidence and fails(row, th) then ctx.memo.evidence[row.reference] = evidence end
+    row.role = M.role(row, th, fails)
   end
   -- and the whole-model captures inside failing components, for signatures that look inside
   -- (which nonlinearity lies between an MLP's projections)

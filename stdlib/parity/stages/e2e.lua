@@ -9,6 +9,7 @@
 --- within tie_factor x its precision noise (max |r_low - r32| at that position) is a near-tie.
 local core = require("parity.core")
 local m = core.metrics
+local thresholds = require("parity.thresholds")
 
 local M = { name = "e2e" }
 
@@ -67,11 +68,17 @@ end
 
 ---@param ctx parity.Context
 function M.run(ctx)
+  if not ctx:target_runs_low() then
+    return { skipped = ("an fp32 check (--dtype fp32): the target runs in fp32 only, so the %s comparison (R, KL,"
+      .. " cosine, top-1 at %s) does not apply; the fp32 leg (e2e32) judges it against the reference's own %s noise")
+      :format(ctx.dtype, ctx.dtype, ctx.dtype) }
+  end
   local r = ctx:reference_outputs()
   local full = ctx:target_logits(ctx.dtype)
   local result = M.compare(ctx:judged(full), r.ref32, r.ref_low, r.tokens,
     { topk = ctx.settings.topk, tie_factor = ctx.thresholds.tie_factor, dtype = ctx.dtype })
   result.target_non_finite = m.non_finite(full)  -- anywhere, not only at the judged positions
+  result.dtype = ctx.dtype  -- fp32 in an fp32 check against the reference's reassociation level
   result.baseline = ctx.baseline  -- "2-tensor": ref32 is the reference at the low precision, ref_low it perturbed
   result.padded = ctx.memo["padded_" .. ctx.dtype]  -- a padded LM head's extra columns (Context:target_logits)
   return result
@@ -86,6 +93,7 @@ local function relative(own, ratio, floor) return math.max(ratio * own, floor) e
 --- its per-position R is near 1 typically and spread wide (p95 1.3-1.7 measured); one computing
 --- at a lower precision (a variance summed in bf16) is above 1 typically (p50 1.3).
 function M.criteria(e, th, results)
+  th = thresholds.at(th, e.dtype)
   local bad = e.target_non_finite.nan + e.target_non_finite.inf
   local e32 = results and results.e2e32
   local exact32 = e32 and not e32.skipped and e32.r32.p95 < th.r32_p95
@@ -107,9 +115,14 @@ function M.criteria(e, th, results)
       rule = ("1 - cosine p5 <= max(%g x own %.3g, %g)"):format(th.cosine_ratio, 1 - e.own_cosine.p5, th.cosine_floor) },
     { name = "top1", value = e.top1_ties_excluded.rate, threshold = th.top1, pass = e.top1_ties_excluded.rate > th.top1,
       rule = ("top-1 agreement (near-ties excluded) > %g"):format(th.top1) },
-    e.padded and { name = "padded", value = e.padded.wins, threshold = 0, pass = e.padded.wins == 0,
-      rule = ("no padded vocabulary column (the target's %d past the vocabulary) wins the argmax"):format(e.padded.columns) } or nil,
+    M.padded_criterion(e.padded),
   }
+end
+
+--- A padded LM head's criterion (nil without one): none of its extra columns wins the argmax.
+function M.padded_criterion(padded)
+  return padded and { name = "padded", value = padded.wins, threshold = 0, pass = padded.wins == 0,
+    rule = ("no padded vocabulary column (the target's %d past the vocabulary) wins the argmax"):format(padded.columns) } or nil
 end
 
 function M.summary(e)

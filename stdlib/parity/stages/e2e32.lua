@@ -24,7 +24,11 @@ end
 
 ---@param ctx parity.Context
 function M.run(ctx)
-  if ctx.baseline == "2-tensor" then
+  if ctx.baseline == "2-tensor" and ctx.dtype == "fp32" then
+    return { skipped = ("an fp32 check against %s, which has no low-precision trace: e2e compares the target in"
+      .. " fp32 with the reference's own fp32 reassociation level (the 2-tensor baseline), so no second fp32 leg"):format(
+      ctx.reference.path) }
+  elseif ctx.baseline == "2-tensor" then
     return { skipped = ("%s has no fp32 trace: judged with the 2-tensor baseline, at %s only"):format(
       ctx.reference.path, ctx.dtype) }
   end
@@ -36,6 +40,8 @@ function M.run(ctx)
   local full = ctx:target_logits("fp32")
   local result = M.compare(ctx:judged(full), r.ref32, r.ref_low)
   result.target_non_finite = m.non_finite(full)
+  -- in an fp32 check this leg is the comparison: a padded LM head's extra columns are judged here
+  if not ctx:target_runs_low() then result.padded = ctx.memo.padded_fp32 end
   return result
 end
 
@@ -45,11 +51,12 @@ function M.criteria(e, th)
     { name = "finite32", value = bad, threshold = 0, rule = "no NaN/Inf in the target's fp32 logits", pass = bad == 0 },
     { name = "r32_p95", value = e.r32.p95, threshold = th.r32_p95, rule = ("R32 p95 < %g (fp32 leg)"):format(th.r32_p95),
       pass = e.r32.p95 < th.r32_p95 },
+    e2e.padded_criterion(e.padded),
   }
 end
 
 function M.summary(e)
-  return { positions = e.positions, r32 = e.r32, rel_l2 = e.rel_l2, max_abs_diff = e.max_abs_diff }
+  return { positions = e.positions, r32 = e.r32, rel_l2 = e.rel_l2, max_abs_diff = e.max_abs_diff, padded = e.padded }
 end
 
 function M.lines(e)

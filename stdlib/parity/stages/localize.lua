@@ -62,6 +62,7 @@ end
 local descends = require("parity.mapping").descends
 local replay = require("parity.replay")
 local signatures = require("parity.signatures")
+local thresholds = require("parity.thresholds")
 
 --- A signature that re-runs models: its answer, or nil when it fails (a model that cannot re-run
 --- so, a device without room): the next signature decides, the check goes on.
@@ -598,7 +599,7 @@ function M.run(ctx)
   if not comp or comp.skipped then
     return { skipped = "no component figures" .. (comp and comp.skipped and (": " .. comp.skipped) or "") }
   end
-  local th, rows = ctx.thresholds, comp.components
+  local th, rows = thresholds.at(ctx.thresholds, ctx.dtype), comp.components
   local failing = {}
   for _, row in ipairs(rows) do
     if M.fails(row, th) then failing[#failing + 1] = row end
@@ -652,10 +653,12 @@ function M.run(ctx)
   end
   -- no component adds an error itself, yet one's input in the whole fp32 runs is off: the forward
   -- code between components (outside every mapped one) differs before it
-  -- (only when the fp32 leg fails: a long model's reassociation may build up past r32_p95)
-  local e32 = ctx.results.e2e32
-  local between = #faults == 0 and ctx.memo.first_inherited and e32 and not e32.skipped
-    and e32.r32.p95 >= th.r32_p95 and ctx.memo.first_inherited
+  -- (only when the fp32 leg fails: a long model's reassociation may build up past r32_p95; in
+  -- an fp32 check against the reassociation level, e2e is that leg)
+  local e32, e = ctx.results.e2e32, ctx.results.e2e
+  local fp32_fails = (e32 and not e32.skipped and e32.r32.p95 >= th.r32_p95)
+    or (ctx.dtype == "fp32" and e and not e.skipped and e.r_ratio.p95 >= th.r_p95)
+  local between = #faults == 0 and fp32_fails and ctx.memo.first_inherited
   local skipped_module = between and never_called[1]  -- a module the target has and never calls, before it
   if skipped_module then
     between = nil
@@ -667,13 +670,13 @@ function M.run(ctx)
     local cause = (c and resid < signatures.FITS) and { class = "scale", detail = ("the input of %s is %.4g x the reference's, while"
         .. " no component before it adds an error of its own: a factor the forward code between components applies (or"
         .. " misses)"):format(between.reference, c), parameter = { name = "scale", value = c, at = between.reference } }
-      or { class = "formula", detail = ("the input of %s differs from the reference's (R32 %.3g), while no component"
+      or { class = "formula", detail = ("the input of %s differs from the reference's (%s %.3g), while no component"
         .. " before it adds an error of its own: the forward code between components"):format(between.reference,
-          between.r32_ratio) }
+          between.figure, between.ratio) }
     return { faults = 1, failing = #failing, suspects = {}, over_precision = over, amplifiers = amplifiers, less_precise = less,
       first_divergence = { reference = between.reference, target = between.target, type = between.type,
         r = core.json.null, r32 = core.json.null, pattern = "step", absorbed = false, at_input = true, cause = cause,
-        evidence = { inherited_r32 = between.r32_ratio, calls = between.call } } }
+        evidence = { [between.figure == "R" and "inherited_r" or "inherited_r32"] = between.ratio, calls = between.call } } }
   end
   if #faults == 0 then
     return { faults = 0, failing = #failing, first_divergence = core.json.null, suspects = {}, over_precision = over,

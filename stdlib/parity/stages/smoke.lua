@@ -44,9 +44,9 @@ function M.run(ctx)
   local r = ctx:reference_outputs()
   -- the target's teacher-forced logits (which e2e reads too) give its greedy continuation up to
   -- its first divergence; only the rest is decoded (lm.greedy_from)
-  local predicted = ctx:judged(ctx:target_logits(ctx.dtype)):argmax(-1)
+  local predicted = ctx:judged(ctx:target_logits(ctx.target_dtype)):argmax(-1)
   local t0 = core.clock()
-  local whole, decoding = lm.decoding_forward(ctx.target, ctx.dtype)
+  local whole, decoding = lm.decoding_forward(ctx.target, ctx.target_dtype)
   -- the compared vocabulary only: a padded LM head's extra columns are e2e's to judge
   local function forward(tokens) return (lm.fit_vocab(whole(tokens), ctx.vocab)) end
   local target, forwards = lm.greedy_from(forward, ctx.prompts, r.tokens, predicted,
