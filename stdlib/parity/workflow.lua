@@ -47,7 +47,8 @@ local function default_cache_dir()
 end
 
 --- Checks the options that need no model (numbers in range, the dtype, the baseline, the
---- devices): the CLI runs it before anything in the results directory is touched.
+--- devices, the thresholds and mapping files): the CLI runs it before anything in the results
+--- directory is touched.
 function M.check_options(opts)
   local max = validate.MAX
   validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
@@ -61,6 +62,10 @@ function M.check_options(opts)
     error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(opts.baseline)), 0)
   end
   for _, device in ipairs({ opts.device or "cpu", opts.reference_device or "cpu" }) do core.usable_device(device) end
+  -- the files that are part of the command line: a bad one is a usage error too (loaded again,
+  -- sandboxed, by M.context)
+  if opts.thresholds_file then thresholds.load_file(opts.thresholds_file) end
+  if opts.mapping_file then mapping.load_file(opts.mapping_file) end
   return opts
 end
 

@@ -455,7 +455,9 @@ usability)
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}"
   snapshot() { (cd "$tmp/res" && find . | sort && find . -type f ! -name verdict.json | sort | xargs sha256sum); }
   before=$(snapshot)
-  for bad in "--promts 8" "--new-tokens 0" "--dtype fp8" "--topk nan" "--baseline 1-tensor" "--device tpu"; do
+  echo 'return { r_p95 = "loose" }' >"$tmp/bad_thresholds.lua"
+  for bad in "--promts 8" "--new-tokens 0" "--dtype fp8" "--topk nan" "--baseline 1-tensor" "--device tpu" \
+             "--thresholds $tmp/bad_thresholds.lua" "--mapping $tmp/no_such_mapping.lua"; do
     # shellcheck disable=SC2086
     expect 2 '^parity check: ' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}" $bad
     cases=$((cases + 1))
