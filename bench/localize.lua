@@ -86,18 +86,18 @@ for _, c in ipairs(cases) do
   if fp32 and c[4] == "precision" then c[3], c[4] = nil, nil end  -- none in fp32
   local v = parity.check({ reference = c[1], target = fp32 and c[2] .. "/fp32.pt" or c[2], out = out .. ".d",
     log = function() end, baseline = baseline, dtype = fp32 and "fp32" or nil })
-  local f = v.first_divergence
-  local got = f ~= parity.json.null and ("%s (%s)"):format(f.target, f.cause.class) or "none"
+  local f = v.first_divergence  -- absent when there is none
+  local got = f and ("%s (%s)"):format(f.target, f.cause.class) or "none"
   local ok
   if c[3] then
     bugs = bugs + 1
-    local place = f ~= parity.json.null and f.target:find(c[3]) ~= nil
-    local class = f ~= parity.json.null and f.cause.class == c[4]
+    local place = f and f.target:find(c[3]) ~= nil
+    local class = f and f.cause.class == c[4]
     right_place, right_class = right_place + (place and 1 or 0), right_class + (class and 1 or 0)
     ok = place and class
   else
     clean = clean + 1
-    ok = (f == parity.json.null or f.absorbed) and v.verdict == "equivalent"
+    ok = (not f or f.absorbed) and v.verdict == "equivalent"
     clean_ok = clean_ok + (ok and 1 or 0)
   end
   print(("%-4s %-44s %s%s"):format(ok and "ok" or "MISS", c[2]:sub(-44), got,

@@ -45,9 +45,15 @@ int main(int argc, char** argv) {
         lua_rawseti(L, -2, i - first + 1);
       }
       if (parity::call_traced(L, 1, 1, &error)) {
-        int code = lua_isnumber(L, -1) ? static_cast<int>(lua_tointeger(L, -1)) : 0;
         std::fflush(stdout);
-        return code;
+        // an exit code is a whole number 0..125; anything else is a bug of the command: never 0
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+          lua_Number n = lua_tonumber(L, -1);
+          if (n >= 0 && n <= 125 && n == static_cast<lua_Number>(static_cast<int>(n))) return static_cast<int>(n);
+        }
+        std::fprintf(stderr, "parity: internal error: the command returned %s, not an exit code\n",
+                     luaL_typename(L, -1));
+        return 2;
       }
     }
     std::fprintf(stderr, "parity: %s\n", error.c_str());

@@ -1,9 +1,10 @@
 --- parity.check{...} — the default workflow, as a list of stages that parity.workflow runs:
---- scaffold (both module trees, how they map), smoke (greedy liveness), e2e (teacher-forced 3-tensor comparison at the low precision) and
---- e2e32 (the fp32 leg, which sees bugs smaller than the low-precision noise), components (each
---- mapped component on the same real inputs) and localize (the primary fault and its cause). A
---- new stage is a file under stages/ and a line here.
-local core = require("parity.core")
+--- scaffold (both module trees, how they map), smoke (greedy liveness), e2e (teacher-forced
+--- 3-tensor comparison at the low precision) and e2e32 (the fp32 leg, which sees bugs smaller
+--- than the low-precision noise), components (each mapped component on the same real inputs)
+--- and localize (the primary fault and its cause). A new stage is a file under stages/ (the
+--- stage contract: parity.workflow) and a line here.
+local verdict = require("parity.verdict")
 local workflow = require("parity.workflow")
 
 local M = {}
@@ -40,7 +41,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 function M.run(opts)
   local out = opts.out or "parity-results"
   if type(out) ~= "string" or out == "" then error("check: out must name a directory, got an empty path", 0) end
-  workflow.mark_unfinished(out, "this run did not finish (still running, or killed)")
+  verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", M.STAGES)
   local ok, result = pcall(function()
     local stages = {}
     for i, name in ipairs(M.STAGES) do stages[i] = require("parity.stages." .. name) end
@@ -48,8 +49,7 @@ function M.run(opts)
   end)
   if ok then return result end
   local msg = require("parity.errors").clean(result)
-  pcall(core.json.write, out .. "/verdict.json", {
-    verdict = "error", error = msg,
+  verdict.error(out, msg, {
     reference = type(opts.reference) == "string" and opts.reference or opts.reference.path,
     target = type(opts.target) == "string" and opts.target or opts.target.path,
   })

@@ -11,6 +11,7 @@ Usage: parity [--stdlib-dir DIR] COMMAND [ARGS...]
 
 Commands:
   check REF TARGET           the default workflow: teacher-forced comparison (bf16 and fp32 legs), verdict
+  report DIR                 the summary of a finished check, again, from its results directory
   gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
   inputs REF --out FILE      the token sequences of a check, for a foreign engine to run
   dump MODEL --inputs F --out DIR   a model's per-layer tensors, for parity diff
@@ -332,7 +333,9 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
   --mapping FILE     which target components compute which reference components (Lua, run
                      sandboxed; default: identity for identical trees, else proposed from the
                      weights and written to OUT/scaffold/mapping.lua to save and edit)
-  --out DIR          results: smoke.json, e2e.json, e2e32.json, verdict.json (default parity-results)
+  --out DIR          the results directory (default parity-results): verdict.json, scaffold/
+                     (the trees, the mapping) and a JSON a stage:
+                     STAGE_FILES
   --no-cache         recompute the reference's outputs
   --quiet            no progress on stderr and no log lines (the summary and the files only)
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
@@ -372,16 +375,42 @@ two may be swapped.]],
     if ok then ok, o = pcall(workflow.check_options, opts) end
     if not ok then
       if out and parity.path_kind(out .. "/verdict.json") == "file" then
-        workflow.mark_verdict(out, "usage error: " .. clean(type(o) == "table" and o.usage or o))
+        require("parity.verdict").mark_usage_error(out, clean(type(o) == "table" and o.usage or o))
       end
       error(o, 0)
     end
     os.remove(out .. "/verdict.json")  -- then an earlier verdict goes, before anything can fail
     local verdict = parity.check(opts)
-    print(workflow.summary(verdict, out))
+    print(require("parity.report.terminal").render(verdict, out))
     local hint = swap_hint(verdict, out)
     if hint then print(hint) end
     return verdict.verdict == "equivalent" and 0 or 1
+  end,
+}
+
+do  -- the check's stage files, from its stage list, wrapped under --out's text
+  local text, line, stages = {}, "", require("parity.check").STAGES
+  for i, name in ipairs(stages) do
+    local item = name .. ".json" .. (i < #stages and "," or "")
+    if #line + #item > 75 then text[#text + 1], line = line, "" end
+    line = line == "" and item or line .. " " .. item
+  end
+  text[#text + 1] = line
+  commands.check.help = commands.check.help:gsub("STAGE_FILES", table.concat(text, "\n" .. (" "):rep(21)))
+end
+
+commands.report = {
+  help = [[
+Usage: parity report DIR
+
+Prints the summary of a finished check again, from its results directory alone (DIR/verdict.json
+and the stage summaries in it): the same lines `parity check` printed. An error verdict prints
+its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdict parity wrote.]],
+  run = function(argv)
+    local o = parse(argv, { flags = {}, positional = { "DIR" } })
+    local text, v = require("parity.report.terminal").from_dir(o.DIR)
+    print(text)
+    return v.verdict == "equivalent" and 0 or 1
   end,
 }
 
@@ -645,7 +674,7 @@ function M.main(argv)
   local cmd = commands[name]
   if not cmd then
     local near = nearest(name, keys(commands), ""):match("^ %((.*)%)$")
-    stderr("parity: unknown command '%s' (%scommands: check, gate, inputs, dump, diff, matrix, run, tree, version, help;"
+    stderr("parity: unknown command '%s' (%scommands: check, report, gate, inputs, dump, diff, matrix, run, tree, version, help;"
       .. " see parity --help)", name, near and (near .. " ") or "")
     return 2
   end

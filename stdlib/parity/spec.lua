@@ -27,9 +27,24 @@ local function fail(msg, level)
   error(msg, (level or 1) + 2)
 end
 
-local function show(v)
+--- A value as text; tables as { k = v, ... } (keys sorted, 3 levels, 400 characters at most).
+local function show(v, depth)
   if type(v) == "string" then return ("%q"):format(v) end
-  return tostring(v)
+  if type(v) ~= "table" or getmetatable(v) ~= nil then return tostring(v) end
+  depth = depth or 0
+  if depth >= 3 then return "{...}" end
+  local keys, parts = {}, {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if type(a) == "number" and type(b) == "number" then return a < b end
+    return type(a) == type(b) and tostring(a) < tostring(b) or type(a) == "number"
+  end)
+  for _, k in ipairs(keys) do
+    local key = type(k) == "number" and k <= #v and "" or (tostring(k) .. " = ")
+    parts[#parts + 1] = key .. show(v[k], depth + 1)
+  end
+  local text = "{ " .. table.concat(parts, ", ") .. " }"
+  return #text > 400 and text:sub(1, 397) .. "..." or text
 end
 
 local function deep_equal(a, b)

@@ -1,21 +1,24 @@
---- The stage runner. One parity.Context per run (both bundles opened once, the dtype, the
+--- The stage runner. One parity.Context per run (both bundles opened once, the precisions, the
 --- inputs, the thresholds, the results directory, the reference cache), a list of stages run in
---- order, each stage's JSON written atomically as soon as it exists, and the verdict assembled
---- here and nowhere else.
+--- order, each stage's JSON written atomically as soon as it exists; parity.verdict decides.
 ---
---- A stage is a module with `name`, `run(ctx) -> result` and optionally
---- `criteria(result, thresholds, results) -> {criterion...}` (what the verdict judges, once every
---- stage has run: `results` holds them all by name), `summary(result)`
---- (the small table the verdict keeps) and `lines(summary) -> string[]` (the terminal summary).
---- A stage that runs the target's modules (not only its logits) says what for in `runs_target`:
---- it is skipped, and says why, against saved logits (parity.saved).
---- A result `{skipped = "why"}` is recorded as skipped, never silently.
+--- The stage contract. A stage is a module with `name`, `run(ctx, got) -> result[, kept]` and
+--- optionally `needs` (the earlier stages whose results it reads: got.<name>, and what they kept
+--- in memory: got.kept.<name>), `criteria(result, thresholds, facts) -> {criterion...}` (what
+--- the verdict judges, once every stage has run, from the stage's own result; `facts`:
+--- parity.verdict.facts), `summary(result)` (the small table the verdict keeps) and
+--- `runs_target` (what for it runs the target's modules, not only its logits: it is skipped,
+--- and says why, against saved logits, parity.saved). A result is plain data; `{skipped =
+--- "why"}` is recorded as skipped, never silently. A stage never requires another stage: what
+--- several share lives in library modules (parity.pairing, parity.judge, parity.figures). The
+--- terminal lines of each stage's summary are parity.report.terminal's.
 local core = require("parity.core")
 local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 local mapping = require("parity.mapping")
 local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
+local verdict = require("parity.verdict")
 
 local M = {}
 
@@ -31,7 +34,6 @@ local FORMAT = 4  -- bump when what the reference cache stores changes
 ---@field thresholds table
 ---@field out string          results directory
 ---@field log fun(msg: string)
----@field results table<string, table>  stage name -> result, as the stages finish
 local Context = {}
 Context.__index = Context
 
@@ -74,7 +76,7 @@ end
 function M.context(opts)
   local max = validate.MAX
   M.check_options(opts)
-  local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print, results = {},
+  local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print,
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
@@ -393,6 +395,10 @@ function Context:target_logits(dtype)
   return t
 end
 
+--- A padded LM head's extra columns in the target's logits at `dtype` ({columns, wins,
+--- positions}; nil when its vocabulary is the reference's), once Context:target_logits has run.
+function Context:padded_columns(dtype) return self.memo["padded_" .. dtype] end
+
 --- Writes the token sequences a check with these settings compares on (the prompts and the
 --- reference's greedy continuation, [K, P + N]) to a safetensors file as input_ids, with
 --- prompt_len and new_tokens in its metadata: what a foreign engine runs before its logits are
@@ -411,14 +417,19 @@ function M.write_inputs(opts)
   return { file = opts.file, shape = seqs:size(), prompt_len = s.prompt_len, new_tokens = s.new_tokens }
 end
 
---- A model's logits from a forward tapped on the components the scaffold stage paired, its
---- captures kept for the components stage (Context:take_calls), which then runs it no more; nil
---- (run the plain forward) without pairs, for saved logits, or when the model cannot be tapped.
+--- From now on, the models' logits come from forwards tapped on these pairs' components
+--- (Context:tapped_logits): the scaffold stage says so once it has paired them.
+---@param pairs_ table[] mapping pairs
+function Context:tap_components(pairs_) self.tapped_pairs = pairs_ end
+
+--- A model's logits from a forward tapped on the components paired (Context:tap_components),
+--- its captures kept for the components stage (Context:take_calls), which then runs it no more;
+--- nil (run the plain forward) without pairs, for saved logits, or when the model cannot be tapped.
 ---@param side string "reference" or "target"
 function Context:tapped_logits(side, dtype, sequences)
   local b = self[side]
-  if not self.memo.pairs or b.saved then return nil end
-  local ref_paths, tgt_paths = mapping.paths(self.memo.pairs[1])
+  if not self.tapped_pairs or b.saved then return nil end
+  local ref_paths, tgt_paths = mapping.paths(self.tapped_pairs)
   local ok, out, calls = pcall(b.tapped_run, b, dtype, sequences, side == "reference" and ref_paths or tgt_paths)
   if not ok then return nil end  -- the plain forward says what went wrong (or the components stage does)
   self.memo[("calls_%s_%s"):format(side, dtype)] = calls
@@ -434,159 +445,76 @@ function Context:take_calls(side, dtype)
   return calls
 end
 
-local STAGE_FILES = { "scaffold.json", "smoke.json", "e2e.json", "e2e32.json", "components.json", "localize.json" }
-
---- Marks the verdict.json in `out` "error", saying `why`, and touches nothing else there (a bad
---- command line: the last run's other results stay as they were). A failure to write is ignored:
---- the error that led here is what the user sees.
-function M.mark_verdict(out, why)
-  os.remove(out .. "/verdict.json")
-  pcall(core.json.write, out .. "/verdict.json", { verdict = "error", error = why })
+--- A stage's view of the earlier results its `needs` declare: got.<name> is that stage's result
+--- (what its JSON holds), got.kept.<name> what it kept in memory for later stages (captured
+--- tensors: never written). Reading any other stage's is an error: stages talk through these only.
+local function needs_view(stage, results, kept)
+  local allowed = {}
+  for _, n in ipairs(stage.needs or {}) do allowed[n] = true end
+  local function guarded(t, what)
+    return setmetatable({}, {
+      __index = function(_, k)
+        if not allowed[k] then
+          error(("stage %s reads %s's %s, which its needs do not declare"):format(stage.name, tostring(k), what), 2)
+        end
+        return t[k]
+      end,
+      __newindex = function() error(("stage %s: earlier results are read-only"):format(stage.name), 2) end,
+    })
+  end
+  local got = guarded(results, "result")
+  rawset(got, "kept", guarded(kept, "kept data"))
+  return got
 end
 
---- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
---- dies before writing its own verdict never leaves an earlier one behind), removes the stage
---- files and the temporary files of killed runs.
----@param out string
----@param why string
-function M.mark_unfinished(out, why)
-  os.remove(out .. "/verdict.json")  -- first: removing needs no space, writing may fail
-  core.remove_stale_temps(out)
-  core.remove_stale_temps(out .. "/scaffold")
-  for _, f in ipairs(STAGE_FILES) do os.remove(out .. "/" .. f) end
-  core.json.write(out .. "/verdict.json", { verdict = "error", error = why })
+--- Checks a stage list against the stage contract: each a name (not "kept") and a run function,
+--- names unique, and every stage it needs running before it.
+function M.check_stages(stages)
+  local seen = {}
+  for i, stage in ipairs(stages) do
+    if type(stage) ~= "table" or type(stage.name) ~= "string" or type(stage.run) ~= "function" then
+      error(("stage %d: a stage is a table with a name and a run function"):format(i), 0)
+    end
+    if stage.name == "kept" or seen[stage.name] then
+      error(("stage %s: %s"):format(stage.name, stage.name == "kept" and "the name is reserved" or "named twice"), 0)
+    end
+    for _, n in ipairs(stage.needs or {}) do
+      if not seen[n] then error(("stage %s needs %s, which does not run before it"):format(stage.name, tostring(n)), 0) end
+    end
+    seen[stage.name] = true
+  end
+  return stages
 end
 
---- What kind of divergence the failed criteria point to, from the two legs: the fp32 leg
---- separates a computation difference (the target differs in fp32 too) from a precision one
---- (exact in fp32, different only at the low precision).
-local function cause(failed, results, ctx)
-  local dtype = ctx.dtype
-  if failed.finite or failed.finite32 then
-    return { class = "non_finite", detail = "NaN or Inf in the target's logits" }
-  end
-  local padded = (results.e2e and results.e2e.padded) or (results.e2e32 and results.e2e32.padded)
-  if failed.padded and not (failed.r_p95 or failed.r32_p95 or failed.kl or failed.cosine or failed.top1) then
-    return { class = "vocabulary", detail = ("a padded LM head: one of the target's %d columns past the vocabulary wins the"
-      .. " argmax at %d of %d positions (the compared ones agree): its padding rows must give logits below the real ones"
-      .. " (zero rows, or logits masked to -inf), or cut the logits to the vocabulary"):format(padded.columns, padded.wins,
-      padded.positions) }
-  end
-  local low = failed.r_p95 or failed.kl or failed.cosine or failed.top1
-  local e32 = results.e2e32
-  if ctx.target_dtype == "fp32" and (low or failed.r32_p95) then  -- an fp32 check: any difference is a computation's
-    local figure = failed.r32_p95 and ("R32 p95 %.3g, in units of the reference's own %s noise"):format(e32.r32.p95, dtype)
-      or ("R p95 %.3g, in units of the reference's own fp32 reassociation level"):format(results.e2e.r_ratio.p95)
-    return { class = "formula", detail = ("the target differs from the reference in fp32 (%s): a computation"
-      .. " difference"):format(figure) }
-  end
-  if failed.r32_p95 then
-    return { class = "formula", detail = ("the target differs from the reference in fp32 too (R32 p95 %.3g): a"
-      .. " computation difference%s"):format(e32.r32.p95, low and "" or (", smaller than the %s noise"):format(dtype)) }
-  end
-  if not low then return nil end
-  if e32 and not e32.skipped then
-    return { class = "precision", detail = ("exact in fp32 (R32 p95 %.3g) but not at %s (R p95 %.3g): an operation"
-      .. " computed at a lower precision (e.g. a norm's variance accumulated in %s) or in another order"
-      .. " (e.g. q scaled before QK^T instead of the scores after)"):format(e32.r32.p95, dtype,
-      results.e2e.r_ratio.p95, dtype) }
-  end
-  return { class = "unknown", detail = ("%s has no fp32 trace to tell a computation difference from a precision one"):format(
-    results.e2e and results.e2e.baseline == "2-tensor" and "the reference" or "the target") }
-end
-
---- Runs the stages in order and assembles the verdict: "equivalent" when every criterion
---- passes, else "divergent" with a cause. Writes <stage>.json as each finishes, then verdict.json.
+--- Runs the stages in order and has parity.verdict decide: each stage gets the context and the
+--- earlier results its `needs` declare, returns its result (plain data, written as <name>.json
+--- as soon as it exists) and optionally what it keeps in memory for later stages.
 ---@param ctx parity.Context
 ---@param stages table[] stage modules
 ---@return table verdict
 function M.run(ctx, stages)
-  local order, times = {}, {}
+  M.check_stages(stages)
+  local results, kept, times = {}, {}, {}
   for _, stage in ipairs(stages) do
     local t0 = core.clock()
-    local result = (stage.runs_target and ctx.target.saved)
-      and { skipped = ("it needs %s, and %s"):format(stage.runs_target, ctx.target.saved) } or stage.run(ctx)
+    local result, keep
+    if stage.runs_target and ctx.target.saved then
+      result = { skipped = ("it needs %s, and %s"):format(stage.runs_target, ctx.target.saved) }
+    else
+      result, keep = stage.run(ctx, needs_view(stage, results, kept))
+    end
     result.stage = stage.name
-    ctx.results[stage.name] = result
+    results[stage.name], kept[stage.name] = result, keep
     core.json.write(ctx.out .. "/" .. stage.name .. ".json", result)
-    order[#order + 1] = stage.name
     core.collect()
     times[#times + 1] = ("%s %.2f s"):format(stage.name, core.clock() - t0)
   end
   -- logged, not stored (the JSON stays byte-identical run to run); a stage that first needs the
   -- reference's side (or the target's passes) counts their time
   ctx.log("stages: " .. table.concat(times, ", "))
-  local criteria, failed, failed_set, warnings, skipped, summaries = {}, {}, {}, {}, {}, {}
-  for _, stage in ipairs(stages) do
-    local result = ctx.results[stage.name]
-    if result.skipped then
-      skipped[#skipped + 1] = { stage = stage.name, reason = result.skipped }
-      warnings[#warnings + 1] = ("%s skipped: %s"):format(stage.name, result.skipped)
-    else
-      summaries[stage.name] = stage.summary and stage.summary(result) or core.json.null
-      for _, c in ipairs(stage.criteria and stage.criteria(result, ctx.thresholds, ctx.results) or {}) do
-        c.stage = stage.name
-        criteria[#criteria + 1] = c
-        if not c.pass and c.warn then
-          warnings[#warnings + 1] = ("%s: %s (%.4g)%s"):format(stage.name, c.rule, c.value, c.why and (": " .. c.why) or "")
-        elseif not c.pass then
-          failed[#failed + 1], failed_set[c.name] = c.name, true
-        end
-      end
-    end
-  end
-  local loc = ctx.results.localize
-  local first = loc and not loc.skipped and loc.first_divergence or core.json.null
-  -- the most specific cause: NaN first, then the first divergent component's, then the two legs'
-  local why = cause(failed_set, ctx.results, ctx)
-  if #failed > 0 and first ~= core.json.null and not first.absorbed and not (why and why.class == "non_finite") then
-    why = first.cause
-  end
-  -- thresholds looser than the defaults, and whether the criteria can still fail at all
-  local audit = thresholds.audit(ctx.thresholds)
-  for i, w in ipairs(audit.warnings) do table.insert(warnings, i, w) end
-  local verdict = {
-    verdict = #failed == 0 and "equivalent" or "divergent",
-    cause = why or core.json.null,
-    first_divergence = first,
-    suspects = loc and not loc.skipped and loc.suspects or core.json.array(),
-    reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.target_dtype, noise_dtype = ctx.dtype,
-    settings = ctx.settings, inputs = ctx.inputs_file or core.json.null, thresholds = ctx.thresholds,
-    criteria = criteria, failed = core.json.array(failed), warnings = core.json.array(warnings),
-    skipped = core.json.array(skipped), stages = order, summaries = summaries,
-    loosened = core.json.array(audit.loosened), switched_off = core.json.array(audit.switched_off),
-    criteria_can_fail = audit.criteria_can_fail,
-  }
-  core.json.write(ctx.out .. "/verdict.json", verdict)
-  return verdict
-end
-
---- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
----@param v table
----@param out string the results directory
----@return string
-function M.summary(v, out)
-  local s = v.settings
-  local noise = v.dtype ~= "fp32" and "" or v.noise_dtype == "fp32" and " (over the reference's fp32 reassociation level)"
-    or (" (over the reference's own %s noise)"):format(v.noise_dtype)
-  local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
-    v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
-  for _, name in ipairs(v.stages) do
-    local stage, summary = require("parity.stages." .. name), v.summaries[name]
-    if summary and summary ~= core.json.null and stage.lines then
-      for _, line in ipairs(stage.lines(summary)) do lines[#lines + 1] = "  " .. line end
-    end
-  end
-  for _, c in ipairs(v.criteria) do
-    lines[#lines + 1] = ("  %s  %-60s %.4g"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value)
-  end
-  for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
-  if v.cause ~= core.json.null and (v.first_divergence == nil or v.first_divergence == core.json.null) then
-    lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail)
-  end
-  lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
-    #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
-  return table.concat(lines, "\n")
+  return verdict.decide({ out = ctx.out, reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
+    target_dtype = ctx.target_dtype, settings = ctx.settings, inputs = ctx.inputs_file, thresholds = ctx.thresholds },
+    stages, results)
 end
 
 return M

@@ -81,6 +81,13 @@ tree)
     echo "ok   --compressed shows a folded layer once"; else failures=$((failures + 1)); echo "FAIL: --compressed folding"; fi
   ;;
 run)
+  # a command that returns no exit code is an internal error, exit 2, never 0 (a stdlib whose CLI
+  # returns a string, a fraction, nothing)
+  for ret in '"done"' '0.5' 'nil' '300'; do
+    mkdir -p "$tmp/badlib/parity"
+    echo "return { main = function() return $ret end }" >"$tmp/badlib/parity/cli.lua"
+    expect 2 '^parity: internal error: the command returned (string|number|nil), not an exit code$' -- --stdlib-dir "$tmp/badlib" version
+  done
   mkdir -p "$tmp/lib"
   echo 'return { answer = 42 }' >"$tmp/lib/helper.lua"
   cat >"$tmp/args.lua" <<'LUA'

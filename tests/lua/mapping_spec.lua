@@ -97,7 +97,7 @@ describe("components through a mapping", function()
 
   it("maps the fused port from its weights and finds every component clean", function()
     local v = check("port_fused")
-    eq({ v.verdict, v.summaries.scaffold.mapping, v.first_divergence }, { "equivalent", "auto", parity.json.null })
+    eq({ v.verdict, v.summaries.scaffold.mapping, v.first_divergence }, { "equivalent", "auto", nil })
     truthy(parity.path_kind(tmp .. "/port_fused/scaffold/mapping.lua") == "file", "the proposal is on disk")
     local c = parity.json.read(tmp .. "/port_fused/components.json")
     local qkv
@@ -151,7 +151,7 @@ describe("components through a mapping", function()
     truthy(v.first_divergence.cause.class ~= "missing", "the norms are left out, not missing: " .. v.first_divergence.cause.class)
     local s = parity.json.read(tmp .. "/bug_eps/scaffold.json")
     truthy(#s.unmapped_reference >= 4, "the norms left unmapped are listed")
-    local lines = require("parity.stages.scaffold").lines(v.summaries.scaffold)
+    local lines = require("parity.report.terminal").STAGE_LINES.scaffold(v.summaries.scaffold)
     truthy(lines[2] and lines[2]:find("leaves %d+ reference modules with weights unmapped"), lines[2])
   end)
 

@@ -20,64 +20,12 @@ local mapping = require("parity.mapping")
 local lm = require("parity.lm")
 local m = core.metrics
 
-local M = { name = "components", runs_target = "its components run one by one" }
+local M = { name = "components", runs_target = "its components run one by one", needs = { "scaffold" } }
 
+local judge = require("parity.judge")
 local replay = require("parity.replay")
 local thresholds = require("parity.thresholds")
 local is_float, tensors = replay.is_float, replay.tensors
-
---- Components both models have (same path, same type), in the reference's execution order, as
---- mapping pairs, or nil and why not.
-function M.identity_mapping(ref_modules, target_modules)
-  local target_type = {}
-  for _, info in ipairs(target_modules) do target_type[info.path] = info.type end
-  local pairs_, missing = {}, {}
-  for _, info in ipairs(ref_modules) do
-    if info.path ~= "" then
-      if target_type[info.path] == info.type then
-        pairs_[#pairs_ + 1] = { reference = { info.path }, target = info.path, transform = "identity",
-                                type = info.type, depth = info.depth }
-      else
-        missing[#missing + 1] = info.path
-      end
-    end
-  end
-  if #missing > 0 then
-    return nil, ("the module trees differ (%d reference modules, e.g. '%s', have no same-named target module of"
-      .. " the same type)"):format(#missing, missing[1])
-  end
-  return pairs_
-end
-
---- The pairs to test: by identity when the trees are the same, else from the given mapping
---- entries, else from the weights (mapping.auto). Returns pairs, how they were made, the target
---- modules with weights that matched nothing, the entries declared without a counterpart, and
---- the reference modules with weights that nothing maps (or nil and why no pairs).
-function M.pairs_for(ctx)
-  local ref32 = ctx.reference:at(ctx.anchor)  -- fp32, or the low precision (2-tensor baseline)
-  local tgt = ctx.target:at(ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype)
-  local ref_mods, tgt_mods = ref32:modules(), tgt:modules()
-  local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
-  -- a mapping given is used even between identical trees (it may declare a layout, or a module
-  -- without a counterpart): never ignored
-  if pairs_ and not ctx.mapping then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
-  why = why or "the trees are identical"
-  local entries, kind, unmapped = ctx.mapping, "given", {}
-  if not entries then entries, unmapped = mapping.auto(ref32, tgt); kind = "auto" end
-  local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods, kind == "given" and ctx.mapping_origin or nil)
-  if #expanded == 0 then return nil, why .. ", and no mapping pairs any components" end
-  -- reference modules with weights of their own that nothing maps and no entry explains
-  local covered, rp, lacking = {}, mapping.own_params(ref32, ref_mods), {}
-  for _, list in ipairs({ expanded, absent }) do
-    for _, p in ipairs(list) do
-      for _, r in ipairs(p.reference) do covered[r] = true end
-    end
-  end
-  for _, info in ipairs(ref_mods) do
-    if next(rp[info.path]) and not covered[info.path] then lacking[#lacking + 1] = info.path end
-  end
-  return expanded, kind, unmapped, absent, lacking
-end
 
 --- Shapes alike but for dim 0, which data may decide (the tokens routed to an expert).
 local function alike(a, b)
@@ -165,27 +113,6 @@ local function noise_of(tensors, n, calls, with_rows)
   return rows
 end
 
---- The per-row view of a component's own error over all its calls: R_i = ||t_i - r32_i|| /
---- ||r_low_i - r32_i|| of every row whose reference noise is not zero. A component that computes
---- at a lower precision than the reference's adds its error on top of the reference's rounding
---- at every row: R_i > 1 at nearly every row. One that rounds in another order has an error of
---- the same size, independent of the reference's: R_i > 1 at about half of the rows. Rows the
---- target computes exactly as the reference does (R_i = 1: a tie) say neither. Returns {rows,
---- p50, ties (their share), above (the share of the other rows with R_i > 1), z (the sign test's
---- over those: (above - n/2) / sqrt(n/4), about normal when the target is not less precise)}.
-function M.row_ratios(list)
-  local ratios = {}
-  for _, v in ipairs(list) do
-    local keep = v.noise:gt(0)
-    if keep:sum():item() > 0 then ratios[#ratios + 1] = v.error:masked_select(keep) / v.noise:masked_select(keep) end
-  end
-  if #ratios == 0 then return nil end
-  local q = #ratios == 1 and ratios[1] or torch.cat(ratios, 0)
-  local n, ties = q:numel(), q:eq(1):sum():item()
-  local above, judged = q:gt(1):sum():item(), n - ties
-  return { rows = n, p50 = m.percentiles(q, { 50 })[1], ties = ties / n, above = judged > 0 and above / judged or 0,
-           z = judged > 0 and (above - judged / 2) / math.sqrt(judged / 4) or 0 }
-end
 
 --- The reference modules' outputs as the pair's target computes them: interleaved per head where
 --- the mapping says so, concatenated (transform "concat") or the one's.
@@ -200,30 +127,17 @@ local function combine(outs, pair)
 end
 
 
---- What a component does with divergence, from its own error (added: the isolated run on the
---- reference's inputs) and what it inherits (its input in the whole-model runs) against its
---- output there: "source" (adds an error itself), "amplifier" (adds none itself, but its output
---- is off by at least twice as much as its input, relative to the reference's own noise at each),
---- "carrier" (passes an inherited error on); nil when nothing reaches it. In fp32 when the target
---- has it (the error alone), else at the low precision.
-function M.role(row, th, fails)
-  if row.skipped then return nil end
-  if fails(row, th) then return "source" end
-  local fp32 = row.acc_r32 ~= nil and row.inherited_r32 ~= nil
-  local out, inh = fp32 and row.acc_r32 or row.acc_r, fp32 and row.inherited_r32 or row.inherited_r
-  local limit = fp32 and th.r32_p95 or th.r_p95
-  if not out or out < limit then return nil end
-  if inh and out >= 2 * math.max(inh, limit) then return "amplifier" end
-  return "carrier"
-end
 
+--- Returns the result and, kept for the localize stage (in memory only), the evidence of the
+--- failing components (`evidence[reference path]`: their outputs and a way to re-run them),
+--- the whole-model captures inside them (`inside`) and the first component whose input in the
+--- whole fp32 runs is off (`first_inherited`).
 ---@param ctx parity.Context
-function M.run(ctx)
+function M.run(ctx, got)
   local ref, target, dtype = ctx.reference, ctx.target, ctx.dtype
-  local known = ctx.memo.pairs  -- the scaffold stage's
-  local pairs_, kind, unmapped, absent, lacking
-  if known then pairs_, kind, unmapped, absent, lacking = unpack(known, 1, 5) else pairs_, kind, unmapped, absent, lacking = M.pairs_for(ctx) end
-  if not pairs_ then return { skipped = kind } end
+  local scaffold, paired = got.scaffold, got.kept.scaffold  -- its pairs
+  if not paired then return { skipped = scaffold.skipped or scaffold.unmapped_reason } end
+  local pairs_, kind, unmapped, absent, lacking = paired.pairs, scaffold.mapping, paired.unmapped, paired.absent, paired.lacking
   local ref_paths, tgt_paths = mapping.paths(pairs_)
   local seqs = ctx:reference_outputs().sequences
   -- the 2-tensor baseline (a reference without fp32): "r32" is the reference at the low
@@ -330,11 +244,10 @@ function M.run(ctx)
     end
     return c.outputs[1]
   end
-  local fails = require("parity.stages.localize").fails
   local th = thresholds.at(ctx.thresholds, dtype)  -- R's bound as it applies at this yardstick
   local tcap = has32 and "t32" or "tlow"
   local rows = {}
-  ctx.memo.evidence = {}
+  local evidence_of, first_inherited = {}, nil
   for n, pair in ipairs(pairs_) do
     ctx:progress("components", n, #pairs_)
     local first = pair.reference[1]
@@ -344,7 +257,7 @@ function M.run(ctx)
                   interleave = pair.interleave and pair.interleave.head_dim or nil }
     rows[#rows + 1] = row
     local evidence
-    local per_row = {}  -- the isolated runs' rows, every call (M.row_ratios)
+    local per_row = {}  -- the isolated runs' rows, every call (judge.row_ratios)
     if not calls then
       row.skipped = "never called"
     elseif not (cap[tcap][pair.target] or (cap.tlow or {})[pair.target]) and next(child("r32", first):parameters()) then
@@ -413,8 +326,8 @@ function M.run(ctx)
         -- when no component adds an error itself (the forward code between components)
         local off, bar, leg = inh32, th.r32_p95, "t32"
         if in32 then off, bar, leg = inh, th.r_p95, "tlow" end
-        if off and off >= bar and not ctx.memo.first_inherited then
-          ctx.memo.first_inherited = { reference = row.reference, target = row.target, type = row.type, call = k,
+        if off and off >= bar and not first_inherited then
+          first_inherited = { reference = row.reference, target = row.target, type = row.type, call = k,
                                        t = input(leg, pair.target), r = rin32, ratio = off, figure = in32 and "R" or "R32" }
         end
         if k == 1 or (r or acc or r32_ratio or acc32 or 0) > (row.r or row.acc_r or row.r32 or row.acc_r32 or 0) then
@@ -442,10 +355,10 @@ function M.run(ctx)
         end
       end
     end
-    if row.isolated and not row.skipped then row.rows_r = M.row_ratios(per_row) end
+    if row.isolated and not row.skipped then row.rows_r = judge.row_ratios(per_row) end
     -- evidence is kept for the failing components only (localize looks no further)
-    if evidence and fails(row, th) then ctx.memo.evidence[row.reference] = evidence end
-    row.role = M.role(row, th, fails)
+    if evidence and judge.fails(row, th) then evidence_of[row.reference] = evidence end
+    row.role = judge.role(row, th)
   end
   -- and the whole-model captures inside failing components, for signatures that look inside
   -- (which nonlinearity lies between an MLP's projections)
@@ -455,12 +368,12 @@ function M.run(ctx)
     for path, c in pairs(captured or {}) do
       for _, row in ipairs(rows) do
         local root = side == "reference" and row.reference or row.target
-        if ctx.memo.evidence[row.reference] and descends(path, root) then kept[path] = c end
+        if evidence_of[row.reference] and descends(path, root) then kept[path] = c end
       end
     end
     return kept
   end
-  ctx.memo.inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
+  local inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
                       pairs = pairs_, bundles = { reference = ref, target = target, reference_low = ref },
                       dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
   if not cached and not failed.rlow and alone.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
@@ -477,7 +390,8 @@ function M.run(ctx)
     .. " false; no per-row precision test, no re-runs for the signatures)") or nil
   if accumulated_only then ctx.log("components: " .. accumulated_only) end
   return { mapping = kind, components = rows, has_fp32 = has32, accumulated_only = accumulated_only, unmapped_target = core.json.array(unmapped or {}),
-           no_counterpart = absent_list, no_counterpart_reference = core.json.array(lacking or {}) }
+           no_counterpart = absent_list, no_counterpart_reference = core.json.array(lacking or {}) },
+         { evidence = evidence_of, inside = inside, first_inherited = first_inherited }
 end
 
 return M

@@ -5,7 +5,7 @@
 ---   R32 = ||t32 - r32|| / ||r_low - r32||   per position.
 --- A correct port differs in fp32 only by float reassociation, far below the low-precision noise.
 local core = require("parity.core")
-local e2e = require("parity.stages.e2e")
+local figures = require("parity.figures")
 local m = core.metrics
 
 local M = { name = "e2e32" }
@@ -15,7 +15,7 @@ function M.compare(t32, r32, rlow)
   local r = m.r_ratio_rows(t32, r32, rlow)
   return {
     positions = r:numel(),
-    r32 = e2e.dist(r),
+    r32 = figures.dist(r),
     rel_l2 = m.rel_l2(t32, r32),
     max_abs_diff = m.max_abs_diff(t32, r32),
     per_position = { r32 = r:tolist() },
@@ -41,7 +41,7 @@ function M.run(ctx)
   local result = M.compare(ctx:judged(full), r.ref32, r.ref_low)
   result.target_non_finite = m.non_finite(full)
   -- in an fp32 check this leg is the comparison: a padded LM head's extra columns are judged here
-  if not ctx:target_runs_low() then result.padded = ctx.memo.padded_fp32 end
+  if not ctx:target_runs_low() then result.padded = ctx:padded_columns("fp32") end
   return result
 end
 
@@ -51,17 +51,12 @@ function M.criteria(e, th)
     { name = "finite32", value = bad, threshold = 0, rule = "no NaN/Inf in the target's fp32 logits", pass = bad == 0 },
     { name = "r32_p95", value = e.r32.p95, threshold = th.r32_p95, rule = ("R32 p95 < %g (fp32 leg)"):format(th.r32_p95),
       pass = e.r32.p95 < th.r32_p95 },
-    e2e.padded_criterion(e.padded),
+    figures.padded_criterion(e.padded),
   }
 end
 
 function M.summary(e)
   return { positions = e.positions, r32 = e.r32, rel_l2 = e.rel_l2, max_abs_diff = e.max_abs_diff, padded = e.padded }
-end
-
-function M.lines(e)
-  return { ("R32     p5 %.3g  p50 %.3g  p95 %.3g  max %.3g   (fp32 leg; rel L2 %.3g)"):format(
-    e.r32.p5, e.r32.p50, e.r32.p95, e.r32.max, e.rel_l2) }
 end
 
 return M

@@ -2,7 +2,7 @@
 --- what kind of bug it looks like.
 --- A component fails when its own added error does (R >= r_p95 at the low precision, or
 --- R32 >= r32_p95 in fp32), or when it is consistently less precise than the reference (its rows,
---- M.less_precise). A parent contains its children, so the faults are the failing components
+--- judge.less_precise). A parent contains its children, so the faults are the failing components
 --- none of whose descendants fail; the earliest in execution order is the primary fault, the
 --- others are suspects ranked by how far off they are. In the accumulated view (whole-model
 --- runs), the error either persists (a step) or an enclosing component that adds none itself is
@@ -31,35 +31,10 @@
 --- precise than the reference are listed as over-precision (a warning).
 local core = require("parity.core")
 
-local M = { name = "localize" }
-
---- A component fails on its own figures when it ran on the reference's inputs; one whose inputs
---- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
---- run, fp32 when the target has it.
-function M.fails(row, th)
-  if row.skipped then return false end
-  if row.isolated == false then
-    -- the accumulated view: its output in the whole runs is off, and what it inherits (its first
-    -- input there, where captured) is not: a component whose input is already off did not start it
-    if row.acc_r32 then return row.acc_r32 >= th.r32_p95 and not ((row.inherited_r32 or 0) >= th.r32_p95) end
-    return (row.acc_r or 0) >= th.r_p95 and not ((row.inherited_r or 0) >= th.r_p95)
-  end
-  return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95 or M.less_precise(row, th)
-end
-
---- Consistently less precise than the reference (components.row_ratios): its own error is above
---- the reference's own noise at more rows than chance allows (z >= row_z), by a margin (the
---- rows' R p50 >= row_r_p50). A single Frobenius R hides this: a norm whose variance is computed
---- in bf16 adds its error at every row, but its R over all rows stays near 1.2.
---- Only where the fp32 leg has nothing to say against it (exact in fp32, or no fp32 leg): a
---- component that computes something else (a scale) is above the noise at every row too.
-function M.less_precise(row, th)
-  local q = row.rows_r
-  return q ~= nil and q.z ~= nil and q.z >= th.row_z and q.p50 >= th.row_r_p50
-    and (row.r32 == nil or row.r32 < th.r32_p95)
-end
+local M = { name = "localize", needs = { "scaffold", "e2e", "e2e32", "components" } }
 
 local descends = require("parity.mapping").descends
+local judge = require("parity.judge")
 local replay = require("parity.replay")
 local signatures = require("parity.signatures")
 local thresholds = require("parity.thresholds")
@@ -461,7 +436,7 @@ function M.cause(row, ev, th, extra)
   extra = extra or {}
   -- (without an fp32 leg, rows above the noise may be another computation too: the other signatures say)
   local fp32_exact = row.r32 and row.r32 < th.r32_p95
-  if fp32_exact and M.less_precise(row, th) then
+  if fp32_exact and judge.less_precise(row, th) then
     local q = row.rows_r
     return { class = "precision", detail = ("exact in fp32 (R32 %.3g) but consistently less precise than the reference:"
       .. " R > 1 at %.0f%% of the %d rows it does not compute as the reference does (p50 %.3g, sign test z %.1f): an"
@@ -594,15 +569,16 @@ function M.cause(row, ev, th, extra)
 end
 
 ---@param ctx parity.Context
-function M.run(ctx)
-  local comp = ctx.results.components
+function M.run(ctx, got)
+  local comp = got.components
+  local kept = got.kept.components or {}  -- the failing components' evidence
   if not comp or comp.skipped then
     return { skipped = "no component figures" .. (comp and comp.skipped and (": " .. comp.skipped) or "") }
   end
   local th, rows = thresholds.at(ctx.thresholds, ctx.dtype), comp.components
   local failing = {}
   for _, row in ipairs(rows) do
-    if M.fails(row, th) then failing[#failing + 1] = row end
+    if judge.fails(row, th) then failing[#failing + 1] = row end
   end
   local faults = {}
   for _, row in ipairs(failing) do
@@ -646,7 +622,7 @@ function M.run(ctx)
   -- precision-ordering exception only when there are none)
   local less = core.json.array()
   for _, row in ipairs(faults) do
-    if M.less_precise(row, th) then
+    if judge.less_precise(row, th) then
       less[#less + 1] = { reference = row.reference, target = row.target, rows = row.rows_r.rows, p50 = row.rows_r.p50,
                           above = row.rows_r.above, z = row.rows_r.z }
     end
@@ -655,10 +631,10 @@ function M.run(ctx)
   -- code between components (outside every mapped one) differs before it
   -- (only when the fp32 leg fails: a long model's reassociation may build up past r32_p95; in
   -- an fp32 check against the reassociation level, e2e is that leg)
-  local e32, e = ctx.results.e2e32, ctx.results.e2e
+  local e32, e = got.e2e32, got.e2e
   local fp32_fails = (e32 and not e32.skipped and e32.r32.p95 >= th.r32_p95)
     or (ctx.dtype == "fp32" and e and not e.skipped and e.r_ratio.p95 >= th.r_p95)
-  local between = #faults == 0 and fp32_fails and ctx.memo.first_inherited
+  local between = #faults == 0 and fp32_fails and kept.first_inherited
   local skipped_module = between and never_called[1]  -- a module the target has and never calls, before it
   if skipped_module then
     between = nil
@@ -702,7 +678,7 @@ function M.run(ctx)
   if #enclosing > 0 then
     for _, row in ipairs(enclosing) do  -- one that adds an error, run on the reference's inputs, does not absorb it
       local v, limit = carried(row)
-      if v < limit and row.isolated and not M.fails(row, th) then after, absorbed = row, true break end
+      if v < limit and row.isolated and not judge.fails(row, th) then after, absorbed = row, true break end
     end
     after = after or enclosing[#enclosing]  -- none absorbs it: carried to the outermost
   else
@@ -719,9 +695,9 @@ function M.run(ctx)
   if #enclosing == 0 then absorbed = value and value < limit end
   -- rounding error is noise, which no later operation undoes (a norm absorbs a scale, not noise):
   -- a component consistently less precise than the reference is a step wherever it is diluted
-  if M.less_precise(primary, th) then absorbed = false end
+  if judge.less_precise(primary, th) then absorbed = false end
   local pattern = absorbed and "spike" or "step"
-  local evidence = ctx.memo.evidence or {}
+  local evidence = kept.evidence or {}
   -- a module the target lacks: one a given mapping declares so (target = false), or, mapped from
   -- the weights, one that nothing maps (a given mapping that leaves a module out says nothing)
   local lacks = comp.no_counterpart_reference
@@ -736,9 +712,9 @@ function M.run(ctx)
     if descends(row.reference, primary.reference) then primary = row break end
   end
   local cause = M.cause(primary, evidence[primary.reference], th,
-    { inside = ctx.memo.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target, never_called = never_called })
+    { inside = kept.inside, no_counterpart = lacks, unmapped_target = comp.unmapped_target, never_called = never_called })
   -- a weight the static check found transposed, reordered or scaled explains the fault best
-  local scaffold = ctx.results.scaffold
+  local scaffold = got.scaffold
   for _, f in ipairs(scaffold and scaffold.static or {}) do
     if f.class and (f.target == primary.target or descends(f.target, primary.target)) then
       cause = { class = f.class, detail = f.detail .. " (static weight check)",
@@ -788,14 +764,6 @@ end
 
 function M.summary(l)
   return { faults = l.faults, first_divergence = l.first_divergence, suspects = l.suspects, over_precision = l.over_precision }
-end
-
-function M.lines(l)
-  local f = l.first_divergence
-  if f == core.json.null then return { "components: every one adds no error of its own" } end
-  return { ("first divergence: %s (%s), R %s, R32 %s, %s%s: %s: %s"):format(f.reference, f.type,
-    f.r == core.json.null and "-" or ("%.3g"):format(f.r), f.r32 == core.json.null and "-" or ("%.3g"):format(f.r32),
-    f.pattern, f.absorbed and " (absorbed by the next operation)" or "", f.cause.class, f.cause.detail) }
 end
 
 return M

@@ -4,6 +4,7 @@
 --- one proposed from the weights (written to scaffold/mapping.lua, to save and edit).
 local core = require("parity.core")
 local mapping = require("parity.mapping")
+local pairing = require("parity.pairing")
 local tree = require("parity.tree")
 
 local M = { name = "scaffold", runs_target = "its module tree" }
@@ -80,8 +81,8 @@ function M.run(ctx)
   end
   table.sort(result.files)
   -- how the components pair up: identity, the given mapping, or one proposed from the weights
-  local pairs_, kind, unmapped, absent, lacking = require("parity.stages.components").pairs_for(ctx)
-  ctx.memo.pairs = pairs_ and { pairs_, kind, unmapped, absent, lacking } or nil
+  local pairs_, kind, unmapped, absent, lacking = pairing.pairs_for(ctx)
+  if pairs_ then ctx:tap_components(pairs_) end  -- the logits' forwards capture what the components stage compares
   result.mapping = pairs_ and kind or "none"
   result.mapped = pairs_ and #pairs_ or 0
   result.unmapped_reason = pairs_ and core.json.null or kind
@@ -94,25 +95,21 @@ function M.run(ctx)
       entries[#entries + 1] = { reference = #p.reference == 1 and p.reference[1] or p.reference, target = p.target,
                                 transform = p.transform, interleave = p.interleave }
     end
-    core.write_text(ctx.out .. "/scaffold/mapping.lua", require("parity.mapping").to_lua(entries, unmapped))
+    core.write_text(ctx.out .. "/scaffold/mapping.lua", mapping.to_lua(entries, unmapped))
     result.files[#result.files + 1] = "scaffold/mapping.lua"
   end
-  return result
+  -- the pairs, for the stages that compare them (kept: the JSON has their count and kind)
+  return result, pairs_ and { pairs = pairs_, unmapped = unmapped, absent = absent, lacking = lacking } or nil
 end
 
 --- A transposed, reordered or scaled weight and a bias dropped or added fail, unless the
 --- localisation found the fault there absorbed by the next operation (a constant factor before
---- Gemma's post-feedforward norm): then, like other differences, it is a warning.
-function M.criteria(s, th, results)
-  local loc = results and results.localize
-  local first = loc and not loc.skipped and loc.first_divergence
-  local function absorbed(f)
-    return type(first) == "table" and first.absorbed and (f.target == first.target
-      or mapping.descends(f.target, first.target))
-  end
+--- Gemma's post-feedforward norm: facts.absorbed, parity.verdict's): then, like other
+--- differences, it is a warning.
+function M.criteria(s, th, facts)
   local bugs, other = {}, {}
   for _, f in ipairs(s.static) do
-    if f.class and not absorbed(f) then bugs[#bugs + 1] = f.detail
+    if f.class and not (facts and facts.absorbed(f.target)) then bugs[#bugs + 1] = f.detail
     else other[#other + 1] = f.detail .. (f.class and " (absorbed by the next operation)" or "") end
   end
   return {
@@ -126,21 +123,6 @@ end
 function M.summary(s)
   return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped, static = s.static,
            unmapped_reference = s.unmapped_reference }
-end
-
-function M.lines(s)
-  local lines = { ("scaffold reference %s (%d modules), target %s (%d modules): %s"):format(s.reference.type,
-    s.reference.modules, s.target.type, s.target.modules,
-    s.mapping == "none" and "trees differ, no mapping" or ("%d components mapped (%s%s)"):format(s.mapped, s.mapping,
-      s.mapping == "auto" and ": from the weights, see scaffold/mapping.lua" or "")) }
-  local left = s.unmapped_reference or {}
-  if s.mapping == "given" and #left > 0 then  -- not tested, and not said to be missing either
-    local shown = {}
-    for i = 1, math.min(5, #left) do shown[i] = left[i] end
-    lines[#lines + 1] = ("  the mapping leaves %d reference modules with weights unmapped (untested): %s%s"):format(
-      #left, table.concat(shown, ", "), #left > 5 and ", ..." or "")
-  end
-  return lines
 end
 
 return M

@@ -68,9 +68,4 @@ function M.summary(s)
   return { match_rate = s.match_rate, own_match_rate = s.own_match_rate }
 end
 
-function M.lines(s)
-  return { ("smoke   greedy match %.1f%%   (the reference's own at low precision: %.1f%%)"):format(
-    100 * s.match_rate, 100 * s.own_match_rate) }
-end
-
 return M

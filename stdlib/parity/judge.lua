@@ -1,0 +1,74 @@
+--- parity.judge — how a component's figures are judged, by the components stage (its role) and
+--- the localize stage (the faults) alike: whether it fails on its own figures, whether it is
+--- consistently less precise than the reference (the per-row sign test), and what it does with
+--- an error it inherits. `th` is the thresholds as they apply (parity.thresholds.at).
+local m = require("parity.core").metrics
+
+local M = {}
+
+--- The per-row view of a component's own error over all its calls: R_i = ||t_i - r32_i|| /
+--- ||r_low_i - r32_i|| of every row whose reference noise is not zero. A component that computes
+--- at a lower precision than the reference's adds its error on top of the reference's rounding
+--- at every row: R_i > 1 at nearly every row. One that rounds in another order has an error of
+--- the same size, independent of the reference's: R_i > 1 at about half of the rows. Rows the
+--- target computes exactly as the reference does (R_i = 1: a tie) say neither. Returns {rows,
+--- p50, ties (their share), above (the share of the other rows with R_i > 1), z (the sign test's
+--- over those: (above - n/2) / sqrt(n/4), about normal when the target is not less precise)}.
+function M.row_ratios(list)
+  local ratios = {}
+  for _, v in ipairs(list) do
+    local keep = v.noise:gt(0)
+    if keep:sum():item() > 0 then ratios[#ratios + 1] = v.error:masked_select(keep) / v.noise:masked_select(keep) end
+  end
+  if #ratios == 0 then return nil end
+  local q = #ratios == 1 and ratios[1] or torch.cat(ratios, 0)
+  local n, ties = q:numel(), q:eq(1):sum():item()
+  local above, judged = q:gt(1):sum():item(), n - ties
+  return { rows = n, p50 = m.percentiles(q, { 50 })[1], ties = ties / n, above = judged > 0 and above / judged or 0,
+           z = judged > 0 and (above - judged / 2) / math.sqrt(judged / 4) or 0 }
+end
+
+--- What a component does with divergence, from its own error (added: the isolated run on the
+--- reference's inputs) and what it inherits (its input in the whole-model runs) against its
+--- output there: "source" (adds an error itself), "amplifier" (adds none itself, but its output
+--- is off by at least twice as much as its input, relative to the reference's own noise at each),
+--- "carrier" (passes an inherited error on); nil when nothing reaches it. In fp32 when the target
+--- has it (the error alone), else at the low precision.
+function M.role(row, th)
+  if row.skipped then return nil end
+  if M.fails(row, th) then return "source" end
+  local fp32 = row.acc_r32 ~= nil and row.inherited_r32 ~= nil
+  local out, inh = fp32 and row.acc_r32 or row.acc_r, fp32 and row.inherited_r32 or row.inherited_r
+  local limit = fp32 and th.r32_p95 or th.r_p95
+  if not out or out < limit then return nil end
+  if inh and out >= 2 * math.max(inh, limit) then return "amplifier" end
+  return "carrier"
+end
+
+--- A component fails on its own figures when it ran on the reference's inputs; one whose inputs
+--- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
+--- run, fp32 when the target has it.
+function M.fails(row, th)
+  if row.skipped then return false end
+  if row.isolated == false then
+    -- the accumulated view: its output in the whole runs is off, and what it inherits (its first
+    -- input there, where captured) is not: a component whose input is already off did not start it
+    if row.acc_r32 then return row.acc_r32 >= th.r32_p95 and not ((row.inherited_r32 or 0) >= th.r32_p95) end
+    return (row.acc_r or 0) >= th.r_p95 and not ((row.inherited_r or 0) >= th.r_p95)
+  end
+  return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95 or M.less_precise(row, th)
+end
+
+--- Consistently less precise than the reference (M.row_ratios): its own error is above
+--- the reference's own noise at more rows than chance allows (z >= row_z), by a margin (the
+--- rows' R p50 >= row_r_p50). A single Frobenius R hides this: a norm whose variance is computed
+--- in bf16 adds its error at every row, but its R over all rows stays near 1.2.
+--- Only where the fp32 leg has nothing to say against it (exact in fp32, or no fp32 leg): a
+--- component that computes something else (a scale) is above the noise at every row too.
+function M.less_precise(row, th)
+  local q = row.rows_r
+  return q ~= nil and q.z ~= nil and q.z >= th.row_z and q.p50 >= th.row_r_p50
+    and (row.r32 == nil or row.r32 < th.r32_p95)
+end
+
+return M

@@ -1,0 +1,106 @@
+--- parity.report.terminal — the terminal summary of a check, rendered from its results alone
+--- (verdict.json's stage summaries, criteria and warnings): what `parity check` prints, and
+--- `parity report DIR` prints again from a finished results directory. A stage without lines
+--- of its own here shows its criteria only.
+local core = require("parity.core")
+
+local M = {}
+
+local null = core.json.null
+
+local function d(x) return ("p5 %.4g  p50 %.4g  p95 %.4g  max %.4g"):format(x.p5, x.p50, x.p95, x.max) end
+
+--- stage name -> function(summary) -> lines (the summary a stage's `summary` made)
+M.STAGE_LINES = {}
+
+M.STAGE_LINES.scaffold = function(s)
+  local lines = { ("scaffold reference %s (%d modules), target %s (%d modules): %s"):format(s.reference.type,
+    s.reference.modules, s.target.type, s.target.modules,
+    s.mapping == "none" and "trees differ, no mapping" or ("%d components mapped (%s%s)"):format(s.mapped, s.mapping,
+      s.mapping == "auto" and ": from the weights, see scaffold/mapping.lua" or "")) }
+  local left = s.unmapped_reference or {}
+  if s.mapping == "given" and #left > 0 then  -- not tested, and not said to be missing either
+    local shown = {}
+    for i = 1, math.min(5, #left) do shown[i] = left[i] end
+    lines[#lines + 1] = ("  the mapping leaves %d reference modules with weights unmapped (untested): %s%s"):format(
+      #left, table.concat(shown, ", "), #left > 5 and ", ..." or "")
+  end
+  return lines
+end
+
+M.STAGE_LINES.smoke = function(s)
+  return { ("smoke   greedy match %.1f%%   (the reference's own at low precision: %.1f%%)"):format(
+    100 * s.match_rate, 100 * s.own_match_rate) }
+end
+
+M.STAGE_LINES.e2e = function(e)
+  return {
+    "R       " .. d(e.r_ratio),
+    ("1 - cos p5 %.4g  p50 %.4g  p95 %.4g  max %.4g   (1 - each cosine percentile; reference's own: p5 %.4g)"):format(1 - e.cosine.p5, 1 - e.cosine.p50, 1 - e.cosine.p95, 1 - e.cosine.max, 1 - e.own_cosine.p5),
+    "KL      " .. d(e.kl) .. ("   (reference's own: p95 %.4g)"):format(e.own_kl.p95),
+    "delta p " .. d(e.delta_p),
+    ("top-1   %.1f%% ± %.1f%% (%d near-ties excluded; %.1f%% with them)   top-%d %.1f%%"):format(
+      100 * e.top1_ties_excluded.rate, 100 * e.top1_ties_excluded.stderr, e.ties, 100 * e.top1.rate,
+      e.topk.k, 100 * e.topk.rate),
+  }
+end
+
+M.STAGE_LINES.e2e32 = function(e)
+  return { ("R32     p5 %.3g  p50 %.3g  p95 %.3g  max %.3g   (fp32 leg; rel L2 %.3g)"):format(
+    e.r32.p5, e.r32.p50, e.r32.p95, e.r32.max, e.rel_l2) }
+end
+
+M.STAGE_LINES.localize = function(l)
+  local f = l.first_divergence
+  if f == null then return { "components: every one adds no error of its own" } end
+  return { ("first divergence: %s (%s), R %s, R32 %s, %s%s: %s: %s"):format(f.reference, f.type,
+    f.r == null and "-" or ("%.3g"):format(f.r), f.r32 == null and "-" or ("%.3g"):format(f.r32),
+    f.pattern, f.absorbed and " (absorbed by the next operation)" or "", f.cause.class, f.cause.detail) }
+end
+
+--- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
+---@param v table
+---@param out string the results directory
+---@return string
+function M.render(v, out)
+  local s = v.settings
+  local noise = v.dtype ~= "fp32" and "" or v.noise_dtype == "fp32" and " (over the reference's fp32 reassociation level)"
+    or (" (over the reference's own %s noise)"):format(v.noise_dtype)
+  local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
+    v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
+  for _, name in ipairs(v.stages) do
+    local render, summary = M.STAGE_LINES[name], v.summaries[name]
+    if summary and summary ~= null and render then
+      for _, line in ipairs(render(summary)) do lines[#lines + 1] = "  " .. line end
+    end
+  end
+  for _, c in ipairs(v.criteria) do
+    lines[#lines + 1] = ("  %s  %-60s %.4g"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value)
+  end
+  for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
+  if v.cause ~= null and (v.first_divergence == nil or v.first_divergence == null) then
+    lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail)
+  end
+  lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
+    #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
+  return table.concat(lines, "\n")
+end
+
+--- The summary of the results in `out`, from its verdict.json alone; an error verdict is its
+--- message. Raises, in one line, when `out` holds no readable verdict.
+---@param out string a results directory
+---@return string text, table verdict
+function M.from_dir(out)
+  local path = out .. "/verdict.json"
+  if core.path_kind(path) ~= "file" then
+    error(("%s: no verdict.json (not a results directory of parity check)"):format(out), 0)
+  end
+  local ok, v = pcall(core.json.read, path)
+  if not ok or type(v) ~= "table" or type(v.verdict) ~= "string" then
+    error(("%s: not a verdict parity wrote (%s)"):format(path, ok and "no verdict in it" or tostring(v)), 0)
+  end
+  if v.verdict == "error" then return ("verdict: ERROR — %s   (results in %s/)"):format(tostring(v.error), out), v end
+  return M.render(v, out), v
+end
+
+return M
