@@ -4,6 +4,7 @@
 --- than the low-precision noise), components (each mapped component on the same real inputs)
 --- and localize (the primary fault and its cause). A new stage is a file under stages/ (the
 --- stage contract: parity.workflow) and a line here.
+local context = require("parity.context")
 local verdict = require("parity.verdict")
 local workflow = require("parity.workflow")
 
@@ -45,7 +46,7 @@ function M.run(opts)
   local ok, result = pcall(function()
     local stages = {}
     for i, name in ipairs(M.STAGES) do stages[i] = require("parity.stages." .. name) end
-    return workflow.run(workflow.context(opts), stages)
+    return workflow.run(context.open(opts), stages)
   end)
   if ok then return result end
   local msg = require("parity.errors").clean(result)

@@ -357,7 +357,6 @@ two may be swapped.]],
     -- the whole command line first: a bad one (a typo'd flag, a number out of range) only marks
     -- the last run's verdict in --out as an error (an automation loop must not read it as this
     -- run's), and leaves its other results as they were
-    local workflow = require("parity.workflow")
     local ok, o = pcall(parse, argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
@@ -372,7 +371,7 @@ two may be swapped.]],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"],
       log = o.quiet and function() end or nil }
-    if ok then ok, o = pcall(workflow.check_options, opts) end
+    if ok then ok, o = pcall(require("parity.context").check_options, opts) end
     if not ok then
       if out and parity.path_kind(out .. "/verdict.json") == "file" then
         require("parity.verdict").mark_usage_error(out, clean(type(o) == "table" and o.usage or o))
@@ -442,7 +441,7 @@ Exit 0 written, 2 bad input.]],
       positional = { "REF" },
     })
     if not o.out then usage_error("missing --out FILE.safetensors") end
-    local w = require("parity.workflow").write_inputs({ reference = o.REF, file = o.out, dtype = o.dtype,
+    local w = require("parity.context").write_inputs({ reference = o.REF, file = o.out, dtype = o.dtype,
       prompts = o.prompts, prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       cache = not o["no-cache"], cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], quiet = o.quiet,
       baseline = o.baseline, device = o.device, log = o.quiet and function() end or nil })

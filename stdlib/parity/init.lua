@@ -41,7 +41,7 @@ M.gate = function(opts) return require("parity.stages.gate").run(opts) end
 --- Two per-layer dumps compared (see diff.lua): the report of `parity diff`.
 M.diff = function(ref, target, opts) return require("parity.diff").run(ref, target, opts) end
 
---- The default workflow (see check.lua, workflow.lua): writes each stage's JSON and verdict.json to opts.out.
+--- The default workflow (see check.lua, workflow.lua, context.lua): writes each stage's JSON and verdict.json to opts.out.
 M.check = function(opts) return require("parity.check").run(opts) end
 
 return M

@@ -66,6 +66,20 @@ function M.eq(actual, expected, what)
   end
 end
 
+--- `now` equals the snapshot file at `path`; with PARITY_API_UPDATE=1 the file is written first
+--- (an intended change accepted).
+function M.snapshot(path, now, what)
+  if os.getenv("PARITY_API_UPDATE") == "1" then
+    local f = assert(io.open(path, "w"))
+    f:write(now)
+    f:close()
+  end
+  local f = assert(io.open(path), "missing " .. path)
+  local want = f:read("*a")
+  f:close()
+  M.eq(now, want, what .. " (PARITY_API_UPDATE=1 accepts an intended change)")
+end
+
 --- |actual - expected| <= tol (default 1e-6).
 function M.near(actual, expected, tol, what)
   assertions = assertions + 1

@@ -66,7 +66,7 @@ end
 --- separates a computation difference (the target differs in fp32 too) from a precision one
 --- (exact in fp32, different only at the low precision).
 ---@param failed table<string, boolean> failed criterion names
----@param run table {dtype, target_dtype}: the check's precisions (parity.workflow.precisions)
+---@param run table {dtype, target_dtype}: the check's precisions (parity.context.precisions)
 function M.leg_cause(failed, results, run)
   local dtype = run.dtype
   if failed.finite or failed.finite32 then

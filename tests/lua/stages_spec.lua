@@ -11,6 +11,8 @@ local workflow = require("parity.workflow")
 local verdict = require("parity.verdict")
 local judge = require("parity.judge")
 local pairing = require("parity.pairing")
+local fits = require("parity.fits")
+local causes = require("parity.causes")
 local thresholds = require("parity.thresholds")
 local describe, it, eq, near, truthy = spec.describe, spec.it, spec.eq, spec.near, spec.truthy
 
@@ -188,10 +190,10 @@ describe("localize signatures", function()
   local noise = torch.randn({ 2, 5, 8 }, { seed = 4, dtype = "float64" }) * 0.01
 
   it("scale: fits c when t = c x r, not when the difference is noise", function()
-    local c, resid = localize.fit_scale(r * 1.05, r)
+    local c, resid = fits.fit_scale(r * 1.05, r)
     near(c, 1.05, 1e-9)
     near(resid, 0, 1e-9)
-    local _, resid2 = localize.fit_scale(r + noise, r)
+    local _, resid2 = fits.fit_scale(r + noise, r)
     truthy(resid2 > 0.5, "noise is not a scale: " .. resid2)
   end)
 
@@ -205,59 +207,59 @@ describe("localize signatures", function()
   local b = torch.randn({ 8 }, { seed = 7, dtype = "float64" })
 
   it("epsilon: recovers both eps of an RMSNorm and a LayerNorm, and explains nothing else", function()
-    local e_t, e_ref, resid = localize.fit_epsilon(x, rmsnorm(x, w, 1e-6), rmsnorm(x, w, 1e-3), w, nil, false)
+    local e_t, e_ref, resid = fits.fit_epsilon(x, rmsnorm(x, w, 1e-6), rmsnorm(x, w, 1e-3), w, nil, false)
     near(e_t, 1e-3, 1e-9)
     near(e_ref, 1e-6, 1e-9)
     truthy(resid < 1e-6, "one scalar per row explains it")
     -- Gemma stores the offset: the scale is 1 + w (and w is all zeros as initialised)
     for _, gw in ipairs({ w - 1, torch.zeros({ 8 }, { dtype = "float64" }) }) do
-      e_t, e_ref = localize.fit_epsilon(x, rmsnorm(x, gw + 1, 1e-6), rmsnorm(x, gw + 1, 1e-3), gw, nil, false)
+      e_t, e_ref = fits.fit_epsilon(x, rmsnorm(x, gw + 1, 1e-6), rmsnorm(x, gw + 1, 1e-3), gw, nil, false)
       near(e_t, 1e-3, 1e-9)
       near(e_ref, 1e-6, 1e-9)
     end
-    e_t, e_ref = localize.fit_epsilon(x, layernorm(x, w, b, 1e-5), layernorm(x, w, b, 1e-4), w, b, true)
+    e_t, e_ref = fits.fit_epsilon(x, layernorm(x, w, b, 1e-5), layernorm(x, w, b, 1e-4), w, b, true)
     near(e_t, 1e-4, 1e-9)
     near(e_ref, 1e-5, 1e-9)
     -- a norm computed differently (no centering where the reference centres) is not an eps change
-    local _, _, bad = localize.fit_epsilon(x, layernorm(x, w, b, 1e-5), rmsnorm(x, w, 1e-5) + b, w, b, true)
+    local _, _, bad = fits.fit_epsilon(x, layernorm(x, w, b, 1e-5), rmsnorm(x, w, 1e-5) + b, w, b, true)
     truthy(bad > 0.05, "another formula leaves a residual: " .. bad)
   end)
 
   it("position: no error at position 0 and growing; not when position 0 is off too", function()
     local ramp = torch.arange(5, { dtype = "float64" }):view({ 1, 5, 1 }) * 0.01
-    local zero0, rising = localize.fit_position(r + r * ramp, r)
+    local zero0, rising = fits.fit_position(r + r * ramp, r)
     eq({ zero0, rising }, { true, 1 })
-    local zero0b = localize.fit_position(r + noise, r)
+    local zero0b = fits.fit_position(r + noise, r)
     eq(zero0b, false)
     -- within a port's reassociation at position 0 (a fused q/k/v: 2e-5 of the largest error) is no error in fp32
     local off0 = torch.tensor({ 2e-5, 0.2, 0.4, 0.6, 0.8 }, { dtype = "float64" }):view({ 1, 5, 1 })
-    eq((localize.fit_position(r + r * off0, r)), false, "at the default tolerance, exactly")
-    eq((localize.fit_position(r + r * off0, r, 1e-4)), true)
+    eq((fits.fit_position(r + r * off0, r)), false, "at the default tolerance, exactly")
+    eq((fits.fit_position(r + r * off0, r, 1e-4)), true)
     -- exact at 0 but at full size from position 1 on, where no temperature of the scores fits (the
     -- temperature signature re-runs the reference: the fixtures test it): RoPE's layout
     local step = torch.tensor({ 0, 1, 1, 1, 1 }, { dtype = "float64" }):view({ 1, 5, 1 })
     local TH = thresholds.resolve()
-    local c = localize.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + noise * step, params = {} }, TH)
+    local c = causes.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + noise * step, params = {} }, TH)
     eq(c.class, "formula", "without fp32 legs to re-run, no temperature was tried")
     local fp32 = { dtypes = { target = "fp32", reference = "fp32" }, pairs = {}, bundles = {} }  -- re-runs fail: no fit
-    c = localize.cause({ r = 9, r32 = 9, type = "Attention", reference = "a", target = "a" },
+    c = causes.cause({ r = 9, r32 = 9, type = "Attention", reference = "a", target = "a" },
       { r32 = r, t32 = r + noise * step, params = {}, isolated = true, inputs = { r } }, TH, { inside = fp32 })
     eq(c.class, "position")
     truthy(c.detail:find("no scale of the attention scores explains it"), c.detail)
-    c = localize.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + r * ramp, params = {} }, TH)
+    c = causes.cause({ r = 9, r32 = 9, type = "Attention" }, { r32 = r, t32 = r + r * ramp, params = {} }, TH)
     eq(c.class, "position")
   end)
 
   it("residual: t = r + alpha x fits alpha; a difference unrelated to the input does not", function()
     local inp = torch.randn({ 2, 5, 8 }, { seed = 8, dtype = "float64" })
-    local alpha, resid = localize.fit_residual(r + inp, r, inp)
+    local alpha, resid = fits.fit_residual(r + inp, r, inp)
     near(alpha, 1, 1e-9)
     near(resid, 0, 1e-9)
-    local _, bad = localize.fit_residual(r + noise, r, inp)
+    local _, bad = fits.fit_residual(r + noise, r, inp)
     truthy(bad > 0.5, "noise is no residual: " .. bad)
-    eq(localize.fit_residual(r + inp, r, torch.zeros({ 3 })), nil, "an input of another shape: no fit")
+    eq(fits.fit_residual(r + inp, r, torch.zeros({ 3 })), nil, "an input of another shape: no fit")
     local TH = thresholds.resolve()
-    local c = localize.cause({ r = 9, r32 = 9, type = "Layer" }, { r32 = r, t32 = r - inp, input = inp, params = {} }, TH)
+    local c = causes.cause({ r = 9, r32 = 9, type = "Layer" }, { r32 = r, t32 = r - inp, input = inp, params = {} }, TH)
     eq({ c.class, c.parameter.name }, { "residual", "alpha" })
     truthy(c.detail:find("dropped"), c.detail)
   end)
@@ -275,19 +277,19 @@ describe("localize signatures", function()
         return torch.cat(rows, 1)
       end
     end
-    local leak = localize.fit_mask(mixer(0), mixer(1), { x })
+    local leak = fits.fit_mask(mixer(0), mixer(1), { x })
     truthy(leak.leaks > 0 and leak.hides == 0, "a future token leaks in")
     truthy(leak.example:find("sees position"), leak.example)
-    local tight = localize.fit_mask(mixer(1), mixer(0), { x })
+    local tight = fits.fit_mask(mixer(1), mixer(0), { x })
     truthy(tight.hides > 0 and tight.leaks == 0, "a mask too tight hides a position")
-    local same = localize.fit_mask(mixer(0), mixer(0, 1.1), { x })
+    local same = fits.fit_mask(mixer(0), mixer(0, 1.1), { x })
     eq({ same.leaks, same.hides }, { 0, 0 }, "a scaled causal mixer sees what the reference sees")
     local pointwise = function(inputs) return inputs[1] * 2 end
-    eq(localize.fit_mask(pointwise, function(inputs) return inputs[1] * 3 end, { x }), nil, "no position mixing: no fit")
+    eq(fits.fit_mask(pointwise, function(inputs) return inputs[1] * 3 end, { x }), nil, "no position mixing: no fit")
     local TH = thresholds.resolve()
     local ev = { r32 = mixer(0)({ x }), t32 = mixer(1)({ x }), inputs = { x }, run_reference = mixer(0), run_target = mixer(1),
                  params = {} }
-    eq(localize.cause({ r = 9, r32 = 9, type = "Attention" }, ev, TH).class, "mask")
+    eq(causes.cause({ r = 9, r32 = 9, type = "Attention" }, ev, TH).class, "mask")
   end)
 
   it("activation: names the nonlinearity between an MLP's children, plain or gated; tells GELU's two forms apart", function()
@@ -303,41 +305,41 @@ describe("localize signatures", function()
     }
     for _, name in ipairs({ "silu", "gelu", "gelu_tanh", "relu" }) do
       local act = by_hand[name](g)
-      local fit, resid, other = localize.fit_activation({ call({ x }, { g }), call({ act }, { x }) })
+      local fit, resid, other = fits.fit_activation({ call({ x }, { g }), call({ act }, { x }) })
       eq(fit, name, "fc1 -> " .. name .. " -> fc2")
       truthy(resid < 1e-5 and other > 1e-4, ("%s fits to %g, the next best to %g"):format(name, resid, other))
       local fused = torch.cat({ g, u }, 2)
-      eq(localize.fit_activation({ call({ x }, { fused }), call({ act * u }, { x }) }), name, "gate_up -> " .. name)
-      eq(localize.fit_activation({ call({ x }, { g }), call({ x }, { u }), call({ act * u }, { x }) }), name,
+      eq(fits.fit_activation({ call({ x }, { fused }), call({ act * u }, { x }) }), name, "gate_up -> " .. name)
+      eq(fits.fit_activation({ call({ x }, { g }), call({ x }, { u }), call({ act * u }, { x }) }), name,
         "gate, up -> " .. name)
     end
-    local _, resid = localize.fit_activation({ call({ x }, { g }), call({ g * 0.5 + 1 }, { x }) })
+    local _, resid = fits.fit_activation({ call({ x }, { g }), call({ g * 0.5 + 1 }, { x }) })
     truthy(resid > 0.01, "an affine map fits no nonlinearity: " .. resid)
-    eq(localize.fit_activation({ call({ x }, { x }) }), nil, "one child: nothing between")
+    eq(fits.fit_activation({ call({ x }, { x }) }), nil, "one child: nothing between")
   end)
 
   it("missing: a reference module with weights inside the fault that the target lacks; not one elsewhere", function()
     local TH = thresholds.resolve()
     local row = { r = 9, r32 = 9, type = "Layer", reference = "model.layers.0" }
     local ev = { r32 = r, t32 = r + noise, params = {} }
-    local c = localize.cause(row, ev, TH, { no_counterpart = { "model.layers.0.post_feedforward_layernorm" } })
+    local c = causes.cause(row, ev, TH, { no_counterpart = { "model.layers.0.post_feedforward_layernorm" } })
     eq(c.class, "missing")
     truthy(c.detail:find("post_feedforward_layernorm has no counterpart"), c.detail)
-    eq(localize.cause(row, ev, TH, { no_counterpart = { "model.layers.1.post_feedforward_layernorm" } }).class, "formula")
+    eq(causes.cause(row, ev, TH, { no_counterpart = { "model.layers.1.post_feedforward_layernorm" } }).class, "formula")
   end)
 
   it("cause: precision when exact in fp32, and the fitted class otherwise", function()
     local TH = thresholds.resolve()
-    eq(localize.cause({ r = 3, r32 = 1e-6, type = "Linear" }, nil, TH).class, "precision")
+    eq(causes.cause({ r = 3, r32 = 1e-6, type = "Linear" }, nil, TH).class, "precision")
     local ev = { r32 = r, t32 = r * 0.9, params = {} }
-    local cause = localize.cause({ r = 9, r32 = 9, type = "Linear" }, ev, TH)
+    local cause = causes.cause({ r = 9, r32 = 9, type = "Linear" }, ev, TH)
     eq({ cause.class, cause.parameter.name }, { "scale", "scale" })
     near(cause.parameter.value, 0.9, 1e-9)
     ev = { r32 = rmsnorm(x, w, 1e-6), t32 = rmsnorm(x, w, 1e-2), input = x, params = { weight = w } }
-    cause = localize.cause({ r = 9, r32 = 9, type = "LlamaRMSNorm" }, ev, TH)
+    cause = causes.cause({ r = 9, r32 = 9, type = "LlamaRMSNorm" }, ev, TH)
     eq(cause.class, "epsilon")
     near(cause.parameter.value, 1e-2, 1e-8)
-    eq(localize.cause({ r = 9, r32 = 9, type = "Linear" }, { r32 = r, t32 = r + noise, params = {} }, TH).class, "formula")
+    eq(causes.cause({ r = 9, r32 = 9, type = "Linear" }, { r32 = r, t32 = r + noise, params = {} }, TH).class, "formula")
   end)
 end)
 

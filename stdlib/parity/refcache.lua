@@ -1,0 +1,143 @@
+--- parity.refcache — the reference cache: the reference's side of a check (its greedy
+--- sequences, its logits at both precisions, its own noise in the components) kept on disk under
+--- a key of everything it depends on, in a private directory (an entry others could write could
+--- forge a pass). Its methods are parity.Context's (refcache.install).
+local core = require("parity.core")
+
+local M = {}
+
+local FORMAT = 4  -- bump when what the reference cache stores changes
+
+local Context = {}
+
+--- Whether the reference cache is on: asked for, a directory known, and that directory private
+--- (a real directory, yours, that no one else can write: an entry others could write could
+--- forge a pass). It is created (0700) when missing. Decided once; a cache that cannot be used
+--- is a note, and the reference is computed.
+function Context:cache_on()
+  if self.memo.cache_on ~= nil then return self.memo.cache_on end
+  local why
+  if not self.cache_enabled then
+    self.memo.cache_on = false
+    return false
+  elseif not self.cache_dir then
+    why = "no home directory to keep it in (HOME unset); --cache-dir DIR names one"
+  else
+    local ok, problem = pcall(core.private_dir, self.cache_dir, true)
+    why = not ok and tostring(problem) or problem and ("%s: %s"):format(self.cache_dir, problem)
+  end
+  if why then self.log(("reference cache off: %s"):format(why)) end
+  self.memo.cache_on = not why
+  return self.memo.cache_on
+end
+
+--- A cache write that fails (a full or read-only disk) is a warning: the run goes on.
+function Context:cache_write(what, fn)
+  local ok, err = pcall(fn)
+  if not ok then self.log(("reference cache: %s not written (%s)"):format(what, tostring(err))) end
+end
+
+--- A file's content hash, computed once per version of the file: remembered in the cache
+--- directory under its identity (device, inode, size, modification time), so that checking
+--- again against an unchanged reference reads none of it.
+function Context:content_hash(path)
+  if not self:cache_on() then return core.hash_file(path) end
+  local memo = ("%s/files/%s"):format(self.cache_dir, core.hash_string(path .. "\0" .. core.file_identity(path)))
+  local f = io.open(memo, "rb")
+  local known = f and f:read("*a")
+  if f then f:close() end
+  if known and known:match("^%x+$") and #known == 64 then return known end
+  local h = core.hash_file(path)
+  self:cache_write("a file hash", function()
+    core.remove_stale_temps(self.cache_dir .. "/files")
+    core.write_text(memo, h)
+  end)
+  return h
+end
+
+--- What the reference's side is computed from, as one string: the reference's files, the
+--- inputs and every setting its outputs depend on. Its SHA-256 is the cache key; each entry
+--- holds it whole in its metadata, which a read compares.
+function Context:cache_material()
+  if self.memo.cache_material then return self.memo.cache_material end
+  local files = {}
+  for _, d in ipairs({ self.anchor, self.dtype }) do files[d] = self:content_hash(self.reference.files[d]) end
+  if self.reference.manifest then files.manifest = core.hash_string(core.json.encode(self.reference.manifest)) end
+  self.memo.cache_material = core.json.encode({
+    format = FORMAT, files = files, dtype = self.dtype, new_tokens = self.settings.new_tokens, baseline = self.baseline,
+    perturbation_seed = self.baseline == "2-tensor" and self.settings.seed or nil,  -- the 2-tensor noise
+    prompts = core.hash_string(core.json.encode(self.prompts:tolist())), vocab = self.vocab,
+  })
+  return self.memo.cache_material
+end
+
+--- The reference's cache file, <key>.safetensors, or <key>_<name>.safetensors for more of its side.
+function Context:cache_path(name)
+  self.memo.cache_key = self.memo.cache_key or core.hash_string(self:cache_material())
+  return ("%s/%s%s.safetensors"):format(self.cache_dir, self.memo.cache_key, name and "_" .. name or "")
+end
+
+--- The metadata of a cache entry `name` (nil: the reference's outputs): the format and the material.
+function Context:cache_metadata(name)
+  return { format = tostring(FORMAT), material = self:cache_material() .. (name and "\n" .. name or "") }
+end
+
+--- A cache entry's tensors when it is one of this key's (its metadata holds this key's material
+--- and `name`): {name = Tensor}, or nil and why not (nil, nil: no such entry).
+function Context:read_cache_entry(name)
+  local path = self:cache_path(name)
+  if core.path_kind(path) ~= "file" then return nil end
+  local ok, t, meta = pcall(core.tensors.load, path)
+  if not ok then return nil, tostring(t) end
+  local want = self:cache_metadata(name)
+  if type(meta) ~= "table" or meta.format ~= want.format or meta.material ~= want.material then
+    return nil, "written for other inputs (its metadata does not hold this key's)"
+  end
+  return t
+end
+
+--- More of the reference's side, cached beside its outputs (Context:reference_outputs) under the
+--- same key and `name` (which says what else they depend on): {name = Tensor}, or nil when not
+--- cached (or the cache is off or the entry not this key's). Context:cache_reference_extra writes them.
+function Context:reference_extra(name)
+  if not self:cache_on() then return nil end
+  local t, why = self:read_cache_entry(name)
+  if why then self.log(("reference cache: %s ignored: %s"):format(self:cache_path(name), why)) end
+  return t
+end
+
+function Context:cache_reference_extra(name, tensors)
+  if not self:cache_on() then return end
+  self:cache_write(self:cache_path(name), function()
+    core.remove_stale_temps(self.cache_dir)
+    core.tensors.save(self:cache_path(name), tensors, self:cache_metadata(name))
+  end)
+end
+
+--- Why cached reference outputs `t` cannot be these inputs' (nil when they can): each tensor of
+--- the dtype and shape it must have, the sequences starting with the prompts, finite logits.
+function Context:cached_outputs_problem(t)
+  local k, p, n = self.prompts:size(0), self.prompts:size(1), self.settings.new_tokens
+  local want = { sequences = { "int64", { k, p + n } }, own_tokens = { "int64", { k, n } },
+                 ref32 = { "float32", { k, n, self.vocab } }, ref_low = { "float32", { k, n, self.vocab } } }
+  for _, name in ipairs({ "sequences", "own_tokens", "ref32", "ref_low" }) do
+    local x, dtype, shape = t[name], want[name][1], want[name][2]
+    if not torch.is_tensor(x) then return ("it has no %s"):format(name) end
+    if x:dtype() ~= dtype or table.concat(x:size(), "x") ~= table.concat(shape, "x") then
+      return ("its %s is %s [%s], not %s [%s]"):format(name, x:dtype(), table.concat(x:size(), ", "), dtype,
+        table.concat(shape, ", "))
+    end
+  end
+  if t.sequences:narrow(1, 0, p) ~= self.prompts then return "its sequences do not start with these prompts" end
+  for _, name in ipairs({ "ref32", "ref_low" }) do
+    local bad = core.metrics.non_finite(t[name])
+    if bad.nan + bad.inf > 0 then return ("its %s holds NaN or Inf"):format(name) end
+  end
+end
+
+--- Adds the cache's methods to the Context class.
+function M.install(class)
+  for name, f in pairs(Context) do class[name] = f end
+end
+
+return M
