@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 # make bench: the generated models' sizes (bench/make_models.py: s 19M parameters, m 56M, l 207M)
 BENCH_SIZES ?= s m
 BENCH_REPEATS ?= 3
-# Another LibTorch than Debian's 1.13 (README, "Build"): its CMake prefix, e.g. a pip torch's
+# Another LibTorch than Debian's 1.13 (docs/build.md): its CMake prefix, e.g. a pip torch's
 # `python -c "import torch; print(torch.utils.cmake_prefix_path)"`, and a Python with that torch
 # for the fixtures and the exporter; best in a build directory of its own (BUILD=build-torch2).
 TORCH_PREFIX ?=
@@ -62,8 +62,13 @@ test-modern: deps modern-venv
 	$(MAKE) test BUILD=$(MODERN) TORCH_PYTHON=$(MODERN_PY) \
 	  TORCH_PREFIX="$$($(MODERN_PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 
+# the main job: a check of a fixture port of another structure with a planted bug (an RMSNorm eps
+# ten times too large, inside the bf16 noise): divergent, its first divergence and cause; exit 1
+# is what it must give, anything else fails the demo
 demo: build
-	./$(BUILD)/parity run examples/compare_logits.lua $(BUILD)/fixtures/reference $(BUILD)/fixtures/port_fused
+	@echo '$$ parity check $(BUILD)/fixtures/reference $(BUILD)/fixtures/bug_eps_small'
+	@./$(BUILD)/parity check $(BUILD)/fixtures/reference $(BUILD)/fixtures/bug_eps_small --quiet \
+	  --out $(BUILD)/demo-results; rc=$$?; [ $$rc -eq 1 ] || { echo "demo: expected the divergent verdict (exit 1), got exit $$rc"; exit 1; }
 
 bench: build
 	./$(BUILD)/parity run bench/metrics.lua

@@ -1,6 +1,6 @@
 -- bench/verdicts.lua — parity check over a set of (reference, target, expected verdict) cases,
 -- one line each: the figures behind the criteria and the verdict with its cause. This is how the
--- default thresholds were derived (README, "Thresholds").
+-- default thresholds were derived (docs/thresholds.md).
 --   parity run bench/verdicts.lua CASES...      a case: REF=TARGET=expected (equivalent|divergent)
 --   parity run bench/verdicts.lua --devset DIR  every case of a dev set with a truth.json
 -- Exit 1 when a verdict differs from the expected one.

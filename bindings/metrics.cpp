@@ -28,7 +28,7 @@ int cosine_rows(lua_State* L) {
   return 1;
 }
 
-/// allclose(target, reference[, {rtol=1e-5, atol=1e-8}]) -> result table (see README)
+/// allclose(target, reference[, {rtol=1e-5, atol=1e-8}]) -> result table (see docs/lua-api.md)
 int allclose(lua_State* L) {
   double rtol = opt_number_field(L, 3, "rtol").value_or(1e-5);
   double atol = opt_number_field(L, 3, "atol").value_or(1e-8);

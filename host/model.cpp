@@ -167,7 +167,7 @@ struct FdCloser {
 std::runtime_error torch_save_pickle(const std::string& path) {
   return std::runtime_error(fmt::format(
       "{}: a torch.save pickle (a state dict or a pickled nn.Module), not a TorchScript model: export the model itself "
-      "with scripts/parity_export.py (README, \"Bundles\")",
+      "with scripts/parity_export.py (docs/bundles.md)",
       path));
 }
 

@@ -22,7 +22,7 @@ bool Program::supported() { return PARITY_HAVE_AOTI != 0; }
 std::string Program::why_not() {
   return fmt::format(
       "this parity is built against LibTorch {}, which has no AOTInductor package loader; a parity built against a "
-      "pip torch 2.x with that loader reads them (tested: torch 2.15; make test-modern builds one: README, \"Build\")",
+      "pip torch 2.x with that loader reads them (tested: torch 2.15; make test-modern builds one: docs/build.md)",
       TORCH_VERSION);
 }
 

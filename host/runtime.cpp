@@ -75,7 +75,7 @@ c10::Device usable_device(const std::string& name) {
   if (n == 0)
     throw std::invalid_argument(fmt::format(
         "device '{}': no CUDA device here ({}); run on a machine with a GPU, with parity built against a"
-        " CUDA LibTorch (README, Build)", name,
+        " CUDA LibTorch (docs/build.md)", name,
         at::hasCUDA() ? "this LibTorch has CUDA but sees no GPU"
                       : fmt::format("LibTorch {}.{}.{} is built without CUDA", TORCH_VERSION_MAJOR,
                                     TORCH_VERSION_MINOR, TORCH_VERSION_PATCH)));

@@ -327,7 +327,7 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
                      inputs wrote holds whole sequences: its prompts and new tokens are used
   --topk K           k of the top-k agreement (default 5)
   --vocab-size V     the vocabulary of the random prompts, overriding what the bundles say
-  --thresholds FILE  criteria thresholds (Lua, run sandboxed: see the README, "Sandbox")
+  --thresholds FILE  criteria thresholds (Lua, run sandboxed: docs/sandbox.md)
   --baseline B       3-tensor (default when the reference has fp32) or 2-tensor (the default
                      otherwise; forces it on a reference that has fp32 too)
   --mapping FILE     which target components compute which reference components (Lua, run

@@ -8,8 +8,8 @@ local M = {}
 
 --- name -> default. Criteria compare per-position percentiles of the e2e stages; the
 --- distributional ones are relative to what the reference itself does at the low precision
---- on the same positions, with an absolute floor for the near-zero case. The README
---- ("Thresholds") gives the measurements behind each default.
+--- on the same positions, with an absolute floor for the near-zero case. docs/thresholds.md
+--- gives the measurements behind each default.
 M.DEFAULTS = {
   r_p95 = 1.2,          -- R = ||t - r32|| / ||r_low - r32||: p95 must be below this (seeds: tau_R)
   r_p50_precision = 1.1,  -- with an exact fp32 leg, R p95 >= r_p95 is only a warning (precision

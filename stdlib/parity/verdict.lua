@@ -3,7 +3,7 @@
 --- than one stage: "exact in fp32" (the fp32 leg ran and passed), the precision-ordering rule (a
 --- failing R p95 is a warning when the target is exact in fp32 and only rounds in another order)
 --- and the precedence of causes (NaN first, then the first divergent component's, then the two
---- legs'). verdict.json is a documented interface (README, "Results"): its keys are snapshotted
+--- legs'). verdict.json is a documented interface (docs/workflow.md, "verdict.json"): its keys are snapshotted
 --- by tests/lua/verdict_keys.txt, and SCHEMA changes when they do.
 local core = require("parity.core")
 local thresholds = require("parity.thresholds")

@@ -474,7 +474,7 @@ usability)
     else failures=$((failures + 1)); echo "FAIL: check $bad changed --out:"; diff <(echo "$before") <(snapshot) | head -10; fi
   done
   # a torch.save pickle given as a model: what it is and what to do, in one line
-  sd_why='a torch\.save pickle \(a state dict or a pickled nn\.Module\), not a TorchScript model: export the model itself with scripts/parity_export\.py \(README, "Bundles"\)$'
+  sd_why='a torch\.save pickle \(a state dict or a pickled nn\.Module\), not a TorchScript model: export the model itself with scripts/parity_export\.py \(docs/bundles\.md\)$'
   if /usr/bin/python3 -c "import torch" 2>/dev/null; then
     /usr/bin/python3 -c "import sys, torch; torch.save({'w': torch.zeros(2)}, sys.argv[1] + '/sd.pt'); torch.save(torch.nn.Linear(2, 2), sys.argv[1] + '/module.pt'); torch.save({'w': torch.zeros(2)}, sys.argv[1] + '/legacy.pt', _use_new_zipfile_serialization=False)" "$tmp"
     expect 2 "^parity tree: $tmp/sd.pt: $sd_why" -- tree "$tmp/sd.pt"

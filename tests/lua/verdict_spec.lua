@@ -1,6 +1,6 @@
 -- verdict.json, a documented interface: its keys against a snapshot (tests/lua/verdict_keys.txt),
 -- from a divergent check, an equivalent one and an error. A key added, renamed or removed fails
--- here: say so in the README ("verdict.json") and bump parity.verdict.SCHEMA when one changes
+-- here: say so in docs/workflow.md ("verdict.json") and bump parity.verdict.SCHEMA when one changes
 -- meaning. After an intended change: PARITY_API_UPDATE=1 parity run tests/lua/verdict_spec.lua FIXTURES
 local spec = require("parity.spec")
 local it, eq, truthy = spec.it, spec.eq, spec.truthy

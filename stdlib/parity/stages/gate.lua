@@ -49,7 +49,7 @@ end
 ---@field rtol number|nil
 ---@field vocab_size integer|nil  overrides what the bundles say
 
---- Runs the gate; returns the result table (see README, "parity gate").
+--- Runs the gate; returns the result table (see docs/cli.md, "gate").
 ---@param opts parity.GateOptions
 ---@return table
 function M.run(opts)
