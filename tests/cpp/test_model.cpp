@@ -266,7 +266,7 @@ TEST_SUITE("model") {
   TEST_CASE("a torch.save pickle (data.pkl, no code/) is named as such, in its ZIP and its legacy format") {
     const std::string why =
         ": a torch.save pickle (a state dict or a pickled nn.Module), not a TorchScript model: export the model "
-        "itself with scripts/parity_export.py (README, \"Bundles\")";
+        "itself with scripts/parity_export.py (docs/bundles.md)";
     auto path = tmp_path("state_dict.pt");
     // what torch.save({"w": torch.zeros(2)}) writes: the pickle, its tensor's storage, the version
     write_bytes(path, zip({stored("state_dict/data.pkl", std::string("\x80\x02}q\x00.", 6)),
