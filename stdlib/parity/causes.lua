@@ -6,6 +6,7 @@ local fits = require("parity.fits")
 local judge = require("parity.judge")
 local replay = require("parity.replay")
 local signatures = require("parity.signatures")
+local CUT = require("parity.thresholds").CUTOFFS
 
 local M = {}
 
@@ -265,19 +266,19 @@ function M.cause(row, ev, th, extra)
   if row.type:lower():find("norm") and ev.input then
     local e_t, e_ref, resid = fits.fit_epsilon(ev.input, r, t, ev.params.weight, ev.params.bias,
       row.type:find("LayerNorm") ~= nil)
-    if resid < 0.05 and e_t >= 0 and math.abs(e_t - e_ref) > 0.1 * math.max(math.abs(e_ref), 1e-12) then
+    if resid < CUT.fits and e_t >= 0 and math.abs(e_t - e_ref) > 0.1 * math.max(math.abs(e_ref), 1e-12) then
       return { class = "epsilon", detail = ("a norm whose output is the reference's with eps %.3g instead of %.3g%s")
         :format(e_t, e_ref, ev.r32:dtype() == "float32" and "" or " (fitted at the low precision: rough)"),
         parameter = { name = "eps", value = e_t, reference = e_ref } }
     end
   end
   local c, resid = fits.fit_scale(t, r)
-  if c and resid < 0.05 then
+  if c and resid < CUT.fits then
     return { class = "scale", detail = ("the output is %.4g x the reference's"):format(c),
              parameter = { name = "scale", value = c } }
   end
   local alpha, aresid = fits.fit_residual(t, r, replay.stream_input(ev.inputs, t) or ev.input)
-  if alpha and aresid < 0.05 and math.abs(alpha) > 1e-3 then
+  if alpha and aresid < CUT.fits and math.abs(alpha) > 1e-3 then
     return { class = "residual", detail = ("the output is the reference's + %.4g x the input: a residual %s"):format(
       alpha, residual_kind(alpha)), parameter = { name = "alpha", value = alpha } }
   end

@@ -1,4 +1,4 @@
---- parity.figures — the per-position figures the e2e legs summarise, and the criteria they share.
+--- parity.figures — the per-position figures the e2e legs summarise.
 local core = require("parity.core")
 
 local M = {}
@@ -15,13 +15,6 @@ end
 function M.rate(hits, n)
   local r = n > 0 and hits / n or 0
   return { rate = r, stderr = n > 0 and math.sqrt(r * (1 - r) / n) or 0, count = hits, of = n }
-end
-
---- A padded LM head's criterion (nil without one): none of its extra columns wins the argmax.
----@param padded table|nil {columns, wins, positions} (parity.lm.fit_vocab)
-function M.padded_criterion(padded)
-  return padded and { name = "padded", value = padded.wins, threshold = 0, pass = padded.wins == 0,
-    rule = ("no padded vocabulary column (the target's %d past the vocabulary) wins the argmax"):format(padded.columns) } or nil
 end
 
 return M

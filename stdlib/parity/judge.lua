@@ -2,6 +2,8 @@
 --- the localize stage (the faults) alike: whether it fails on its own figures, whether it is
 --- consistently less precise than the reference (the per-row sign test), and what it does with
 --- an error it inherits. `th` is the thresholds as they apply (parity.thresholds.at).
+local criteria = require("parity.criteria")
+local CUT = require("parity.thresholds").CUTOFFS
 local m = require("parity.core").metrics
 
 local M = {}
@@ -31,7 +33,7 @@ end
 --- What a component does with divergence, from its own error (added: the isolated run on the
 --- reference's inputs) and what it inherits (its input in the whole-model runs) against its
 --- output there: "source" (adds an error itself), "amplifier" (adds none itself, but its output
---- is off by at least twice as much as its input, relative to the reference's own noise at each),
+--- is off by at least CUTOFFS.amplifies (twice) as much as its input, relative to the reference's own noise at each),
 --- "carrier" (passes an inherited error on); nil when nothing reaches it. In fp32 when the target
 --- has it (the error alone), else at the low precision.
 function M.role(row, th)
@@ -41,34 +43,37 @@ function M.role(row, th)
   local out, inh = fp32 and row.acc_r32 or row.acc_r, fp32 and row.inherited_r32 or row.inherited_r
   local limit = fp32 and th.r32_p95 or th.r_p95
   if not out or out < limit then return nil end
-  if inh and out >= 2 * math.max(inh, limit) then return "amplifier" end
+  if inh and out >= CUT.amplifies * math.max(inh, limit) then return "amplifier" end
   return "carrier"
 end
 
---- A component fails on its own figures when it ran on the reference's inputs; one whose inputs
---- differ (isolated = false) is judged on the accumulated view: its output in the whole-model
---- run, fp32 when the target has it.
-function M.fails(row, th)
-  if row.skipped then return false end
-  if row.isolated == false then
-    -- the accumulated view: its output in the whole runs is off, and what it inherits (its first
-    -- input there, where captured) is not: a component whose input is already off did not start it
-    if row.acc_r32 then return row.acc_r32 >= th.r32_p95 and not ((row.inherited_r32 or 0) >= th.r32_p95) end
-    return (row.acc_r or 0) >= th.r_p95 and not ((row.inherited_r or 0) >= th.r_p95)
-  end
-  return (row.r or 0) >= th.r_p95 or (row.r32 or 0) >= th.r32_p95 or M.less_precise(row, th)
+--- A component fails on its own figures (the component rows of parity.criteria): one run on
+--- the reference's inputs by its R, R32 or rows; one whose inputs differ (isolated = false) on
+--- the accumulated view, its output in the whole-model runs (fp32 when the target has it) off
+--- while what it inherits is not.
+---@param row table a components row
+---@param th table the thresholds as they apply (parity.thresholds.at)
+---@return boolean
+function M.fails(row, th) return criteria.component_fails(row, th) end
+
+--- Consistently less precise than the reference (M.row_ratios; parity.criteria's
+--- component_rows): its own error is above the reference's own noise at more rows than chance
+--- allows, by a margin. A single Frobenius R hides this: a norm whose variance is computed in
+--- bf16 adds its error at every row, but its R over all rows stays near 1.2. Only where the fp32
+--- leg has nothing to say against it (exact in fp32, or no fp32 leg): a component that computes
+--- something else (a scale) is above the noise at every row too.
+---@param row table a components row
+---@param th table
+---@return boolean
+function M.less_precise(row, th)
+  return not criteria.component_passes("component_rows", row, th) and criteria.component_passes("component_r32", row, th)
 end
 
---- Consistently less precise than the reference (M.row_ratios): its own error is above
---- the reference's own noise at more rows than chance allows (z >= row_z), by a margin (the
---- rows' R p50 >= row_r_p50). A single Frobenius R hides this: a norm whose variance is computed
---- in bf16 adds its error at every row, but its R over all rows stays near 1.2.
---- Only where the fp32 leg has nothing to say against it (exact in fp32, or no fp32 leg): a
---- component that computes something else (a scale) is above the noise at every row too.
-function M.less_precise(row, th)
-  local q = row.rows_r
-  return q ~= nil and q.z ~= nil and q.z >= th.row_z and q.p50 >= th.row_r_p50
-    and (row.r32 == nil or row.r32 < th.r32_p95)
-end
+--- Markedly more precise than the reference at the low precision (R < r_over: parity.criteria's
+--- component_over).
+---@param row table a components row
+---@param th table
+---@return boolean
+function M.over_precise(row, th) return not criteria.component_passes("component_over", row, th) end
 
 return M

@@ -15,6 +15,8 @@
 --- A mapping file is Lua returning a list of entries, run in parity.sandbox.
 local core = require("parity.core")
 local sandbox = require("parity.sandbox")
+-- when two weights are equal, or one a scaled copy: parity.thresholds.CUTOFFS
+local CUT = require("parity.thresholds").CUTOFFS
 
 local M = {}
 
@@ -205,7 +207,7 @@ function M.fingerprint(params)
 end
 
 local function same(a, b) return a:is_same_size(b)
-  and (a:float() - b:float()):abs():max():item() <= 1e-6 * math.max(1, b:float():abs():max():item()) end
+  and (a:float() - b:float()):abs():max():item() <= CUT.weight_equal * math.max(1, b:float():abs():max():item()) end
 
 local function permutations(n)
   local out = {}
@@ -256,7 +258,7 @@ function M.interleaved_head_dim(tw, rw)
   local j = dist:argmin():item()
   local d, n = 2 * j, tw:size(0)
   if j < 1 or n % d ~= 0 then return nil end
-  local tol = 1e-6 * math.max(1, rw:float():abs():max():item())
+  local tol = CUT.weight_equal * math.max(1, rw:float():abs():max():item())
   local differs = (tw:float() - rw:float()):abs():amax({ 1 }):gt(tol):nonzero():reshape({ -1 }):tolist()
   local rows = math.ceil((differs[#differs] + 1) / d) * d
   if not same(tw, M.interleave(rw, d, 0, rows)) then return nil end
@@ -303,7 +305,7 @@ function M.relation(tw, rws)
     if rr > 0 then
       local c = (t * rd):sum():item() / rr
       -- exact up to the rounding of the weights' own dtype (a bf16 weight scaled is rounded again)
-      local tol = tw:dtype() == "float32" and 1e-5 or tw:dtype() == "float64" and 1e-12 or 4e-3
+      local tol = CUT.weight_scaled[tw:dtype()] or CUT.weight_scaled.low
       if (t - rd * c):norm():item() <= tol * t:norm():item() then return { relation = "scaled", value = c } end
     end
     return { relation = "different", rel_l2 = core.metrics.rel_l2(tw, r) }

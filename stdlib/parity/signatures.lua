@@ -6,18 +6,15 @@
 ---   temperature  the reference with one child's parameters scaled by tau reproduces the target:
 ---                the attention scores scaled by tau (a 1/sqrt(head_dim) missing: tau = sqrt(head_dim))
 --- Both judge in fp32 (the target's fp32 trace against the reference's), where a correct port
---- is at its float-reassociation level (1e-6..1e-5) and a difference above DIFFERS is the bug's.
+--- is at its float-reassociation level (1e-6..1e-5) and a difference above CUTOFFS.differs is the bug's.
 local core = require("parity.core")
 local replay = require("parity.replay")
 local descends = require("parity.mapping").descends
 
 local M = {}
 
--- a child's input differs from the reference's when their relative L2 is above this (fp32; a
--- fused q/k/v's reassociation is 2e-5); a fit explains a difference when it leaves under FITS of
--- it; a temperature, whose fit re-runs the reference in fp32, under EXACT (a q/k norm that undoes
--- most of a projection's scale leaves a fit of 0.05 with another tau)
-M.DIFFERS, M.FITS, M.EXACT = 1e-3, 0.05, 1e-3
+-- where a child's input differs, when a fit explains a difference: parity.thresholds.CUTOFFS
+local CUT = require("parity.thresholds").CUTOFFS
 
 --- The mapped components inside `fault` on both sides, in execution order: {path (the
 --- reference's), reference and target (relative to the fault)}.
@@ -57,7 +54,7 @@ function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
   local _, tcalls = replay.run(tm, "fp32", ev.target_inputs or ev.inputs, ttaps)
   if not (rcalls and tcalls) then return nil end
   local function differs(r, t)
-    return r and t and replay.is_float(r) and r:is_same_size(t) and core.metrics.rel_l2(t, r) > M.DIFFERS
+    return r and t and replay.is_float(r) and r:is_same_size(t) and core.metrics.rel_l2(t, r) > CUT.differs
   end
   for _, c in ipairs(inner) do
     local rc, tc = rcalls[c.reference] and rcalls[c.reference][1], tcalls[c.target] and tcalls[c.target][1]
@@ -67,12 +64,12 @@ function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
     end
     if r then
       local rel = core.metrics.rel_l2(t, r)
-      if rel > M.DIFFERS then
+      if rel > CUT.differs then
         local td, rd = t:double(), r:double()
         local s, sresid = fit_scale(td, rd)
-        if s and sresid < M.FITS then return { child = c.path, what = "scale", value = s, rel = rel } end
+        if s and sresid < CUT.fits then return { child = c.path, what = "scale", value = s, rel = rel } end
         local alpha, aresid = fit_residual(td, rd, replay.stream_input(ev.inputs, t))
-        if alpha and aresid < M.FITS then return { child = c.path, what = "residual", value = alpha, rel = rel } end
+        if alpha and aresid < CUT.fits then return { child = c.path, what = "residual", value = alpha, rel = rel } end
         return nil
       end
     end
@@ -129,7 +126,7 @@ end
 --- projection, or its norm, scales the scores by tau), then, for a fault that owns projections,
 --- its input scaled by c and its output by 1/c (q, k and v all scale by c: the scores by tau =
 --- c^2, exactly so for a fused q/k/v projection without biases and no norm inside). Returns
---- {child, tau, how (the change in words), resid} for the first whose fit leaves under EXACT of
+--- {child, tau, how (the change in words), resid} for the first whose fit leaves under CUTOFFS.exact of
 --- ||t - r||, or nil. Parameters are restored whatever happens.
 function M.fit_temperature(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
@@ -177,7 +174,7 @@ function M.fit_temperature(ev, fault, inside, t)
     end)
     cand.restore()
     if not ok then return nil end
-    if base > 0 and best_err < M.EXACT * base and math.abs(best) > 1e-2 then
+    if base > 0 and best_err < CUT.exact * base and math.abs(best) > 1e-2 then
       return { child = cand.what, tau = math.exp(best), how = cand.how(math.exp(best)), resid = best_err / base }
     end
   end
@@ -229,7 +226,7 @@ function M.fit_kv_layout(ev, fault, inside, t)
       q.weight:copy_(orig.qw)
       if orig.qb then q.bias:copy_(orig.qb) end
       o.weight:copy_(orig.ow)
-      if base > 0 and e < M.EXACT * base then return { heads = h, kv_heads = g, head_dim = d } end
+      if base > 0 and e < CUT.exact * base then return { heads = h, kv_heads = g, head_dim = d } end
     end
   end
   return nil

@@ -1,6 +1,7 @@
 --- Thresholds of the verdict's criteria: defaults, overridable from a Lua table or a thresholds file.
 --- A thresholds file is a Lua chunk returning a table; it runs in parity.sandbox (text only,
 --- safe globals, limits), because such files are shared between teams. Values are validated.
+local criteria = require("parity.criteria")
 local sandbox = require("parity.sandbox")
 local validate = require("parity.validate")
 
@@ -34,6 +35,30 @@ M.DEFAULTS = {
   row_z = 4,            -- a component is consistently less precise than the reference when its rows'
   row_r_p50 = 1.05,     --   R_i > 1 at more rows than chance allows (the sign test's z >= row_z: one
                         --   in 30,000 components by chance) and their R p50 >= row_r_p50
+}
+
+--- The diagnosis's cut-offs: where a difference starts, when a fit explains one, what an
+--- amplifier is. They say what a figure is (exact arithmetic, a dtype's rounding), not how much
+--- divergence a port may have, so no thresholds file or recipe changes them.
+M.CUTOFFS = {
+  -- a child's input differs from the reference's when their relative L2 (fp32) is above this; a
+  -- fused q/k/v's reassociation is 2e-5 (parity.signatures)
+  differs = 1e-3,
+  -- a fit (a scale, a residual, an eps) explains a difference when it leaves under this share of
+  -- it (parity.signatures, parity.causes); the fixtures' planted bugs leave under 1e-3, rounding 0.3-1
+  fits = 0.05,
+  -- a temperature's fit, which re-runs the reference in fp32, explains one under this: a q/k norm
+  -- that undoes most of a projection's scale leaves 0.05 with another tau (parity.signatures)
+  exact = 1e-3,
+  -- two weights are equal within this x max(1, their largest |value|): fp32's own rounding of a
+  -- converted weight is 6e-8 of it (parity.mapping)
+  weight_equal = 1e-6,
+  -- a weight is a scaled copy when the scaled fit leaves this share of its norm, the rounding of
+  -- its dtype (a bf16 weight scaled is rounded again: 2^-8 = 3.9e-3) (parity.mapping)
+  weight_scaled = { float32 = 1e-5, float64 = 1e-12, low = 4e-3 },
+  -- a component is an amplifier when its output is off by at least this x what it inherits
+  -- (parity.judge.role): twice, well past a carrier's run-to-run spread (1.0-1.3 on the fixtures)
+  amplifies = 2,
 }
 
 --- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).
@@ -95,18 +120,6 @@ function M.judge(kind, default, given, off)
   if M.looseness(kind, default, given) > k.loosened then return "loosened" end
 end
 
---- The verdict's criteria these thresholds govern, and when they are switched off (`off`: the
---- threshold names that are). NaN/Inf and the static weight check take no threshold.
-M.GATES = {
-  -- R p95 is a warning only when r_p50_precision is past R's median (with an exact fp32 leg)
-  { "r_p95", function(off) return off.r_p95 or off.r_p50_precision end },
-  { "r32_p95", function(off) return off.r32_p95 end },
-  { "kl", function(off) return off.kl_ratio or off.kl_floor end },         -- KL <= max(ratio x own, floor)
-  { "cosine", function(off) return off.cosine_ratio or off.cosine_floor end },
-  { "top1", function(off) return off.top1 or off.tie_factor end },         -- every flip a near-tie
-  { "components", function(off) return off.r_p95 and off.r32_p95 and (off.row_z or off.row_r_p50) end },
-}
-
 --- A warning line for each loosened threshold ({name, default, given, off, factor}).
 ---@return string[]
 function M.loosened_lines(loosened)
@@ -135,12 +148,13 @@ function M.audit(th)
       off[name] = how == "off"
     end
   end
-  local switched = {}
-  for _, gate in ipairs(M.GATES) do
-    if gate[2](off) then switched[#switched + 1] = gate[1] end
+  -- the criteria they govern (parity.criteria: a criterion is off when a threshold it reads is)
+  local gates, switched = criteria.gates(off), {}
+  for _, gate in ipairs(gates) do
+    if gate.off then switched[#switched + 1] = gate.name end
   end
   local warnings = M.loosened_lines(loosened)
-  local can_fail = #switched < #M.GATES
+  local can_fail = #switched < #gates
   if not can_fail then
     table.insert(warnings, 1, ("THESE THRESHOLDS SWITCH OFF EVERY CRITERION THEY GOVERN (%s): only NaN/Inf and the"
       .. " static weight check can still fail, so this verdict says nothing about equivalence"):format(

@@ -6,6 +6,7 @@
 --- legs'). verdict.json is a documented interface (docs/workflow.md, "verdict.json"): its keys are snapshotted
 --- by tests/lua/verdict_keys.txt, and SCHEMA changes when they do.
 local core = require("parity.core")
+local criteria_table = require("parity.criteria")
 local thresholds = require("parity.thresholds")
 
 local M = { SCHEMA = 1 }
@@ -120,7 +121,9 @@ function M.decide(run, stages, results)
       warnings[#warnings + 1] = ("%s skipped: %s"):format(stage.name, result.skipped)
     else
       summaries[stage.name] = stage.summary and stage.summary(result) or core.json.null
-      for _, c in ipairs(stage.criteria and stage.criteria(result, th, facts) or {}) do
+      -- the criteria table's rows for this stage, then the rows a stage of one's own carries
+      for _, c in ipairs(criteria_table.evaluate(stage.name, result, thresholds.at(th, result.dtype), facts,
+                                                 stage.criteria)) do
         c.stage = stage.name
         if c.name == "r_p95" then M.precision_ordering(c, results, th) end
         criteria[#criteria + 1] = c

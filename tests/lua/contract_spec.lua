@@ -123,8 +123,7 @@ local M = { name = "logit_range", needs = { "e2e" } }
 function M.run(ctx, got)
   return { positions = got.e2e.positions, spread = got.e2e.r_ratio.max - got.e2e.r_ratio.p5 }
 end
-function M.criteria(r) return { { name = "spread", value = r.spread, threshold = 100, pass = r.spread < 100,
-  rule = "R's spread < 100" } } end
+M.criteria = { { name = "spread", reads = "spread", rule = "below", threshold = 100, says = "R's spread < %g" } }
 function M.summary(r) return { spread = r.spread } end
 return M
 ]])
@@ -142,6 +141,24 @@ return M
     local last = v.criteria[#v.criteria]
     eq({ last.name, last.stage, last.pass }, { "spread", "logit_range", true })
     truthy(require("parity.report.terminal").render(v, tmp .. "/new"):find("pass  R's spread < 100", 1, true), "in the summary")
+  end)
+end)
+
+describe("parity.check{}", function()
+  it("says which argument is wrong: not a table, a missing reference, an unknown option, another type", function()
+    local function says(opts, text)
+      local ok, e = pcall(parity.check, opts)
+      eq(ok, false)
+      truthy(tostring(e):find(text, 1, true), tostring(e))
+    end
+    says("ref", "check: expects a table of options, got string")
+    says({ out = tmp .. "/bad" }, "check: option 'reference' is missing")
+    says({ reference = 3, out = tmp .. "/bad" }, "check: option 'reference' must be a path (a string) or a bundle")
+    says({ reference = "r", target = "t", new_token = 8, out = tmp .. "/bad" }, "check: unknown option 'new_token' (known:")
+    says({ reference = "r", target = "t", prompts = "four", out = tmp .. "/bad" },
+      "check: option 'prompts' must be a number, got the string \"four\"")
+    says({ reference = "r", target = "t", log = 5, out = tmp .. "/bad" }, "check: option 'log' must be a function, got number")
+    eq(parity.json.read(tmp .. "/bad/verdict.json").verdict, "error", "and the verdict says error")
   end)
 end)
 

@@ -14,6 +14,7 @@ local pairing = require("parity.pairing")
 local fits = require("parity.fits")
 local causes = require("parity.causes")
 local thresholds = require("parity.thresholds")
+local criteria = require("parity.criteria")
 local describe, it, eq, near, truthy = spec.describe, spec.it, spec.eq, spec.near, spec.truthy
 
 local function logits(rows) return torch.tensor({ rows }) end  -- [1, N, V]
@@ -62,7 +63,7 @@ describe("e2e", function()
 
   it("judges KL and cosine relative to the reference's own, with a floor", function()
     local function crit(name, fig)
-      for _, c in ipairs(e2e.criteria(fig, TH, {})) do
+      for _, c in ipairs(criteria.evaluate("e2e", fig, TH, {})) do
         if c.name == name then return c end
       end
     end
@@ -92,7 +93,7 @@ describe("e2e", function()
                   top1_ties_excluded = { rate = 1 } }
     local function judged(results)
       results.e2e = fig
-      return verdict.precision_ordering(e2e.criteria(fig, TH)[2], results, TH)
+      return verdict.precision_ordering(criteria.evaluate("e2e", fig, TH)[2], results, TH)
     end
     local exact = { e2e32 = { r32 = { p95 = 1e-5 } } }
     local r = judged(exact)
@@ -127,7 +128,7 @@ describe("smoke", function()
     near(s.own_match_rate, 0.75)
     eq(smoke.compare(tokens({ 1, 2 }), tokens({ 1, 2 }), tokens({ 1, 2 })).per_prompt[1].first_divergence,
       parity.json.null, "no divergence: null")
-    local c = smoke.criteria({ match_rate = 0.2, own_match_rate = 1 }, TH)[1]
+    local c = criteria.evaluate("smoke", { match_rate = 0.2, own_match_rate = 1 }, TH)[1]
     eq({ c.pass, c.warn }, { false, true }, "a low match rate is a warning, not a failure")
   end)
 
@@ -408,8 +409,8 @@ describe("localize", function()
   it("calls an error the next component does not carry a spike, absorbed, not a failure", function()
     local l = run({ row("a", 1, 0), row("a.mlp", 2, 5), row("a.norm", 2, 0, 1e-6) })
     eq({ l.first_divergence.reference, l.first_divergence.pattern, l.first_divergence.absorbed }, { "a.mlp", "spike", true })
-    eq(localize.criteria(l)[1].pass, true)
-    eq(localize.criteria(run({ row("a", 1, 5) }))[1].pass, false)
+    eq(criteria.evaluate("localize", l, TH)[1].pass, true)
+    eq(criteria.evaluate("localize", run({ row("a", 1, 5) }), TH)[1].pass, false)
   end)
 
   it("never calls a fault consistently less precise than the reference a spike: no later operation undoes noise", function()
@@ -437,7 +438,7 @@ describe("localize", function()
     local l = run({ over, row("b", 1, 0) })
     eq(l.first_divergence, parity.json.null)
     eq({ #l.over_precision, l.over_precision[1].target, l.over_precision[1].cause.class }, { 1, "a", "over_precision" })
-    local crit = localize.criteria(l)
+    local crit = criteria.evaluate("localize", l, TH)
     eq({ crit[2].name, crit[2].pass, crit[2].warn }, { "over_precision", false, true })
     eq(#run({ row("a", 1, 0), row("b", 1, 0) }).over_precision, 0, "R = 1 is not over-precise")
   end)
@@ -449,6 +450,29 @@ describe("localize", function()
     eq(judge.role(r({ r = 1, r32 = 0, acc_r32 = 0.01, inherited_r32 = 0.009 }), TH), "carrier")
     eq(judge.role(r({ r = 1, r32 = 0, acc_r32 = 1e-5, inherited_r32 = 1e-5 }), TH), nil, "nothing reaches it")
     eq(judge.role(r({ r = 1, acc_r = 3, inherited_r = 1 }), TH), "amplifier", "at the low precision without fp32")
+  end)
+
+  it("judges a component whose inputs differ on its output in the whole runs, unless its input is off already", function()
+    local function acc(t) t.type, t.depth, t.isolated = "M", 1, false; return t end
+    eq(judge.fails(acc({ acc_r32 = 0.01, inherited_r32 = 1e-5 }), TH), true, "it starts the error")
+    eq(judge.fails(acc({ acc_r32 = 0.01, inherited_r32 = 0.005 }), TH), false, "it inherits it")
+    eq(judge.fails(acc({ acc_r32 = 1e-5, r = 9 }), TH), false, "its own R is not judged: its inputs differ")
+    eq(judge.fails(acc({ acc_r = 3, inherited_r = 0.5 }), TH), true, "at the low precision without fp32")
+    eq(judge.fails(acc({ acc_r = 3, inherited_r = 2 }), TH), false)
+    eq(judge.fails(acc({ acc_r32 = 1e-5, inherited_r32 = 0, acc_r = 3, inherited_r = 0.5 }), TH), false,
+      "fp32 when the target has it: a low-precision R above the bound is its rounding")
+  end)
+
+  it("evaluates a criterion only on the component class it applies to", function()
+    local norm = { reference = "model.norm", type = "LlamaRMSNorm", isolated = true, r = 1.1 }
+    local mlp = { reference = "model.layers.0.mlp", type = "LlamaMLP", isolated = true, r = 1.1 }
+    eq({ criteria.class(norm), criteria.class(mlp), criteria.class({ reference = "lm_head", type = "Linear" }) },
+      { "norm", "mlp", "lm_head" })
+    local strict = { name = "norm_r", stage = "component", reads = "r", rule = "below", threshold = 1.05, applies_to = "norm" }
+    eq(criteria.judge(strict, norm, TH).pass, false)
+    eq(criteria.judge(strict, mlp, TH), nil, "not an MLP's")
+    truthy(not pcall(criteria.judge, { name = "x", stage = "e2e", reads = "a", rule = "below", threshold = "no_such" },
+      { a = 1 }, TH), "a threshold name that is none is an error")
   end)
 
   it("maps identical trees by identity, and says when trees differ", function()
@@ -471,14 +495,14 @@ describe("workflow", function()
   end
   local function stage(name, result, criteria)
     return { name = name, run = function() return result end, summary = function(r) return { x = r.x } end,
-             criteria = criteria and function() return criteria end or nil }
+             criteria = criteria }
   end
 
   it("writes each stage's JSON, records skipped stages and warnings, and passes when all criteria do", function()
     local v = workflow.run(ctx(), {
-      stage("a", { x = 1 }, { { name = "ok", value = 1, rule = "fine", pass = true } }),
+      stage("a", { x = 1 }, { { name = "ok", reads = "x", rule = "below", threshold = 2, says = "x < %g" } }),
       stage("b", { skipped = "no fp32 trace" }),
-      stage("c", { x = 3 }, { { name = "soft", value = 0.1, rule = "live", pass = false, warn = true } }),
+      stage("c", { x = 3 }, { { name = "soft", reads = "x", rule = "below", threshold = "r_p95", warn = true } }),
     })
     eq(v.verdict, "equivalent")
     eq(v.cause, parity.json.null)
@@ -491,20 +515,19 @@ describe("workflow", function()
   end)
 
   it("names the cause: a computation difference when fp32 differs too, precision when it does not", function()
-    local function run(r32_p95, failed)
-      local c = ctx()
-      return workflow.run(c, {
-        stage("e2e", { r_ratio = { p50 = 1.5, p95 = 2 } }, { { name = failed, value = 2, rule = "R", pass = false } }),
-        stage("e2e32", { r32 = { p95 = r32_p95 } }, { { name = "r32_p95", value = r32_p95, rule = "R32",
-                                                       pass = r32_p95 < TH.r32_p95 } }),
+    -- the criteria table's own rows judge these results (parity.criteria)
+    local function run(r32_p95, nan)
+      return workflow.run(ctx(), {
+        stage("e2e", { r_ratio = { p50 = 1.5, p95 = 2 }, target_non_finite = { nan = nan or 0, inf = 0 } }),
+        stage("e2e32", { r32 = { p95 = r32_p95 } }),
       })
     end
-    local v = run(0.5, "r_p95")
-    eq({ v.verdict, v.cause.class }, { "divergent", "formula" })
-    v = run(1e-5, "r_p95")
-    eq(v.cause.class, "precision")
+    local v = run(0.5)
+    eq({ v.verdict, v.cause.class, v.failed }, { "divergent", "formula", { "r_p95", "r32_p95" } })
+    v = run(1e-5)
+    eq({ v.cause.class, v.failed }, { "precision", { "r_p95" } })
     truthy(v.cause.detail:find("exact in fp32"), v.cause.detail)
-    v = run(1e-5, "finite")
+    v = run(1e-5, 3)
     eq(v.cause.class, "non_finite")
   end)
 end)

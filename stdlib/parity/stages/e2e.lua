@@ -9,7 +9,6 @@
 --- within tie_factor x its precision noise (max |r_low - r32| at that position) is a near-tie.
 local core = require("parity.core")
 local figures = require("parity.figures")
-local thresholds = require("parity.thresholds")
 local m = core.metrics
 local dist, rate = figures.dist, figures.rate
 
@@ -71,29 +70,6 @@ function M.run(ctx)
   result.baseline = ctx.baseline  -- "2-tensor": ref32 is the reference at the low precision, ref_low it perturbed
   result.padded = ctx:padded_columns(ctx.dtype)  -- a padded LM head's extra columns
   return result
-end
-
---- The bound a target's figure may reach: `ratio` x the reference's own, but never below `floor`.
-local function relative(own, ratio, floor) return math.max(ratio * own, floor) end
-
---- (A failing R p95 may still be a warning: parity.verdict's precision-ordering rule.)
-function M.criteria(e, th)
-  th = thresholds.at(th, e.dtype)
-  local bad = e.target_non_finite.nan + e.target_non_finite.inf
-  local kl_max = relative(e.own_kl.p95, th.kl_ratio, th.kl_floor)
-  local cos_gap = relative(1 - e.own_cosine.p5, th.cosine_ratio, th.cosine_floor)
-  return {
-    { name = "finite", value = bad, threshold = 0, rule = "no NaN/Inf in the target's logits", pass = bad == 0 },
-    { name = "r_p95", value = e.r_ratio.p95, threshold = th.r_p95, rule = ("R p95 < %g"):format(th.r_p95),
-      pass = e.r_ratio.p95 < th.r_p95 },
-    { name = "kl", value = e.kl.p95, threshold = kl_max, pass = e.kl.p95 <= kl_max,
-      rule = ("KL p95 <= max(%g x own %.3g, %g)"):format(th.kl_ratio, e.own_kl.p95, th.kl_floor) },
-    { name = "cosine", value = 1 - e.cosine.p5, threshold = cos_gap, pass = 1 - e.cosine.p5 <= cos_gap,
-      rule = ("1 - cosine p5 <= max(%g x own %.3g, %g)"):format(th.cosine_ratio, 1 - e.own_cosine.p5, th.cosine_floor) },
-    { name = "top1", value = e.top1_ties_excluded.rate, threshold = th.top1, pass = e.top1_ties_excluded.rate > th.top1,
-      rule = ("top-1 agreement (near-ties excluded) > %g"):format(th.top1) },
-    figures.padded_criterion(e.padded),
-  }
 end
 
 function M.summary(e)

@@ -45,16 +45,6 @@ function M.run(ctx)
   return result
 end
 
-function M.criteria(e, th)
-  local bad = e.target_non_finite.nan + e.target_non_finite.inf
-  return {
-    { name = "finite32", value = bad, threshold = 0, rule = "no NaN/Inf in the target's fp32 logits", pass = bad == 0 },
-    { name = "r32_p95", value = e.r32.p95, threshold = th.r32_p95, rule = ("R32 p95 < %g (fp32 leg)"):format(th.r32_p95),
-      pass = e.r32.p95 < th.r32_p95 },
-    figures.padded_criterion(e.padded),
-  }
-end
-
 function M.summary(e)
   return { positions = e.positions, r32 = e.r32, rel_l2 = e.rel_l2, max_abs_diff = e.max_abs_diff, padded = e.padded }
 end

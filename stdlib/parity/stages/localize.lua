@@ -63,7 +63,7 @@ function M.run(ctx, got)
   -- over-precision: innermost components markedly closer to fp32 than the reference's own low
   -- precision (R < r_over, exact in fp32): an upcast the reference does not do; not a fault
   -- (not with the 2-tensor baseline: R < 1 there says closer than a perturbation, nothing about precision)
-  local function precise(row) return row.r and row.r > 0 and row.r < th.r_over end
+  local function precise(row) return judge.over_precise(row, th) end
   local over = core.json.array()
   for _, row in ipairs(ctx.baseline == "2-tensor" and {} or rows) do
     local inner = false
@@ -115,7 +115,7 @@ function M.run(ctx, got)
   if between then
     local c, resid = nil, nil
     if between.t and between.r then c, resid = fits.fit_scale(between.t:double(), between.r:double()) end
-    local cause = (c and resid < signatures.FITS) and { class = "scale", detail = ("the input of %s is %.4g x the reference's, while"
+    local cause = (c and resid < thresholds.CUTOFFS.fits) and { class = "scale", detail = ("the input of %s is %.4g x the reference's, while"
         .. " no component before it adds an error of its own: a factor the forward code between components applies (or"
         .. " misses)"):format(between.reference, c), parameter = { name = "scale", value = c, at = between.reference } }
       or { class = "formula", detail = ("the input of %s differs from the reference's (%s %.3g), while no component"
@@ -220,18 +220,6 @@ function M.run(ctx, got)
     amplifiers = amplifiers,
     less_precise = less,
   }
-end
-
---- A fault that the next operation absorbs (a spike) is reported, not failed.
-function M.criteria(l)
-  local f = l.first_divergence
-  local real = f ~= core.json.null and not f.absorbed
-  local over = l.over_precision or {}
-  return { { name = "components", value = l.faults, threshold = 0, pass = not real,
-             rule = "no component adds an error of its own (R < r_p95, R32 < r32_p95)" },
-           { name = "over_precision", value = #over, threshold = 0, pass = #over == 0, warn = true,
-             rule = "no component markedly more precise than the reference (R >= r_over)"
-               .. (#over > 0 and (": " .. over[1].target .. ", R " .. ("%.3g"):format(over[1].r)) or "") } }
 end
 
 function M.summary(l)

@@ -102,24 +102,6 @@ function M.run(ctx)
   return result, pairs_ and { pairs = pairs_, unmapped = unmapped, absent = absent, lacking = lacking } or nil
 end
 
---- A transposed, reordered or scaled weight and a bias dropped or added fail, unless the
---- localisation found the fault there absorbed by the next operation (a constant factor before
---- Gemma's post-feedforward norm: facts.absorbed, parity.verdict's): then, like other
---- differences, it is a warning.
-function M.criteria(s, th, facts)
-  local bugs, other = {}, {}
-  for _, f in ipairs(s.static) do
-    if f.class and not (facts and facts.absorbed(f.target)) then bugs[#bugs + 1] = f.detail
-    else other[#other + 1] = f.detail .. (f.class and " (absorbed by the next operation)" or "") end
-  end
-  return {
-    { name = "static", value = #bugs, threshold = 0, pass = #bugs == 0,
-      rule = "no mapped weight transposed, reordered, scaled or missing" .. (#bugs > 0 and (": " .. bugs[1]) or "") },
-    { name = "static_other", value = #other, threshold = 0, pass = #other == 0, warn = true,
-      rule = "mapped weights equal the reference's" .. (#other > 0 and (": " .. other[1]) or "") },
-  }
-end
-
 function M.summary(s)
   return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped, static = s.static,
            unmapped_reference = s.unmapped_reference }

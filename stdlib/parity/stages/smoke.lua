@@ -56,14 +56,6 @@ function M.run(ctx)
   return M.compare(r.tokens, target, r.own_tokens)
 end
 
---- Not a verdict criterion (the seeds call it a liveness check): a warning when the target
---- matches under smoke_match x the reference's own low-precision match rate.
-function M.criteria(s, th)
-  local floor = th.smoke_match * s.own_match_rate
-  return { { name = "smoke_live", value = s.match_rate, threshold = floor, warn = true, pass = s.match_rate >= floor,
-             rule = ("greedy match >= %g x the reference's own %.3g"):format(th.smoke_match, s.own_match_rate) } }
-end
-
 function M.summary(s)
   return { match_rate = s.match_rate, own_match_rate = s.own_match_rate }
 end
