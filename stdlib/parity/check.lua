@@ -40,6 +40,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@param opts parity.CheckOptions
 ---@return table
 function M.run(opts)
+  if type(opts) ~= "table" then error(("check: expects a table of options, got %s"):format(type(opts)), 0) end
   local out = opts.out or "parity-results"
   if type(out) ~= "string" or out == "" then error("check: out must name a directory, got an empty path", 0) end
   verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", M.STAGES)
@@ -50,10 +51,8 @@ function M.run(opts)
   end)
   if ok then return result end
   local msg = require("parity.errors").clean(result)
-  verdict.error(out, msg, {
-    reference = type(opts.reference) == "string" and opts.reference or opts.reference.path,
-    target = type(opts.target) == "string" and opts.target or opts.target.path,
-  })
+  local function path(x) return type(x) == "string" and x or type(x) == "table" and x.path or nil end
+  verdict.error(out, msg, { reference = path(opts.reference), target = path(opts.target) })
   error(msg, 0)
 end
 

@@ -36,10 +36,42 @@ local function default_cache_dir()
   return home and home .. "/.cache/parity" or nil
 end
 
---- Checks the options that need no model (numbers in range, the dtype, the baseline, the
---- devices, the thresholds and mapping files): the CLI runs it before anything in the results
---- directory is touched.
+--- The options parity.check{} (and parity inputs) take, and the Lua types each may have
+--- (parity.CheckOptions says what each is).
+M.OPTIONS = {
+  reference = "string|table", target = "string|table", dtype = "string", prompts = "number", prompt_len = "number",
+  new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
+  thresholds = "table", thresholds_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
+  out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
+  reference_device = "string", file = "string",
+}
+
+--- Raises, naming the option, on a table of options that is none, an option parity does not
+--- know (a typo would otherwise be ignored) or one of another type.
+local function check_types(opts)
+  if type(opts) ~= "table" then error(("check: expects a table of options, got %s"):format(type(opts)), 0) end
+  if opts.reference == nil then error("check: option 'reference' is missing (the reference bundle or its path)", 0) end
+  for k, v in pairs(opts) do
+    local allowed = M.OPTIONS[k]
+    if not allowed then
+      local names = {}
+      for name in pairs(M.OPTIONS) do names[#names + 1] = name end
+      table.sort(names)
+      error(("check: unknown option '%s' (known: %s)"):format(tostring(k), table.concat(names, ", ")), 0)
+    end
+    if not ("|" .. allowed .. "|"):find("|" .. type(v) .. "|", 1, true) then
+      local want = allowed == "string|table" and "path (a string) or a bundle (parity.bundle)" or allowed
+      error(("check: option '%s' must be a %s, got %s"):format(k, want,
+        type(v) == "string" and ("the string %q"):format(v:sub(1, 40)) or type(v)), 0)
+    end
+  end
+end
+
+--- Checks the options that need no model (their names and types, numbers in range, the dtype,
+--- the baseline, the devices, the thresholds and mapping files): the CLI runs it before anything
+--- in the results directory is touched.
 function M.check_options(opts)
+  check_types(opts)
   local max = validate.MAX
   validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
     new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
