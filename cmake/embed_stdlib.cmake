@@ -1,6 +1,7 @@
 # Writes OUT: a C++ table of every SRC/**/*.lua as {module name, chunk name, bytes}.
 # Chunk names are "@stdlib/parity/foo.lua" so Lua errors point at the repository file.
 file(GLOB_RECURSE files RELATIVE ${SRC} ${SRC}/*.lua)
+list(FILTER files EXCLUDE REGEX "(^|/)_meta/")  # parity/_meta/: LuaCATS type stubs, not code
 list(SORT files)
 set(body "")
 set(table "")
