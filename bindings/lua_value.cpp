@@ -115,6 +115,37 @@ void push_op_closure(lua_State* L, const std::string& qualified) {
   lua_pushcclosure(L, guard<call_named_op>, 1);
 }
 
+bool check_options(lua_State* L, int idx, const char* what, std::initializer_list<const char*> known) {
+  if (lua_isnoneornil(L, idx)) return false;
+  std::string names;
+  for (const char* k : known) names += (names.empty() ? "" : ", ") + std::string(k);
+  if (!lua_istable(L, idx))
+    throw std::invalid_argument(
+        fmt::format("{}: options must be a table {{{}}}, got a {}", what, names, luaL_typename(L, idx)));
+  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+  for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
+    bool ok = false;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (const char* k : known) ok = ok || std::string(k) == lua_tostring(L, -2);
+    if (!ok) {
+      std::string key = lua_type(L, -2) == LUA_TSTRING ? fmt::format("'{}'", lua_tostring(L, -2))
+                                                      : std::string(luaL_typename(L, -2)) + " key";
+      lua_pop(L, 2);
+      throw std::invalid_argument(fmt::format("{}: unknown option {} (known: {})", what, key, names));
+    }
+  }
+  return true;
+}
+
+int64_t check_whole(lua_State* L, int idx, const char* what, double lo, double hi) {
+  double v = lua_tonumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER || v != std::floor(v) || v < lo || v > hi)
+    throw std::invalid_argument(fmt::format("{} must be a whole number in {}..{}, got {}", what, lo, hi,
+                                            lua_type(L, idx) == LUA_TNUMBER ? fmt::format("{}", v)
+                                                                            : std::string(luaL_typename(L, idx))));
+  return static_cast<int64_t>(v);
+}
+
 std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key) {
   if (!lua_istable(L, idx)) return std::nullopt;
   lua_getfield(L, idx, key);

@@ -2,6 +2,7 @@
 #pragma once
 #include <lua.hpp>
 
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,6 +29,13 @@ void push_value(lua_State* L, const Value& v);
 /// Pushes a function calling operator `qualified` ("aten::rsqrt") with all its Lua arguments,
 /// returning one value per op result. No existence check: callers check has_op. [-0, +1]
 void push_op_closure(lua_State* L, const std::string& qualified);
+
+/// Whether an options table is at `idx`: false when it is none or nil; throws naming `what`
+/// when it is not a table or holds a key outside `known` (a misspelt option is never ignored).
+bool check_options(lua_State* L, int idx, const char* what, std::initializer_list<const char*> known);
+
+/// A whole number in lo..hi at `idx`, or an error naming `what` (sizes, seeds: never truncated).
+int64_t check_whole(lua_State* L, int idx, const char* what, double lo, double hi);
 
 /// Reads an optional field of the table at `idx` (absent or nil: nullopt).
 std::optional<std::string> opt_string_field(lua_State* L, int idx, const char* key);

@@ -30,6 +30,7 @@ int cosine_rows(lua_State* L) {
 
 /// allclose(target, reference[, {rtol=1e-5, atol=1e-8}]) -> result table (see docs/lua-api.md)
 int allclose(lua_State* L) {
+  check_options(L, 3, "allclose", {"rtol", "atol"});
   double rtol = opt_number_field(L, 3, "rtol").value_or(1e-5);
   double atol = opt_number_field(L, 3, "atol").value_or(1e-8);
   auto r = m::allclose(check_tensor(L, 1), check_tensor(L, 2), rtol, atol);
@@ -99,7 +100,7 @@ int max_abs_diff_rows(lua_State* L) {
 /// pass over the logits ]); simd "sse2" forces the 4-lane kernel (benchmarks), "best" the default
 int logits_rows(lua_State* L) {
   m::Simd simd = m::Simd::best;
-  if (lua_istable(L, 6)) {
+  if (check_options(L, 6, "logits_rows", {"simd"})) {
     lua_getfield(L, 6, "simd");
     std::string s = lua_isnil(L, -1) ? "best" : luaL_checkstring(L, -1);
     lua_pop(L, 1);

@@ -176,7 +176,7 @@ std::vector<std::string> check_strings(lua_State* L, int idx) {
 int module_tap(lua_State* L) {
   auto& m = check_module(L, 1);
   bool skip_shared = false;
-  if (lua_istable(L, 3)) {
+  if (check_options(L, 3, "tap", {"skip_shared"})) {
     lua_getfield(L, 3, "skip_shared");
     skip_shared = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -229,7 +229,7 @@ int module_run_tapped(lua_State* L) {
     lua_pop(L, 1);
   }
   TapRequest request;
-  if (lua_istable(L, 3)) {
+  if (check_options(L, 3, "run_tapped", {"capture", "inject", "last_position"})) {
     lua_getfield(L, 3, "capture");  // [.., capture]
     if (lua_istable(L, -1)) request.capture = check_strings(L, lua_gettop(L));
     lua_pop(L, 1);

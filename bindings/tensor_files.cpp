@@ -46,6 +46,8 @@ int tensors_load(lua_State* L) {
 int tensors_save(lua_State* L) {
   std::string path = luaL_checkstring(L, 1);
   if (ends_with(path, ".npy")) {
+    if (!lua_isnoneornil(L, 3))
+      throw std::invalid_argument(fmt::format("{}: a .npy file holds no metadata (a .safetensors file does)", path));
     if (auto* t = test_tensor(L, 2)) {
       write_npy(path, *t);
       return 0;
@@ -72,6 +74,9 @@ int tensors_save(lua_State* L) {
     lua_pop(L, 1);
   }
   std::vector<std::pair<std::string, std::string>> meta;
+  if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
+    throw std::invalid_argument(
+        fmt::format("{}: metadata must be a table of strings to strings, got a {}", path, luaL_typename(L, 3)));
   if (lua_istable(L, 3)) {
     lua_pushnil(L);
     while (lua_next(L, 3)) {

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <ATen/Parallel.h>
+#include <cmath>
 #include <optional>
 
 #include "bindings/lua_value.hpp"
@@ -19,20 +20,32 @@ namespace {
 /// Sizes from either a table {2, 3} at idx or the numbers from idx up to the first non-number.
 /// Returns the index of the first argument after the sizes.
 int read_sizes(lua_State* L, int idx, std::vector<int64_t>& sizes) {
+  constexpr double kMaxSize = 9007199254740992.0;  // 2^53: what a Lua number holds exactly
   if (lua_istable(L, idx)) {
     size_t n = lua_objlen(L, idx);
+    bool keys = false;  // anything but the sizes 1..n
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1))
+      keys = keys || lua_type(L, -2) != LUA_TNUMBER || lua_tonumber(L, -2) < 1 || lua_tonumber(L, -2) > n ||
+             lua_tonumber(L, -2) != std::floor(lua_tonumber(L, -2));
+    // A table of keys alone is the options table, not sizes (torch.zeros{} is a scalar).
+    if (n == 0 && keys) return idx;
+    if (keys)
+      throw std::invalid_argument(
+          "sizes and options go in tables of their own: torch.zeros({2, 3}, {dtype = \"bf16\"})");
     for (size_t i = 1; i <= n; ++i) {
       lua_rawgeti(L, idx, static_cast<int>(i));
-      if (!lua_isnumber(L, -1)) luaL_argerror(L, idx, "sizes must be numbers");
-      sizes.push_back(static_cast<int64_t>(lua_tonumber(L, -1)));
+      sizes.push_back(check_whole(L, -1, "a size", 0, kMaxSize));
       lua_pop(L, 1);
     }
-    // A table with string keys is the options table, not sizes (torch.zeros{} is a scalar).
-    if (n > 0 || !opt_string_field(L, idx, "dtype")) return idx + 1;
-    return idx;
+    return idx + 1;
   }
-  while (lua_type(L, idx) == LUA_TNUMBER) sizes.push_back(static_cast<int64_t>(lua_tonumber(L, idx++)));
+  while (lua_type(L, idx) == LUA_TNUMBER) sizes.push_back(check_whole(L, idx++, "a size", 0, kMaxSize));
   return idx;
+}
+
+/// A seed: a whole number in 0..2^53 (a negative or fractional one was cast, undefined in C++).
+uint64_t check_seed(lua_State* L, int idx) {
+  return static_cast<uint64_t>(check_whole(L, idx, "a seed", 0, 9007199254740992.0));
 }
 
 /// Options table {dtype=, device=, seed=}: a seed makes a fresh generator, leaving the global
@@ -45,12 +58,12 @@ struct Options {
 Options read_options(lua_State* L, int idx, at::ScalarType default_dtype = at::kFloat) {
   Options o;
   o.tensor = o.tensor.dtype(default_dtype);
-  if (lua_isnoneornil(L, idx)) return o;
-  if (!lua_istable(L, idx)) luaL_argerror(L, idx, "expected an options table {dtype=, device=, seed=}");
+  if (!check_options(L, idx, "torch", {"dtype", "device", "seed"})) return o;
   if (auto dt = opt_string_field(L, idx, "dtype")) o.tensor = o.tensor.dtype(parse_dtype(*dt));
   if (auto dev = opt_string_field(L, idx, "device")) o.tensor = o.tensor.device(parse_device(*dev));
-  if (auto seed = opt_number_field(L, idx, "seed"))
-    o.gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(*seed));
+  lua_getfield(L, idx, "seed");
+  if (!lua_isnil(L, -1)) o.gen = at::make_generator<at::CPUGeneratorImpl>(check_seed(L, lua_gettop(L)));
+  lua_pop(L, 1);
   return o;
 }
 
@@ -68,6 +81,12 @@ at::Tensor make_empty(at::IntArrayRef s, at::TensorOptions o) { return at::empty
 int torch_full(lua_State* L) {
   std::vector<int64_t> sizes;
   int next = read_sizes(L, 1, sizes);
+  // torch.full(2, 3, 7): the sizes as numbers took the fill value too, which is the last of them
+  if (lua_type(L, 1) == LUA_TNUMBER && lua_type(L, next) != LUA_TNUMBER) {
+    if (sizes.empty()) throw std::invalid_argument("torch.full: expects sizes, then the fill value");
+    sizes.pop_back();
+    --next;
+  }
   double v = luaL_checknumber(L, next);
   push_tensor(L, at::full(sizes, v, read_options(L, next + 1).tensor));
   return 1;
@@ -87,13 +106,13 @@ int torch_randint(lua_State* L) {
   int64_t low = 0, high;
   int idx = 2;
   if (lua_type(L, 2) == LUA_TNUMBER) {
-    low = luaL_checkinteger(L, 1);
-    high = luaL_checkinteger(L, 2);
+    low = check_whole(L, 1, "randint: low", -9007199254740992.0, 9007199254740992.0);
+    high = check_whole(L, 2, "randint: high", -9007199254740992.0, 9007199254740992.0);
     idx = 3;
   } else {
-    high = luaL_checkinteger(L, 1);
+    high = check_whole(L, 1, "randint: high", -9007199254740992.0, 9007199254740992.0);
   }
-  if (high <= low) return luaL_error(L, "randint: high (%d) must be above low (%d)", (int)high, (int)low);
+  if (high <= low) throw std::invalid_argument(fmt::format("randint: high ({}) must be above low ({})", high, low));
   std::vector<int64_t> sizes;
   int next = read_sizes(L, idx, sizes);
   auto o = read_options(L, next, at::kLong);
@@ -156,7 +175,7 @@ int torch_tensor(lua_State* L) {
 }
 
 int torch_manual_seed(lua_State* L) {
-  auto seed = static_cast<uint64_t>(luaL_checknumber(L, 1));
+  auto seed = check_seed(L, 1);
   auto gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_current_seed(seed);

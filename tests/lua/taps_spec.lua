@@ -34,6 +34,9 @@ describe("taps", function()
     eq(#calls.lin, 2)
     truthy(torch.equal(calls.lin[2].inputs[1], calls.lin[1].outputs[1]), "the second call takes the first's output")
     eq(#calls.other, 1)
+    spec.raises(function() m:run_tapped({ x }, { captur = { "lin" } }) end,
+      "run_tapped: unknown option 'captur' (known: capture, inject, last_position)")
+    spec.raises(function() m:tap({ "lin" }, true) end, "tap: options must be a table {skip_shared}, got a boolean")
   end)
 
   it("inject a call's inputs, and capture only what is asked", function()
