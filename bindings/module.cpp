@@ -1,6 +1,7 @@
 // bindings/module.cpp — Lua view of a TorchScript module (host/model.hpp) and parity.load.
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <stdexcept>
 
 #include "bindings/lua_value.hpp"
@@ -280,6 +281,94 @@ int module_gc(lua_State* L) {
   return 0;
 }
 
+/// original(...) inside a patch: the component as it is on other tensor inputs. Upvalues: the
+/// model (a Module), the component's path, the method that ran, the call (0-based).
+int patch_original(lua_State* L) {
+  Model& m = check_module(L, lua_upvalueindex(1));
+  PatchCall call{lua_tostring(L, lua_upvalueindex(2)), lua_tostring(L, lua_upvalueindex(3)),
+                 static_cast<int64_t>(lua_tointeger(L, lua_upvalueindex(4))), {}};
+  std::vector<at::Tensor> inputs;
+  for (int i = 1, n = lua_gettop(L); i <= n; ++i) inputs.push_back(check_tensor(L, i));
+  auto outs = call_original(m, call, inputs);
+  for (auto& t : outs) push_tensor(L, t);
+  return static_cast<int>(outs.size());
+}
+
+/// A registry reference, released with its holder (a patch replaced or removed: the VM is alive
+/// then; a patch still set when the VM closes is never destroyed, its model being in a cycle).
+struct LuaRef {
+  LuaRef(lua_State* state, int r) : L(state), ref(r) {}
+  LuaRef(const LuaRef&) = delete;
+  LuaRef& operator=(const LuaRef&) = delete;
+  ~LuaRef() { luaL_unref(L, LUA_REGISTRYINDEX, ref); }
+  lua_State* L;
+  int ref;
+};
+
+/// m:patch(path, fn[, origin]): the component's calls computed by fn(call, inputs...) -> outputs..., where
+/// call = {path, call (1-based), method, original = function(...) -> the component as it is}
+int module_patch(lua_State* L) {
+  Model& m = check_module(L, 1);
+  std::string path = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  std::string origin = luaL_optstring(L, 4, "");
+  lua_pushvalue(L, 3);
+  auto fn = std::make_shared<LuaRef>(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  Model model = m;  // shares the module and its taps: original() calls it
+  set_patch(m, path, [fn, model](const PatchCall& call) {
+    lua_State* L = fn->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn->ref);
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, call.path.c_str());
+    lua_setfield(L, -2, "path");
+    lua_pushinteger(L, static_cast<lua_Integer>(call.call + 1));
+    lua_setfield(L, -2, "call");
+    lua_pushstring(L, call.method.c_str());
+    lua_setfield(L, -2, "method");
+    push_module(L, model);
+    lua_pushstring(L, call.path.c_str());
+    lua_pushstring(L, call.method.c_str());
+    lua_pushinteger(L, static_cast<lua_Integer>(call.call));
+    lua_pushcclosure(L, guard<patch_original>, 4);
+    lua_setfield(L, -2, "original");
+    for (const auto& t : call.inputs) push_tensor(L, t);
+    std::string error;
+    if (!call_traced(L, 1 + static_cast<int>(call.inputs.size()), LUA_MULTRET, &error)) {
+      lua_settop(L, top);
+      // the patch's own line says where; the traceback with PARITY_DEBUG=1, as for commands
+      const char* debug = std::getenv("PARITY_DEBUG");
+      if (!(debug && std::string(debug) == "1")) error = error.substr(0, error.find("\nstack traceback:"));
+      throw std::runtime_error(error);
+    }
+    std::vector<at::Tensor> outs;
+    for (int i = top + 1, n = lua_gettop(L); i <= n; ++i) {
+      at::Tensor* t = test_tensor(L, i);
+      if (!t) {
+        std::string type = luaL_typename(L, i);
+        lua_settop(L, top);
+        throw std::invalid_argument(fmt::format("returns a {} as output {}, not a Tensor", type, i - top));
+      }
+      outs.push_back(*t);
+    }
+    lua_settop(L, top);
+    return outs;
+  }, origin);
+  return 0;
+}
+
+/// m:unpatch(path) -> whether it had a patch (the original outputs again, bit for bit)
+int module_unpatch(lua_State* L) {
+  lua_pushboolean(L, remove_patch(check_module(L, 1), luaL_checkstring(L, 2)));
+  return 1;
+}
+
+/// m:patched() -> the patched paths, sorted
+int module_patched(lua_State* L) {
+  push_strings(L, patched_paths(check_module(L, 1)));
+  return 1;
+}
+
 const luaL_Reg kMethods[] = {
     {"call", guard<module_call_method>}, {"forward1", guard<module_forward1>}, {"child", guard<module_child>},
     {"modules", guard<module_modules>},  {"parameters", guard<module_parameters>},
@@ -288,6 +377,8 @@ const luaL_Reg kMethods[] = {
     {"to", guard<module_to>},            {"eval", guard<module_eval>},
     {"device", guard<module_device>},
     {"tap", guard<module_tap>},          {"run_tapped", guard<module_run_tapped>},
+    {"patch", guard<module_patch>},      {"unpatch", guard<module_unpatch>},
+    {"patched", guard<module_patched>},
     {nullptr, nullptr}};
 
 const luaL_Reg kCore[] = {

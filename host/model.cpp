@@ -23,6 +23,7 @@
 #include <stdexcept>
 
 #include "host/dispatch.hpp"
+#include "host/taps.hpp"
 
 namespace parity {
 namespace {
@@ -285,7 +286,7 @@ Model Model::load(const std::string& path, std::optional<c10::Device> device) {
   check_torchscript_archive(path);  // NOTE [ Archive sizes ]
   try {
     auto m = device ? torch::jit::load(path, *device) : torch::jit::load(path);
-    return Model(std::make_shared<torch::jit::Module>(std::move(m)));
+    return Model(std::make_shared<torch::jit::Module>(std::move(m)), std::make_shared<TapState>());
   } catch (const c10::Error& e) {
     std::string why = e.what_without_backtrace();
     throw std::runtime_error(
@@ -308,7 +309,7 @@ Model Model::child(const std::string& path) const {
     cur = cur.attr(part).toModule();
     walked = here;
   }
-  return Model(std::make_shared<torch::jit::Module>(cur));
+  return Model(std::make_shared<torch::jit::Module>(cur), taps_);
 }
 
 std::vector<ModuleInfo> Model::modules() const {
@@ -371,7 +372,16 @@ const c10::FunctionSchema& method_schema(const torch::jit::Module& m, const std:
 }
 }  // namespace
 
+Model::Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> taps)
+    : m_(std::move(m)), taps_(std::move(taps)) {}
+
 Value Model::call(const std::string& method, const std::vector<Value>& args) const {
+  if (!taps_->patches.empty()) return call_patched(*this, method, args);
+  return call_plain(method, args);
+}
+
+Value Model::call_plain(const std::string& method, const std::vector<Value>& args) const {
+  taps_->ran = true;  // taps spliced in later would not be seen (install_taps)
   const auto& schema = method_schema(*m_, method);
   const auto& all = schema.arguments();
   auto without_self = schema.cloneWithArguments({all.begin() + 1, all.end()});

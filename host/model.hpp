@@ -17,6 +17,8 @@ struct Module;
 
 namespace parity {
 
+struct TapState;  // host/taps.hpp: a model's taps and patches, shared with its children
+
 /// One submodule: dotted path from the root ("" for the root), demangled class name, the
 /// number of parameter elements it owns directly and with its children, and its depth.
 struct ModuleInfo {
@@ -49,8 +51,10 @@ class Model {
 
   /// Calls a method ("forward" by default) with Lua-shaped arguments bound against its schema.
   /// A model off the CPU gets its tensor arguments moved to its device and gives its results
-  /// back on the CPU, where Lua and the metrics work.
+  /// back on the CPU, where Lua and the metrics work. With patches (host/taps.hpp), they apply.
   Value call(const std::string& method, const std::vector<Value>& args) const;
+  /// Model::call as the graphs say, whatever its patches (what a tapped run calls).
+  Value call_plain(const std::string& method, const std::vector<Value>& args) const;
 
   /// The method's schema: {name, arguments = {{name, type, default?}...}, returns = {{type}}}.
   Value schema(const std::string& method) const;
@@ -63,14 +67,13 @@ class Model {
 
   /// The TorchScript module itself, for host code that works on graphs (host/taps.cpp).
   torch::jit::Module& jit() const { return *m_; }
-  /// The tag install_taps gave this model's taps ("" when it has none).
-  const std::string& tap_tag() const { return tap_tag_; }
-  void set_tap_tag(std::string tag) { tap_tag_ = std::move(tag); }
+  /// Its taps and patches (host/taps.hpp), the same object for a model and its children.
+  TapState& taps() const { return *taps_; }
 
  private:
-  explicit Model(std::shared_ptr<torch::jit::Module> m) : m_(std::move(m)) {}
+  Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> taps);
   std::shared_ptr<torch::jit::Module> m_;
-  std::string tap_tag_;
+  std::shared_ptr<TapState> taps_;
 };
 
 /// Reads a TorchScript archive's ZIP central directory (NOTE [ Archive sizes ] in model.cpp)

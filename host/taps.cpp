@@ -9,30 +9,64 @@
 
 #include <atomic>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 
 namespace parity {
 namespace {
 
 // NOTE [ Tap keys ]
-// A tap node carries constants: key "TAG|PATH" (TAG tells apart two tapped models with the same
-// paths, e.g. a reference and a target), slot (input i: i; output j: -1 - j) and the number of
-// tapped inputs (a call starts at input 0, or at output 0 for a module without tensor inputs).
+// A tap node carries constants: key "TAG|PATH@METHOD" (TAG tells apart two tapped models with
+// the same paths, e.g. a reference and a target; METHOD is the graph's: a traced module called
+// from two places has forward and forward1), slot (input i: i; output j: -1 - j) and the number
+// of tapped inputs (a call starts at input 0, or at output 0 for a module without tensor inputs).
 struct TapRun {
-  std::string tag;
+  const TapState* state = nullptr;
   bool capture_all = false;
   std::set<std::string> capture;
   const TapRequest* request = nullptr;
   TapCalls* calls = nullptr;
   std::map<std::string, int64_t> call_index;  // path -> index of the current call
+  std::map<std::string, PatchCall> patch_in;   // patched path -> its current call's inputs
+  std::map<std::string, std::vector<at::Tensor>> patch_out;  // ... and the patch's outputs
+  std::string patch_error;  // a patch's error: what the run ends with, without TorchScript's traceback
 };
-TapRun* active = nullptr;  // set for the duration of run_tapped (the interpreter runs on one thread)
+TapRun* active = nullptr;  // set for the duration of a tapped run (the interpreter runs on one thread)
+int inert = 0;             // > 0 inside a patch's call of the original: every tap passes its value on
+
+std::string describe(const at::Tensor& t) {
+  return fmt::format("[{}] {}", fmt::join(t.sizes(), ", "), c10::toString(t.scalar_type()));
+}
+
+/// The patch's output for tap slot `j` of `path`'s current call (calling the patch at the first).
+at::Tensor patched_output(TapRun& run, const Patch& patch, const std::string& path, int64_t j, const at::Tensor& x) {
+  PatchCall& call = run.patch_in[path];
+  auto& outs = run.patch_out[path];
+  if (j == 0) {
+    try {
+      outs = patch.fn(call);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("patch of {} (call {}): {}", path, call.call + 1, e.what()));
+    }
+    int want = run.state->sites.at(path).second;
+    if (static_cast<int>(outs.size()) != want)
+      throw std::invalid_argument(fmt::format("patch of {} (call {}): returns {} tensor{} where the component returns {}",
+                                              path, call.call + 1, outs.size(), outs.size() == 1 ? "" : "s", want));
+  }
+  const at::Tensor& t = outs.at(static_cast<size_t>(j));
+  if (!t.defined() || !t.sizes().equals(x.sizes()) || t.scalar_type() != x.scalar_type() || t.device() != x.device())
+    throw std::invalid_argument(fmt::format("patch of {} (call {}): output {} is {} where the component's is {}{}", path,
+                                            call.call + 1, j + 1, t.defined() ? describe(t) : "undefined", describe(x),
+                                            t.defined() && t.device() != x.device() ? " on " + x.device().str() : ""));
+  return t;
+}
 
 at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_t n_inputs) {
   TapRun* run = active;
-  auto bar = key.find('|');
-  if (!run || key.compare(0, bar, run->tag) != 0) return x;
-  std::string path = key.substr(bar + 1);
+  if (!run || inert > 0) return x;
+  auto bar = key.find('|'), at_ = key.rfind('@');
+  if (key.compare(0, bar, run->state->tag) != 0) return x;
+  std::string path = key.substr(bar + 1, at_ - bar - 1);
   bool starts = n_inputs > 0 ? slot == 0 : slot == -1;
   auto it = run->call_index.find(path);
   if (it == run->call_index.end()) it = run->call_index.emplace(path, -1).first;
@@ -62,6 +96,22 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
       throw std::invalid_argument(fmt::format("last position of {}: its input {} is [{}], not [batch, seq, ...]", path,
                                               slot, fmt::join(out.sizes(), ", ")));
     out = out.narrow(1, out.size(1) - 1, 1);
+  }
+  auto patch = run->state->patches.find(path);
+  if (patch != run->state->patches.end()) {
+    if (slot >= 0) {
+      PatchCall& pc = run->patch_in[path];
+      if (starts) pc = PatchCall{path, key.substr(at_ + 1), call, {}};
+      pc.inputs.push_back(out);
+    } else {
+      try {
+        out = patched_output(*run, patch->second, path, -1 - slot, out);
+      } catch (const std::exception& e) {
+        const std::string& origin = patch->second.origin;
+        run->patch_error = origin.empty() ? e.what() : origin + ": " + e.what();
+        throw;
+      }
+    }
   }
   if (run->calls && (run->capture_all || run->capture.count(path))) {
     auto& list = (*run->calls)[path];
@@ -148,7 +198,7 @@ void splice(torch::jit::Module& m, const std::string& key, TapSite& site) {
   for (const auto& method : m.get_methods()) {
     const std::string& name = method.name();
     if (name.rfind("forward", 0) != 0 || name.find_first_not_of("0123456789", 7) != std::string::npos) continue;
-    splice_graph(*method.graph(), key, site);
+    splice_graph(*method.graph(), key + "@" + name, site);
     any = true;
   }
   if (!any) site.untapped.push_back("no forward method (never called: a container such as a ModuleList)");
@@ -160,7 +210,8 @@ std::atomic<int> next_tag{0};
 
 std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& paths, bool skip_shared) {
   auto& root = model.jit();
-  std::string tag = fmt::format("m{}", next_tag++);
+  TapState& state = model.taps();
+  if (state.tag.empty()) state.tag = fmt::format("m{}", next_tag++);
   std::map<std::string, torch::jit::Module> by_path;
   std::map<const c10::Type*, std::vector<std::string>> by_type;
   for (const auto& nm : root.named_modules()) {
@@ -171,9 +222,17 @@ std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& 
   for (const auto& path : paths) {
     auto it = by_path.find(path);
     if (it == by_path.end()) throw std::invalid_argument(fmt::format("tap: no submodule '{}'", path));
-    const auto& same = by_type[it->second.type().get()];
     TapSite site;
     site.path = path;
+    if (auto done = state.sites.find(path); done != state.sites.end()) {  // tapped already: as it is
+      site.inputs = done->second.first, site.outputs = done->second.second;
+      sites.push_back(std::move(site));
+      continue;
+    }
+    if (state.ran)
+      throw std::invalid_argument(fmt::format(
+          "tap: '{}': the model has run, and a run inlines its graphs as they are: tap it before its first run", path));
+    const auto& same = by_type[it->second.type().get()];
     if (same.size() > 1 && it->second.find_method("forward")) {
       site.refused = fmt::format(
           "tap: '{}' shares its module type (and so its graph) with '{}': taps could not tell their calls"
@@ -182,18 +241,19 @@ std::vector<TapSite> install_taps(Model& model, const std::vector<std::string>& 
       sites.push_back(std::move(site));
       continue;
     }
-    splice(it->second, tag + "|" + path, site);
+    splice(it->second, state.tag + "|" + path, site);
+    state.sites[path] = {site.inputs, site.outputs};
     sites.push_back(std::move(site));
   }
-  model.set_tap_tag(tag);
   return sites;
 }
 
-Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls) {
-  if (model.tap_tag().empty()) throw std::invalid_argument("run_tapped: the model has no taps (install_taps first)");
-  if (active) throw std::logic_error("run_tapped: already inside a tapped run");
+namespace {
+/// Runs `fn` as a tapped run of `model` (active set, reset however it ends).
+template <typename F>
+Value with_run(const Model& model, const TapRequest& request, TapCalls* calls, F fn) {
   TapRun run;
-  run.tag = model.tap_tag();
+  run.state = &model.taps();
   run.capture_all = request.capture.empty();
   run.capture.insert(request.capture.begin(), request.capture.end());
   run.request = &request;
@@ -202,7 +262,19 @@ Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRe
   struct Reset {
     ~Reset() { active = nullptr; }
   } reset;
-  Value out = model.call("forward", args);
+  try {
+    return fn();
+  } catch (const std::exception&) {
+    if (!run.patch_error.empty()) throw std::invalid_argument(run.patch_error);
+    throw;
+  }
+}
+}  // namespace
+
+Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls) {
+  if (model.taps().tag.empty()) throw std::invalid_argument("run_tapped: the model has no taps (install_taps first)");
+  if (active) throw std::logic_error("run_tapped: already inside a tapped run");
+  Value out = with_run(model, request, calls, [&] { return model.call_plain("forward", args); });
   if (calls && !model.device().is_cpu()) {  // captures come back on the CPU too, as the output does
     for (auto& [path, list] : *calls)
       for (auto& call : list)
@@ -210,6 +282,81 @@ Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRe
           for (auto& t : *tensors) t = t.to(at::kCPU);
   }
   return out;
+}
+
+Value call_patched(const Model& model, const std::string& method, const std::vector<Value>& args) {
+  if (active || inert > 0) {  // inside a patch, or a tapped run: as the graphs say
+    ++inert;
+    struct Reset {
+      ~Reset() { --inert; }
+    } reset;
+    return model.call_plain(method, args);
+  }
+  static const TapRequest none;
+  return with_run(model, none, nullptr, [&] { return model.call_plain(method, args); });
+}
+
+void set_patch(Model& model, const std::string& path, PatchFn patch, std::string origin) {
+  TapState& state = model.taps();
+  auto site = state.sites.find(path);
+  if (site == state.sites.end())
+    throw std::invalid_argument(fmt::format("patch: '{}' has no taps: patch a bundle's model (tapped everywhere), or tap"
+                                            " the path before the model's first run (m:tap)", path));
+  if (site->second.first == 0 || site->second.second == 0)
+    throw std::invalid_argument(fmt::format("patch: '{}' has no tensor {} to patch", path,
+                                            site->second.first == 0 ? "inputs" : "outputs"));
+  state.patches[path] = Patch{std::move(patch), std::move(origin)};
+}
+
+bool remove_patch(Model& model, const std::string& path) { return model.taps().patches.erase(path) > 0; }
+
+std::vector<std::string> patched_paths(const Model& model) {
+  std::vector<std::string> out;
+  for (const auto& [path, fn] : model.taps().patches) out.push_back(path);
+  return out;
+}
+
+std::vector<at::Tensor> call_original(const Model& model, const PatchCall& call, const std::vector<at::Tensor>& inputs) {
+  torch::jit::Module m = model.jit();
+  std::stringstream ss(call.path);
+  for (std::string part; std::getline(ss, part, '.');) m = m.attr(part).toModule();
+  auto method = m.get_method(call.method);
+  const auto& args = method.function().getSchema().arguments();
+  std::vector<c10::IValue> stack;  // Method adds self
+  size_t next = 0;
+  auto take = [&]() -> at::Tensor {
+    if (next >= inputs.size())
+      throw std::invalid_argument(fmt::format("original of {}: {} tensor input{} where it takes more", call.path,
+                                              inputs.size(), inputs.size() == 1 ? "" : "s"));
+    return inputs[next++];
+  };
+  for (size_t i = 1; i < args.size(); ++i) {
+    const auto& t = args[i].type();
+    if (is_tensor(t)) {
+      stack.emplace_back(take());
+    } else if (auto tup = t->cast<c10::TupleType>(); tup && tensors_in(t) > 0) {
+      std::vector<c10::IValue> elems;
+      for (size_t e = 0; e < tup->elements().size(); ++e) elems.emplace_back(take());
+      stack.emplace_back(c10::ivalue::Tuple::create(std::move(elems)));
+    } else {
+      throw std::invalid_argument(fmt::format("original of {}: it takes {} ({}), which a patch cannot pass on", call.path,
+                                              args[i].name(), t->annotation_str()));
+    }
+  }
+  if (next != inputs.size())
+    throw std::invalid_argument(fmt::format("original of {}: {} tensor inputs where it takes {}", call.path,
+                                            inputs.size(), next));
+  ++inert;
+  struct Reset {
+    ~Reset() { --inert; }
+  } reset;
+  c10::IValue out = method(std::move(stack));
+  std::vector<at::Tensor> outs;
+  if (out.isTensor()) outs.push_back(out.toTensor());
+  else if (out.isTuple())
+    for (const auto& e : out.toTuple()->elements())
+      if (e.isTensor()) outs.push_back(e.toTensor());
+  return outs;
 }
 
 }  // namespace parity

@@ -3,11 +3,14 @@
 // it. One mechanism, three uses so far: capture (record each call's inputs and outputs), inject
 // (replace a call's inputs, e.g. with the reference's, to measure what a component adds itself)
 // and last position (give a module only the last position of its input: an LM head during
-// greedy decoding, which needs the next token's logits only).
+// greedy decoding, which needs the next token's logits only). And patches: a component's
+// outputs computed by a callback from its inputs, inside the model's own forward.
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -29,8 +32,34 @@ struct TapSite {
   std::string refused;                ///< why the path has no taps (skip_shared), empty when it has
 };
 
+/// One call of a patched component, as its patch sees it.
+struct PatchCall {
+  std::string path;    ///< the component's dotted path from the root
+  std::string method;  ///< the method that ran ("forward"; "forward1" for a traced module's second call site)
+  int64_t call = 0;    ///< 0-based, per forward of the whole model
+  std::vector<at::Tensor> inputs;  ///< its tensor inputs in order (tuples flattened)
+};
+/// A patch: the component's tensor outputs (tuples flattened: as many as the component returns,
+/// each of its original's shape, dtype and device) for one call. It may throw; the error goes
+/// to the model's caller.
+using PatchFn = std::function<std::vector<at::Tensor>(const PatchCall&)>;
+struct Patch {
+  PatchFn fn;
+  std::string origin;  ///< where it comes from (a patch file), the start of its error messages
+};
+
+/// A model's taps and patches, shared by the model and its children (Model::child), so that a
+/// child run alone has its patches too.
+struct TapState {
+  std::string tag;                                   ///< install_taps's; "" without taps
+  std::map<std::string, std::pair<int, int>> sites;  ///< tapped path -> (tensor inputs, tensor outputs)
+  std::map<std::string, Patch> patches;              ///< patched path -> its patch
+  bool ran = false;                                  ///< a method of the tree has run
+};
+
 /// Splices taps into the forward graphs of `paths` (dotted, "" is the root). The model must be
-/// freshly loaded and not yet run: a run inlines the graphs as they are. Throws when a path is
+/// freshly loaded and not yet run: a run inlines the graphs as they are (a path tapped already
+/// is left as it is; a new one after a run is an error). Throws when a path is
 /// missing, or when a path shares its module type with another module (a scripted model's
 /// layers share their graph, so a tap could not tell them apart); with `skip_shared`, such a
 /// path is left untapped instead and its site says why (`refused`).
@@ -52,5 +81,25 @@ struct TapRequest {
 /// output; `calls` receives the records (on the CPU, as the output is, for a model on another
 /// device: Model::call).
 Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls);
+
+/// Routes the calls of the component at `path` (tapped) to `patch`, in every run of the model
+/// and its children from now on; a second patch of the path replaces the first. Throws when the
+/// path has no taps, or no tensor inputs or outputs to patch. A patch's error, or outputs of
+/// another count, shape, dtype or device, end the run with one message: "ORIGIN: patch of PATH
+/// (call N): why" (the TorchScript traceback around it dropped).
+void set_patch(Model& model, const std::string& path, PatchFn patch, std::string origin = "");
+/// Removes the path's patch (the original outputs again, bit for bit); false when it had none.
+bool remove_patch(Model& model, const std::string& path);
+/// The patched paths, sorted.
+std::vector<std::string> patched_paths(const Model& model);
+
+/// The component of `call` computed as it is (its own patch, and every tap, inert) on other
+/// tensor inputs: what a patch calls to wrap the original. Throws when the component takes
+/// values other than tensors (which a patch cannot pass on).
+std::vector<at::Tensor> call_original(const Model& model, const PatchCall& call, const std::vector<at::Tensor>& inputs);
+
+/// Model::call of a model with patches: a tapped run that captures nothing, or, inside a patch
+/// or a tapped run already, a plain call (patches and taps inert there).
+Value call_patched(const Model& model, const std::string& method, const std::vector<Value>& args);
 
 }  // namespace parity
