@@ -49,10 +49,11 @@ at::Tensor patched_output(TapRun& run, const Patch& patch, const std::string& pa
       throw std::runtime_error(fmt::format("patch of {} (call {}): {}", path, call.call + 1, e.what()));
     }
     int want = run.state->sites.at(path).second;
-    if (static_cast<int>(outs.size()) != want)
+    if (outs.empty() || static_cast<int>(outs.size()) > want)
       throw std::invalid_argument(fmt::format("patch of {} (call {}): returns {} tensor{} where the component returns {}",
                                               path, call.call + 1, outs.size(), outs.size() == 1 ? "" : "s", want));
   }
+  if (j >= static_cast<int64_t>(outs.size())) return x;  // one it leaves out: the component's own
   const at::Tensor& t = outs.at(static_cast<size_t>(j));
   if (!t.defined() || !t.sizes().equals(x.sizes()) || t.scalar_type() != x.scalar_type() || t.device() != x.device())
     throw std::invalid_argument(fmt::format("patch of {} (call {}): output {} is {} where the component's is {}{}", path,

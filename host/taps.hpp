@@ -39,8 +39,9 @@ struct PatchCall {
   int64_t call = 0;    ///< 0-based, per forward of the whole model
   std::vector<at::Tensor> inputs;  ///< its tensor inputs in order (tuples flattened)
 };
-/// A patch: the component's tensor outputs (tuples flattened: as many as the component returns,
-/// each of its original's shape, dtype and device) for one call. It may throw; the error goes
+/// A patch: the component's tensor outputs for one call (tuples flattened), each of its
+/// original's shape, dtype and device; the first k of them, the others then the component's own
+/// (a traced HF RMSNorm returns (out, input): a patch returns out). It may throw; the error goes
 /// to the model's caller.
 using PatchFn = std::function<std::vector<at::Tensor>(const PatchCall&)>;
 struct Patch {

@@ -4,6 +4,7 @@
 --- parity.json manifest; a single .pt or .pt2 file is a bundle of one, its dtype read off its
 --- first floating parameter.
 local core = require("parity.core")
+local patches = require("parity.patches")
 local program = require("parity.program")
 local validate = require("parity.validate")
 
@@ -29,6 +30,7 @@ local function keep(self, file, module)
   end
   for _, site in ipairs(module:tap(paths, { skip_shared = true })) do refused[site.path] = site.refused end
   self.modules[file], self.refused[file] = module, refused
+  for _, set in ipairs(self.patch_sets or {}) do self.patched[set] = patches.apply(module, set) end
 end
 
 ---@class parity.Bundle
@@ -77,6 +79,23 @@ function Bundle:at(dtype)
   local file = self:file(dtype)
   if not self.modules[file] then keep(self, file, load(file, self.device)) end
   return self.modules[file]
+end
+
+--- Applies patch sets (parity.patches) to the bundle's models, those loaded and those it loads
+--- later (every dtype's): from now on they compute with the patches. Returns the paths each set
+--- patched ({[set] = paths}). A .pt2 program runs whole and cannot be patched.
+---@param sets parity.PatchSet[]
+---@return table<parity.PatchSet, string[]>
+function Bundle:patch(sets)
+  for _, f in pairs(self.files) do
+    if is_program(f) then error(("%s: a .pt2 program runs whole (AOTInductor compiled it as one): its components"
+      .. " cannot be patched; patch its TorchScript export"):format(f), 0) end
+  end
+  self.patch_sets, self.patched = sets, {}
+  for _, module in pairs(self.modules) do
+    for _, set in ipairs(sets) do self.patched[set] = patches.apply(module, set) end
+  end
+  return self.patched
 end
 
 --- A freshly loaded module of `dtype` on the bundle's device, without taps.

@@ -6,6 +6,7 @@ local core = require("parity.core")
 local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 local mapping = require("parity.mapping")
+local patches = require("parity.patches")
 local refcache = require("parity.refcache")
 local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
@@ -43,7 +44,7 @@ M.OPTIONS = {
   new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
   thresholds = "table", thresholds_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
   out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
-  reference_device = "string", file = "string",
+  reference_device = "string", file = "string", patches = "table",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not
@@ -88,6 +89,10 @@ function M.check_options(opts)
   -- sandboxed, by M.open)
   if opts.thresholds_file then thresholds.load_file(opts.thresholds_file) end
   if opts.mapping_file then mapping.load_file(opts.mapping_file) end
+  for i, file in ipairs(opts.patches or {}) do
+    if type(file) ~= "string" then error(("check: option 'patches' lists files, got a %s at %d"):format(type(file), i), 0) end
+    patches.load_file(file)
+  end
   return opts
 end
 
@@ -118,6 +123,15 @@ function M.open(opts)
   if ctx.target and not ctx.target:has(ctx.target_dtype) and ctx.target:has("fp32") and not ctx.target.saved then
     error(("%s has no %s trace, only fp32: check an fp32-only port with --dtype fp32"):format(ctx.target.path,
       ctx.target_dtype), 0)
+  end
+  if opts.patches and #opts.patches > 0 then
+    if not ctx.target or ctx.target.saved then
+      error(("%s: saved logits cannot be patched: patch the model that computes them"):format(
+        ctx.target and ctx.target.saved or "parity inputs"), 0)
+    end
+    ctx.patch_sets = {}
+    for i, file in ipairs(opts.patches) do ctx.patch_sets[i] = patches.load_file(file) end
+    ctx.target:patch(ctx.patch_sets)
   end
   if ctx.target then ctx.target:at(ctx.target_dtype) end
   if ctx.target and ctx.target.saved and not opts.inputs then

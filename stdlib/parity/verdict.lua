@@ -156,6 +156,7 @@ function M.decide(run, stages, results)
     skipped = core.json.array(skipped), stages = order, summaries = summaries,
     loosened = core.json.array(audit.loosened), switched_off = core.json.array(audit.switched_off),
     criteria_can_fail = audit.criteria_can_fail,
+    patches = run.patches,  -- absent without patches: {file, sha256, components}...
   })
 end
 

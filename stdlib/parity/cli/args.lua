@@ -64,7 +64,8 @@ end
 
 --- Parses `--flag`, `--key value`, `--key=value` and positionals against a spec.
 ---@param argv string[]
----@param spec table { flags = { name = "boolean"|"string"|"number" }, positional = { "NAME", ... } }
+---@param spec table { flags = { name = "boolean"|"string"|"number"|"list" }, positional = { "NAME", ... } }
+---   ("list": a string flag given any number of times, its values in order)
 local function parse(argv, spec)
   local opts, pos = {}, {}
   local i = 1
@@ -90,7 +91,12 @@ local function parse(argv, spec)
           if not n then usage_error(("--%s needs a number, got '%s'"):format(key, value)) end
           value = n
         end
-        opts[key] = value
+        if kind == "list" then
+          opts[key] = opts[key] or {}
+          table.insert(opts[key], value)
+        else
+          opts[key] = value
+        end
       end
     else
       if a == "" then usage_error("an empty argument (an unset shell variable?)") end
@@ -106,8 +112,6 @@ local function parse(argv, spec)
   return opts
 end
 
---- Module paths only Hugging Face transformers' models have (Llama, Mistral, Qwen, Gemma, ...,
---- GPT-NeoX, GPT-2): a reference has them, a port of one usually names its modules otherwise.
 --- The --out of a command line that did not parse (the last one given), or nil.
 local function out_given(argv)
   local out

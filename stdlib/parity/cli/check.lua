@@ -8,6 +8,8 @@ local parse, usage_error, out_given = args.parse, args.usage_error, args.out_giv
 
 local commands = {}
 
+--- Module paths only Hugging Face transformers' models have (Llama, Mistral, Qwen, Gemma, ...,
+--- GPT-NeoX, GPT-2): a reference has them, a port of one usually names its modules otherwise.
 local HF_PATHS = { "%.self_attn%.[qkvo]_proj$", "%.mlp%.gate_proj$", "%.mlp%.up_proj$", "%.mlp%.down_proj$",
   "%.input_layernorm$", "%.post_attention_layernorm$", "embed_tokens$", "^gpt_neox%.layers%.%d+%.attention$",
   "^transformer%.h%.%d+%.attn%.c_attn$" }
@@ -94,6 +96,9 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
   --mapping FILE     which target components compute which reference components (Lua, run
                      sandboxed; default: identity for identical trees, else proposed from the
                      weights and written to OUT/scaffold/mapping.lua to save and edit)
+  --patch FILE       a patch file (repeatable): Lua computing target components in place of
+                     the port's own, inside its forward; every stage sees the patched port, its
+                     files untouched (run sandboxed with the tensor API: docs/patches.md)
   --out DIR          the results directory (default parity-results): verdict.json, scaffold/
                      (the trees, the mapping) and a JSON a stage:
                      STAGE_FILES
@@ -122,7 +127,8 @@ two may be swapped.]],
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
-                quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string" },
+                quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string",
+                patch = "list" },
       positional = { "REF", "TARGET" },
     })
     local out = ok and (o.out or "parity-results") or out_given(argv)
@@ -130,7 +136,7 @@ two may be swapped.]],
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
-      baseline = o.baseline, device = o.device, reference_device = o["reference-device"],
+      baseline = o.baseline, device = o.device, reference_device = o["reference-device"], patches = o.patch,
       log = o.quiet and function() end or nil }
     if ok then ok, o = pcall(require("parity.context").check_options, opts) end
     if not ok then

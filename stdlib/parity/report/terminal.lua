@@ -68,6 +68,11 @@ function M.render(v, out)
     or (" (over the reference's own %s noise)"):format(v.noise_dtype)
   local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
     v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
+  for _, p in ipairs(v.patches or {}) do  -- the target computed with these (its files untouched)
+    local c = p.components
+    lines[#lines + 1] = ("  patched with %s%s: %s"):format(p.file, p.sha256 ~= null and (" (sha256 " .. p.sha256:sub(1, 12)
+      .. ")") or "", #c <= 3 and table.concat(c, ", ") or (("%s, ... (%d components)"):format(c[1], #c)))
+  end
   for _, name in ipairs(v.stages) do
     local render, summary = M.STAGE_LINES[name], v.summaries[name]
     if summary and summary ~= null and render then
