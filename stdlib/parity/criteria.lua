@@ -40,12 +40,18 @@ local function non_finite(key)
 end
 
 --- The static check's findings, split: those that are a bug (a class, not absorbed by the next
---- operation: facts.absorbed, parity.verdict's) and the other differences.
+--- operation, not in a component a patch computes: facts.absorbed and facts.patched, parity.verdict's)
+--- and the other differences.
 local function static_split(s, facts)
   local bugs, other = {}, {}
   for _, f in ipairs(s.static) do
-    if f.class and not (facts and facts.absorbed(f.target)) then bugs[#bugs + 1] = f.detail
-    else other[#other + 1] = f.detail .. (f.class and " (absorbed by the next operation)" or "") end
+    local absorbed = f.class and facts and facts.absorbed(f.target)
+    local patched = f.class and facts and facts.patched and facts.patched(f.target)
+    if f.class and not absorbed and not patched then bugs[#bugs + 1] = f.detail
+    else
+      other[#other + 1] = f.detail .. (absorbed and " (absorbed by the next operation)" or "")
+        .. (patched and not absorbed and " (a patch computes it: the port's file still holds it)" or "")
+    end
   end
   return bugs, other
 end

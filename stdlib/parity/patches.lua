@@ -12,8 +12,9 @@
 --- `forward` returns the component's tensor outputs (a tuple's, flattened: a traced HF RMSNorm
 --- returns (out, input)), each of the original's shape and dtype. `self` holds the component's
 --- parameters and buffers by name (self.weight, self.q_proj.weight as self["q_proj.weight"]),
---- self.original(...) (the component as it is, on other inputs: to wrap it), self.path and
---- self.call (1-based). The file runs in parity.sandbox with the tensor API added (torch, minus
+--- self.original(...) (the component as it is, on other inputs: to wrap it), self.children
+--- (its child modules by name, as Modules: self.children.attn:forward1(h), computing as they
+--- are, their own patches and taps inert), self.path and self.call (1-based). The file runs in parity.sandbox with the tensor API added (torch, minus
 --- what reads files or reaches other libraries' operators); so does every call of its functions.
 local core = require("parity.core")
 local sandbox = require("parity.sandbox")
@@ -152,9 +153,15 @@ function M.apply(module, set)
       for k, v in pairs(child:parameters()) do named[k] = v end
       for k, v in pairs(child:buffers()) do named[k] = v end
       local forward = e.forward
+      local children = setmetatable({}, { __index = function(t, name)
+        local ok, c = pcall(module.child, module, path .. "." .. tostring(name))
+        if not ok then error(("%s has no child '%s'"):format(path, tostring(name)), 2) end
+        t[name] = c
+        return c
+      end })
       module:patch(path, function(c, ...)
-        local self = setmetatable({ original = c.original, path = c.path, call = c.call, params = named },
-          { __index = named })
+        local self = setmetatable({ original = c.original, path = c.path, call = c.call, params = named,
+                                    children = children }, { __index = named })
         local out = set.trusted and pack(forward(self, ...)) or pack(sandbox.call(set.origin, forward, self, ...))
         return unpack(out, 1, out.n)
       end, set.origin)

@@ -33,14 +33,27 @@ end
 
 --- What the stages' criteria may know of the whole run once every stage has run (they read no
 --- other stage's result): `absorbed(target)`, whether the localisation found the fault at (or
---- inside) that target module absorbed by the next operation.
-function M.facts(results)
+--- inside) that target module absorbed by the next operation; `patched(target)`, whether a patch
+--- computes that target module (or one containing it) in place of the port's own.
+---@param results table<string, table> stage name -> result
+---@param patches table[]|nil the run's patches ({file, sha256, components})
+---@return table
+function M.facts(results, patches)
   local loc = results.localize
   local first = loc and not loc.skipped and loc.first_divergence
   local descends = require("parity.mapping").descends
+  local function within(target, path) return target == path or descends(target, path) end
   return {
     absorbed = function(target)
-      return type(first) == "table" and first.absorbed and (target == first.target or descends(target, first.target))
+      return type(first) == "table" and first.absorbed and within(target, first.target)
+    end,
+    patched = function(target)
+      for _, p in ipairs(patches or {}) do
+        for _, c in ipairs(p.components) do
+          if within(target, c) then return true end
+        end
+      end
+      return false
     end,
   }
 end
@@ -111,7 +124,7 @@ end
 ---@return table verdict
 function M.decide(run, stages, results)
   local th = run.thresholds
-  local facts = M.facts(results)
+  local facts = M.facts(results, run.patches)
   local criteria, failed, failed_set, warnings, skipped, summaries, order = {}, {}, {}, {}, {}, {}, {}
   for _, stage in ipairs(stages) do
     local result = results[stage.name]

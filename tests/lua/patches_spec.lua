@@ -1,0 +1,134 @@
+-- Patches (host/taps.cpp, bindings/module.cpp, stdlib/parity/patches.lua): a component's calls
+-- computed by Lua inside the model's own forward. On the fixtures (arg[1]).
+local spec = require("parity.spec")
+local describe, it, eq, truthy, raises = spec.describe, spec.it, spec.eq, spec.truthy, spec.raises
+local patches = require("parity.patches")
+local fx = assert(arg[1], "usage: patches_spec.lua FIXTURES_DIR")
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+local examples = here .. "/../../examples/patches"
+local tmp = os.tmpname()
+os.remove(tmp)
+os.execute("mkdir -p " .. tmp)
+
+local function twice()  -- other(lin(lin(x))), traced: lin's second call runs its forward1
+  local m = parity.load(fx .. "/twice.pt")
+  m:tap({ "lin", "other" })
+  return m
+end
+local X = torch.randn({ 2, 4 }, { seed = 3 })
+local function linear(p, x) return torch.linear(x, p.weight, p.bias) end
+
+local function write(name, text)
+  local f = assert(io.open(tmp .. "/" .. name, "w"))
+  f:write(text)
+  f:close()
+  return tmp .. "/" .. name
+end
+
+describe("Module:patch", function()
+  it("routes each call of the component to the patch, numbered, with its inputs and its original", function()
+    local m = twice()
+    local lin, other = m:child("lin"):parameters(), m:child("other"):parameters()
+    local seen = {}
+    m:patch("lin", function(c, x)
+      seen[#seen + 1] = c.call .. " " .. c.method
+      local out = c.original(x)
+      return c.call == 2 and out * 2 or out
+    end)
+    local got = m(X)
+    eq(seen, { "1 forward", "2 forward1" })
+    local want = linear(other, linear(lin, linear(lin, X)) * 2)
+    truthy(require("parity.core").metrics.max_abs_diff(got, want) < 1e-6, "the second call doubled, the first not")
+    seen = {}
+    m(X)
+    eq(seen, { "1 forward", "2 forward1" }, "calls count from 1 in every forward")
+  end)
+
+  it("is one patch when applied twice, and unpatching gives the original outputs bit for bit", function()
+    local m = twice()
+    local base = m(X)
+    local function double(c, x) return c.original(x) * 2 end
+    m:patch("lin", double)
+    local once = m(X)
+    m:patch("lin", double)
+    truthy(torch.equal(m(X), once), "a second patch of the path replaces the first")
+    eq(m:patched(), { "lin" })
+    eq(m:unpatch("lin"), true)
+    eq({ m:unpatch("lin"), #m:patched() }, { false, 0 })
+    truthy(torch.equal(m(X), base), "no trace left")
+  end)
+
+  it("applies to the component run alone too (a child shares its model's patches)", function()
+    local m = twice()
+    m:patch("lin", function(c, x) return c.original(x) + 1 end)
+    local lin = m:child("lin")
+    truthy(torch.equal(lin(X), linear(lin:parameters(), X) + 1), "the child's own call is patched")
+  end)
+
+  it("ends the run with one line naming the origin, the component and the call when a patch fails", function()
+    local m = twice()
+    m:patch("lin", function(c, x) if c.call == 2 then error("no such thing") end return c.original(x) end, "patch file p.lua")
+    raises(function() m(X) end, "patch file p.lua: patch of lin (call 2): ")
+    local ok, e = pcall(m, X)
+    truthy(not ok and e:find("no such thing", 1, true) and not e:find("TorchScript", 1, true), e)
+    m:patch("lin", function(c, x) return x:narrow(1, 0, 2) end)
+    raises(function() m(X) end, "patch of lin (call 1): output 1 is [2, 2] Float where the component's is [2, 4] Float")
+    m:patch("lin", function(c, x) return x:to("float64") end)
+    raises(function() m(X) end, "output 1 is [2, 4] Double where the component's is [2, 4] Float")
+    m:patch("lin", function(c, x) return x, x end)
+    raises(function() m(X) end, "patch of lin (call 1): returns 2 tensors where the component returns 1")
+    m:patch("lin", function() return 3 end)
+    raises(function() m(X) end, "patch of lin (call 1): returns a number as output 1, not a Tensor")
+    raises(function() parity.load(fx .. "/twice.pt"):patch("lin", function() end) end, "patch: 'lin' has no taps")
+  end)
+end)
+
+describe("patch files", function()
+  it("load in the sandbox with the tensor API, and nothing that reaches files or other libraries", function()
+    local m = twice()
+    local function applies(text) return patches.apply(m, patches.load_file(write("p.lua", text))) end
+    eq(applies("return { { target = 'lin', forward = function(self, x) return torch.relu(self.original(x)) end } }"),
+      { "lin" })
+    raises(function() applies("return { { target = 'lin', forward = function(self, x) return io.open('x') end } }"); m(X) end,
+      "attempt to index global 'io'")
+    raises(function() applies("local f = torch.from_file") end, "torch.from_file is not available to a patch")
+    raises(function() applies("local f = torch.ops.parity") end, "torch.ops.parity is not available to a patch")
+    raises(function() applies("torch.zeros = nil") end, "torch is read-only in a patch")
+    raises(function() applies("return require('os')") end, "attempt to call global 'require'")
+    raises(function() applies("return { { target = 'lin', forward = function() end, extra = 1 } }") end,
+      "entry 1: unknown key 'extra'")
+    raises(function() applies("return { { target = 'lin' } }") end, "entry 1 (lin): forward must be a function")
+    raises(function() applies("return {}") end, "a patch file returns a list of entries")
+    raises(function() applies("return { { target = 'layers.{i}.lin', forward = function() end } }") end,
+      "target 'layers.{i}.lin' names no module of the model (it has lin")
+    local f = assert(io.open(tmp .. "/bc.lua", "wb"))
+    f:write(string.dump(function() return {} end))
+    f:close()
+    raises(function() patches.load_file(tmp .. "/bc.lua") end, "precompiled bytecode is refused")
+  end)
+
+  it("make a port with a planted bug equivalent inside check, its files untouched, and say so", function()
+    local target = fx .. "/bug_eps_small"
+    local before = parity.hash_file(target .. "/fp32.pt")
+    local common = { reference = fx .. "/reference", target = target, prompts = 2, new_tokens = 6, cache = false,
+                     log = function() end, quiet = true }
+    local function check(out, extra)
+      local o = { out = tmp .. "/" .. out }
+      for k, v in pairs(common) do o[k] = v end
+      for k, v in pairs(extra or {}) do o[k] = v end
+      return parity.check(o)
+    end
+    eq(check("plain").verdict, "divergent")
+    local v = check("patched", { patches = { examples .. "/eps.lua" } })
+    eq(v.verdict, "equivalent")
+    eq({ #v.patches, #v.patches[1].components, v.patches[1].sha256 }, { 1, 5, parity.hash_file(examples .. "/eps.lua") })
+    eq(parity.hash_file(target .. "/fp32.pt"), before, "the port's file is untouched")
+    local text = require("parity.report.terminal").render(v, tmp .. "/patched")
+    truthy(text:find("patched with " .. examples .. "/eps.lua", 1, true), text)
+    eq(check("wrong", { patches = { examples .. "/act.lua" } }).verdict, "divergent", "a patch of the wrong component")
+  end)
+end)
+
+local rc = spec.run()
+os.execute("rm -rf " .. tmp)
+return rc
