@@ -82,8 +82,9 @@ function Bundle:at(dtype)
 end
 
 --- Applies patch sets (parity.patches) to the bundle's models, those loaded and those it loads
---- later (every dtype's): from now on they compute with the patches. Returns the paths each set
---- patched ({[set] = paths}). A .pt2 program runs whole and cannot be patched.
+--- later (every dtype's): from now on they compute with the patches. Bundle.patched says which
+--- paths each set patched ({[set] = paths}) once a model has loaded. A .pt2 program runs whole
+--- and cannot be patched.
 ---@param sets parity.PatchSet[]
 ---@return table<parity.PatchSet, string[]>
 function Bundle:patch(sets)

@@ -113,6 +113,7 @@ the target never passes. Exit 0 pass, 1 fail, 2 bad input.
                    one line and exit 2. Inputs go to the models' devices and their outputs
                    and captures come back to the CPU, where the metrics run
   --reference-device D  the reference's device, when it differs (default: --device)
+  --patch FILE     a patch file (repeatable): the target computes with it (docs/patches.md)
 The vocabulary comes from parity.json, else the embedding weight, else the logits' width.
 TARGET may be the logits a foreign engine saved (see parity inputs --help): the token ids are
 then --inputs FILE, else the input_ids saved with them; --dtype picks the reference's logits
@@ -123,12 +124,12 @@ finite and >= 0, logits and a forward that fit in the memory available.]],
     local o = parse(argv, {
       flags = { dtype = "string", batch = "number", seq = "number", seed = "number", inputs = "string",
                 atol = "number", rtol = "number", json = "string", ["vocab-size"] = "number", device = "string",
-                ["reference-device"] = "string" },
+                ["reference-device"] = "string", patch = "list" },
       positional = { "REF", "TARGET" },
     })
     local result = parity.gate({ reference = o.REF, target = o.TARGET, dtype = o.dtype, batch = o.batch,
       seq = o.seq, seed = o.seed, inputs = o.inputs, atol = o.atol, rtol = o.rtol, vocab_size = o["vocab-size"],
-      device = o.device, reference_device = o["reference-device"] })
+      device = o.device, reference_device = o["reference-device"], patches = o.patch })
     print(require("parity.stages.gate").summary(result))
     if o.json then parity.json.write(o.json, result) end
     return result.pass and 0 or 1
@@ -210,15 +211,19 @@ the last layer's output. What a model lacks is left out and said.
   --inputs FILE   token ids (required)
   --out DIR       the dump directory (required; new or empty)
   --dtype D       which trace of a bundle: fp32 (default, when it has one), bf16 or fp16
+  --patch FILE    a patch file (repeatable): the model dumped computes with it (docs/patches.md)
 Exit 0 written, 2 bad input.]],
   run = function(argv)
-    local o = parse(argv, { flags = { inputs = "string", out = "string", dtype = "string" }, positional = { "MODEL" } })
+    local o = parse(argv, { flags = { inputs = "string", out = "string", dtype = "string", patch = "list" },
+                            positional = { "MODEL" } })
     if not o.inputs then usage_error("missing --inputs FILE") end
     if not o.out then usage_error("missing --out DIR") end
     local b = parity.bundle(o.MODEL)
     local dtype = o.dtype or (b:has("fp32") and "fp32" or b:dtypes()[1])
     local tokens = require("parity.lm").tokens_from_file(o.inputs, b:vocab_size())
-    local w = require("parity.dump").write(b:fresh(dtype), tokens, o.out)  -- write taps it
+    local sets = {}
+    for i, file in ipairs(o.patch or {}) do sets[i] = require("parity.patches").load_file(file) end
+    local w = require("parity.dump").write(b:fresh(dtype), tokens, o.out, sets)  -- write taps it
     print(("parity dump: wrote %d tensors to %s/ (%s)"):format(#w.names, o.out, table.concat(w.names, ", ")))
     local missing = {}
     for _, sub in ipairs({ "postattn", "preffn", "ffnout" }) do

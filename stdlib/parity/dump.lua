@@ -316,12 +316,13 @@ end
 --- Dumps a model's per-layer tensors for token ids [K, T] into `dir` (new or empty), one float32
 --- .npy a name (M.read's layout, each [K, T, width]), through the taps: what a reference dumper
 --- for `parity diff` writes. `module` must be freshly loaded (untapped). Returns { names, paths =
---- {name = module path} }.
+--- {name = module path} }. With patch sets (parity.patches), the model dumped is the patched one.
 ---@param module userdata a Module
 ---@param tokens userdata int64 [K, T]
 ---@param dir string
+---@param sets parity.PatchSet[]|nil
 ---@return table
-function M.write(module, tokens, dir)
+function M.write(module, tokens, dir, sets)
   if type(dir) ~= "string" or dir == "" then error("dump: the directory must not be an empty path", 0) end
   if core.path_kind(dir) == "dir" and #core.list_dir(dir) > 0 then
     error(("%s is not empty: dump into a new or empty directory (a tensor left from another dump would be"
@@ -340,7 +341,14 @@ function M.write(module, tokens, dir)
       paths[#paths + 1] = p
     end
   end
+  local patches = require("parity.patches")
+  for _, set in ipairs(sets or {}) do  -- a patched component needs its taps too
+    for _, t in ipairs(patches.targets(module, set)) do
+      for _, p in ipairs(t.paths) do paths[#paths + 1] = p end
+    end
+  end
   module:tap(paths)
+  for _, set in ipairs(sets or {}) do patches.apply(module, set) end
   local out, calls = module:run_tapped({ tokens })
   local where = locate(modules, calls, stack, layers)
   local written, from = {}, {}

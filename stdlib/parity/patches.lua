@@ -126,17 +126,17 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
---- Applies a patch set to a module: each entry's forward computes its components' calls.
---- Returns the paths patched, in module order. Errors when a target names no module.
+--- Each entry of a patch set with the module paths its target names ({entry, paths}...).
+--- Errors when a target names no module, with the paths that look like it.
 ---@param module parity.Module
 ---@param set parity.PatchSet
----@return string[]
-function M.apply(module, set)
+---@return table[]
+function M.targets(module, set)
   local paths, ordered = {}, {}
   for _, m in ipairs(module:modules()) do
     if m.path ~= "" then paths[m.path], ordered[#ordered + 1] = true, m.path end
   end
-  local done = {}
+  local out = {}
   for _, e in ipairs(set.entries) do
     local hits = expand(e.target, e.target:find("{i}", 1, true) and ordered or paths)
     if #hits == 0 then
@@ -147,7 +147,21 @@ function M.apply(module, set)
       error(("%s: target '%s' names no module of the model%s"):format(set.origin, e.target,
         #like > 0 and (" (it has " .. table.concat(like, ", ") .. ", ...; {i} stands for an index)") or ""), 0)
     end
-    for _, path in ipairs(hits) do
+    out[#out + 1] = { entry = e, paths = hits }
+  end
+  return out
+end
+
+--- Applies a patch set to a module (its targets tapped): each entry's forward computes its
+--- components' calls. Returns the paths patched, in entry order.
+---@param module parity.Module
+---@param set parity.PatchSet
+---@return string[]
+function M.apply(module, set)
+  local done = {}
+  for _, t in ipairs(M.targets(module, set)) do
+    local e = t.entry
+    for _, path in ipairs(t.paths) do
       local child = module:child(path)
       local named = {}
       for k, v in pairs(child:parameters()) do named[k] = v end

@@ -138,7 +138,7 @@ describe("the docs' Lua blocks", function()
   it("are the ones this spec runs, and no others", function()
     local where = {}
     for _, b in ipairs(all.lua) do where[#where + 1] = b.doc end
-    eq(where, { "README.md", "README.md", "docs/workflow.md" }, "a Lua block added: run it here")
+    eq(where, { "README.md", "README.md", "docs/patches.md", "docs/workflow.md" }, "a Lua block added: run it here")
   end)
 
   it("compares a port with its reference as the tour says", function()
@@ -154,6 +154,24 @@ describe("the docs' Lua blocks", function()
     local _, printed = run_lua(find("README.md", 2), {})
     eq(#printed, 2)
     eq(printed[2], "512 x 64")
+  end)
+
+  it("runs the patch file example on the port it fixes: the eps bug's norms equal the reference's", function()
+    local file = os.tmpname() .. ".lua"
+    local f = assert(io.open(file, "w"))
+    f:write(find("docs/patches.md", 1))
+    f:close()
+    local patches = require("parity.patches")
+    local set = patches.load_file(file)
+    os.remove(file)
+    local port = parity.bundle(fx .. "/bug_eps_small")
+    port:patch({ set })
+    local m = port:at("fp32")  -- a bundle's models load when first used: patched then
+    eq(port.patched[set], { "blocks.0.attn_norm", "blocks.1.attn_norm", "final_norm" })
+    local ref = parity.bundle(fx .. "/reference")
+    local x = torch.randn({ 1, 4, 64 }, { seed = 2 })
+    local want = ref:at("fp32"):child("model.layers.0.input_layernorm"):forward1(x)
+    truthy(torch.equal(m:child("blocks.0.attn_norm"):forward1(x), want), "the reference's norm, bit for bit")
   end)
 
   it("expands the mapping example against the port it describes", function()

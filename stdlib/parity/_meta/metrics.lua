@@ -94,7 +94,7 @@ function metrics.cosine_rows(a, b) end
 function metrics.non_finite(x) end
 
 --- |t − r| <= atol + rtol·|r| everywhere (defaults rtol 1e-5, atol 1e-8, both finite and >= 0).
---- A third argument that is not a table is ignored; a non-number field raises.
+--- A third argument that is not a table, or a key other than rtol and atol, raises; so does a non-number field.
 ---@param t parity.Tensor
 ---@param r parity.Tensor
 ---@param opts? {rtol?: number, atol?: number}
@@ -161,8 +161,8 @@ function metrics.topk(a, b, k) end
 
 --- The e2e stage's per-position figures in one pass over three [.., V] logits tensors, the
 --- same values as the metrics one by one to float32 rounding. opts.simd "sse2" forces the 4-lane
---- kernel, "best" (the default) uses AVX2+FMA where the CPU has it; another value raises, a
---- sixth argument that is not a table is ignored.
+--- kernel, "best" (the default) uses AVX2+FMA where the CPU has it; another value, another key
+--- or a sixth argument that is not a table raises.
 ---@param t parity.Tensor
 ---@param r32 parity.Tensor
 ---@param r_low parity.Tensor

@@ -115,17 +115,43 @@ function Module:eval() end
 --- module's first run). Raises when a path is missing, or shares its module type with another
 --- module (unless skip_shared, which leaves it untapped with `refused` set).
 ---@param paths string[]
----@param opts? {skip_shared?: boolean} ignored unless a table
+---@param opts? {skip_shared?: boolean} another key or type is an error
 ---@return parity.TapSite[]
 function Module:tap(paths, opts) end
 
 --- Runs forward with its taps: returns the output and the records of each captured path's
 --- calls, in call order (1-based).
 ---@param args any[] forward's arguments, as an array
----@param opts? parity.RunTappedOptions ignored unless a table
+---@param opts? parity.RunTappedOptions {capture, inject, last_position}; another key or type is an error
 ---@return any output
 ---@return table<string, parity.TapCall[]> calls
 function Module:run_tapped(args, opts) end
+
+--- One call of a patched component, as its patch function sees it.
+---@class parity.PatchCallInfo
+---@field path string the component's path
+---@field call integer 1-based, per forward of the whole model
+---@field method string the method that ran ("forward"; "forward1" for a traced module's second call site)
+---@field original fun(...: parity.Tensor): parity.Tensor ... the component as it is (taps and patches inert)
+
+--- Routes the component's calls (a tapped path) to fn(call, inputs...) -> outputs..., inside
+--- the model's forward and its children's from now on; a second patch of the path replaces the
+--- first. The outputs: each of the original's shape, dtype and device; the first k of them (the
+--- others the component's own). An error, or other outputs, ends the run: "ORIGIN: patch of PATH
+--- (call N): why".
+---@param path string
+---@param fn fun(call: parity.PatchCallInfo, ...: parity.Tensor): parity.Tensor ...
+---@param origin? string where the patch comes from, for messages
+function Module:patch(path, fn, origin) end
+
+--- Removes the path's patch: the original outputs again, bit for bit.
+---@param path string
+---@return boolean had whether it had a patch
+function Module:unpatch(path) end
+
+--- The patched paths, sorted.
+---@return string[]
+function Module:patched() end
 
 ---@class parity.core
 local core = {}

@@ -31,7 +31,7 @@
 ---@class parity.TensorOptions
 ---@field dtype? parity.DtypeName float32 unless the function says otherwise
 ---@field device? parity.DeviceName
----@field seed? number a private CPU generator seeded with it (torch.manual_seed's is untouched); random functions only
+---@field seed? number a private CPU generator seeded with it (torch.manual_seed's is untouched); random functions only; a whole number in 0..2^53
 
 --- A torch tensor (metatable "parity.Tensor"). The methods below are hand-bound; any other
 --- name is looked up as the ATen operator aten::NAME with the tensor as its first argument
@@ -139,8 +139,8 @@ function Tensor:nbytes() end
 torch = {}
 
 --- Zeros. torch.zeros(2, 3), torch.zeros({2, 3}, opts); torch.zeros{} is a scalar. A first table
---- is read as the options only when it has no array items and a `dtype`: opts go in the next
---- argument (torch.zeros{2, dtype = "bf16"} is float32).
+--- of keys alone is the options; sizes and options in one table are an error (torch.zeros{2,
+--- dtype = "bf16"}); a size must be a whole number >= 0, an option one the function knows.
 ---@param sizes number[]
 ---@param opts? parity.TensorOptions
 ---@return parity.Tensor
@@ -161,8 +161,8 @@ function torch.ones(sizes, opts) end
 ---@overload fun(...: number|parity.TensorOptions): parity.Tensor
 function torch.empty(sizes, opts) end
 
---- A tensor filled with `value`: torch.full({2}, 7). Sizes must be a table: numbers would all be
---- read as sizes, leaving no value (an argument error).
+--- A tensor filled with `value`: torch.full({2}, 7), or torch.full(2, 3, 7) (sizes as numbers,
+--- then the value).
 ---@param sizes number[]
 ---@param value number
 ---@param opts? parity.TensorOptions
@@ -210,7 +210,7 @@ function torch.arange(start, end_, step, opts) end
 ---@return parity.Tensor
 function torch.tensor(data, opts) end
 
---- Seeds torch's global CPU generator.
+--- Seeds torch's global CPU generator (a whole number in 0..2^53).
 ---@param seed number
 function torch.manual_seed(seed) end
 
@@ -246,11 +246,11 @@ local tensors = {}
 function tensors.load(path) end
 
 --- Writes .safetensors (names sorted, header padded to 8 bytes; metadata maps strings to
---- strings) or .npy (a Tensor, or a table of exactly one; metadata ignored), atomically. Another
+--- strings) or .npy (a Tensor, or a table of exactly one; no metadata), atomically. Another
 --- extension, a non-string name, a non-Tensor value or bfloat16 in .npy raises.
 ---@param path string
 ---@param tbl table<string, parity.Tensor>|parity.Tensor
----@param metadata? table<string, string> ignored unless a table
+---@param metadata? table<string, string> (not for .npy); another type is an error
 function tensors.save(path, tbl, metadata) end
 
 return torch

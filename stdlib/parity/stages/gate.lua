@@ -48,6 +48,7 @@ end
 ---@field atol number|nil
 ---@field rtol number|nil
 ---@field vocab_size integer|nil  overrides what the bundles say
+---@field patches string[]|nil     patch files the target computes with (parity.patches)
 
 --- Runs the gate; returns the result table (see docs/cli.md, "gate").
 ---@param opts parity.GateOptions
@@ -59,6 +60,13 @@ function M.run(opts)
     vocab_size = { "integer", 1, max.vocab } })
   local ref, target = bundle.open(opts.reference, opts.reference_device or opts.device),
     bundle.open_target(opts.target, opts.device)
+  local sets = {}
+  for i, file in ipairs(opts.patches or {}) do sets[i] = require("parity.patches").load_file(file) end
+  if #sets > 0 then
+    if target.saved then error(("%s: saved logits cannot be patched: patch the model that computes them"):format(
+      target.saved), 0) end
+    target:patch(sets)
+  end
   -- saved logits are compared with the reference's fp32 ones unless told otherwise
   local dtype = opts.dtype or ((target.saved or target:has("fp32")) and "fp32" or target:dtypes()[1])
   local tol = M.TOLERANCES[dtype]
@@ -100,6 +108,7 @@ function M.run(opts)
     worst_positions = worst_positions(t, r, tokens, 5),
     padded = padded,
     vocab = vocab,
+    patches = #sets > 0 and require("parity.patches").describe(sets, target.patched) or nil,
   }
 end
 
@@ -119,6 +128,9 @@ function M.summary(g)
         ac.min_atol, g.tolerances.rtol, ac.min_rtol, g.tolerances.atol),
     ("  max |diff| %.3g, rel L2 %.3g, cosine %.8f"):format(ac.max_abs_diff, g.rel_l2, g.cosine),
   }
+  for i, p in ipairs(g.patches or {}) do
+    table.insert(lines, 1 + i, ("  patched with %s: %d components"):format(p.file, #p.components))
+  end
   if g.padded then
     lines[#lines + 1] = ("%s  padded vocabulary: the target's %d columns past %d left out; one of them wins the argmax at %d of"
       .. " %d positions"):format(g.padded.wins == 0 and "pass" or "FAIL", g.padded.columns, g.vocab,
