@@ -37,6 +37,7 @@ end
 ---@field path string
 ---@field manifest table|nil   parity.json, when the bundle has one
 ---@field device string|nil    where its models run ("cuda:0"; nil: the CPU)
+---@field files table<string, string>  "fp32"/"bf16"/"fp16" -> its model file
 local Bundle = {}
 Bundle.__index = Bundle
 
@@ -50,6 +51,7 @@ function Bundle:dtypes()
   return out
 end
 
+--- Whether the bundle has a trace at `dtype` ("fp32", "bf16", "fp16"; PyTorch names work too).
 ---@param dtype string
 ---@return boolean
 function Bundle:has(dtype)
@@ -74,7 +76,7 @@ end
 --- share a type cannot): outside a tapped run the taps change nothing, so one module a dtype
 --- serves plain forwards, tapped ones (Bundle:tapped_run) and runs of its children.
 ---@param dtype string
----@return userdata Module
+---@return parity.Module|parity.ProgramModule module
 function Bundle:at(dtype)
   local file = self:file(dtype)
   if not self.modules[file] then keep(self, file, load(file, self.device)) end
@@ -100,12 +102,16 @@ function Bundle:patch(sets)
 end
 
 --- A freshly loaded module of `dtype` on the bundle's device, without taps.
+---@param dtype string
+---@return parity.Module|parity.ProgramModule module
 function Bundle:fresh(dtype)
   return load(self:file(dtype), self.device)
 end
 
 --- Whether the model at `dtype` can run its components alone and take injected inputs
 --- (TorchScript); a .pt2 program runs whole: its components have the accumulated view only.
+---@param dtype string
+---@return boolean
 function Bundle:runs_alone(dtype)
   return not is_program(self:file(dtype))
 end
@@ -113,6 +119,12 @@ end
 --- Runs the module at `dtype` (Bundle:at) tapped on `tokens`, capturing the calls of `paths`
 --- (Module:run_tapped; `request` adds inject or last_position); returns its output and the
 --- calls. Errors when one of `paths` could not be tapped, saying why.
+---@param dtype string
+---@param tokens parity.Tensor token ids [batch, seq], int64
+---@param paths string[] the submodules whose calls are captured (none: nothing captured)
+---@param request parity.RunTappedOptions|nil inject and/or last_position (its capture is `paths`)
+---@return any output the forward's output
+---@return table<string, parity.TapCall[]> calls path -> its calls, in call order
 function Bundle:tapped_run(dtype, tokens, paths, request)
   local module = self:at(dtype)
   local refused = self.refused[self:file(dtype)]
@@ -223,6 +235,8 @@ end
 --- Checks a decoded parity.json (errors name `origin`): an object; `vocab_size` null or a whole
 --- number in range; `config` an object whose max_position_embeddings or n_positions, where
 --- present, is a whole number >= 1 (its other fields are read only where they make sense).
+---@param m any the decoded JSON
+---@param origin string names the manifest in errors
 ---@return table the manifest
 function M.check_manifest(m, origin)
   if not is_object(m) then error(("%s: a manifest is a JSON object, got %s"):format(origin, type(m)), 0) end
@@ -246,12 +260,17 @@ function M.check_manifest(m, origin)
 end
 
 --- A manifest from its text (M.check_manifest); errors name `origin`.
+---@param text string parity.json's text
+---@param origin string
+---@return table the manifest
 function M.read_manifest(text, origin)
   return M.check_manifest(core.json.decode(text, origin), origin)
 end
 
 --- Opens what a target may be: a bundle, or the logits a foreign engine saved (parity.saved).
 ---@param path string|parity.Bundle|parity.Saved
+---@param device string|nil where a bundle's models run (M.open); saved logits ignore it
+---@return parity.Bundle|parity.Saved
 function M.open_target(path, device)
   local saved = require("parity.saved")
   if saved.is_saved(path) then return saved.open(path) end

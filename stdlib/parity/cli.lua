@@ -45,6 +45,7 @@ local stderr, usage_error, tail, nearest, keys, parse = args.stderr, args.usage_
   args.parse
 local clean = require("parity.errors").clean
 
+---@type table<string, parity.cli.Command>
 local commands = {}
 for name, cmd in pairs(require("parity.cli.check")) do commands[name] = cmd end  -- check, report, inputs
 
@@ -349,6 +350,9 @@ commands.help = {
   end,
 }
 
+--- Runs the command argv[1] names on the rest of argv (none: the usage on stderr, exit 2). An
+--- error prints one line on stderr, "parity COMMAND: why" (a usage error with a pointer to its
+--- --help; with PARITY_DEBUG=1 a traceback), and is exit 2.
 ---@param argv string[]
 ---@return integer exit code
 function M.main(argv)

@@ -20,13 +20,40 @@
 ---   warn       a warning, never a failure
 ---   governed   the thresholds that switch it off (default: threshold and floor), for the audit;
 ---              "components" for the localize criterion that sums the component rows
----   says       the rule in words: a format of (threshold, own, floor), or function(result, bound)
+---   says       the rule in words: a format of (threshold, own, floor), or function(result, facts)
 --- A stage of one's own may carry rows of the same shape as its `criteria` (docs/workflow.md).
 local core = require("parity.core")
 
 local M = {}
+--- A row of M.TABLE (or of a stage's own `criteria`): the header says what each field is.
+---@class parity.Criterion
+---@field name string
+---@field stage string a stage's name, or "component"
+---@field reads string|fun(result: table, facts: parity.Facts|nil): number|nil a dotted path, or the figure derived
+---@field rule string|fun(value: number, bound: number, result: table, facts: parity.Facts|nil): boolean
+---@field threshold string|number|nil a threshold's name, or the bound itself
+---@field own string|fun(result: table, facts: parity.Facts|nil): number|nil the reference's own figure
+---@field floor string|nil a threshold's name
+---@field applies_to string|nil a component class (M.class), or "all"
+---@field on "isolated"|"accumulated"|nil
+---@field when fun(result: table, facts: parity.Facts|nil, th: parity.Thresholds): boolean|nil
+---@field excused fun(result: table, facts: parity.Facts|nil, th: parity.Thresholds): boolean|nil
+---@field warn boolean|nil
+---@field governed string[]|"components"|nil
+---@field says string|fun(result: table, facts: parity.Facts|nil): string|nil
+--- One criterion judged (M.judge), as verdict.json lists it.
+---@class parity.CriterionResult
+---@field name string
+---@field value number the figure
+---@field threshold number the bound it met or missed
+---@field rule string the rule in words
+---@field pass boolean
+---@field warn boolean|nil a warning, never a failure
+---@field stage string|nil whose result it read (set by parity.verdict.decide)
+---@field why string|nil why a failure is only a warning (parity.verdict.precision_ordering)
 
 --- The rules: whether a figure `v` meets its bound `b`.
+---@type table<string, fun(v: number, b: number): boolean>
 M.RULES = {
   zero = function(v) return v == 0 end,
   below = function(v, b) return v < b end,
@@ -62,6 +89,7 @@ local function has_padded(r) return r.padded ~= nil end
 
 --- Every criterion parity judges, in the order each stage's are listed. The thresholds' values
 --- and where each comes from: parity.thresholds.DEFAULTS and docs/thresholds.md.
+---@type parity.Criterion[]
 M.TABLE = {
   -- scaffold: the static weight check (a transposed, reordered or scaled weight, a bias dropped
   -- or added fails, unless the fault there is absorbed by the next operation: a constant factor
@@ -141,8 +169,8 @@ M.TABLE = {
 
 --- A component's class, from its module's type (and the LM head's place): norm, attention,
 --- experts, mlp, embedding, lm_head, layer or other. What `applies_to` names.
----@param row table a components row ({reference, type})
----@return string
+---@param row parity.ComponentRow a components row ({reference, type})
+---@return string class
 function M.class(row)
   local t, path = row.type or "", row.reference or ""
   if path == "lm_head" or path:match("%.lm_head$") then return "lm_head" end
@@ -189,11 +217,11 @@ end
 
 --- Judges one criterion on `result`: {name, value, threshold (the bound), rule (in words), pass,
 --- warn}, or nil when it does not apply or its figure is absent.
----@param c table a criterion row
+---@param c parity.Criterion a criterion row
 ---@param result table the stage's result (a components row for a component criterion)
----@param th table the thresholds as they apply
----@param facts table|nil parity.verdict.facts
----@return table|nil
+---@param th parity.Thresholds the thresholds as they apply
+---@param facts parity.Facts|nil parity.verdict.facts
+---@return parity.CriterionResult|nil
 function M.judge(c, result, th, facts)
   if not applies(c, result, facts, th) then return nil end
   local v = figure(c.reads, result, facts)
@@ -213,10 +241,10 @@ end
 --- stage of one's own carries).
 ---@param name string the stage's name
 ---@param result table its result
----@param th table the thresholds as they apply (parity.thresholds.at)
----@param facts table|nil parity.verdict.facts
----@param extra table[]|nil rows of the same shape
----@return table[]
+---@param th parity.Thresholds the thresholds as they apply (parity.thresholds.at)
+---@param facts parity.Facts|nil parity.verdict.facts
+---@param extra parity.Criterion[]|nil rows of the same shape
+---@return parity.CriterionResult[]
 function M.evaluate(name, result, th, facts, extra)
   local out = {}
   for _, list in ipairs({ M.TABLE, extra or {} }) do
@@ -228,9 +256,9 @@ function M.evaluate(name, result, th, facts, extra)
 end
 
 --- Whether component criterion `name` passes on `row` (true where it does not apply).
----@param name string
----@param row table a components row
----@param th table
+---@param name string a component criterion's name ("component_r", "component_rows", ...)
+---@param row parity.ComponentRow a components row
+---@param th parity.Thresholds the thresholds as they apply
 ---@return boolean
 function M.component_passes(name, row, th)
   for _, c in ipairs(M.TABLE) do
@@ -243,8 +271,8 @@ function M.component_passes(name, row, th)
 end
 
 --- Whether a component fails on its own figures: any of its failing (not warning) criteria.
----@param row table a components row
----@param th table
+---@param row parity.ComponentRow a components row
+---@param th parity.Thresholds the thresholds as they apply
 ---@return boolean
 function M.component_fails(row, th)
   if row.skipped then return false end
@@ -268,8 +296,8 @@ end
 --- names of the thresholds switched off) switches it off: {name, off}... A criterion is off when
 --- any threshold governing it is; the localize stage's `components` when every component
 --- criterion is.
----@param off table<string, boolean>
----@return table[]
+---@param off table<string, boolean> threshold name -> switched off
+---@return {name: string, off: boolean}[]
 function M.gates(off)
   local function is_off(c)
     for _, n in ipairs(governing(c)) do

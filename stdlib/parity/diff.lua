@@ -13,6 +13,50 @@ local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
 
 local M = {}
+--- M.thresholds's result: M.DEFAULTS overlaid with what was given.
+---@class parity.DiffThresholds
+---@field rel_l2 number a tensor fails where a position's relative L2 is above this
+---@field cosine number ... or its cosine below this
+---@field max_abs number|nil ... or its max |t - r| above this
+---@field step number a step: rel_l2 above step x what earlier tensors of its family reached
+---@field noise_factor number
+---@field expected_noise number|nil a quantised engine's per-layer relative error
+---@field layers table<string, {rel_l2?: number, cosine?: number, max_abs?: number}> per-tensor overrides
+--- One tensor of a report in brief: the first past its thresholds, the localisation, the main step.
+---@class parity.DiffBrief
+---@field name string
+---@field layer integer|nil
+---@field substage string|nil
+---@field rel_l2 number its worst position's
+---@field cosine number its smallest
+---@field max_abs number
+---@field position integer its first failing position, else its worst
+---@field sequence integer that position's sequence (0-based)
+---@field where string what its place in the layer says about where the bug is
+---@field step {baseline: number, ratio: number}|nil
+---@field leak {alpha: number, quality: number}|nil the residual-leak fit of a layer's output
+---@field norm_ratio number|nil ||t|| / ||r||
+--- M.run's report (what `parity diff --json` writes).
+---@class parity.DiffReport
+---@field reference string the reference dump's path
+---@field target string the engine dump's
+---@field position integer|lightuserdata the --pos compared, json.null: every position
+---@field thresholds parity.DiffThresholds
+---@field pass boolean
+---@field verdict "equivalent"|"divergent"|"incomplete"
+---@field first_past_threshold parity.DiffBrief|lightuserdata json.null when none is
+---@field localized parity.DiffBrief|lightuserdata where the error starts, json.null when none is past
+---@field main_step parity.DiffBrief|lightuserdata the largest step, json.null without steps
+---@field tensors table[] a row per compared tensor, in dump order (name, limits, pass, its worst position...)
+---@field not_compared {name: string, only: "reference"|"target"}[] tensors only one side dumps
+---@field ignored string[] files that are not tensor files, on both sides
+---@field required string[] what the comparison must cover
+---@field missing string[] what of that the target lacks
+---@field only string[]|lightuserdata the selection, json.null without one
+---@field left_out string[] what the selection leaves out
+---@field loosened parity.LoosenedThreshold[] thresholds looser than the defaults
+---@field criteria_can_fail boolean false when every compared tensor's rel_l2 and cosine are switched off
+---@field warnings string[]
 
 --- Thresholds: a tensor fails when at any compared position rel_l2 > rel_l2, cosine < cosine or
 --- max |t - r| > max_abs. With expected_noise X (a quantised engine's per-layer relative error),
@@ -46,6 +90,10 @@ end
 
 --- Validates a thresholds table: the keys of M.DEFAULTS, max_abs, expected_noise and `layers`
 --- = { [name or ^pattern] = { rel_l2 =, cosine =, max_abs = } } for per-tensor overrides.
+--- Returns them overlaid on M.DEFAULTS.
+---@param t any
+---@param origin string|nil names them in errors (default "thresholds")
+---@return parity.DiffThresholds
 function M.thresholds(t, origin)
   origin = origin or "thresholds"
   if type(t) ~= "table" then error(("%s: must be a table, got %s"):format(origin, type(t)), 0) end
@@ -144,6 +192,10 @@ end
 
 --- Validates `only`: a list of names or ^patterns (a string: comma-separated), each matching a
 --- tensor of the reference dump (`names`; nil: the types only). Returns the list.
+---@param only string|string[]|any
+---@param origin string names it in errors
+---@param names string[]|nil the reference dump's tensor names
+---@return string[]
 function M.check_only(only, origin, names)
   if type(only) == "string" then
     local list = {}
@@ -167,6 +219,8 @@ function M.check_only(only, origin, names)
 end
 
 --- Names as one short text: consecutive layers of a kind as a range ("h0..h10"), in dump order.
+---@param names string[] in dump order
+---@return string
 function M.names_text(names)
   local groups, order = {}, {}
   for _, n in ipairs(names) do
@@ -307,7 +361,7 @@ end
 ---@param ref_path string|table
 ---@param target_path string|table
 ---@param opts parity.DiffOptions|nil
----@return table
+---@return parity.DiffReport
 function M.run(ref_path, target_path, opts)
   opts = opts or {}
   local th = M.thresholds(opts.thresholds or {}, opts.thresholds_origin or "thresholds")
@@ -461,6 +515,9 @@ function M.run(ref_path, target_path, opts)
 end
 
 --- "position p", or "position p of sequence s" past the first sequence.
+---@param position integer
+---@param sequence integer|nil 0-based
+---@return string
 function M.at(position, sequence)
   if sequence and sequence > 0 then return ("position %d of sequence %d"):format(position, sequence) end
   return ("position %d"):format(position)
@@ -473,7 +530,7 @@ local function num(x, fmt)
 end
 
 --- The terminal report: the per-tensor table, then the first failure and the localisation.
----@param d table M.run's report
+---@param d parity.DiffReport M.run's report
 ---@return string
 function M.summary(d)
   local lines = { ("parity diff: reference %s, target %s%s"):format(d.reference, d.target,

@@ -15,6 +15,21 @@ local descends = require("parity.mapping").descends
 local saved = require("parity.saved")
 
 local M = {}
+--- A dump read (M.read) or renamed (M.rename).
+---@class parity.Dump
+---@field path string
+---@field names string[] its tensors' names, in dump order (M.sort)
+---@field tensors table<string, parity.Tensor> name -> tensor
+---@field files table<string, string> name -> the file it was read from
+---@field ignored string[] directory entries that are not tensor files or sidecars
+---@field renamed table<string, string>|nil M.rename's: new name -> the name in the files
+--- Where a dump name sits (M.place).
+---@class parity.DumpPlace
+---@field layer number|nil the layer: -1 for emb, math.huge after the stack (post_norm, logits), nil for others
+---@field substage string|nil "in", "postattn", "preffn", "ffnout" or "" (the layer's output)
+---@field kind string emb, h, h_in, h_ffnout, ..., post_norm, logits; another name is its own kind
+---@field family string|nil kinds of one scale: "stream" for emb, h_in and h, else the kind
+---@field key table the sort key: {layer, place within it, name}
 
 --- Sub-stages of a layer, in the order they are computed; "" is the layer's output.
 M.SUBSTAGES = { "in", "postattn", "preffn", "ffnout", "" }
@@ -25,7 +40,7 @@ for i, s in ipairs(M.SUBSTAGES) do SUB_INDEX[s] = i end
 --- h, h_in, h_ffnout, ...: what a dump has for every layer or not at all), family (kinds of one
 --- scale: the residual stream is emb, h_in and h), key (the sort key) }.
 ---@param name string
----@return table
+---@return parity.DumpPlace
 function M.place(name)
   if name == "emb" then return { layer = -1, substage = "", kind = "emb", family = "stream", key = { -1, 0, name } } end
   local l, sub = name:match("^h(%d+)_?(%w*)$")
@@ -41,6 +56,8 @@ function M.place(name)
 end
 
 --- Sorts names into dump order: emb, layer by layer (h{l}_in ... h{l}), post_norm, logits, others.
+---@param names string[] sorted in place
+---@return string[] names
 function M.sort(names)
   table.sort(names, function(a, b)
     local ka, kb = M.place(a).key, M.place(b).key
@@ -56,7 +73,7 @@ end
 --- Returns { path, names (in dump order), tensors = {name = Tensor}, files = {name = file},
 --- ignored = {file...} (what is not a tensor file or a sidecar) }.
 ---@param path string
----@return table
+---@return parity.Dump
 function M.read(path)
   local kind = core.path_kind(path)
   if not kind then error(("%s: no such file or directory"):format(path), 0) end
@@ -107,6 +124,10 @@ end
 
 --- The entry of `map` for `name`: its own key, else the first key starting with ^ (a Lua
 --- pattern), in sorted order, that matches it. Returns the value and the pattern (nil for an exact key).
+---@param map table<string, any>
+---@param name string
+---@return any value nil when no key matches
+---@return string|nil pattern
 function M.lookup(map, name)
   if map[name] ~= nil then return map[name] end
   local patterns = {}
@@ -122,8 +143,9 @@ end
 --- Renames a dump's tensors through a name mapping: { [name] = canonical } for exact names, and
 --- { ["^lua pattern$"] = "replacement with %1" } for patterns (M.lookup), applied with
 --- string.gsub. Names no entry matches stay as they are.
----@param d table a dump (M.read)
----@param names table|nil
+---@param d parity.Dump a dump (M.read)
+---@param names table<string, string>|nil a name mapping (M.check_names); nil: `d` as it is
+---@return parity.Dump
 function M.rename(d, names)
   if not names then return d end
   local out = { path = d.path, names = {}, tensors = {}, files = {}, ignored = d.ignored, renamed = {} }
@@ -183,6 +205,9 @@ end
 
 --- Checks one name pattern (a key starting with ^) and, when given, its replacement; errors
 --- name `origin`.
+---@param pattern string
+---@param replacement string|nil
+---@param origin string
 function M.check_pattern(pattern, replacement, origin)
   local lim = M.PATTERN_LIMITS
   local function bad(why) error(("%s: pattern %q %s"):format(origin, pattern:sub(1, 60), why), 0) end
@@ -206,6 +231,9 @@ function M.check_pattern(pattern, replacement, origin)
 end
 
 --- Checks a name mapping (a table of strings to strings, keys starting with ^ patterns); returns it.
+---@param t any
+---@param origin string names the mapping in errors
+---@return table<string, string>
 function M.check_names(t, origin)
   if type(t) ~= "table" then error(("%s: must be a table, got %s"):format(origin, type(t)), 0) end
   local n = 0
@@ -223,6 +251,8 @@ function M.check_names(t, origin)
 end
 
 --- Loads a name mapping file (sandboxed Lua returning a table of strings to strings).
+---@param path string
+---@return table<string, string>
 function M.load_names(path)
   return M.check_names(require("parity.sandbox").run_file(path, "name mapping"), "name mapping " .. path)
 end
@@ -316,12 +346,13 @@ end
 --- Dumps a model's per-layer tensors for token ids [K, T] into `dir` (new or empty), one float32
 --- .npy a name (M.read's layout, each [K, T, width]), through the taps: what a reference dumper
 --- for `parity diff` writes. `module` must be freshly loaded (untapped). Returns { names, paths =
---- {name = module path} }. With patch sets (parity.patches), the model dumped is the patched one.
----@param module userdata a Module
----@param tokens userdata int64 [K, T]
+--- {name = "module path inputs|outputs"} }. With patch sets (parity.patches), the model dumped is
+--- the patched one.
+---@param module parity.Module
+---@param tokens parity.Tensor int64 [K, T]
 ---@param dir string
 ---@param sets parity.PatchSet[]|nil
----@return table
+---@return {names: string[], paths: table<string, string>} written the names written, in dump order
 function M.write(module, tokens, dir, sets)
   if type(dir) ~= "string" or dir == "" then error("dump: the directory must not be an empty path", 0) end
   if core.path_kind(dir) == "dir" and #core.list_dir(dir) > 0 then

@@ -1,7 +1,9 @@
 --- Error messages for people and JSON: without the "file.lua:12: " prefixes Lua adds.
 local M = {}
 
----@param msg any
+--- `msg` as text without the position prefixes Lua adds ("file.lua:12: ", '[string "..."]:3: '),
+--- however many are stacked.
+---@param msg any an error value
 ---@return string
 function M.clean(msg)
   msg = tostring(msg)

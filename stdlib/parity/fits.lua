@@ -14,6 +14,10 @@ local function largest(list)
 end
 
 --- t = c x r: c and how much of the difference the fit leaves (0: all explained).
+---@param t parity.Tensor the target's output (float64)
+---@param r parity.Tensor the reference's, same shape
+---@return number|nil c nil when r is zero or t equals r
+---@return number|nil resid ||t - c r|| / ||t - r||
 function M.fit_scale(t, r)
   local rr = dot(r, r)
   if rr == 0 then return nil end
@@ -28,6 +32,15 @@ end
 --- the median over rows for the reference's output and the target's. The scale is the weight w,
 --- or 1 + w (Gemma's norms store the offset): whichever gives the reference one eps on every row.
 --- Also how well one scalar per row explains the target's output from the reference's (0: exactly).
+---@param x parity.Tensor the norm's input [.., H]
+---@param r parity.Tensor the reference's output, x's shape
+---@param t parity.Tensor the target's output
+---@param weight parity.Tensor|nil the norm's weight [H]
+---@param bias parity.Tensor|nil its bias [H]
+---@param layer_norm boolean a LayerNorm (rows centred), else an RMSNorm
+---@return number eps_target
+---@return number eps_reference
+---@return number resid
 function M.fit_epsilon(x, r, t, weight, bias, layer_norm)
   local v = x:size(x:dim() - 1)
   local xs = x:double():reshape({ -1, v })
@@ -61,6 +74,11 @@ end
 
 --- t = r + alpha x, with x the component's input (same shape as its output): a residual dropped
 --- (alpha = -1), doubled (1) or scaled. Returns alpha and how much of t - r the fit leaves.
+---@param t parity.Tensor the target's output (float64)
+---@param r parity.Tensor the reference's, same shape
+---@param x parity.Tensor|nil the component's input
+---@return number|nil alpha nil without an input of t's shape, or when x or t - r is zero
+---@return number|nil resid ||t - r - alpha x|| / ||t - r||
 function M.fit_residual(t, r, x)
   if not x or not x:is_same_size(t) then return nil end
   local d, xd = t - r, x:double()
@@ -81,6 +99,12 @@ end
 --- A RoPE bug (theta, layout) is exact at position 0 (angle 0) and builds up with the angle; an
 --- attention whose scores are scaled wrongly is exact at position 0 too (one key: softmax hides
 --- any scale) but is off at full size from position 1 on.
+---@param t parity.Tensor the target's output [B, T, ...]
+---@param r parity.Tensor the reference's, same shape
+---@param tol number|nil position 0 is exact at or below tol x the largest error (default 1e-6)
+---@return boolean|nil zero_at_0 nil when there are under 3 positions or no error
+---@return number rising the share of steps where the error keeps growing
+---@return number at_1 the error at position 1 / the largest
 function M.fit_position(t, r, tol)
   if t:dim() < 2 or t:size(1) < 3 then return nil end
   local err = per_position(t - r)
@@ -115,6 +139,10 @@ end
 --- does not see (exactly unmoved) that the target's does are a leak (a future token, one outside
 --- the window); the converse, a mask too tight. Nil when the component mixes no positions or
 --- cannot re-run; else {leaks = n, hides = n, pairs = n tested, example = "position p sees j"}.
+---@param run_reference nil|fun(inputs: parity.Tensor[]): parity.Tensor|nil re-runs the reference's component
+---@param run_target nil|fun(inputs: parity.Tensor[]): parity.Tensor|nil re-runs the target's
+---@param inputs parity.Tensor[]|nil the captured inputs
+---@return {leaks: integer, hides: integer, pairs: integer, example: string|nil}|nil
 function M.fit_mask(run_reference, run_target, inputs)
   local x = inputs and inputs[1]
   local ids = x and x:dim() == 2 and x:dtype():find("int")
@@ -149,6 +177,7 @@ function M.fit_mask(run_reference, run_target, inputs)
 end
 
 --- Nonlinearities an MLP may use, by the names transformers' configs give them.
+---@type table<string, fun(x: parity.Tensor): parity.Tensor>
 M.ACTIVATIONS = {
   silu = function(x) return x * x:sigmoid() end,
   gelu = function(x) return x:gelu() end,
@@ -169,6 +198,12 @@ M.FAMILY = { gelu = "gelu", gelu_tanh = "gelu", quick_gelu = "gelu" }
 --- relative residual, the best residual of another family and the best of another name in its
 --- own family, and its form ({child index, half}: which child's output, or which half of it (1,
 --- 2), goes through the nonlinearity); nil when no such pair of children exists.
+---@param children parity.TapCall[] the children's calls ({inputs, outputs}), in execution order
+---@return string|nil name a key of M.ACTIVATIONS
+---@return number resid
+---@return number other the best residual of another family
+---@return number kin the best of another name in its own family
+---@return integer[] form {child index[, half]}
 function M.fit_activation(children)
   for ci = #children, 2, -1 do
     local y = children[ci].inputs[1]

@@ -7,6 +7,13 @@ local CUT = require("parity.thresholds").CUTOFFS
 local m = require("parity.core").metrics
 
 local M = {}
+--- M.row_ratios's figures: a component's own error row by row against the reference's noise.
+---@class parity.RowRatios
+---@field rows integer rows with reference noise
+---@field p50 number the rows' R_i p50
+---@field ties number the share of rows with R_i = 1
+---@field above number the share of the other rows with R_i > 1
+---@field z number the sign test's z over those rows
 
 --- The per-row view of a component's own error over all its calls: R_i = ||t_i - r32_i|| /
 --- ||r_low_i - r32_i|| of every row whose reference noise is not zero. A component that computes
@@ -16,6 +23,8 @@ local M = {}
 --- target computes exactly as the reference does (R_i = 1: a tie) say neither. Returns {rows,
 --- p50, ties (their share), above (the share of the other rows with R_i > 1), z (the sign test's
 --- over those: (above - n/2) / sqrt(n/4), about normal when the target is not less precise)}.
+---@param list {error: parity.Tensor, noise: parity.Tensor}[] per call: ||t_i - r32_i|| and ||r_low_i - r32_i|| by row
+---@return parity.RowRatios|nil ratios nil when no row has reference noise
 function M.row_ratios(list)
   local ratios = {}
   for _, v in ipairs(list) do
@@ -36,6 +45,9 @@ end
 --- is off by at least CUTOFFS.amplifies (twice) as much as its input, relative to the reference's own noise at each),
 --- "carrier" (passes an inherited error on); nil when nothing reaches it. In fp32 when the target
 --- has it (the error alone), else at the low precision.
+---@param row parity.ComponentRow a components row
+---@param th parity.Thresholds the thresholds as they apply (parity.thresholds.at)
+---@return "source"|"amplifier"|"carrier"|nil
 function M.role(row, th)
   if row.skipped then return nil end
   if M.fails(row, th) then return "source" end
@@ -51,8 +63,8 @@ end
 --- the reference's inputs by its R, R32 or rows; one whose inputs differ (isolated = false) on
 --- the accumulated view, its output in the whole-model runs (fp32 when the target has it) off
 --- while what it inherits is not.
----@param row table a components row
----@param th table the thresholds as they apply (parity.thresholds.at)
+---@param row parity.ComponentRow a components row
+---@param th parity.Thresholds the thresholds as they apply (parity.thresholds.at)
 ---@return boolean
 function M.fails(row, th) return criteria.component_fails(row, th) end
 
@@ -62,8 +74,8 @@ function M.fails(row, th) return criteria.component_fails(row, th) end
 --- bf16 adds its error at every row, but its R over all rows stays near 1.2. Only where the fp32
 --- leg has nothing to say against it (exact in fp32, or no fp32 leg): a component that computes
 --- something else (a scale) is above the noise at every row too.
----@param row table a components row
----@param th table
+---@param row parity.ComponentRow a components row
+---@param th parity.Thresholds the thresholds as they apply
 ---@return boolean
 function M.less_precise(row, th)
   return not criteria.component_passes("component_rows", row, th) and criteria.component_passes("component_r32", row, th)
@@ -71,8 +83,8 @@ end
 
 --- Markedly more precise than the reference at the low precision (R < r_over: parity.criteria's
 --- component_over).
----@param row table a components row
----@param th table
+---@param row parity.ComponentRow a components row
+---@param th parity.Thresholds the thresholds as they apply
 ---@return boolean
 function M.over_precise(row, th) return not criteria.component_passes("component_over", row, th) end
 

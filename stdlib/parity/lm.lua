@@ -8,7 +8,9 @@ local M = {}
 --- traced with return_dict=False return (logits, ...)) or a dict's "logits" (Module:forward1
 --- takes the same); a leading dimension of 1 ([1, batch, seq, vocab], as some engines return)
 --- is dropped.
----@return userdata Tensor [batch, seq, vocab]
+---@param out any a forward's output
+---@param who string names the model in errors
+---@return parity.Tensor logits [batch, seq, vocab]
 function M.logits_of(out, who)
   while type(out) == "table" do out = out.logits or out[1] end
   if not torch.is_tensor(out) then
@@ -32,6 +34,10 @@ end
 
 --- Runs a bundle's trace at `dtype` on token ids and returns float32 logits. A failing forward
 --- is one line: the model, the input shape and the error's last line.
+---@param bundle parity.Bundle|parity.Saved
+---@param dtype string
+---@param tokens parity.Tensor token ids [batch, seq], int64
+---@return parity.Tensor logits float32 [batch, seq, vocab]
 function M.forward(bundle, dtype, tokens)
   local who = ("%s (%s)"):format(bundle.path, dtype)
   local module = bundle:at(dtype)
@@ -43,6 +49,11 @@ function M.forward(bundle, dtype, tokens)
 end
 
 --- Seeded random tokens [batch, seq] in [0, vocab).
+---@param vocab integer
+---@param batch integer
+---@param seq integer
+---@param seed number|nil a private generator's seed (TensorOptions.seed)
+---@return parity.Tensor tokens int64 [batch, seq]
 function M.random_tokens(vocab, batch, seq, seed)
   return torch.randint(0, vocab, { batch, seq }, { seed = seed })
 end
@@ -62,6 +73,10 @@ end
 --- runs on another device): a layer's activations (the residual stream, its norms, q/k/v/o and
 --- the FFN's hidden states) and, unless it was exported with another attention than eager, one
 --- layer's attention scores and their softmax ([rows, heads, tokens, tokens] each).
+---@param bundle parity.Bundle|parity.Saved
+---@param rows integer
+---@param tokens integer
+---@return number|nil bytes
 function M.forward_bytes(bundle, rows, tokens)
   local cfg = bundle.manifest and bundle.manifest.config
   if type(cfg) ~= "table" or (bundle.device and bundle.device ~= "cpu") then return nil end
@@ -84,7 +99,11 @@ end
 --- max_position_embeddings and runs that would not fit in this machine's available memory:
 --- `copies` float32 logits of rows x tokens x vocab, and the larger of the two forwards'
 --- attention scores and activations (M.forward_bytes).
----@param bundles parity.Bundle[]
+---@param bundles (parity.Bundle|parity.Saved)[]
+---@param rows integer sequences a forward
+---@param tokens integer tokens a sequence
+---@param vocab integer
+---@param copies integer the logits tensors the run holds at once
 function M.check_size(bundles, rows, tokens, vocab, copies)
   local forward = 0
   for _, b in ipairs(bundles) do
@@ -106,6 +125,10 @@ end
 
 --- Token ids from a safetensors file: the tensor named input_ids, or its only tensor, and the
 --- file's metadata (`parity inputs` records prompt_len and new_tokens there).
+---@param path string a tensor file (core.tensors.load)
+---@param vocab integer the token ids must be below it
+---@return parity.Tensor tokens int64 [batch, seq] (M.check_tokens)
+---@return table<string, string> metadata empty when the file has none
 function M.tokens_from_file(path, vocab)
   local tensors, meta = core.tensors.load(path)
   local t = tensors.input_ids
@@ -121,6 +144,10 @@ end
 
 --- Token ids as int64 [batch, seq] ([seq] is one row), checked: integers inside the vocabulary;
 --- an error names `origin` otherwise.
+---@param t parity.Tensor
+---@param vocab integer
+---@param origin string
+---@return parity.Tensor tokens int64 [batch, seq]
 function M.check_tokens(t, vocab, origin)
   if t:dim() == 1 then t = t:unsqueeze(0) end
   if t:dim() ~= 2 or not t:dtype():find("^u?int") or t:numel() == 0 then
@@ -138,6 +165,10 @@ end
 --- more rows in its LM head (engines pad the vocabulary to a multiple of 64 or 128): its logits
 --- are cut to this vocabulary (M.fit_vocab) and the padded columns checked apart; fewer is an
 --- error naming both sizes. Their logits' widths are checked against it when they come.
+---@param reference parity.Bundle|parity.Saved
+---@param target parity.Bundle|parity.Saved
+---@param override integer|nil --vocab-size (validated)
+---@return integer vocab
 function M.shared_vocab(reference, target, override)
   if override then return validate.integer("vocab_size", override, 1, validate.MAX.vocab) end
   local rv, tv = reference:vocab_size(), target:vocab_size()
@@ -153,6 +184,11 @@ end
 --- (positions where one of them is above every compared logit, i.e. would win the argmax),
 --- positions}, or nil without padding. Logits with fewer columns come back as they are
 --- (M.check_shape says what differs).
+---@param t parity.Tensor logits [..., V']
+---@param vocab integer
+---@param pad_from integer|nil
+---@return parity.Tensor logits [..., vocab] (contiguous when cut)
+---@return {columns: integer, wins: integer, positions: integer}|nil padded
 function M.fit_vocab(t, vocab, pad_from)
   local v = t:size(t:dim() - 1)
   if v <= vocab then return t, nil end
@@ -194,6 +230,10 @@ end
 --- cut to its last position, and keeps the cut only when that gives logits of one position that
 --- agree with the whole forward's last (same next tokens, relative L2 under 1e-3); otherwise
 --- every call is the whole forward.
+---@param bundle parity.Bundle|parity.Saved
+---@param dtype string
+---@return fun(tokens: parity.Tensor): parity.Tensor forward tokens [b, t] -> float32 logits
+---@return {head: string|nil, input: integer|nil, why: string|nil} info filled by the first call
 function M.decoding_forward(bundle, dtype)
   local who = ("%s (%s)"):format(bundle.path, dtype)
   local info, module, started = {}, nil, false
@@ -245,6 +285,8 @@ function M.decoding_forward(bundle, dtype)
 end
 
 --- What a decoding forward's info (M.decoding_forward) says, for a log line: "" before its first call.
+---@param info {head: string|nil, input: integer|nil, why: string|nil}
+---@return string
 function M.decoding_note(info)
   if info.head then return ("; LM head %s on the last position only"):format(info.head) end
   return info.why and ("; the LM head ran on every position (%s)"):format(info.why) or ""
@@ -253,6 +295,13 @@ end
 --- Greedy decoding of `n` new tokens from prompts [batch, p]; returns [batch, p + n].
 --- Runs the full sequence each step (traces carry no KV cache), its LM head on the last position
 --- only (M.decoding_forward). `forward` (tokens -> logits) replaces the bundle's own when given.
+---@param bundle parity.Bundle|parity.Saved
+---@param dtype string
+---@param prompts parity.Tensor int64 [batch, p]
+---@param n integer new tokens
+---@param progress fun(i: integer, n: integer)|nil called before each step
+---@param forward (fun(tokens: parity.Tensor): parity.Tensor)|nil
+---@return parity.Tensor sequences int64 [batch, p + n]
 function M.greedy(bundle, dtype, prompts, n, progress, forward)
   forward = forward or M.decoding_forward(bundle, dtype)
   local seq = prompts
@@ -271,6 +320,13 @@ end
 --- step over the prompts that diverged. Returns the new tokens [K, N] and the forwards run.
 --- (With a perturbed forward, M.perturbed, each call draws its own noise: the steps are then
 --- greedy decoding of the model perturbed anew each step, like the teacher-forced pass.)
+---@param forward fun(tokens: parity.Tensor): parity.Tensor tokens -> logits
+---@param prompts parity.Tensor int64 [K, P]
+---@param reference parity.Tensor the reference's new tokens [K, N]
+---@param predicted parity.Tensor the model's teacher-forced argmax tokens [K, N]
+---@param progress fun(i: integer, n: integer)|nil called before each step decoded
+---@return parity.Tensor tokens the new tokens, int64 [K, N]
+---@return integer forwards the forwards run
 function M.greedy_from(forward, prompts, reference, predicted, progress)
   local k, n = reference:size(0), reference:size(1)
   local ref, pred = reference:tolist(), predicted:tolist()
@@ -305,6 +361,10 @@ M.EPSILON = { bf16 = 2 ^ -7, fp16 = 2 ^ -10, fp32 = 2 ^ -23 }
 
 --- Floating tensors x (1 + eps x noise), noise ~ N(0, 1) from `seed`, in their own dtype: the
 --- perturbation of the 2-tensor baseline (about one unit in the last place).
+---@param list parity.Tensor[]
+---@param eps number the dtype's machine epsilon (M.EPSILON)
+---@param seed number tensor i draws its noise with seed + i
+---@return parity.Tensor[]
 function M.perturb(list, eps, seed)
   local out = {}
   for i, x in ipairs(list) do
@@ -322,6 +382,10 @@ end
 --- [, capture paths] -> float32 logits, calls) of the bundle at `dtype` whose first layer's input is perturbed by machine
 --- epsilon (M.perturb). The first layer: the first module in execution order that takes hidden
 --- states [B, T, H], the first of a numbered stack (`layers.0`) when there is one.
+---@param bundle parity.Bundle
+---@param dtype string a key of M.EPSILON: the precision it runs at
+---@param seed number
+---@return fun(tokens: parity.Tensor, capture: string[]|nil): parity.Tensor, table<string, parity.TapCall[]> forward
 function M.perturbed(bundle, dtype, seed)
   local module = bundle:at(dtype)
   local modules = module:modules()
@@ -350,8 +414,10 @@ function M.perturbed(bundle, dtype, seed)
 end
 
 --- Checks the target's logits against the shape the reference's have, naming both otherwise.
----@param t userdata the target's logits
+---@param t parity.Tensor the target's logits
 ---@param want integer[] the reference's logits shape
+---@param ref_name string
+---@param target_name string
 function M.check_shape(t, want, ref_name, target_name)
   local got = t:size()
   if table.concat(got, ",") ~= table.concat(want, ",") then

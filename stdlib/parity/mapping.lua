@@ -19,6 +19,38 @@ local sandbox = require("parity.sandbox")
 local CUT = require("parity.thresholds").CUTOFFS
 
 local M = {}
+--- An interleaved-pairs RoPE layout (see above): which reference parts, and how many leading rows.
+---@class parity.Interleave
+---@field head_dim integer even
+---@field parts integer[]|nil indices into the entry's reference paths (default { 1 })
+---@field rows integer|nil a multiple of head_dim (default: every row)
+--- An entry of a mapping (a file's, a script's, or one M.auto proposes).
+---@class parity.MappingEntry
+---@field reference string|string[] reference path(s); `{i}` stands for every layer index
+---@field target string|false the target's path, or false: no counterpart
+---@field transform "identity"|"concat"|nil default "identity"
+---@field interleave parity.Interleave|nil
+---@field reason string|nil why there is no counterpart (target = false)
+--- A mapping entry expanded over the layers (M.expand, parity.pairing): one pair of components.
+---@class parity.MappingPair
+---@field reference string[] the reference paths it computes
+---@field target string
+---@field transform "identity"|"concat"
+---@field interleave parity.Interleave|nil
+---@field type string the first reference module's type
+---@field depth integer the first reference module's depth
+---@field order integer|nil its place in the reference's execution order (M.expand's pairs)
+--- An entry declared without a counterpart (target = false), expanded by M.expand.
+---@class parity.NoCounterpart
+---@field reference string[]
+---@field reason string
+--- M.relation's answer: how a target weight relates to the reference's.
+---@class parity.WeightRelation
+---@field relation "equal"|"transposed"|"reordered"|"scaled"|"different"
+---@field order integer[]|nil reordered: the reference indices the target's row blocks hold
+---@field value number|nil scaled: c in t = c r
+---@field rel_l2 number|nil different, same shape: ||t - r|| / ||r||
+---@field detail string|nil different shapes, in words
 
 M.TRANSFORMS = { identity = true, concat = true }
 M.MAX_ENTRIES = 10000
@@ -26,9 +58,13 @@ M.MAX_ENTRIES = 10000
 local function list(x) return type(x) == "table" and x or { x } end
 
 --- Whether the module at `path` lies inside the one at `ancestor` (a dotted-path prefix).
+---@param path string
+---@param ancestor string
+---@return boolean
 function M.descends(path, ancestor) return path:sub(1, #ancestor + 1) == ancestor .. "." end
 
 --- The module paths mapping pairs name: the reference's (each once, in order) and the target's.
+---@param pairs_ parity.MappingPair[]
 ---@return string[] reference paths
 ---@return string[] target paths
 function M.paths(pairs_)
@@ -45,6 +81,7 @@ end
 --- Checks entries (from a file or a script) and names the first bad one.
 ---@param entries table
 ---@param origin string for messages
+---@return parity.MappingEntry[] entries
 function M.validate(entries, origin)
   if type(entries) ~= "table" then error(("%s: a mapping is a list of entries, got %s"):format(origin, type(entries)), 0) end
   if #entries > M.MAX_ENTRIES then
@@ -86,6 +123,8 @@ function M.validate(entries, origin)
 end
 
 --- Loads a mapping file in the sandbox.
+---@param path string
+---@return parity.MappingEntry[] entries validated
 function M.load_file(path)
   return M.validate((sandbox.run_file(path, "mapping file")), "mapping file " .. path)
 end
@@ -123,6 +162,12 @@ end
 --- script's), an entry that pairs nothing, or names a reference module that does not exist, is
 --- an error naming the entry, the path and the nearest paths that exist; so is an entry that
 --- pairs a reference module another entry pairs already.
+---@param entries parity.MappingEntry[]
+---@param ref_modules parity.ModuleInfo[] the reference's modules (Module:modules), in execution order
+---@param target_modules parity.ModuleInfo[] the target's
+---@param origin string|nil a given mapping's name for messages (nil: a proposed one, not checked)
+---@return parity.MappingPair[] pairs
+---@return parity.NoCounterpart[] absent
 function M.expand(entries, ref_modules, target_modules, origin)
   local ref_at, tgt_at, order = {}, {}, {}
   for i, m in ipairs(ref_modules) do ref_at[m.path], order[m.path] = m, i end
@@ -186,6 +231,9 @@ function M.expand(entries, ref_modules, target_modules, origin)
 end
 
 --- The parameters each module owns directly: path -> {name -> Tensor}.
+---@param module parity.Module
+---@param modules parity.ModuleInfo[] its modules (module:modules())
+---@return table<string, table<string, parity.Tensor>>
 function M.own_params(module, modules)
   local all, owned = module:parameters(), {}
   for _, m in ipairs(modules) do owned[m.path] = {} end
@@ -198,6 +246,8 @@ function M.own_params(module, modules)
 end
 
 --- The parameter that fingerprints a module: its weight, else its only or first-named parameter.
+---@param params table<string, parity.Tensor> the parameters it owns (M.own_params)
+---@return parity.Tensor|nil
 function M.fingerprint(params)
   if params.weight then return params.weight end
   local names = {}
@@ -228,6 +278,11 @@ end
 --- A rotate-half RoPE projection's rows (or outputs, dim -1) re-ordered per head of `head_dim`
 --- into interleaved pairs: a head's row 2j is row j, its row 2j + 1 is row j + head_dim / 2.
 --- Only the first `rows` are re-ordered when given (a fused q/k/v weight: q and k, not v).
+---@param t parity.Tensor
+---@param head_dim integer
+---@param dim integer|nil the dim re-ordered (default 0; negative counts from the end)
+---@param rows integer|nil how many leading rows (default all)
+---@return parity.Tensor
 function M.interleave(t, head_dim, dim, rows)
   dim = dim or 0
   if dim < 0 then dim = t:dim() + dim end
@@ -249,6 +304,10 @@ end
 --- The head size for which `tw` holds `rw`'s rows interleaved (M.interleave), and how many
 --- leading rows are (nil: all), or nil. The first row of each head stays; the second is row
 --- head_dim / 2, which gives the head size; rows past the last differing one are as they were.
+---@param tw parity.Tensor the target's weight
+---@param rw parity.Tensor the reference's
+---@return integer|nil head_dim
+---@return integer|nil rows
 function M.interleaved_head_dim(tw, rw)
   if tw:dim() ~= 2 or not tw:is_same_size(rw)
     or tw:size(0) < 4 or not same(tw:narrow(0, 0, 1), rw:narrow(0, 0, 1)) then
@@ -267,6 +326,10 @@ end
 
 --- The reference tensors of an entry's parts as the target holds them: interleaved where the
 --- entry says so (along `dim`: 0 for weights, -1 for outputs).
+---@param entry parity.MappingPair
+---@param tensors parity.Tensor[] one per reference path
+---@param dim integer
+---@return parity.Tensor[]
 function M.as_target(entry, tensors, dim)
   local il = entry.interleave
   if not il then return tensors end
@@ -286,6 +349,9 @@ end
 --- How a target weight relates to the reference weights it should equal (concatenated along
 --- dim 0 when several): {relation = "equal" | "transposed" | "reordered" (order: the reference
 --- indices the target's row blocks hold) | "scaled" (value: c in t = c r) | "different" (rel_l2)}.
+---@param tw parity.Tensor the target's weight
+---@param rws parity.Tensor[] the reference weights
+---@return parity.WeightRelation
 function M.relation(tw, rws)
   local r = #rws == 1 and rws[1] or torch.cat(rws, 0)
   if same(tw, r) then return { relation = "equal" } end
@@ -321,8 +387,10 @@ end
 --- weight is a reference one transposed or scaled (a conversion bug the static check reports).
 --- Modules without weights follow their containers (by type, name, or as the only ones left).
 --- Returns entries and the target modules with parameters that matched nothing.
----@param ref_module userdata the reference Module (fp32)
----@param target_module userdata the target Module (fp32 when it has it)
+---@param ref_module parity.Module the reference Module (fp32)
+---@param target_module parity.Module the target Module (fp32 when it has it)
+---@return parity.MappingEntry[] entries
+---@return string[] unmapped target modules with parameters that matched nothing
 function M.auto(ref_module, target_module)
   local ref_mods, tgt_mods = ref_module:modules(), target_module:modules()
   local rp, tp = M.own_params(ref_module, ref_mods), M.own_params(target_module, tgt_mods)
@@ -472,6 +540,10 @@ end
 
 --- Same-named pairs (identity mapping) whose weights differ only by the RoPE layout get their
 --- `interleave`: a port with the reference's tree that rotates interleaved pairs.
+---@param pairs_ parity.MappingPair[] changed in place
+---@param ref_module parity.Module
+---@param target_module parity.Module
+---@return parity.MappingPair[] pairs_
 function M.find_interleaved(pairs_, ref_module, target_module)
   local rp, tp = M.own_params(ref_module, ref_module:modules()), M.own_params(target_module, target_module:modules())
   for _, pair in ipairs(pairs_) do
@@ -484,6 +556,9 @@ function M.find_interleaved(pairs_, ref_module, target_module)
 end
 
 --- A mapping as a Lua file a user can save, edit and pass back with --mapping.
+---@param entries parity.MappingEntry[]
+---@param unmapped string[]|nil target modules with parameters that matched nothing (listed as comments)
+---@return string
 function M.to_lua(entries, unmapped)
   local lines = { "-- parity mapping: reference component(s) -> target component (proposed from weight fingerprints)",
                   "return {" }

@@ -27,6 +27,30 @@ local core = require("parity.core")
 local diff = require("parity.diff")
 
 local M = {}
+--- A matrix file loaded and checked (M.load).
+---@class parity.Matrix
+---@field entries table[] as the file gives them, each checked: prompts a list, thresholds merged
+---                       with the file's and validated, names and only defaulted from the file's
+---@field path string the matrix file
+---@field dir string its directory, where commands run and relative paths start
+---@field thresholds table|nil the file's defaults for every entry
+---@field names table<string, string>|nil
+---@field only string|string[]|nil
+--- One (entry, prompt) pair run (M.run).
+---@class parity.MatrixRow
+---@field model string
+---@field index integer the prompt's, from 0
+---@field prompt string its token-id file
+---@field verdict "equivalent"|"divergent"|"incomplete"|"error"
+---@field pass boolean|nil the diff's (nil for an error)
+---@field error string|nil what failed (verdict "error")
+---@field missing string[]|nil what the engine's dump lacks of what the comparison must cover
+---@field left_out string[]|nil
+---@field loosened parity.LoosenedThreshold[]|nil
+---@field criteria_can_fail boolean|nil
+---@field first parity.DiffBrief|nil the first tensor past its thresholds (a failing pair)
+---@field localized parity.DiffBrief|nil where the error starts (a failing pair)
+---@field report string|nil the .diff report of a failing pair
 
 local function fail(where, msg) error(("%s: %s"):format(where, msg), 0) end
 
@@ -51,7 +75,7 @@ end
 
 --- Loads and checks a matrix file (.lua run sandboxed, or .json).
 ---@param path string
----@return table
+---@return parity.Matrix
 function M.load(path)
   local m
   if path:find("%.json$") then
@@ -143,8 +167,11 @@ local function obtain(run, vars, dump, log, what, cwd)
 end
 
 --- Runs the matrix; returns { rows = { {model, index, prompt, verdict, first, localized, report, error} }, exit }.
----@param m table M.load's
----@param opts table { filter = substring of model names, reports = directory, log = fun(line) }
+---@param m parity.Matrix M.load's
+---@param opts {filter?: string, reports?: string, log?: fun(line: string)} filter: a substring of
+---            the model names; reports: the directory (default parity-matrix); log: gets M.line's
+---@return {rows: parity.MatrixRow[], exit: integer} exit: 2 on an error or an incomplete pair, else 1 on
+---         a failing one, else 0
 function M.run(m, opts)
   local here = shell_line("pwd") or error("cannot tell the working directory", 0)
   local reports = absolute(here, opts.reports or "parity-matrix")  -- commands run elsewhere: absolute paths
@@ -194,6 +221,8 @@ function M.run(m, opts)
 end
 
 --- One line of the matrix's table.
+---@param row parity.MatrixRow
+---@return string
 function M.line(row)
   local what
   if row.verdict == "error" then

@@ -7,6 +7,10 @@ local M = {}
 
 --- Components both models have (same path, same type), in the reference's execution order, as
 --- mapping pairs, or nil and why not.
+---@param ref_modules parity.ModuleInfo[] the reference's modules (Module:modules), in execution order
+---@param target_modules parity.ModuleInfo[] the target's
+---@return parity.MappingPair[]|nil pairs
+---@return string|nil why the trees differ
 function M.identity_mapping(ref_modules, target_modules)
   local target_type = {}
   for _, info in ipairs(target_modules) do target_type[info.path] = info.type end
@@ -32,6 +36,12 @@ end
 --- entries, else from the weights (mapping.auto). Returns pairs, how they were made, the target
 --- modules with weights that matched nothing, the entries declared without a counterpart, and
 --- the reference modules with weights that nothing maps (or nil and why no pairs).
+---@param ctx parity.Context
+---@return parity.MappingPair[]|nil pairs
+---@return string how "identity", "given" or "auto"; without pairs, why there are none
+---@return string[]|nil unmapped target modules with weights that matched nothing (auto only)
+---@return parity.NoCounterpart[]|nil absent entries declared without a counterpart (nil by identity)
+---@return string[]|nil lacking reference modules with weights that nothing maps (nil by identity)
 function M.pairs_for(ctx)
   local ref32 = ctx.reference:at(ctx.anchor)  -- fp32, or the low precision (2-tensor baseline)
   local tgt = ctx.target:at(ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype)

@@ -11,6 +11,13 @@ local core = require("parity.core")
 
 local M = {}
 
+--- M.load's: a .pt2 program in a Module's shape (the methods of parity.Module that a program that
+--- runs whole allows). p(tokens) and p:forward1(tokens) give the logits; tostring(p) is
+--- "Program(TYPE)".
+---@class parity.ProgramModule
+---@field program parity.Program the loaded package
+---@field file string its path
+---@overload fun(tokens: parity.Tensor): parity.Tensor
 local Program = {}
 Program.__index = Program
 
@@ -30,6 +37,11 @@ end
 --- The program's tree, taps and parameter names from its metadata (string -> string), checked:
 --- paths are strings, the root comes first, a parent before its children, every tapped path is in
 --- the tree. Errors are one line naming `origin`. Returns modules, outputs, is_param.
+---@param meta table<string, string> the package's metadata (Program:metadata)
+---@param origin string names the package in errors
+---@return parity.ModuleInfo[] modules the tree, root first, parents before children
+---@return table[] outputs {path, call (0-based), kind "input"|"output"|nil} of output 1..
+---@return table<string, boolean> is_param the constants that are parameters
 function M.layout(meta, origin)
   local modules, outputs, params = decoded(meta, "parity.modules", origin), decoded(meta, "parity.outputs", origin),
     decoded(meta, "parity.parameters", origin)
@@ -57,6 +69,9 @@ function M.layout(meta, origin)
 end
 
 --- Loads `path` (a .pt2 package) onto `device`; errors are one line naming the file.
+---@param path string
+---@param device? parity.DeviceName default: the CPU
+---@return parity.ProgramModule
 function M.load(path, device)
   local ok, why = core.programs_supported()
   if not ok then error(("%s: a torch.export program (.pt2); %s"):format(path, why), 0) end
@@ -70,6 +85,8 @@ function M.load(path, device)
                         sizes = sizes, tapped = {} }, Program)
 end
 
+--- Every module of the exported tree, the root first, parents before children (Module:modules).
+---@return parity.ModuleInfo[]
 function Program:modules()
   local out = {}
   for i, m in ipairs(self.layout) do
@@ -78,11 +95,22 @@ function Program:modules()
   return out
 end
 
+--- The root's class name (a submodule's view: that module's).
+---@return string
 function Program:type() return self.layout[1].type end
+--- Its methods: forward only.
+---@return string[]
 function Program:methods() return { "forward" } end
+--- "cpu": where its results come back (Module:device).
+---@return string
 function Program:device() return "cpu" end
+--- The program itself (it has no training mode).
+---@return parity.ProgramModule self
 function Program:eval() return self end
+--- Raises: its dtype and device are compiled in.
 function Program:to() error(WHOLE .. "its dtype and device are compiled in; export one per dtype", 2) end
+--- forward's schema: one Tensor input_ids, one Tensor returned (Module:schema).
+---@return parity.Schema
 function Program:schema() return { name = "forward", arguments = { { name = "input_ids", type = "Tensor" } }, returns = { { type = "Tensor" } } } end
 
 local function constants(self, want_params, prefix)
@@ -95,10 +123,16 @@ local function constants(self, want_params, prefix)
   return out
 end
 
+--- Its parameters by dotted name (a submodule's view: relative to it), from the constants.
+---@return table<string, parity.Tensor>
 function Program:parameters() return constants(self, true, self.prefix or "") end
+--- Its buffers (the constants that are not parameters) by dotted name.
+---@return table<string, parity.Tensor>
 function Program:buffers() return constants(self, false, self.prefix or "") end
 
 --- A submodule's view: its parameters and buffers; it cannot run alone.
+---@param path string a dotted path relative to this module; raises when there is none
+---@return parity.ProgramModule
 function Program:child(path)
   local full = (self.prefix or "") .. path
   for _, m in ipairs(self.layout) do
@@ -112,6 +146,8 @@ end
 
 --- Taps: the paths the program has outputs of are tapped (their first output); a module without
 --- any (a ModuleList, a module the forward never calls) has no calls, as in TorchScript.
+---@param paths string[]
+---@return parity.TapSite[]
 function Program:tap(paths)
   local has = {}
   for _, o in ipairs(self.outputs) do
@@ -148,6 +184,10 @@ end
 --- Module:run_tapped as far as a whole program allows: first inputs and outputs captured;
 --- request.inject is refused (nothing can be injected); request.last_position is not done (the
 --- whole logits come back: callers check what they got).
+---@param args any[] forward's arguments: { token ids [batch, seq] }
+---@param request parity.RunTappedOptions|nil
+---@return parity.Tensor logits
+---@return table<string, parity.TapCall[]> calls path -> its calls (one input or output each)
 function Program:run_tapped(args, request)
   request = request or {}
   if request.inject and next(request.inject) then error(WHOLE .. "it cannot take injected inputs", 2) end
@@ -170,18 +210,31 @@ function Program:run_tapped(args, request)
   return out[1], calls
 end
 
+--- Runs a method by name (Module:call): forward only, which gives the logits.
+---@param method string
+---@param ... any forward's arguments: token ids [batch, seq]
+---@return parity.Tensor logits
 function Program:call(method, ...)
   if method ~= "forward" then error(("a .pt2 program has forward only, not '%s'"):format(tostring(method)), 2) end
   return run(self, ...)[1]
 end
 
 --- The primary output, as Module:forward1: the logits (a program returns them first).
+---@param ... any token ids [batch, seq]
+---@return parity.Tensor logits
 function Program:forward1(...) return run(self, ...)[1] end
 
+--- p(tokens): the logits, as Program:forward1.
+---@param ... any token ids [batch, seq]
+---@return parity.Tensor logits
 Program.__call = function(self, ...) return run(self, ...)[1] end
+--- "Program(TYPE)".
+---@return string
 Program.__tostring = function(self) return ("Program(%s)"):format(self:type()) end
 
 --- Whether `x` is a program (M.load) rather than a TorchScript module.
+---@param x any
+---@return boolean
 function M.is_program(x) return getmetatable(x) == Program end
 
 return M

@@ -8,12 +8,15 @@ local M = {}
 
 local FORMAT = 4  -- bump when what the reference cache stores changes
 
+--- The methods M.install adds to parity.Context (context.lua declares its fields).
+---@class parity.Context
 local Context = {}
 
 --- Whether the reference cache is on: asked for, a directory known, and that directory private
 --- (a real directory, yours, that no one else can write: an entry others could write could
 --- forge a pass). It is created (0700) when missing. Decided once; a cache that cannot be used
 --- is a note, and the reference is computed.
+---@return boolean
 function Context:cache_on()
   if self.memo.cache_on ~= nil then return self.memo.cache_on end
   local why
@@ -32,6 +35,8 @@ function Context:cache_on()
 end
 
 --- A cache write that fails (a full or read-only disk) is a warning: the run goes on.
+---@param what string what `fn` writes, for the warning
+---@param fn fun() does the writing
 function Context:cache_write(what, fn)
   local ok, err = pcall(fn)
   if not ok then self.log(("reference cache: %s not written (%s)"):format(what, tostring(err))) end
@@ -40,6 +45,8 @@ end
 --- A file's content hash, computed once per version of the file: remembered in the cache
 --- directory under its identity (device, inode, size, modification time), so that checking
 --- again against an unchanged reference reads none of it.
+---@param path string
+---@return string hash SHA-256, 64 hex digits
 function Context:content_hash(path)
   if not self:cache_on() then return core.hash_file(path) end
   local memo = ("%s/files/%s"):format(self.cache_dir, core.hash_string(path .. "\0" .. core.file_identity(path)))
@@ -58,6 +65,7 @@ end
 --- What the reference's side is computed from, as one string: the reference's files, the
 --- inputs and every setting its outputs depend on. Its SHA-256 is the cache key; each entry
 --- holds it whole in its metadata, which a read compares.
+---@return string material JSON
 function Context:cache_material()
   if self.memo.cache_material then return self.memo.cache_material end
   local files = {}
@@ -72,18 +80,25 @@ function Context:cache_material()
 end
 
 --- The reference's cache file, <key>.safetensors, or <key>_<name>.safetensors for more of its side.
+---@param name string|nil
+---@return string
 function Context:cache_path(name)
   self.memo.cache_key = self.memo.cache_key or core.hash_string(self:cache_material())
   return ("%s/%s%s.safetensors"):format(self.cache_dir, self.memo.cache_key, name and "_" .. name or "")
 end
 
 --- The metadata of a cache entry `name` (nil: the reference's outputs): the format and the material.
+---@param name string|nil
+---@return {format: string, material: string}
 function Context:cache_metadata(name)
   return { format = tostring(FORMAT), material = self:cache_material() .. (name and "\n" .. name or "") }
 end
 
 --- A cache entry's tensors when it is one of this key's (its metadata holds this key's material
 --- and `name`): {name = Tensor}, or nil and why not (nil, nil: no such entry).
+---@param name string|nil nil: the reference's outputs
+---@return table<string, parity.Tensor>|nil tensors
+---@return string|nil why the entry is not this key's (or cannot be read)
 function Context:read_cache_entry(name)
   local path = self:cache_path(name)
   if core.path_kind(path) ~= "file" then return nil end
@@ -99,6 +114,8 @@ end
 --- More of the reference's side, cached beside its outputs (Context:reference_outputs) under the
 --- same key and `name` (which says what else they depend on): {name = Tensor}, or nil when not
 --- cached (or the cache is off or the entry not this key's). Context:cache_reference_extra writes them.
+---@param name string
+---@return table<string, parity.Tensor>|nil
 function Context:reference_extra(name)
   if not self:cache_on() then return nil end
   local t, why = self:read_cache_entry(name)
@@ -106,6 +123,10 @@ function Context:reference_extra(name)
   return t
 end
 
+--- Caches more of the reference's side under `name` (read back by Context:reference_extra), when
+--- the cache is on; a failed write is a warning (Context:cache_write).
+---@param name string
+---@param tensors table<string, parity.Tensor>
 function Context:cache_reference_extra(name, tensors)
   if not self:cache_on() then return end
   self:cache_write(self:cache_path(name), function()
@@ -116,6 +137,8 @@ end
 
 --- Why cached reference outputs `t` cannot be these inputs' (nil when they can): each tensor of
 --- the dtype and shape it must have, the sequences starting with the prompts, finite logits.
+---@param t table<string, parity.Tensor> a cache entry's tensors (Context:read_cache_entry)
+---@return string|nil problem
 function Context:cached_outputs_problem(t)
   local k, p, n = self.prompts:size(0), self.prompts:size(1), self.settings.new_tokens
   local want = { sequences = { "int64", { k, p + n } }, own_tokens = { "int64", { k, n } },
@@ -136,6 +159,7 @@ function Context:cached_outputs_problem(t)
 end
 
 --- Adds the cache's methods to the Context class.
+---@param class table the Context metatable (context.lua)
 function M.install(class)
   for name, f in pairs(Context) do class[name] = f end
 end

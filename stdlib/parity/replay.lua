@@ -4,10 +4,16 @@
 --- which the stages and the cause signatures share.
 local M = {}
 
+--- Whether `t` has a floating dtype.
+---@param t parity.Tensor
+---@return boolean
 local function is_float(t) return t:dtype():find("float") ~= nil end
 M.is_float = is_float
 
 --- The floating tensors of `list` cast to `dtype`, the others as they are.
+---@param list parity.Tensor[]
+---@param dtype parity.DtypeName
+---@return parity.Tensor[]
 function M.cast(list, dtype)
   local out = {}
   for i, t in ipairs(list) do out[i] = is_float(t) and t:to(dtype) or t end
@@ -15,6 +21,9 @@ function M.cast(list, dtype)
 end
 
 --- The tensors of a forward's output, tuples flattened, in order.
+---@param v any a forward's output: a Tensor, or arrays of them (other values are skipped)
+---@param out parity.Tensor[]|nil appended to and returned (default: a new list)
+---@return parity.Tensor[]
 function M.tensors(v, out)
   out = out or {}
   if torch.is_tensor(v) then
@@ -27,6 +36,10 @@ end
 
 --- Rebuilds a call's arguments from the flat captured tensors using the forward's schema:
 --- "Tensor" takes one, "Tuple[Tensor, ...]" as many as it names. Nil when they do not fit.
+---@param schema parity.Schema the forward's (Module:schema)
+---@param flat parity.Tensor[] the captured inputs, in order
+---@return any[]|nil args forward's arguments (a tuple: an array of tensors)
+---@return string|nil why they do not fit
 function M.arguments(schema, flat)
   local args, k = {}, 1
   for _, a in ipairs(schema.arguments) do
@@ -47,6 +60,9 @@ end
 
 --- The first floating tensor of `inputs` shaped like `like`: a block's hidden states, which a
 --- traced module may take after its mask (Gemma's layers take the causal mask first); or nil.
+---@param inputs parity.Tensor[]|nil
+---@param like parity.Tensor
+---@return parity.Tensor|nil
 function M.stream_input(inputs, like)
   for _, x in ipairs(inputs or {}) do
     if is_float(x) and x:is_same_size(like) then return x end
@@ -56,6 +72,10 @@ end
 
 --- The module at `path` of a fresh copy of bundle `b` at `dtype` (its own weights: a signature
 --- may change them), or nil when it cannot be loaded.
+---@param b parity.Bundle
+---@param dtype string
+---@param path string the module's dotted path
+---@return parity.Module|parity.ProgramModule|nil
 function M.fresh_module(b, dtype, path)
   local ok, model = pcall(function() return b:fresh(dtype):child(path) end)
   return ok and model or nil
@@ -64,6 +84,12 @@ end
 --- Runs `model` (a module, e.g. M.fresh_module's) on `inputs` (captured, cast to `dtype`),
 --- with the children at `taps` (paths relative to it) tapped: its first output and the calls
 --- (path -> {{inputs, outputs}...}), or nil when it cannot run on them.
+---@param model parity.Module
+---@param dtype parity.DtypeName
+---@param inputs parity.Tensor[] the captured inputs
+---@param taps string[]|nil
+---@return parity.Tensor|nil output its first output tensor
+---@return table<string, parity.TapCall[]>|nil calls (empty without taps)
 function M.run(model, dtype, inputs, taps)
   local args = M.arguments(model:schema(), M.cast(inputs, dtype))
   if not args then return nil end

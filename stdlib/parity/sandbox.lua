@@ -25,7 +25,7 @@ local function copy(t)
 end
 
 --- The limits in force: defaults, overridden by the environment (validated).
----@return table {instructions, memory_mb, seconds}
+---@return {instructions: integer, memory_mb: integer, seconds: integer}
 function M.limits()
   local out = {}
   for key, default in pairs(M.DEFAULTS) do
@@ -93,7 +93,8 @@ end
 --- as "WHAT: message". Functions a sandboxed file returned must be called through here too.
 ---@param what string names the file for messages, e.g. "thresholds file t.lua"
 ---@param fn function
----@return any ...
+---@param ... any fn's arguments
+---@return any ... what fn returns (at most 100 values)
 function M.call(what, fn, ...)
   local lim = M.limits()
   -- count hooks do not run inside compiled traces, and built-ins written in Lua (table.foreachi)
@@ -140,7 +141,7 @@ end
 --- Loads a Lua file as text into a fresh sandbox environment and runs it; returns what it returns.
 ---@param path string
 ---@param what string|nil what the file is, for messages (default "sandboxed file")
----@return any ...
+---@return any ... what the file returns (at most 100 values)
 function M.run_file(path, what)
   what = what or "sandboxed file"
   local chunk, err = M.load_text(path)

@@ -14,6 +14,8 @@ local M = {}
 M.EXTENSIONS = { "safetensors", "npy", "bin" }
 
 --- The tensor-file extension of a path (one of M.EXTENSIONS), or nil.
+---@param path string
+---@return string|nil
 function M.extension(path)
   for _, ext in ipairs(M.EXTENSIONS) do
     if path:sub(-#ext - 1) == "." .. ext then return ext end
@@ -21,6 +23,9 @@ function M.extension(path)
 end
 
 --- The file STEM.<ext> in `dir` for one of the tensor extensions; nil when none, an error when several.
+---@param dir string
+---@param stem string
+---@return string|nil path
 function M.find(dir, stem)
   local found = {}
   for _, ext in ipairs(M.EXTENSIONS) do
@@ -32,7 +37,9 @@ function M.find(dir, stem)
 end
 
 --- True when `path` is saved logits rather than a bundle: a tensor file, or a directory with
---- logits.* and no trace.
+--- logits.* and no trace. A non-string is saved logits when it is a parity.Saved.
+---@param path string|parity.Bundle|parity.Saved
+---@return boolean
 function M.is_saved(path)
   if type(path) ~= "string" then return getmetatable(path) == M.Saved end
   local kind = core.path_kind(path)
@@ -79,6 +86,7 @@ end
 ---@field path string
 ---@field saved string   why stages that run the target's modules are skipped
 ---@field no_fp32 string  how to get the fp32 leg
+---@field input_ids parity.Tensor|nil  the tokens the engine ran, int64 [batch, seq], when saved
 local Saved = {}
 Saved.__index = Saved
 M.Saved = Saved
@@ -113,21 +121,29 @@ end
 
 --- fp32 only when the engine's fp32 run was saved too (the check's fp32 leg); every other
 --- dtype is the one run.
+---@param dtype string
+---@return boolean
 function Saved:has(dtype)
   return dtype ~= "fp32" or self.files.fp32 ~= nil
 end
 
+--- The dtypes it stands in for: bf16 and fp16 (the one run), fp32 first when that was saved too.
+---@return string[]
 function Saved:dtypes()
   return self.files.fp32 and { "fp32", "bf16", "fp16" } or { "bf16", "fp16" }
 end
 
 --- The file behind `dtype`'s logits: the fp32 run for fp32 when saved, else the one run (what
 --- `parity gate --dtype D` compares with the reference at D).
+---@param dtype string
+---@return string
 function Saved:file(dtype)
   return dtype == "fp32" and self.files.fp32 or self.files.run
 end
 
 --- The saved logits at `dtype`, loaded once.
+---@param dtype string
+---@return parity.Tensor logits float32 [batch, seq, vocab]
 function Saved:logits_at(dtype)
   local file = self:file(dtype)
   self.logits[file] = self.logits[file] or logits_from(file)
@@ -136,6 +152,8 @@ end
 
 --- A callable standing in for a module: token ids -> the saved logits, when they are the
 --- sequences the logits were computed on (input_ids when saved, else the logits' batch and length).
+---@param dtype string
+---@return fun(tokens: parity.Tensor): parity.Tensor module a callable table
 function Saved:at(dtype)
   local file = self:file(dtype)
   return setmetatable({}, { __call = function(_, tokens)
@@ -156,10 +174,14 @@ function Saved:at(dtype)
   end })
 end
 
+--- The vocabulary size: the width of the logits run.
+---@return integer
 function Saved:vocab_size()
   return self:logits_at("bf16"):size(2)
 end
 
+--- nil: saved logits say nothing of the longest sequence the engine takes (Bundle:max_positions).
+---@return nil
 function Saved:max_positions() return nil end
 
 return M

@@ -5,6 +5,7 @@ local M = {}
 
 local cases, prefix, assertions = {}, {}, 0
 
+--- A group of cases: `body` runs now, and the cases it registers are named "NAME case".
 ---@param name string
 ---@param body fun()
 function M.describe(name, body)
@@ -13,9 +14,10 @@ function M.describe(name, body)
   prefix[#prefix] = nil
 end
 
+--- Registers a case (run by M.run), named after the enclosing describes.
+--- With PARITY_SPEC_ONLY set, only the cases whose full name contains it (plain text) run.
 ---@param name string
 ---@param body fun()
---- With PARITY_SPEC_ONLY set, only the cases whose full name contains it (plain text) run.
 function M.it(name, body)
   local full = table.concat(prefix, " ") .. (#prefix > 0 and " " or "") .. name
   local only = os.getenv("PARITY_SPEC_ONLY")
@@ -59,6 +61,9 @@ local function deep_equal(a, b)
 end
 
 --- Equal values; tables compare deeply, tensors with torch.equal.
+---@param actual any
+---@param expected any
+---@param what string|nil names the value in the failure message
 function M.eq(actual, expected, what)
   assertions = assertions + 1
   if not deep_equal(actual, expected) then
@@ -68,6 +73,9 @@ end
 
 --- `now` equals the snapshot file at `path`; with PARITY_API_UPDATE=1 the file is written first
 --- (an intended change accepted).
+---@param path string
+---@param now string the text as it is now
+---@param what string names the snapshot in the failure message
 function M.snapshot(path, now, what)
   if os.getenv("PARITY_API_UPDATE") == "1" then
     local f = assert(io.open(path, "w"))
@@ -81,6 +89,10 @@ function M.snapshot(path, now, what)
 end
 
 --- |actual - expected| <= tol (default 1e-6).
+---@param actual any must be a number
+---@param expected number
+---@param tol number|nil
+---@param what string|nil names the value in the failure message
 function M.near(actual, expected, tol, what)
   assertions = assertions + 1
   tol = tol or 1e-6
@@ -89,12 +101,18 @@ function M.near(actual, expected, tol, what)
   end
 end
 
+--- `v` is neither nil nor false.
+---@param v any
+---@param what string|nil names the value in the failure message
 function M.truthy(v, what)
   assertions = assertions + 1
   if not v then fail(("%sexpected a true value, got %s"):format(what and (what .. ": ") or "", show(v))) end
 end
 
---- fn() must raise an error whose message contains `needle` (plain text).
+--- fn() must raise an error whose message contains `needle` (plain text); returns the error.
+---@param fn fun()
+---@param needle string
+---@return any err the error value raised
 function M.raises(fn, needle)
   assertions = assertions + 1
   local ok, err = pcall(fn)
@@ -105,7 +123,8 @@ function M.raises(fn, needle)
   return err
 end
 
---- Runs every registered case; returns the exit code.
+--- Runs every registered case, printing a line each and a count; returns the exit code (1 when
+--- a case failed, a case made no assertion, or there was none; else 0) and forgets the cases.
 ---@return integer
 function M.run()
   local failed = 0

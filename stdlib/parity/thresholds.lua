@@ -6,6 +6,36 @@ local sandbox = require("parity.sandbox")
 local validate = require("parity.validate")
 
 local M = {}
+--- The thresholds a check judges by: M.DEFAULTS overlaid with a table or a file's (M.resolve),
+--- or M.at's view of them at one precision. Each is a number; M.DEFAULTS says what it bounds.
+---@class parity.Thresholds
+---@field r_p95 number R p95 must be below this
+---@field r_p50_precision number with an exact fp32 leg, a failing R p95 is a warning while R p50 is below this
+---@field r32_p95 number the fp32 leg's R32 p95 must be below this
+---@field r_p95_fp32 number R's bound in an fp32 check against the reference's fp32 reassociation level
+---@field kl_ratio number KL p95 <= max(kl_ratio x the reference's own, kl_floor)
+---@field kl_floor number
+---@field cosine_ratio number 1 - cosine p5 <= max(cosine_ratio x the reference's own, cosine_floor)
+---@field cosine_floor number
+---@field top1 number top-1 agreement (near-ties excluded) must be above this
+---@field tie_factor number a flip is a near-tie within tie_factor x the reference's own precision noise
+---@field smoke_match number smoke's greedy match rate below this x the reference's own is a warning
+---@field r_over number a component whose R is below this is markedly more precise (a warning)
+---@field row_z number the rows' sign-test z at or above which a component is consistently less precise
+---@field row_r_p50 number ... and the rows' R p50 at or above which it is
+--- A threshold looser than its default (M.audit).
+---@class parity.LoosenedThreshold
+---@field name string
+---@field default number
+---@field given number
+---@field off boolean so loose that its criterion is switched off (M.OFF)
+---@field factor number how many times looser than the default counts as loosened (M.KINDS)
+--- What resolved thresholds loosen (M.audit).
+---@class parity.ThresholdAudit
+---@field loosened parity.LoosenedThreshold[] in name order
+---@field switched_off string[] the names of the criteria switched off
+---@field criteria_can_fail boolean false when every criterion they govern is switched off
+---@field warnings string[] a line for each loosened threshold (and one when no criterion can fail)
 
 --- name -> default. Criteria compare per-position percentiles of the e2e stages; the
 --- distributional ones are relative to what the reference itself does at the low precision
@@ -104,6 +134,9 @@ M.OFF = {
 
 --- How many times looser `given` is than `default` (math.huge at the end of a range: a rate of
 --- 0, a cosine of -1).
+---@param kind "ratio"|"r"|"rate"|"gap" a name in M.KINDS
+---@param default number
+---@param given number
 ---@return number
 function M.looseness(kind, default, given)
   if kind == "ratio" then return default > 0 and given / default or (given > 0 and math.huge or 1) end
@@ -114,6 +147,11 @@ function M.looseness(kind, default, given)
 end
 
 --- "off" (at or past `off`, when given), "loosened" (past its kind's factor) or nil.
+---@param kind "ratio"|"r"|"rate"|"gap" a name in M.KINDS
+---@param default number
+---@param given number
+---@param off number|nil the value at (or past) which the criterion is switched off (M.OFF)
+---@return "off"|"loosened"|nil
 function M.judge(kind, default, given, off)
   local k = M.KINDS[kind]
   if off and (k.larger and given >= off or not k.larger and given <= off) then return "off" end
@@ -121,6 +159,7 @@ function M.judge(kind, default, given, off)
 end
 
 --- A warning line for each loosened threshold ({name, default, given, off, factor}).
+---@param loosened parity.LoosenedThreshold[]
 ---@return string[]
 function M.loosened_lines(loosened)
   local out = {}
@@ -134,8 +173,8 @@ end
 --- What resolved thresholds loosen: { loosened = { {name, default, given, off}... } (in name
 --- order), switched_off = { criterion... }, criteria_can_fail = false when every criterion
 --- they govern is switched off, warnings = { line... } }.
----@param th table M.resolve's
----@return table
+---@param th parity.Thresholds M.resolve's
+---@return parity.ThresholdAudit
 function M.audit(th)
   local names, loosened, off = {}, {}, {}
   for name in pairs(M.DEFAULTS) do names[#names + 1] = name end
@@ -183,7 +222,7 @@ end
 
 --- Loads a thresholds file in a sandbox.
 ---@param path string
----@return table
+---@return table<string, number> overrides the file's thresholds, validated (M.resolve overlays them)
 function M.load_file(path)
   return check_table((sandbox.run_file(path, "thresholds file")), "thresholds file " .. path)
 end
@@ -191,15 +230,17 @@ end
 --- The thresholds as they apply when the target is compared at `dtype` (the yardstick's
 --- precision, Context.dtype): at fp32 (an fp32 check against the reference's reassociation
 --- level) R's bound is r_p95_fp32; elsewhere `th` itself.
----@return table
+---@param th parity.Thresholds
+---@param dtype string the yardstick's precision: "bf16", "fp16" or "fp32"
+---@return parity.Thresholds
 function M.at(th, dtype)
   if dtype ~= "fp32" then return th end
   return setmetatable({ r_p95 = th.r_p95_fp32 }, { __index = th })
 end
 
 --- Defaults overlaid with `overrides` (a table, or nil).
----@param overrides table|nil
----@return table
+---@param overrides table<string, number>|nil threshold name -> value (validated: names, types, M.RANGES)
+---@return parity.Thresholds
 function M.resolve(overrides)
   local out = {}
   for k, v in pairs(M.DEFAULTS) do out[k] = v end

@@ -1,6 +1,14 @@
 --- Module trees for people and programs: pretty (box drawing), flat (one path a line), JSON.
 --- Input: Module:modules(), root first, parents before children, in execution order.
 local M = {}
+--- One node of M.nested's tree.
+---@class parity.TreeNode
+---@field name string the last part of its path ("" for the root)
+---@field path string
+---@field type string its class name
+---@field params number parameter elements it owns directly
+---@field total_params number parameter elements with its children
+---@field children parity.TreeNode[] a JSON array, in execution order
 
 local function human(n)
   if n >= 1e9 then return ("%.1fB"):format(n / 1e9) end
@@ -70,18 +78,18 @@ local function render(modules, fold)
 end
 
 --- Box-drawn tree with class names and parameter counts (own/total).
----@param modules table[]
+---@param modules parity.ModuleInfo[]
 ---@return string
 function M.pretty(modules) return render(modules, false) end
 
 --- Like pretty, with runs of numbered siblings whose subtrees are identical folded into one
 --- entry: "layers.{0..27}: LlamaDecoderLayer", drawn once.
----@param modules table[]
+---@param modules parity.ModuleInfo[]
 ---@return string
 function M.compressed(modules) return render(modules, true) end
 
 --- One module a line: path, class, parameter count with children (root shown as "(root)").
----@param modules table[]
+---@param modules parity.ModuleInfo[]
 ---@return string
 function M.flat(modules)
   local lines = {}
@@ -92,8 +100,8 @@ function M.flat(modules)
 end
 
 --- Nested table {name, path, type, params, total_params, children = {...}} for JSON.
----@param modules table[]
----@return table
+---@param modules parity.ModuleInfo[]
+---@return parity.TreeNode root
 function M.nested(modules)
   local children = children_index(modules)
   local json = require("parity.core").json

@@ -51,6 +51,11 @@ end
 --- A number from the environment: `default` when unset or empty, else `text` must be a number
 --- (whole when `whole`) in lo..hi; an error names the variable and quotes what it held, like
 --- the host's env_integer.
+---@param name string the environment variable
+---@param default number
+---@param lo number
+---@param hi number
+---@param whole boolean|nil digits only, a whole number
 ---@return number
 function M.env(name, default, lo, hi, whole)
   local text = os.getenv(name)

@@ -3,9 +3,9 @@
 ---
 --- The stage contract. A stage is a module with `name`, `run(ctx, got) -> result[, kept]` and
 --- optionally `needs` (the earlier stages whose results it reads: got.<name>, and what they kept
---- in memory: got.kept.<name>), `criteria(result, thresholds, facts) -> {criterion...}` (what
---- the verdict judges, once every stage has run, from the stage's own result; `facts`:
---- parity.verdict.facts), `summary(result)` (the small table the verdict keeps) and
+--- in memory: got.kept.<name>), `criteria` (rows of parity.criteria's shape, data only: what the
+--- verdict judges on the stage's own result once every stage has run, after the criteria table's
+--- rows for it), `summary(result)` (the small table the verdict keeps) and
 --- `runs_target` (what for it runs the target's modules, not only its logits: it is skipped,
 --- and says why, against saved logits, parity.saved). A result is plain data; `{skipped =
 --- "why"}` is recorded as skipped, never silently. A stage never requires another stage: what
@@ -15,6 +15,14 @@ local core = require("parity.core")
 local verdict = require("parity.verdict")
 
 local M = {}
+--- A stage module (the stage contract above).
+---@class parity.Stage
+---@field name string
+---@field run fun(ctx: parity.Context, got: table): table, table|nil the result (plain data) and what it keeps
+---@field needs string[]|nil the earlier stages whose results it reads
+---@field criteria parity.Criterion[]|nil rows the verdict judges on its result, beside the criteria table's
+---@field summary nil|fun(result: table): table the small table the verdict keeps
+---@field runs_target string|nil what for it runs the target's modules (skipped against saved logits)
 
 --- A stage's view of the earlier results its `needs` declare: got.<name> is that stage's result
 --- (what its JSON holds), got.kept.<name> what it kept in memory for later stages (captured
@@ -40,6 +48,8 @@ end
 
 --- Checks a stage list against the stage contract: each a name (not "kept") and a run function,
 --- names unique, and every stage it needs running before it.
+---@param stages parity.Stage[]
+---@return parity.Stage[] stages
 function M.check_stages(stages)
   local seen = {}
   for i, stage in ipairs(stages) do
@@ -61,8 +71,8 @@ end
 --- earlier results its `needs` declare, returns its result (plain data, written as <name>.json
 --- as soon as it exists) and optionally what it keeps in memory for later stages.
 ---@param ctx parity.Context
----@param stages table[] stage modules
----@return table verdict
+---@param stages parity.Stage[] stage modules
+---@return parity.Verdict verdict
 function M.run(ctx, stages)
   M.check_stages(stages)
   local results, kept, times = {}, {}, {}

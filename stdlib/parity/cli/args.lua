@@ -2,16 +2,25 @@
 --- name for a typo, and usage errors (they print without a traceback, then exit 2).
 local M = {}
 
+--- Writes a line to stderr: fmt formatted with the arguments, then a newline.
+---@param fmt string
+---@param ... any
 local function stderr(fmt, ...)
   io.stderr:write((fmt):format(...), "\n")
 end
 
 --- Errors raised for bad command lines carry this marker, so they print without a traceback.
+--- Raises {usage = msg}: it never returns.
+---@param msg string what is wrong with the command line
 local function usage_error(msg)
   error({ usage = msg }, 0)
 end
 
 --- list[from..] as a new list (unpack overflows LuaJIT's stack on a few thousand arguments).
+---@generic T
+---@param list T[]
+---@param from integer
+---@return T[]
 local function tail(list, from)
   local out = {}
   for i = from, #list do out[#out + 1] = list[i] end
@@ -38,6 +47,7 @@ end
 
 --- The names nearest to `word`, when close enough to be a typo of them: at most 2 edits, and
 --- at most a third of the name (one for names of up to 5 letters); "" when none is.
+---@param word string what was given
 ---@param names string[]
 ---@param prefix string written before each name ("--" for flags)
 ---@return string " (did you mean --a?)", or ""
@@ -55,7 +65,10 @@ local function nearest(word, names, prefix)
   return (" (did you mean %s?)"):format(table.concat(found, " or "))
 end
 
---- The keys of a table, as a list.
+--- The keys of a table, as a list (in no particular order).
+---@generic K
+---@param t table<K, any>
+---@return K[]
 local function keys(t)
   local out = {}
   for k in pairs(t) do out[#out + 1] = k end
@@ -66,6 +79,8 @@ end
 ---@param argv string[]
 ---@param spec table { flags = { name = "boolean"|"string"|"number"|"list" }, positional = { "NAME", ... } }
 ---   ("list": a string flag given any number of times, its values in order)
+---@return table<string, any> opts flag name -> its value (a string, number, true or a list),
+---   positional NAME -> its argument; raises a usage error on a bad command line
 local function parse(argv, spec)
   local opts, pos = {}, {}
   local i = 1
@@ -113,6 +128,8 @@ local function parse(argv, spec)
 end
 
 --- The --out of a command line that did not parse (the last one given), or nil.
+---@param argv string[]
+---@return string|nil
 local function out_given(argv)
   local out
   for i, a in ipairs(argv) do

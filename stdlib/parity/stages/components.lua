@@ -21,6 +21,50 @@ local lm = require("parity.lm")
 local m = core.metrics
 
 local M = { name = "components", runs_target = "its components run one by one", needs = { "scaffold" } }
+--- One row of the result's `components`: a mapped component's figures (its worst call's).
+---@class parity.ComponentRow
+---@field reference string the reference paths, joined by "+"
+---@field target string
+---@field type string the reference module's type
+---@field depth integer
+---@field transform string
+---@field calls integer how often the reference's forward calls it
+---@field interleave integer|nil the head size of an interleaved RoPE layout
+---@field skipped string|nil why it has no figures ("never called", cannot re-run)
+---@field never_called_by_target boolean|nil the target has it (with weights) but its forward never calls it
+---@field isolated boolean|nil whether the target's component ran on the reference's inputs
+---@field r number|nil its own R at the low precision (isolated)
+---@field r32 number|nil its own R32 (isolated, fp32)
+---@field acc_r number|nil R of its output in the whole-model runs
+---@field acc_r32 number|nil R32 of the same
+---@field inherited_r number|nil R of its first input in the whole-model runs
+---@field inherited_r32 number|nil R32 of the same
+---@field worst_call integer
+---@field rel_l2_32 number|nil
+---@field cosine_32 number|nil
+---@field rows_r parity.RowRatios|nil the per-row view (parity.judge.row_ratios)
+---@field role "source"|"amplifier"|"carrier"|nil parity.judge.role
+--- What localize's signatures fit a failing component on (kept in memory, never written): its
+--- isolated outputs and inputs and a way to re-run it, or the whole-model outputs (isolated = false).
+---@class parity.Evidence
+---@field isolated boolean
+---@field call integer the call the figures are of
+---@field inputs parity.Tensor[]|nil the reference's captured inputs (isolated)
+---@field input parity.Tensor|nil the first of them
+---@field target_inputs parity.Tensor[]|nil those the target's component took
+---@field r32 parity.Tensor|nil the reference's output (the anchor precision)
+---@field t32 parity.Tensor|nil the target's in fp32 (or in an fp32 check's low precision, fp32)
+---@field tlow parity.Tensor|nil the target's at the low precision
+---@field params table<string, parity.Tensor> the reference component's parameters
+---@field run_reference nil|fun(inputs: parity.Tensor[]): parity.Tensor|nil re-runs the reference's component
+---@field run_target nil|fun(inputs: parity.Tensor[]): parity.Tensor|nil re-runs the target's component
+--- The whole-model captures inside the failing components, for signatures that look inside.
+---@class parity.Inside
+---@field reference table<string, parity.TapCall[]> path -> its calls in the reference's run
+---@field target table<string, parity.TapCall[]> path -> its calls in the target's run
+---@field pairs parity.MappingPair[]
+---@field bundles {reference: parity.Bundle, target: parity.Bundle, reference_low: parity.Bundle}
+---@field dtypes {reference: string, target: string, reference_low: string}
 
 local judge = require("parity.judge")
 local replay = require("parity.replay")
@@ -133,6 +177,9 @@ end
 --- the whole-model captures inside them (`inside`) and the first component whose input in the
 --- whole fp32 runs is off (`first_inherited`).
 ---@param ctx parity.Context
+---@param got table the scaffold stage's result and pairs (got.scaffold, got.kept.scaffold: parity.workflow)
+---@return table result {mapping, components: parity.ComponentRow[], has_fp32, ...}, or {skipped}
+---@return {evidence: table<string, parity.Evidence>, inside: parity.Inside, first_inherited: table|nil}|nil kept
 function M.run(ctx, got)
   local ref, target, dtype = ctx.reference, ctx.target, ctx.dtype
   local scaffold, paired = got.scaffold, got.kept.scaffold  -- its pairs

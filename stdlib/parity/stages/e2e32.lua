@@ -11,6 +11,10 @@ local m = core.metrics
 local M = { name = "e2e32" }
 
 --- The fp32 leg's metrics: R32 per position, and the whole-tensor relative L2 and max |diff|.
+---@param t32 parity.Tensor the target's fp32 logits at the judged positions [.., V]
+---@param r32 parity.Tensor the reference's fp32 logits, same shape
+---@param rlow parity.Tensor the reference's low-precision logits, same shape
+---@return table result {positions, r32 (p5/p50/p95/max), rel_l2, max_abs_diff, per_position}
 function M.compare(t32, r32, rlow)
   local r = m.r_ratio_rows(t32, r32, rlow)
   return {
@@ -22,7 +26,10 @@ function M.compare(t32, r32, rlow)
   }
 end
 
+--- The target's fp32 logits against the reference's (M.compare), with their NaN/Inf anywhere;
+--- skipped, saying why, without an fp32 trace or with the 2-tensor baseline.
 ---@param ctx parity.Context
+---@return table result M.compare's, plus target_non_finite (and padded in an fp32 check); or {skipped}
 function M.run(ctx)
   if ctx.baseline == "2-tensor" and ctx.dtype == "fp32" then
     return { skipped = ("an fp32 check against %s, which has no low-precision trace: e2e compares the target in"
@@ -45,6 +52,9 @@ function M.run(ctx)
   return result
 end
 
+--- What the verdict keeps of the result.
+---@param e table the e2e32 stage's result
+---@return table
 function M.summary(e)
   return { positions = e.positions, r32 = e.r32, rel_l2 = e.rel_l2, max_abs_diff = e.max_abs_diff, padded = e.padded }
 end

@@ -7,6 +7,23 @@ local lm = require("parity.lm")
 local validate = require("parity.validate")
 
 local M = {}
+--- M.run's result (docs/cli.md, "gate"); `parity gate --json` writes it.
+---@class parity.GateResult
+---@field stage "gate"
+---@field reference string
+---@field target string
+---@field dtype string the dtype compared at
+---@field inputs table {file, shape}, or {random = true, shape, seed, vocab}
+---@field tolerances {rtol: number, atol: number, defaults_for: string}
+---@field pass boolean
+---@field verdict "equivalent"|"divergent"
+---@field allclose parity.AllcloseResult
+---@field rel_l2 number
+---@field cosine number
+---@field worst_positions table[] {batch, position, token, max_abs_diff, vocab_index, target, reference}...
+---@field padded {columns: integer, wins: integer, positions: integer}|nil a padded LM head's columns
+---@field vocab integer
+---@field patches table[]|nil the patch files the target computed with ({file, sha256, components})
 
 --- Default tolerances per dtype (allclose: |t - r| <= atol + rtol |r|), for whole-model logits.
 M.TOLERANCES = {
@@ -39,7 +56,7 @@ end
 
 ---@class parity.GateOptions
 ---@field reference string|parity.Bundle
----@field target string|parity.Bundle
+---@field target string|parity.Bundle|parity.Saved  a model, or the logits a foreign engine saved
 ---@field dtype string|nil    default: fp32 when the target has it, else its first dtype
 ---@field batch integer|nil   default 2
 ---@field seq integer|nil     default 32
@@ -49,10 +66,12 @@ end
 ---@field rtol number|nil
 ---@field vocab_size integer|nil  overrides what the bundles say
 ---@field patches string[]|nil     patch files the target computes with (parity.patches)
+---@field device string|nil   where the models run: "cpu" (default) or "cuda[:N]"
+---@field reference_device string|nil  the reference's device, when it differs (default: device)
 
 --- Runs the gate; returns the result table (see docs/cli.md, "gate").
 ---@param opts parity.GateOptions
----@return table
+---@return parity.GateResult
 function M.run(opts)
   local max = validate.MAX
   validate.settings(opts, { batch = { "integer", 1, max.rows }, seq = { "integer", 1, max.tokens },
@@ -113,7 +132,7 @@ function M.run(opts)
 end
 
 --- The terminal summary of a gate result.
----@param g table
+---@param g parity.GateResult
 ---@return string
 function M.summary(g)
   local ac = g.allclose

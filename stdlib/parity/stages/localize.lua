@@ -40,7 +40,11 @@ local judge = require("parity.judge")
 local signatures = require("parity.signatures")
 local thresholds = require("parity.thresholds")
 
+--- The faults among the components' figures, the primary one with its cause (the signatures
+--- above), suspects, over-precise, amplifying and less precise components.
 ---@param ctx parity.Context
+---@param got table the results of its needs and the components stage's evidence (got.kept.components)
+---@return table result {faults, failing, first_divergence, suspects, over_precision, amplifiers, less_precise}
 function M.run(ctx, got)
   local comp = got.components
   local kept = got.kept.components or {}  -- the failing components' evidence
@@ -222,6 +226,9 @@ function M.run(ctx, got)
   }
 end
 
+--- What the verdict keeps of the result.
+---@param l table the localize stage's result
+---@return table
 function M.summary(l)
   return { faults = l.faults, first_divergence = l.first_divergence, suspects = l.suspects, over_precision = l.over_precision }
 end

@@ -8,6 +8,12 @@ local pairing = require("parity.pairing")
 local tree = require("parity.tree")
 
 local M = { name = "scaffold", runs_target = "its module tree" }
+--- What the stage keeps for the stages that compare components (got.kept.scaffold).
+---@class parity.ScaffoldKept
+---@field pairs parity.MappingPair[]
+---@field unmapped string[] target modules with weights that matched nothing
+---@field absent parity.NoCounterpart[]|nil entries declared without a counterpart
+---@field lacking string[]|nil reference modules with weights that nothing maps
 
 --- The static weight check, before any forward: each mapped pair's weight against the reference
 --- weight(s) it should equal after the transform, at one dtype (fp32 when the target has it).
@@ -66,7 +72,11 @@ local function static_check(ctx, pairs_)
   return findings
 end
 
+--- Writes both module trees, pairs the components (the logits' forwards then tap them) and
+--- checks the mapped weights; keeps the pairs for the stages that compare them.
 ---@param ctx parity.Context
+---@return table result {files, reference, target, mapping, mapped, unmapped_*, static}
+---@return parity.ScaffoldKept|nil kept nil when no components pair up
 function M.run(ctx)
   local result = { files = {} }
   for _, side in ipairs({ "reference", "target" }) do
@@ -102,6 +112,9 @@ function M.run(ctx)
   return result, pairs_ and { pairs = pairs_, unmapped = unmapped, absent = absent, lacking = lacking } or nil
 end
 
+--- What the verdict keeps of the result.
+---@param s table the scaffold stage's result
+---@return table
 function M.summary(s)
   return { reference = s.reference, target = s.target, mapping = s.mapping, mapped = s.mapped, static = s.static,
            unmapped_reference = s.unmapped_reference }

@@ -28,6 +28,10 @@ end
 
 --- The smoke figures from the new tokens of the reference (fp32), the target and the
 --- reference at the low precision, each [K, N].
+---@param ref_tokens parity.Tensor the reference's (fp32) greedy new tokens [K, N]
+---@param target_tokens parity.Tensor the target's [K, N]
+---@param own_tokens parity.Tensor the reference's own at the low precision [K, N]
+---@return table result {prompts, new_tokens, match_rate, own_match_rate, per_prompt, the tokens as lists}
 function M.compare(ref_tokens, target_tokens, own_tokens)
   local rate, per_prompt = matches(ref_tokens, target_tokens)
   local own_rate = matches(ref_tokens, own_tokens)
@@ -39,7 +43,9 @@ function M.compare(ref_tokens, target_tokens, own_tokens)
   }
 end
 
+--- The target's greedy continuation against the reference's and the reference's own (M.compare).
 ---@param ctx parity.Context
+---@return table result M.compare's
 function M.run(ctx)
   local r = ctx:reference_outputs()
   -- the target's teacher-forced logits (which e2e reads too) give its greedy continuation up to
@@ -56,6 +62,9 @@ function M.run(ctx)
   return M.compare(r.tokens, target, r.own_tokens)
 end
 
+--- What the verdict keeps of the result.
+---@param s table the smoke stage's result
+---@return table
 function M.summary(s)
   return { match_rate = s.match_rate, own_match_rate = s.own_match_rate }
 end
