@@ -73,6 +73,7 @@ demo: build
 bench: build
 	./$(BUILD)/parity run bench/metrics.lua
 	./$(BUILD)/parity run bench/logits.lua
+	./$(BUILD)/parity run bench/patches.lua $(BUILD)/fixtures/reference
 	/usr/bin/python3 bench/make_models.py $(BUILD)/bench_models $(BENCH_SIZES)
 	PARITY_BIN=$(abspath $(BUILD)/parity) ./$(BUILD)/parity run bench/harness.lua $(BUILD)/bench_models \
 	  $(BUILD)/bench.json $(BENCH_REPEATS) $(BENCH_SIZES)

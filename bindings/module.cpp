@@ -286,7 +286,7 @@ int module_gc(lua_State* L) {
 int patch_original(lua_State* L) {
   Model& m = check_module(L, lua_upvalueindex(1));
   PatchCall call{lua_tostring(L, lua_upvalueindex(2)), lua_tostring(L, lua_upvalueindex(3)),
-                 static_cast<int64_t>(lua_tointeger(L, lua_upvalueindex(4))), {}};
+                 static_cast<int64_t>(lua_tointeger(L, lua_upvalueindex(4))), {}, 0};
   std::vector<at::Tensor> inputs;
   for (int i = 1, n = lua_gettop(L); i <= n; ++i) inputs.push_back(check_tensor(L, i));
   auto outs = call_original(m, call, inputs);
@@ -306,7 +306,8 @@ struct LuaRef {
 };
 
 /// m:patch(path, fn[, origin]): the component's calls computed by fn(call, inputs...) -> outputs..., where
-/// call = {path, call (1-based), method, original = function(...) -> the component as it is}
+/// call = {path, call (1-based), method, outputs (how many it returns), original = function(...)
+/// -> the component as it is}
 int module_patch(lua_State* L) {
   Model& m = check_module(L, 1);
   std::string path = luaL_checkstring(L, 2);
@@ -326,6 +327,8 @@ int module_patch(lua_State* L) {
     lua_setfield(L, -2, "call");
     lua_pushstring(L, call.method.c_str());
     lua_setfield(L, -2, "method");
+    lua_pushinteger(L, call.outputs);
+    lua_setfield(L, -2, "outputs");
     push_module(L, model);
     lua_pushstring(L, call.path.c_str());
     lua_pushstring(L, call.method.c_str());

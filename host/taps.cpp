@@ -102,7 +102,7 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
   if (patch != run->state->patches.end()) {
     if (slot >= 0) {
       PatchCall& pc = run->patch_in[path];
-      if (starts) pc = PatchCall{path, key.substr(at_ + 1), call, {}};
+      if (starts) pc = PatchCall{path, key.substr(at_ + 1), call, {}, run->state->sites.at(path).second};
       pc.inputs.push_back(out);
     } else {
       try {

@@ -38,6 +38,7 @@ struct PatchCall {
   std::string method;  ///< the method that ran ("forward"; "forward1" for a traced module's second call site)
   int64_t call = 0;    ///< 0-based, per forward of the whole model
   std::vector<at::Tensor> inputs;  ///< its tensor inputs in order (tuples flattened)
+  int outputs = 0;                 ///< how many tensor outputs the component returns
 };
 /// A patch: the component's tensor outputs for one call (tuples flattened), each of its
 /// original's shape, dtype and device; the first k of them, the others then the component's own

@@ -9,6 +9,17 @@ local signatures = require("parity.signatures")
 local CUT = require("parity.thresholds").CUTOFFS
 
 local M = {}
+--- What kind of bug a divergence is: verdict.json's `cause` (docs/workflow.md lists the classes).
+---@class parity.Cause
+---@field class string "precision", "missing", "scale", "residual", "mask", "routing", "epsilon", ...
+---@field detail string the cause in words
+---@field parameter table|nil the fitted figure: {name, value[, reference][, at]...}
+--- What some of M.cause's signatures need beyond the fault's own tensors (the localize stage's).
+---@class parity.CauseExtra
+---@field inside parity.Inside|nil the whole-model captures inside the failing components
+---@field no_counterpart string[]|nil reference modules with weights that have no counterpart
+---@field unmapped_target string[]|nil target modules with weights that nothing maps
+---@field never_called parity.ComponentRow[]|nil components the target has and never calls
 
 --- A signature that re-runs models: its answer, or nil when it fails (a model that cannot re-run
 --- so, a device without room): the next signature decides, the check goes on.
@@ -32,7 +43,15 @@ end
 --- Routing: the fault's children (experts) that the reference and the target call on a subset of
 --- the fault's tokens, re-run on the same inputs with the children tapped. Returns the fraction
 --- of tokens whose set of experts differs, how many tokens, and the fraction the reference's own
---- low precision reroutes; nil when no child takes a subset.
+--- low precision reroutes, and (the same experts everywhere, in fp32) how the combination weights
+--- differ: {max_diff, sum_reference, sum_target}; nil when no child takes a subset.
+---@param ev parity.Evidence
+---@param fault parity.ComponentRow
+---@param inside parity.Inside
+---@return number|nil rerouted the fraction of tokens whose set of experts differs
+---@return integer tokens
+---@return number own the fraction the reference's own low precision reroutes
+---@return {max_diff: number, sum_reference: number, sum_target: number}|nil combination
 function M.fit_routing(ev, fault, inside)
   local x = ev.inputs and ev.inputs[1]
   if not (x and ev.isolated and x:dim() >= 2) then return nil end
@@ -191,6 +210,11 @@ end
 --- The cause of a fault from its evidence (captured tensors) and figures. `extra` carries what
 --- some signatures need beyond the fault's own tensors: the captures inside failing components
 --- (`inside`) and the reference modules with weights that have no counterpart (`no_counterpart`).
+---@param row parity.ComponentRow the fault's row
+---@param ev parity.Evidence|nil its evidence (the components stage's, kept)
+---@param th parity.Thresholds the thresholds as they apply
+---@param extra parity.CauseExtra|nil
+---@return parity.Cause
 function M.cause(row, ev, th, extra)
   extra = extra or {}
   -- (without an fp32 leg, rows above the noise may be another computation too: the other signatures say)
@@ -237,6 +261,7 @@ function M.cause(row, ev, th, extra)
       .. " there"):format(glue.child, glue.value, row.reference, residual_kind(glue.value)),
       parameter = { name = "alpha", value = glue.value, at = glue.child } }
   end
+  if not ev.r32 then return nil end  -- a concat pair one of whose reference paths lacks this call
   local r
   t, r = t:double(), ev.r32:double()
   local mask = fits.fit_mask(ev.run_reference, ev.run_target, ev.inputs)

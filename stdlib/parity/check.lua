@@ -10,6 +10,8 @@ local workflow = require("parity.workflow")
 
 local M = {}
 
+--- The default workflow's stages, in the order they run: parity.stages.<name> each.
+---@type string[]
 M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 
 ---@class parity.CheckOptions
@@ -34,11 +36,15 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field cache_dir string|nil     default $XDG_CACHE_HOME/parity or ~/.cache/parity
 ---@field log fun(msg: string)|nil log lines (default: print)
 ---@field quiet boolean|nil        no progress on stderr (shown for work past 2 s otherwise)
+---@field patches table|nil        patch files (or sets, parity.patches) the target computes with
+---@field confirm boolean|nil      try repairs of the first divergence (parity.confirm)
+---@field device string|nil       where the models run: "cpu" (default) or "cuda[:N]"
+---@field reference_device string|nil  the reference's device, when it differs (default: device)
 
 --- Runs the check; writes <stage>.json and verdict.json under opts.out; returns the verdict.
 --- Input errors raise, after writing verdict.json with verdict "error".
 ---@param opts parity.CheckOptions
----@return table
+---@return parity.Verdict verdict
 function M.run(opts)
   if type(opts) ~= "table" then error(("check: expects a table of options, got %s"):format(type(opts)), 0) end
   local out = opts.out or "parity-results"
@@ -49,6 +55,10 @@ function M.run(opts)
     for i, name in ipairs(M.STAGES) do stages[i] = require("parity.stages." .. name) end
     return workflow.run(context.open(opts), stages)
   end)
+  if ok and opts.confirm then  -- the repairs, each a check of its own under OUT/confirm/
+    local confirmations = require("parity.confirm").run(opts, result, M.run)
+    return verdict.add_confirmation(out, result, confirmations)
+  end
   if ok then return result end
   local msg = require("parity.errors").clean(result)
   local function path(x) return type(x) == "string" and x or type(x) == "table" and x.path or nil end

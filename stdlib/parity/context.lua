@@ -12,17 +12,36 @@ local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
 
 local M = {}
+--- Context:reference_outputs(): the reference's side of a check (see there).
+---@class parity.ReferenceOutputs
+---@field sequences parity.Tensor the prompts and the reference's greedy continuation, [K, P + N] int64
+---@field ref32 parity.Tensor the reference's logits at the judged positions, at the anchor precision
+---@field ref_low parity.Tensor the same at the low precision (perturbed: the 2-tensor baseline)
+---@field own_tokens parity.Tensor the reference's own greedy tokens at the low precision, [K, N]
+---@field tokens parity.Tensor the judged tokens: the continuation, [K, N]
 
 ---@class parity.Context
 ---@field reference parity.Bundle
 ---@field target parity.Bundle|parity.Saved|nil   a model, saved logits, or none (parity inputs)
----@field dtype string        the low precision under test ("bf16" or "fp16")
----@field settings table      prompts, prompt_len, new_tokens, seed, topk
----@field prompts userdata    token ids [K, P]
+---@field dtype string        the low precision whose noise is the yardstick ("bf16", "fp16"; "fp32": M.precisions)
+---@field target_dtype string the target's precision under test ("bf16", "fp16" or "fp32")
+---@field anchor string       what the target is compared with: "fp32" (3-tensor), else dtype
+---@field baseline "3-tensor"|"2-tensor"
+---@field settings {prompts: integer, prompt_len: integer, new_tokens: integer, seed: integer, topk: integer}
+---@field prompts parity.Tensor token ids [K, P]
 ---@field vocab integer
----@field thresholds table
+---@field thresholds parity.Thresholds
+---@field mapping parity.MappingEntry[]|nil  the mapping given (none: identity, or one proposed)
+---@field mapping_origin string  for messages: "mapping file PATH" or "mapping"
+---@field patch_sets parity.PatchSet[]|nil  the patches the target computes with
+---@field inputs_file string|nil  the --inputs file
+---@field given_sequences parity.Tensor|nil  whole sequences [K, P + N] from a file parity inputs wrote
 ---@field out string          results directory
 ---@field log fun(msg: string)
+---@field quiet boolean|nil   no progress on stderr
+---@field cache_enabled boolean
+---@field cache_dir string|nil  the reference cache (nil: none)
+---@field memo table          what is computed once: the reference's outputs, the target's logits, captures
 local Context = {}
 Context.__index = Context
 
@@ -44,7 +63,7 @@ M.OPTIONS = {
   new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
   thresholds = "table", thresholds_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
   out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
-  reference_device = "string", file = "string", patches = "table",
+  reference_device = "string", file = "string", patches = "table", confirm = "boolean",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not
@@ -71,6 +90,8 @@ end
 --- Checks the options that need no model (their names and types, numbers in range, the dtype,
 --- the baseline, the devices, the thresholds and mapping files): the CLI runs it before anything
 --- in the results directory is touched.
+---@param opts parity.CheckOptions
+---@return parity.CheckOptions opts
 function M.check_options(opts)
   check_types(opts)
   local max = validate.MAX
@@ -89,14 +110,17 @@ function M.check_options(opts)
   -- sandboxed, by M.open)
   if opts.thresholds_file then thresholds.load_file(opts.thresholds_file) end
   if opts.mapping_file then mapping.load_file(opts.mapping_file) end
-  for i, file in ipairs(opts.patches or {}) do
-    if type(file) ~= "string" then error(("check: option 'patches' lists files, got a %s at %d"):format(type(file), i), 0) end
-    patches.load_file(file)
+  for i, p in ipairs(opts.patches or {}) do  -- patch files, or sets (parity.patches) made in a script
+    if type(p) == "string" then patches.load_file(p)
+    elseif type(p) ~= "table" or type(p.entries) ~= "table" then
+      error(("check: option 'patches' lists patch files or sets (parity.patches), got a %s at %d"):format(type(p), i), 0)
+    end
   end
   return opts
 end
 
 --- Validates the options, opens both bundles and makes the prompts. See parity.CheckOptions.
+---@param opts parity.CheckOptions
 ---@return parity.Context
 function M.open(opts)
   local max = validate.MAX
@@ -130,7 +154,7 @@ function M.open(opts)
         ctx.target and ctx.target.saved or "parity inputs"), 0)
     end
     ctx.patch_sets = {}
-    for i, file in ipairs(opts.patches) do ctx.patch_sets[i] = patches.load_file(file) end
+    for i, p in ipairs(opts.patches) do ctx.patch_sets[i] = type(p) == "string" and patches.load_file(p) or p end
     ctx.target:patch(ctx.patch_sets)
   end
   if ctx.target then ctx.target:at(ctx.target_dtype) end
@@ -179,6 +203,9 @@ end
 --- only: against the reference's own low-precision noise when the reference has a low-precision
 --- trace (the fp32 leg, e2e32, is the comparison), else against its fp32 reassociation level
 --- (2-tensor at fp32: the reference perturbed by fp32's machine epsilon; e2e is the comparison).
+---@param ctx parity.Context its reference already open
+---@param want string the target's precision: "bf16", "fp16" or "fp32"
+---@param baseline "3-tensor"|"2-tensor"|nil the baseline asked for (nil: what the reference allows)
 function M.precisions(ctx, want, baseline)
   local ref = ctx.reference
   ctx.target_dtype = want
@@ -199,11 +226,15 @@ end
 
 --- Whether the target runs at the low precision whose noise is the yardstick (false in an fp32
 --- check against a reference's low-precision noise: the target runs in fp32 only).
+---@return boolean
 function Context:target_runs_low() return self.target_dtype == self.dtype end
 
 --- Progress on stderr for work past 2 s (PARITY_PROGRESS_AFTER seconds): "stage i/n, elapsed",
 --- redrawn in place on a terminal, a plain line every 10 s otherwise; nothing with opts.quiet,
 --- and never in the JSON.
+---@param stage string what is running
+---@param i integer steps done
+---@param n integer steps in all
 function Context:progress(stage, i, n)
   if self.quiet then return end
   local now = core.clock()
@@ -221,6 +252,8 @@ function Context:progress(stage, i, n)
 end
 
 --- Narrows [K, P + N, V] logits to the N judged positions: those predicting the new tokens.
+---@param logits parity.Tensor [K, P + N, V]
+---@return parity.Tensor judged [K, N, V], contiguous
 function Context:judged(logits)
   return logits:narrow(1, self.prompts:size(1) - 1, self.settings.new_tokens):contiguous()
 end
@@ -231,7 +264,7 @@ end
 --- With the 2-tensor baseline the low precision takes fp32's place (sequences, `ref32`) and the
 --- perturbed low precision the low precision's (`ref_low`, `own_tokens`): the same formulas then
 --- compare the target with the reference and its noise with the reference's own.
----@return table
+---@return parity.ReferenceOutputs
 function Context:reference_outputs()
   if self.memo.reference then return self.memo.reference end
   local t0 = core.clock()
@@ -291,6 +324,8 @@ end
 --- ([K, P + N, V], float32), computed once per dtype; their shape is checked against the reference's.
 --- When the scaffold stage has paired components, the forward runs with their taps, and the
 --- components stage takes its captures (Context:take_calls) instead of running it again.
+---@param dtype string "fp32", "bf16" or "fp16"
+---@return parity.Tensor logits [K, P + N, V], cut to the compared vocabulary
 function Context:target_logits(dtype)
   local key = "target_" .. dtype
   if self.memo[key] then return self.memo[key] end
@@ -307,6 +342,8 @@ end
 
 --- A padded LM head's extra columns in the target's logits at `dtype` ({columns, wins,
 --- positions}; nil when its vocabulary is the reference's), once Context:target_logits has run.
+---@param dtype string
+---@return {columns: integer, wins: integer, positions: integer}|nil
 function Context:padded_columns(dtype) return self.memo["padded_" .. dtype] end
 
 --- Writes the token sequences a check with these settings compares on (the prompts and the
@@ -314,7 +351,7 @@ function Context:padded_columns(dtype) return self.memo["padded_" .. dtype] end
 --- prompt_len and new_tokens in its metadata: what a foreign engine runs before its logits are
 --- checked (parity.saved). Computes (and caches) the reference's side, as a check would.
 ---@param opts table parity.CheckOptions without target, plus file (the .safetensors to write)
----@return table { file, shape, prompt_len, new_tokens }
+---@return {file: string, shape: integer[], prompt_len: integer, new_tokens: integer}
 function M.write_inputs(opts)
   if not tostring(opts.file):find("%.safetensors$") then
     error(("inputs go to a .safetensors file (input_ids and their prompt length), got %s"):format(tostring(opts.file)), 0)
@@ -329,13 +366,16 @@ end
 
 --- From now on, the models' logits come from forwards tapped on these pairs' components
 --- (Context:tapped_logits): the scaffold stage says so once it has paired them.
----@param pairs_ table[] mapping pairs
+---@param pairs_ parity.MappingPair[] mapping pairs
 function Context:tap_components(pairs_) self.tapped_pairs = pairs_ end
 
 --- A model's logits from a forward tapped on the components paired (Context:tap_components),
 --- its captures kept for the components stage (Context:take_calls), which then runs it no more;
 --- nil (run the plain forward) without pairs, for saved logits, or when the model cannot be tapped.
----@param side string "reference" or "target"
+---@param side "reference"|"target"
+---@param dtype string
+---@param sequences parity.Tensor token ids [K, T]
+---@return parity.Tensor|nil logits float32 [K, T, V'] (the model's whole width)
 function Context:tapped_logits(side, dtype, sequences)
   local b = self[side]
   if not self.tapped_pairs or b.saved then return nil end
@@ -348,6 +388,9 @@ end
 
 --- The captured calls of a tapped forward (Context:tapped_logits), handed over once (the memo
 --- lets go of them); nil when there are none.
+---@param side "reference"|"target"
+---@param dtype string
+---@return table<string, parity.TapCall[]>|nil calls path -> its calls (Module:run_tapped)
 function Context:take_calls(side, dtype)
   local key = ("calls_%s_%s"):format(side, dtype)
   local calls = self.memo[key]

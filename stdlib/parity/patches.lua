@@ -14,7 +14,8 @@
 --- parameters and buffers by name (self.weight, self.q_proj.weight as self["q_proj.weight"]),
 --- self.original(...) (the component as it is, on other inputs: to wrap it), self.children
 --- (its child modules by name, as Modules: self.children.attn:forward1(h), computing as they
---- are, their own patches and taps inert), self.path and self.call (1-based). The file runs in parity.sandbox with the tensor API added (torch, minus
+--- are, their own patches and taps inert), self.path, self.call (1-based) and self.outputs (how
+--- many tensors the component returns). The file runs in parity.sandbox with the tensor API added (torch, minus
 --- what reads files or reaches other libraries' operators); so does every call of its functions.
 local core = require("parity.core")
 local sandbox = require("parity.sandbox")
@@ -174,8 +175,8 @@ function M.apply(module, set)
         return c
       end })
       module:patch(path, function(c, ...)
-        local self = setmetatable({ original = c.original, path = c.path, call = c.call, params = named,
-                                    children = children }, { __index = named })
+        local self = setmetatable({ original = c.original, path = c.path, call = c.call, outputs = c.outputs,
+                                    params = named, children = children }, { __index = named })
         local out = set.trusted and pack(forward(self, ...)) or pack(sandbox.call(set.origin, forward, self, ...))
         return unpack(out, 1, out.n)
       end, set.origin)

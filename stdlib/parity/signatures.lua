@@ -18,6 +18,9 @@ local CUT = require("parity.thresholds").CUTOFFS
 
 --- The mapped components inside `fault` on both sides, in execution order: {path (the
 --- reference's), reference and target (relative to the fault)}.
+---@param pairs_ parity.MappingPair[]
+---@param fault parity.ComponentRow the fault's row ({reference, target})
+---@return {path: string, reference: string, target: string}[]
 function M.inner_pairs(pairs_, fault)
   local out = {}
   for _, pair in ipairs(pairs_) do
@@ -30,6 +33,9 @@ function M.inner_pairs(pairs_, fault)
 end
 
 --- Whether the re-running signatures can judge this fault: isolated evidence, both legs in fp32.
+---@param ev parity.Evidence|nil
+---@param inside parity.Inside|nil
+---@return boolean
 function M.can_rerun(ev, inside)
   return (ev and ev.isolated and ev.inputs and inside and inside.dtypes.target == "fp32"
     and inside.dtypes.reference == "fp32") and true or false
@@ -41,6 +47,12 @@ local fp32_legs = M.can_rerun
 --- every child before it gave the reference's outputs; fitted as t = c r (a scale) or t = r + alpha x,
 --- x the fault's input (a residual). Returns {child, what = "scale"|"residual", value, rel}, or nil
 --- when no child's input differs or the first that does fits neither.
+---@param ev parity.Evidence|nil
+---@param fault parity.ComponentRow
+---@param inside parity.Inside|nil
+---@param fit_scale fun(t: parity.Tensor, r: parity.Tensor): number|nil, number|nil parity.fits.fit_scale
+---@param fit_residual fun(t: parity.Tensor, r: parity.Tensor, x: parity.Tensor|nil): number|nil, number|nil
+---@return {child: string, what: "scale"|"residual", value: number, rel: number}|nil
 function M.fit_glue(ev, fault, inside, fit_scale, fit_residual)
   if not fp32_legs(ev, inside) then return nil end
   local inner = M.inner_pairs(inside.pairs, fault)
@@ -102,6 +114,9 @@ end
 --- weight as wide as one of them (a q/k norm: Olmo 2's), when it owns three projections or more;
 --- none with two (a fused q/k/v and an output projection: scaling it scales v too). Also how many
 --- projections it owns: none (a layer, whose projections are its children's) is no attention.
+---@param model parity.Module the fault's module
+---@return string[] paths its children's paths (relative to it)
+---@return integer projections its own children with 2-D weights
 function M.query_key(model)
   local lin, norms = {}, {}
   for _, info in ipairs(model:modules()) do
@@ -128,6 +143,11 @@ end
 --- c^2, exactly so for a fused q/k/v projection without biases and no norm inside). Returns
 --- {child, tau, how (the change in words), resid} for the first whose fit leaves under CUTOFFS.exact of
 --- ||t - r||, or nil. Parameters are restored whatever happens.
+---@param ev parity.Evidence|nil
+---@param fault parity.ComponentRow
+---@param inside parity.Inside|nil
+---@param t parity.Tensor|nil the target's fp32 output
+---@return {child: string, tau: number, how: string, resid: number}|nil
 function M.fit_temperature(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
   local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
@@ -173,8 +193,7 @@ function M.fit_temperature(ev, fault, inside, t)
       return base, best, best_err
     end)
     cand.restore()
-    if not ok then return nil end
-    if base > 0 and best_err < CUT.exact * base and math.abs(best) > 1e-2 then
+    if ok and base > 0 and best_err < CUT.exact * base and math.abs(best) > 1e-2 then  -- (a failed one: the next)
       return { child = cand.what, tau = math.exp(best), how = cand.how(math.exp(best)), resid = best_err / base }
     end
   end
@@ -187,7 +206,13 @@ end
 --- interleaves them (repeat_interleave). The projections are the reference fault's modules with
 --- 2-D weights in the order modules() lists them (HF's attention: q, k, v, o): the first (q), the
 --- next with fewer rows (k), the last taking q's width (o); head sizes tried from 256 down to 8.
---- Returns {heads, kv_heads, head_dim} when the re-run computes the target's to EXACT, or nil.
+--- Returns {heads, kv_heads, head_dim} when the re-run computes the target's to within
+--- CUTOFFS.exact of ||t - r||, or nil.
+---@param ev parity.Evidence|nil
+---@param fault parity.ComponentRow
+---@param inside parity.Inside|nil
+---@param t parity.Tensor|nil the target's fp32 output
+---@return {heads: integer, kv_heads: integer, head_dim: integer}|nil
 function M.fit_kv_layout(ev, fault, inside, t)
   if not fp32_legs(ev, inside) or not t then return nil end
   local model = replay.fresh_module(inside.bundles.reference, "fp32", fault.reference)
@@ -234,6 +259,8 @@ end
 
 --- In words, what a temperature tau says when tau^2 or 1/tau^2 is an integer n (a head size):
 --- tau = sqrt(n), a 1/sqrt(n) missing; tau = 1/sqrt(n), scores divided by n instead of sqrt(n).
+---@param tau number
+---@return string|nil
 function M.temperature_hint(tau)
   for _, v in ipairs({ { tau * tau, "the 1/sqrt(%d) scale of the scores missing" },
                        { 1 / (tau * tau), "the scores divided by %d instead of sqrt(%d)" } }) do

@@ -10,6 +10,50 @@ local criteria_table = require("parity.criteria")
 local thresholds = require("parity.thresholds")
 
 local M = { SCHEMA = 1 }
+--- M.facts's: what the criteria may know of the whole run.
+---@class parity.Facts
+---@field absorbed fun(target: string): boolean whether the fault found at (or inside) `target` is absorbed
+---@field patched fun(target: string): boolean whether a patch computes `target` (or a module containing it)
+--- What M.decide is told of a finished run (parity.workflow builds it from the parity.Context).
+---@class parity.RunInfo
+---@field out string the results directory
+---@field reference string the reference's path
+---@field target string the target's path
+---@field dtype string the reference's low precision whose noise is the yardstick
+---@field target_dtype string the target's precision under test
+---@field settings table prompts, prompt_len, new_tokens, seed, topk
+---@field inputs string|nil the --inputs file
+---@field thresholds parity.Thresholds
+---@field patches table[]|nil the patch files applied ({file, sha256, components})
+--- verdict.json (docs/workflow.md, "verdict.json"); an error verdict has verdict, error and the
+--- schema fields, and the reference and the target when known.
+---@class parity.Verdict
+---@field verdict "equivalent"|"divergent"|"error"
+---@field error string|nil what went wrong (an error verdict)
+---@field cause parity.Cause|lightuserdata the most specific cause; json.null when equivalent
+---@field first_divergence table|nil the localize stage's, when there is one
+---@field suspects table[]
+---@field reference string
+---@field target string
+---@field dtype string the target's precision under test
+---@field noise_dtype string the reference's precision whose noise is the yardstick
+---@field settings table
+---@field inputs string|lightuserdata
+---@field thresholds parity.Thresholds
+---@field criteria parity.CriterionResult[]
+---@field failed string[] the failed criteria's names
+---@field warnings string[]
+---@field skipped {stage: string, reason: string}[]
+---@field stages string[] the stages, in the order they ran
+---@field summaries table<string, table|lightuserdata> stage name -> its summary
+---@field loosened parity.LoosenedThreshold[]
+---@field switched_off string[]
+---@field criteria_can_fail boolean
+---@field patches table[]|nil
+---@field confirmation table[]|nil the repairs tried (check --confirm: M.add_confirmation)
+---@field schema_version integer M.SCHEMA
+---@field parity_version string
+---@field libtorch string
 
 --- parity's version and the LibTorch it runs on, from core.version().
 local function versions()
@@ -26,6 +70,8 @@ end
 
 --- Whether the target is exact in fp32: the fp32 leg ran and its R32 p95 is below r32_p95.
 ---@param results table<string, table> stage name -> result
+---@param th parity.Thresholds
+---@return boolean
 function M.exact32(results, th)
   local e32 = results.e2e32
   return e32 ~= nil and not e32.skipped and e32.r32.p95 < th.r32_p95
@@ -37,7 +83,7 @@ end
 --- computes that target module (or one containing it) in place of the port's own.
 ---@param results table<string, table> stage name -> result
 ---@param patches table[]|nil the run's patches ({file, sha256, components})
----@return table
+---@return parity.Facts
 function M.facts(results, patches)
   local loc = results.localize
   local first = loc and not loc.skipped and loc.first_divergence
@@ -65,6 +111,10 @@ end
 --- own but independent of it, so its per-position R is near 1 typically and spread wide (p95
 --- 1.3-1.7 measured); one computing at a lower precision (a variance summed in bf16) is above 1
 --- typically (p50 1.3). Sets `warn` and `why` on criterion `c` (e2e's r_p95) when it applies.
+---@param c parity.CriterionResult e2e's r_p95, judged
+---@param results table<string, table> stage name -> result
+---@param th parity.Thresholds
+---@return parity.CriterionResult c
 function M.precision_ordering(c, results, th)
   local e, loc = results.e2e, results.localize
   if c.pass or not e or e.skipped or not M.exact32(results, th) then return c end
@@ -80,7 +130,9 @@ end
 --- separates a computation difference (the target differs in fp32 too) from a precision one
 --- (exact in fp32, different only at the low precision).
 ---@param failed table<string, boolean> failed criterion names
----@param run table {dtype, target_dtype}: the check's precisions (parity.context.precisions)
+---@param results table<string, table> stage name -> result
+---@param run parity.RunInfo {dtype, target_dtype}: the check's precisions (parity.context.precisions)
+---@return parity.Cause|nil cause nil when neither leg nor the logits' finiteness failed
 function M.leg_cause(failed, results, run)
   local dtype = run.dtype
   if failed.finite or failed.finite32 then
@@ -118,10 +170,10 @@ end
 
 --- The verdict of a finished run, written to run.out/verdict.json: "equivalent" when every
 --- criterion passes, else "divergent" with a cause.
----@param run table {out, reference, target, dtype, target_dtype, settings, inputs, thresholds}
----@param stages table[] the stage modules, in the order they ran
+---@param run parity.RunInfo {out, reference, target, dtype, target_dtype, settings, inputs, thresholds}
+---@param stages parity.Stage[] the stage modules, in the order they ran
 ---@param results table<string, table> stage name -> result
----@return table verdict
+---@return parity.Verdict verdict
 function M.decide(run, stages, results)
   local th = run.thresholds
   local facts = M.facts(results, run.patches)
@@ -173,8 +225,24 @@ function M.decide(run, stages, results)
   })
 end
 
+--- Adds the confirmations by repair (parity.confirm) to a finished run's verdict and writes it
+--- again: `confirmation`, {patch, kind, what, confirmed, before, after, results, rounds}... The
+--- verdict stays what the port as it is gives.
+---@param out string the results directory
+---@param v parity.Verdict the verdict written there
+---@param confirmations table[]
+---@return parity.Verdict verdict
+function M.add_confirmation(out, v, confirmations)
+  v.confirmation = core.json.array(confirmations)
+  core.json.write(out .. "/verdict.json", v)
+  return v
+end
+
 --- Writes an "error" verdict to `out` saying `why` (with `extra` fields: the reference and the
 --- target when known). A failure to write is ignored: the error that led here is what the user sees.
+---@param out string the results directory
+---@param why string
+---@param extra table<string, any>|nil more fields of the verdict ({reference, target})
 function M.error(out, why, extra)
   local v = { verdict = "error", error = why }
   for k, x in pairs(extra or {}) do v[k] = x end
@@ -184,12 +252,17 @@ end
 
 --- Marks the verdict.json in `out` "error", saying `why`, and touches nothing else there (a bad
 --- command line: the last run's other results stay as they were).
+---@param out string the results directory
+---@param why string
 function M.mark_usage_error(out, why) M.error(out, "usage error: " .. why) end
 
 --- Replaces the results in `out` by an "error" verdict.json saying `why` (so that a run which
 --- dies before writing its own verdict never leaves an earlier one behind), removes the files of
 --- `stage_names` (<name>.json) and the temporary files of killed runs. Raises when the verdict
 --- cannot be written (the run must not start then).
+---@param out string the results directory
+---@param why string
+---@param stage_names string[] the stages whose <name>.json go
 function M.mark_unfinished(out, why, stage_names)
   os.remove(out .. "/verdict.json")
   core.remove_stale_temps(out)

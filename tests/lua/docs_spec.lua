@@ -135,6 +135,18 @@ describe("the docs' Lua blocks", function()
     end
   end
 
+  --- Block k of `doc` loaded from a file the way its loader reads one (`load` takes a path).
+  local function load_block(doc, k, load)
+    local file = os.tmpname() .. ".lua"
+    local f = assert(io.open(file, "w"))
+    f:write(find(doc, k))
+    f:close()
+    local ok, result = pcall(load, file)
+    os.remove(file)
+    if not ok then error(result, 0) end
+    return result
+  end
+
   it("are the ones this spec runs, and no others", function()
     local where = {}
     for _, b in ipairs(all.lua) do where[#where + 1] = b.doc end
@@ -157,13 +169,7 @@ describe("the docs' Lua blocks", function()
   end)
 
   it("runs the patch file example on the port it fixes: the eps bug's norms equal the reference's", function()
-    local file = os.tmpname() .. ".lua"
-    local f = assert(io.open(file, "w"))
-    f:write(find("docs/patches.md", 1))
-    f:close()
-    local patches = require("parity.patches")
-    local set = patches.load_file(file)
-    os.remove(file)
+    local set = load_block("docs/patches.md", 1, require("parity.patches").load_file)
     local port = parity.bundle(fx .. "/bug_eps_small")
     port:patch({ set })
     local m = port:at("fp32")  -- a bundle's models load when first used: patched then
@@ -175,12 +181,7 @@ describe("the docs' Lua blocks", function()
   end)
 
   it("expands the mapping example against the port it describes", function()
-    local file = os.tmpname() .. ".lua"
-    local f = assert(io.open(file, "w"))
-    f:write(find("docs/workflow.md", 1))
-    f:close()
-    local entries = mapping.load_file(file)
-    os.remove(file)
+    local entries = load_block("docs/workflow.md", 1, mapping.load_file)
     local ref, port = parity.load(fx .. "/reference/fp32.pt"), parity.load(fx .. "/port_interleaved/fp32.pt")
     local pairs_ = mapping.expand(entries, ref:modules(), port:modules(), "docs/workflow.md")
     local qkv

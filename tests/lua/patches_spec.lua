@@ -129,6 +129,47 @@ describe("patch files", function()
   end)
 end)
 
+describe("check --confirm", function()
+  local function confirm(name, target, extra)
+    local o = { reference = fx .. "/reference", target = fx .. "/" .. target, out = tmp .. "/" .. name, prompts = 2,
+                new_tokens = 6, confirm = true, log = function() end, quiet = true }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    local v = parity.check(o)
+    return v, parity.json.read(o.out .. "/verdict.json")
+  end
+
+  it("confirms a fitted cause by the patch that undoes it, written for the user to read, the verdict unchanged", function()
+    local v, disk = confirm("eps", "bug_eps_small")
+    eq({ v.verdict, #disk.confirmation }, { "divergent", 1 })
+    local c = disk.confirmation[1]
+    eq({ c.kind, c.confirmed, c.patch }, { "fitted", true, tmp .. "/eps/patches/suggested.lua" })
+    truthy(c.before.r32_p95 > 3e-4 and c.after.r32_p95 < 3e-4, "R32 before and after")
+    local text = assert(io.open(c.patch)):read("*a")
+    truthy(text:find("1e-06", 1, true) and text:find('target = "final_norm"', 1, true), text)
+    truthy(require("parity.report.terminal").render(v, tmp .. "/eps"):find(
+      "confirmed (fitted): with eps 1e-06 in blocks.0.attn_norm (5 components) the port is equivalent", 1, true))
+  end)
+
+  it("substitutes the reference's components where no fit applies, and says when two repairs were needed", function()
+    local gelu = write("gelu.lua", "return { { target = 'blocks.{i}.ffn.act', forward = function(self, x)"
+      .. " return torch.gelu(x) end } }")
+    local _, disk = confirm("two", "bug_eps_small", { patches = { gelu } })  -- a second bug, planted as a patch
+    local c = disk.confirmation[#disk.confirmation]
+    eq({ c.kind, c.confirmed, c.rounds }, { "substitution", true, 2 })
+    truthy(c.what:find("LlamaRMSNorm", 1, true) and c.what:find("SiLU", 1, true), c.what)
+    eq(disk.confirmation[1].confirmed, false, "the fitted eps alone leaves the other bug")
+  end)
+
+  it("does not confirm a repair of the wrong component, nor substitute components that take other inputs", function()
+    local _, disk = confirm("final", "bug_final_norm")  -- the final norm is never called: the other norms are no fix
+    eq(disk.confirmation[1].confirmed, false)
+    _, disk = confirm("mask", "bug_mask")
+    eq(disk.confirmation[1].confirmed, false)
+    truthy(disk.confirmation[1].error:find("takes 3 tensors, blocks.0.attn 1: no substitution", 1, true),
+      disk.confirmation[1].error)
+  end)
+end)
+
 local rc = spec.run()
 os.execute("rm -rf " .. tmp)
 return rc

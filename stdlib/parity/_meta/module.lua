@@ -132,6 +132,7 @@ function Module:run_tapped(args, opts) end
 ---@field path string the component's path
 ---@field call integer 1-based, per forward of the whole model
 ---@field method string the method that ran ("forward"; "forward1" for a traced module's second call site)
+---@field outputs integer how many tensor outputs the component returns (tuples flattened)
 ---@field original fun(...: parity.Tensor): parity.Tensor ... the component as it is (taps and patches inert)
 
 --- Routes the component's calls (a tapped path) to fn(call, inputs...) -> outputs..., inside

@@ -6,7 +6,12 @@ local args = require("parity.cli.args")
 local clean = require("parity.errors").clean
 local parse, usage_error, out_given = args.parse, args.usage_error, args.out_given
 
+---@type table<string, parity.cli.Command>
 local commands = {}
+--- A command of the command line: its --help text, and a run on the arguments after its name.
+---@class parity.cli.Command
+---@field help string
+---@field run fun(argv: string[]): integer the exit code
 
 --- Module paths only Hugging Face transformers' models have (Llama, Mistral, Qwen, Gemma, ...,
 --- GPT-NeoX, GPT-2): a reference has them, a port of one usually names its modules otherwise.
@@ -99,6 +104,11 @@ trace). Exit 0 equivalent, 1 divergent, 2 bad input.
   --patch FILE       a patch file (repeatable): Lua computing target components in place of
                      the port's own, inside its forward; every stage sees the patched port, its
                      files untouched (run sandboxed with the tensor API: docs/patches.md)
+  --confirm          a divergent check tries to repair its first divergence: the patch undoing
+                     a fitted cause (OUT/patches/suggested.lua), else the reference's own
+                     components in place of the port's; each a check of its own in OUT/confirm/N;
+                     verdict.json's confirmation says what fixing it does (the verdict and the
+                     exit code stay the port's)
   --out DIR          the results directory (default parity-results): verdict.json, scaffold/
                      (the trees, the mapping) and a JSON a stage:
                      STAGE_FILES
@@ -119,6 +129,10 @@ it cannot take, a --thresholds or --mapping file that does not load) is refused 
 verdict.json saying "error", never an earlier verdict. A divergent check whose
 target has Hugging Face's module names and whose reference has none ends with a hint that the
 two may be swapped.]],
+  --- parity check: the command line checked first (a bad one only marks --out's verdict.json
+  --- "error"), then the check, its summary and the swap hint. 0 equivalent, 1 divergent.
+  ---@param argv string[] the arguments after "check"
+  ---@return integer exit code
   run = function(argv)
     -- the whole command line first: a bad one (a typo'd flag, a number out of range) only marks
     -- the last run's verdict in --out as an error (an automation loop must not read it as this
@@ -128,7 +142,7 @@ two may be swapped.]],
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string",
-                patch = "list" },
+                patch = "list", confirm = "boolean" },
       positional = { "REF", "TARGET" },
     })
     local out = ok and (o.out or "parity-results") or out_given(argv)
@@ -137,6 +151,7 @@ two may be swapped.]],
       topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"], patches = o.patch,
+      confirm = o.confirm,
       log = o.quiet and function() end or nil }
     if ok then ok, o = pcall(require("parity.context").check_options, opts) end
     if not ok then
@@ -172,6 +187,9 @@ Usage: parity report DIR
 Prints the summary of a finished check again, from its results directory alone (DIR/verdict.json
 and the stage summaries in it): the same lines `parity check` printed. An error verdict prints
 its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdict parity wrote.]],
+  --- parity report: prints a finished check's summary from its results directory.
+  ---@param argv string[] the arguments after "report"
+  ---@return integer exit code 0 equivalent, 1 divergent or error
   run = function(argv)
     local o = parse(argv, { flags = {}, positional = { "DIR" } })
     local text, v = require("parity.report.terminal").from_dir(o.DIR)
@@ -200,6 +218,9 @@ and cached here, so the check after runs nothing of it again.
   --inputs FILE, --no-cache, --cache-dir DIR, --quiet, --device D
                      as for parity check (the same settings give the same sequences)
 Exit 0 written, 2 bad input.]],
+  --- parity inputs: writes a check's token sequences (parity.context.write_inputs).
+  ---@param argv string[] the arguments after "inputs"
+  ---@return integer exit code
   run = function(argv)
     local o = parse(argv, {
       flags = { dtype = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",

@@ -11,8 +11,13 @@ local null = core.json.null
 local function d(x) return ("p5 %.4g  p50 %.4g  p95 %.4g  max %.4g"):format(x.p5, x.p50, x.p95, x.max) end
 
 --- stage name -> function(summary) -> lines (the summary a stage's `summary` made)
+---@type table<string, fun(summary: table): string[]>
 M.STAGE_LINES = {}
 
+--- The scaffold's line: both trees and how their components were paired, and what a given
+--- mapping leaves unmapped.
+---@param s table the scaffold stage's summary
+---@return string[]
 M.STAGE_LINES.scaffold = function(s)
   local lines = { ("scaffold reference %s (%d modules), target %s (%d modules): %s"):format(s.reference.type,
     s.reference.modules, s.target.type, s.target.modules,
@@ -28,11 +33,17 @@ M.STAGE_LINES.scaffold = function(s)
   return lines
 end
 
+--- The greedy match rate, beside the reference's own.
+---@param s table the smoke stage's summary
+---@return string[]
 M.STAGE_LINES.smoke = function(s)
   return { ("smoke   greedy match %.1f%%   (the reference's own at low precision: %.1f%%)"):format(
     100 * s.match_rate, 100 * s.own_match_rate) }
 end
 
+--- R, 1 - cosine, KL, delta p (each's p5/p50/p95/max) and the top-1 and top-k agreement.
+---@param e table the e2e stage's summary
+---@return string[]
 M.STAGE_LINES.e2e = function(e)
   return {
     "R       " .. d(e.r_ratio),
@@ -45,11 +56,17 @@ M.STAGE_LINES.e2e = function(e)
   }
 end
 
+--- The fp32 leg's R32 and relative L2.
+---@param e table the e2e32 stage's summary
+---@return string[]
 M.STAGE_LINES.e2e32 = function(e)
   return { ("R32     p5 %.3g  p50 %.3g  p95 %.3g  max %.3g   (fp32 leg; rel L2 %.3g)"):format(
     e.r32.p5, e.r32.p50, e.r32.p95, e.r32.max, e.rel_l2) }
 end
 
+--- The first divergent component and its cause, or that none adds error of its own.
+---@param l table the localize stage's summary
+---@return string[]
 M.STAGE_LINES.localize = function(l)
   local f = l.first_divergence
   if f == null then return { "components: every one adds no error of its own" } end
@@ -58,8 +75,27 @@ M.STAGE_LINES.localize = function(l)
     f.pattern, f.absorbed and " (absorbed by the next operation)" or "", f.cause.class, f.cause.detail) }
 end
 
+--- The summary line of a confirmation: what fixing it does.
+---@param c table one of verdict.json's confirmation (parity.confirm)
+---@return string
+function M.confirmation_line(c)
+  local fig = {}
+  for _, name in ipairs({ "r_p95", "r32_p95" }) do
+    if c.before[name] and c.after[name] then
+      fig[#fig + 1] = ("%s %.3g -> %.3g"):format(name == "r_p95" and "R p95" or "R32 p95", c.before[name], c.after[name])
+    end
+  end
+  local figs = #fig > 0 and (": " .. table.concat(fig, ", ")) or ""
+  if c.confirmed then
+    return ("confirmed (%s): %s the port is equivalent%s%s"):format(c.kind, c.what, figs,
+      c.rounds > 1 and (" (%d repairs: more than one bug)"):format(c.rounds) or "")
+  end
+  if c.error then return ("not confirmed (%s): %s"):format(c.kind, c.error) end
+  return ("not confirmed (%s): %s the port is still divergent%s (results in %s)"):format(c.kind, c.what, figs, c.results)
+end
+
 --- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
----@param v table
+---@param v parity.Verdict a verdict (verdict.json's content), not an error one
 ---@param out string the results directory
 ---@return string
 function M.render(v, out)
@@ -83,6 +119,7 @@ function M.render(v, out)
     lines[#lines + 1] = ("  %s  %-60s %.4g"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value)
   end
   for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
+  for _, c in ipairs(v.confirmation or {}) do lines[#lines + 1] = "  " .. M.confirmation_line(c) end
   if v.cause ~= null and (v.first_divergence == nil or v.first_divergence == null) then
     lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail)
   end
@@ -94,7 +131,8 @@ end
 --- The summary of the results in `out`, from its verdict.json alone; an error verdict is its
 --- message. Raises, in one line, when `out` holds no readable verdict.
 ---@param out string a results directory
----@return string text, table verdict
+---@return string text
+---@return parity.Verdict verdict what verdict.json holds
 function M.from_dir(out)
   local path = out .. "/verdict.json"
   if core.path_kind(path) ~= "file" then

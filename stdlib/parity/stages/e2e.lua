@@ -15,12 +15,12 @@ local dist, rate = figures.dist, figures.rate
 local M = { name = "e2e" }
 
 --- The metrics of target logits against the reference's, at the judged positions.
----@param t userdata target logits [.., V]
----@param r32 userdata reference fp32 logits, same shape
----@param rlow userdata reference low-precision logits, same shape
----@param tokens userdata the reference's tokens at those positions [..]
----@param opts table {topk, tie_factor, dtype}
----@return table
+---@param t parity.Tensor target logits [.., V]
+---@param r32 parity.Tensor reference fp32 logits, same shape
+---@param rlow parity.Tensor reference low-precision logits, same shape
+---@param tokens parity.Tensor the reference's tokens at those positions [..]
+---@param opts {topk: integer, tie_factor: number, dtype: string}
+---@return table result positions, shape, the figures' p5/p50/p95/max, top1, topk, ties, per_position
 function M.compare(t, r32, rlow, tokens, opts)
   local n = tokens:numel()
   -- every per-position figure in one pass over the three tensors (host/logits_pass.cpp)
@@ -42,7 +42,7 @@ function M.compare(t, r32, rlow, tokens, opts)
     delta_p = dist(dp),
     top1 = rate(agree, n),
     top1_ties_excluded = rate(agree, n - n_ties),
-    topk = { k = opts.topk, rate = topk_rate, stderr = math.sqrt(topk_rate * (1 - topk_rate) / n) },
+    topk = { k = opts.topk, rate = topk_rate, stderr = n > 0 and math.sqrt(topk_rate * (1 - topk_rate) / n) or 0 },
     ties = {
       count = n_ties,
       rule = ("a top-1 disagreement counts as a near-tie when the fp32 reference's top-2 logit gap"
@@ -54,7 +54,10 @@ function M.compare(t, r32, rlow, tokens, opts)
   }
 end
 
+--- The target's logits at the low precision against the reference's (M.compare), with their
+--- NaN/Inf anywhere and a padded LM head's columns; skipped in an fp32 check whose leg is e2e32.
 ---@param ctx parity.Context
+---@return table result M.compare's, plus target_non_finite, dtype, baseline, padded; or {skipped}
 function M.run(ctx)
   if not ctx:target_runs_low() then
     return { skipped = ("an fp32 check (--dtype fp32): the target runs in fp32 only, so the %s comparison (R, KL,"
@@ -72,6 +75,9 @@ function M.run(ctx)
   return result
 end
 
+--- What the verdict keeps of the result.
+---@param e table the e2e stage's result
+---@return table
 function M.summary(e)
   return { padded = e.padded, positions = e.positions, r_ratio = e.r_ratio, cosine = e.cosine, own_cosine = e.own_cosine, kl = e.kl,
            own_kl = e.own_kl, delta_p = e.delta_p, top1 = e.top1, top1_ties_excluded = e.top1_ties_excluded,
