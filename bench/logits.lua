@@ -6,19 +6,9 @@
 --   parity run bench/logits.lua [ROWS [VOCAB [REPEATS]]]   (default 512 x 151936, 3)
 local rows, vocab, repeats = tonumber(arg[1]) or 512, tonumber(arg[2]) or 151936, tonumber(arg[3]) or 3
 local m = parity.metrics
-local clock = require("parity.core").clock
 
-local function median_time(fn)
-  local times = {}
-  for i = 1, repeats do
-    local t0 = clock()
-    fn()
-    times[i] = clock() - t0
-    parity.collect()
-  end
-  table.sort(times)
-  return times[math.floor((repeats + 1) / 2)]
-end
+local timing = require("timing")  -- bench/timing.lua
+local function median_time(fn) return timing(repeats, fn) end
 
 local shape = { 1, rows, vocab }
 local a = torch.randn(shape, { seed = 1 }) * 3

@@ -6,20 +6,10 @@
 --   parity run bench/patches.lua BUNDLE [DTYPE [TOKENS [REPEATS]]]   (default fp32, 4 x 128, 5)
 local path = assert(arg[1], "usage: parity run bench/patches.lua BUNDLE [DTYPE [TOKENS [REPEATS]]]")
 local dtype, tokens_n, repeats = arg[2] or "fp32", tonumber(arg[3]) or 128, tonumber(arg[4]) or 5
-local clock = require("parity.core").clock
 local patches = require("parity.patches")
 
-local function median_time(fn)
-  local times = {}
-  for i = 1, repeats do
-    local t0 = clock()
-    fn()
-    times[i] = clock() - t0
-    parity.collect()
-  end
-  table.sort(times)
-  return times[math.floor((repeats + 1) / 2)]
-end
+local timing = require("timing")  -- bench/timing.lua
+local function median_time(fn) return timing(repeats, fn) end
 
 local b = parity.bundle(path)
 local m = b:at(dtype)

@@ -1,7 +1,8 @@
 --- parity.pairing — which components of the two models are compared: by identity when the
 --- trees are the same, else the mapping given (--mapping), else one proposed from the weights
---- (parity.mapping.auto). The scaffold stage pairs them once; the other stages read its pairs.
+--- (parity.weights.auto). The scaffold stage pairs them once; the other stages read its pairs.
 local mapping = require("parity.mapping")
+local weights = require("parity.weights")
 
 local M = {}
 
@@ -33,7 +34,7 @@ function M.identity_mapping(ref_modules, target_modules)
 end
 
 --- The pairs to test: by identity when the trees are the same, else from the given mapping
---- entries, else from the weights (mapping.auto). Returns pairs, how they were made, the target
+--- entries, else from the weights (weights.auto). Returns pairs, how they were made, the target
 --- modules with weights that matched nothing, the entries declared without a counterpart, and
 --- the reference modules with weights that nothing maps (or nil and why no pairs).
 ---@param ctx parity.Context
@@ -49,14 +50,14 @@ function M.pairs_for(ctx)
   local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
   -- a mapping given is used even between identical trees (it may declare a layout, or a module
   -- without a counterpart): never ignored
-  if pairs_ and not ctx.mapping then return mapping.find_interleaved(pairs_, ref32, tgt), "identity", {} end
+  if pairs_ and not ctx.mapping then return weights.find_interleaved(pairs_, ref32, tgt), "identity", {} end
   why = why or "the trees are identical"
   local entries, kind, unmapped = ctx.mapping, "given", {}
-  if not entries then entries, unmapped = mapping.auto(ref32, tgt); kind = "auto" end
+  if not entries then entries, unmapped = weights.auto(ref32, tgt); kind = "auto" end
   local expanded, absent = mapping.expand(entries, ref_mods, tgt_mods, kind == "given" and ctx.mapping_origin or nil)
   if #expanded == 0 then return nil, why .. ", and no mapping pairs any components" end
   -- reference modules with weights of their own that nothing maps and no entry explains
-  local covered, rp, lacking = {}, mapping.own_params(ref32, ref_mods), {}
+  local covered, rp, lacking = {}, weights.own_params(ref32, ref_mods), {}
   for _, list in ipairs({ expanded, absent }) do
     for _, p in ipairs(list) do
       for _, r in ipairs(p.reference) do covered[r] = true end

@@ -12,11 +12,12 @@
 --- each component's input (what it inherits: its role, source, amplifier or carrier).
 ---
 --- Mapping: identical trees map by identity; otherwise the mapping given (--mapping) or one
---- proposed from the weights (parity.mapping.auto). A target component that takes the leading
+--- proposed from the weights (parity.weights.auto). A target component that takes the leading
 --- inputs of its reference gets those; one whose inputs differ otherwise has only the
 --- accumulated view (isolated = false).
 local core = require("parity.core")
 local mapping = require("parity.mapping")
+local weights = require("parity.weights")
 local lm = require("parity.lm")
 local m = core.metrics
 
@@ -165,7 +166,7 @@ local function combine(outs, pair)
   for _, o in ipairs(outs) do
     if not o then return nil end
   end
-  outs = mapping.as_target(pair, outs, -1)
+  outs = weights.as_target(pair, outs, -1)
   if pair.transform == "concat" then return torch.cat(outs, outs[1]:dim() - 1) end
   return outs[1]
 end

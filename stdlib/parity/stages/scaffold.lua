@@ -4,6 +4,7 @@
 --- one proposed from the weights (written to scaffold/mapping.lua, to save and edit).
 local core = require("parity.core")
 local mapping = require("parity.mapping")
+local weights = require("parity.weights")
 local pairing = require("parity.pairing")
 local tree = require("parity.tree")
 
@@ -25,13 +26,13 @@ local function static_check(ctx, pairs_)
   local ref_mods = rm:modules()
   local order = {}
   for i, m in ipairs(ref_mods) do order[m.path] = i end
-  local rp, tp = mapping.own_params(rm, ref_mods), mapping.own_params(tm, tm:modules())
+  local rp, tp = weights.own_params(rm, ref_mods), weights.own_params(tm, tm:modules())
   local findings = {}
   for _, pair in ipairs(pairs_) do
-    local tw, rws = mapping.fingerprint(tp[pair.target] or {}), {}
-    for i, p in ipairs(pair.reference) do rws[i] = mapping.fingerprint(rp[p] or {}) end
+    local tw, rws = weights.fingerprint(tp[pair.target] or {}), {}
+    for i, p in ipairs(pair.reference) do rws[i] = weights.fingerprint(rp[p] or {}) end
     if tw and #rws == #pair.reference and #rws > 0 then
-      local rel = mapping.relation(tw, mapping.as_target(pair, rws, 0))
+      local rel = weights.relation(tw, weights.as_target(pair, rws, 0))
       local refs = table.concat(pair.reference, ", ")
       local f = { reference = refs, target = pair.target, relation = rel.relation }
       if refs == pair.target then refs = "the reference" end
