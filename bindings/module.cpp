@@ -15,6 +15,7 @@ namespace parity {
 namespace {
 
 constexpr const char* kModuleMeta = "parity.Module";
+lua_State* main_state = nullptr;  // where patches run: a coroutine that set one may be gone by then
 
 Model& check_module(lua_State* L, int idx) {
   return *static_cast<Model*>(luaL_checkudata(L, idx, kModuleMeta));
@@ -314,7 +315,7 @@ int module_patch(lua_State* L) {
   luaL_checktype(L, 3, LUA_TFUNCTION);
   std::string origin = luaL_optstring(L, 4, "");
   lua_pushvalue(L, 3);
-  auto fn = std::make_shared<LuaRef>(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  auto fn = std::make_shared<LuaRef>(main_state, luaL_ref(L, LUA_REGISTRYINDEX));  // the registry is shared
   Model model = m;  // shares the module and its taps: original() calls it
   set_patch(m, path, [fn, model](const PatchCall& call) {
     lua_State* L = fn->L;
@@ -391,6 +392,7 @@ const luaL_Reg kCore[] = {
 }  // namespace
 
 void open_module(lua_State* L) {
+  main_state = L;
   luaL_newmetatable(L, kModuleMeta);  // [meta]
   lua_pushcfunction(L, guard<module_call>);
   lua_setfield(L, -2, "__call");

@@ -27,6 +27,10 @@ Target parse_name(const std::string& name) {
   return {c10::Symbol::fromQualString(name.substr(0, dot)), name.substr(dot + 1)};
 }
 
+/// Operators that reach files, every overload: never called from Lua (scripts read tensors with
+/// parity.tensors, and a patch file from elsewhere must not read or write any file).
+bool reaches_files(const c10::Symbol& op) { return op.toQualString() == std::string("aten::from_file"); }
+
 std::string schema_text(const c10::FunctionSchema& s) {
   std::ostringstream os;
   os << s;
@@ -79,6 +83,9 @@ const std::vector<std::shared_ptr<torch::jit::Operator>>& operators_for(const Ta
 
 std::vector<Value> call_op(const std::string& name, const std::vector<Value>& args) {
   Target target = parse_name(name);
+  if (reaches_files(target.symbol))
+    throw std::invalid_argument(fmt::format("{} reads a file: not available from Lua (parity.tensors.load reads tensor"
+                                            " files)", name));
   const auto& ops = operators_for(target, name);
 
   // A trailing string-keyed table may be keyword arguments.

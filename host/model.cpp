@@ -376,11 +376,12 @@ Model::Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> ta
     : m_(std::move(m)), taps_(std::move(taps)) {}
 
 Value Model::call(const std::string& method, const std::vector<Value>& args) const {
-  if (!taps_->patches.empty()) return call_patched(*this, method, args);
+  // with patches, or from inside one (its children, a reference's modules: on their device)
+  if (!taps_->patches.empty() || in_tapped_run()) return call_patched(*this, method, args);
   return call_plain(method, args);
 }
 
-Value Model::call_plain(const std::string& method, const std::vector<Value>& args) const {
+Value Model::call_plain(const std::string& method, const std::vector<Value>& args, bool to_cpu) const {
   taps_->ran = true;  // taps spliced in later would not be seen (install_taps)
   const auto& schema = method_schema(*m_, method);
   const auto& all = schema.arguments();
@@ -392,7 +393,7 @@ Value Model::call_plain(const std::string& method, const std::vector<Value>& arg
   auto inputs = bind_arguments(without_self, dev.is_cpu() ? args : moved);
   inputs.insert(inputs.begin(), m_->_ivalue());
   auto out = from_ivalue(m_->get_method(method).function()(std::move(inputs)));
-  return dev.is_cpu() ? out : on_device(out, c10::Device(c10::kCPU));
+  return dev.is_cpu() || !to_cpu ? out : on_device(out, c10::Device(c10::kCPU));
 }
 
 Value Model::schema(const std::string& method) const {

@@ -53,8 +53,9 @@ class Model {
   /// A model off the CPU gets its tensor arguments moved to its device and gives its results
   /// back on the CPU, where Lua and the metrics work. With patches (host/taps.hpp), they apply.
   Value call(const std::string& method, const std::vector<Value>& args) const;
-  /// Model::call as the graphs say, whatever its patches (what a tapped run calls).
-  Value call_plain(const std::string& method, const std::vector<Value>& args) const;
+  /// Model::call as the graphs say, whatever its patches (what a tapped run calls); with
+  /// `to_cpu` false the results stay on the model's device (a call inside a patch).
+  Value call_plain(const std::string& method, const std::vector<Value>& args, bool to_cpu = true) const;
 
   /// The method's schema: {name, arguments = {{name, type, default?}...}, returns = {{type}}}.
   Value schema(const std::string& method) const;

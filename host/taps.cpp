@@ -98,17 +98,18 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
                                               slot, fmt::join(out.sizes(), ", ")));
     out = out.narrow(1, out.size(1) - 1, 1);
   }
-  auto patch = run->state->patches.find(path);
-  if (patch != run->state->patches.end()) {
+  auto found = run->state->patches.find(path);
+  if (found != run->state->patches.end()) {
+    const Patch patch = found->second;  // a copy: the patch may replace or remove itself while it runs
     if (slot >= 0) {
       PatchCall& pc = run->patch_in[path];
       if (starts) pc = PatchCall{path, key.substr(at_ + 1), call, {}, run->state->sites.at(path).second};
       pc.inputs.push_back(out);
     } else {
       try {
-        out = patched_output(*run, patch->second, path, -1 - slot, out);
+        out = patched_output(*run, patch, path, -1 - slot, out);
       } catch (const std::exception& e) {
-        const std::string& origin = patch->second.origin;
+        const std::string& origin = patch.origin;
         run->patch_error = origin.empty() ? e.what() : origin + ": " + e.what();
         throw;
       }
@@ -285,13 +286,15 @@ Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRe
   return out;
 }
 
+bool in_tapped_run() { return active != nullptr || inert > 0; }
+
 Value call_patched(const Model& model, const std::string& method, const std::vector<Value>& args) {
-  if (active || inert > 0) {  // inside a patch, or a tapped run: as the graphs say
+  if (active || inert > 0) {  // inside a patch, or a tapped run: as the graphs say, on its device
     ++inert;
     struct Reset {
       ~Reset() { --inert; }
     } reset;
-    return model.call_plain(method, args);
+    return model.call_plain(method, args, false);
   }
   static const TapRequest none;
   return with_run(model, none, nullptr, [&] { return model.call_plain(method, args); });

@@ -100,6 +100,10 @@ std::vector<std::string> patched_paths(const Model& model);
 /// values other than tensors (which a patch cannot pass on).
 std::vector<at::Tensor> call_original(const Model& model, const PatchCall& call, const std::vector<at::Tensor>& inputs);
 
+/// Whether a tapped run is going on (a patch is running, or a tap's record): a model called now
+/// is called from a patch.
+bool in_tapped_run();
+
 /// Model::call of a model with patches: a tapped run that captures nothing, or, inside a patch
 /// or a tapped run already, a plain call (patches and taps inert there).
 Value call_patched(const Model& model, const std::string& method, const std::vector<Value>& args);

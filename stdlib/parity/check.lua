@@ -56,7 +56,11 @@ function M.run(opts)
     return workflow.run(context.open(opts), stages)
   end)
   if ok and opts.confirm then  -- the repairs, each a check of its own under OUT/confirm/
-    local confirmations = require("parity.confirm").run(opts, result, M.run)
+    local fine, confirmations = pcall(require("parity.confirm").run, opts, result, M.run)
+    if not fine then  -- the port's verdict stands; the confirmation says why it has none
+      confirmations = { { kind = "error", confirmed = false, error = require("parity.errors").clean(confirmations),
+                          before = {}, after = {}, rounds = 0 } }
+    end
     return verdict.add_confirmation(out, result, confirmations)
   end
   if ok then return result end

@@ -153,6 +153,8 @@ function M.open(opts)
       error(("%s: saved logits cannot be patched: patch the model that computes them"):format(
         ctx.target and ctx.target.saved or "parity inputs"), 0)
     end
+    -- a Bundle given as an object gets no patches that outlive this check: a fresh one of its path
+    if type(opts.target) == "table" then ctx.target = bundle.open_target(ctx.target.path, opts.device) end
     ctx.patch_sets = {}
     for i, p in ipairs(opts.patches) do ctx.patch_sets[i] = type(p) == "string" and patches.load_file(p) or p end
     ctx.target:patch(ctx.patch_sets)

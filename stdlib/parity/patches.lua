@@ -13,8 +13,8 @@
 --- returns (out, input)), each of the original's shape and dtype. `self` holds the component's
 --- parameters and buffers by name (self.weight, self.q_proj.weight as self["q_proj.weight"]),
 --- self.original(...) (the component as it is, on other inputs: to wrap it), self.children
---- (its child modules by name, as Modules: self.children.attn:forward1(h), computing as they
---- are, their own patches and taps inert), self.path, self.call (1-based) and self.outputs (how
+--- (its child modules by name, callable: self.children.attn(h), self.children.attn:forward1(h),
+--- computing as they are, their own patches and taps inert), self.path, self.call (1-based) and self.outputs (how
 --- many tensors the component returns). The file runs in parity.sandbox with the tensor API added (torch, minus
 --- what reads files or reaches other libraries' operators); so does every call of its functions.
 local core = require("parity.core")
@@ -26,13 +26,16 @@ local M = {}
 --- (changing its methods would change every other tensor's).
 M.DENIED = { from_file = true, Tensor = true, load = true, save = true }
 
+--- Whether torch.NAME (or NAME.overload) is denied.
+local function is_denied(name) return M.DENIED[tostring(name):match("^[^%.]*")] end
+
 local function denied(name)
   error(("torch.%s is not available to a patch (docs/patches.md: what a patch may use)"):format(name), 3)
 end
 
 local aten = setmetatable({}, {
   __index = function(_, name)
-    if M.DENIED[name] then denied("ops.aten." .. name) end
+    if is_denied(name) then denied("ops.aten." .. name) end
     return torch.ops.aten[name]
   end,
   __newindex = function() error("torch is read-only in a patch", 2) end,
@@ -47,7 +50,7 @@ M.TORCH = setmetatable({}, {
         return aten
       end, __newindex = function() error("torch is read-only in a patch", 2) end })
     end
-    if M.DENIED[name] then denied(name) end
+    if is_denied(name) then denied(name) end
     return torch[name]
   end,
   __newindex = function() error("torch is read-only in a patch", 2) end,
@@ -159,6 +162,7 @@ end
 ---@param set parity.PatchSet
 ---@return string[]
 function M.apply(module, set)
+  local descends = require("parity.mapping").descends
   local done = {}
   for _, t in ipairs(M.targets(module, set)) do
     local e = t.entry
@@ -168,16 +172,30 @@ function M.apply(module, set)
       for k, v in pairs(child:parameters()) do named[k] = v end
       for k, v in pairs(child:buffers()) do named[k] = v end
       local forward = e.forward
+      -- its children, callable and nothing more (a Module would hand out :patch, :to, ...)
       local children = setmetatable({}, { __index = function(t, name)
         local ok, c = pcall(module.child, module, path .. "." .. tostring(name))
         if not ok then error(("%s has no child '%s'"):format(path, tostring(name)), 2) end
-        t[name] = c
-        return c
-      end })
+        local view = setmetatable({ forward1 = function(_, ...) return c:forward1(...) end },
+          { __call = function(_, ...) return c(...) end, __newindex = function() error("a child is read-only", 2) end })
+        rawset(t, name, view)
+        return view
+      end, __newindex = function() error("children are read-only", 2) end })
+      for _, other in ipairs(module:patched()) do  -- inside a patch, a patch never runs
+        if descends(path, other) or descends(other, path) then
+          error(("%s: %s and the patched %s: one lies inside the other, where a patch never runs (patch one of them)")
+            :format(set.origin, path, other), 0)
+        end
+      end
       module:patch(path, function(c, ...)
         local self = setmetatable({ original = c.original, path = c.path, call = c.call, outputs = c.outputs,
                                     params = named, children = children }, { __index = named })
-        local out = set.trusted and pack(forward(self, ...)) or pack(sandbox.call(set.origin, forward, self, ...))
+        local out = set.trusted and pack(forward(self, ...)) or pack(pcall(sandbox.call, set.origin, forward, self, ...))
+        if not set.trusted then
+          -- the origin, the component and the call: the host's prefix, said once
+          if not out[1] then error(tostring(out[2]):gsub("^" .. set.origin:gsub("%p", "%%%0") .. ": ", ""), 0) end
+          return unpack(out, 2, out.n)
+        end
         return unpack(out, 1, out.n)
       end, set.origin)
       done[#done + 1] = path

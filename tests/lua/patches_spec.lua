@@ -94,6 +94,11 @@ describe("patch files", function()
     raises(function() applies("local f = torch.from_file") end, "torch.from_file is not available to a patch")
     raises(function() applies("local f = torch.ops.parity") end, "torch.ops.parity is not available to a patch")
     raises(function() applies("torch.zeros = nil") end, "torch is read-only in a patch")
+    raises(function() applies("local f = torch['from_file.out']") end, "torch.from_file.out is not available")
+    -- nor through a tensor's methods, which reach every operator: no Lua reaches files that way
+    raises(function() applies("return { { target = 'lin', forward = function(self, x)"
+      .. " return x.from_file('/etc/hostname', false, 4) end } }"); m(X) end, "aten::from_file reads a file")
+    raises(function() torch.zeros(1).from_file("/etc/hostname", false, 4) end, "aten::from_file reads a file")
     raises(function() applies("return require('os')") end, "attempt to call global 'require'")
     raises(function() applies("return { { target = 'lin', forward = function() end, extra = 1 } }") end,
       "entry 1: unknown key 'extra'")
@@ -105,6 +110,21 @@ describe("patch files", function()
     f:write(string.dump(function() return {} end))
     f:close()
     raises(function() patches.load_file(tmp .. "/bc.lua") end, "precompiled bytecode is refused")
+  end)
+
+  it("give a patch its children to call and nothing more, and refuse a patch inside a patched component", function()
+    local b = parity.bundle(fx .. "/bug_eps_small")
+    local m = b:at("fp32")
+    local function set(text) return patches.load_file(write("c.lua", text)) end
+    patches.apply(m, set("return { { target = 'blocks.0', forward = function(self, x)"
+      .. " self.children.attn:patch('final_norm', function() end) end } }"))
+    raises(function() m(torch.randint(0, 512, { 1, 4 }, { seed = 1 })) end, "attempt to call method 'patch'")
+    raises(function() patches.apply(m, set("return { { target = 'blocks.0.attn_norm', forward = function(self, x)"
+      .. " return x end } }")) end, "one lies inside the other")
+    m:unpatch("blocks.0")
+    -- a patch that removes itself while it runs
+    m:patch("final_norm", function(c, x) m:unpatch("final_norm") error("gone") end, "p.lua")
+    raises(function() m(torch.randint(0, 512, { 1, 4 }, { seed = 1 })) end, "p.lua: patch of final_norm (call 1): ")
   end)
 
   it("make a port with a planted bug equivalent inside check, its files untouched, and say so", function()
@@ -126,6 +146,10 @@ describe("patch files", function()
     local text = require("parity.report.terminal").render(v, tmp .. "/patched")
     truthy(text:find("patched with " .. examples .. "/eps.lua", 1, true), text)
     eq(check("wrong", { patches = { examples .. "/act.lua" } }).verdict, "divergent", "a patch of the wrong component")
+    -- a Bundle given as an object is left as it was
+    local port = parity.bundle(target)
+    eq(check("object", { target = port, patches = { examples .. "/eps.lua" } }).verdict, "equivalent")
+    eq({ #port:at("fp32"):patched(), check("object_after", { target = port }).verdict }, { 0, "divergent" })
   end)
 end)
 

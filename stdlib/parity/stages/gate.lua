@@ -84,6 +84,7 @@ function M.run(opts)
   if #sets > 0 then
     if target.saved then error(("%s: saved logits cannot be patched: patch the model that computes them"):format(
       target.saved), 0) end
+    if type(opts.target) == "table" then target = bundle.open_target(target.path, opts.device) end  -- not the caller's
     target:patch(sets)
   end
   -- saved logits are compared with the reference's fp32 ones unless told otherwise
