@@ -286,7 +286,10 @@ Model Model::load(const std::string& path, std::optional<c10::Device> device) {
   check_torchscript_archive(path);  // NOTE [ Archive sizes ]
   try {
     auto m = device ? torch::jit::load(path, *device) : torch::jit::load(path);
-    return Model(std::make_shared<torch::jit::Module>(std::move(m)), std::make_shared<TapState>());
+    auto root = std::make_shared<torch::jit::Module>(std::move(m));
+    auto taps = std::make_shared<TapState>();
+    taps->root = root;
+    return Model(root, taps);
   } catch (const c10::Error& e) {
     std::string why = e.what_without_backtrace();
     throw std::runtime_error(

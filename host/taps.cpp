@@ -321,7 +321,8 @@ std::vector<std::string> patched_paths(const Model& model) {
 }
 
 std::vector<at::Tensor> call_original(const Model& model, const PatchCall& call, const std::vector<at::Tensor>& inputs) {
-  torch::jit::Module m = model.jit();
+  auto root = model.taps().root.lock();  // paths are the root's, whichever model of the tree set the patch
+  torch::jit::Module m = root ? *root : model.jit();
   std::stringstream ss(call.path);
   for (std::string part; std::getline(ss, part, '.');) m = m.attr(part).toModule();
   auto method = m.get_method(call.method);

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -57,6 +58,7 @@ struct TapState {
   std::map<std::string, std::pair<int, int>> sites;  ///< tapped path -> (tensor inputs, tensor outputs)
   std::map<std::string, Patch> patches;              ///< patched path -> its patch
   bool ran = false;                                  ///< a method of the tree has run
+  std::weak_ptr<torch::jit::Module> root;            ///< the tree's root, where the paths start
 };
 
 /// Splices taps into the forward graphs of `paths` (dotted, "" is the root). The model must be
