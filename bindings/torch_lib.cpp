@@ -17,10 +17,11 @@
 namespace parity {
 namespace {
 
+constexpr double kExact = 9007199254740992.0;  // 2^53: the whole numbers a Lua number holds exactly
+
 /// Sizes from either a table {2, 3} at idx or the numbers from idx up to the first non-number.
 /// Returns the index of the first argument after the sizes.
 int read_sizes(lua_State* L, int idx, std::vector<int64_t>& sizes) {
-  constexpr double kMaxSize = 9007199254740992.0;  // 2^53: what a Lua number holds exactly
   if (lua_istable(L, idx)) {
     size_t n = lua_objlen(L, idx);
     bool keys = false;  // anything but the sizes 1..n
@@ -34,18 +35,18 @@ int read_sizes(lua_State* L, int idx, std::vector<int64_t>& sizes) {
           "sizes and options go in tables of their own: torch.zeros({2, 3}, {dtype = \"bf16\"})");
     for (size_t i = 1; i <= n; ++i) {
       lua_rawgeti(L, idx, static_cast<int>(i));
-      sizes.push_back(check_whole(L, -1, "a size", 0, kMaxSize));
+      sizes.push_back(check_whole(L, -1, "a size", 0, kExact));
       lua_pop(L, 1);
     }
     return idx + 1;
   }
-  while (lua_type(L, idx) == LUA_TNUMBER) sizes.push_back(check_whole(L, idx++, "a size", 0, kMaxSize));
+  while (lua_type(L, idx) == LUA_TNUMBER) sizes.push_back(check_whole(L, idx++, "a size", 0, kExact));
   return idx;
 }
 
 /// A seed: a whole number in 0..2^53 (a negative or fractional one was cast, undefined in C++).
 uint64_t check_seed(lua_State* L, int idx) {
-  return static_cast<uint64_t>(check_whole(L, idx, "a seed", 0, 9007199254740992.0));
+  return static_cast<uint64_t>(check_whole(L, idx, "a seed", 0, kExact));
 }
 
 /// Options table {dtype=, device=, seed=}: a seed makes a fresh generator, leaving the global
@@ -106,11 +107,11 @@ int torch_randint(lua_State* L) {
   int64_t low = 0, high;
   int idx = 2;
   if (lua_type(L, 2) == LUA_TNUMBER) {
-    low = check_whole(L, 1, "randint: low", -9007199254740992.0, 9007199254740992.0);
-    high = check_whole(L, 2, "randint: high", -9007199254740992.0, 9007199254740992.0);
+    low = check_whole(L, 1, "randint: low", -kExact, kExact);
+    high = check_whole(L, 2, "randint: high", -kExact, kExact);
     idx = 3;
   } else {
-    high = check_whole(L, 1, "randint: high", -9007199254740992.0, 9007199254740992.0);
+    high = check_whole(L, 1, "randint: high", -kExact, kExact);
   }
   if (high <= low) throw std::invalid_argument(fmt::format("randint: high ({}) must be above low ({})", high, low));
   std::vector<int64_t> sizes;

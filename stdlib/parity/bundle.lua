@@ -149,9 +149,7 @@ function Bundle:vocab_size()
   end
   local module = self:at(self:dtypes()[1])
   local params = module:parameters()
-  local names = {}
-  for name in pairs(params) do names[#names + 1] = name end
-  table.sort(names)
+  local names = validate.sorted_keys(params)
   for _, pattern in ipairs({ "embed_tokens%.weight$", "wte%.weight$", "embeddings?%.weight$", "embed[^.]*%.weight$" }) do
     for _, name in ipairs(names) do
       if name:find(pattern) and params[name]:dim() == 2 then
@@ -181,11 +179,8 @@ function Bundle:max_positions()
 end
 
 local function first_float_dtype(module)
-  local names = {}
   local params = module:parameters()
-  for name in pairs(params) do names[#names + 1] = name end
-  table.sort(names)
-  for _, name in ipairs(names) do
+  for _, name in ipairs(validate.sorted_keys(params)) do
     local d = CANONICAL[params[name]:dtype()]
     if d then return d end
   end

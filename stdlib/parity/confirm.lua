@@ -10,6 +10,7 @@
 --- tried with it too (up to MAX_ROUNDS): a port that needs two repairs has two bugs.
 local core = require("parity.core")
 local patches = require("parity.patches")
+local validate = require("parity.validate")
 
 local M = { MAX_ROUNDS = 3 }
 
@@ -66,7 +67,7 @@ function M.fitted_source(first, rows, target)
   if type(p) ~= "table" then return nil end
   if first.cause.class == "epsilon" and p.name == "eps" and norm_kind(first.type) then
     local weight, bias
-    for name in pairs(target:child(first.target):parameters()) do
+    for _, name in ipairs(validate.sorted_keys(target:child(first.target):parameters())) do
       if name:find("bias") then bias = name elseif not weight then weight = name end
     end
     if not weight then return nil end

@@ -74,10 +74,8 @@ local function check_types(opts)
   for k, v in pairs(opts) do
     local allowed = M.OPTIONS[k]
     if not allowed then
-      local names = {}
-      for name in pairs(M.OPTIONS) do names[#names + 1] = name end
-      table.sort(names)
-      error(("check: unknown option '%s' (known: %s)"):format(tostring(k), table.concat(names, ", ")), 0)
+      error(("check: unknown option '%s' (known: %s)"):format(tostring(k),
+        table.concat(validate.sorted_keys(M.OPTIONS), ", ")), 0)
     end
     if not ("|" .. allowed .. "|"):find("|" .. type(v) .. "|", 1, true) then
       local want = allowed == "string|table" and "path (a string) or a bundle (parity.bundle)" or allowed

@@ -77,10 +77,8 @@ local function check_values(t, origin, allowed)
   for k, v in pairs(t) do
     if k ~= "layers" or allowed ~= RANGES then
       if not allowed[k] then
-        local names = {}
-        for name in pairs(allowed) do names[#names + 1] = name end
-        table.sort(names)
-        error(("%s: unknown threshold '%s' (known: %s%s)"):format(origin, tostring(k), table.concat(names, ", "),
+        error(("%s: unknown threshold '%s' (known: %s%s)"):format(origin, tostring(k),
+          table.concat(validate.sorted_keys(allowed), ", "),
           allowed == RANGES and ", layers" or ""), 0)
       end
       validate.number(("%s: '%s'"):format(origin, k), v, RANGES[k][1], RANGES[k][2])

@@ -18,6 +18,7 @@
 --- many tensors the component returns). The file runs in parity.sandbox with the tensor API added (torch, minus
 --- what reads files or reaches other libraries' operators); so does every call of its functions.
 local core = require("parity.core")
+local descends = require("parity.mapping").descends
 local sandbox = require("parity.sandbox")
 
 local M = {}
@@ -162,7 +163,6 @@ end
 ---@param set parity.PatchSet
 ---@return string[]
 function M.apply(module, set)
-  local descends = require("parity.mapping").descends
   local done = {}
   for _, t in ipairs(M.targets(module, set)) do
     local e = t.entry

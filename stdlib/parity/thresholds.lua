@@ -176,9 +176,7 @@ end
 ---@param th parity.Thresholds M.resolve's
 ---@return parity.ThresholdAudit
 function M.audit(th)
-  local names, loosened, off = {}, {}, {}
-  for name in pairs(M.DEFAULTS) do names[#names + 1] = name end
-  table.sort(names)
+  local names, loosened, off = validate.sorted_keys(M.DEFAULTS), {}, {}
   for _, name in ipairs(names) do
     local how = M.judge(M.KIND[name], M.DEFAULTS[name], th[name], M.OFF[name])
     if how then
@@ -206,10 +204,8 @@ local function check_table(t, origin)
   if type(t) ~= "table" then error(("%s: thresholds must be a table, got %s"):format(origin, type(t)), 0) end
   for k, v in pairs(t) do
     if M.DEFAULTS[k] == nil then
-      local names = {}
-      for name in pairs(M.DEFAULTS) do names[#names + 1] = name end
-      table.sort(names)
-      error(("%s: unknown threshold '%s' (known: %s)"):format(origin, tostring(k), table.concat(names, ", ")), 0)
+      error(("%s: unknown threshold '%s' (known: %s)"):format(origin, tostring(k),
+        table.concat(validate.sorted_keys(M.DEFAULTS), ", ")), 0)
     end
     if type(v) ~= "number" then
       error(("%s: threshold '%s' must be a number, got %s"):format(origin, k,

@@ -89,4 +89,15 @@ end
 --- Limits of the sizes parity accepts, checked before anything is allocated.
 M.MAX = { rows = 1024, tokens = 131072, new_tokens = 4096, topk = 1000, vocab = 2 ^ 31 - 1, seed = 2 ^ 53 }
 
+--- A table's keys, sorted (what an "unknown X (known: ...)" message lists, and a stable order
+--- to walk a table in).
+---@param t table
+---@return string[]
+function M.sorted_keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
 return M
