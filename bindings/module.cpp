@@ -92,6 +92,14 @@ int module_call_method(lua_State* L) {
   return 1;
 }
 
+/// m:call_unpatched("method", ...): as the port computes it, no patch in it applied
+int module_call_unpatched(lua_State* L) {
+  auto& m = check_module(L, 1);
+  std::string name = luaL_checkstring(L, 2);
+  push_value(L, call_unpatched(m, name, args_from(L, 3)));
+  return 1;
+}
+
 int module_child(lua_State* L) {
   push_module(L, check_module(L, 1).child(luaL_checkstring(L, 2)));
   return 1;
@@ -382,7 +390,7 @@ const luaL_Reg kMethods[] = {
     {"device", guard<module_device>},
     {"tap", guard<module_tap>},          {"run_tapped", guard<module_run_tapped>},
     {"patch", guard<module_patch>},      {"unpatch", guard<module_unpatch>},
-    {"patched", guard<module_patched>},
+    {"patched", guard<module_patched>}, {"call_unpatched", guard<module_call_unpatched>},
     {nullptr, nullptr}};
 
 const luaL_Reg kCore[] = {

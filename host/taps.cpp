@@ -275,7 +275,14 @@ Value with_run(const Model& model, const TapRequest& request, TapCalls* calls, F
 
 Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls) {
   if (model.taps().tag.empty()) throw std::invalid_argument("run_tapped: the model has no taps (install_taps first)");
-  if (active) throw std::logic_error("run_tapped: already inside a tapped run");
+  // another model's tapped run may nest (a patch running a reference): its taps are its own
+  if (active && active->state == &model.taps()) throw std::logic_error("run_tapped: already inside a tapped run of it");
+  struct Restore {
+    TapRun* run;
+    int inert_was;
+    ~Restore() { active = run, inert = inert_was; }
+  } restore{active, inert};
+  inert = 0;
   Value out = with_run(model, request, calls, [&] { return model.call_plain("forward", args); });
   if (calls && !model.device().is_cpu()) {  // captures come back on the CPU too, as the output does
     for (auto& [path, list] : *calls)
@@ -298,6 +305,15 @@ Value call_patched(const Model& model, const std::string& method, const std::vec
   }
   static const TapRequest none;
   return with_run(model, none, nullptr, [&] { return model.call_plain(method, args); });
+}
+
+Value call_unpatched(const Model& model, const std::string& method, const std::vector<Value>& args) {
+  bool inside = in_tapped_run();
+  ++inert;
+  struct Reset {
+    ~Reset() { --inert; }
+  } reset;
+  return model.call_plain(method, args, !inside);
 }
 
 void set_patch(Model& model, const std::string& path, PatchFn patch, std::string origin) {

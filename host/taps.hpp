@@ -83,7 +83,8 @@ struct TapRequest {
 
 /// Runs the model's forward with its taps active, as `request` says. Returns the forward's
 /// output; `calls` receives the records (on the CPU, as the output is, for a model on another
-/// device: Model::call).
+/// device: Model::call). Inside another model's tapped run (a patch running a reference's
+/// model) it nests; inside its own it throws.
 Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRequest& request, TapCalls* calls);
 
 /// Routes the calls of the component at `path` (tapped) to `patch`, in every run of the model
@@ -109,5 +110,9 @@ bool in_tapped_run();
 /// Model::call of a model with patches: a tapped run that captures nothing, or, inside a patch
 /// or a tapped run already, a plain call (patches and taps inert there).
 Value call_patched(const Model& model, const std::string& method, const std::vector<Value>& args);
+
+/// `method` of `model` as the port computes it: no patch in it applies (every tap passes its value
+/// on), on the model's device when called from inside a patch or a tapped run, else as Model::call.
+Value call_unpatched(const Model& model, const std::string& method, const std::vector<Value>& args);
 
 }  // namespace parity

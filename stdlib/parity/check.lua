@@ -5,6 +5,7 @@
 --- and localize (the primary fault and its cause). A new stage is a file under stages/ (the
 --- stage contract: parity.workflow) and a line here.
 local context = require("parity.context")
+local core = require("parity.core")
 local verdict = require("parity.verdict")
 local workflow = require("parity.workflow")
 
@@ -38,8 +39,53 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field quiet boolean|nil        no progress on stderr (shown for work past 2 s otherwise)
 ---@field patches table|nil        patch files (or sets, parity.patches) the target computes with
 ---@field confirm boolean|nil      try repairs of the first divergence (parity.confirm)
+---@field stages string[]|nil       the stages to run, by name (default M.STAGES; those they need run too)
+---@field unpatched boolean|nil    with patches: the port's e2e figures without them too (default true)
 ---@field device string|nil       where the models run: "cpu" (default) or "cuda[:N]"
 ---@field reference_device string|nil  the reference's device, when it differs (default: device)
+
+--- The stage modules of a check that runs `names` (default: M.STAGES) and the stages they
+--- need, in M.STAGES's order.
+---@param names string[]|nil
+---@return parity.Stage[]
+function M.stages(names)
+  local wanted, known = {}, {}
+  for _, name in ipairs(M.STAGES) do known[name] = true end
+  local function want(name)
+    if not known[name] then
+      error(("check: option 'stages' names %s, not a stage of the check (%s)"):format(tostring(name),
+        table.concat(M.STAGES, ", ")), 0)
+    end
+    wanted[name] = true
+    for _, n in ipairs(require("parity.stages." .. name).needs or {}) do want(n) end
+  end
+  for _, name in ipairs(names or M.STAGES) do want(name) end
+  local out = {}
+  for _, name in ipairs(M.STAGES) do
+    if wanted[name] then out[#out + 1] = require("parity.stages." .. name) end
+  end
+  return out
+end
+
+--- The end-to-end figures of the port as it is, without the check's patches: its e2e stages
+--- (against the cached reference, the target's teacher-forced passes only) under OUT/unpatched/,
+--- and the patched components' figures before, from the components stage's rows.
+---@param opts parity.CheckOptions a check's, with patches
+---@param out string its results directory
+---@return table before {verdict, criteria = {[name] = value}, components = {target, r, r32, before}..., results}
+function M.unpatched(opts, out)
+  local o = {}
+  for k, x in pairs(opts) do o[k] = x end
+  o.patches, o.confirm, o.out, o.quiet, o.log = nil, nil, out .. "/unpatched", true, function() end
+  local v = workflow.run(context.open(o), M.stages({ "e2e", "e2e32" }))
+  local components = core.json.array()
+  for _, row in ipairs((core.json.read(out .. "/components.json") or {}).components or {}) do
+    if row.unpatched then
+      components[#components + 1] = { target = row.target, r = row.r, r32 = row.r32, before = row.unpatched }
+    end
+  end
+  return { verdict = v.verdict, criteria = verdict.figures(v), components = components, results = o.out }
+end
 
 --- Runs the check; writes <stage>.json and verdict.json under opts.out; returns the verdict.
 --- Input errors raise, after writing verdict.json with verdict "error".
@@ -49,12 +95,13 @@ function M.run(opts)
   if type(opts) ~= "table" then error(("check: expects a table of options, got %s"):format(type(opts)), 0) end
   local out = opts.out or "parity-results"
   if type(out) ~= "string" or out == "" then error("check: out must name a directory, got an empty path", 0) end
+  local stages = M.stages(opts.stages)
   verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", M.STAGES)
-  local ok, result = pcall(function()
-    local stages = {}
-    for i, name in ipairs(M.STAGES) do stages[i] = require("parity.stages." .. name) end
-    return workflow.run(context.open(opts), stages)
-  end)
+  local ok, result = pcall(function() return workflow.run(context.open(opts), stages) end)
+  if ok and result.patches and opts.unpatched ~= false then  -- the figures the patches changed
+    local fine, before = pcall(M.unpatched, opts, out)
+    result = verdict.add_unpatched(out, result, fine and before or { error = require("parity.errors").clean(before) })
+  end
   if ok and opts.confirm then  -- the repairs, each a check of its own under OUT/confirm/
     local fine, confirmations = pcall(require("parity.confirm").run, opts, result, M.run)
     if not fine then  -- the port's verdict stands; the confirmation says why it has none

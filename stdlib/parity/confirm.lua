@@ -118,6 +118,46 @@ local function tensor_args(module)
   return n
 end
 
+--- The inputs a reference component takes beyond the target's leading ones, where they depend
+--- on the positions only (a rotary embedding's cos and sin, computed once and passed to every
+--- layer): read from a tapped run of the reference on token ids of the shape the call has
+--- ([batch, seq] of the first input's), once a shape. `refused(dtype, path, n)` says why a
+--- component's are not such (they change with the tokens), or nil; `at(dtype, path, call, x, n)`
+--- gives them for a call whose first input is x.
+---@param reference parity.Bundle
+function M.extra_inputs(reference)
+  local runs = {}
+  local function calls(dtype, path, batch, seq, fill)
+    local key = ("%s|%s|%d|%d|%d"):format(dtype, path, batch, seq, fill)
+    if not runs[key] then
+      local ids = fill < 0 and torch.randint(3, 10, { batch, seq }, { seed = 1 })
+        or torch.full({ batch, seq }, fill, { dtype = "int64" })
+      runs[key] = select(2, reference:tapped_run(dtype, ids, { path }))[path] or {}
+    end
+    return runs[key]
+  end
+  local E = {}
+  function E.refused(dtype, path, n)
+    local a, b = calls(dtype, path, 1, 6, 0), calls(dtype, path, 1, 6, -1)
+    if #a == 0 or #a ~= #b then return ("the reference's %s is not called on a 6-token input"):format(path) end
+    for k = 1, #a do
+      for i = n + 1, #a[k].inputs do
+        if a[k].inputs[i] ~= b[k].inputs[i] then
+          return ("the reference's %s takes inputs beyond the port's that depend on the tokens (input %d)"):format(path, i)
+        end
+      end
+    end
+  end
+  function E.at(dtype, path, call, x, n)
+    if x:dim() < 2 then error(("%s: its first input is [%s], not [batch, seq, ...]"):format(path,
+      table.concat(x:size(), ", ")), 0) end
+    local c = calls(dtype, path, x:size(0), x:size(1), 0)[call]
+    if not c then error(("the reference's %s has no call %d on [%d, %d] tokens"):format(path, call, x:size(0), x:size(1)), 0) end
+    return { unpack(c.inputs, n + 1) }
+  end
+  return E
+end
+
 --- The substitution patch: the reference's components of the fault's type computing in place of
 --- the target's (a trusted patch set: it runs the reference's modules) where they take the same
 --- tensors, and what it says; nil and why not when none does.
@@ -134,14 +174,18 @@ function M.substitution(first, rows, reference, target)
     return children[key]
   end
   local anchor = reference:dtypes()[1]
+  local extras = M.extra_inputs(reference)
   for _, row in ipairs(same_type(rows, first)) do
     local paths = {}
     for p in row.reference:gmatch("[^+]+") do paths[#paths + 1] = p end
     local want = tensor_args(target:child(row.target))
     local takes = tensor_args(ref_child(anchor, paths[1]))
-    if takes ~= want then
-      skipped = skipped or ("the reference's %s takes %d tensor%s, %s %d: no substitution"):format(first.type, takes,
-        takes == 1 and "" or "s", row.target, want)
+    local why = takes < want and ("the reference's %s takes %d tensor%s, %s %d"):format(first.type, takes,
+      takes == 1 and "" or "s", row.target, want)
+      or takes > want and (#paths > 1 and "a fused component whose reference takes more inputs"
+        or extras.refused(anchor, paths[1], want))
+    if why then
+      skipped = skipped or (why .. ": no substitution")
     else
       used[#used + 1] = row.target
       entries[#entries + 1] = { target = row.target, forward = function(self, ...)
@@ -149,6 +193,9 @@ function M.substitution(first, rows, reference, target)
         local dtype
         for _, x in ipairs(inputs) do dtype = dtype or DTYPE[x:dtype()] end
         dtype = dtype or DTYPE[self.original(...):dtype()]  -- token ids in: the dtype of what comes out
+        if takes > want then  -- the reference's own further inputs (its RoPE's cos and sin)
+          for _, x in ipairs(extras.at(dtype, paths[1], self.call, inputs[1], want)) do inputs[#inputs + 1] = x end
+        end
         local outs = {}
         for i, p in ipairs(paths) do outs[i] = tensors_of(ref_child(dtype, p)(unpack(inputs))) end
         if #outs > 1 then  -- a fused projection: the reference's outputs side by side
@@ -166,13 +213,125 @@ function M.substitution(first, rows, reference, target)
   return patches.from_entries(entries, "substitution " .. what), what
 end
 
---- The e2e figures a confirmation compares, from a verdict.
-local function figures(v)
+local figures = require("parity.verdict").figures
+
+--- The deepest components that add an error of their own at the low precision while exact in
+--- fp32 (a precision fault's), in the order the check tested them.
+local function less_precise(rows, th)
+  local judge, descends = require("parity.judge"), require("parity.mapping").descends
+  local found = {}
+  for _, row in ipairs(rows) do
+    if row.isolated and not row.skipped and judge.fails(row, th) and (row.r32 or 0) < th.r32_p95 then
+      found[#found + 1] = row.target
+    end
+  end
   local out = {}
-  for _, c in ipairs(v.criteria or {}) do
-    if c.stage == "e2e" or c.stage == "e2e32" then out[c.name] = c.value end
+  for _, t in ipairs(found) do
+    local inner = false
+    for _, other in ipairs(found) do inner = inner or (other ~= t and descends(other, t)) end
+    if not inner then out[#out + 1] = t end
   end
   return out
+end
+
+--- A patch set (trusted) computing `paths` of the target from its own fp32 trace (`t32`, a module of
+--- another copy): floating inputs upcast, outputs cast back to the low precision.
+function M.fp32_fallback(paths, t32)
+  local entries = {}
+  for _, path in ipairs(paths) do
+    local c = t32:child(path)
+    entries[#entries + 1] = { target = path, forward = function(self, ...)
+      local inputs, low = { ... }, nil
+      for i, x in ipairs(inputs) do
+        if x:is_floating_point() then low, inputs[i] = low or x:dtype(), x:float() end
+      end
+      low = low or self.original(...):dtype()
+      local args = require("parity.replay").arguments(c:schema(), inputs)
+      local outs = tensors_of(c(unpack(args)))
+      for i, o in ipairs(outs) do
+        if o:is_floating_point() then outs[i] = o:to(low) end
+      end
+      return unpack(outs, 1, math.min(#outs, self.outputs))
+    end }
+  end
+  return patches.from_entries(entries, ("fp32 fallback of %d component%s"):format(#paths, #paths == 1 and "" or "s"))
+end
+
+--- A set's key: its paths sorted.
+function M.key_of(paths)
+  local sorted = { unpack(paths) }
+  table.sort(sorted)
+  return table.concat(sorted, "|")
+end
+
+--- The fewest of `candidates` with which `works(paths, key)` holds, by bisection: all of them
+--- first (nil when they do not), then halves left out while it still holds, until no half of
+--- what is kept can go. `works` is asked once a set; the empty set is taken not to work (the port
+--- as it is).
+---@param candidates string[]
+---@param works fun(paths: string[], key: string): boolean
+---@return string[]|nil kept in the candidates' order
+function M.fewest(candidates, works)
+  local memo = { [""] = false }
+  local function ok(paths)
+    local key = M.key_of(paths)
+    if memo[key] == nil then memo[key] = works(paths, key) end
+    return memo[key]
+  end
+  local function join(a, b)
+    local out = { unpack(a) }
+    for _, x in ipairs(b) do out[#out + 1] = x end
+    return out
+  end
+  -- the fewest of `set` that, with `base`, keep it working (base + set does)
+  local function minimize(set, base)
+    if #set == 1 then return ok(base) and {} or set end
+    local half = math.floor(#set / 2)
+    local a, b = { unpack(set, 1, half) }, { unpack(set, half + 1) }
+    if ok(join(base, a)) then return minimize(a, base) end
+    if ok(join(base, b)) then return minimize(b, base) end
+    local need_a = minimize(a, join(base, b))
+    return join(need_a, minimize(b, join(base, need_a)))
+  end
+  if not ok(candidates) then return nil end
+  local kept = minimize(candidates, {})
+  ok(kept)  -- asked already, but for a union of halves
+  return kept
+end
+
+--- Precision fallback: which of the components that lose precision, computed in fp32 (the
+--- target's own fp32 trace of each), make the port equivalent at the low precision. All of them
+--- first; then a bisection keeps the fewest it can (a subset that still makes it equivalent,
+--- from which no half can be left out). Each try is the e2e stage only, in OUT/confirm/N.
+---@param v table the check's verdict
+---@param rows table[] its components.json rows
+---@param t32 parity.Module the target's fp32 module (another copy than the check's)
+---@param attempt fun(sets: table[], stages: string[]|nil): table, string a check with patches
+---@return table confirmation {kind = "fallback", components, confirmed, before, after, tries, results}
+function M.precision_fallback(v, rows, t32, attempt)
+  local th = require("parity.thresholds").at(v.thresholds, v.noise_dtype)
+  local candidates = less_precise(rows, th)
+  local result = { kind = "fallback", what = "", confirmed = false, before = figures(v), after = {}, rounds = 1,
+                   tries = 0, components = core.json.array() }
+  if #candidates == 0 then
+    result.error = "no component adds an error of its own at the low precision and none in fp32: nothing to fall back"
+    return result
+  end
+  local tried = {}
+  local kept = M.fewest(candidates, function(paths, key)
+    result.tries = result.tries + 1
+    local after, dir = attempt({ M.fp32_fallback(paths, t32) }, { "e2e" })
+    tried[key] = { after = after, dir = dir }
+    return after.verdict == "equivalent"
+  end)
+  local final = tried[M.key_of(kept or candidates)]
+  for _, p in ipairs(kept or {}) do result.components[#result.components + 1] = p end
+  result.confirmed, result.after, result.results = kept ~= nil, figures(final.after), final.dir
+  result.error = final.after.error
+  result.what = kept and ("with %s in fp32 (of %d that lose precision)"):format(
+    #kept <= 3 and table.concat(kept, ", ") or ("%s and %d more"):format(kept[1], #kept - 1), #candidates)
+    or ("with every one of the %d components that lose precision in fp32 (%s, ...)"):format(#candidates, candidates[1])
+  return result
 end
 
 --- Whether the first divergence of `b` (after repairing `a`'s) is a next suspect: another
@@ -202,11 +361,12 @@ function M.run(opts, v, run)
   local target = require("parity.bundle").open(opts.target, opts.device)
   local target_module = target:at(target:dtypes()[1])
   local n = 0
-  local function attempt(sets)
+  local function attempt(sets, stages)
     n = n + 1
     local o = {}
     for k, x in pairs(opts) do o[k] = x end
-    o.out, o.quiet, o.log, o.confirm = ("%s/confirm/%d"):format(out, n), true, function() end, nil
+    o.out, o.quiet, o.log, o.confirm, o.unpatched = ("%s/confirm/%d"):format(out, n), true, function() end, nil, false
+    o.stages = stages
     o.patches = {}
     for _, s in ipairs(opts.patches or {}) do o.patches[#o.patches + 1] = s end
     for _, s in ipairs(sets) do o.patches[#o.patches + 1] = s end
@@ -233,7 +393,7 @@ function M.run(opts, v, run)
     if not set then
       results[#results + 1] = { kind = "substitution", what = w, confirmed = false, before = figures(v),
         after = figures(current), rounds = round - 1, error = w, patch = table.concat(whats, "; ") }
-      return results
+      break
     end
     sets[#sets + 1], whats[#whats + 1] = set, w
     repaired[#repaired + 1] = f.target
@@ -242,9 +402,13 @@ function M.run(opts, v, run)
     if done or round == M.MAX_ROUNDS or not next_suspect(after, repaired) then
       results[#results + 1] = { patch = table.concat(whats, "; "), kind = "substitution", what = table.concat(whats, "; "),
         confirmed = done, before = figures(v), after = figures(after), results = dir, rounds = round, error = after.error }
-      return results
+      break
     end
     current = after
+  end
+  -- a precision fault: which components computed in fp32 make the port equivalent at the low precision
+  if first.cause and first.cause.class == "precision" and target:has("fp32") then
+    results[#results + 1] = M.precision_fallback(v, rows, target:at("fp32"), attempt)
   end
   return results
 end

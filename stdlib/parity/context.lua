@@ -63,7 +63,8 @@ M.OPTIONS = {
   new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
   thresholds = "table", thresholds_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
   out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
-  reference_device = "string", file = "string", patches = "table", confirm = "boolean",
+  reference_device = "string", file = "string", patches = "table", confirm = "boolean", unpatched = "boolean",
+  stages = "table",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not

@@ -225,6 +225,30 @@ function M.decide(run, stages, results)
   })
 end
 
+--- The end-to-end criteria's figures of a verdict: {[name] = value} (e2e's and e2e32's).
+---@param v parity.Verdict
+---@return table<string, number>
+function M.figures(v)
+  local out = {}
+  for _, c in ipairs(v.criteria or {}) do
+    if c.stage == "e2e" or c.stage == "e2e32" then out[c.name] = c.value end
+  end
+  return out
+end
+
+--- Adds what a patched run's figures were without its patches (parity.check.unpatched) to its
+--- verdict and writes it again: `unpatched`, {verdict, criteria = {[name] = value}, components =
+--- {target, r, r32, before = {r, r32}}..., results}, or {error} when that run failed.
+---@param out string the results directory
+---@param v parity.Verdict the verdict written there
+---@param before table
+---@return parity.Verdict verdict
+function M.add_unpatched(out, v, before)
+  v.unpatched = before
+  core.json.write(out .. "/verdict.json", v)
+  return v
+end
+
 --- Adds the confirmations by repair (parity.confirm) to a finished run's verdict and writes it
 --- again: `confirmation`, {patch, kind, what, confirmed, before, after, results, rounds}... The
 --- verdict stays what the port as it is gives.

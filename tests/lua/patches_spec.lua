@@ -68,6 +68,16 @@ describe("Module:patch", function()
     eq(m:patched(), { "model.layers.0.input_layernorm" })
   end)
 
+  it("leaves a module's call_unpatched as the port computes it, patches in it and in its children aside", function()
+    local m = twice()
+    local base = m(X)
+    m:patch("lin", function(c, x) return c.original(x) * 2 end)
+    truthy(not torch.equal(m(X), base), "patched")
+    truthy(torch.equal(m:call_unpatched("forward", X), base), "the root, its child's patch aside")
+    truthy(torch.equal(m:child("lin"):call_unpatched("forward", X), linear(m:child("lin"):parameters(), X)), "the child")
+    truthy(not torch.equal(m(X), base), "still patched after")
+  end)
+
   it("applies to the component run alone too (a child shares its model's patches)", function()
     local m = twice()
     m:patch("lin", function(c, x) return c.original(x) + 1 end)
@@ -155,6 +165,15 @@ describe("patch files", function()
     eq(parity.hash_file(target .. "/fp32.pt"), before, "the port's file is untouched")
     local text = require("parity.report.terminal").render(v, tmp .. "/patched")
     truthy(text:find("patched with " .. examples .. "/eps.lua", 1, true), text)
+    -- the figures before and after: every e2e criterion, every patched component
+    local u = v.unpatched
+    eq({ u.verdict, #u.components }, { "divergent", 5 })
+    truthy(u.criteria.r32_p95 > 3e-4 and u.criteria.r32_p95 == check("plain2").summaries.e2e32.r32.p95,
+      "the unpatched figure is the plain check's")
+    for _, c in ipairs(u.components) do
+      truthy(c.before.r32 > 3e-4 and c.r32 < 3e-4, ("%s: R32 %g before, %g after"):format(c.target, c.before.r32, c.r32))
+    end
+    truthy(text:find("patched blocks.0.attn_norm: R ", 1, true) and text:find("(unpatched ", 1, true), text)
     eq(check("wrong", { patches = { examples .. "/act.lua" } }).verdict, "divergent", "a patch of the wrong component")
     -- a Bundle given as an object is left as it was
     local port = parity.bundle(target)
@@ -194,13 +213,56 @@ describe("check --confirm", function()
     eq(disk.confirmation[1].confirmed, false, "the fitted eps alone leaves the other bug")
   end)
 
-  it("does not confirm a repair of the wrong component, nor substitute components that take other inputs", function()
+  it("does not confirm a repair of the wrong component", function()
     local _, disk = confirm("final", "bug_final_norm")  -- the final norm is never called: the other norms are no fix
     eq(disk.confirmation[1].confirmed, false)
-    _, disk = confirm("mask", "bug_mask")
-    eq(disk.confirmation[1].confirmed, false)
-    truthy(disk.confirmation[1].error:find("takes 3 tensors, blocks.0.attn 1: no substitution", 1, true),
-      disk.confirmation[1].error)
+  end)
+
+  it("substitutes a component that takes more inputs than the port's with the reference's own (RoPE's cos, sin)", function()
+    local _, disk = confirm("mask", "bug_mask")  -- the port's attention computes RoPE itself: hidden states only
+    local c = disk.confirmation[1]
+    eq({ c.kind, c.confirmed }, { "substitution", true }, c.error)
+    truthy(c.what:find("LlamaAttention", 1, true), c.what)
+  end)
+
+  it("bisects to the fewest components a repair needs, asking once a set", function()
+    local fewest = require("parity.confirm").fewest
+    local asked = {}
+    local function needs(required)
+      return function(paths, key)
+        truthy(not asked[key], "asked twice: " .. key)
+        asked[key] = true
+        local has = {}
+        for _, p in ipairs(paths) do has[p] = true end
+        for _, r in ipairs(required) do if not has[r] then return false end end
+        return true
+      end
+    end
+    local all = { "a", "b", "c", "d", "e", "f", "g", "h" }
+    eq(fewest(all, needs({ "b", "g" })), { "b", "g" })
+    asked = {}
+    eq(fewest(all, needs({ "e" })), { "e" })
+    asked = {}
+    eq(fewest(all, needs(all)), all)
+    asked = {}
+    eq(fewest(all, needs({ "z" })), nil, "none works")
+  end)
+
+  it("finds which components computed in fp32 make a precision fault's port equivalent", function()
+    local _, disk = confirm("nocast", "bug_norm_nocast")
+    local c = disk.confirmation[#disk.confirmation]
+    eq({ c.kind, c.confirmed }, { "fallback", true }, c.error)
+    truthy(#c.components >= 1 and c.tries >= 1, "module paths, found by trying")
+    for _, p in ipairs(c.components) do truthy(p:find("norm$"), p) end
+    truthy(c.after.r_p95 < 1.2 and c.before.r_p95 > c.after.r_p95, ("R p95 %g -> %g"):format(c.before.r_p95, c.after.r_p95))
+    -- every one it names is needed: the port with one of them left out is still divergent
+    if #c.components > 1 then
+      local rest = { unpack(c.components, 2) }
+      local set = require("parity.confirm").fp32_fallback(rest, parity.bundle(fx .. "/bug_norm_nocast"):at("fp32"))
+      local v = parity.check({ reference = fx .. "/reference", target = fx .. "/bug_norm_nocast", out = tmp .. "/rest",
+        prompts = 2, new_tokens = 6, log = function() end, quiet = true, patches = { set }, stages = { "e2e" } })
+      eq(v.verdict, "divergent", "one left out")
+    end
   end)
 end)
 

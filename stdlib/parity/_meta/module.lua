@@ -154,6 +154,13 @@ function Module:unpatch(path) end
 ---@return string[]
 function Module:patched() end
 
+--- Calls `method` as the port computes it: no patch in the module, nor in its children, applies
+--- (what a patched component computed before its patch).
+---@param method string
+---@param ... any its arguments
+---@return any output
+function Module:call_unpatched(method, ...) end
+
 ---@class parity.core
 local core = {}
 

@@ -8,11 +8,15 @@ local M = {}
 
 local null = core.json.null
 
+local function g(x) return (x == nil or x == null) and "-" or ("%.3g"):format(x) end
 local function d(x) return ("p5 %.4g  p50 %.4g  p95 %.4g  max %.4g"):format(x.p5, x.p50, x.p95, x.max) end
 
 --- stage name -> function(summary) -> lines (the summary a stage's `summary` made)
 ---@type table<string, fun(summary: table): string[]>
 M.STAGE_LINES = {}
+
+--- How many patched components the summary lists (the others: verdict.json's unpatched).
+M.PATCHED_SHOWN = 8
 
 --- The scaffold's line: both trees and how their components were paired, and what a given
 --- mapping leaves unmapped.
@@ -109,6 +113,20 @@ function M.render(v, out)
     lines[#lines + 1] = ("  patched with %s%s: %s"):format(p.file, p.sha256 ~= null and (" (sha256 " .. p.sha256:sub(1, 12)
       .. ")") or "", #c <= 3 and table.concat(c, ", ") or (("%s, ... (%d components)"):format(c[1], #c)))
   end
+  local before = v.unpatched or {}
+  local shown = before.components or {}
+  for i, c in ipairs(shown) do  -- each patched component: unpatched -> patched
+    if i > M.PATCHED_SHOWN then
+      lines[#lines + 1] = ("  ... and %d more patched components (verdict.json: unpatched.components)"):format(#shown - i + 1)
+      break
+    end
+    lines[#lines + 1] = ("  patched %s: R %s -> %s, R32 %s -> %s"):format(c.target, g(c.before.r), g(c.r), g(c.before.r32),
+      g(c.r32))
+  end
+  if before.error then lines[#lines + 1] = "  the port's figures without its patches: " .. before.error end
+  if before.verdict then
+    lines[#lines + 1] = ("  without the patches the port is %s (its e2e stages: %s/)"):format(before.verdict, before.results)
+  end
   for _, name in ipairs(v.stages) do
     local render, summary = M.STAGE_LINES[name], v.summaries[name]
     if summary and summary ~= null and render then
@@ -116,7 +134,9 @@ function M.render(v, out)
     end
   end
   for _, c in ipairs(v.criteria) do
-    lines[#lines + 1] = ("  %s  %-60s %.4g"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value)
+    local was = before.criteria and before.criteria[c.name]
+    lines[#lines + 1] = ("  %s  %-60s %.4g%s"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value,
+      was and ("   (unpatched %.4g)"):format(was) or "")
   end
   for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
   for _, c in ipairs(v.confirmation or {}) do lines[#lines + 1] = "  " .. M.confirmation_line(c) end

@@ -45,6 +45,7 @@ local M = { name = "components", runs_target = "its components run one by one", 
 ---@field cosine_32 number|nil
 ---@field rows_r parity.RowRatios|nil the per-row view (parity.judge.row_ratios)
 ---@field role "source"|"amplifier"|"carrier"|nil parity.judge.role
+---@field unpatched {r: number|nil, r32: number|nil}|nil a patched component's R and R32 as the port computes it
 --- What localize's signatures fit a failing component on (kept in memory, never written): its
 --- isolated outputs and inputs and a way to re-run it, or the whole-model outputs (isolated = false).
 ---@class parity.Evidence
@@ -159,6 +160,12 @@ local function noise_of(tensors, n, calls, with_rows)
 end
 
 
+--- The larger of two figures, either missing.
+local function worst(a, b)
+  if a == nil or b == nil then return a or b end
+  return math.max(a, b)
+end
+
 --- The reference modules' outputs as the pair's target computes them: interleaved per head where
 --- the mapping says so, concatenated (transform "concat") or the one's.
 local function combine(outs, pair)
@@ -265,7 +272,8 @@ function M.run(ctx, got)
   local reruns, reruns_s, reused, failed = 0, 0, 0, {}
   -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
   -- and why not
-  local function rerun(which, path, inputs)
+  -- (`unpatched`: the target's component as the port computes it, its patches aside)
+  local function rerun(which, path, inputs, unpatched)
     if not alone[which] then return nil end  -- a .pt2 program: the accumulated view only
     local c = child(which, path)
     if not c then return nil end
@@ -274,7 +282,8 @@ function M.run(ctx, got)
     local ok, out = false, bad
     if args then
       local t = core.clock()
-      ok, out = pcall(c, unpack(args))
+      if unpatched then ok, out = pcall(c.call_unpatched, c, "forward", unpack(args))
+      else ok, out = pcall(c, unpack(args)) end
       reruns_s = reruns_s + core.clock() - t
     end
     if not ok then return nil, "cannot re-run on captured inputs: " .. require("parity.errors").clean(out) end
@@ -291,6 +300,11 @@ function M.run(ctx, got)
       if x ~= c.inputs[i] then return nil end  -- Tensor ~= is not torch.equal
     end
     return c.outputs[1]
+  end
+  -- the patched components (a patched run): their figures unpatched too, what the patch changed
+  local patched = {}
+  for _, paths in pairs(target.patched or {}) do
+    for _, p in ipairs(paths) do patched[p] = true end
   end
   local th = thresholds.at(ctx.thresholds, dtype)  -- R's bound as it applies at this yardstick
   local tcap = has32 and "t32" or "tlow"
@@ -367,6 +381,12 @@ function M.run(ctx, got)
           per_row[#per_row + 1] = { error = t_rows, noise = own_rows }
         end
         local r, r32_ratio = ratio(tlow, r32, own, eps), ratio(t32, r32, own)
+        if patched[pair.target] and isolated then  -- its worst call's, as the patched figures are
+          local u = row.unpatched or {}
+          u.r = worst(u.r, ratio(padded_head(rerun("tlow", pair.target, tinputs, true), r32), r32, own, eps))
+          u.r32 = worst(u.r32, ratio(padded_head(rerun("t32", pair.target, tinputs, true), r32), r32, own))
+          row.unpatched = u
+        end
         local at32, atlow = padded_head(outs("t32", { pair.target }, {}), ar32), padded_head(outs("tlow", { pair.target }, {}), ar32)
         local acc, acc32 = ratio(atlow, ar32, own_acc, eps), ratio(at32, ar32, own_acc)
         local inh, inh32 = ratio(input("tlow", pair.target), rin32, own_in, eps), ratio(input("t32", pair.target), rin32, own_in)
