@@ -57,6 +57,13 @@ local function norm_kind(type_name)
   if type_name:find("LayerNorm") then return "layer" end
 end
 
+--- The target path mapped to a reference path, from components.json rows.
+local function by_reference(rows, path)
+  for _, row in ipairs(rows) do
+    if row.reference == path then return row.target end
+  end
+end
+
 --- The fitted patch's Lua source for the first divergence, and what it says, or nil.
 ---@param first table verdict.first_divergence
 ---@param rows table[] components.json rows
@@ -92,21 +99,61 @@ function M.fitted_source(first, rows, target)
     return table.concat(lines, "\n") .. "\n", ("with eps %s in %s (%d component%s)"):format(eps, targets[1], #targets,
       #targets == 1 and "" or "s")
   end
-  if first.cause.class == "scale" and p.name == "scale" and (p.at == nil or p.at == first.reference)
-    and first.type == "Linear" and type(p.value) == "number" and p.value ~= 0 then
+  local number = type(p.value) == "number" and p.value == p.value and p.value ~= 0 and math.abs(p.value) < math.huge
+  if first.cause.class == "scale" and p.name == "scale" and p.at == nil and first.type == "Linear" and number then
     local names = target:child(first.target):parameters()
     if not names.weight then return nil end
     local source = ([[
--- written by parity check --confirm: %s's weight divided by the fitted scale, %.6g (in fp32,
--- rounded once: a low-precision weight scaled lost bits)
+-- written by parity check --confirm: %s's weight (and bias) divided by the fitted scale of its
+-- output, %.6g (in fp32, rounded once: a low-precision weight scaled lost bits)
 return {
   { target = %q, forward = function(self, x)
       return torch.linear(x:float(), self.weight:float() / %.17g, %s):to(x:dtype())
     end },
 }
-]]):format(first.target, p.value, first.target, p.value, names.bias and "self.bias:float()" or "nil")
+]]):format(first.target, p.value, first.target, p.value,
+      names.bias and ("self.bias:float() / %.17g"):format(p.value) or "nil")
     return source, ("with %s's output divided by %.4g"):format(first.target, p.value)
   end
+  -- the input of a component (the fault's, or a child's: the forward code between them) scaled,
+  -- or a residual term added to the fault's output: undone around the component's own call
+  local at = p.at and (p.at == first.reference and first.target or by_reference(rows, p.at))
+  local fix, what
+  if first.cause.class == "scale" and p.name == "scale" and at and number then
+    fix = ("local y = self.original((x:float() / %.17g):to(x:dtype()), ...)"):format(p.value)
+    what = ("with %s's input divided by %.4g"):format(at, p.value)
+  elseif first.cause.class == "scale" and p.name == "scale" and not p.at and number then
+    at, fix = first.target, ("local y = (self.original(x, ...):float() / %.17g):to(x:dtype())"):format(p.value)
+    what = ("with %s's output divided by %.4g"):format(at, p.value)
+  elseif first.cause.class == "residual" and p.name == "alpha" and not p.at and number then
+    at = first.target
+    fix = ("local y = self.original(x, ...)\n      y = (y:float() - %.17g * x:float()):to(y:dtype())"):format(p.value)
+    what = ("with %.4g x its input taken from %s's output"):format(p.value, at)
+  end
+  -- (SiLU by ATen's kernel, as nn.SiLU computes it: one rounding at the low precision)
+  local code = first.cause.class == "activation" and p.name == "activation"
+    and (p.reference == "silu" and "x:silu()" or require("parity.fits").ACTIVATION_CODE[p.reference])
+  if code and not next(target:child(first.target):parameters()) then  -- the nonlinearity is a module of its own
+    local targets = {}
+    for _, row in ipairs(same_type(rows, first)) do targets[#targets + 1] = row.target end
+    local lines = { ("-- written by parity check --confirm: the reference's %s where the port computes %s, in every %s of"):format(
+      p.reference, p.value, target:child(first.target):type()), "-- the port mapped to a " .. first.type,
+      "local function act(self, x) return " .. code .. " end", "return {" }
+    for _, t in ipairs(targets) do lines[#lines + 1] = ("  { target = %q, forward = act },"):format(t) end
+    lines[#lines + 1] = "}"
+    return table.concat(lines, "\n") .. "\n", ("with the reference's %s in %s (%d component%s)"):format(p.reference,
+      targets[1], #targets, #targets == 1 and "" or "s")
+  end
+  if not fix then return nil end
+  return ([[
+-- written by parity check --confirm: %s (%s)
+return {
+  { target = %q, forward = function(self, x, ...)
+      %s
+      return y
+    end },
+}
+]]):format(what, first.cause.detail:gsub("\n", " "), at, fix), what
 end
 
 --- The number of tensor arguments a module's forward takes (its schema's Tensor ones).

@@ -178,16 +178,14 @@ end
 
 --- Nonlinearities an MLP may use, by the names transformers' configs give them.
 ---@type table<string, fun(x: parity.Tensor): parity.Tensor>
-M.ACTIVATIONS = {
-  silu = function(x) return x * x:sigmoid() end,
-  gelu = function(x) return x:gelu() end,
-  gelu_tanh = function(x) return x:gelu({ approximate = "tanh" }) end,
-  relu = function(x) return x:relu() end,
-  relu2 = function(x) return x:relu():pow(2) end,
-  quick_gelu = function(x) return x * (x * 1.702):sigmoid() end,
-  sigmoid = function(x) return x:sigmoid() end,
-  tanh = function(x) return x:tanh() end,
+M.ACTIVATIONS = {}
+--- Each one's expression in x, as Lua source (a fitted patch writes it: parity.confirm).
+---@type table<string, string>
+M.ACTIVATION_CODE = {
+  silu = "x * x:sigmoid()", gelu = "x:gelu()", gelu_tanh = 'x:gelu({ approximate = "tanh" })', relu = "x:relu()",
+  relu2 = "x:relu():pow(2)", quick_gelu = "x * (x * 1.702):sigmoid()", sigmoid = "x:sigmoid()", tanh = "x:tanh()",
 }
+for name, code in pairs(M.ACTIVATION_CODE) do M.ACTIVATIONS[name] = assert(loadstring("return function(x) return " .. code .. " end"))() end
 
 --- Nonlinearities of one family (GELU and its approximations): at the low precision they may not be told apart.
 M.FAMILY = { gelu = "gelu", gelu_tanh = "gelu", quick_gelu = "gelu" }

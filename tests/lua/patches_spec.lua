@@ -203,6 +203,16 @@ describe("check --confirm", function()
       "confirmed (fitted): with eps 1e-06 in blocks.0.attn_norm (5 components) the port is equivalent", 1, true))
   end)
 
+  it("writes fitted patches for a wrong activation and a missing scale of a component's input", function()
+    for name, want in pairs({ bug_act = "x:silu()", bug_emb_scale = "x:float() / 8" }) do
+      local _, disk = confirm(name, name)
+      local c = disk.confirmation[1]
+      eq({ c.kind, c.confirmed }, { "fitted", true }, name .. ": " .. tostring(c.error))
+      local text = assert(io.open(c.patch)):read("*a")
+      truthy(text:find(want, 1, true), text)
+    end
+  end)
+
   it("substitutes the reference's components where no fit applies, and says when two repairs were needed", function()
     local gelu = write("gelu.lua", "return { { target = 'blocks.{i}.ffn.act', forward = function(self, x)"
       .. " return torch.gelu(x) end } }")
