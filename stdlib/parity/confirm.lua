@@ -64,6 +64,17 @@ local function by_reference(rows, path)
   end
 end
 
+--- The target paths of `suffix` (".q_proj", or "" for the component itself) under every
+--- mapped component of the fault's type.
+local function every(rows, first, suffix)
+  local out = {}
+  for _, row in ipairs(same_type(rows, first)) do
+    local t = suffix == "" and row.target or by_reference(rows, row.reference .. suffix)
+    if t then out[#out + 1] = t end
+  end
+  return out
+end
+
 --- The fitted patch's Lua source for the first divergence, and what it says, or nil.
 ---@param first table verdict.first_divergence
 ---@param rows table[] components.json rows
@@ -125,9 +136,24 @@ return {
   elseif first.cause.class == "scale" and p.name == "scale" and not p.at and number then
     at, fix = first.target, ("local y = (self.original(x, ...):float() / %.17g):to(x:dtype())"):format(p.value)
     what = ("with %s's output divided by %.4g"):format(at, p.value)
+  elseif first.cause.class == "scale" and p.name == "score_scale" and p.at == "its input" and number then
+    -- the target computes the reference on its input times c, its output divided by c (c^2 =
+    -- tau), in every attention of the fault's type (the attention's code is the bug)
+    at = every(rows, first, "")
+    fix = ("local c = %.17g\n  local y = self.original((x:float() / c):to(x:dtype()), ...)\n"
+      .. "      y = (y:float() * c):to(y:dtype())"):format(math.sqrt(p.value))
+    what = ("with the attention scores divided by %.4g in %s (%d components)"):format(p.value, at[1], #at)
+  elseif first.cause.class == "scale" and p.name == "score_scale" and p.at and number
+    and p.at:sub(1, #first.reference + 1) == first.reference .. "." then
+    -- the scores tau x the reference's as if the parameters of its query or key projection (or
+    -- its norm) were: that one's output divided by tau, in every attention of the fault's type
+    at = every(rows, first, p.at:sub(#first.reference + 1))
+    fix = #at > 0 and ("local y = (self.original(x, ...):float() / %.17g):to(x:dtype())"):format(p.value)
+    what = #at > 0 and ("with the output of %s divided by %.4g, the scores' temperature (%d components)"):format(at[1],
+      p.value, #at)
   elseif first.cause.class == "residual" and p.name == "alpha" and not p.at and number then
     at = first.target
-    fix = ("local y = self.original(x, ...)\n      y = (y:float() - %.17g * x:float()):to(y:dtype())"):format(p.value)
+    fix = ("local y = self.original(x, ...)\n  y = (y:float() - %.17g * x:float()):to(y:dtype())"):format(p.value)
     what = ("with %.4g x its input taken from %s's output"):format(p.value, at)
   end
   -- (SiLU by ATen's kernel, as nn.SiLU computes it: one rounding at the low precision)
@@ -145,15 +171,13 @@ return {
       targets[1], #targets, #targets == 1 and "" or "s")
   end
   if not fix then return nil end
-  return ([[
--- written by parity check --confirm: %s (%s)
-return {
-  { target = %q, forward = function(self, x, ...)
-      %s
-      return y
-    end },
-}
-]]):format(what, first.cause.detail:gsub("\n", " "), at, fix), what
+  local lines = { ("-- written by parity check --confirm: %s (%s)"):format(what, (first.cause.detail:gsub("\n", " "))),
+    "local function fix(self, x, ...)", "  " .. fix, "  return y", "end", "return {" }
+  for _, t in ipairs(type(at) == "table" and at or { at }) do
+    lines[#lines + 1] = ("  { target = %q, forward = fix },"):format(t)
+  end
+  lines[#lines + 1] = "}"
+  return table.concat(lines, "\n") .. "\n", what
 end
 
 --- The number of tensor arguments a module's forward takes (its schema's Tensor ones).
