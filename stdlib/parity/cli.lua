@@ -1,5 +1,5 @@
 --- The `parity` command line. bindings/main.cpp hands argv here; each command returns an
---- exit code: 0 ok, 1 a check failed, 2 usage, input or environment error.
+--- exit code: 0 ok, 1 a check failed, 2 usage, input or environment error, 3 inconclusive.
 local parity = require("parity")
 
 local M = {}
@@ -35,7 +35,8 @@ Environment (validated: a value out of range is an error, exit 2):
                      limits of sandboxed Lua files (1e8 instructions, 64 MB, 10 s)
   PARITY_DEBUG=1     show Lua tracebacks for command errors
 
-Exit codes: 0 ok, 1 a check failed, 2 usage, input or environment error.
+Exit codes: 0 ok, 1 a check failed, 2 usage, input or environment error, 3 inconclusive (a
+check whose figures cannot decide it with the prompts given: never a pass).
 MODEL, REF and TARGET are TorchScript .pt files or bundle directories (fp32.pt, bf16.pt,
 fp16.pt, parity.json), as scripts/parity_export.py writes them. TARGET may also be the logits a
 foreign engine saved for the sequences of parity inputs (see parity inputs --help).]]

@@ -398,7 +398,7 @@ function M.precision_fallback(v, rows, t32, attempt)
   local final = tried[M.key_of(kept or candidates)]
   for _, p in ipairs(kept or {}) do result.components[#result.components + 1] = p end
   result.confirmed, result.after, result.results = kept ~= nil, figures(final.after), final.dir
-  result.error = final.after.error
+  result.error, result.verdict = final.after.error, final.after.verdict
   result.what = kept and ("with %s in fp32 (of %d that lose precision)"):format(
     #kept <= 3 and table.concat(kept, ", ") or ("%s and %d more"):format(kept[1], #kept - 1), #candidates)
     or ("with every one of the %d components that lose precision in fp32 (%s, ...)"):format(#candidates, candidates[1])
@@ -453,7 +453,8 @@ function M.run(opts, v, run)
     local file = out .. "/patches/suggested.lua"
     local after, dir = attempt({ patches.load_file(file) })
     results[#results + 1] = { patch = file, kind = "fitted", what = what, confirmed = after.verdict == "equivalent",
-      before = figures(v), after = figures(after), results = dir, rounds = 1, error = after.error }
+      before = figures(v), after = figures(after), results = dir, rounds = 1, error = after.error,
+      verdict = after.verdict }
     if after.verdict == "equivalent" then return results end
   end
   -- substitution, and the next suspect with it while the first divergence moves on
@@ -472,7 +473,8 @@ function M.run(opts, v, run)
     local done = after.verdict == "equivalent"
     if done or round == M.MAX_ROUNDS or not next_suspect(after, repaired) then
       results[#results + 1] = { patch = table.concat(whats, "; "), kind = "substitution", what = table.concat(whats, "; "),
-        confirmed = done, before = figures(v), after = figures(after), results = dir, rounds = round, error = after.error }
+        confirmed = done, before = figures(v), after = figures(after), results = dir, rounds = round, error = after.error,
+        verdict = after.verdict }
       break
     end
     current = after

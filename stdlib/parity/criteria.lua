@@ -124,6 +124,13 @@ M.TABLE = {
   { name = "top1", stage = "e2e", reads = "top1_ties_excluded.rate", rule = "above", threshold = "top1",
     governed = { "top1", "tie_factor" }, says = "top-1 agreement (near-ties excluded) > %g" },
   { name = "padded", stage = "e2e", reads = "padded.wins", rule = "zero", when = has_padded, says = padded_says },
+  -- a reference whose next-token distributions are near uniform (random weights) leaves KL,
+  -- cosine and top-1 little to see: said, not failed (R and R32 still judge)
+  { name = "signal", stage = "e2e", reads = "reference_entropy", rule = "below", threshold = 0.95, warn = true,
+    says = function(e)
+      return "reference's distributions not near uniform (entropy / log V < 0.95)" .. (e.reference_entropy < 0.95 and ""
+        or ": they are, as a random-init model's: KL, cosine and top-1 have little signal here, R and R32 judge")
+    end },
   -- e2e32: the fp32 leg (in an fp32 check against the reference's own bf16 noise, the comparison)
   { name = "finite32", stage = "e2e32", reads = non_finite("target_non_finite"), rule = "zero",
     says = "no NaN/Inf in the target's fp32 logits" },

@@ -9,7 +9,7 @@ local core = require("parity.core")
 local criteria_table = require("parity.criteria")
 local thresholds = require("parity.thresholds")
 
-local M = { SCHEMA = 1 }
+local M = { SCHEMA = 2 }  -- 2: the verdict "inconclusive", the criteria's intervals
 --- M.facts's: what the criteria may know of the whole run.
 ---@class parity.Facts
 ---@field absorbed fun(target: string): boolean whether the fault found at (or inside) `target` is absorbed
@@ -28,8 +28,9 @@ local M = { SCHEMA = 1 }
 --- verdict.json (docs/workflow.md, "verdict.json"); an error verdict has verdict, error and the
 --- schema fields, and the reference and the target when known.
 ---@class parity.Verdict
----@field verdict "equivalent"|"divergent"|"error"
+---@field verdict "equivalent"|"divergent"|"inconclusive"|"error"
 ---@field error string|nil what went wrong (an error verdict)
+---@field inconclusive string[] the criteria whose resampled interval holds their bound (parity.confidence)
 ---@field cause parity.Cause|lightuserdata the most specific cause; json.null when equivalent
 ---@field first_divergence table|nil the localize stage's, when there is one
 ---@field suspects table[]
@@ -200,6 +201,23 @@ function M.decide(run, stages, results)
       end
     end
   end
+  -- how sure the e2e figures are (resampled over sequences): a failure the resamples do not
+  -- agree on decides nothing, and neither does a pass they do not agree on
+  -- (a criterion its thresholds switch off has nothing to decide)
+  local audit = thresholds.audit(th)
+  local off = {}
+  for _, name in ipairs(audit.switched_off) do off[name] = true end
+  local decidable = {}
+  for _, c in ipairs(criteria) do
+    if not off[c.name] then decidable[#decidable + 1] = c end
+  end
+  require("parity.confidence").intervals(decidable, results, function(dtype) return thresholds.at(th, dtype) end)
+  local conclusive_failure, inconclusive = false, {}
+  for _, c in ipairs(criteria) do
+    local open = c.interval and not c.interval.conclusive
+    if not c.warn and open then inconclusive[#inconclusive + 1] = c.name end
+    if not c.pass and not c.warn and not open then conclusive_failure = true end
+  end
   local loc = results.localize
   local first = loc and not loc.skipped and loc.first_divergence ~= core.json.null and loc.first_divergence or nil
   -- the most specific cause: NaN first, then the first divergent component's, then the two legs'
@@ -208,10 +226,11 @@ function M.decide(run, stages, results)
     why = first.cause
   end
   -- thresholds looser than the defaults, and whether the criteria can still fail at all
-  local audit = thresholds.audit(th)
   for i, w in ipairs(audit.warnings) do table.insert(warnings, i, w) end
   return write(run.out, {
-    verdict = #failed == 0 and "equivalent" or "divergent",
+    verdict = conclusive_failure and "divergent" or #inconclusive > 0 and "inconclusive"
+      or #failed == 0 and "equivalent" or "divergent",
+    inconclusive = core.json.array(inconclusive),  -- the criteria whose interval holds their bound
     cause = why or core.json.null,
     first_divergence = first,  -- absent when there is none
     suspects = loc and not loc.skipped and loc.suspects or core.json.array(),
@@ -223,6 +242,14 @@ function M.decide(run, stages, results)
     criteria_can_fail = audit.criteria_can_fail,
     patches = run.patches,  -- absent without patches: {file, sha256, components}...
   })
+end
+
+--- The exit code of a verdict: 0 equivalent, 1 divergent (or an error verdict), 3 inconclusive
+--- (never 0: automation must not read it as a pass).
+---@param v parity.Verdict
+---@return integer
+function M.exit_code(v)
+  return v.verdict == "equivalent" and 0 or v.verdict == "inconclusive" and 3 or 1
 end
 
 --- The end-to-end criteria's figures of a verdict: {[name] = value} (e2e's and e2e32's).

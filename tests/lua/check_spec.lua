@@ -67,7 +67,12 @@ describe("check", function()
            { "divergent", "model.layers.0.mlp.act_fn", "precision" }, "a SiLU by hand in bf16, against one rounding")
         truthy(v.first_divergence.cause.parameter.value > 1.05, "its rows' R p50")
       else
-        eq(v.verdict, "equivalent", c[2])
+        -- never divergent; at 3 prompts a figure near its bound may be undecided (parity.confidence:
+        -- port_reorder's R p95 1.19 against 1.2), never a pass then, and every decided one passes
+        truthy(v.verdict == "equivalent" or v.verdict == "inconclusive", c[2] .. ": " .. v.verdict)
+        for _, k in ipairs(v.criteria) do
+          truthy(k.pass or k.warn or (k.interval and not k.interval.conclusive), c[2] .. ": " .. k.name)
+        end
       end
       truthy(v.summaries.e2e32.r32.p95 < 1e-4, c[2] .. ": fp32 at float-reassociation level")
     end
@@ -148,7 +153,7 @@ describe("check", function()
       eq(v.suspects[1].reference ~= nil, true)
     end
     local v = check("noisy_port", { reference = "noisy" })
-    eq({ v.verdict, v.first_divergence }, { "equivalent", nil }, "a correct same-tree port has no fault")
+    eq({ v.verdict == "divergent", v.first_divergence }, { false, nil }, "a correct same-tree port has no fault")
   end)
 
   it("names each planted bug's class in differently structured ports and a mixture of experts", function()
@@ -382,10 +387,12 @@ describe("check", function()
   end)
 
   it("takes thresholds from a table or a sandboxed file", function()
-    eq(check("bug_norm_bf16", { thresholds = { r_p95 = 3, kl_ratio = 3, cosine_ratio = 3, row_r_p50 = 3 } }).verdict,
+    -- (loose enough that the resamples over the 3 prompts agree too: cosine's 1.25x own is
+    -- undecided against 3x)
+    eq(check("bug_norm_bf16", { thresholds = { r_p95 = 3, kl_ratio = 8, cosine_ratio = 8, row_r_p50 = 3 } }).verdict,
       "equivalent")
     local f = assert(io.open(tmp .. "/th.lua", "w"))
-    f:write("return { r_p95 = 3, kl_ratio = 3, kl_floor = 0.01, cosine_ratio = 3, row_r_p50 = 3 }")
+    f:write("return { r_p95 = 3, kl_ratio = 8, kl_floor = 0.01, cosine_ratio = 8, row_r_p50 = 3 }")
     f:close()
     local v = check("bug_norm_bf16", { thresholds_file = tmp .. "/th.lua" })
     eq(v.thresholds.kl_floor, 0.01)

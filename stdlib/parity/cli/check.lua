@@ -83,7 +83,10 @@ Criteria (thresholds: --thresholds FILE.lua returning e.g. { kl_ratio = 1.5 }):
   > 0.5; no NaN/Inf anywhere in the target's logits (not only at the judged positions)
 Verdict "equivalent" only if every criterion passes; "divergent" comes with a cause: formula
 (differs in fp32 too), precision (exact in fp32, not at bf16), non_finite, or unknown (no fp32
-trace). Exit 0 equivalent, 1 divergent, 2 bad input.
+trace). Each e2e criterion's figure comes with a 95% interval, resampled over the prompts (a
+prompt's positions are correlated): one whose interval holds its bound is inconclusive, and so is
+the verdict when that decides it (never a pass; the summary says about how many prompts would
+decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
 
   --dtype D          the low precision under test: bf16 (default) or fp16; or fp32 for a port
                      that only runs in fp32 (below)
@@ -165,7 +168,7 @@ two may be swapped.]],
     print(require("parity.report.terminal").render(verdict, out))
     local hint = swap_hint(verdict, out)
     if hint then print(hint) end
-    return verdict.verdict == "equivalent" and 0 or 1
+    return require("parity.verdict").exit_code(verdict)
   end,
 }
 
@@ -186,7 +189,8 @@ Usage: parity report DIR
 
 Prints the summary of a finished check again, from its results directory alone (DIR/verdict.json
 and the stage summaries in it): the same lines `parity check` printed. An error verdict prints
-its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdict parity wrote.]],
+its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdict parity wrote,
+3 inconclusive.]],
   --- parity report: prints a finished check's summary from its results directory.
   ---@param argv string[] the arguments after "report"
   ---@return integer exit code 0 equivalent, 1 divergent or error
@@ -194,7 +198,7 @@ its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdic
     local o = parse(argv, { flags = {}, positional = { "DIR" } })
     local text, v = require("parity.report.terminal").from_dir(o.DIR)
     print(text)
-    return v.verdict == "equivalent" and 0 or 1
+    return require("parity.verdict").exit_code(v)
   end,
 }
 

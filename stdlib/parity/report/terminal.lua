@@ -95,7 +95,9 @@ function M.confirmation_line(c)
       c.rounds > 1 and (" (%d repairs: more than one bug)"):format(c.rounds) or "")
   end
   if c.error then return ("not confirmed (%s): %s"):format(c.kind, c.error) end
-  return ("not confirmed (%s): %s the port is still divergent%s (results in %s)"):format(c.kind, c.what, figs, c.results)
+  local still = c.verdict == "inconclusive" and "undecided (inconclusive: its figures' intervals hold their bounds at"
+    .. " these prompts; more prompts decide)" or "still divergent"
+  return ("not confirmed (%s): %s the port is %s%s (results in %s)"):format(c.kind, c.what, still, figs, c.results)
 end
 
 --- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
@@ -138,13 +140,26 @@ function M.render(v, out)
     lines[#lines + 1] = ("  %s  %-60s %.4g%s"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value,
       was and ("   (unpatched %.4g)"):format(was) or "")
   end
+  for _, c in ipairs(v.criteria) do  -- what the resamples over sequences do not agree on
+    local iv = c.interval
+    if iv and not iv.conclusive and not c.warn then
+      lines[#lines + 1] = ("  inconclusive: %s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds"
+        .. " the bound%s: %s"):format(c.rule, c.value, 100 * iv.level, iv.lo, iv.hi, iv.sequences,
+        iv.bound_lo and (" (%.4g..%.4g)"):format(iv.bound_lo, iv.bound_hi) or (" %.4g"):format(c.threshold),
+        iv.prompts and ("about %d prompts would decide it (--prompts)"):format(iv.prompts)
+          or "the figure is at its bound: more prompts may not decide it")
+    end
+  end
   for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
   for _, c in ipairs(v.confirmation or {}) do lines[#lines + 1] = "  " .. M.confirmation_line(c) end
   if v.cause ~= null and (v.first_divergence == nil or v.first_divergence == null) then
     lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail)
   end
+  local undecided = v.verdict == "inconclusive" and (" — undecided: " .. table.concat(v.inconclusive, ", ")
+    .. (#v.failed > 0 and ("; failing within their intervals: " .. table.concat(v.failed, ", ")) or "")
+    .. "; not a pass")
   lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
-    #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
+    undecided or #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
   return table.concat(lines, "\n")
 end
 

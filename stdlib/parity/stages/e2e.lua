@@ -49,9 +49,22 @@ function M.compare(t, r32, rlow, tokens, opts)
         .. " <= %g x max|ref_%s - ref_fp32| at that position; near-ties are left out of"
         .. " top1_ties_excluded"):format(opts.tie_factor, opts.dtype),
     },
-    per_position = { r_ratio = r:tolist(), cosine = cos:tolist(), kl = kl:tolist(), delta_p = dp:tolist(),
-                     top1 = top1:tolist(), near_tie = tie:tolist() },
+    -- (the reference's own figures too: the verdict's intervals resample both, parity.confidence)
+    per_position = { r_ratio = r:tolist(), cosine = cos:tolist(), own_cosine = own_cos:tolist(), kl = kl:tolist(),
+                     own_kl = own_kl:tolist(), delta_p = dp:tolist(), top1 = top1:tolist(), near_tie = tie:tolist() },
   }
+end
+
+--- How near uniform the reference's next-token distributions are: their mean entropy over
+--- log V (1: uniform, a random-init model's; a trained model's is far below). Near 1 the
+--- distributional criteria (KL, cosine, top-1) have little signal: flips are near-ties, KL tiny.
+---@param logits parity.Tensor the reference's fp32 logits at the judged positions [.., V]
+---@return number
+function M.entropy(logits)
+  local v = logits:size(logits:dim() - 1)
+  if logits:numel() == 0 or v < 2 then return 0 end
+  local lp = logits:double():log_softmax(-1)
+  return (lp:exp() * lp):sum(-1):neg():mean():item() / math.log(v)
 end
 
 --- The target's logits at the low precision against the reference's (M.compare), with their
@@ -72,6 +85,7 @@ function M.run(ctx)
   result.dtype = ctx.dtype  -- fp32 in an fp32 check against the reference's reassociation level
   result.baseline = ctx.baseline  -- "2-tensor": ref32 is the reference at the low precision, ref_low it perturbed
   result.padded = ctx:padded_columns(ctx.dtype)  -- a padded LM head's extra columns
+  result.reference_entropy = M.entropy(r.ref32)
   return result
 end
 
@@ -81,7 +95,8 @@ end
 function M.summary(e)
   return { padded = e.padded, positions = e.positions, r_ratio = e.r_ratio, cosine = e.cosine, own_cosine = e.own_cosine, kl = e.kl,
            own_kl = e.own_kl, delta_p = e.delta_p, top1 = e.top1, top1_ties_excluded = e.top1_ties_excluded,
-           topk = e.topk, ties = e.ties.count, target_non_finite = e.target_non_finite }
+           topk = e.topk, ties = e.ties.count, target_non_finite = e.target_non_finite,
+           reference_entropy = e.reference_entropy }
 end
 
 return M

@@ -1,0 +1,79 @@
+-- parity.confidence: the e2e criteria's intervals, resampled over sequences, against the
+-- resampling worked out by hand on two sequences (each resample is AA, BB or a mix, with
+-- probabilities 1/4, 1/4 and 1/2, so the central 95% of 1000 resamples runs from AA's figure to
+-- BB's); and a borderline port at two prompts, inconclusive, exit 3.
+local spec = require("parity.spec")
+local it, eq, near, truthy = spec.it, spec.eq, spec.near, spec.truthy
+local conf = require("parity.confidence")
+local fx = assert(arg[1], "usage: confidence_spec.lua FIXTURES_DIR")
+
+local function interval(name, per_position, value, threshold, th, opts)
+  local c = { name = name, stage = "e2e", value = value, threshold = threshold }
+  conf.intervals({ c }, { e2e = { dtype = "bf16", per_position = per_position } }, function() return th or {} end, opts)
+  return c.interval
+end
+
+it("R p95: from the p95 of the first sequence alone to the second's, and whether the bound lies inside", function()
+  -- A = {1, 2}: AA's p95 (of 1, 1, 2, 2) is 2; BB's (3, 3, 4, 4) 4; AB's (1, 2, 3, 4) 3.85
+  local rows = { r_ratio = { { 1, 2 }, { 3, 4 } } }
+  local iv = interval("r_p95", rows, 3.85, 3)
+  eq(iv.lo, 2); eq(iv.hi, 4); eq(iv.sequences, 2); eq(iv.level, 0.95)
+  eq(iv.conclusive, false, "3 lies inside 2..4")
+  -- half-width 1 over a distance of 0.85: 2 x (1 / 0.85)^2 = 2.77 -> 3 prompts
+  eq(iv.prompts, 3)
+  eq(interval("r_p95", rows, 3.85, 5).conclusive, true, "every resample passes")
+  eq(interval("r_p95", rows, 3.85, 1.5).conclusive, true, "every resample fails")
+  -- the central 60% still reaches AA and BB (25% each); the central 40% holds the mixes only
+  iv = interval("r_p95", rows, 3.85, 3, nil, { level = 0.6 })
+  eq({ iv.lo, iv.hi }, { 2, 4 })
+  iv = interval("r_p95", rows, 3.85, 3, nil, { level = 0.4 })
+  near(iv.lo, 3.85, 1e-12); near(iv.hi, 3.85, 1e-12); eq(iv.conclusive, true)
+end)
+
+it("top-1 (near-ties excluded): agreements over the positions that are not near-ties, resampled", function()
+  -- A agrees at one of two, B at none: AA 1/2, AB 1/4, BB 0
+  local rows = { top1 = { { 1, 0 }, { 0, 0 } }, near_tie = { { false, false }, { false, false } } }
+  local iv = interval("top1", rows, 0.25, 0.5)
+  eq(iv.lo, 0); eq(iv.hi, 0.5)
+  eq(iv.conclusive, false, "a rate above 0.5 is needed: the best resample reaches 0.5 exactly")
+  -- A's flip a near-tie: AA 2/2, BB 0/4, AB 1/3
+  rows.near_tie[1][2] = true
+  iv = interval("top1", rows, 1 / 3, 0.5)
+  eq(iv.lo, 0); eq(iv.hi, 1)
+end)
+
+it("KL: the figure over its relative bound, both resampled (max(ratio x own, floor))", function()
+  local rows = { kl = { { 0.1, 0.1 }, { 0.3, 0.3 } }, own_kl = { { 0.1, 0.1 }, { 0.1, 0.1 } } }
+  local iv = interval("kl", rows, 0.3, 0.2, { kl_ratio = 2, kl_floor = 0 })
+  eq(iv.lo, 0.1); eq(iv.hi, 0.3); eq(iv.bound_lo, 0.2); eq(iv.bound_hi, 0.2)
+  eq(iv.conclusive, false)
+  eq(interval("kl", rows, 0.3, 0.4, { kl_ratio = 4, kl_floor = 0 }).conclusive, true)
+  eq(interval("kl", rows, 0.3, 0.5, { kl_ratio = 1, kl_floor = 0.5 }).conclusive, true, "the floor decides")
+end)
+
+it("one sequence has nothing to resample, and older results without the own figures get no interval", function()
+  eq(interval("r_p95", { r_ratio = { { 1, 2 } } }, 2, 3), nil)
+  eq(interval("kl", { kl = { { 1 }, { 2 } } }, 2, 3, { kl_ratio = 2, kl_floor = 0 }), nil)
+end)
+
+it("a borderline port at two prompts is inconclusive: exit 3, verdict.json says which criterion", function()
+  local out = os.tmpname()
+  os.remove(out)
+  local v = parity.check({ reference = fx .. "/reference", target = fx .. "/port_reorder", out = out, prompts = 2,
+                           new_tokens = 16, cache = false, log = function() end })
+  eq(v.verdict, "inconclusive")
+  eq(v.inconclusive, { "r_p95" })
+  eq(require("parity.verdict").exit_code(v), 3)
+  local text = require("parity.report.terminal").render(v, out)
+  truthy(text:find("inconclusive: R p95 < 1.2: [%d.]+, its 95%% interval [%d.]+%.%.[%d.]+ %(2 sequences resampled%)"
+    .. " holds the bound 1.2: about %d+ prompts would decide it"), text)
+  truthy(text:find("verdict: INCONCLUSIVE — undecided: r_p95; not a pass", 1, true), text)
+  local json = parity.json.read(out .. "/verdict.json")
+  eq(json.verdict, "inconclusive")
+  for _, c in ipairs(json.criteria) do
+    if c.name == "r_p95" then eq(c.interval.conclusive, false) end
+    if c.name == "r32_p95" then eq(c.interval.conclusive, true) end
+  end
+end)
+
+return spec.run()
