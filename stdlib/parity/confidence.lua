@@ -10,7 +10,7 @@
 --- fixed: the same results give the same intervals.
 local core = require("parity.core")
 
-local M = { RESAMPLES = 1000, LEVEL = 0.95, SEED = 0 }
+local M = { RESAMPLES = 1000, LEVEL = 0.95, SEED = 0, CHUNK_ELEMENTS = 2 ^ 22 }
 --- A criterion's interval (verdict.json: each e2e criterion's `interval`).
 ---@class parity.Interval
 ---@field lo number the figure's interval, LEVEL of the resamples between lo and hi
@@ -107,11 +107,18 @@ function M.intervals(criteria, results, th_at, opts)
       if not (pp and pp[name]) then k = 0 end  -- results of an older parity: not every figure kept
     end
     if k >= 2 then
-      local idx, d = torch.randint(0, k, { b, k }, { seed = opts.seed or M.SEED }), {}
-      for _, name in ipairs(stat.needs) do d[name] = draw(tensor(pp[name]), idx) end
+      local idx, x = torch.randint(0, k, { b, k }, { seed = opts.seed or M.SEED }), {}
+      for _, name in ipairs(stat.needs) do x[name] = tensor(pp[name]) end
       local n = k * #pp[stat.needs[1]][1]
-      local figure, bound = stat.f(function(x, p) return torch.quantile(x, p, 1) end, d,
-        th_at(res.dtype or "fp32"), n)
+      -- the resamples in chunks of at most M.CHUNK_ELEMENTS drawn positions (memory bounded)
+      local chunk, figures, bounds = math.max(1, math.floor(M.CHUNK_ELEMENTS / n)), {}, {}
+      for first = 0, b - 1, chunk do
+        local d, rows = {}, idx:slice(0, first, math.min(b, first + chunk))
+        for name, t in pairs(x) do d[name] = draw(t, rows) end
+        figures[#figures + 1], bounds[#bounds + 1] = stat.f(function(t, p) return torch.quantile(t, p, 1) end, d,
+          th_at(res.dtype or "fp32"), n)
+      end
+      local figure, bound = torch.cat(figures), #bounds > 0 and torch.cat(bounds) or nil
       local lo, hi = central(figure, level)
       if lo == lo and hi == hi then  -- (a NaN figure has no interval: the finite criteria judge it)
         local iv = { lo = lo, hi = hi, level = level, resamples = b, sequences = k }

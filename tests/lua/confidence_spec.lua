@@ -28,6 +28,13 @@ it("R p95: from the p95 of the first sequence alone to the second's, and whether
   eq({ iv.lo, iv.hi }, { 2, 4 })
   iv = interval("r_p95", rows, 3.85, 3, nil, { level = 0.4 })
   near(iv.lo, 3.85, 1e-12); near(iv.hi, 3.85, 1e-12); eq(iv.conclusive, true)
+  -- resampled a chunk at a time (memory bounded): the same resamples, the same interval
+  local whole = interval("r_p95", { r_ratio = { { 1, 2 }, { 3, 4 }, { 2, 5 } } }, 4, 3)
+  local saved = conf.CHUNK_ELEMENTS
+  conf.CHUNK_ELEMENTS = 7  -- one resample (6 positions) a chunk
+  local chunked = interval("r_p95", { r_ratio = { { 1, 2 }, { 3, 4 }, { 2, 5 } } }, 4, 3)
+  conf.CHUNK_ELEMENTS = saved
+  eq({ chunked.lo, chunked.hi }, { whole.lo, whole.hi })
 end)
 
 it("top-1 (near-ties excluded): agreements over the positions that are not near-ties, resampled", function()
