@@ -22,6 +22,7 @@ local M = { RESAMPLES = 1000, LEVEL = 0.95, SEED = 0, CHUNK_ELEMENTS = 2 ^ 22 }
 ---@field sequences integer K, the unit resampled
 ---@field conclusive boolean the resamples agree on pass or fail
 ---@field prompts integer|nil an inconclusive criterion: about how many prompts would decide it
+---@field excused string|nil set by parity.verdict: why an open interval decides nothing (the precision-ordering rule)
 
 --- The per-position list `rows` ([K][N] numbers, or booleans: 1 and 0) as a float64 tensor [K, N].
 local function tensor(rows)

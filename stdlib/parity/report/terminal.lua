@@ -140,9 +140,11 @@ function M.render(v, out)
     lines[#lines + 1] = ("  %s  %-60s %.4g%s"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value,
       was and ("   (unpatched %.4g)"):format(was) or "")
   end
+  local open = {}
+  for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
   for _, c in ipairs(v.criteria) do  -- what the resamples over sequences do not agree on
     local iv = c.interval
-    if iv and not iv.conclusive and not c.warn then
+    if iv and not iv.conclusive and open[c.name] then
       lines[#lines + 1] = ("  inconclusive: %s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds"
         .. " the bound%s: %s"):format(c.rule, c.value, 100 * iv.level, iv.lo, iv.hi, iv.sequences,
         iv.bound_lo and (" (%.4g..%.4g)"):format(iv.bound_lo, iv.bound_hi) or (" %.4g"):format(c.threshold),
