@@ -67,12 +67,9 @@ local function central(v, level)
   return p[1], p[2]
 end
 
---- Whether the resamples agree on criterion `c`'s rule, from the figure's interval against a
---- fixed bound, or the interval of figure / bound.
-local function agrees(rule, lo, hi, bound)
-  if rule == "above" or rule == "at_least" then return lo > bound or hi < bound end
-  return hi < bound or lo > bound
-end
+--- Whether the resamples agree on a criterion, whichever side passes: the figure's interval
+--- lo..hi all on one side of a fixed bound (or the interval of figure / bound of 1).
+local function agrees(lo, hi, bound) return hi < bound or lo > bound end
 
 --- About how many prompts would decide an inconclusive criterion: the interval's half-width
 --- shrinks as 1/sqrt(K), and it must shrink below the figure's distance to its bound. nil when
@@ -87,18 +84,16 @@ function M.prompts_needed(k, half, distance)
 end
 
 --- The intervals of the e2e criteria judged in `criteria` (verdict.decide's, each {name, value,
---- threshold, stage}), from the per-position figures of the e2e and e2e32 results. Sets
---- `interval` on each criterion it can resample and returns them by name; a check with a
---- single sequence gets none (nothing to resample: say so with the figures as they are).
+--- threshold, stage}), from the per-position figures of the e2e and e2e32 results: sets
+--- `interval` on each criterion it can resample; a check with a single sequence gets none
+--- (nothing to resample).
 ---@param criteria parity.CriterionResult[]
 ---@param results table<string, table> stage name -> result
 ---@param th_at fun(dtype: string): parity.Thresholds the thresholds as they apply at a stage's dtype
 ---@param opts {resamples: integer|nil, level: number|nil, seed: integer|nil}|nil
----@return table<string, parity.Interval>
 function M.intervals(criteria, results, th_at, opts)
   opts = opts or {}
   local level, b = opts.level or M.LEVEL, opts.resamples or M.RESAMPLES
-  local out = {}
   for _, c in ipairs(criteria) do
     local res = results[c.stage]
     local stat = M.STATISTICS[c.name]
@@ -123,22 +118,20 @@ function M.intervals(criteria, results, th_at, opts)
       local lo, hi = central(figure, level)
       if lo == lo and hi == hi then  -- (a NaN figure has no interval: the finite criteria judge it)
         local iv = { lo = lo, hi = hi, level = level, resamples = b, sequences = k }
-        local rule = c.name == "top1" and "above" or "below"
         if bound then
           iv.bound_lo, iv.bound_hi = central(bound, level)
           local rlo, rhi = central(figure / torch.clamp_min(bound, 1e-300), level)
-          iv.conclusive = agrees(rule, rlo, rhi, 1)
+          iv.conclusive = agrees(rlo, rhi, 1)
         else
-          iv.conclusive = agrees(rule, lo, hi, c.threshold)
+          iv.conclusive = agrees(lo, hi, c.threshold)
         end
         if not iv.conclusive then
           iv.prompts = M.prompts_needed(k, (hi - lo) / 2, math.abs(c.value - c.threshold))
         end
-        c.interval, out[c.name .. "@" .. c.stage] = iv, iv
+        c.interval = iv
       end
     end
   end
-  return out
 end
 
 return M

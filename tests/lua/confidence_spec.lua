@@ -58,6 +58,19 @@ it("KL: the figure over its relative bound, both resampled (max(ratio x own, flo
   eq(interval("kl", rows, 0.3, 0.5, { kl_ratio = 1, kl_floor = 0.5 }).conclusive, true, "the floor decides")
 end)
 
+it("a near-uniform reference (random init) is said: entropy over log V, 1 when uniform, near 0 when peaked", function()
+  local entropy = require("parity.stages.e2e").entropy
+  near(entropy(torch.zeros({ 3, 8 })), 1, 1e-12)
+  near(entropy(torch.tensor({ { 0, 0, 0, 100 } })), 0, 1e-12)
+  near(entropy(torch.tensor({ { 0, math.log(3) } })), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2), 1e-6)
+  local signal
+  for _, c in ipairs(require("parity.criteria").TABLE) do if c.name == "signal" then signal = c end end
+  local judged = require("parity.criteria").judge(signal, { reference_entropy = 0.998 }, {})
+  eq({ judged.pass, judged.warn }, { false, true })
+  truthy(judged.rule:find("random%-init"), judged.rule)
+  eq(require("parity.criteria").judge(signal, { reference_entropy = 0.3 }, {}).pass, true)
+end)
+
 it("one sequence has nothing to resample, and older results without the own figures get no interval", function()
   eq(interval("r_p95", { r_ratio = { { 1, 2 } } }, 2, 3), nil)
   eq(interval("kl", { kl = { { 1 }, { 2 } } }, 2, 3, { kl_ratio = 2, kl_floor = 0 }), nil)
