@@ -95,7 +95,8 @@ it("a borderline port is inconclusive: exit 3, verdict.json says which criterion
     local text = require("parity.report.terminal").render(v, out)
     truthy(text:find("inconclusive: 1 %- cosine p5 <= max%([%d.]+ x own [%d.e-]+, 1e%-06%): [%d.e-]+, its 95%% interval"
       .. " [%d.e-]+%.%.[%d.e-]+ %(3 sequences resampled%) holds the bound %([%d.e-]+%.%.[%d.e-]+%)"), text)
-    truthy(text:find("verdict: INCONCLUSIVE — undecided: cosine", 1, true), text)
+    -- (cosine among them: another figure near its bound, as KL is on some machines, may be too)
+    truthy(text:find("verdict: INCONCLUSIVE — undecided: [%w_, ]*cosine"), text)
     truthy(text:find("; not a pass", 1, true), text)
   end
   local json = parity.json.read(out .. "/verdict.json")
@@ -103,14 +104,24 @@ it("a borderline port is inconclusive: exit 3, verdict.json says which criterion
   for _, c in ipairs(json.criteria) do
     if c.name == "cosine" then eq(c.interval.conclusive, false) end
   end
-  -- port_reorder at 2 prompts: R p95 1.18, its interval holds 1.2, but exact in fp32 with R p50
-  -- under 1.1 a failure would be a warning: decided
+  -- port_reorder at 2 prompts: R p95 near 1.2 (1.18 on one machine, past it on another), its
+  -- interval holding the bound. On LibTorch 1.13 it is exact in fp32 with R p50 under 1.1, so a
+  -- failure would be a warning: decided either way (a pass excused, a failure a warning). Where the
+  -- rule would not excuse it (2.x: its SiLU differs in fp32), the open interval leaves it undecided
   v = parity.check({ reference = fx .. "/reference", target = fx .. "/port_reorder", out = out, prompts = 2,
                      new_tokens = 16, cache = false, log = function() end })
   local r
   for _, c in ipairs(v.criteria) do if c.name == "r_p95" then r = c end end
-  eq({ r.interval.conclusive, r.interval.excused ~= nil }, { false, true })
-  if v.verdict ~= "divergent" then eq({ v.verdict, v.inconclusive }, { "equivalent", {} }) end  -- (2.x: its SiLU)
+  local results = { e2e = parity.json.read(out .. "/e2e.json"), e2e32 = parity.json.read(out .. "/e2e32.json"),
+                    localize = parity.json.read(out .. "/localize.json") }
+  local th = require("parity.thresholds").resolve(nil)
+  local excusable = require("parity.verdict").precision_ordering({ pass = false }, results, th).warn == true
+  local undecided = {}
+  for _, name in ipairs(v.inconclusive) do undecided[name] = true end
+  eq(r.interval.conclusive, false)
+  eq(undecided.r_p95 == true, not excusable)
+  if r.pass then eq(r.interval.excused ~= nil, excusable) else eq(r.warn == true, excusable) end
+  if excusable and v.verdict ~= "divergent" then eq({ v.verdict, v.inconclusive }, { "equivalent", {} }) end
 end)
 
 return spec.run()
