@@ -1,6 +1,7 @@
 --- parity.causes — what kind of bug a fault is, from its evidence (its captured outputs, its
 --- inputs, a way to re-run it, the captures inside it): the signatures in the order localize's
 --- header lists them, each fit by parity.fits or parity.signatures.
+local criteria = require("parity.criteria")
 local descends = require("parity.mapping").descends
 local fits = require("parity.fits")
 local judge = require("parity.judge")
@@ -216,7 +217,7 @@ end
 ---@param extra parity.CauseExtra|nil
 ---@return parity.Cause
 function M.cause(row, ev, th, extra)
-  extra = extra or {}
+  extra, th = extra or {}, criteria.for_component(th, row)
   -- (without an fp32 leg, rows above the noise may be another computation too: the other signatures say)
   local fp32_exact = row.r32 and row.r32 < th.r32_p95
   if fp32_exact and judge.less_precise(row, th) then

@@ -29,6 +29,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field vocab_size integer|nil   overrides what the bundles say
 ---@field thresholds table|nil     overrides of parity.thresholds.DEFAULTS
 ---@field thresholds_file string|nil  a Lua file returning such a table (run sandboxed)
+---@field recipe_file string|nil   a calibration recipe (parity.recipe): its thresholds under thresholds/thresholds_file
 ---@field baseline string|nil     "3-tensor" (default with an fp32 reference) or "2-tensor" (the default without)
 ---@field mapping table|nil        mapping entries (see parity.mapping), for differently structured trees
 ---@field mapping_file string|nil  a Lua file returning them (run sandboxed)

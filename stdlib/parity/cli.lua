@@ -12,6 +12,7 @@ Usage: parity [--stdlib-dir DIR] COMMAND [ARGS...]
 Commands:
   check REF TARGET           the default workflow: teacher-forced comparison (bf16 and fp32 legs), verdict
   report DIR                 the summary of a finished check, again, from its results directory
+  calibrate RESULTS_DIR... --out RECIPE.lua   thresholds from checks of known-good ports, as a recipe
   gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
   inputs REF --out FILE      the token sequences of a check, for a foreign engine to run
   dump MODEL --inputs F --out DIR   a model's per-layer tensors, for parity diff
@@ -49,6 +50,7 @@ local clean = require("parity.errors").clean
 ---@type table<string, parity.cli.Command>
 local commands = {}
 for name, cmd in pairs(require("parity.cli.check")) do commands[name] = cmd end  -- check, report, inputs
+commands.calibrate = require("parity.cli.calibrate").calibrate
 
 commands.version = {
   help = "Usage: parity version\n\nPrints the versions of parity, LuaJIT and LibTorch and torch's thread count.",

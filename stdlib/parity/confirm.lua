@@ -9,6 +9,7 @@
 --- that is not equivalent, but moves the first divergence, is kept and the next suspect is
 --- tried with it too (up to MAX_ROUNDS): a port that needs two repairs has two bugs.
 local core = require("parity.core")
+local criteria = require("parity.criteria")
 local patches = require("parity.patches")
 local validate = require("parity.validate")
 
@@ -292,7 +293,8 @@ local function less_precise(rows, th)
   local judge, descends = require("parity.judge"), require("parity.mapping").descends
   local found = {}
   for _, row in ipairs(rows) do
-    if row.isolated and not row.skipped and judge.fails(row, th) and (row.r32 or 0) < th.r32_p95 then
+    if row.isolated and not row.skipped and judge.fails(row, th)
+      and (row.r32 or 0) < criteria.for_component(th, row).r32_p95 then
       found[#found + 1] = row.target
     end
   end

@@ -8,6 +8,7 @@ local lm = require("parity.lm")
 local mapping = require("parity.mapping")
 local patches = require("parity.patches")
 local refcache = require("parity.refcache")
+local recipe = require("parity.recipe")
 local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
 
@@ -61,7 +62,7 @@ end
 M.OPTIONS = {
   reference = "string|table", target = "string|table", dtype = "string", prompts = "number", prompt_len = "number",
   new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
-  thresholds = "table", thresholds_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
+  thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
   out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
   reference_device = "string", file = "string", patches = "table", confirm = "boolean", unpatched = "boolean",
   stages = "table",
@@ -108,6 +109,7 @@ function M.check_options(opts)
   -- the files that are part of the command line: a bad one is a usage error too (loaded again,
   -- sandboxed, by M.open)
   if opts.thresholds_file then thresholds.load_file(opts.thresholds_file) end
+  if opts.recipe_file then recipe.load(opts.recipe_file) end
   if opts.mapping_file then mapping.load_file(opts.mapping_file) end
   for i, p in ipairs(opts.patches or {}) do  -- patch files, or sets (parity.patches) made in a script
     if type(p) == "string" then patches.load_file(p)
@@ -133,8 +135,12 @@ function M.open(opts)
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs
   M.precisions(ctx, opts.dtype or "bf16", opts.baseline)
+  -- a recipe's thresholds (made for checks at this precision and baseline), a file's or a table's over them
+  local rec = opts.recipe_file and recipe.load(opts.recipe_file)
+  if rec then recipe.fits(rec, ctx.target_dtype, ctx.dtype, ctx.baseline) end
+  ctx.recipe = rec and recipe.summary(rec)
   ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
-    or opts.thresholds)
+    or opts.thresholds, rec and rec.thresholds)
   ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)
     or (opts.mapping and mapping.validate(opts.mapping, "mapping"))
   ctx.mapping_origin = opts.mapping_file and ("mapping file " .. opts.mapping_file) or "mapping"

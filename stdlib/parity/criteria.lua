@@ -195,6 +195,22 @@ function M.class(row)
   return "other"
 end
 
+--- The component classes M.class gives, in the order a summary lists them.
+M.CLASSES = { "norm", "attention", "experts", "mlp", "embedding", "lm_head", "layer", "other" }
+
+--- The thresholds as they apply to one component: a recipe's (or a thresholds file's) bounds of
+--- its class, `th.by_class[class]` (r_p95, r32_p95), over `th`'s own; `th` itself without them.
+---@param th parity.Thresholds the thresholds as they apply (parity.thresholds.at)
+---@param row parity.ComponentRow a components row ({reference, type})
+---@return parity.Thresholds
+function M.for_component(th, row)
+  local own = th.by_class and th.by_class[M.class(row)]
+  if not own then return th end
+  local view = { by_class = false }
+  for k, v in pairs(own) do view[k] = v end
+  return setmetatable(view, { __index = th })
+end
+
 --- The value at a dotted path of `t` (nil when any step is missing).
 local function at_path(t, path)
   for key in path:gmatch("[^%.]+") do
@@ -235,6 +251,7 @@ end
 ---@param facts parity.Facts|nil parity.verdict.facts
 ---@return parity.CriterionResult|nil
 function M.judge(c, result, th, facts)
+  if c.stage == "component" then th = M.for_component(th, result) end
   if not applies(c, result, facts, th) then return nil end
   local v = figure(c.reads, result, facts)
   if v == nil then return nil end

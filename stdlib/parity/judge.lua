@@ -51,6 +51,7 @@ end
 function M.role(row, th)
   if row.skipped then return nil end
   if M.fails(row, th) then return "source" end
+  th = criteria.for_component(th, row)
   local fp32 = row.acc_r32 ~= nil and row.inherited_r32 ~= nil
   local out, inh = fp32 and row.acc_r32 or row.acc_r, fp32 and row.inherited_r32 or row.inherited_r
   local limit = fp32 and th.r32_p95 or th.r_p95

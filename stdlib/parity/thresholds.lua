@@ -91,6 +91,22 @@ M.CUTOFFS = {
   amplifies = 2,
 }
 
+--- The strictest value parity calibrate derives for each threshold it calibrates (unless asked,
+--- --below-floors): what a check's own sampling and a correct port's other rounding reach
+--- however alike the good ports were. Good ports whose components compute exactly what the
+--- reference's do (R 1, R32 0, top-1 1) say nothing about how far another correct
+--- implementation may be; these bounds stay where one is still inside.
+M.CALIBRATION_FLOORS = {
+  r_p95 = 1.1,         -- an R p95 a correct port reaches from its sampling alone: half the default's excess
+  r32_p95 = 1e-4,      -- fp32's reassociation in units of bf16's noise is 2^-16 = 1.5e-5; a correct port of
+                       -- another structure 6x that (a third of the default)
+  kl_ratio = 1,        -- the reference's own: a port is not expected closer than its own low precision
+  cosine_ratio = 1,    --   (the same)
+  kl_floor = 1e-4,     -- the defaults' floors
+  cosine_floor = 1e-6,
+  top1 = 0.9,          -- (a rate: at most this) a flip outside the near-ties at 1 in 10 positions
+}
+
 --- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).
 M.RANGES = {
   r_p95 = { 0, math.huge }, r_p50_precision = { 0, math.huge }, r32_p95 = { 0, math.huge }, r_p95_fp32 = { 0, math.huge },
@@ -185,6 +201,17 @@ function M.audit(th)
       off[name] = how == "off"
     end
   end
+  -- a class's own bounds loosen its components' criteria only (listed, never switching a gate off)
+  for _, class in ipairs(criteria.CLASSES) do
+    for _, name in ipairs(validate.sorted_keys((th.by_class or {})[class] or {})) do
+      local given = th.by_class[class][name]
+      local how = M.judge(M.KIND[name], M.DEFAULTS[name], given, M.OFF[name])
+      if how then
+        loosened[#loosened + 1] = { name = ("by_class.%s.%s"):format(class, name), default = M.DEFAULTS[name],
+                                    given = given, off = how == "off", factor = M.KINDS[M.KIND[name]].loosened }
+      end
+    end
+  end
   -- the criteria they govern (parity.criteria: a criterion is off when a threshold it reads is)
   local gates, switched = criteria.gates(off), {}
   for _, gate in ipairs(gates) do
@@ -200,21 +227,53 @@ function M.audit(th)
   return { loosened = loosened, switched_off = switched, criteria_can_fail = can_fail, warnings = warnings }
 end
 
-local function check_table(t, origin)
+--- The thresholds a component class may have of its own (`by_class = { norm = { r_p95 = 1.3 } }`,
+--- from a recipe or a thresholds file): the component criteria's bounds (parity.criteria.for_component).
+M.PER_CLASS = { r_p95 = true, r32_p95 = true }
+
+local check_table
+
+local function check_classes(t, origin)
+  if type(t) ~= "table" then error(("%s: by_class must be a table of class -> thresholds, got %s"):format(origin,
+    type(t)), 0) end
+  local known = {}
+  for _, c in ipairs(criteria.CLASSES) do known[c] = true end
+  for class, values in pairs(t) do
+    if not known[class] then
+      error(("%s: by_class: unknown component class '%s' (known: %s)"):format(origin, tostring(class),
+        table.concat(criteria.CLASSES, ", ")), 0)
+    end
+    if type(values) ~= "table" then error(("%s: by_class.%s must be a table, got %s"):format(origin, class,
+      type(values)), 0) end
+    for k in pairs(values) do
+      if not M.PER_CLASS[k] then
+        error(("%s: by_class.%s: '%s' is not a per-class threshold (those: %s)"):format(origin, class, tostring(k),
+          table.concat(validate.sorted_keys(M.PER_CLASS), ", ")), 0)
+      end
+    end
+    check_table(values, ("%s: by_class.%s"):format(origin, class))
+  end
+end
+
+check_table = function(t, origin)
   if type(t) ~= "table" then error(("%s: thresholds must be a table, got %s"):format(origin, type(t)), 0) end
   for k, v in pairs(t) do
-    if M.DEFAULTS[k] == nil then
+    if k == "by_class" then
+      check_classes(v, origin)
+    elseif M.DEFAULTS[k] == nil then
       error(("%s: unknown threshold '%s' (known: %s)"):format(origin, tostring(k),
         table.concat(validate.sorted_keys(M.DEFAULTS), ", ")), 0)
+    else
+      if type(v) ~= "number" then
+        error(("%s: threshold '%s' must be a number, got %s"):format(origin, k,
+          type(v) == "string" and ("the string %q"):format(v) or type(v)), 0)
+      end
+      validate.number(("%s: threshold '%s'"):format(origin, k), v, M.RANGES[k][1], M.RANGES[k][2])
     end
-    if type(v) ~= "number" then
-      error(("%s: threshold '%s' must be a number, got %s"):format(origin, k,
-        type(v) == "string" and ("the string %q"):format(v) or type(v)), 0)
-    end
-    validate.number(("%s: threshold '%s'"):format(origin, k), v, M.RANGES[k][1], M.RANGES[k][2])
   end
   return t
 end
+M.check = check_table
 
 --- Loads a thresholds file in a sandbox.
 ---@param path string
@@ -231,16 +290,31 @@ end
 ---@return parity.Thresholds
 function M.at(th, dtype)
   if dtype ~= "fp32" then return th end
-  return setmetatable({ r_p95 = th.r_p95_fp32 }, { __index = th })
+  -- (per-class bounds are low-precision R's: an fp32 check's components judge by r_p95_fp32)
+  return setmetatable({ r_p95 = th.r_p95_fp32, by_class = false }, { __index = th })
 end
 
---- Defaults overlaid with `overrides` (a table, or nil).
----@param overrides table<string, number>|nil threshold name -> value (validated: names, types, M.RANGES)
+--- Defaults overlaid with `base` (a recipe's thresholds, parity.recipe), then with `overrides`
+--- (a thresholds file's, or a table); each may carry `by_class`, merged a class and a name at a time.
+---@param overrides table|nil threshold name -> value (validated: names, types, M.RANGES)
+---@param base table|nil the same, under the overrides
 ---@return parity.Thresholds
-function M.resolve(overrides)
-  local out = {}
+function M.resolve(overrides, base)
+  local out, classes = {}, {}
   for k, v in pairs(M.DEFAULTS) do out[k] = v end
-  for k, v in pairs(check_table(overrides or {}, "thresholds")) do out[k] = v end
+  for _, t in ipairs({ base or {}, check_table(overrides or {}, "thresholds") }) do
+    for k, v in pairs(t) do
+      if k == "by_class" then
+        for class, values in pairs(v) do
+          classes[class] = classes[class] or {}
+          for name, value in pairs(values) do classes[class][name] = value end
+        end
+      else
+        out[k] = v
+      end
+    end
+  end
+  if next(classes) then out.by_class = classes end
   return out
 end
 

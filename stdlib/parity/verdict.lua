@@ -244,6 +244,7 @@ function M.decide(run, stages, results)
     loosened = core.json.array(audit.loosened), switched_off = core.json.array(audit.switched_off),
     criteria_can_fail = audit.criteria_can_fail,
     patches = run.patches,  -- absent without patches: {file, sha256, components}...
+    recipe = run.recipe,  -- absent without a recipe: {file, sha256, made, dtype, baseline, runs}
   })
 end
 

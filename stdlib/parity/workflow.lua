@@ -95,6 +95,7 @@ function M.run(ctx, stages)
   ctx.log("stages: " .. table.concat(times, ", "))
   return verdict.decide({ out = ctx.out, reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
     target_dtype = ctx.target_dtype, settings = ctx.settings, inputs = ctx.inputs_file, thresholds = ctx.thresholds,
+    recipe = ctx.recipe,
     patches = ctx.patch_sets and require("parity.patches").describe(ctx.patch_sets, ctx.target.patched) },
     stages, results)
 end

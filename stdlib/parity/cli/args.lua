@@ -77,8 +77,10 @@ end
 
 --- Parses `--flag`, `--key value`, `--key=value` and positionals against a spec.
 ---@param argv string[]
----@param spec table { flags = { name = "boolean"|"string"|"number"|"list" }, positional = { "NAME", ... } }
----   ("list": a string flag given any number of times, its values in order)
+---@param spec table { flags = { name = "boolean"|"string"|"number"|"list"|"many" }, positional = { "NAME", ... },
+---   rest = "NAME" }  ("list": a string flag given any number of times, its values in order; "many":
+---   the same, and each takes every argument after it up to the next --flag; rest: positionals past
+---   `positional`, at least one, as a list)
 ---@return table<string, any> opts flag name -> its value (a string, number, true or a list),
 ---   positional NAME -> its argument; raises a usage error on a bad command line
 local function parse(argv, spec)
@@ -106,9 +108,14 @@ local function parse(argv, spec)
           if not n then usage_error(("--%s needs a number, got '%s'"):format(key, value)) end
           value = n
         end
-        if kind == "list" then
+        if kind == "list" or kind == "many" then
           opts[key] = opts[key] or {}
           table.insert(opts[key], value)
+          while kind == "many" and argv[i + 1] and not argv[i + 1]:find("^%-%-") do
+            i = i + 1
+            if argv[i] == "" then usage_error(("--%s: an empty argument (an unset shell variable?)"):format(key)) end
+            table.insert(opts[key], argv[i])
+          end
         else
           opts[key] = value
         end
@@ -119,10 +126,11 @@ local function parse(argv, spec)
     end
     i = i + 1
   end
-  if #pos < #spec.positional then
-    usage_error(("missing %s"):format(spec.positional[#pos + 1]))
+  if #pos < #spec.positional or (spec.rest and #pos == #spec.positional) then
+    usage_error(("missing %s"):format(spec.positional[#pos + 1] or spec.rest))
   end
-  if #pos > #spec.positional then usage_error(("unexpected argument '%s'"):format(pos[#spec.positional + 1])) end
+  if spec.rest then opts[spec.rest] = tail(pos, #spec.positional + 1) end
+  if #pos > #spec.positional and not spec.rest then usage_error(("unexpected argument '%s'"):format(pos[#spec.positional + 1])) end
   for i2, name in ipairs(spec.positional) do opts[name] = pos[i2] end
   return opts
 end

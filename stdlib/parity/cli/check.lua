@@ -99,6 +99,9 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
   --topk K           k of the top-k agreement (default 5)
   --vocab-size V     the vocabulary of the random prompts, overriding what the bundles say
   --thresholds FILE  criteria thresholds (Lua, run sandboxed: docs/sandbox.md)
+  --recipe FILE      a calibration recipe (parity calibrate): its thresholds, under those of
+                     --thresholds; refused when edited, of a newer schema, or made for another
+                     --dtype or baseline (docs/calibration.md)
   --baseline B       3-tensor (default when the reference has fp32) or 2-tensor (the default
                      otherwise; forces it on a reference that has fp32 too)
   --mapping FILE     which target components compute which reference components (Lua, run
@@ -145,13 +148,13 @@ two may be swapped.]],
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string",
-                patch = "list", confirm = "boolean" },
+                patch = "list", confirm = "boolean", recipe = "string" },
       positional = { "REF", "TARGET" },
     })
     local out = ok and (o.out or "parity-results") or out_given(argv)
     local opts = ok and { reference = o.REF, target = o.TARGET, dtype = o.dtype, prompts = o.prompts,
       prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, inputs = o.inputs,
-      topk = o.topk, thresholds_file = o.thresholds, out = out, cache = not o["no-cache"],
+      topk = o.topk, thresholds_file = o.thresholds, recipe_file = o.recipe, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"], patches = o.patch,
       confirm = o.confirm,

@@ -19,6 +19,7 @@ local core = require("parity.core")
 local mapping = require("parity.mapping")
 local weights = require("parity.weights")
 local lm = require("parity.lm")
+local criteria = require("parity.criteria")
 local m = core.metrics
 
 local M = { name = "components", runs_target = "its components run one by one", needs = { "scaffold" } }
@@ -392,8 +393,9 @@ function M.run(ctx, got)
         local inh, inh32 = ratio(input("tlow", pair.target), rin32, own_in, eps), ratio(input("t32", pair.target), rin32, own_in)
         -- the first component whose input in the whole fp32 runs is off: what localize looks at
         -- when no component adds an error itself (the forward code between components)
-        local off, bar, leg = inh32, th.r32_p95, "t32"
-        if in32 then off, bar, leg = inh, th.r_p95, "tlow" end
+        local cth = criteria.for_component(th, row)
+        local off, bar, leg = inh32, cth.r32_p95, "t32"
+        if in32 then off, bar, leg = inh, cth.r_p95, "tlow" end
         if off and off >= bar and not first_inherited then
           first_inherited = { reference = row.reference, target = row.target, type = row.type, call = k,
                                        t = input(leg, pair.target), r = rin32, ratio = off, figure = in32 and "R" or "R32" }

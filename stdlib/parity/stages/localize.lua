@@ -34,6 +34,7 @@ local core = require("parity.core")
 local M = { name = "localize", needs = { "scaffold", "e2e", "e2e32", "components" } }
 
 local causes = require("parity.causes")
+local criteria = require("parity.criteria")
 local descends = require("parity.mapping").descends
 local fits = require("parity.fits")
 local judge = require("parity.judge")
@@ -74,7 +75,7 @@ function M.run(ctx, got)
     for _, other in ipairs(rows) do
       if precise(other) and descends(other.reference, row.reference) then inner = true end
     end
-    if precise(row) and row.isolated and (row.r32 or 0) < th.r32_p95 and not inner then
+    if precise(row) and row.isolated and (row.r32 or 0) < criteria.for_component(th, row).r32_p95 and not inner then
       over[#over + 1] = { reference = row.reference, target = row.target, r = row.r,
         cause = { class = "over_precision", detail = ("R %.3g: more precise than the reference at the low precision"
           .. " (an extra upcast, or a fused kernel that rounds once)"):format(row.r) } }
@@ -140,10 +141,11 @@ function M.run(ctx, got)
   -- one whose output is back within the noise absorbed it (Gemma's post-feedforward norm inside
   -- the layer); an expert's sibling does not take its output, the MoE block does. A top-level
   -- fault is followed to the next component.
-  local low_only = (primary.r32 == nil or primary.r32 < th.r32_p95) and primary.isolated ~= false
+  local low_only = (primary.r32 == nil or primary.r32 < criteria.for_component(th, primary).r32_p95)
+    and primary.isolated ~= false
   local function carried(row)
-    local v = low_only and row.acc_r or (row.acc_r32 or row.acc_r)
-    return v, (low_only or not row.acc_r32) and th.r_p95 or th.r32_p95
+    local v, cth = low_only and row.acc_r or (row.acc_r32 or row.acc_r), criteria.for_component(th, row)
+    return v, (low_only or not row.acc_r32) and cth.r_p95 or cth.r32_p95
   end
   local enclosing = {}
   for _, row in ipairs(rows) do
