@@ -15,6 +15,8 @@ local thresholds = require("parity.thresholds")
 
 local M = {}
 
+local function parity_check(o) return require("parity.check").run(o) end
+
 --- The rule's defaults: the quantile of the good runs' figures, and the margin past it.
 M.RULE = { quantile = 0.95, margin = 2 }
 
@@ -141,98 +143,175 @@ M.FLOORS = {
     read = gap, own = own_gap },
 }
 
---- A bound from the figures' quantile and the margin (see the header), kept at or past the
---- threshold's calibration floor (parity.thresholds.CALIBRATION_FLOORS) unless rule.below_floors.
+--- The standard normal's quantile function (Acklam's rational approximation, |error| < 1.2e-9).
+---@param p number in (0, 1)
+---@return number
+function M.normal_quantile(p)
+  local a = { -39.69683028665376, 220.9460984245205, -275.9285104469687, 138.3577518672690, -30.66479806614716,
+              2.506628277459239 }
+  local b = { -54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572 }
+  local c = { -7.784894002430293e-03, -0.3223964580411365, -2.400758277161838, -2.549732539343734,
+              4.374664141464968, 2.938163982698783 }
+  local d = { 7.784695709041462e-03, 0.3224671290700398, 2.445134137142996, 3.754408661907416 }
+  local function tail(q)
+    return (((((c[1] * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) * q + c[6])
+      / ((((d[1] * q + d[2]) * q + d[3]) * q + d[4]) * q + 1)
+  end
+  if p < 0.02425 then return tail(math.sqrt(-2 * math.log(p))) end
+  if p > 1 - 0.02425 then return -tail(math.sqrt(-2 * math.log(1 - p))) end
+  local q = p - 0.5
+  local r = q * q
+  return (((((a[1] * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * r + a[6]) * q
+    / (((((b[1] * r + b[2]) * r + b[3]) * r + b[4]) * r + b[5]) * r + 1)
+end
+
+--- A bound from the figures (see the header), kept at or past the threshold's calibration floor
+--- (parity.thresholds.CALIBRATION_FLOORS) unless rule.below_floors. With rule.false_alarm (the
+--- null's rule) it is the figures' mean + z sd sqrt(1 + 1/n) (- for a rate), z the normal quantile
+--- of 1 - false_alarm / m: a new run of the same kind past it in at most false_alarm / m of
+--- checks, m the criteria calibrated (Bonferroni: false_alarm a check), were the figures normal.
 ---@param name string the threshold's name
 ---@param kind "r"|"ratio"|"rate"
 ---@param xs number[] the good runs' figures
----@param rule table {quantile, margin, below_floors}
----@return number value
----@return number q the quantile it moved from
+---@param rule table {quantile, margin, below_floors} or {false_alarm, below_floors}
+---@param m integer|nil the criteria calibrated (the null's rule)
+---@return number|nil value nil when the null's rule has under 2 figures
+---@return number q the quantile it moved from (the null's rule: the mean)
 ---@return boolean floored the floor decided it
-function M.rule(name, kind, xs, rule)
-  local v, q
-  if kind == "rate" then
+---@return string how the rule in words
+function M.rule(name, kind, xs, rule, m)
+  local v, q, how
+  if rule.false_alarm then
+    if #xs < 2 then return nil, nil, false, "under 2 runs: no spread" end
+    -- the excess past a perfect port (R - 1, a ratio, 1 - a rate), on a log scale: a largest-of-
+    -- many figure is skewed, its tail heavier than a normal's
+    -- (figures at a perfect port's, a component computing exactly what the reference's does,
+    -- pass any bound and say nothing of the spread: left out)
+    local perfect = kind == "r" and 1 or kind == "rate" and 1 or 0
+    local ys, sum, sq = {}, 0, 0
+    for _, x in ipairs(xs) do
+      local e = kind == "rate" and perfect - x or x - perfect
+      if e > 1e-9 then ys[#ys + 1] = math.log(e); sum = sum + ys[#ys] end
+    end
+    if #ys < 2 then return nil, nil, false, ("%d of %d off a perfect port's: no spread"):format(#ys, #xs) end
+    local mean = sum / #ys
+    for _, y in ipairs(ys) do sq = sq + (y - mean) ^ 2 end
+    local z = M.normal_quantile(1 - rule.false_alarm / m)
+    local excess = math.exp(mean + z * math.sqrt(sq / (#ys - 1)) * math.sqrt(1 + 1 / #ys))
+    q = perfect + (kind == "rate" and -1 or 1) * math.exp(mean)
+    v = kind == "rate" and math.max(0, 1 - excess) or perfect + excess
+    how = ("log-mean + %.3g log-sd of the excess (%d off a perfect port's)"):format(z, #ys)
+  elseif kind == "rate" then
     q = M.quantile(xs, 1 - rule.quantile)
     v = math.max(0, 1 - rule.margin * (1 - q))
+    how = ("1 - %g x (1 - q%g)"):format(rule.margin, 1 - rule.quantile)
   else
     q = M.quantile(xs, rule.quantile)
     v = kind == "r" and 1 + rule.margin * math.max(q - 1, 0) or rule.margin * q
+    how = (kind == "r" and "1 + %g x (q%g - 1)" or "%g x q%g"):format(rule.margin, rule.quantile)
   end
   local floor = thresholds.CALIBRATION_FLOORS[name]
   if floor and not rule.below_floors and (kind == "rate" and v > floor or kind ~= "rate" and v < floor) then
-    return floor, q, true
+    return floor, q, true, how .. ", held at its calibration floor"
   end
-  return v, q, false
+  return v, q, false, how
 end
 
---- The largest figure `key` ("r", "r32") a class's isolated components reached in one run, or nil.
-local function class_max(run, class, key)
-  local worst
+--- The figure `key` ("r", "r32") of each of a class's isolated components in one run.
+local function class_figures(run, class, key)
+  local out = {}
   for _, row in ipairs(run.components) do
     local v = row[key]
     if not row.skipped and row.isolated ~= false and type(v) == "number" and criteria.class(row) == class then
-      worst = math.max(worst or v, v)
+      out[#out + 1] = v
     end
   end
-  return worst
+  return out
 end
 
 --- Every calibrated threshold from `runs`: thresholds (with by_class, a class for each of
 --- parity.criteria.CLASSES) and derived, name -> {value, default, n, figure, quantile, rule}.
+--- A component bound's figures: under the quantile rule the largest a run's components reached
+--- (what decides a check), under the null's rule every component's (a check judges each: the
+--- false-alarm rate is spread over them all).
 ---@param runs parity.CalibrationRun[]
----@param rule table {quantile, margin, below_floors}
+---@param rule table {quantile, margin, below_floors} or {false_alarm, below_floors} (M.rule)
 ---@return table thresholds
 ---@return table derived
+---@return integer m the figures a check judges with what was calibrated from 2 runs or more
 function M.derive(runs, rule)
   local D = thresholds.DEFAULTS
-  local th, derived = {}, {}
-  local function put(target, key, name, kind, figure, xs)
-    local d = { default = D[name], n = #xs, figure = figure }
-    if #xs == 0 then
-      d.value, d.rule = D[name], "the default: no run has this figure"
-    else
-      local q, floored
-      d.value, q, floored = M.rule(name, kind, xs, rule)
-      d.quantile = q
-      d.rule = ({ r = "1 + %g x (q%g - 1)", ratio = "%g x q%g", rate = "1 - %g x (1 - q%g)" })[kind]:format(
-        rule.margin, kind == "rate" and 1 - rule.quantile or rule.quantile)
-        .. (floored and ", held at its calibration floor" or "")
-    end
-    target[name], derived[key] = d.value, d
-  end
-  for _, f in ipairs(M.FIGURES) do
+  -- what each threshold is derived from: {target table, its key in `derived`, name, kind, figure,
+  -- xs, instances (the figures of it one check judges)}
+  local items, floors = {}, {}
+  local function item(target, key, name, kind, figure, read)
     local xs = {}
-    for _, run in ipairs(runs) do xs[#xs + 1] = f.read(run) end
-    put(th, f.name, f.name, f.kind, f.figure, xs)
+    for _, run in ipairs(runs) do xs[#xs + 1] = read(run) end
+    items[#items + 1] = { target = target, key = key, name = name, kind = kind, figure = figure, xs = xs, instances = 1 }
   end
+  local function components_item(target, key, name, kind, figure, read)
+    local xs, pooled, seen = {}, {}, 0
+    for _, run in ipairs(runs) do
+      local list = read(run)
+      if #list > 0 then
+        seen = seen + 1
+        xs[#xs + 1] = math.max(unpack(list))
+        for _, v in ipairs(list) do pooled[#pooled + 1] = v end
+      end
+    end
+    local whole = rule.false_alarm ~= nil
+    items[#items + 1] = { target = target, key = key, name = name, kind = kind, xs = whole and pooled or xs,
+      figure = (whole and "%s, each" or "%s, the largest a run"):format(figure),
+      instances = whole and seen > 0 and #pooled / seen or 1 }
+  end
+  local th, derived = { by_class = {} }, {}
+  for _, f in ipairs(M.FIGURES) do item(th, f.name, f.name, f.kind, f.figure, f.read) end
+  -- the rows' sign test: the rows' R p50 of a component it flags (z >= row_z); the criterion
+  -- excuses a component whose rows' p50 is under the bound
+  components_item(th, "row_r_p50", "row_r_p50", "r", "rows' R p50 of a component the sign test flags", function(run)
+    local out = {}
+    for _, row in ipairs(run.components) do
+      local q = row.rows_r
+      if not row.skipped and row.isolated ~= false and type(q) == "table" and type(q.z) == "number"
+        and q.z >= D.row_z then out[#out + 1] = q.p50 end
+    end
+    return out
+  end)
+  for _, class in ipairs(criteria.CLASSES) do
+    th.by_class[class] = {}
+    for _, key in ipairs({ { "r", "r_p95", "r" }, { "r32", "r32_p95", "ratio" } }) do
+      components_item(th.by_class[class], ("by_class.%s.%s"):format(class, key[2]), key[2], key[3],
+        ("%s of a%s %s component"):format(key[1] == "r" and "R" or "R32", class:find("^[aeiou]") and "n" or "", class),
+        function(run) return class_figures(run, class, key[1]) end)
+    end
+  end
+  local m = 0  -- the figures a check judges (the null's rule spreads its false-alarm rate over them)
+  for _, it in ipairs(items) do if #it.xs >= 2 then m = m + it.instances end end
+  m = math.max(1, math.floor(m + 0.5))
+  local function decide(it, none)
+    local d = { default = D[it.name], n = #it.xs, figure = it.figure }
+    local value, q, _, how
+    if #it.xs > 0 then value, q, _, how = M.rule(it.name, it.kind, it.xs, rule, m) end
+    if value then
+      d.value, d.rule = value, how
+      if rule.false_alarm then d.typical = q else d.quantile = q end
+    else
+      d.value, d.rule = D[it.name], #it.xs == 0 and none or ("the default: " .. how)
+    end
+    it.target[it.name], derived[it.key] = d.value, d
+  end
+  for _, it in ipairs(items) do decide(it, "the default: no run has this figure") end
+  -- a relative bound's floor, from the runs its ratio's bound (just derived) would fail
   for _, f in ipairs(M.FLOORS) do
     local xs = {}
     for _, run in ipairs(runs) do
       local v, own = f.read(run), f.own(run)
       if v and own and v > th[f.ratio] * own then xs[#xs + 1] = v end
     end
-    local d = { default = D[f.name], n = #xs, figure = f.figure }
-    if #xs == 0 then
-      d.value, d.rule = D[f.name], "the default: no run needed the floor"
-    else
-      local floored
-      d.value, d.quantile, floored = M.rule(f.name, "ratio", xs, rule)
-      d.rule = ("%g x q%g"):format(rule.margin, rule.quantile) .. (floored and ", held at its calibration floor" or "")
-    end
-    th[f.name], derived[f.name] = d.value, d
+    floors[#floors + 1] = { target = th, key = f.name, name = f.name, kind = "ratio", figure = f.figure, xs = xs }
   end
-  th.by_class = {}
-  for _, class in ipairs(criteria.CLASSES) do
-    th.by_class[class] = {}
-    for _, key in ipairs({ { "r", "r_p95", "r" }, { "r32", "r32_p95", "ratio" } }) do
-      local xs = {}
-      for _, run in ipairs(runs) do xs[#xs + 1] = class_max(run, class, key[1]) end
-      put(th.by_class[class], ("by_class.%s.%s"):format(class, key[2]), key[2], key[3],
-        ("the largest %s of the %s class's components (isolated)"):format(key[1] == "r" and "R" or "R32", class), xs)
-    end
-  end
-  return th, derived
+  for _, it in ipairs(floors) do decide(it, "the default: no run needed the floor") end
+  return th, derived, m
 end
 
 --- The criteria a recorded run fails under thresholds `th` (names, in the order judged): its e2e
@@ -346,15 +425,104 @@ local function bundle_hash(path)
   return core.hash_string(table.concat(parts, "\n"))
 end
 
+--- The null's rule (calibrate --reference): each bound where the null runs' figures leave a new
+--- run of theirs past it in 1% / m of checks (M.rule), 1% a check over the m criteria calibrated;
+--- leave-one-out over the seeds shows how many of them a bound from the others fails.
+M.NULL_RULE = { false_alarm = 0.01 }
+
+--- The relative size of one rounding, by dtype (x:dtype()'s names): the unit roundoff u = 2^-p.
+local ROUNDING = { BFloat16 = 2 ^ -8, bfloat16 = 2 ^ -8, Half = 2 ^ -11, float16 = 2 ^ -11, Float = 2 ^ -24,
+                   float32 = 2 ^ -24, float = 2 ^ -24 }
+
+--- What the null perturbs, in words (a recipe's null.perturbation).
+M.PERTURBATION = "every module with parameters of its own (none inside another) gets its floating inputs"
+  .. " re-rounded: x (1 + v) in float64, v ~ U(-u, u) with u the unit roundoff of x's dtype (bf16 2^-8, fp16"
+  .. " 2^-11, fp32 2^-24), rounded back to that dtype: about one rounding's independent error at each component,"
+  .. " a draw per seed, per module and per call"
+
+--- A patch set perturbing the reference by one rounding at each component (M.PERTURBATION):
+--- what a correct port computing in another order can look like, by seed.
+---@param ref parity.Bundle the reference
+---@param dtype string a trace of it to list the modules of ("bf16", ...)
+---@param seed integer
+---@return parity.PatchSet
+---@return integer n the modules perturbed
+function M.perturbation(ref, dtype, seed)
+  local own = {}
+  for _, m in ipairs(ref:at(dtype):modules()) do
+    if m.path ~= "" and (m.params or 0) > 0 then own[#own + 1] = m.path end
+  end
+  local descends = require("parity.mapping").descends
+  local entries = {}
+  for i, path in ipairs(own) do
+    local leaf = true
+    for _, other in ipairs(own) do
+      if other ~= path and descends(other, path) then leaf = false end  -- a descendant has its own
+    end
+    if leaf then
+      entries[#entries + 1] = { target = path, forward = function(self, x, ...)
+        local u = torch.is_tensor(x) and ROUNDING[x:dtype()]
+        if u then
+          local v = torch.rand(x:size(), { seed = (seed * 1000003 + i * 7919 + self.call) % 2147483647,
+                                           dtype = "float64" })
+          x = (x:double() * ((v * 2 - 1) * u + 1)):to(x:dtype())
+        end
+        return self.original(x, ...)
+      end }
+    end
+  end
+  return require("parity.patches").from_entries(entries, ("the null perturbation (seed %d)"):format(seed)), #entries
+end
+
+--- The reference's null runs: checks of the reference against itself perturbed by one rounding
+--- at each component (M.perturbation), one a seed, kept in the cache (a second calibration with
+--- the same reference and settings reads them).
+---@param opts table {reference, seeds, dtype, baseline, prompts, prompt_len, new_tokens, seed, cache, cache_dir, log}
+---@return parity.CalibrationRun[]
+---@return table null {seeds, perturbation, modules, runs_dir}
+function M.null_runs(opts)
+  local bundle = require("parity.bundle")
+  local ref = bundle.open(opts.reference)
+  local cache_dir = opts.cache_dir or require("parity.context").default_cache_dir()
+  if not cache_dir then
+    error("calibrate --reference: no cache directory to keep its null runs in (HOME unset): pass --cache-dir DIR", 0)
+  end
+  local settings = { prompts = opts.prompts, prompt_len = opts.prompt_len, new_tokens = opts.new_tokens,
+                     seed = opts.seed, dtype = opts.dtype, baseline = opts.baseline }
+  local key = core.hash_string(core.json.encode({ reference = bundle_hash(opts.reference), settings = settings,
+    perturbation = M.PERTURBATION, parity = core.version() }))
+  local dir = ("%s/calibrate/%s"):format(cache_dir, key:sub(1, 32))
+  local dirs, modules = {}, 0
+  local dtype = (opts.dtype == nil or opts.dtype == "fp32") and "bf16" or opts.dtype
+  if not ref:has(dtype) then dtype = ref:has("fp16") and "fp16" or "fp32" end
+  for s = 1, opts.seeds do
+    local out = ("%s/seed_%d"):format(dir, s)
+    local set, n = M.perturbation(ref, dtype, s)
+    modules = n
+    local done = opts.cache ~= false and core.path_kind(out .. "/verdict.json") == "file"
+      and (core.json.read(out .. "/verdict.json") or {}).verdict ~= "error"
+    if not done then
+      opts.log(("calibrate: null run %d of %d (%d modules perturbed)"):format(s, opts.seeds, n))
+      local o = { reference = opts.reference, target = opts.reference, patches = { set }, unpatched = false, out = out,
+                  cache = opts.cache, cache_dir = cache_dir, quiet = true, log = function() end }
+      for k, v in pairs(settings) do o[k] = v end
+      parity_check(o)
+    end
+    dirs[#dirs + 1] = out
+  end
+  return M.read(dirs, "null run"), { seeds = opts.seeds, perturbation = M.PERTURBATION, modules = modules,
+                                       runs_dir = dir }
+end
+
 --- The recipe of `runs` (parity.recipe's fields, without its hash).
 ---@param runs parity.CalibrationRun[]
 ---@param rule table {quantile, margin, below_floors}
----@param extra table|nil {holdout, bugs (runs)}
+---@param extra table|nil {holdout, bugs (runs), null (M.null_runs' second result)}
 ---@return table recipe
 function M.recipe(runs, rule, extra)
   extra = extra or {}
   local kind = M.kind(runs)
-  local th, derived = M.derive(runs, rule)
+  local th, derived, m = M.derive(runs, rule)
   local function provenance(run)
     local v, s = run.verdict, run.verdict.settings or {}
     return { results = run.dir, reference = v.reference, target = v.target,
@@ -381,8 +549,9 @@ function M.recipe(runs, rule, extra)
     parity_version = core.version():match("^parity (%S+)") or core.version(),
     made = os.date("!%Y-%m-%dT%H:%M:%SZ"),
     dtype = kind.dtype, noise_dtype = kind.noise_dtype, baseline = kind.baseline,
-    rule = { quantile = rule.quantile, margin = rule.margin, below_floors = rule.below_floors == true },
-    thresholds = th, derived = derived, runs = list, bugs = bugs, holdout = extra.holdout,
+    rule = { quantile = rule.quantile, margin = rule.margin, false_alarm = rule.false_alarm,
+             criteria = rule.false_alarm and m or nil, below_floors = rule.below_floors == true },
+    thresholds = th, derived = derived, runs = list, bugs = bugs, holdout = extra.holdout, null = extra.null,
   }
 end
 

@@ -49,7 +49,7 @@ Context.__index = Context
 --- The default reference cache: $XDG_CACHE_HOME/parity, else .cache/parity in $HOME or, with
 --- HOME unset, in the user's home from the password database; nil (no cache) when none is known:
 --- never a place others share, like /tmp.
-local function default_cache_dir()
+function M.default_cache_dir()
   local xdg = os.getenv("XDG_CACHE_HOME")
   if xdg and xdg:sub(1, 1) == "/" then return xdg .. "/parity" end
   local home = os.getenv("HOME")
@@ -129,7 +129,7 @@ function M.open(opts)
   local ctx = setmetatable({ out = opts.out or "parity-results", log = opts.log or print,
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
-    cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or default_cache_dir(),
+    cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or M.default_cache_dir(),
     inputs_file = opts.inputs, memo = {} }, Context)
   if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)

@@ -105,6 +105,7 @@ M.CALIBRATION_FLOORS = {
   kl_floor = 1e-4,     -- the defaults' floors
   cosine_floor = 1e-6,
   top1 = 0.9,          -- (a rate: at most this) a flip outside the near-ties at 1 in 10 positions
+  row_r_p50 = 1.05,    -- the default's: a component's rows above the noise by less are not consistently so
 }
 
 --- name -> {lo, hi}: the closed range a value must lie in (finite numbers only).

@@ -31,14 +31,34 @@ it("the rule: the good runs' quantile, moved past it by the margin, held at the 
   local v, q, floored = calibrate.rule("r_p95", "r", { 1.3, 1.1 }, RULE)
   near(q, 1.29, 1e-12); near(v, 1.58, 1e-12); eq(floored, false)
   -- a component class whose ports compute as the reference does (R 1): its floor, 1.1
-  eq({ calibrate.rule("r_p95", "r", { 1, 1, 1 }, RULE) }, { 1.1, 1, true })
+  eq({ calibrate.rule("r_p95", "r", { 1, 1, 1 }, RULE) }, { 1.1, 1, true, "1 + 2 x (q0.95 - 1), held at its"
+    .. " calibration floor" })
   eq({ calibrate.rule("r_p95", "r", { 1, 1, 1 }, { quantile = 0.95, margin = 2, below_floors = true }) },
-     { 1, 1, false })
+     { 1, 1, false, "1 + 2 x (q0.95 - 1)" })
   -- a ratio: 2 x q; R32 {1e-4, 2e-4}: q 1.95e-4 -> 3.9e-4
   near((calibrate.rule("r32_p95", "ratio", { 1e-4, 2e-4 }, RULE)), 3.9e-4, 1e-15)
   -- a rate: 1 - 2 x (1 - q0.05); {0.8, 1}: q 0.81 -> 0.62; all 1 -> 1, held at 0.9
   near((calibrate.rule("top1", "rate", { 1, 0.8 }, RULE)), 0.62, 1e-12)
   eq((calibrate.rule("top1", "rate", { 1, 1 }, RULE)), 0.9)
+end)
+
+it("the null's rule: a log-normal tail of the excess past a perfect port, the false-alarm rate spread over m", function()
+  near(calibrate.normal_quantile(0.975), 1.959964, 1e-6)
+  near(calibrate.normal_quantile(0.01), -2.326348, 1e-6)
+  near(calibrate.normal_quantile(1 - 1e-4), 3.719016, 1e-6)
+  -- R {1.1, 1.2, 1.4}: excesses' logs have mean log(0.2) (0.1 x 0.2 x 0.4 = 0.2^3) and sd
+  -- sqrt(((log 0.5)^2 + 0 + (log 2)^2) / 2) = log 2; at 1% over 4 figures z = Phi^-1(0.9975)
+  local z = calibrate.normal_quantile(1 - 0.01 / 4)
+  local v, typical = calibrate.rule("r_p95", "r", { 1.1, 1.2, 1.4 }, { false_alarm = 0.01 }, 4)
+  near(typical, 1.2, 1e-12)
+  near(v, 1 + 0.2 * math.exp(z * math.log(2) * math.sqrt(4 / 3)), 1e-12)
+  -- a perfect port's figures are left out: {1, 1.1, 1.2, 1.4} gives the same bound
+  near((calibrate.rule("r_p95", "r", { 1, 1.1, 1.2, 1.4 }, { false_alarm = 0.01 }, 4)), v, 1e-12)
+  -- fewer than 2 off it: no bound (the default stays)
+  eq((calibrate.rule("r_p95", "r", { 1, 1, 1.3 }, { false_alarm = 0.01 }, 4)), nil)
+  -- a rate: 1 - the tail of 1 - x
+  local r = calibrate.rule("top1", "rate", { 0.9, 0.8 }, { false_alarm = 0.01, below_floors = true }, 1)
+  truthy(r < 0.8 and r >= 0, "below the worst rate")
 end)
 
 it("derive: every calibrated threshold with its sample size; a class from its components' largest R", function()
@@ -154,6 +174,34 @@ it("a recipe from checks of the fixtures' good ports fails their bugs, and parit
   raises(function() calibrate.kind({ runs[1], { dir = "x", verdict = { dtype = "fp16", noise_dtype = "fp16" },
     baseline = "3-tensor" } }) end, "a recipe is for one kind of check")
   raises(function() calibrate.read({ out .. "/nowhere" }, "good run") end, "no verdict.json there")
+end)
+
+it("from the reference alone: its null runs, one rounding re-done at each component a seed, kept in the cache", function()
+  local out = tmpdir()
+  local logged = {}
+  local o = { reference = fx .. "/reference", seeds = 2, prompts = 2, new_tokens = 8, cache_dir = out,
+              log = function(line) logged[#logged + 1] = line end }
+  local runs, null = calibrate.null_runs(o)
+  eq(#runs, 2)
+  eq(#logged, 2)
+  -- every module with parameters of its own: the embedding, 2 x (2 norms + 7 linears), the final
+  -- norm, the LM head
+  eq(null.modules, 21)
+  for _, run in ipairs(runs) do
+    -- the reference against itself re-rounded: off its own noise (R p95 above 1), exact enough in
+    -- fp32 (R32 under the default), the same argmax
+    local e = run.e2e
+    truthy(e.r_ratio.p95 > 1.01 and e.r_ratio.p95 < 3, "R p95 " .. e.r_ratio.p95)
+    truthy(run.e2e32.r32.p95 > 0 and run.e2e32.r32.p95 < 3e-4, "R32 p95 " .. run.e2e32.r32.p95)
+  end
+  truthy(runs[1].e2e.r_ratio.p95 ~= runs[2].e2e.r_ratio.p95, "two seeds, two draws")
+  -- again: read from the cache, nothing run
+  logged = {}
+  calibrate.null_runs(o)
+  eq(#logged, 0)
+  local r = calibrate.recipe(runs, calibrate.NULL_RULE, { null = null })
+  eq({ r.rule.false_alarm, r.null.seeds, r.null.modules }, { 0.01, 2, 21 })
+  truthy(r.rule.criteria > 5, "the figures a check judges")
 end)
 
 return spec.run()

@@ -80,7 +80,7 @@ end
 ---@param spec table { flags = { name = "boolean"|"string"|"number"|"list"|"many" }, positional = { "NAME", ... },
 ---   rest = "NAME" }  ("list": a string flag given any number of times, its values in order; "many":
 ---   the same, and each takes every argument after it up to the next --flag; rest: positionals past
----   `positional`, at least one, as a list)
+---   `positional`, any number, as a list)
 ---@return table<string, any> opts flag name -> its value (a string, number, true or a list),
 ---   positional NAME -> its argument; raises a usage error on a bad command line
 local function parse(argv, spec)
@@ -126,8 +126,8 @@ local function parse(argv, spec)
     end
     i = i + 1
   end
-  if #pos < #spec.positional or (spec.rest and #pos == #spec.positional) then
-    usage_error(("missing %s"):format(spec.positional[#pos + 1] or spec.rest))
+  if #pos < #spec.positional then
+    usage_error(("missing %s"):format(spec.positional[#pos + 1]))
   end
   if spec.rest then opts[spec.rest] = tail(pos, #spec.positional + 1) end
   if #pos > #spec.positional and not spec.rest then usage_error(("unexpected argument '%s'"):format(pos[#spec.positional + 1])) end

@@ -11,6 +11,7 @@ local commands = {}
 commands.calibrate = {
   help = [[
 Usage: parity calibrate RESULTS_DIR... --out RECIPE.lua [options]
+       parity calibrate --reference REF --out RECIPE.lua [options]
 
 Derives the check's thresholds from the results directories (parity check --out) of known-good
 ports of one kind of check (the same --dtype and baseline), and writes them as a recipe: a
@@ -30,10 +31,24 @@ the largest), moved past it by the margin M (default 2) away from a perfect port
 The rest (the diagnosis's, the smoke's) stay the defaults'. A figure no run has (a class no
 port has, an fp32 leg none ran) keeps its default, and the table says so (n = 0).
 
+Without a known-good port (a new model family), --reference REF measures what correct ports of
+this reference can look like from the reference alone: S checks (--seeds, default 8) of the
+reference against itself with every module that has parameters of its own fed its floating
+inputs re-rounded (about one rounding's independent error at each component, fresh draws a
+seed), at the settings given (--dtype, --prompts, ...: those of the checks the recipe is for).
+Their figures are the null distribution; the rule is then its q0.99 with no margin (--quantile,
+--margin override): about 1 check in 100 of a port that differs only by such roundings fails a
+criterion, and a leave-one-out over the seeds says how many of them would have. The null runs
+are kept in the cache (a second calibration with the same reference and settings reads them).
+
   --out FILE         the recipe to write (required; nothing else is written)
   --quantile Q       the quantile of the good runs' figures (default 0.95; 0.5..1)
   --margin M         the margin past it (default 2; at least 1)
   --below-floors     let a calibrated floor go below the default's
+  --reference REF    calibrate on the reference's null runs instead of good ports' results
+  --seeds S          null runs (default 8; 2..1000)
+  --dtype D, --baseline B, --prompts K, --prompt-len P, --new-tokens N, --seed N,
+  --cache-dir DIR, --no-cache, --quiet   as for parity check (the null runs' settings)
   --holdout K        leave-K-out on the good runs: calibrated on the others, judged on the K
                      held out (every split, or 200 drawn): the false-alarm rate, in the recipe
   --bugs DIR...      results directories of checks of known bugs: which fail under the recipe
@@ -47,31 +62,75 @@ Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad num
   run = function(argv)
     local o = args.parse(argv, {
       flags = { out = "string", quantile = "number", margin = "number", ["below-floors"] = "boolean",
-                holdout = "number", bugs = "many" },
+                holdout = "number", bugs = "many", reference = "string", ["false-alarm"] = "number", seeds = "number", dtype = "string",
+                baseline = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
+                seed = "number", ["cache-dir"] = "string", ["no-cache"] = "boolean", quiet = "boolean" },
       positional = {}, rest = "RESULTS_DIR",
     })
     if not o.out then args.usage_error("missing --out RECIPE.lua (the recipe to write)") end
-    local rule = { quantile = o.quantile or calibrate.RULE.quantile, margin = o.margin or calibrate.RULE.margin,
-                   below_floors = o["below-floors"] == true }
-    validate.number("--quantile", rule.quantile, 0.5, 1)
-    validate.number("--margin", rule.margin, 1, 1e3)
-    local runs = calibrate.read(o.RESULTS_DIR, "good run")
+    local null_mode = o.reference ~= nil
+    if null_mode and #o.RESULTS_DIR > 0 then
+      args.usage_error(("calibrate takes good runs' RESULTS_DIRs or --reference REF, not both (got %s)"):format(
+        o.RESULTS_DIR[1]))
+    end
+    if not null_mode and #o.RESULTS_DIR == 0 then
+      args.usage_error("missing RESULTS_DIR... (checks of known-good ports), or --reference REF (its null runs)")
+    end
+    for _, flag in ipairs({ "seeds", "dtype", "baseline", "prompts", "prompt-len", "new-tokens", "seed", "cache-dir",
+                            "no-cache" }) do
+      if o[flag] ~= nil and not null_mode then
+        args.usage_error(("--%s sets the null runs' checks: it goes with --reference REF"):format(flag))
+      end
+    end
+    local rule
+    if o["false-alarm"] and (o.quantile or o.margin) then
+      args.usage_error("--false-alarm is a rule of its own: give it, or --quantile and --margin, not both")
+    end
+    if o["false-alarm"] or (null_mode and not (o.quantile or o.margin)) then
+      rule = { false_alarm = o["false-alarm"] or calibrate.NULL_RULE.false_alarm }
+      validate.number("--false-alarm", rule.false_alarm, 1e-6, 0.5)
+    else
+      rule = { quantile = o.quantile or calibrate.RULE.quantile, margin = o.margin or calibrate.RULE.margin }
+      validate.number("--quantile", rule.quantile, 0.5, 1)
+      validate.number("--margin", rule.margin, 1, 1e3)
+    end
+    rule.below_floors = o["below-floors"] == true
+    local runs, null
+    if null_mode then
+      local seeds = o.seeds or 8
+      validate.number("--seeds", seeds, 2, 1000)
+      if seeds ~= math.floor(seeds) then args.usage_error("--seeds takes a whole number") end
+      local check = { reference = o.reference, dtype = o.dtype, baseline = o.baseline, prompts = o.prompts,
+        prompt_len = o["prompt-len"], new_tokens = o["new-tokens"], seed = o.seed, cache = not o["no-cache"],
+        cache_dir = o["cache-dir"] }
+      require("parity.context").check_options(check)
+      check.seeds, check.log = seeds, o.quiet and function() end or function(line) io.stderr:write(line, "\n") end
+      runs, null = calibrate.null_runs(check)
+    else
+      runs = calibrate.read(o.RESULTS_DIR, "good run")
+    end
     local bugs = calibrate.read(o.bugs or {}, "bug run")
     local kind = calibrate.kind(runs)
     if #bugs > 0 then calibrate.kind({ runs[1], unpack(bugs) }) end
     local holdout
-    if o.holdout then
-      validate.number("--holdout", o.holdout, 1, #runs - 1)
-      if o.holdout ~= math.floor(o.holdout) then args.usage_error("--holdout takes a whole number of runs") end
-      holdout = calibrate.holdout(runs, bugs, o.holdout, rule)
+    if o.holdout or null_mode then
+      local k = o.holdout or 1
+      validate.number("--holdout", k, 1, #runs - 1)
+      if k ~= math.floor(k) then args.usage_error("--holdout takes a whole number of runs") end
+      holdout = calibrate.holdout(runs, bugs, k, rule)
     end
-    local r = calibrate.recipe(runs, rule, { holdout = holdout, bugs = bugs })
+    local r = calibrate.recipe(runs, rule, { holdout = holdout, bugs = bugs, null = null })
     local text = recipe.render(r)
     require("parity.core").write_text(o.out, text)
 
-    print(("parity calibrate: %d good run%s (a %s target against %s noise, the %s baseline); rule: the q%g"
-      .. " of their figures, margin %g"):format(#runs, #runs == 1 and "" or "s", kind.dtype, kind.noise_dtype,
-      kind.baseline, rule.quantile, rule.margin))
+    print(("parity calibrate: %d %s (a %s target against %s noise, the %s baseline); rule: %s"):format(#runs,
+      null_mode and ("null runs of " .. o.reference) or (#runs == 1 and "good run" or "good runs"), kind.dtype,
+      kind.noise_dtype, kind.baseline, rule.false_alarm and ("a false-alarm rate of %g a check (log-normal tails)"):format(
+        rule.false_alarm) or ("the q%g of their figures, margin %g"):format(rule.quantile, rule.margin)))
+    if null then
+      print(("  the null: %d modules perturbed a run (%s); runs in %s"):format(null.modules,
+        "inputs re-rounded, one rounding's error", null.runs_dir))
+    end
     print(("  %-26s %10s %11s %4s  %s"):format("threshold", "default", "calibrated", "n", "from"))
     local names = {}
     for name in pairs(r.derived) do names[#names + 1] = name end
@@ -85,8 +144,14 @@ Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad num
       local base = name:match("([%w_]+)$")
       local loose = thresholds.looseness(thresholds.KIND[base], d.default, d.value)
       print(("  %-26s %10.4g %11.4g %4d  %s%s%s"):format(name, d.default, d.value, d.n, d.figure,
-        d.quantile and (": q %.4g, %s"):format(d.quantile, d.rule) or (": " .. d.rule),
+        d.quantile and (": q %.4g, %s"):format(d.quantile, d.rule)
+          or d.typical and (": typically %.4g, %s"):format(d.typical, d.rule) or (": " .. d.rule),
         loose > 1 + 1e-12 and "  (looser than the default)" or ""))
+    end
+    if rule.false_alarm then
+      print(("false alarms: by the rule, at most %g%% of checks of a port like these runs fail a criterion (each bound"
+        .. " a log-normal tail of %g / %d figures a check judges), were their figures' excesses log-normal"):format(100 * rule.false_alarm,
+        rule.false_alarm, r.rule.criteria))
     end
     if holdout then
       print(("held out %d at a time (%d splits): false alarms %d of %d held-out checks (%.1f%%)%s"):format(holdout.k,

@@ -110,6 +110,10 @@ function M.render(v, out)
     or (" (over the reference's own %s noise)"):format(v.noise_dtype)
   local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
     v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
+  if v.recipe then  -- the thresholds came from a calibration recipe (a --thresholds file over it)
+    lines[#lines + 1] = ("  thresholds: recipe %s (sha256 %s), calibrated %s on %d good run%s"):format(v.recipe.file,
+      v.recipe.sha256:sub(1, 12), v.recipe.made, v.recipe.runs, v.recipe.runs == 1 and "" or "s")
+  end
   for _, p in ipairs(v.patches or {}) do  -- the target computed with these (its files untouched)
     local c = p.components
     lines[#lines + 1] = ("  patched with %s%s: %s"):format(p.file, p.sha256 ~= null and (" (sha256 " .. p.sha256:sub(1, 12)
