@@ -28,6 +28,8 @@ M.SCHEMA = 1
 ---@field derived table threshold name -> {value, default, n, figure, quantile, rule}
 ---@field runs table[] {results, reference, target, reference_sha256, target_sha256, prompts, new_tokens, verdict}
 ---@field holdout table|nil {k, splits, false_alarm_rate, ...} (parity calibrate --holdout)
+---@field null table|nil {seeds, perturbation, modules, runs_dir} (parity calibrate --reference)
+---@field bugs table[]|nil the --bugs runs, each with the criteria it fails under the recipe
 ---@field sha256 string of the rest (M.digest)
 ---@field file string|nil where it was loaded from (not in the file)
 
@@ -139,10 +141,10 @@ end
 
 --- What verdict.json says of the recipe a check used.
 ---@param r parity.Recipe
----@return table {file, sha256, made, dtype, noise_dtype, baseline, runs}
+---@return table {file, sha256, made, dtype, noise_dtype, baseline, runs, from ("good runs" or "null runs")}
 function M.summary(r)
   return { file = r.file, sha256 = r.sha256, made = r.made, dtype = r.dtype, noise_dtype = r.noise_dtype,
-           baseline = r.baseline, runs = #(r.runs or {}) }
+           baseline = r.baseline, runs = #(r.runs or {}), from = r.null and "null runs" or "good runs" }
 end
 
 return M

@@ -338,6 +338,38 @@ EOF
   expect 2 'bad_matrix.lua: entry 1: model must be a name' -- matrix "$tmp/bad_matrix.lua"
   expect 2 "no entry's model matches --filter nothing" -- matrix "$tmp/matrix.lua" --filter nothing --reports "$tmp/reports"
   ;;
+calibrate)
+  ref=$fx/reference
+  common=(--prompts 2 --new-tokens 8 --cache-dir "$tmp/cache")
+  expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/good1" "${common[@]}"
+  expect 0 '^verdict: (EQUIVALENT|INCONCLUSIVE)' -- check "$ref" "$fx/port_reorder" --out "$tmp/good2" "${common[@]}"
+  expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug1" "${common[@]}"
+  expect 0 'Usage: parity calibrate RESULTS_DIR\.\.\. --out RECIPE\.lua' -- help calibrate
+  expect 2 '^parity calibrate: missing --out RECIPE.lua' -- calibrate "$tmp/good1" "$tmp/good2"
+  expect 2 '^parity calibrate: missing RESULTS_DIR\.\.\.' -- calibrate --out "$tmp/r.lua"
+  expect 2 "^parity calibrate: good run $tmp/nowhere: no verdict.json there" -- calibrate "$tmp/nowhere" --out "$tmp/r.lua"
+  expect 2 '^parity calibrate: calibrate takes good runs.* or --reference REF, not both' -- calibrate "$tmp/good1" --reference "$ref" --out "$tmp/r.lua"
+  expect 2 '^parity calibrate: --seeds sets the null runs. checks: it goes with --reference REF' -- calibrate "$tmp/good1" --seeds 3 --out "$tmp/r.lua"
+  expect 2 '^parity calibrate: --margin' -- calibrate "$tmp/good1" "$tmp/good2" --margin 0.5 --out "$tmp/r.lua"
+  expect 2 '^parity calibrate: --holdout' -- calibrate "$tmp/good1" "$tmp/good2" --holdout 2 --out "$tmp/r.lua"
+  [[ ! -e $tmp/r.lua ]] || { failures=$((failures + 1)); echo "FAIL: a refused calibration wrote its recipe"; }
+  expect 0 '^known bugs under this recipe: 1 of 1 fail' -- calibrate "$tmp/good1" "$tmp/good2" --holdout 1 --bugs "$tmp/bug1" --out "$tmp/r.lua"
+  expect 0 '^  r_p95 .* 2  R p95 \(e2e\): q ' -- calibrate "$tmp/good1" "$tmp/good2" --out "$tmp/r.lua"
+  expect 1 "^  thresholds: recipe $tmp/r.lua \(sha256 [0-9a-f]{12}\), calibrated .* on 2 good runs" -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug1" "${common[@]}" --recipe "$tmp/r.lua"
+  # carried elsewhere (another directory, another process): the same verdict, the same figures
+  mkdir -p "$tmp/elsewhere/team" && cp "$tmp/r.lua" "$tmp/elsewhere/team/recipe.lua"
+  expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug2" "${common[@]}" --recipe "$tmp/elsewhere/team/recipe.lua"
+  cases=$((cases + 1))
+  if python3 -c 'import json,sys; a,b=(json.load(open(p+"/verdict.json")) for p in sys.argv[1:3]); assert a["recipe"]["sha256"]==b["recipe"]["sha256"] and a["verdict"]==b["verdict"] and a["failed"]==b["failed"] and a["thresholds"]==b["thresholds"] and [c["value"] for c in a["criteria"]]==[c["value"] for c in b["criteria"]]' "$tmp/bug1" "$tmp/bug2"; then
+    echo "ok   a recipe carried elsewhere gives the same verdict"; else failures=$((failures + 1)); echo "FAIL: a recipe carried elsewhere"; fi
+  expect 2 "^parity check: recipe $tmp/r.lua: calibrated on checks of a bf16 target against bf16 noise, this check is of a fp16" -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug1" "${common[@]}" --recipe "$tmp/r.lua" --dtype fp16
+  sed '0,/r_p95 = 1\./s//r_p95 = 2./' "$tmp/r.lua" >"$tmp/edited.lua"
+  expect 2 "^parity check: recipe $tmp/edited.lua: its content does not match its sha256" -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug1" "${common[@]}" --recipe "$tmp/edited.lua"
+  echo 'return { r_p95 = 2 }' >"$tmp/thresholds.lua"
+  expect 2 "^parity check: recipe $tmp/thresholds.lua: not a recipe \(no parity_recipe schema field\): a thresholds file goes to --thresholds" -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug1" "${common[@]}" --recipe "$tmp/thresholds.lua"
+  expect 0 '^parity calibrate: 2 null runs of .*reference' -- calibrate --reference "$ref" --seeds 2 --out "$tmp/null.lua" "${common[@]}"
+  expect 0 '^held out 1 at a time \(2 splits\)' -- calibrate --reference "$ref" --seeds 2 --out "$tmp/null.lua" "${common[@]}"
+  ;;
 hardening)
   # issue 19: what an attacker or a careless user hands parity ends in one line and exit 2, and
   # nothing they hand it forges a pass

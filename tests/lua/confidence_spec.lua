@@ -104,8 +104,8 @@ it("a borderline port is inconclusive: exit 3, verdict.json says which criterion
   for _, c in ipairs(json.criteria) do
     if c.name == "cosine" then eq(c.interval.conclusive, false) end
   end
-  -- port_reorder at 2 prompts: R p95 near 1.2 (1.18 on one machine, past it on another), its
-  -- interval holding the bound. On LibTorch 1.13 it is exact in fp32 with R p50 under 1.1, so a
+  -- port_reorder at 2 prompts: R p95 near 1.2 on LibTorch 1.13 (1.18 on one machine, past it on
+  -- another), its interval holding the bound. On LibTorch 1.13 it is exact in fp32 with R p50 under 1.1, so a
   -- failure would be a warning: decided either way (a pass excused, a failure a warning). Where the
   -- rule would not excuse it (2.x: its SiLU differs in fp32), the open interval leaves it undecided
   v = parity.check({ reference = fx .. "/reference", target = fx .. "/port_reorder", out = out, prompts = 2,
@@ -118,9 +118,11 @@ it("a borderline port is inconclusive: exit 3, verdict.json says which criterion
   local excusable = require("parity.verdict").precision_ordering({ pass = false }, results, th).warn == true
   local undecided = {}
   for _, name in ipairs(v.inconclusive) do undecided[name] = true end
-  eq(r.interval.conclusive, false)
-  eq(undecided.r_p95 == true, not excusable)
-  if r.pass then eq(r.interval.excused ~= nil, excusable) else eq(r.warn == true, excusable) end
+  -- (on 2.x its R p95 is 1.12 at 2 prompts, its interval clear of the bound: nothing undecided)
+  if parity.version():find("LibTorch 1%.") then eq(r.interval.conclusive, false) end
+  eq(undecided.r_p95 == true, r.interval.conclusive == false and not excusable)
+  if r.pass then eq(r.interval.excused ~= nil, r.interval.conclusive == false and excusable)
+  else eq(r.warn == true, excusable) end
   if excusable and v.verdict ~= "divergent" then eq({ v.verdict, v.inconclusive }, { "equivalent", {} }) end
 end)
 

@@ -130,7 +130,8 @@ check against a changed target runs only the target.
 Limits: prompts <= 1024, new tokens <= 4096, prompt + new tokens <= 131072 (and the models'
 max_position_embeddings), top-k <= 1000, logits and a forward that fit in the memory available.
 A bad command line (an unknown flag, a number out of range, a --dtype, --baseline or --device
-it cannot take, a --thresholds or --mapping file that does not load) is refused before anything runs: in --out it only marks an earlier verdict.json
+it cannot take, a --thresholds, --recipe or --mapping file that does not load) is refused before
+anything runs: in --out it only marks an earlier verdict.json
 "error" (the other results stay as they were); any other run that ends in an error leaves a
 verdict.json saying "error", never an earlier verdict. A divergent check whose
 target has Hugging Face's module names and whose reference has none ends with a hint that the

@@ -111,8 +111,8 @@ function M.render(v, out)
   local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
     v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
   if v.recipe then  -- the thresholds came from a calibration recipe (a --thresholds file over it)
-    lines[#lines + 1] = ("  thresholds: recipe %s (sha256 %s), calibrated %s on %d good run%s"):format(v.recipe.file,
-      v.recipe.sha256:sub(1, 12), v.recipe.made, v.recipe.runs, v.recipe.runs == 1 and "" or "s")
+    lines[#lines + 1] = ("  thresholds: recipe %s (sha256 %s), calibrated %s on %d %s"):format(v.recipe.file,
+      v.recipe.sha256:sub(1, 12), v.recipe.made, v.recipe.runs, v.recipe.from or "good runs")
   end
   for _, p in ipairs(v.patches or {}) do  -- the target computed with these (its files untouched)
     local c = p.components
