@@ -42,6 +42,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field confirm boolean|nil      try repairs of the first divergence (parity.confirm)
 ---@field stages string[]|nil       the stages to run, by name (default M.STAGES; those they need run too)
 ---@field unpatched boolean|nil    with patches: the port's e2e figures without them too (default true)
+---@field downstream table|nil     {reference, target, tolerance}: lm-eval results of both, judged (stage downstream)
 ---@field device string|nil       where the models run: "cpu" (default) or "cuda[:N]"
 ---@field reference_device string|nil  the reference's device, when it differs (default: device)
 
@@ -97,7 +98,10 @@ function M.run(opts)
   local out = opts.out or "parity-results"
   if type(out) ~= "string" or out == "" then error("check: out must name a directory, got an empty path", 0) end
   local stages = M.stages(opts.stages)
-  verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", M.STAGES)
+  if opts.downstream then stages[#stages + 1] = require("parity.stages.downstream") end
+  local files = { "downstream" }  -- an earlier run's stage files go too
+  for _, name in ipairs(M.STAGES) do files[#files + 1] = name end
+  verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", files)
   local ok, result = pcall(function() return workflow.run(context.open(opts), stages) end)
   if ok and result.patches and opts.unpatched ~= false then  -- the figures the patches changed
     local fine, before = pcall(M.unpatched, opts, out)

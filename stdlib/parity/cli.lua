@@ -13,6 +13,7 @@ Commands:
   check REF TARGET           the default workflow: teacher-forced comparison (bf16 and fp32 legs), verdict
   report DIR                 the summary of a finished check, again, from its results directory
   calibrate RESULTS_DIR... --out RECIPE.lua   thresholds from checks of known-good ports, as a recipe
+  downstream REF_RESULTS TARGET_RESULTS   lm-eval task scores of the port against the reference's
   gate REF TARGET            logit verifier: target vs reference logits, allclose at one dtype
   inputs REF --out FILE      the token sequences of a check, for a foreign engine to run
   dump MODEL --inputs F --out DIR   a model's per-layer tensors, for parity diff
@@ -51,6 +52,7 @@ local clean = require("parity.errors").clean
 local commands = {}
 for name, cmd in pairs(require("parity.cli.check")) do commands[name] = cmd end  -- check, report, inputs
 commands.calibrate = require("parity.cli.calibrate").calibrate
+commands.downstream = require("parity.cli.downstream").downstream
 
 commands.version = {
   help = "Usage: parity version\n\nPrints the versions of parity, LuaJIT and LibTorch and torch's thread count.",

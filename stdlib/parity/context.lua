@@ -65,7 +65,7 @@ M.OPTIONS = {
   thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
   out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
   reference_device = "string", file = "string", patches = "table", confirm = "boolean", unpatched = "boolean",
-  stages = "table",
+  stages = "table", downstream = "table",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not
@@ -110,6 +110,15 @@ function M.check_options(opts)
   -- sandboxed, by M.open)
   if opts.thresholds_file then thresholds.load_file(opts.thresholds_file) end
   if opts.recipe_file then recipe.load(opts.recipe_file) end
+  if opts.downstream then  -- both results files read now: a missing or foreign one is a usage error
+    local d = opts.downstream
+    if type(d.reference) ~= "string" or type(d.target) ~= "string" then
+      error("check: option 'downstream' is {reference = RESULTS, target = RESULTS, tolerance = T}", 0)
+    end
+    if d.tolerance ~= nil then validate.number("downstream tolerance", d.tolerance, 0, 1) end
+    require("parity.downstream").read(d.reference, "reference")
+    require("parity.downstream").read(d.target, "target")
+  end
   if opts.mapping_file then mapping.load_file(opts.mapping_file) end
   for i, p in ipairs(opts.patches or {}) do  -- patch files, or sets (parity.patches) made in a script
     if type(p) == "string" then patches.load_file(p)
@@ -139,6 +148,7 @@ function M.open(opts)
   local rec = opts.recipe_file and recipe.load(opts.recipe_file)
   if rec then recipe.fits(rec, ctx.target_dtype, ctx.dtype, ctx.baseline) end
   ctx.recipe = rec and recipe.summary(rec)
+  ctx.downstream = opts.downstream
   ctx.thresholds = thresholds.resolve(opts.thresholds_file and thresholds.load_file(opts.thresholds_file)
     or opts.thresholds, rec and rec.thresholds)
   ctx.mapping = opts.mapping_file and mapping.load_file(opts.mapping_file)

@@ -21,6 +21,8 @@
 ---   governed   the thresholds that switch it off (default: threshold and floor), for the audit;
 ---              "components" for the localize criterion that sums the component rows
 ---   says       the rule in words: a format of (threshold, own, floor), or function(result, facts)
+---   interval   function(result, facts) -> {conclusive = false, says} where the figure cannot decide
+---              the criterion (stage downstream's); the e2e criteria's come from parity.confidence
 --- A stage of one's own may carry rows of the same shape as its `criteria` (docs/workflow.md).
 local core = require("parity.core")
 
@@ -41,6 +43,7 @@ local M = {}
 ---@field warn boolean|nil
 ---@field governed string[]|"components"|nil
 ---@field says string|fun(result: table, facts: parity.Facts|nil): string|nil
+---@field interval fun(result: table, facts: parity.Facts|nil): table|nil
 --- One criterion judged (M.judge), as verdict.json lists it.
 ---@class parity.CriterionResult
 ---@field name string
@@ -263,7 +266,9 @@ function M.judge(c, result, th, facts)
   local bound = (c.rule == "zero" or not t) and 0 or own and math.max(t * own, floor or -math.huge) or t
   local pass = rule(v, bound, result, facts) or (c.excused ~= nil and c.excused(result, facts, th) == true)
   local says = type(c.says) == "function" and c.says(result, facts) or c.says and c.says:format(t, own, floor) or c.name
-  return { name = c.name, value = v, threshold = bound, rule = says, pass = pass, warn = c.warn or nil }
+  -- (a row may say itself how sure its figure is: {conclusive, says}, as the e2e figures' intervals)
+  return { name = c.name, value = v, threshold = bound, rule = says, pass = pass, warn = c.warn or nil,
+           interval = c.interval and c.interval(result, facts) or nil }
 end
 
 --- The criteria of stage `name` judged on its result, in table order, then `extra` (the rows a

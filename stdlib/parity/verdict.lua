@@ -147,6 +147,15 @@ function M.leg_cause(failed, results, run)
       padded.positions) }
   end
   local low = failed.r_p95 or failed.kl or failed.cosine or failed.top1
+  if failed.downstream and not (low or failed.r32_p95) then
+    local worst
+    for _, row in ipairs(results.downstream.tasks) do
+      if row.verdict == "divergent" and (not worst or row.regression > worst.regression) then worst = row end
+    end
+    return { class = "downstream", detail = ("%s's %s regresses by %.4f (95%% interval %.4f..%.4f), past the"
+      .. " tolerance %g, while the logits' criteria pass"):format(worst.task, worst.metric, worst.regression, worst.lo,
+      worst.hi, results.downstream.tolerance) }
+  end
   local e32 = results.e2e32
   if run.target_dtype == "fp32" and (low or failed.r32_p95) then  -- an fp32 check: any difference is a computation's
     local figure = failed.r32_p95 and ("R32 p95 %.3g, in units of the reference's own %s noise"):format(e32.r32.p95, dtype)

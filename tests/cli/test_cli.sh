@@ -370,6 +370,20 @@ calibrate)
   expect 0 '^parity calibrate: 2 null runs of .*reference' -- calibrate --reference "$ref" --seeds 2 --out "$tmp/null.lua" "${common[@]}"
   expect 0 '^held out 1 at a time \(2 splits\)' -- calibrate --reference "$ref" --seeds 2 --out "$tmp/null.lua" "${common[@]}"
   ;;
+downstream)
+  lm=$(dirname "$0")/../data/lmeval
+  expect 0 'Usage: parity downstream REF_RESULTS TARGET_RESULTS' -- help downstream
+  expect 0 '^  pass         counting acc .* 0\.8333 -> 0\.8333  regression \+0\.0000 \(95% \+0\.0000\.\.\+0\.0000\)  paired over 150 documents' -- downstream "$lm/reference" "$lm/port_bf16" --out "$tmp/d"
+  expect 0 "^downstream: EQUIVALENT   \($tmp/d/downstream.json\)" -- downstream "$lm/reference" "$lm/port_bf16" --out "$tmp/d"
+  expect 1 '^downstream: DIVERGENT — 1 past the tolerance' -- downstream "$lm/reference" "$lm/port_bug" --out "$tmp/d"
+  mkdir -p "$tmp/unpaired/r" "$tmp/unpaired/t" && cp "$lm"/reference/*/results_*.json "$tmp/unpaired/r/" && cp "$lm"/port_bf16/*/results_*.json "$tmp/unpaired/t/"
+  expect 3 'inconclusive counting acc .*unpaired: each run.s standard error; about [0-9]+ samples would decide it' -- downstream "$tmp/unpaired/r" "$tmp/unpaired/t" --out "$tmp/d"
+  expect 0 '^downstream: EQUIVALENT' -- downstream "$tmp/unpaired/r" "$tmp/unpaired/t" --out "$tmp/d" --tolerance 0.1
+  expect 2 "^parity downstream: downstream: the target's results $tmp/nowhere: no such file or directory" -- downstream "$lm/reference" "$tmp/nowhere"
+  expect 2 '^parity downstream: --tolerance' -- downstream "$lm/reference" "$lm/port_bf16" --tolerance 2
+  expect 2 '^parity check: --downstream takes REF_RESULTS TARGET_RESULTS' -- check "$fx/reference" "$fx/port_fused" --downstream "$lm/reference"
+  expect 1 '^  cause: downstream: counting.s acc regresses by 0\.26' -- check "$fx/reference" "$fx/port_fused" --prompts 2 --new-tokens 8 --cache-dir "$tmp/cache" --out "$tmp/c" --downstream "$lm/reference" "$lm/port_bug"
+  ;;
 hardening)
   # issue 19: what an attacker or a careless user hands parity ends in one line and exit 2, and
   # nothing they hand it forges a pass

@@ -110,6 +110,10 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
   --patch FILE       a patch file (repeatable): Lua computing target components in place of
                      the port's own, inside its forward; every stage sees the patched port, its
                      files untouched (run sandboxed with the tensor API: docs/patches.md)
+  --downstream REF_RESULTS TARGET_RESULTS  lm-eval results of the reference and of the port:
+                     each task judged as parity downstream does (stage 7, downstream.json), a
+                     regression past --downstream-tolerance (default 0.02) divergent, an
+                     undecided one inconclusive (see parity downstream --help)
   --confirm          a divergent check tries to repair its first divergence: the patch undoing
                      a fitted cause (OUT/patches/suggested.lua), else the reference's own
                      components in place of the port's; each a check of its own in OUT/confirm/N;
@@ -149,7 +153,8 @@ two may be swapped.]],
                 seed = "number", inputs = "string", topk = "number", thresholds = "string", out = "string",
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string",
-                patch = "list", confirm = "boolean", recipe = "string" },
+                patch = "list", confirm = "boolean", recipe = "string", downstream = "many",
+                ["downstream-tolerance"] = "number" },
       positional = { "REF", "TARGET" },
     })
     local out = ok and (o.out or "parity-results") or out_given(argv)
@@ -160,6 +165,17 @@ two may be swapped.]],
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"], patches = o.patch,
       confirm = o.confirm,
       log = o.quiet and function() end or nil }
+    if ok and o.downstream then
+      if #o.downstream ~= 2 then
+        ok, o = false, { usage = ("--downstream takes REF_RESULTS TARGET_RESULTS (lm-eval's results of each), got %d"
+          .. " path%s"):format(#o.downstream, #o.downstream == 1 and "" or "s") }
+      else
+        opts.downstream = { reference = o.downstream[1], target = o.downstream[2],
+                            tolerance = o["downstream-tolerance"] }
+      end
+    elseif ok and o["downstream-tolerance"] then
+      ok, o = false, { usage = "--downstream-tolerance goes with --downstream REF_RESULTS TARGET_RESULTS" }
+    end
     if ok then ok, o = pcall(require("parity.context").check_options, opts) end
     if not ok then
       if out and parity.path_kind(out .. "/verdict.json") == "file" then

@@ -68,6 +68,9 @@ M.STAGE_LINES.e2e32 = function(e)
     e.r32.p5, e.r32.p50, e.r32.p95, e.r32.max, e.rel_l2) }
 end
 
+--- Each lm-eval task and metric judged (parity.downstream).
+M.STAGE_LINES.downstream = function(d) return require("parity.downstream").lines(d) end
+
 --- The first divergent component and its cause, or that none adds error of its own.
 ---@param l table the localize stage's summary
 ---@return string[]
@@ -148,7 +151,9 @@ function M.render(v, out)
   for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
   for _, c in ipairs(v.criteria) do  -- what the resamples over sequences do not agree on
     local iv = c.interval
-    if iv and not iv.conclusive and open[c.name] then
+    if iv and not iv.conclusive and open[c.name] and iv.says then
+      lines[#lines + 1] = ("  inconclusive: %s: %s"):format(c.rule, iv.says)
+    elseif iv and not iv.conclusive and open[c.name] then
       lines[#lines + 1] = ("  inconclusive: %s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds"
         .. " the bound%s: %s"):format(c.rule, c.value, 100 * iv.level, iv.lo, iv.hi, iv.sequences,
         iv.bound_lo and (" (%.4g..%.4g)"):format(iv.bound_lo, iv.bound_hi) or (" %.4g"):format(c.threshold),
