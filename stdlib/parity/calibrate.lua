@@ -74,8 +74,11 @@ function M.kind(runs)
   local first = runs[1]
   local kind = { dtype = first.verdict.dtype, noise_dtype = first.verdict.noise_dtype or first.verdict.dtype,
                  baseline = first.baseline }
-  if not kind.baseline then error(("%s: no e2e result (its e2e stage was skipped): nothing to calibrate"):format(
-    first.dir), 0) end
+  for _, run in ipairs(runs) do
+    if not run.baseline then
+      error(("%s: no e2e result (its e2e stage was skipped): nothing to calibrate on"):format(run.dir), 0)
+    end
+  end
   for _, run in ipairs(runs) do
     local v = run.verdict
     if v.dtype ~= kind.dtype or (v.noise_dtype or v.dtype) ~= kind.noise_dtype or run.baseline ~= kind.baseline then
@@ -165,11 +168,53 @@ function M.normal_quantile(p)
     / (((((b[1] * r + b[2]) * r + b[3]) * r + b[4]) * r + b[5]) * r + 1)
 end
 
+--- Student's t distribution's upper tail P(T > t) with `df` degrees of freedom (a whole number),
+--- from its closed form (Abramowitz & Stegun 26.7.3-4).
+---@param t number >= 0
+---@param df integer >= 1
+---@return number
+function M.t_tail(t, df)
+  local theta = math.atan(t / math.sqrt(df))
+  local c2, sum, term = math.cos(theta) ^ 2, 0, 1
+  local a
+  if df % 2 == 1 then
+    if df > 1 then
+      term = math.cos(theta)
+      sum = term
+      for k = 3, df - 2, 2 do term = term * c2 * (k - 1) / k; sum = sum + term end
+    end
+    a = 2 / math.pi * (theta + math.sin(theta) * sum)
+  else
+    sum = 1
+    for k = 2, df - 2, 2 do term = term * c2 * (k - 1) / k; sum = sum + term end
+    a = math.sin(theta) * sum
+  end
+  return (1 - a) / 2
+end
+
+--- The t such that P(T > t) = p, `df` degrees of freedom (bisection on M.t_tail); the normal's
+--- past 1000.
+---@param p number in (0, 0.5)
+---@param df integer
+---@return number
+function M.t_quantile(p, df)
+  if df > 1000 then return M.normal_quantile(1 - p) end
+  local lo, hi = 0, 1
+  while M.t_tail(hi, df) > p do hi = hi * 2 end
+  for _ = 1, 200 do
+    local mid = (lo + hi) / 2
+    if M.t_tail(mid, df) > p then lo = mid else hi = mid end
+  end
+  return (lo + hi) / 2
+end
+
 --- A bound from the figures (see the header), kept at or past the threshold's calibration floor
 --- (parity.thresholds.CALIBRATION_FLOORS) unless rule.below_floors. With rule.false_alarm (the
---- null's rule) it is the figures' mean + z sd sqrt(1 + 1/n) (- for a rate), z the normal quantile
---- of 1 - false_alarm / m: a new run of the same kind past it in at most false_alarm / m of
---- checks, m the criteria calibrated (Bonferroni: false_alarm a check), were the figures normal.
+--- null's rule) it is an upper prediction bound of the figures' excess past a perfect port on a
+--- log scale: log-mean + t sd sqrt(1 + 1/n), t Student's quantile of 1 - false_alarm / m with
+--- n - 1 degrees of freedom (the spread is estimated from n figures): a new figure of the same
+--- kind past it in false_alarm / m of checks, m the figures a check judges (Bonferroni:
+--- false_alarm a check), were the excesses log-normal.
 ---@param name string the threshold's name
 ---@param kind "r"|"ratio"|"rate"
 ---@param xs number[] the good runs' figures
@@ -196,11 +241,15 @@ function M.rule(name, kind, xs, rule, m)
     if #ys < 2 then return nil, nil, false, ("%d of %d off a perfect port's: no spread"):format(#ys, #xs) end
     local mean = sum / #ys
     for _, y in ipairs(ys) do sq = sq + (y - mean) ^ 2 end
-    local z = M.normal_quantile(1 - rule.false_alarm / m)
-    local excess = math.exp(mean + z * math.sqrt(sq / (#ys - 1)) * math.sqrt(1 + 1 / #ys))
+    local t = M.t_quantile(rule.false_alarm / m, #ys - 1)
+    local excess = math.exp(mean + t * math.sqrt(sq / (#ys - 1)) * math.sqrt(1 + 1 / #ys))
     q = perfect + (kind == "rate" and -1 or 1) * math.exp(mean)
     v = kind == "rate" and math.max(0, 1 - excess) or perfect + excess
-    how = ("log-mean + %.3g log-sd of the excess (%d off a perfect port's)"):format(z, #ys)
+    local off = thresholds.OFF[name]
+    if v ~= v or v == math.huge or (off and (kind == "rate" and v <= off or kind ~= "rate" and v >= off)) then
+      return nil, q, false, ("%d figures bound it at that rate only where it switches off (more runs)"):format(#ys)
+    end
+    how = ("log-mean + %.3g log-sd of the excess (Student's t, %d off a perfect port's)"):format(t, #ys)
   elseif kind == "rate" then
     q = M.quantile(xs, 1 - rule.quantile)
     v = math.max(0, 1 - rule.margin * (1 - q))
@@ -255,7 +304,9 @@ function M.derive(runs, rule)
       local list = read(run)
       if #list > 0 then
         seen = seen + 1
-        xs[#xs + 1] = math.max(unpack(list))
+        local worst = list[1]
+        for _, v in ipairs(list) do worst = math.max(worst, v) end
+        xs[#xs + 1] = worst
         for _, v in ipairs(list) do pooled[#pooled + 1] = v end
       end
     end
@@ -301,6 +352,16 @@ function M.derive(runs, rule)
     it.target[it.name], derived[it.key] = d.value, d
   end
   for _, it in ipairs(items) do decide(it, "the default: no run has this figure") end
+  -- a class no run has gets no bounds of its own: its components are judged by r_p95 and r32_p95
+  for _, it in ipairs(items) do
+    if it.target ~= th and #it.xs == 0 then
+      it.target[it.name] = nil
+      derived[it.key].rule = "no run has this class: its components are judged by " .. it.name
+    end
+  end
+  for class, values in pairs(th.by_class) do
+    if next(values) == nil then th.by_class[class] = nil end
+  end
   -- a relative bound's floor, from the runs its ratio's bound (just derived) would fail
   for _, f in ipairs(M.FLOORS) do
     local xs = {}
@@ -359,27 +420,32 @@ function M.holdout(runs, bugs, k, rule, max_splits)
     error(("--holdout %s: hold out at least 1 of the %d good runs and keep at least one to calibrate on"):format(
       tostring(k), n), 0)
   end
-  -- the splits: every k-subset, in order, or max_splits of them drawn (a fixed seed)
+  -- the splits: every k-subset, in order, or max_splits k-subsets drawn (Park-Miller, a fixed seed)
+  local count = 1
+  for i = 1, k do count = count * (n - k + i) / i end
   local splits = {}
-  local function combos(start, picked)
-    if #splits > 100000 then return end
-    if #picked == k then splits[#splits + 1] = { unpack(picked) }; return end
-    for i = start, n do
-      picked[#picked + 1] = i
-      combos(i + 1, picked)
-      picked[#picked] = nil
+  if count <= max_splits then
+    local function combos(start, picked)
+      if #picked == k then splits[#splits + 1] = { unpack(picked) }; return end
+      for i = start, n do
+        picked[#picked + 1] = i
+        combos(i + 1, picked)
+        picked[#picked] = nil
+      end
     end
-  end
-  combos(1, {})
-  if #splits > max_splits then
-    local rng, drawn = 12345, {}
-    for i = 1, max_splits do
-      rng = (rng * 1103515245 + 12345) % 2147483648
-      local j = i + rng % (#splits - i + 1)
-      splits[i], splits[j] = splits[j], splits[i]
-      drawn[i] = splits[i]
+    combos(1, {})
+  else
+    local state = 12345
+    for s = 1, max_splits do
+      local order = {}
+      for i = 1, n do order[i] = i end
+      for i = 1, k do  -- a partial Fisher-Yates shuffle: the first k of a random order
+        state = state * 16807 % 2147483647
+        local j = i + state % (n - i + 1)
+        order[i], order[j] = order[j], order[i]
+      end
+      splits[s] = { unpack(order, 1, k) }
     end
-    splits = drawn
   end
   local held, alarms, alarmed, caught, judged, missed = 0, 0, {}, 0, 0, {}
   for _, split in ipairs(splits) do
@@ -481,6 +547,10 @@ end
 ---@return parity.CalibrationRun[]
 ---@return table null {seeds, perturbation, modules, runs_dir}
 function M.null_runs(opts)
+  if opts.dtype == "fp32" then
+    error("calibrate --reference --dtype fp32: calibrate takes checks at bf16 or fp16, an fp32 check's bound"
+      .. " (r_p95_fp32) is not calibrated", 0)
+  end
   local bundle = require("parity.bundle")
   local ref = bundle.open(opts.reference)
   local cache_dir = opts.cache_dir or require("parity.context").default_cache_dir()
@@ -493,7 +563,7 @@ function M.null_runs(opts)
     perturbation = M.PERTURBATION, parity = core.version() }))
   local dir = ("%s/calibrate/%s"):format(cache_dir, key:sub(1, 32))
   local dirs, modules = {}, 0
-  local dtype = (opts.dtype == nil or opts.dtype == "fp32") and "bf16" or opts.dtype
+  local dtype = opts.dtype or "bf16"
   if not ref:has(dtype) then dtype = ref:has("fp16") and "fp16" or "fp32" end
   for s = 1, opts.seeds do
     local out = ("%s/seed_%d"):format(dir, s)

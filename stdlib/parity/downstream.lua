@@ -44,6 +44,16 @@ local function results_file(path, what)
     refuse("downstream: the %s's results %s: no results*.json there (lm-eval's --output_path holds one a run)", what,
       path)
   end
+  local dirs, list = {}, {}
+  for _, f in ipairs(found) do
+    local d = f:match("^(.*)/[^/]+$")
+    if not dirs[d] then dirs[d], list[#list + 1] = true, d end
+  end
+  if #list > 1 then
+    table.sort(list)
+    refuse("downstream: the %s's results %s hold several models' (%s): give the one to compare", what, path,
+      table.concat(list, ", "))
+  end
   table.sort(found, function(a, b) return a:match("[^/]+$") < b:match("[^/]+$") end)
   return found[#found]
 end
@@ -74,7 +84,9 @@ function M.read(path, what)
     refuse("downstream: the %s's results %s: not an lm-eval results file (no \"results\" table)%s", what, file,
       ok and "" or (": " .. tostring(r)))
   end
-  local run = { file = file, tasks = {}, samples = samples_files(file), version = r.lm_eval_version }
+  local run = { file = file, tasks = {}, samples = samples_files(file), version = r.lm_eval_version, groups = {} }
+  -- a group's row aggregates its tasks (judged each): listed, not judged again
+  for group in pairs(type(r.groups) == "table" and r.groups or {}) do run.groups[group] = true end
   for task, metrics in pairs(r.results) do
     if type(metrics) ~= "table" then refuse("downstream: %s: results.%s is not a table", file, tostring(task)) end
     local t = { metrics = {}, higher = (r.higher_is_better or {})[task] or {} }
@@ -88,29 +100,40 @@ function M.read(path, what)
                            stderr = type(se) == "number" and se or nil }
       end
     end
-    run.tasks[task] = t
+    if not run.groups[task] then run.tasks[task] = t end
   end
   return run
 end
 
---- One metric's per-document scores from a samples file: doc_id -> {value, hash} for `filter`.
-local function per_document(file, metric, filter)
-  local out, count = {}, 0
+--- A samples file's lines, decoded (read once a file).
+local lines_of = setmetatable({}, { __mode = "k" })
+local function samples(file)
+  if lines_of[file] then return lines_of[file] end
   local f = io.open(file, "r")
   if not f then refuse("downstream: %s cannot be read", file) end
+  local out = {}
   for line in f:lines() do
     if line:find("%S") then
       local ok, s = pcall(core.json.decode, line)
       if not ok or type(s) ~= "table" then f:close(); refuse("downstream: %s: a line that is not JSON", file) end
-      local v = s[metric]
-      if (s.filter == nil or s.filter == filter) and type(v) == "number" and s.doc_id ~= nil then
-        out[s.doc_id] = { value = v, hash = s.doc_hash }
-        count = count + 1
-      end
+      out[#out + 1] = s
     end
   end
   f:close()
-  return out, count
+  lines_of[file] = out
+  return out
+end
+
+--- One metric's per-document scores from a samples file: doc_id -> {value, hash} for `filter`.
+local function per_document(file, metric, filter)
+  local out = {}
+  for _, s in ipairs(samples(file)) do
+    local v = s[metric]
+    if (s.filter == nil or s.filter == filter) and type(v) == "number" and s.doc_id ~= nil then
+      out[s.doc_id] = { value = v, hash = s.doc_hash }
+    end
+  end
+  return out
 end
 
 local function mean_sd(xs)
@@ -148,8 +171,12 @@ local function judge_metric(task, key, ref, target, rs, ts, tolerance)
     end
   end
   if paired then
+    -- the difference over the documents both scored, the SE from the same documents
     row.paired, row.n, row.se = true, paired.n, paired.se
-    row.why = ("paired over %d documents both runs scored"):format(paired.n)
+    row.regression = (higher and -paired.mean or paired.mean) + 0
+    row.other_documents = paired.other_documents
+    row.why = ("paired over %d documents both runs scored%s"):format(paired.n, paired.other_documents > 0
+      and ("; %d with another doc_hash left out"):format(paired.other_documents) or "")
   elseif r.stderr and t.stderr then
     row.paired, row.n, row.se = false, ref.tasks[task].n, math.sqrt(r.stderr ^ 2 + t.stderr ^ 2)
     row.why = "unpaired: each run's standard error"
@@ -167,7 +194,8 @@ local function judge_metric(task, key, ref, target, rs, ts, tolerance)
     row.verdict = "inconclusive"
     -- the SE narrows as 1/sqrt(n): the samples that would put the interval's edge at the tolerance
     local gap = math.abs(tolerance - row.regression)
-    if gap > 0 and row.n then row.samples_needed = math.ceil(row.n * (M.Z * row.se / gap) ^ 2) end
+    local needed = gap > 1e-9 and row.n and row.n * (M.Z * row.se / gap) ^ 2
+    if needed and needed < 1e9 then row.samples_needed = math.ceil(needed) end
   end
   return row
 end
@@ -180,6 +208,9 @@ end
 function M.judge(reference_path, target_path, opts)
   local tolerance = (opts or {}).tolerance or 0.02
   local ref, target = M.read(reference_path, "reference"), M.read(target_path, "target")
+  if ref.file == target.file then
+    refuse("downstream: the reference's and the target's results are the same file, %s", ref.file)
+  end
   local rows, missing, names = core.json.array(), core.json.array(), {}
   for task in pairs(ref.tasks) do names[#names + 1] = task end
   table.sort(names)
@@ -201,6 +232,12 @@ function M.judge(reference_path, target_path, opts)
   end
   for task in pairs(target.tasks) do
     if not ref.tasks[task] then missing[#missing + 1] = ("%s: not in the reference's results"):format(task) end
+  end
+  local groups = {}
+  for group in pairs(ref.groups) do groups[#groups + 1] = group end
+  table.sort(groups)
+  for _, group in ipairs(groups) do
+    missing[#missing + 1] = ("%s: a group (its tasks are judged each)"):format(group)
   end
   if #rows == 0 then
     refuse("downstream: %s and %s share no task and metric: nothing to compare", ref.file, target.file)

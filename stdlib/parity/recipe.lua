@@ -128,10 +128,10 @@ end
 ---@param noise string the precision whose noise is the yardstick (Context.dtype)
 ---@param baseline string the check's baseline (Context.baseline)
 function M.fits(r, dtype, noise, baseline)
-  if r.dtype ~= dtype or (r.noise_dtype or r.dtype) ~= noise then
+  if r.dtype ~= dtype or r.noise_dtype ~= noise then
     refuse(r.file, ("calibrated on checks of a %s target against %s noise, this check is of a %s target against %s"
       .. " noise: its bounds are in units of another precision's noise (calibrate on checks like this one, or pass"
-      .. " --dtype %s)"):format(r.dtype, r.noise_dtype or r.dtype, dtype, noise, r.dtype))
+      .. " --dtype %s)"):format(r.dtype, r.noise_dtype, dtype, noise, r.dtype))
   end
   if r.baseline ~= baseline then
     refuse(r.file, ("calibrated with the %s baseline, this check uses %s: R is measured against another yardstick"

@@ -342,7 +342,7 @@ calibrate)
   ref=$fx/reference
   common=(--prompts 2 --new-tokens 8 --cache-dir "$tmp/cache")
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/good1" "${common[@]}"
-  expect 0 '^verdict: (EQUIVALENT|INCONCLUSIVE)' -- check "$ref" "$fx/port_reorder" --out "$tmp/good2" "${common[@]}"
+  expect 0 '^verdict: (EQUIVALENT|INCONCLUSIVE)' -- check "$ref" "$fx/port_interleaved" --out "$tmp/good2" "${common[@]}"
   expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_eps_small" --out "$tmp/bug1" "${common[@]}"
   expect 0 'Usage: parity calibrate RESULTS_DIR\.\.\. --out RECIPE\.lua' -- help calibrate
   expect 2 '^parity calibrate: missing --out RECIPE.lua' -- calibrate "$tmp/good1" "$tmp/good2"

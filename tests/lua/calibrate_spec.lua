@@ -46,19 +46,33 @@ it("the null's rule: a log-normal tail of the excess past a perfect port, the fa
   near(calibrate.normal_quantile(0.975), 1.959964, 1e-6)
   near(calibrate.normal_quantile(0.01), -2.326348, 1e-6)
   near(calibrate.normal_quantile(1 - 1e-4), 3.719016, 1e-6)
+  -- Student's t: tables' t(0.975, 7) = 2.3646, t(0.995, 3) = 5.8409, t(0.9999, 7) = 7.0634;
+  -- df 1 is Cauchy's, P(T > 1) = 1/4; many degrees of freedom, the normal's
+  near(calibrate.t_quantile(0.025, 7), 2.364624, 1e-6)
+  near(calibrate.t_quantile(0.005, 3), 5.840909, 1e-6)
+  near(calibrate.t_quantile(1e-4, 7), 7.063433, 1e-5)
+  near(calibrate.t_tail(1, 1), 0.25, 1e-12)
+  near(calibrate.t_quantile(0.025, 5000), 1.959964, 1e-6)
   -- R {1.1, 1.2, 1.4}: excesses' logs have mean log(0.2) (0.1 x 0.2 x 0.4 = 0.2^3) and sd
-  -- sqrt(((log 0.5)^2 + 0 + (log 2)^2) / 2) = log 2; at 1% over 4 figures z = Phi^-1(0.9975)
-  local z = calibrate.normal_quantile(1 - 0.01 / 4)
+  -- sqrt(((log 0.5)^2 + 0 + (log 2)^2) / 2) = log 2; at 1% over 4 figures t(1 - 0.0025, 2) =
+  -- 1 / sqrt(2 x 0.0025 x (1 - 0.0025)) x (1 - 2 x 0.0025) = 14.089 (df 2's closed form)
+  local p = 0.01 / 4
+  local t = (1 - 2 * p) / math.sqrt(2 * p * (1 - p))
+  near(calibrate.t_quantile(p, 2), t, 1e-9)
   local v, typical = calibrate.rule("r_p95", "r", { 1.1, 1.2, 1.4 }, { false_alarm = 0.01 }, 4)
   near(typical, 1.2, 1e-12)
-  near(v, 1 + 0.2 * math.exp(z * math.log(2) * math.sqrt(4 / 3)), 1e-12)
+  local want = 1 + 0.2 * math.exp(t * math.log(2) * math.sqrt(4 / 3))
+  near(v, want, 1e-9 * want)
   -- a perfect port's figures are left out: {1, 1.1, 1.2, 1.4} gives the same bound
   near((calibrate.rule("r_p95", "r", { 1, 1.1, 1.2, 1.4 }, { false_alarm = 0.01 }, 4)), v, 1e-12)
   -- fewer than 2 off it: no bound (the default stays)
   eq((calibrate.rule("r_p95", "r", { 1, 1, 1.3 }, { false_alarm = 0.01 }, 4)), nil)
   -- a rate: 1 - the tail of 1 - x
-  local r = calibrate.rule("top1", "rate", { 0.9, 0.8 }, { false_alarm = 0.01, below_floors = true }, 1)
-  truthy(r < 0.8 and r >= 0, "below the worst rate")
+  local r = calibrate.rule("top1", "rate", { 0.9, 0.8, 0.85, 0.88, 0.86 }, { false_alarm = 0.01, below_floors = true }, 1)
+  truthy(r < 0.8 and r > 0, "below the worst rate")
+  -- two figures (1 degree of freedom: Cauchy's tails) bound it only at 0, where top-1 is off
+  local none, _, _, why = calibrate.rule("top1", "rate", { 0.9, 0.8 }, { false_alarm = 0.01 }, 1)
+  eq({ none, why }, { nil, "2 figures bound it at that rate only where it switches off (more runs)" })
 end)
 
 it("derive: every calibrated threshold with its sample size; a class from its components' largest R", function()
@@ -74,8 +88,8 @@ it("derive: every calibrated threshold with its sample size; a class from its co
   -- norm: the largest R a run: {1.5, 1.4} -> q 1.495 -> 1.99; R32 {2e-4, 5e-5} -> q 1.925e-4 -> 3.85e-4
   near(th.by_class.norm.r_p95, 1.99, 1e-12); near(th.by_class.norm.r32_p95, 3.85e-4, 1e-15)
   eq(d["by_class.norm.r_p95"].n, 2)
-  -- a class no run has keeps the default, with n = 0
-  eq({ th.by_class.experts.r_p95, d["by_class.experts.r_p95"].n }, { thresholds.DEFAULTS.r_p95, 0 })
+  -- a class no run has gets no bounds of its own (its components judged by r_p95, r32_p95), n = 0
+  eq({ th.by_class.experts, d["by_class.experts.r_p95"].n }, { nil, 0 })
   -- no run needed the KL floor (every KL under its ratio's bound): the default's
   eq({ th.kl_floor, d.kl_floor.n }, { thresholds.DEFAULTS.kl_floor, 0 })
   -- the thresholds resolve, and a component is judged by its class's bound
@@ -103,6 +117,12 @@ it("a recorded run judged again, and leave-one-out counted by hand", function()
   eq({ h.splits, h.held, h.false_alarms, h.alarmed }, { 3, 3, 1, { "g3 (r_p95)" } })
   eq({ h.caught, h.bug_judgements, h.missed }, { 3, 3, {} })
   raises(function() calibrate.holdout(runs, {}, 3, RULE) end, "keep at least one")
+  -- 25 runs two at a time: 300 ways, 200 drawn, each two different runs held out
+  local many = {}
+  for i = 1, 25 do many[i] = run("m" .. i, { r = 1.1 + 0.001 * i }) end
+  h = calibrate.holdout(many, {}, 2, RULE)
+  eq({ h.splits, h.held }, { 200, 400 })
+  eq(#calibrate.holdout(many, {}, 1, RULE).alarmed <= 25, true)
 end)
 
 local function write(path, text)

@@ -80,6 +80,31 @@ it("paired: the same documents' differences and their standard error, by hand", 
   near(r.tasks[1].se, math.sqrt(2 / 7) / math.sqrt(8), 1e-12)
 end)
 
+it("pairs the documents both runs scored (the same doc_hash), centred on their difference; skips groups", function()
+  local d = tmpdir()
+  run(d .. "/r", 0.75, 0.2, 4, { 1, 1, 0, 1 })
+  run(d .. "/t", 0.25, 0.2, 4, { 1, 0, 0, 0 })
+  -- document 4's hash differs in the target: it is another document, left out of the pairs
+  local file = d .. "/t/samples_counting_2026-12-03T10-00-00.000000.jsonl"
+  local text = io.open(file):read("*a"):gsub('"doc_hash":"h4"', '"doc_hash":"other"')
+  write(file, text)
+  local row = downstream.judge(d .. "/r", d .. "/t").tasks[1]
+  -- pairs 0, -1, 0: mean -1/3, the regression 1/3 (the whole runs' 0.5 is not what was paired)
+  eq({ row.n, row.other_documents }, { 3, 1 })
+  near(row.regression, 1 / 3, 1e-12)
+  truthy(row.why:find("1 with another doc_hash left out", 1, true), row.why)
+  -- a group's row (lm-eval's "groups") is listed, not judged twice
+  write(d .. "/g.json", parity.json.encode({ results = { counting = { ["acc,none"] = 0.5, ["acc_stderr,none"] = 0.1 },
+    all = { ["acc,none"] = 0.5, ["acc_stderr,none"] = "N/A" } }, groups = { all = { ["acc,none"] = 0.5 } } }))
+  write(d .. "/g2.json", parity.json.encode({ results = { counting = { ["acc,none"] = 0.5, ["acc_stderr,none"] = 0.1 },
+    all = { ["acc,none"] = 0.5, ["acc_stderr,none"] = "N/A" } }, groups = { all = { ["acc,none"] = 0.5 } } }))
+  local g = downstream.judge(d .. "/g.json", d .. "/g2.json")
+  eq({ #g.tasks, g.tasks[1].task, g.missing }, { 1, "counting", { "all: a group (its tasks are judged each)" } })
+  -- a regression at the tolerance itself: undecided, no sample count to give
+  local at = downstream.judge(run(d .. "/r2", 0.5, 0.05, 100), run(d .. "/t2", 0.48, 0.05, 100))
+  eq({ at.verdict, at.tasks[1].samples_needed }, { "inconclusive", nil })
+end)
+
 it("reads real lm-eval 0.4 results: the port in bf16 within 2 points, the flipped MLP past them", function()
   local ref, bf16, bug = data .. "/reference", data .. "/port_bf16", data .. "/port_bug"
   local ok = downstream.judge(ref, bf16)
@@ -110,6 +135,10 @@ it("refuses what it cannot compare, in one line", function()
   local a = run(d .. "/a", 0.5, 0.1, 10)
   write(d .. "/b.json", parity.json.encode({ results = { other = { ["acc,none"] = 0.5 } } }))
   raises(function() downstream.judge(a, d .. "/b.json") end, "share no task and metric")
+  raises(function() downstream.judge(a, a) end, "are the same file")
+  run(d .. "/both/m1", 0.5, 0.1, 10)
+  run(d .. "/both/m2", 0.5, 0.1, 10)
+  raises(function() downstream.judge(d .. "/both", a) end, "hold several models'")
 end)
 
 it("check --downstream: the verdict includes it; a regression past the tolerance is divergent, with its cause", function()
@@ -129,6 +158,18 @@ it("check --downstream: the verdict includes it; a regression past the tolerance
   eq({ v.verdict, v.cause.class }, { "divergent", "downstream" })
   truthy(require("parity.report.terminal").render(v, out):find("FAIL         counting acc", 1, true))
   raises(function() check(out .. "/nowhere") end, "no such file or directory")
+  -- one task past the tolerance and another undecided: divergent, not inconclusive
+  local d = tmpdir()
+  local function two(dir, a, b)
+    os.execute(("mkdir -p %q"):format(dir))
+    write(dir .. "/results_x.json", parity.json.encode({ results = {
+      t1 = { ["acc,none"] = a, ["acc_stderr,none"] = 0.01 }, t2 = { ["acc,none"] = b, ["acc_stderr,none"] = 0.05 } } }))
+    return dir
+  end
+  v = parity.check({ reference = fx .. "/reference", target = fx .. "/port_fused", out = out, prompts = 2,
+    new_tokens = 8, cache_dir = out .. "-cache", log = function() end,
+    downstream = { reference = two(d .. "/r", 0.8, 0.5), target = two(d .. "/t", 0.6, 0.49) } })
+  eq({ v.verdict, v.cause.class }, { "divergent", "downstream" })
 end)
 
 return spec.run()

@@ -36,25 +36,30 @@ this reference can look like from the reference alone: S checks (--seeds, defaul
 reference against itself with every module that has parameters of its own fed its floating
 inputs re-rounded (about one rounding's independent error at each component, fresh draws a
 seed), at the settings given (--dtype, --prompts, ...: those of the checks the recipe is for).
-Their figures are the null distribution; the rule is then its q0.99 with no margin (--quantile,
---margin override): about 1 check in 100 of a port that differs only by such roundings fails a
-criterion, and a leave-one-out over the seeds says how many of them would have. The null runs
-are kept in the cache (a second calibration with the same reference and settings reads them).
+Their figures are the null distribution, and the rule a stated false-alarm rate (--false-alarm,
+default 0.01 a check): each bound an upper prediction bound of its figure's excess past a perfect
+port (log-normal, Student's t for a spread estimated from the seeds), at 0.01 / m, m the figures
+a check judges. A leave-one-out over the seeds says how many of them a bound from the others
+fails. The null runs are kept in the cache (a second calibration with the same reference and
+settings reads them). --quantile and --margin give it the good ports' rule instead.
 
   --out FILE         the recipe to write (required; nothing else is written)
   --quantile Q       the quantile of the good runs' figures (default 0.95; 0.5..1)
   --margin M         the margin past it (default 2; at least 1)
   --below-floors     let a calibrated floor go below the default's
+  --false-alarm A    the rule of a stated false-alarm rate a check (the default with --reference)
   --reference REF    calibrate on the reference's null runs instead of good ports' results
   --seeds S          null runs (default 8; 2..1000)
   --dtype D, --baseline B, --prompts K, --prompt-len P, --new-tokens N, --seed N,
   --cache-dir DIR, --no-cache, --quiet   as for parity check (the null runs' settings)
   --holdout K        leave-K-out on the good runs: calibrated on the others, judged on the K
                      held out (every split, or 200 drawn): the false-alarm rate, in the recipe
-  --bugs DIR...      results directories of checks of known bugs: which fail under the recipe
-                     (and under each held-out split's, with --holdout): the share still caught
+  --bugs DIR...      results directories of checks of known bugs (every argument up to the next
+                     --flag): which fail under the recipe (and under each held-out split's,
+                     with --holdout): the share still caught
 A run is judged again from its recorded figures: its e2e and fp32-leg criteria, each component's
-own rows, and what fails whatever the thresholds (the static check, NaN/Inf, a padded head).
+own rows, and what fails whatever the thresholds (the static check, NaN/Inf, a padded head);
+stricter than a check, which passes a fault the next operation absorbs.
 Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad number).]],
   --- parity calibrate: reads the runs, derives, judges held-out runs and bugs, writes the recipe.
   ---@param argv string[] the arguments after "calibrate"

@@ -20,8 +20,9 @@ its 95% interval, regression +- 1.96 x its standard error:
   unpaired  otherwise: sqrt(stderr_ref^2 + stderr_target^2), each run's own *_stderr
 A task fails when the whole interval lies past the tolerance (default 0.02, 2 points: the seeds'
 rule), passes when it lies within, and is inconclusive when it holds the tolerance: the samples
-given cannot tell (2 points with 200 samples near 50% accuracy has a standard error of 3.5
-points), and the line says about how many samples would. A task or metric only one run has is
+given cannot tell (2 points with 200 samples near 50% accuracy: each run's standard error is 3.5
+points, the unpaired difference's 5), and the line says about how many samples would. A group's
+row (lm-eval's "groups") is listed, its tasks judged each. A task or metric only one run has is
 listed, not compared. Writes OUT/downstream.json (default parity-results/; nothing else).
 parity check takes the same as --downstream REF_RESULTS TARGET_RESULTS: the verdict includes it.
 

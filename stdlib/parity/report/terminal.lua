@@ -151,10 +151,9 @@ function M.render(v, out)
   for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
   for _, c in ipairs(v.criteria) do  -- what the resamples over sequences do not agree on
     local iv = c.interval
-    if iv and not iv.conclusive and open[c.name] and iv.says then
-      lines[#lines + 1] = ("  inconclusive: %s: %s"):format(c.rule, iv.says)
-    elseif iv and not iv.conclusive and open[c.name] then
-      lines[#lines + 1] = ("  inconclusive: %s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds"
+    if iv and not iv.conclusive and open[c.name] then
+      lines[#lines + 1] = iv.says and ("  inconclusive: %s: %s"):format(c.rule, iv.says)
+        or ("  inconclusive: %s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds"
         .. " the bound%s: %s"):format(c.rule, c.value, 100 * iv.level, iv.lo, iv.hi, iv.sequences,
         iv.bound_lo and (" (%.4g..%.4g)"):format(iv.bound_lo, iv.bound_hi) or (" %.4g"):format(c.threshold),
         iv.prompts and ("about %d prompts would decide it (--prompts)"):format(iv.prompts)

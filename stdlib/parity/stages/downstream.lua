@@ -27,7 +27,8 @@ M.criteria = {
         d.undecided > 0 and (", %d undecided"):format(d.undecided) or "")
     end,
     interval = function(d)
-      if d.undecided == 0 then return nil end
+      -- (a regression past the tolerance is decided, whatever the other tasks are)
+      if d.undecided == 0 or d.regressions > 0 then return nil end
       local names = {}
       for _, row in ipairs(d.tasks) do
         if row.verdict == "inconclusive" then names[#names + 1] = row.task .. " " .. row.metric end
