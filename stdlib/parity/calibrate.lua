@@ -332,7 +332,7 @@ function M.derive(runs, rule)
     th.by_class[class] = {}
     for _, key in ipairs({ { "r", "r_p95", "r" }, { "r32", "r32_p95", "ratio" } }) do
       components_item(th.by_class[class], ("by_class.%s.%s"):format(class, key[2]), key[2], key[3],
-        ("%s of a%s %s component"):format(key[1] == "r" and "R" or "R32", class:find("^[aeiou]") and "n" or "", class),
+        ("%s of a component of class %s"):format(key[1] == "r" and "R" or "R32", class),
         function(run) return class_figures(run, class, key[1]) end)
     end
   end

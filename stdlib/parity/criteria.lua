@@ -183,7 +183,8 @@ M.TABLE = {
 }
 
 --- A component's class, from its module's type (and the LM head's place): norm, attention,
---- experts, mlp, embedding, lm_head, layer or other. What `applies_to` names.
+--- experts, mlp, embedding, lm_head, layer, model (the decoder stack: LlamaModel) or other. What
+--- `applies_to` names.
 ---@param row parity.ComponentRow a components row ({reference, type})
 ---@return string class
 function M.class(row)
@@ -192,14 +193,14 @@ function M.class(row)
   for _, c in ipairs({ { "Norm", "norm" }, { "Attention", "attention" }, { "Attn", "attention" },
                        { "Expert", "experts" }, { "Moe", "experts" }, { "MoE", "experts" }, { "MLP", "mlp" },
                        { "Mlp", "mlp" }, { "FeedForward", "mlp" }, { "Embedding", "embedding" },
-                       { "Layer$", "layer" }, { "Block$", "layer" } }) do
+                       { "Layer$", "layer" }, { "Block$", "layer" }, { "Model$", "model" } }) do
     if t:find(c[1]) then return c[2] end
   end
   return "other"
 end
 
 --- The component classes M.class gives, in the order a summary lists them.
-M.CLASSES = { "norm", "attention", "experts", "mlp", "embedding", "lm_head", "layer", "other" }
+M.CLASSES = { "norm", "attention", "experts", "mlp", "embedding", "lm_head", "layer", "model", "other" }
 
 --- The thresholds as they apply to one component: a recipe's (or a thresholds file's) bounds of
 --- its class, `th.by_class[class]` (r_p95, r32_p95), over `th`'s own; `th` itself without them.

@@ -22,7 +22,7 @@ overrides single values); another team's checkout gives the same verdicts with i
 Each threshold is the good runs' figure at the quantile Q (default 0.95: with few runs, about
 the largest), moved past it by the margin M (default 2) away from a perfect port:
   R p95 (e2e) and each component class's R (norm, attention, experts, mlp, embedding, lm_head,
-  layer, other: from the modules' types, the largest a class's components reached a run):
+  layer, model, other: from the modules' types, the largest a class's components reached a run):
       1 + M x (q - 1)           (1 is the reference's own noise)
   R32 p95 and each class's R32, KL p95 and 1 - cosine p5 over the reference's own:   M x q
   top-1 agreement (near-ties excluded), its low quantile q:   1 - M x (1 - q)
