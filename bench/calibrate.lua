@@ -3,7 +3,9 @@
 -- planted bugs (fixtures and dev set) it still fails; then a recipe from each reference alone
 -- (calibrate --reference: its null runs), judged on that reference's bugs and on its real good
 -- ports. How docs/calibration.md's figures were made.
---   parity run bench/calibrate.lua OUT FIXTURES_DIR [DEVSET_DIR] [--prompts K] [--new-tokens N] [--seeds S]
+--   parity run bench/calibrate.lua OUT FIXTURES_DIR|- [DEVSET_DIR...] [--prompts K] [--new-tokens N] [--seeds S]
+-- (a dev set: a directory with truth.json, as ../shared/hf-devset or bench/make_codebugs_hf.py's; "-" for
+-- no fixtures)
 -- Results go under OUT (one directory a check, the recipes); the null runs under the cache.
 local parity = require("parity")
 local calibrate = require("parity.calibrate")
@@ -22,12 +24,12 @@ while i <= #arg do
     i = i + 1
   end
 end
-local out, fx, dev = assert(pos[1], "usage: calibrate.lua OUT FIXTURES_DIR [DEVSET_DIR]"), assert(pos[2]), pos[3]
+local out, fx = assert(pos[1], "usage: calibrate.lua OUT FIXTURES_DIR|- [DEVSET_DIR...]"), assert(pos[2])
 
 -- the cases: {reference, target, good?}
 local cases = {}
 local function add(ref, target, good) cases[#cases + 1] = { ref = ref, target = target, good = good } end
-local names = parity.list_dir and parity.list_dir(fx) or require("parity.core").list_dir(fx)
+local names = fx ~= "-" and require("parity.core").list_dir(fx) or {}
 table.sort(names)
 for _, n in ipairs(names) do
   if n:find("^port_") then add(fx .. "/reference", fx .. "/" .. n, true)
@@ -36,8 +38,9 @@ for _, n in ipairs(names) do
   elseif n:find("^noisy_bug_") then add(fx .. "/noisy", fx .. "/" .. n, false)
   end
 end
-add(fx .. "/noisy", fx .. "/noisy_port", true)
-if dev then
+if fx ~= "-" then add(fx .. "/noisy", fx .. "/noisy_port", true) end
+for d = 3, #pos do
+  local dev = pos[d]
   local truth = parity.json.read(dev .. "/truth.json")
   local keys = {}
   for k in pairs(truth) do keys[#keys + 1] = k end

@@ -228,28 +228,34 @@ function M.rule(name, kind, xs, rule, m)
   local v, q, how
   if rule.false_alarm then
     if #xs < 2 then return nil, nil, false, "under 2 runs: no spread" end
-    -- the excess past a perfect port (R - 1, a ratio, 1 - a rate), on a log scale: a largest-of-
-    -- many figure is skewed, its tail heavier than a normal's
-    -- (figures at a perfect port's, a component computing exactly what the reference's does,
-    -- pass any bound and say nothing of the spread: left out)
+    -- the excess past a perfect port (R - 1, a ratio, 1 - a rate): on a log scale when every
+    -- figure lies past a perfect port's (skewed, as a largest-of-many figure is), as it is when
+    -- they lie on both sides of it (a component computing in another order than the reference's
+    -- is about as often closer to fp32 as farther); figures at a perfect port's exactly (a
+    -- component computing what the reference's does) pass any bound and say nothing of the
+    -- spread: left out
     local perfect = kind == "r" and 1 or kind == "rate" and 1 or 0
-    local ys, sum, sq = {}, 0, 0
+    local es, both = {}, false
     for _, x in ipairs(xs) do
       local e = kind == "rate" and perfect - x or x - perfect
-      if e > 1e-9 then ys[#ys + 1] = math.log(e); sum = sum + ys[#ys] end
+      if math.abs(e) > 1e-9 then es[#es + 1] = e; both = both or e < 0 end
     end
-    if #ys < 2 then return nil, nil, false, ("%d of %d off a perfect port's: no spread"):format(#ys, #xs) end
+    if #es < 2 then return nil, nil, false, ("%d of %d off a perfect port's: no spread"):format(#es, #xs) end
+    local ys, sum, sq = {}, 0, 0
+    for i, e in ipairs(es) do ys[i] = both and e or math.log(e); sum = sum + ys[i] end
     local mean = sum / #ys
     for _, y in ipairs(ys) do sq = sq + (y - mean) ^ 2 end
     local t = M.t_quantile(rule.false_alarm / m, #ys - 1)
-    local excess = math.exp(mean + t * math.sqrt(sq / (#ys - 1)) * math.sqrt(1 + 1 / #ys))
-    q = perfect + (kind == "rate" and -1 or 1) * math.exp(mean)
+    local top = mean + t * math.sqrt(sq / (#ys - 1)) * math.sqrt(1 + 1 / #ys)
+    local excess = both and top or math.exp(top)
+    q = perfect + (kind == "rate" and -1 or 1) * (both and mean or math.exp(mean))
     v = kind == "rate" and math.max(0, 1 - excess) or perfect + excess
     local off = thresholds.OFF[name]
     if v ~= v or v == math.huge or (off and (kind == "rate" and v <= off or kind ~= "rate" and v >= off)) then
       return nil, q, false, ("%d figures bound it at that rate only where it switches off (more runs)"):format(#ys)
     end
-    how = ("log-mean + %.3g log-sd of the excess (Student's t, %d off a perfect port's)"):format(t, #ys)
+    how = ("%s of the excess (Student's t, %d off a perfect port's)"):format(both and ("mean + %.3g sd"):format(t)
+      or ("log-mean + %.3g log-sd"):format(t), #ys)
   elseif kind == "rate" then
     q = M.quantile(xs, 1 - rule.quantile)
     v = math.max(0, 1 - rule.margin * (1 - q))
@@ -504,7 +510,8 @@ local ROUNDING = { BFloat16 = 2 ^ -8, bfloat16 = 2 ^ -8, Half = 2 ^ -11, float16
 M.PERTURBATION = "every module with parameters of its own (none inside another) gets its floating inputs"
   .. " re-rounded: x (1 + v) in float64, v ~ U(-u, u) with u the unit roundoff of x's dtype (bf16 2^-8, fp16"
   .. " 2^-11, fp32 2^-24), rounded back to that dtype: about one rounding's independent error at each component,"
-  .. " a draw per seed, per module and per call"
+  .. " a draw per seed, per module and per call; the target is the reference so perturbed, the yardstick the"
+  .. " reference perturbed by another draw"
 
 --- A patch set perturbing the reference by one rounding at each component (M.PERTURBATION):
 --- what a correct port computing in another order can look like, by seed.
@@ -540,9 +547,12 @@ function M.perturbation(ref, dtype, seed)
   return require("parity.patches").from_entries(entries, ("the null perturbation (seed %d)"):format(seed)), #entries
 end
 
---- The reference's null runs: checks of the reference against itself perturbed by one rounding
---- at each component (M.perturbation), one a seed, kept in the cache (a second calibration with
---- the same reference and settings reads them).
+--- The reference's null runs: checks of the reference perturbed by one rounding at each
+--- component (M.perturbation) against the reference perturbed by another draw, one a seed: two
+--- implementations of the model that round differently everywhere, so the target's errors are
+--- independent of the yardstick's, as a correct port's are of the reference's (perturbing the
+--- target alone would add its rounding on top of the reference's own: a port less precise than
+--- it). Kept in the cache (a second calibration with the same reference and settings reads them).
 ---@param opts table {reference, seeds, dtype, baseline, prompts, prompt_len, new_tokens, seed, cache, cache_dir, log}
 ---@return parity.CalibrationRun[]
 ---@return table null {seeds, perturbation, modules, runs_dir}
@@ -573,8 +583,13 @@ function M.null_runs(opts)
       and (core.json.read(out .. "/verdict.json") or {}).verdict ~= "error"
     if not done then
       opts.log(("calibrate: null run %d of %d (%d modules perturbed)"):format(s, opts.seeds, n))
-      local o = { reference = opts.reference, target = opts.reference, patches = { set }, unpatched = false, out = out,
-                  cache = opts.cache, cache_dir = cache_dir, quiet = true, log = function() end }
+      -- the yardstick is the reference perturbed by another draw: two implementations that round
+      -- differently everywhere, neither in the reference's own order (its outputs not cached: they
+      -- are not the reference's)
+      local yardstick = bundle.open(opts.reference)
+      yardstick:patch({ (M.perturbation(yardstick, dtype, s + 1000003)) })
+      local o = { reference = yardstick, target = opts.reference, patches = { set }, unpatched = false, out = out,
+                  cache = false, cache_dir = cache_dir, quiet = true, log = function() end }
       for k, v in pairs(settings) do o[k] = v end
       parity_check(o)
     end

@@ -130,7 +130,7 @@ Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad num
 
     print(("parity calibrate: %d %s (a %s target against %s noise, the %s baseline); rule: %s"):format(#runs,
       null_mode and ("null runs of " .. o.reference) or (#runs == 1 and "good run" or "good runs"), kind.dtype,
-      kind.noise_dtype, kind.baseline, rule.false_alarm and ("a false-alarm rate of %g a check (log-normal tails)"):format(
+      kind.noise_dtype, kind.baseline, rule.false_alarm and ("a false-alarm rate of %g a check (Student's t tails)"):format(
         rule.false_alarm) or ("the q%g of their figures, margin %g"):format(rule.quantile, rule.margin)))
     if null then
       print(("  the null: %d modules perturbed a run (%s); runs in %s"):format(null.modules,
@@ -155,7 +155,8 @@ Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad num
     end
     if rule.false_alarm then
       print(("false alarms: by the rule, at most %g%% of checks of a port like these runs fail a criterion (each bound"
-        .. " a log-normal tail of %g / %d figures a check judges), were their figures' excesses log-normal"):format(100 * rule.false_alarm,
+        .. " a tail of %g / %d figures a check judges), were their excesses normal (or log-normal, those all past a"
+        .. " perfect port)"):format(100 * rule.false_alarm,
         rule.false_alarm, r.rule.criteria))
     end
     if holdout then
