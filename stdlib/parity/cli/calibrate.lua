@@ -28,18 +28,20 @@ the largest), moved past it by the margin M (default 2) away from a perfect port
   top-1 agreement (near-ties excluded), its low quantile q:   1 - M x (1 - q)
   KL's and cosine's floors: the default's, unless a good run's figure was above its ratio's
   bound (M x the quantile of those figures, never below the default's without --below-floors)
-The rest (the diagnosis's, the smoke's) stay the defaults'. A figure no run has (a class no
-port has, an fp32 leg none ran) keeps its default, and the table says so (n = 0).
+The rest (the diagnosis's, the smoke's) stay the defaults'. A figure no run has (an fp32 leg
+none ran) keeps its default, and the table says so (n = 0); a class no port has gets no bounds
+of its own (r_p95 and r32_p95 judge it).
 
 Without a known-good port (a new model family), --reference REF measures what correct ports of
 this reference can look like from the reference alone: S checks (--seeds, default 8) of the
-reference against itself with every module that has parameters of its own fed its floating
-inputs re-rounded (about one rounding's independent error at each component, fresh draws a
-seed), at the settings given (--dtype, --prompts, ...: those of the checks the recipe is for).
-Their figures are the null distribution, and the rule a stated false-alarm rate (--false-alarm,
-default 0.01 a check): each bound an upper prediction bound of its figure's excess past a perfect
-port (log-normal, Student's t for a spread estimated from the seeds), at 0.01 / m, m the figures
-a check judges. A leave-one-out over the seeds says how many of them a bound from the others
+reference against itself, both sides with every module that has parameters of its own fed its
+floating inputs re-rounded (about one rounding's independent error at each component, a fresh
+draw a seed and a side: two implementations that round differently everywhere), at the settings
+given (--dtype, --prompts, ...: those of the checks the recipe is for). Their figures are the
+null distribution, and the rule a stated false-alarm rate (--false-alarm, default 0.01 a check):
+each bound an upper prediction bound of its figure's excess past a perfect port (Student's t, for
+a spread estimated from the seeds; on a log scale when every figure lies past a perfect port's),
+at 0.01 / m, m the figures a check judges. A leave-one-out over the seeds says how many of them a bound from the others
 fails. The null runs are kept in the cache (a second calibration with the same reference and
 settings reads them). --quantile and --margin give it the good ports' rule instead.
 
@@ -134,7 +136,7 @@ Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad num
         rule.false_alarm) or ("the q%g of their figures, margin %g"):format(rule.quantile, rule.margin)))
     if null then
       print(("  the null: %d modules perturbed a run (%s); runs in %s"):format(null.modules,
-        "inputs re-rounded, one rounding's error", null.runs_dir))
+        "both sides' inputs re-rounded, one rounding's error, a draw each", null.runs_dir))
     end
     print(("  %-26s %10s %11s %4s  %s"):format("threshold", "default", "calibrated", "n", "from"))
     local names = {}
