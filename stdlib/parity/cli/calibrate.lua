@@ -41,9 +41,10 @@ given (--dtype, --prompts, ...: those of the checks the recipe is for). Their fi
 null distribution, and the rule a stated false-alarm rate (--false-alarm, default 0.01 a check):
 each bound an upper prediction bound of its figure's excess past a perfect port (Student's t, for
 a spread estimated from the seeds; on a log scale when every figure lies past a perfect port's),
-at 0.01 / m, m the figures a check judges. A leave-one-out over the seeds says how many of them a bound from the others
-fails. The null runs are kept in the cache (a second calibration with the same reference and
-settings reads them). --quantile and --margin give it the good ports' rule instead.
+at 0.01 / m, m the figures a check judges. A leave-one-out over the seeds says how many of them
+a bound from the others fails. The null runs are kept in the cache (a second calibration with
+the same reference and settings reads them). --quantile and --margin give it the good ports'
+rule instead.
 
   --out FILE         the recipe to write (required; nothing else is written)
   --quantile Q       the quantile of the good runs' figures (default 0.95; 0.5..1)
@@ -69,9 +70,9 @@ Exit 0 written, 2 bad input (no such results, runs of different kinds, a bad num
   run = function(argv)
     local o = args.parse(argv, {
       flags = { out = "string", quantile = "number", margin = "number", ["below-floors"] = "boolean",
-                holdout = "number", bugs = "many", reference = "string", ["false-alarm"] = "number", seeds = "number", dtype = "string",
-                baseline = "string", prompts = "number", ["prompt-len"] = "number", ["new-tokens"] = "number",
-                seed = "number", ["cache-dir"] = "string", ["no-cache"] = "boolean", quiet = "boolean" },
+                holdout = "number", bugs = "many", reference = "string", ["false-alarm"] = "number",
+                seeds = "number", dtype = "string", baseline = "string", prompts = "number",
+                ["prompt-len"] = "number", ["new-tokens"] = "number", seed = "number", ["cache-dir"] = "string", ["no-cache"] = "boolean", quiet = "boolean" },
       positional = {}, rest = "RESULTS_DIR",
     })
     if not o.out then args.usage_error("missing --out RECIPE.lua (the recipe to write)") end
