@@ -7,8 +7,8 @@ local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 local mapping = require("parity.mapping")
 local patches = require("parity.patches")
-local refcache = require("parity.refcache")
 local recipe = require("parity.recipe")
+local refcache = require("parity.refcache")
 local thresholds = require("parity.thresholds")
 local validate = require("parity.validate")
 
@@ -62,8 +62,8 @@ end
 M.OPTIONS = {
   reference = "string|table", target = "string|table", dtype = "string", prompts = "number", prompt_len = "number",
   new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
-  thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table", mapping_file = "string",
-  out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
+  thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table",
+  mapping_file = "string", out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
   reference_device = "string", file = "string", patches = "table", confirm = "boolean", unpatched = "boolean",
   stages = "table", downstream = "table",
 }
