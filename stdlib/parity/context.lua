@@ -63,9 +63,9 @@ M.OPTIONS = {
   reference = "string|table", target = "string|table", dtype = "string", prompts = "number", prompt_len = "number",
   new_tokens = "number", seed = "number", inputs = "string", topk = "number", vocab_size = "number",
   thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table",
-  mapping_file = "string", out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean", device = "string",
-  reference_device = "string", file = "string", patches = "table", confirm = "boolean", unpatched = "boolean",
-  stages = "table", downstream = "table",
+  mapping_file = "string", out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean",
+  device = "string", reference_device = "string", file = "string", patches = "table", confirm = "boolean",
+  unpatched = "boolean", stages = "table", downstream = "table",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not
