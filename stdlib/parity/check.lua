@@ -102,6 +102,7 @@ function M.run(opts)
   local files = { "downstream" }  -- an earlier run's stage files go too
   for _, name in ipairs(M.STAGES) do files[#files + 1] = name end
   verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", files)
+  os.remove(out .. "/junit.xml")
   local ok, result = pcall(function() return workflow.run(context.open(opts), stages) end)
   if ok and result.patches and opts.unpatched ~= false then  -- the figures the patches changed
     local fine, before = pcall(M.unpatched, opts, out)
@@ -113,13 +114,17 @@ function M.run(opts)
       confirmations = { { kind = "error", confirmed = false, error = require("parity.errors").clean(confirmations),
                           before = {}, after = {}, rounds = 0 } }
     end
-    return verdict.add_confirmation(out, result, confirmations)
+    result = verdict.add_confirmation(out, result, confirmations)
   end
-  if ok then return result end
-  local msg = require("parity.errors").clean(result)
-  local function path(x) return type(x) == "string" and x or type(x) == "table" and x.path or nil end
-  verdict.error(out, msg, { reference = path(opts.reference), target = path(opts.target) })
-  error(msg, 0)
+  if not ok then
+    local msg = require("parity.errors").clean(result)
+    local function path(x) return type(x) == "string" and x or type(x) == "table" and x.path or nil end
+    verdict.error(out, msg, { reference = path(opts.reference), target = path(opts.target) })
+    pcall(require("parity.report.junit").write, out)  -- (the error that led here is what the user sees)
+    error(msg, 0)
+  end
+  require("parity.report.junit").write(out)  -- from the results directory, as every report
+  return result
 end
 
 return M

@@ -119,8 +119,8 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      components in place of the port's; each a check of its own in OUT/confirm/N;
                      verdict.json's confirmation says what fixing it does (the verdict and the
                      exit code stay the port's)
-  --out DIR          the results directory (default parity-results): verdict.json, scaffold/
-                     (the trees, the mapping) and a JSON a stage:
+  --out DIR          the results directory (default parity-results): verdict.json, junit.xml
+                     (for CI), scaffold/ (the trees, the mapping) and a JSON a stage:
                      STAGE_FILES
   --no-cache         recompute the reference's outputs
   --quiet            no progress on stderr and no log lines (the summary and the files only)

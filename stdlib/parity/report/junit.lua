@@ -1,0 +1,138 @@
+--- parity.report.junit — a finished check as JUnit XML (OUT/junit.xml), for CI systems' test
+--- reporters (Jenkins, GitLab, GitHub's): one test suite a check, one test case a criterion and a
+--- tested component (its failure: the value, the bound, the cause), a skipped stage a skipped case
+--- with the reason. It reads the results directory only (verdict.json, components.json).
+--- docs/reports.md says what each element holds; tests/data/junit.xsd is the schema it is
+--- validated against.
+local core = require("parity.core")
+local criteria = require("parity.criteria")
+local thresholds = require("parity.thresholds")
+
+local M = {}
+local null = core.json.null
+
+--- Text as XML character data or an attribute value (the five entities; control characters,
+--- which XML 1.0 cannot carry, as their code).
+---@param s any
+---@return string
+function M.escape(s)
+  s = tostring(s)
+  s = s:gsub("[%z\1-\8\11\12\14-\31]", function(c) return ("\\x%02x"):format(c:byte()) end)
+  return (s:gsub("[&<>\"']", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }))
+end
+
+local function attrs(t, order)
+  local out = {}
+  for _, k in ipairs(order) do
+    if t[k] ~= nil then out[#out + 1] = ('%s="%s"'):format(k, M.escape(t[k])) end
+  end
+  return table.concat(out, " ")
+end
+
+local function g(x) return type(x) == "number" and ("%.4g"):format(x) or tostring(x) end
+
+--- The test cases of a verdict and its components: {classname, name, failure = {type, message,
+--- text}|nil, skipped = reason|nil, out = text|nil}...
+local function cases(v, components)
+  local list = {}
+  local open = {}
+  for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
+  local cause = v.cause ~= null and v.cause and ("%s: %s"):format(v.cause.class, v.cause.detail) or nil
+  for _, c in ipairs(v.criteria or {}) do
+    -- (named by the criterion alone, the same from run to run: CI systems track a case by its name)
+    local case = { classname = "parity." .. tostring(c.stage), name = c.name }
+    if open[c.name] then
+      case.failure = { type = "inconclusive", message = ("%s: %s; its interval holds the bound %s (not a pass)"):format(
+        c.rule, g(c.value), g(c.threshold)) }
+    elseif not c.pass and not c.warn then
+      case.failure = { type = "divergent", message = ("%s: %s (bound %s)"):format(c.rule, g(c.value), g(c.threshold)),
+                       text = cause }
+    elseif not c.pass then
+      case.out = ("warning: %s: %s (bound %s)%s"):format(c.rule, g(c.value), g(c.threshold), c.why and ("; " .. c.why) or "")
+    end
+    list[#list + 1] = case
+  end
+  local first = v.first_divergence
+  local th = v.thresholds and thresholds.at(v.thresholds, v.noise_dtype or v.dtype)
+  for _, row in ipairs(components or {}) do
+    local case = { classname = "parity.components", name = ("%s (%s) ~ %s"):format(row.reference, tostring(row.type),
+      tostring(row.target)) }
+    if row.skipped then
+      case.skipped = tostring(row.skipped)
+    elseif th and criteria.component_fails(row, th) then
+      local is_first = type(first) == "table" and first.reference == row.reference
+      case.failure = { type = is_first and "first divergence" or "divergent",
+        message = ("R %s, R32 %s%s"):format(g(row.r or row.acc_r), g(row.r32 or row.acc_r32),
+          row.isolated == false and " (in the whole runs: its inputs differ)" or ""),
+        text = is_first and first.cause and ("%s: %s"):format(first.cause.class, first.cause.detail) or nil }
+    end
+    list[#list + 1] = case
+  end
+  for _, s in ipairs(v.skipped or {}) do
+    list[#list + 1] = { classname = "parity.stages", name = s.stage, skipped = s.reason }
+  end
+  return list
+end
+
+--- The JUnit XML of the results in `out`.
+---@param out string a results directory
+---@return string xml
+function M.render(out)
+  local v = core.json.read(out .. "/verdict.json")
+  if type(v) ~= "table" then error(("%s/verdict.json is not a verdict"):format(out), 0) end
+  local comp = core.path_kind(out .. "/components.json") == "file" and core.json.read(out .. "/components.json") or {}
+  local suite = ("parity check %s against %s"):format(tostring(v.target), tostring(v.reference))
+  local list = v.verdict == "error" and {} or cases(v, comp.components)
+  local failures, skipped = 0, 0
+  for _, c in ipairs(list) do
+    if c.failure then failures = failures + 1 end
+    if c.skipped then skipped = skipped + 1 end
+  end
+  local errors = v.verdict == "error" and 1 or 0
+  local lines = { '<?xml version="1.0" encoding="UTF-8"?>',
+    ("<testsuites %s>"):format(attrs({ name = "parity", tests = #list + errors, failures = failures, errors = errors,
+      skipped = skipped }, { "name", "tests", "failures", "errors", "skipped" })),
+    ("  <testsuite %s>"):format(attrs({ name = suite, tests = #list + errors, failures = failures, errors = errors,
+      skipped = skipped, time = 0 }, { "name", "tests", "failures", "errors", "skipped", "time" })),
+    "    <properties>" }
+  local s = type(v.settings) == "table" and v.settings or {}
+  for _, p in ipairs({ { "verdict", v.verdict }, { "cause", v.cause ~= null and type(v.cause) == "table" and v.cause.class
+      or nil }, { "dtype", v.dtype }, { "noise_dtype", v.noise_dtype }, { "prompts", s.prompts },
+      { "new_tokens", s.new_tokens }, { "parity_version", v.parity_version }, { "libtorch", v.libtorch },
+      { "recipe", type(v.recipe) == "table" and v.recipe.sha256 or nil } }) do
+    if p[2] ~= nil and p[2] ~= null then
+      lines[#lines + 1] = ("      <property %s/>"):format(attrs({ name = p[1], value = p[2] }, { "name", "value" }))
+    end
+  end
+  lines[#lines + 1] = "    </properties>"
+  if errors > 0 then
+    lines[#lines + 1] = ('    <testcase classname="parity" name="check" time="0"><error %s/></testcase>'):format(
+      attrs({ message = v.error or "the check did not finish", type = "error" }, { "message", "type" }))
+  end
+  for _, c in ipairs(list) do
+    local head = ("    <testcase %s"):format(attrs({ classname = c.classname, name = c.name, time = 0 },
+      { "classname", "name", "time" }))
+    local body = {}
+    if c.skipped then body[#body + 1] = ("<skipped %s/>"):format(attrs({ message = c.skipped }, { "message" })) end
+    if c.failure then
+      body[#body + 1] = ("<failure %s>%s</failure>"):format(attrs(c.failure, { "message", "type" }),
+        M.escape(c.failure.text or ""))
+    end
+    if c.out then body[#body + 1] = ("<system-out>%s</system-out>"):format(M.escape(c.out)) end
+    lines[#lines + 1] = #body == 0 and head .. "/>" or head .. ">" .. table.concat(body) .. "</testcase>"
+  end
+  lines[#lines + 1] = "  </testsuite>"
+  lines[#lines + 1] = "</testsuites>"
+  return table.concat(lines, "\n") .. "\n"
+end
+
+--- Writes OUT/junit.xml from the results in `out`.
+---@param out string
+---@return string path
+function M.write(out)
+  local path = out .. "/junit.xml"
+  core.write_text(path, M.render(out))
+  return path
+end
+
+return M
