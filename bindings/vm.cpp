@@ -230,6 +230,12 @@ int core_stderr_is_tty(lua_State* L) {
   return 1;
 }
 
+/// core.stdout_is_tty() -> boolean
+int core_stdout_is_tty(lua_State* L) {
+  lua_pushboolean(L, ::isatty(STDOUT_FILENO));
+  return 1;
+}
+
 /// core.path_kind(path) -> "file" | "dir" | nil
 int core_path_kind(lua_State* L) {
   std::string kind = path_kind(luaL_checkstring(L, 1));
@@ -308,6 +314,7 @@ const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"run_limited", core_run_limited},
                           {"clock", core_clock},
                           {"stderr_is_tty", core_stderr_is_tty},
+                          {"stdout_is_tty", core_stdout_is_tty},
                           {"limit_tripped", core_limit_tripped},
                           {nullptr, nullptr}};
 

@@ -206,6 +206,13 @@ check)
   if python3 -c 'import json,sys; v=json.load(open(sys.argv[1])); f=v["first_divergence"]; assert f["reference"]=="model.layers.1.mlp.down_proj" and f["cause"]["class"]=="scale" and abs(f["cause"]["parameter"]["value"]-1.05)<1e-3 and v["suspects"]' "$tmp/bug/verdict.json"; then
     echo "ok   verdict.json has first_divergence and suspects"; else failures=$((failures + 1)); echo "FAIL: first_divergence in verdict.json"; fi
   expect 1 'FAIL  R p95 < 1.2' -- check "$ref" "$fx/bug_attn_scale" --out "$tmp/bug" "${common[@]}"
+  # on a terminal (a pty from script(1)) the summary is coloured, unless NO_COLOR; piped, never
+  cases=$((cases + 1))
+  if script -qec "$parity report $tmp/bug" /dev/null | grep -q $'\e\[1;31mverdict: DIVERGENT' \
+     && ! NO_COLOR=1 script -qec "$parity report $tmp/bug" /dev/null | grep -q $'\e\[' \
+     && ! "$parity" report "$tmp/bug" | grep -q $'\e\['; then
+    echo "ok   the summary is coloured on a terminal only, and not with NO_COLOR"
+  else failures=$((failures + 1)); echo "FAIL: colour on a terminal"; fi
   expect 1 "FAIL  no NaN/Inf in the target's logits" -- check "$ref" "$fx/bug_nan" --out "$tmp/bug" "${common[@]}"
   expect 2 "^parity check: the reference $fx/bug_nan \(fp32\) has 2 NaN and 0 Inf in its own logits: fix the reference first$" -- check "$fx/bug_nan" "$fx/bug_nan" --out "$tmp/e" "${common[@]}"
   cases=$((cases + 1))

@@ -185,7 +185,8 @@ two may be swapped.]],
     end
     os.remove(out .. "/verdict.json")  -- then an earlier verdict goes, before anything can fail
     local verdict = parity.check(opts)
-    print(require("parity.report.terminal").render(verdict, out))
+    local terminal = require("parity.report.terminal")
+    print(terminal.for_stdout(terminal.render(verdict, out)))
     local hint = swap_hint(verdict, out)
     if hint then print(hint) end
     return require("parity.verdict").exit_code(verdict)
@@ -216,8 +217,9 @@ its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdic
   ---@return integer exit code 0 equivalent, 1 divergent or error
   run = function(argv)
     local o = parse(argv, { flags = {}, positional = { "DIR" } })
-    local text, v = require("parity.report.terminal").from_dir(o.DIR)
-    print(text)
+    local terminal = require("parity.report.terminal")
+    local text, v = terminal.from_dir(o.DIR)
+    print(terminal.for_stdout(text))
     return require("parity.verdict").exit_code(v)
   end,
 }

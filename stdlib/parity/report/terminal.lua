@@ -173,6 +173,42 @@ function M.render(v, out)
   return table.concat(lines, "\n")
 end
 
+--- ANSI colours of the summary's lines, by how they start.
+local COLOURS = { { "^  FAIL", "31" }, { "^  pass", "32" }, { "^  warn", "33" }, { "^  inconclusive:", "33" },
+                  { "^verdict: EQUIVALENT", "1;32" }, { "^verdict: DIVERGENT", "1;31" }, { "^verdict: ERROR", "1;31" },
+                  { "^verdict: INCONCLUSIVE", "1;33" }, { "^  first divergence:", "1" }, { "^  cause:", "1" } }
+
+--- Whether a summary printed to stdout gets colour: on a terminal, unless NO_COLOR is set
+--- (no-color.org: any value but the empty one).
+---@param is_tty boolean stdout is a terminal
+---@param no_color string|nil the NO_COLOR environment variable
+---@return boolean
+function M.wants_colour(is_tty, no_color)
+  return is_tty == true and (no_color == nil or no_color == "")
+end
+
+--- The summary with its pass / FAIL / warning and verdict lines coloured (the text unchanged).
+---@param text string M.render's
+---@return string
+function M.colour(text)
+  local out = {}
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    local code
+    for _, c in ipairs(COLOURS) do
+      if not code and line:find(c[1]) then code = c[2] end
+    end
+    out[#out + 1] = code and ("\27[%sm%s\27[0m"):format(code, line) or line
+  end
+  return table.concat(out, "\n")
+end
+
+--- The summary as the command line prints it: coloured when stdout is a terminal (M.wants_colour).
+---@param text string
+---@return string
+function M.for_stdout(text)
+  return M.wants_colour(core.stdout_is_tty(), os.getenv("NO_COLOR")) and M.colour(text) or text
+end
+
 --- The summary of the results in `out`, from its verdict.json alone; an error verdict is its
 --- message. Raises, in one line, when `out` holds no readable verdict.
 ---@param out string a results directory

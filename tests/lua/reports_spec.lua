@@ -1,11 +1,12 @@
--- parity.report.junit: OUT/junit.xml, validated with xmllint against tests/data/junit.xsd (the
--- JUnit format CI reporters read), its counts against its cases, for a divergent, an equivalent
--- and an error check; text that XML would misread escaped.
+-- The reports of a results directory. parity.report.junit: OUT/junit.xml, validated with xmllint
+-- against tests/data/junit.xsd (the JUnit format CI reporters read), its counts against its
+-- cases, for a divergent, an equivalent and an error check; text that XML would misread escaped.
+-- parity.report.terminal: the summary coloured on a terminal only, unless NO_COLOR.
 local spec = require("parity.spec")
 local it, eq, truthy = spec.it, spec.eq, spec.truthy
 local parity = require("parity")
 local junit = require("parity.report.junit")
-local fx = assert(arg[1], "usage: junit_spec.lua FIXTURES_DIR")
+local fx = assert(arg[1], "usage: reports_spec.lua FIXTURES_DIR")
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local xsd = here .. "/../data/junit.xsd"
 
@@ -95,6 +96,20 @@ it("escapes what XML would misread, in names, messages and text", function()
   junit.write(out)
   local ok, said = valid(out .. "/junit.xml")
   truthy(ok, said)
+end)
+
+it("the summary is coloured on a terminal, unless NO_COLOR; the text stays the same", function()
+  local terminal = require("parity.report.terminal")
+  eq({ terminal.wants_colour(true, nil), terminal.wants_colour(true, ""), terminal.wants_colour(true, "1"),
+       terminal.wants_colour(false, nil) }, { true, true, false, false })
+  local out = tmpdir()
+  local v = check("bug_eps_small", out)
+  local text = terminal.render(v, out)
+  local coloured = terminal.colour(text)
+  truthy(coloured:find("\27%[31m  FAIL  R32 p95"), "a failing criterion in red")
+  truthy(coloured:find("\27%[1;31mverdict: DIVERGENT"), "the verdict in bold red")
+  truthy(coloured:find("\27%[32m  pass  no NaN"), "a passing one in green")
+  eq((coloured:gsub("\27%[[%d;]*m", "")), text)
 end)
 
 return spec.run()
