@@ -8,7 +8,9 @@
 --- and is never below the default's unless asked. The component bounds are derived per class
 --- (parity.criteria.class: from the modules' types and the LM head's place), from the largest a
 --- class's components reached in each run. The thresholds nothing calibrates (the diagnosis's,
---- the smoke's) stay the defaults'. docs/calibration.md says why each rule is what it is.
+--- the smoke's) stay the defaults'. Without good ports (calibrate --reference), the runs are the
+--- reference's null runs (M.null_runs) and the rule a stated false-alarm rate (M.rule, M.NULL_RULE).
+--- docs/calibration.md says why each rule is what it is.
 local core = require("parity.core")
 local criteria = require("parity.criteria")
 local thresholds = require("parity.thresholds")
