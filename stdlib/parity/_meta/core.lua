@@ -109,6 +109,10 @@ function core.clock() end
 ---@return boolean
 function core.stderr_is_tty() end
 
+--- Whether stdout is a terminal (the summary's colour: parity.report.terminal.for_stdout).
+---@return boolean
+function core.stdout_is_tty() end
+
 --- parity.core.json (parity.json): Lua values <-> JSON. Objects are written with
 --- sorted keys (the same table always gives the same bytes); both directions stop past 100
 --- levels of nesting. NaN and ±Inf encode as "NaN", "Infinity", "-Infinity".
