@@ -71,21 +71,43 @@ function M.eq(actual, expected, what)
   end
 end
 
+--- A file's whole content (raises, naming it, when it cannot be read).
+---@param path string
+---@return string
+function M.read(path)
+  local f = assert(io.open(path, "rb"), "cannot read " .. path)
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+--- Writes `text` to the file at `path`.
+---@param path string
+---@param text string
+function M.write(path, text)
+  local f = assert(io.open(path, "wb"), "cannot write " .. path)
+  f:write(text)
+  f:close()
+end
+
+--- A fresh path in the temporary directory, nothing there (`create`: made a directory).
+---@param create boolean|nil
+---@return string
+function M.tmpdir(create)
+  local d = os.tmpname()
+  os.remove(d)
+  if create then os.execute(("mkdir -p %q"):format(d)) end
+  return d
+end
+
 --- `now` equals the snapshot file at `path`; with PARITY_API_UPDATE=1 the file is written first
 --- (an intended change accepted).
 ---@param path string
 ---@param now string the text as it is now
 ---@param what string names the snapshot in the failure message
 function M.snapshot(path, now, what)
-  if os.getenv("PARITY_API_UPDATE") == "1" then
-    local f = assert(io.open(path, "w"))
-    f:write(now)
-    f:close()
-  end
-  local f = assert(io.open(path), "missing " .. path)
-  local want = f:read("*a")
-  f:close()
-  M.eq(now, want, what .. " (PARITY_API_UPDATE=1 accepts an intended change)")
+  if os.getenv("PARITY_API_UPDATE") == "1" then M.write(path, now) end
+  M.eq(now, M.read(path), what .. " (PARITY_API_UPDATE=1 accepts an intended change)")
 end
 
 --- |actual - expected| <= tol (default 1e-6).

@@ -125,17 +125,9 @@ it("a recorded run judged again, and leave-one-out counted by hand", function()
   eq(#calibrate.holdout(many, {}, 1, RULE).alarmed <= 25, true)
 end)
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = spec.write
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  return d
-end
+local tmpdir = spec.tmpdir
 
 it("a recipe: data-only Lua with its hash; loaded in the sandbox; an edited, newer or foreign one refused", function()
   local runs = { run("g1", { r = 1.1 }), run("g2", { r = 1.2 }) }
@@ -149,7 +141,7 @@ it("a recipe: data-only Lua with its hash; loaded in the sandbox; an edited, new
   recipe.fits(loaded, "bf16", "bf16", "3-tensor")
   raises(function() recipe.fits(loaded, "fp16", "fp16", "3-tensor") end, "calibrated on checks of a bf16 target")
   raises(function() recipe.fits(loaded, "bf16", "bf16", "2-tensor") end, "calibrated with the 3-tensor baseline")
-  local text = io.open(path):read("*a")
+  local text = spec.read(path)
   local function refused(edited, needle)
     local p = tmpdir() .. ".lua"
     write(p, edited)

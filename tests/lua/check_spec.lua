@@ -6,12 +6,7 @@ local fx = assert(arg[1], "usage: check_spec.lua FIXTURES_DIR")
 local tmp = os.tmpname()
 os.remove(tmp)
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = spec.read
 
 local lines = {}
 local function check(target, extra)

@@ -13,12 +13,7 @@ local fx = assert(arg[1], "usage: docs_spec.lua FIXTURES_DIR")
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local root = here .. "/../.."
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = spec.read
 
 --- The documents: README.md, then docs/*.md in name order.
 local function documents()

@@ -12,18 +12,9 @@ local fx = assert(arg[1], "usage: downstream_spec.lua FIXTURES_DIR")
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local data = here .. "/../data/lmeval"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  os.execute(("mkdir -p %q"):format(d))
-  return d
-end
+local function tmpdir() return spec.tmpdir(true) end
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = spec.write
 
 -- a results file of one task, acc (and its stderr), n samples; optional per-document scores
 local function run(dir, acc, stderr, n, scores)
@@ -86,7 +77,7 @@ it("pairs the documents both runs scored (the same doc_hash), centred on their d
   run(d .. "/t", 0.25, 0.2, 4, { 1, 0, 0, 0 })
   -- document 4's hash differs in the target: it is another document, left out of the pairs
   local file = d .. "/t/samples_counting_2026-12-03T10-00-00.000000.jsonl"
-  local text = io.open(file):read("*a"):gsub('"doc_hash":"h4"', '"doc_hash":"other"')
+  local text = spec.read(file):gsub('"doc_hash":"h4"', '"doc_hash":"other"')
   write(file, text)
   local row = downstream.judge(d .. "/r", d .. "/t").tasks[1]
   -- pairs 0, -1, 0: mean -1/3, the regression 1/3 (the whole runs' 0.5 is not what was paired)

@@ -10,18 +10,9 @@ local fx = assert(arg[1], "usage: reports_spec.lua FIXTURES_DIR")
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 local xsd = here .. "/../data/junit.xsd"
 
-local function tmpdir()
-  local d = os.tmpname()
-  os.remove(d)
-  return d
-end
+local tmpdir = spec.tmpdir
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = spec.read
 
 --- xmllint's verdict on a file against the schema: true, or false and what it said.
 local function valid(path)
@@ -85,14 +76,11 @@ it("escapes what XML would misread, in names, messages and text", function()
   eq(junit.escape([[a<b>&"c"'d']]), "a&lt;b&gt;&amp;&quot;c&quot;&apos;d&apos;")
   eq(junit.escape("x\1y\27z"), "x\\x01y\\x1bz")
   -- a results directory whose paths and messages are full of them still validates
-  local out = tmpdir()
-  os.execute(("mkdir -p %q"):format(out))
-  local f = assert(io.open(out .. "/verdict.json", "wb"))
-  f:write(parity.json.encode({ verdict = "divergent", reference = "ref<&>", target = "t\"'\2", dtype = "bf16",
+  local out = tmpdir(true)
+  spec.write(out .. "/verdict.json", parity.json.encode({ verdict = "divergent", reference = "ref<&>", target = "t\"'\2", dtype = "bf16",
     noise_dtype = "bf16", settings = { prompts = 1, new_tokens = 1 }, inconclusive = {}, skipped = {},
     cause = { class = "scale", detail = "x < y & \"z\"" },
     criteria = { { name = "r_p95", stage = "e2e", rule = "R p95 < 1.2 <&>", value = 3, threshold = 1.2, pass = false } } }))
-  f:close()
   junit.write(out)
   local ok, said = valid(out .. "/junit.xml")
   truthy(ok, said)
