@@ -105,10 +105,9 @@ function M.read(path, what)
   return run
 end
 
---- A samples file's lines, decoded (read once a file).
-local lines_of = setmetatable({}, { __mode = "k" })
-local function samples(file)
-  if lines_of[file] then return lines_of[file] end
+--- A samples file's lines, decoded (read once a judgement: `read` holds what it read).
+local function samples(file, read)
+  if read[file] then return read[file] end
   local f = io.open(file, "r")
   if not f then refuse("downstream: %s cannot be read", file) end
   local out = {}
@@ -120,14 +119,14 @@ local function samples(file)
     end
   end
   f:close()
-  lines_of[file] = out
+  read[file] = out
   return out
 end
 
 --- One metric's per-document scores from a samples file: doc_id -> {value, hash} for `filter`.
-local function per_document(file, metric, filter)
+local function per_document(file, metric, filter, read)
   local out = {}
-  for _, s in ipairs(samples(file)) do
+  for _, s in ipairs(samples(file, read)) do
     local v = s[metric]
     if (s.filter == nil or s.filter == filter) and type(v) == "number" and s.doc_id ~= nil then
       out[s.doc_id] = { value = v, hash = s.doc_hash }
@@ -148,7 +147,7 @@ end
 --- per-sample logs when both have them for the same documents, else from each run's stderr),
 --- the regression's 95% interval against the tolerance.
 ---@return table row {task, metric, filter, reference, target, difference, regression, se, paired, n, lo, hi, verdict, why, samples_needed}
-local function judge_metric(task, key, ref, target, rs, ts, tolerance)
+local function judge_metric(task, key, ref, target, rs, ts, tolerance, read)
   local r, t = ref.tasks[task].metrics[key], target.tasks[task].metrics[key]
   local higher = ref.tasks[task].higher[r.metric]
   if higher == nil then higher = true end
@@ -157,8 +156,8 @@ local function judge_metric(task, key, ref, target, rs, ts, tolerance)
   row.regression = (higher and -row.difference or row.difference) + 0  -- (+ 0: never a -0)
   local paired
   if rs and ts then
-    local a = per_document(rs, r.metric, r.filter)
-    local b = per_document(ts, r.metric, r.filter)
+    local a = per_document(rs, r.metric, r.filter, read)
+    local b = per_document(ts, r.metric, r.filter, read)
     local ds, other = {}, 0
     for id, x in pairs(a) do
       local y = b[id]
@@ -211,7 +210,7 @@ function M.judge(reference_path, target_path, opts)
   if ref.file == target.file then
     refuse("downstream: the reference's and the target's results are the same file, %s", ref.file)
   end
-  local rows, missing, names = core.json.array(), core.json.array(), {}
+  local rows, missing, names, read = core.json.array(), core.json.array(), {}, {}  -- (read: samples files, once)
   for task in pairs(ref.tasks) do names[#names + 1] = task end
   table.sort(names)
   for _, task in ipairs(names) do
@@ -223,7 +222,8 @@ function M.judge(reference_path, target_path, opts)
       table.sort(keys)
       for _, key in ipairs(keys) do
         if target.tasks[task].metrics[key] then
-          rows[#rows + 1] = judge_metric(task, key, ref, target, ref.samples[task], target.samples[task], tolerance)
+          rows[#rows + 1] = judge_metric(task, key, ref, target, ref.samples[task], target.samples[task], tolerance,
+            read)
         else
           missing[#missing + 1] = ("%s %s: not in the target's results"):format(task, key)
         end
