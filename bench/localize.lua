@@ -101,7 +101,7 @@ for _, c in ipairs(cases) do
     clean_ok = clean_ok + (ok and 1 or 0)
   end
   print(("%-4s %-44s %s%s"):format(ok and "ok" or "MISS", c[2]:sub(-44), got,
-    f ~= parity.json.null and f.cause.parameter and (" %s=%s"):format(f.cause.parameter.name,
+    f and f.cause.parameter and (" %s=%s"):format(f.cause.parameter.name,
       type(f.cause.parameter.value) == "number" and ("%.4g"):format(f.cause.parameter.value) or f.cause.parameter.value) or ""))
 end
 os.execute("rm -rf " .. out .. ".d")
