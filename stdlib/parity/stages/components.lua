@@ -61,6 +61,7 @@ local M = { name = "components", runs_target = "its components run one by one", 
 ---@field params table<string, parity.Tensor> the reference component's parameters
 ---@field run_reference nil|fun(inputs: parity.Tensor[]): parity.Tensor|nil re-runs the reference's component
 ---@field run_target nil|fun(inputs: parity.Tensor[]): parity.Tensor|nil re-runs the target's component
+---@field reference_low fun(): parity.Tensor|nil the reference's own low-precision output at that call (re-run; nil: none)
 --- The whole-model captures inside the failing components, for signatures that look inside.
 ---@class parity.Inside
 ---@field reference table<string, parity.TapCall[]> path -> its calls in the reference's run
@@ -363,14 +364,18 @@ function M.run(ctx, got)
           r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
         end
         local r32, ar32, rin32 = combine(r32_outs, pair), outs("r32", pair.reference, pair), input("r32", first)
-        noise[n] = noise[n] or {}
-        if not noise[n][k] then  -- the reference's own noise: isolated, in the whole runs, at the input
+        -- the reference's own low-precision output on the inputs r32 had (`via` runs it)
+        local function reference_low(via)
           local rlow_outs = {}
           for i, p in ipairs(pair.reference) do
             local c = cap.r32[p] and cap.r32[p][k]
-            rlow_outs[i] = c and run("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
+            rlow_outs[i] = c and via("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
           end
-          local rlow = combine(rlow_outs, pair)
+          return combine(rlow_outs, pair)
+        end
+        noise[n] = noise[n] or {}
+        if not noise[n][k] then  -- the reference's own noise: isolated, in the whole runs, at the input
+          local rlow = reference_low(run)
           noise[n][k] = { distance(rlow, r32), distance(outs("rlow", pair.reference, pair), ar32),
                           distance(input("rlow", first), rin32), rows = not two and row_distances(rlow, r32) or nil }
         end
@@ -419,8 +424,10 @@ function M.run(ctx, got)
             params = child("r32", first):parameters(),
             run_reference = single and function(inputs) return rerun("r32", first, inputs) end or nil,
             run_target = function(inputs) return rerun(tcap, pair.target, inputs_for(tinputs, inputs) or inputs) end,
+            -- (the report's error distributions: re-run when asked, the cache keeps no outputs)
+            reference_low = function() return reference_low(function(...) return (rerun(...)) end) end,
           } or { isolated = false, r32 = ar32, t32 = at32 or (in32 and atlow) or nil, tlow = atlow or nil,
-                params = {} }
+                params = {}, reference_low = function() return outs("rlow", pair.reference, pair) end }
           evidence.call = k
         end
       end

@@ -79,13 +79,17 @@ function M.run(ctx)
   end
   local r = ctx:reference_outputs()
   local full = ctx:target_logits(ctx.dtype)
-  local result = M.compare(ctx:judged(full), r.ref32, r.ref_low, r.tokens,
+  local judged = ctx:judged(full)
+  local result = M.compare(judged, r.ref32, r.ref_low, r.tokens,
     { topk = ctx.settings.topk, tie_factor = ctx.thresholds.tie_factor, dtype = ctx.dtype })
   result.target_non_finite = m.non_finite(full)  -- anywhere, not only at the judged positions
   result.dtype = ctx.dtype  -- fp32 in an fp32 check against the reference's reassociation level
   result.baseline = ctx.baseline  -- "2-tensor": ref32 is the reference at the low precision, ref_low it perturbed
   result.padded = ctx:padded_columns(ctx.dtype)  -- a padded LM head's extra columns
   result.reference_entropy = M.entropy(r.ref32)
+  -- the logits' errors, the target's against the reference's own (a report's QQ plot and histograms)
+  result.error_distribution = require("parity.distribution").sketch(r.ref32, { reference = r.ref_low,
+    target = judged }, { "reference", "target" }, { reference = true, target = true }) or core.json.null
   return result
 end
 

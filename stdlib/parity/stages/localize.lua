@@ -212,6 +212,7 @@ function M.run(ctx, got)
   end
   return {
     faults = #faults, failing = #failing,
+    error_distribution = M.errors(evidence[primary.reference], primary) or core.json.null,
     first_divergence = {
       reference = primary.reference, target = primary.target, type = primary.type,
       r = primary.r or core.json.null, r32 = primary.r32 or core.json.null,
@@ -226,6 +227,29 @@ function M.run(ctx, got)
     amplifiers = amplifiers,
     less_precise = less,
   }
+end
+
+--- The fault's error distributions (parity.distribution): its target output's error at the low
+--- precision (and in fp32) against the reference's own low-precision error, at the call its
+--- figures are of; nil without evidence (a fault found by other means) or a matching output.
+---@param ev parity.Evidence|nil
+---@param row parity.ComponentRow
+---@return table|nil
+function M.errors(ev, row)
+  if not (ev and ev.r32) then return nil end
+  local ok, own = pcall(ev.reference_low)  -- (a report's plot: the check goes on without it, saying why)
+  local sketch = require("parity.distribution").sketch(ev.r32,
+    { reference = ok and own or nil, target = ev.tlow, target_fp32 = ev.t32 ~= ev.tlow and ev.t32 or nil },
+    { "reference", "target", "target_fp32" }, { reference = true, target = true })
+  if not sketch then return nil end
+  sketch.component, sketch.call = row.reference, ev.call
+  if not sketch.quantiles.reference then
+    sketch.reference_missing = not ok and ("the reference's low-precision component did not re-run: "
+      .. require("parity.errors").clean(own)) or "the reference's low-precision output here is not kept (its whole runs came from the cache)"
+  end
+  sketch.view = ev.isolated and "isolated: both components on the reference's inputs"
+    or "accumulated: the outputs in the whole-model runs (its inputs differ)"
+  return sketch
 end
 
 --- What the verdict keeps of the result.
