@@ -12,7 +12,7 @@ TORCH_PREFIX ?=
 TORCH_PYTHON ?=
 CMAKE_FLAGS := $(if $(TORCH_PREFIX),-DCMAKE_PREFIX_PATH=$(TORCH_PREFIX)) $(if $(TORCH_PYTHON),-DTORCH_PYTHON=$(TORCH_PYTHON))
 PKGS := cmake ninja-build g++ pkg-config libtorch-dev libluajit-5.1-dev nlohmann-json3-dev \
-        libfmt-dev doctest-dev python3-torch libopenblas0-pthread time libxml2-utils
+        libfmt-dev doctest-dev python3-torch libopenblas0-pthread time libxml2-utils chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The user's stack (make test-modern): a virtual environment of the project's own under

@@ -89,6 +89,17 @@ function M.unpatched(opts, out)
   return { verdict = v.verdict, criteria = verdict.figures(v), components = components, results = o.out }
 end
 
+--- The reports every check writes from its results directory (parity.report.*).
+M.REPORTS = { "junit.xml", "report.html" }
+
+--- Writes the reports of the results in `out`, from the directory alone: OUT/junit.xml and
+--- OUT/report.html.
+---@param out string
+function M.reports(out)
+  require("parity.report.junit").write(out)
+  require("parity.report.html").write(out)
+end
+
 --- Runs the check; writes <stage>.json and verdict.json under opts.out; returns the verdict.
 --- Input errors raise, after writing verdict.json with verdict "error".
 ---@param opts parity.CheckOptions
@@ -102,7 +113,7 @@ function M.run(opts)
   local files = { "downstream" }  -- an earlier run's stage files go too
   for _, name in ipairs(M.STAGES) do files[#files + 1] = name end
   verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", files)
-  os.remove(out .. "/junit.xml")
+  for _, name in ipairs(M.REPORTS) do os.remove(out .. "/" .. name) end
   local ok, result = pcall(function() return workflow.run(context.open(opts), stages) end)
   if ok and result.patches and opts.unpatched ~= false then  -- the figures the patches changed
     local fine, before = pcall(M.unpatched, opts, out)
@@ -120,10 +131,10 @@ function M.run(opts)
     local msg = require("parity.errors").clean(result)
     local function path(x) return type(x) == "string" and x or type(x) == "table" and x.path or nil end
     verdict.error(out, msg, { reference = path(opts.reference), target = path(opts.target) })
-    pcall(require("parity.report.junit").write, out)  -- (the error that led here is what the user sees)
+    pcall(M.reports, out)  -- (the error that led here is what the user sees)
     error(msg, 0)
   end
-  require("parity.report.junit").write(out)  -- from the results directory, as every report
+  M.reports(out)
   return result
 end
 

@@ -2,6 +2,11 @@
 -- against tests/data/junit.xsd (the JUnit format CI reporters read), its counts against its
 -- cases, for a divergent, an equivalent and an error check; text that XML would misread escaped.
 -- parity.report.terminal: the summary coloured on a terminal only, unless NO_COLOR.
+-- parity.report.html: OUT/report.html of a divergent and an equivalent check opened in a real
+-- browser (Debian's chromium, headless): no script error, every chart drawn, a screenshot that is
+-- not blank (tests/tools/png_stats.py); its parts by content; the per-position series bounded;
+-- a results directory of an older parity (tests/data/results_2026-11-23, written by parity at
+-- f4bc375) and one with stages missing rendered, saying what is not there.
 local spec = require("parity.spec")
 local it, eq, truthy = spec.it, spec.eq, spec.truthy
 local parity = require("parity")
@@ -98,6 +103,136 @@ it("the summary is coloured on a terminal, unless NO_COLOR; the text stays the s
   truthy(coloured:find("\27%[1;31mverdict: DIVERGENT"), "the verdict in bold red")
   truthy(coloured:find("\27%[32m  pass  no NaN"), "a passing one in green")
   eq((coloured:gsub("\27%[[%d;]*m", "")), text)
+end)
+
+local html = require("parity.report.html")
+
+--- The browser: Debian's chromium (make deps installs it).
+local function browser()
+  for _, name in ipairs({ "chromium", "chromium-browser", "google-chrome" }) do
+    local p = io.popen("command -v " .. name .. " 2>/dev/null")
+    local path = p:read("*l")
+    p:close()
+    if path and path ~= "" then return path end
+  end
+  error("no chromium on PATH: `make deps` installs Debian's chromium (the report's browser test needs it)", 0)
+end
+
+--- A page as the browser leaves it: its DOM after the scripts ran, what the browser's console
+--- said (errors and messages), and a screenshot's `width height inked distinct`.
+local function browse(page)
+  local dir = tmpdir(true)
+  local flags = ("--headless --no-sandbox --disable-gpu --hide-scrollbars --enable-logging=stderr --v=0"
+    .. " --user-data-dir=%q"):format(dir .. "/profile")
+  local url = "file://" .. page
+  local p = io.popen(("%q %s --dump-dom %q 2>%q"):format(browser(), flags, url, dir .. "/dom.log"))
+  local dom = p:read("*a")
+  p:close()
+  os.execute(("%q %s --window-size=1400,3600 --screenshot=%q %q >/dev/null 2>%q"):format(browser(), flags,
+    dir .. "/shot.png", url, dir .. "/shot.log"))
+  local console = {}
+  for _, log in ipairs({ "/dom.log", "/shot.log" }) do
+    for line in (read(dir .. log) .. "\n"):gmatch("([^\n]*)\n") do
+      if line:find(":CONSOLE", 1, true) then console[#console + 1] = line end
+    end
+  end
+  p = io.popen(("/usr/bin/python3 %q %q 2>&1"):format(here .. "/../tools/png_stats.py", dir .. "/shot.png"))
+  local stats = p:read("*a")
+  p:close()
+  local w, h, inked, distinct = stats:match("^(%d+) (%d+) ([%d.]+) (%d+)")
+  return dom, console, { width = tonumber(w), height = tonumber(h), inked = tonumber(inked), distinct = tonumber(distinct),
+                         said = stats }
+end
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local p = io.popen("pwd")
+  local cwd = p:read("*l")
+  p:close()
+  return cwd .. "/" .. path
+end
+
+local function count(text, pattern) return select(2, text:gsub(pattern, "")) end
+
+it("the report of a divergent and an equivalent check opens in a real browser: no error, every chart drawn, not blank", function()
+  for _, case in ipairs({ { "bug_eps_small", "divergent", 12 }, { "port_fused", "equivalent", 9 } }) do
+    local out = absolute(tmpdir())
+    eq(check(case[1], out).verdict, case[2])
+    local page = read(out .. "/report.html")
+    -- self-contained: no resource from elsewhere, nothing fetched
+    truthy(not page:find("https?://") and not page:find("<link", 1, true) and not page:find(" src=", 1, true),
+      "no network resource")
+    local svgs = count(page, "<svg ")
+    truthy(svgs >= case[3], ("%s: %d charts"):format(case[1], svgs))
+    local dom, console, shot = browse(out .. "/report.html")
+    truthy(dom:find('data-ready="1"', 1, true), case[1] .. ": the page's script ran to its end")
+    truthy(dom:find("<html[^>]*>") and not dom:match("<html[^>]*>"):find("data-errors", 1, true), case[1] .. ": no script error")
+    eq(#console, 0, table.concat(console, "\n"))
+    eq(tonumber(dom:match('data%-svgs="(%d+)"')), svgs)  -- every chart the file holds, parsed as SVG
+    truthy(shot.width == 1400 and shot.height == 3600, "a screenshot: " .. shot.said)
+    truthy(shot.inked > 0.02 and shot.distinct > 40, ("%s: the screenshot shows something: %s"):format(case[1], shot.said))
+  end
+end)
+
+it("the report's parts: verdict, criteria, components with the first divergence, positions, QQ plots, trees, settings", function()
+  local out = tmpdir()
+  check("bug_eps_small", out)
+  local page = read(out .. "/report.html")
+  truthy(page:find('<span class="verdict v-divergent">DIVERGENT</span>', 1, true))
+  truthy(page:find("<b>Cause:</b> epsilon: a norm whose output is the reference", 1, true))
+  truthy(page:find('<tr class="fail"><td class="fail-t">FAIL</td><td>e2e32</td><td>R32 p95 &lt; 0.0003 (fp32 leg)</td>', 1, true),
+    "a failing criterion")
+  eq(count(page, ">first divergence</text>"), 2)  -- marked in the R and the R32 charts
+  truthy(page:find("QQ plot, at the first divergence", 1, true) and page:find("QQ plot, of the logits", 1, true))
+  truthy(page:find("<p>The first divergence, <code>model.layers.0.input_layernorm</code>, at its call 1.</p>", 1, true))
+  truthy(page:find('id="r%-model_layers_0_input_layernorm"[^>]* data%-peer="t%-blocks_0_attn_norm"'), "the mapping, ref -> target")
+  truthy(page:find('id="t%-blocks_0_attn_norm"[^>]* data%-peer="r%-model_layers_0_input_layernorm"'), "and back")
+  truthy(page:find("<td>r32_p95</td><td class=\"num\">0.0003</td>", 1, true), "the thresholds used")
+  truthy(not page:find("Not shown", 1, true), "a whole directory lacks nothing")
+  -- the localize stage recorded the sketch the QQ plot draws: the bf16 error the reference's own
+  -- (the eps bug is inside bf16's noise), the fp32 error of its own
+  local d = parity.json.read(out .. "/localize.json").error_distribution
+  eq(d.component, "model.layers.0.input_layernorm")
+  eq(#d.quantiles.reference, #d.percentiles)
+  truthy(math.abs(d.quantiles.target[101] - d.quantiles.reference[101]) < 0.1 * math.abs(d.quantiles.reference[101]))
+  truthy(math.abs(d.quantiles.target_fp32[101]) > 0, "an fp32 error of its own")
+  eq(#d.histograms.reference.counts, 40)
+end)
+
+it("a per-position series is bounded: downsampled to the worst of each bucket, and the chart says so", function()
+  local nested = { {}, {} }
+  for i = 1, 3000 do nested[1][i], nested[2][i] = 1, 1 end
+  nested[2][1321] = 1000  -- a spike, position 4320 of the 6000
+  local pts, note = html.series(nested, math.max)
+  eq(#pts, html.MAX_POINTS)
+  eq(note, "downsampled: 6000 positions, each point the worst of 4")
+  local peak = 0
+  for _, p in ipairs(pts) do peak = math.max(peak, p[2]) end
+  eq(peak, 1000)
+  local short = html.series({ { 1, 2, 3 } }, math.max)
+  eq({ #short, select(2, html.series({ { 1, 2, 3 } }, math.max)) }, { 3, nil })
+end)
+
+it("parity report on a run of an older parity and on a directory with stages missing: what is there, and what is not", function()
+  local old = tmpdir(true)
+  os.execute(("cp -r %q/. %q"):format(here .. "/../data/results_2026-11-23", old))
+  local path, absent = html.write(old)
+  local page = read(path)
+  eq(count(page, "<svg "), 7)  -- the components' two and the positions' five (no QQ plots: not recorded then)
+  truthy(page:find("<b>First divergence:</b> <code>model.layers.0.input_layernorm</code>", 1, true))
+  truthy(page:find("<b>Not shown</b>", 1, true))
+  eq(#absent, 3, table.concat(absent, "\n"))
+  truthy(absent[1]:find("records no error distribution for the first divergence", 1, true))
+  local out = tmpdir()
+  check("bug_eps_small", out)
+  os.remove(out .. "/components.json")
+  os.remove(out .. "/localize.json")
+  path, absent = html.write(out)
+  page = read(path)
+  eq(absent, { "components.json is not in this directory: no per-component figures (the components stage did not run or did not finish)",
+               "localize.json is not in this directory: no error distributions for the first divergence" })
+  truthy(page:find("R at each position", 1, true) and page:find("QQ plot, of the logits", 1, true), "the rest is drawn")
+  truthy(not pcall(html.write, tmpdir(true)), "no verdict: an error")
 end)
 
 return spec.run()

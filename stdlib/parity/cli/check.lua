@@ -119,8 +119,9 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      components in place of the port's; each a check of its own in OUT/confirm/N;
                      verdict.json's confirmation says what fixing it does (the verdict and the
                      exit code stay the port's)
-  --out DIR          the results directory (default parity-results): verdict.json, junit.xml
-                     (for CI), scaffold/ (the trees, the mapping) and a JSON a stage:
+  --out DIR          the results directory (default parity-results): verdict.json,
+                     report.html (the plots, for a browser), junit.xml (for CI), scaffold/
+                     (the trees, the mapping) and a JSON a stage:
                      STAGE_FILES
   --no-cache         recompute the reference's outputs
   --quiet            no progress on stderr and no log lines (the summary and the files only)
@@ -208,18 +209,23 @@ commands.report = {
   help = [[
 Usage: parity report DIR
 
-Prints the summary of a finished check again, from its results directory alone (DIR/verdict.json
-and the stage summaries in it): the same lines `parity check` printed. An error verdict prints
-its message. Exit 0 equivalent, 1 divergent or error, 2 when DIR holds no verdict parity wrote,
-3 inconclusive.]],
-  --- parity report: prints a finished check's summary from its results directory.
+Renders a finished check again from its results directory alone (DIR/verdict.json and the stage
+files beside it): prints the summary `parity check` printed, and writes DIR/report.html (the page
+with the plots, one file that opens in any browser) and DIR/junit.xml (for CI test reporters)
+anew. A directory from an older parity, or one with a stage's file missing, renders what is there;
+the page and the summary say what is not. An error verdict prints its message. Exit 0 equivalent,
+1 divergent or error, 2 when DIR holds no verdict parity wrote (or cannot be written), 3
+inconclusive.]],
+  --- parity report: prints a finished check's summary and writes its reports, from its results directory.
   ---@param argv string[] the arguments after "report"
   ---@return integer exit code 0 equivalent, 1 divergent or error
   run = function(argv)
     local o = parse(argv, { flags = {}, positional = { "DIR" } })
     local terminal = require("parity.report.terminal")
-    local text, v = terminal.from_dir(o.DIR)
-    print(terminal.for_stdout(text))
+    local _, v = terminal.from_dir(o.DIR)  -- (raises, in one line, when DIR holds no verdict)
+    require("parity.report.junit").write(o.DIR)
+    local _, absent = require("parity.report.html").write(o.DIR)
+    print(terminal.for_stdout((terminal.from_dir(o.DIR, absent))))
     return require("parity.verdict").exit_code(v)
   end,
 }

@@ -106,8 +106,9 @@ end
 --- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
 ---@param v parity.Verdict a verdict (verdict.json's content), not an error one
 ---@param out string the results directory
+---@param notes string[]|nil lines said last, before where the reports are (what a report could not show)
 ---@return string
-function M.render(v, out)
+function M.render(v, out, notes)
   local s = v.settings
   local noise = v.dtype ~= "fp32" and "" or v.noise_dtype == "fp32" and " (over the reference's fp32 reassociation level)"
     or (" (over the reference's own %s noise)"):format(v.noise_dtype)
@@ -170,7 +171,18 @@ function M.render(v, out)
     .. "; not a pass")
   lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
     undecided or #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
+  for _, n in ipairs(notes or {}) do lines[#lines + 1] = "  not shown: " .. n end
+  lines[#lines + 1] = M.where(out)
   return table.concat(lines, "\n")
+end
+
+--- The line that says where the reports are (those in `out`), or nil when there are none.
+---@param out string the results directory
+---@return string|nil
+function M.where(out)
+  local has = function(name) return core.path_kind(out .. "/" .. name) == "file" end
+  if not has("report.html") then return nil end
+  return ("report: %s/report.html (open it in a browser)%s"):format(out, has("junit.xml") and ("; JUnit: %s/junit.xml"):format(out) or "")
 end
 
 --- ANSI colours of the summary's lines, by how they start.
@@ -212,9 +224,10 @@ end
 --- The summary of the results in `out`, from its verdict.json alone; an error verdict is its
 --- message. Raises, in one line, when `out` holds no readable verdict.
 ---@param out string a results directory
+---@param notes string[]|nil M.render's
 ---@return string text
 ---@return parity.Verdict verdict what verdict.json holds
-function M.from_dir(out)
+function M.from_dir(out, notes)
   local path = out .. "/verdict.json"
   if core.path_kind(path) ~= "file" then
     error(("%s: no verdict.json (not a results directory of parity check)"):format(out), 0)
@@ -223,8 +236,11 @@ function M.from_dir(out)
   if not ok or type(v) ~= "table" or type(v.verdict) ~= "string" then
     error(("%s: not a verdict parity wrote (%s)"):format(path, ok and "no verdict in it" or tostring(v)), 0)
   end
-  if v.verdict == "error" then return ("verdict: ERROR — %s   (results in %s/)"):format(tostring(v.error), out), v end
-  return M.render(v, out), v
+  if v.verdict == "error" then
+    local where = M.where(out)
+    return ("verdict: ERROR — %s   (results in %s/)%s"):format(tostring(v.error), out, where and ("\n" .. where) or ""), v
+  end
+  return M.render(v, out, notes), v
 end
 
 return M
