@@ -264,7 +264,8 @@ for the command to fill), {pos}, {dir} (FILE's directory), {parity} (this binary
 they are shell-quoted (write {dump}/x, not "{dump}/x"). Commands run
 with sh in FILE's directory (relative paths are relative to it), their output in
 DIR/work/<model>__p<index>/*.log. A matrix runs the commands it lists: run only matrices you trust.
-Each failing (model, prompt) leaves DIR/<model>__p<index>.diff (the diff's report) and .json.
+Each failing (model, prompt) leaves DIR/<model>__p<index>.diff (the diff's report) and .json;
+DIR/junit.xml holds every pair, one JUnit test suite a (model, prompt), one case a tensor.
 
   --filter SUBSTR   only the entries whose model contains SUBSTR
   --reports DIR     reports and work directories (default parity-matrix)
@@ -284,6 +285,7 @@ a layer output or the logits the reference has), after running the rest.]],
     end
     print(("%d pairs: %d pass, %d fail, %d error%s"):format(#r.rows, counts.pass, counts.fail, counts.error,
       counts.incomplete > 0 and (", %d incomplete"):format(counts.incomplete) or ""))
+    print(("JUnit: %s"):format(r.junit))
     return r.exit
   end,
 }

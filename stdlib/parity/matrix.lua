@@ -51,6 +51,7 @@ local M = {}
 ---@field first parity.DiffBrief|nil the first tensor past its thresholds (a failing pair)
 ---@field localized parity.DiffBrief|nil where the error starts (a failing pair)
 ---@field report string|nil the .diff report of a failing pair
+---@field tensors table[]|nil the diff's rows of the compared tensors (not for an error)
 
 local function fail(where, msg) error(("%s: %s"):format(where, msg), 0) end
 
@@ -170,8 +171,8 @@ end
 ---@param m parity.Matrix M.load's
 ---@param opts {filter?: string, reports?: string, log?: fun(line: string)} filter: a substring of
 ---            the model names; reports: the directory (default parity-matrix); log: gets M.line's
----@return {rows: parity.MatrixRow[], exit: integer} exit: 2 on an error or an incomplete pair, else 1 on
----         a failing one, else 0
+---@return {rows: parity.MatrixRow[], exit: integer, junit: string} exit: 2 on an error or an incomplete pair,
+---         else 1 on a failing one, else 0; junit: the JUnit file written (one suite a pair)
 function M.run(m, opts)
   local here = shell_line("pwd") or error("cannot tell the working directory", 0)
   local reports = absolute(here, opts.reports or "parity-matrix")  -- commands run elsewhere: absolute paths
@@ -196,6 +197,7 @@ function M.run(m, opts)
           local report = diff.run(ref, tgt, { pos = e.pos, thresholds = e.thresholds, names = e.names, only = e.only })
           row.verdict, row.pass, row.missing, row.left_out = report.verdict, report.pass, report.missing, report.left_out
           row.loosened, row.criteria_can_fail = report.loosened, report.criteria_can_fail
+          row.tensors = report.tensors  -- (for junit.xml; M.line does not print them)
           if not report.pass then
             row.first, row.localized = report.first_past_threshold, report.localized
             row.report = ("%s/%s.diff"):format(reports, id)
@@ -217,7 +219,9 @@ function M.run(m, opts)
     end
   end
   if #rows == 0 then error(("no entry's model matches --filter %s"):format(tostring(opts.filter)), 0) end
-  return { rows = rows, exit = any_error and 2 or (any_fail and 1 or 0) }
+  local junit = reports .. "/junit.xml"
+  core.write_text(junit, require("parity.report.junit").matrix(rows))
+  return { rows = rows, exit = any_error and 2 or (any_fail and 1 or 0), junit = junit }
 end
 
 --- One line of the matrix's table.

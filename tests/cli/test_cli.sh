@@ -338,6 +338,17 @@ EOF
   expect 1 '^  ffn_bug +p0 +FAIL +first past threshold h1_ffnout at position 3; localized: h1_ffnout' -- matrix "$tmp/matrix.lua" --filter ffn --reports "$tmp/reports"
   expect 2 "^  broken +p0 +ERROR +the engine command failed \\(exit 1\\): echo no engine here >&2; false: no engine here \\(log: " -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
   expect 2 '^3 pairs: 1 pass, 1 fail, 1 error$' -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
+  expect 2 "^JUnit: $tmp/reports/junit.xml$" -- matrix "$tmp/matrix.lua" --reports "$tmp/reports"
+  # one JUnit suite a (model, prompt), valid against the schema CI reporters read
+  cases=$((cases + 1))
+  xsd=$(cd "$(dirname "$0")/../data" && pwd)/junit.xsd
+  j=$tmp/reports/junit.xml
+  if xmllint --noout --schema "$xsd" "$j" 2>/dev/null && [[ $(grep -c '<testsuite ' "$j") -eq 3 ]] \
+     && grep -q '<testsuite name="parity matrix ffn_bug prompt 0" tests="[0-9]*" failures="[1-9]' "$j" \
+     && grep -q '<testcase classname="parity.matrix.ffn_bug" name="h1_ffnout" time="0"><failure message="rel L2 [^"]*" type="first divergence"' "$j" \
+     && grep -q '<testsuite name="parity matrix clean prompt 0" tests="[1-9][0-9]*" failures="0" errors="0"' "$j" \
+     && grep -q '<testsuite name="parity matrix broken prompt 0" tests="1" failures="0" errors="1"' "$j"; then
+    echo "ok   the matrix's junit.xml: one valid suite a pair"; else failures=$((failures + 1)); echo "FAIL: the matrix's junit.xml"; sed 's/^/    /' "$j" | head -40; fi
   cases=$((cases + 1))
   if grep -q '^localized: h1_ffnout' "$tmp/reports/ffn_bug__p0.diff" && [[ -e $tmp/reports/ffn_bug__p0.json && ! -e $tmp/reports/clean__p0.diff ]]; then
     echo "ok   a report for the failing pair only"; else failures=$((failures + 1)); echo "FAIL: matrix reports"; fi

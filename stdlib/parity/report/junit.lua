@@ -74,40 +74,27 @@ local function cases(v, components)
   return list
 end
 
---- The JUnit XML of the results in `out`.
----@param out string a results directory
----@return string xml
-function M.render(out)
-  local v = core.json.read(out .. "/verdict.json")
-  if type(v) ~= "table" then error(("%s/verdict.json is not a verdict"):format(out), 0) end
-  local comp = core.path_kind(out .. "/components.json") == "file" and core.json.read(out .. "/components.json") or {}
-  local suite = ("parity check %s against %s"):format(tostring(v.target), tostring(v.reference))
-  local list = v.verdict == "error" and {} or cases(v, comp.components)
+--- One <testsuite> of test cases (`cases`' shape), with its properties ({name, value} pairs;
+--- nil values left out) and, for an error, one error case with its message.
+local function suite(name, list, props, err)
   local failures, skipped = 0, 0
   for _, c in ipairs(list) do
     if c.failure then failures = failures + 1 end
     if c.skipped then skipped = skipped + 1 end
   end
-  local errors = v.verdict == "error" and 1 or 0
-  local lines = { '<?xml version="1.0" encoding="UTF-8"?>',
-    ("<testsuites %s>"):format(attrs({ name = "parity", tests = #list + errors, failures = failures, errors = errors,
-      skipped = skipped }, { "name", "tests", "failures", "errors", "skipped" })),
-    ("  <testsuite %s>"):format(attrs({ name = suite, tests = #list + errors, failures = failures, errors = errors,
-      skipped = skipped, time = 0 }, { "name", "tests", "failures", "errors", "skipped", "time" })),
-    "    <properties>" }
-  local s = type(v.settings) == "table" and v.settings or {}
-  for _, p in ipairs({ { "verdict", v.verdict }, { "cause", v.cause ~= null and type(v.cause) == "table" and v.cause.class
-      or nil }, { "dtype", v.dtype }, { "noise_dtype", v.noise_dtype }, { "prompts", s.prompts },
-      { "new_tokens", s.new_tokens }, { "parity_version", v.parity_version }, { "libtorch", v.libtorch },
-      { "recipe", type(v.recipe) == "table" and v.recipe.sha256 or nil } }) do
+  local errors = err and 1 or 0
+  local counts = { name = name, tests = #list + errors, failures = failures, errors = errors, skipped = skipped, time = 0 }
+  local lines = { ("  <testsuite %s>"):format(attrs(counts, { "name", "tests", "failures", "errors", "skipped", "time" })),
+                  "    <properties>" }
+  for _, p in ipairs(props) do
     if p[2] ~= nil and p[2] ~= null then
       lines[#lines + 1] = ("      <property %s/>"):format(attrs({ name = p[1], value = p[2] }, { "name", "value" }))
     end
   end
   lines[#lines + 1] = "    </properties>"
-  if errors > 0 then
+  if err then
     lines[#lines + 1] = ('    <testcase classname="parity" name="check" time="0"><error %s/></testcase>'):format(
-      attrs({ message = v.error or "the check did not finish", type = "error" }, { "message", "type" }))
+      attrs({ message = err, type = "error" }, { "message", "type" }))
   end
   for _, c in ipairs(list) do
     local head = ("    <testcase %s"):format(attrs({ classname = c.classname, name = c.name, time = 0 },
@@ -122,8 +109,67 @@ function M.render(out)
     lines[#lines + 1] = #body == 0 and head .. "/>" or head .. ">" .. table.concat(body) .. "</testcase>"
   end
   lines[#lines + 1] = "  </testsuite>"
-  lines[#lines + 1] = "</testsuites>"
-  return table.concat(lines, "\n") .. "\n"
+  return table.concat(lines, "\n"), counts
+end
+
+--- The <testsuites> document around suites (suite's).
+local function document(suites)
+  local total = { name = "parity", tests = 0, failures = 0, errors = 0, skipped = 0 }
+  local body = {}
+  for _, s in ipairs(suites) do
+    body[#body + 1] = s[1]
+    for _, k in ipairs({ "tests", "failures", "errors", "skipped" }) do total[k] = total[k] + s[2][k] end
+  end
+  return table.concat({ '<?xml version="1.0" encoding="UTF-8"?>',
+    ("<testsuites %s>"):format(attrs(total, { "name", "tests", "failures", "errors", "skipped" })),
+    table.concat(body, "\n"), "</testsuites>" }, "\n") .. "\n"
+end
+
+--- The JUnit XML of the results in `out`.
+---@param out string a results directory
+---@return string xml
+function M.render(out)
+  local v = core.json.read(out .. "/verdict.json")
+  if type(v) ~= "table" then error(("%s/verdict.json is not a verdict"):format(out), 0) end
+  local comp = core.path_kind(out .. "/components.json") == "file" and core.json.read(out .. "/components.json") or {}
+  local s = type(v.settings) == "table" and v.settings or {}
+  local props = { { "verdict", v.verdict }, { "cause", v.cause ~= null and type(v.cause) == "table" and v.cause.class
+      or nil }, { "dtype", v.dtype }, { "noise_dtype", v.noise_dtype }, { "prompts", s.prompts },
+      { "new_tokens", s.new_tokens }, { "parity_version", v.parity_version }, { "libtorch", v.libtorch },
+      { "recipe", type(v.recipe) == "table" and v.recipe.sha256 or nil } }
+  local err = v.verdict == "error" and (v.error or "the check did not finish") or nil
+  return document({ { suite(("parity check %s against %s"):format(tostring(v.target), tostring(v.reference)),
+    err and {} or cases(v, comp.components), props, err) } })
+end
+
+--- The JUnit XML of a matrix run (parity.matrix): one test suite a (model, prompt) pair, one
+--- test case a compared tensor (its failure: rel L2, cosine and max |d| against their limits),
+--- one a tensor the engine's dump lacks (failing), an error pair one error case.
+---@param rows parity.MatrixRow[] M.run's rows, each with its diff's `tensors`
+---@return string xml
+function M.matrix(rows)
+  local suites = {}
+  for _, row in ipairs(rows) do
+    local list = {}
+    for _, t in ipairs(row.tensors or {}) do
+      local case = { classname = ("parity.matrix.%s"):format(row.model), name = t.name }
+      if not t.pass then
+        local lim = t.limits or {}
+        case.failure = { type = row.localized and row.localized.name == t.name and "first divergence" or "divergent",
+          message = ("rel L2 %s (limit %s), cosine %s (limit %s), max |d| %s%s"):format(g(t.rel_l2), g(lim.rel_l2),
+            g(t.cosine), g(lim.cosine), g(t.max_abs), lim.max_abs and (" (limit %s)"):format(g(lim.max_abs)) or "") }
+      end
+      list[#list + 1] = case
+    end
+    for _, name in ipairs(row.missing or {}) do
+      list[#list + 1] = { classname = ("parity.matrix.%s"):format(row.model), name = name,
+        failure = { type = "incomplete", message = "the engine's dump lacks it" } }
+    end
+    suites[#suites + 1] = { suite(("parity matrix %s prompt %d"):format(row.model, row.index), list,
+      { { "model", row.model }, { "prompt", row.prompt }, { "verdict", row.verdict }, { "report", row.report } },
+      row.verdict == "error" and row.error or nil) }
+  end
+  return document(suites)
 end
 
 --- Writes OUT/junit.xml from the results in `out`.
