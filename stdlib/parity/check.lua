@@ -93,11 +93,21 @@ end
 M.REPORTS = { "junit.xml", "report.html" }
 
 --- Writes the reports of the results in `out`, from the directory alone: OUT/junit.xml and
---- OUT/report.html.
+--- OUT/report.html. A report that cannot be written does not undo the check: it is left out,
+--- and what failed is returned (and said on stderr).
 ---@param out string
+---@return string[] failed "report.html: why", one a report not written
 function M.reports(out)
-  require("parity.report.junit").write(out)
-  require("parity.report.html").write(out)
+  local failed = {}
+  for i, name in ipairs({ "junit", "html" }) do
+    local ok, err = pcall(require("parity.report." .. name).write, out)
+    if not ok then
+      failed[#failed + 1] = ("%s: %s"):format(M.REPORTS[i], require("parity.errors").clean(err))
+      io.stderr:write(("parity: warning: %s/%s not written: %s\n"):format(out, M.REPORTS[i],
+        require("parity.errors").clean(err)))
+    end
+  end
+  return failed
 end
 
 --- Runs the check; writes <stage>.json and verdict.json under opts.out; returns the verdict.
@@ -131,7 +141,7 @@ function M.run(opts)
     local msg = require("parity.errors").clean(result)
     local function path(x) return type(x) == "string" and x or type(x) == "table" and x.path or nil end
     verdict.error(out, msg, { reference = path(opts.reference), target = path(opts.target) })
-    pcall(M.reports, out)  -- (the error that led here is what the user sees)
+    M.reports(out)  -- (the error that led here is what the user sees)
     error(msg, 0)
   end
   M.reports(out)

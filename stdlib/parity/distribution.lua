@@ -19,14 +19,16 @@ for p = 1, 99 do M.PERCENTILES[#M.PERCENTILES + 1] = p end
 M.PERCENTILES[#M.PERCENTILES + 1] = 99.5
 M.PERCENTILES[#M.PERCENTILES + 1] = 99.9
 M.BINS = 40
---- Elements beyond this are sampled (evenly strided), and the sketch says so.
+--- Elements beyond this are sampled (the same seeded uniform draw, with replacement, for every
+--- output), and the sketch says so.
 M.MAX_ELEMENTS = 4194304
 
-local function flat(t, n)
-  local x = t:double():reshape({ -1 })
-  if n <= M.MAX_ELEMENTS then return x end
-  local step = math.ceil(n / M.MAX_ELEMENTS)
-  return x:index_select(0, torch.arange(0, n, step, { dtype = "int64" }))
+-- the elements kept of a tensor of n: all, or the seeded draw `pick` (sampled before any copy:
+-- an output of a large vocabulary is never copied whole in float64)
+local function flat(t, pick)
+  local x = t:reshape({ -1 })
+  if pick then x = x:index_select(0, pick) end
+  return x:double()
 end
 
 local function bins(lo, hi)
@@ -44,18 +46,31 @@ end
 ---@param outputs table<string, parity.Tensor> name -> an output of the same shape ("reference": the reference's own low precision)
 ---@param order string[] the names, in the order the sketch lists them
 ---@param shared table<string, boolean> the names whose histograms share bins
----@return table|nil sketch {elements, sampled, percentiles, quantiles = {name = {...}}, histograms = {name = {edges, counts}}, clipped}; nil when no output matches
+---@return table|nil sketch {elements, sampled, percentiles, quantiles = {name = {...}}, histograms = {name = {edges, counts}}, clipped, excluded = {name = why}}: an output holding NaN or Inf is left out and said so in excluded (reference_fp32: the reference's own, then nothing else); nil when no output matches
 function M.sketch(reference, outputs, order, shared)
-  local errs, names, n = {}, {}, reference:numel()
-  if n == 0 or not finite(reference) then return nil end
+  local errs, names, n, excluded = {}, {}, reference:numel(), {}
+  if n == 0 then return nil end
+  local function bad(t)
+    local c = m.non_finite(t)
+    return (c.nan > 0 or c.inf > 0) and ("%d NaN and %d infinite values"):format(c.nan, c.inf) or nil
+  end
+  local why = bad(reference)
+  if why then return { elements = n, excluded = { reference_fp32 = why } } end
+  -- (a seeded uniform draw past M.MAX_ELEMENTS: strides could keep picking the same vocabulary columns)
+  local pick = n > M.MAX_ELEMENTS and torch.randint(0, n, { M.MAX_ELEMENTS }, { seed = 0 }) or nil
+  local r = flat(reference, pick)
   for _, name in ipairs(order) do
     local t = outputs[name]
-    if t and t:is_same_size(reference) and finite(t) then
-      errs[name] = flat(t:double() - reference:double(), n)
-      names[#names + 1] = name
+    if t and t:is_same_size(reference) then
+      why = bad(t)
+      if why then excluded[name] = why
+      else
+        errs[name] = flat(t, pick) - r
+        names[#names + 1] = name
+      end
     end
   end
-  if #names == 0 then return nil end
+  if #names == 0 then return next(excluded) and { elements = n, excluded = excluded } or nil end
   local quantiles, lo, hi = {}, math.huge, -math.huge
   for _, name in ipairs(names) do
     local q = m.percentiles(errs[name], M.PERCENTILES)
@@ -73,7 +88,8 @@ function M.sketch(reference, outputs, order, shared)
     if x:numel() < n then sampled = x:numel() end
   end
   return { elements = n, sampled = sampled or core.json.null, percentiles = M.PERCENTILES, quantiles = quantiles,
-           histograms = histograms, clipped = "values past the 0.1 and 99.9 percentiles are counted in the end bins" }
+           histograms = histograms, clipped = "values past the 0.1 and 99.9 percentiles are counted in the end bins",
+           excluded = next(excluded) and excluded or nil }
 end
 
 return M

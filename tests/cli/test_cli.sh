@@ -522,9 +522,10 @@ usability)
   expect 2 '^parity check: unknown option --frobnicate \(see parity check --help\)$' -- check "$ref" "$fx/port_fused" --frobnicate
   expect 2 '^parity tree: unknown option --wide \(see parity tree --help\)$' -- tree "$ref" --wide
   # a bad command line marks the last run's verdict "error" and leaves its other results as they
-  # were: stages, scaffold/
+  # were: stages, scaffold/; the reports, rendered from the verdict, say the error
   expect 0 '^verdict: EQUIVALENT' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}"
-  snapshot() { (cd "$tmp/res" && find . | sort && find . -type f ! -name verdict.json | sort | xargs sha256sum); }
+  snapshot() { (cd "$tmp/res" && find . | sort && find . -type f ! -name verdict.json ! -name junit.xml ! -name report.html \
+    | sort | xargs sha256sum); }
   before=$(snapshot)
   echo 'return { r_p95 = "loose" }' >"$tmp/bad_thresholds.lua"
   for bad in "--promts 8" "--new-tokens 0" "--dtype fp8" "--topk nan" "--baseline 1-tensor" "--device tpu" \
@@ -533,7 +534,8 @@ usability)
     expect 2 '^parity check: ' -- check "$ref" "$fx/port_fused" --out "$tmp/res" "${common[@]}" $bad
     cases=$((cases + 1))
     if [[ $(snapshot) == "$before" ]] && grep -q '"verdict": "error"' "$tmp/res/verdict.json" \
-       && grep -q '"error": "usage error: ' "$tmp/res/verdict.json"; then
+       && grep -q '"error": "usage error: ' "$tmp/res/verdict.json" \
+       && grep -q 'class="verdict v-error">ERROR' "$tmp/res/report.html" && grep -q '<error message="usage error: ' "$tmp/res/junit.xml"; then
       echo "ok   check $bad marks the verdict and leaves the rest of --out as it was"
     else failures=$((failures + 1)); echo "FAIL: check $bad changed --out:"; diff <(echo "$before") <(snapshot) | head -10; fi
   done

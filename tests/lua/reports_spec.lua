@@ -185,8 +185,15 @@ it("the report's parts: verdict, criteria, components with the first divergence,
   eq(count(page, ">first divergence</text>"), 2)  -- marked in the R and the R32 charts
   truthy(page:find("QQ plot, at the first divergence", 1, true) and page:find("QQ plot, of the logits", 1, true))
   truthy(page:find("<p>The first divergence, <code>model.layers.0.input_layernorm</code>, at its call 1.</p>", 1, true))
-  truthy(page:find('id="r%-model_layers_0_input_layernorm"[^>]* data%-peer="t%-blocks_0_attn_norm"'), "the mapping, ref -> target")
-  truthy(page:find('id="t%-blocks_0_attn_norm"[^>]* data%-peer="r%-model_layers_0_input_layernorm"'), "and back")
+  -- the mapping, both ways: a node's data-peer is its counterpart's id
+  local function node(path)
+    local id, peer = page:match('<div class="node[^"]*" id="(%w+)" style="[^"]*" data%-peer="([%w ]+)" title="' .. path:gsub("%.", "%%.") .. '"')
+    return id, peer
+  end
+  local rid, rpeer = node("model.layers.0.input_layernorm")
+  local tid, tpeer = node("blocks.0.attn_norm")
+  truthy(rid and tid, "both nodes mapped")
+  eq({ rpeer, tpeer }, { tid, rid })
   truthy(page:find("<td>r32_p95</td><td class=\"num\">0.0003</td>", 1, true), "the thresholds used")
   truthy(not page:find("Not shown", 1, true), "a whole directory lacks nothing")
   -- the localize stage recorded the sketch the QQ plot draws: the bf16 error the reference's own
@@ -197,6 +204,25 @@ it("the report's parts: verdict, criteria, components with the first divergence,
   truthy(math.abs(d.quantiles.target[101] - d.quantiles.reference[101]) < 0.1 * math.abs(d.quantiles.reference[101]))
   truthy(math.abs(d.quantiles.target_fp32[101]) > 0, "an fp32 error of its own")
   eq(#d.histograms.reference.counts, 40)
+end)
+
+it("a NaN port: the reports are written, the NaN said, the JUnit valid; a report that fails does not undo the check", function()
+  local out = tmpdir()
+  local patch = tmpdir(true) .. "/nan.lua"
+  spec.write(patch, [[return { { target = "blocks.1.ffn.act", forward = function(self, x) return self.original(x) * (0 / 0) end } }]])
+  local v = parity.check({ reference = fx .. "/reference", target = fx .. "/port_fused", out = out, prompts = 2, new_tokens = 8,
+    cache_dir = out .. "-cache", patches = { patch }, log = function() end })
+  eq(v.verdict, "divergent")
+  truthy(valid(out .. "/junit.xml"))
+  local page = read(out .. "/report.html")
+  truthy(page:find("of the logits: the target output holds %d+ NaN and 0 infinite values: left out of the plots"))
+  truthy(page:find("positions NaN, drawn at the top edge", 1, true))
+  -- a renderer that fails leaves its report out and says so; the verdict stands
+  local was = html.write
+  html.write = function() error("boom", 0) end
+  local failed = require("parity.check").reports(out)
+  html.write = was
+  eq(failed, { "report.html: boom" })
 end)
 
 it("a per-position series is bounded: downsampled to the worst of each bucket, and the chart says so", function()
@@ -223,6 +249,12 @@ it("parity report on a run of an older parity and on a directory with stages mis
   truthy(page:find("<b>Not shown</b>", 1, true))
   eq(#absent, 3, table.concat(absent, "\n"))
   truthy(absent[1]:find("records no error distribution for the first divergence", 1, true))
+  -- a verdict with fewer fields still: the summary and the page both render
+  local bare = parity.json.read(old .. "/verdict.json")
+  bare.settings, bare.stages, bare.failed, bare.warnings, bare.summaries = nil, nil, nil, nil, nil
+  spec.write(old .. "/verdict.json", parity.json.encode(bare))
+  truthy(require("parity.report.terminal").from_dir(old):find("verdict: DIVERGENT", 1, true))
+  truthy(html.write(old))
   local out = tmpdir()
   check("bug_eps_small", out)
   os.remove(out .. "/components.json")

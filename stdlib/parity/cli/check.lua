@@ -181,6 +181,7 @@ two may be swapped.]],
     if not ok then
       if out and parity.path_kind(out .. "/verdict.json") == "file" then
         require("parity.verdict").mark_usage_error(out, clean(type(o) == "table" and o.usage or o))
+        require("parity.check").reports(out)  -- an earlier run's pages go: these say what went wrong
       end
       error(o, 0)
     end
@@ -222,10 +223,10 @@ inconclusive.]],
   run = function(argv)
     local o = parse(argv, { flags = {}, positional = { "DIR" } })
     local terminal = require("parity.report.terminal")
-    local _, v = terminal.from_dir(o.DIR)  -- (raises, in one line, when DIR holds no verdict)
+    local v = terminal.verdict_of(o.DIR)  -- (raises, in one line, when DIR holds no verdict)
     require("parity.report.junit").write(o.DIR)
     local _, absent = require("parity.report.html").write(o.DIR)
-    print(terminal.for_stdout((terminal.from_dir(o.DIR, absent))))
+    print(terminal.for_stdout(terminal.text(v, o.DIR, absent)))
     return require("parity.verdict").exit_code(v)
   end,
 }

@@ -8,12 +8,14 @@
 --- older parity, a stage that did not run). docs/reports.md says what each part shows.
 local core = require("parity.core")
 local criteria = require("parity.criteria")
+local results = require("parity.report.results")
 local svg = require("parity.report.svg")
+local terminal = require("parity.report.terminal")
 local thresholds = require("parity.thresholds")
 
 local M = {}
 local null = core.json.null
-local esc, fmt, num = svg.escape, svg.fmt, svg.number
+local esc, fmt, num = results.escape, results.fmt, results.number
 
 --- Per-position series longer than this are downsampled (each point the worst of a bucket), and
 --- the chart says so.
@@ -56,15 +58,6 @@ document.querySelectorAll(".node.hl").forEach(function(x){x.classList.remove("hl
 n.classList.add("hl");n.getAttribute("data-peer").split(" ").forEach(function(id){var p=document.getElementById(id);
 if(p){p.classList.add("hl");p.scrollIntoView({block:"nearest"});}});});});
 b.setAttribute("data-ready","1");})();]]
-
---- A stage's JSON in `out`, or nil and why not.
-local function read(out, name)
-  local path = ("%s/%s.json"):format(out, name)
-  if core.path_kind(path) ~= "file" then return nil, "absent" end
-  local ok, v = pcall(core.json.read, path)
-  if not ok or type(v) ~= "table" then return nil, "unreadable" end
-  return v
-end
 
 local function is(x) return x ~= nil and x ~= null end
 
@@ -134,11 +127,11 @@ local function summary_section(v)
     end
     add("<p>Each patched component, unpatched → patched:</p>" .. table_html({ "component", "R before", "R", "R32 before", "R32" }, rows))
   end
-  local open = {}
-  for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
-  local rows, classes = {}, {}
+  local open = results.open(v)
+  local rows, classes, undecided = {}, {}, {}
   for _, c in ipairs(v.criteria or {}) do
-    local state = open[c.name] and "undecided" or c.pass and "pass" or c.warn and "warning" or "FAIL"
+    local state = results.state(c, open)
+    undecided[#undecided + 1] = state == "undecided" and terminal.undecided(c) or nil
     local was = before.criteria and before.criteria[c.name]
     local iv = c.interval
     rows[#rows + 1] = { { class = state == "FAIL" and "fail-t" or state == "pass" and "pass-t" or "warn-t", text = state },
@@ -151,6 +144,7 @@ local function summary_section(v)
     add("<h2>Criteria</h2>")
     add(table_html({ "", "stage", "rule", "value", "bound", "95% interval", "unpatched" }, rows, classes))
   end
+  for _, u in ipairs(undecided) do add(('<p class="warn-t">undecided: %s</p>'):format(esc(u))) end
   for _, w in ipairs(v.warnings or {}) do add(('<p class="warn-t">warning: %s</p>'):format(esc(w))) end
   for _, sk in ipairs(v.skipped or {}) do
     add(('<p class="note">stage %s skipped: %s</p>'):format(esc(sk.stage), esc(sk.reason)))
@@ -160,8 +154,8 @@ end
 
 -- a path shortened from the left for an axis label
 local function short(p, n)
-  n = n or 30
-  return #p <= n and p or ("…" .. p:sub(-(n - 1)))
+  if #p <= n then return p end
+  return "…" .. p:sub(-(n - 1)):gsub("^[\128-\191]+", "")  -- (not from inside a UTF-8 character)
 end
 
 local SHAPES = { source = "circle", amplifier = "triangle", carrier = "square" }
@@ -170,9 +164,9 @@ local SHAPES = { source = "circle", amplifier = "triangle", carrier = "square" }
 local function components_section(v, comp, th)
   if not comp then return missing("components.json is not in this directory: no per-component figures (the components stage did not run or did not finish)") end
   if comp.skipped then return missing("the components stage was skipped: " .. tostring(comp.skipped)) end
-  local rows = {}
-  for _, r in ipairs(comp.components or {}) do
-    if not r.skipped then rows[#rows + 1] = r end
+  local rows, number = {}, {}  -- the tested components, and each one's number in the table
+  for i, r in ipairs(comp.components or {}) do
+    if not r.skipped then rows[#rows + 1], number[r] = r, i end
   end
   local first = is(v.first_divergence) and v.first_divergence.reference or nil
   local out = { "<h2>Components, in the reference's execution order</h2>" }
@@ -185,10 +179,13 @@ local function components_section(v, comp, th)
       local cth = th and criteria.for_component(th, r) or {}
       if cth[bound_key] and th[bound_key] and cth[bound_key] ~= th[bound_key] then differs = true end
       bounds[#bounds + 1] = { i, cth[bound_key] }
-      local tip = ("%d %s (%s) ~ %s: %s %s, accumulated %s; %s%s"):format(i, r.reference, tostring(r.type), tostring(r.target),
-        label, fmt(value), fmt(num(r[acc])), r.role or "no role", fails and "; fails" or "")
+      -- red: past this chart's bound (a component failing on another figure says so on hover)
+      local past = value and cth[bound_key] and (value ~= value or value >= cth[bound_key])
+      local tip = ("#%d %s (%s) ~ %s: %s %s, accumulated %s; %s%s"):format(number[r], r.reference, tostring(r.type),
+        tostring(r.target), label, fmt(value), fmt(num(r[acc])), r.role or "no role",
+        past and "; past its bound" or fails and "; fails on another figure" or "")
       if value then
-        iso[#iso + 1] = { i, value, tip, r.reference == first and COLOUR.first or fails and COLOUR.fail or COLOUR.target,
+        iso[#iso + 1] = { i, value, tip, r.reference == first and COLOUR.first or past and COLOUR.fail or COLOUR.target,
                           SHAPES[r.role] or "ring" }
       end
       if num(r[acc]) then accum[#accum + 1] = { i, num(r[acc]), tip } end
@@ -206,9 +203,9 @@ local function components_section(v, comp, th)
     end
     out[#out + 1] = svg.chart({ title = ("%s of each component: its own added error over the reference's own %s noise (log scale)")
         :format(label, label == "R" and tostring(v.noise_dtype or v.dtype) or "low-precision"),
-      good = ("every marker below the dashed red bound; the first divergence (purple) is the earliest component past it, and the accumulated line shows the error it starts growing")
-        :format(), ylog = true, series = series, hlines = hlines, vlines = vlines, xticks = ticks, height = 340,
-      ylabel = label, notes = { "marker: ● source (adds an error itself)  ▲ amplifier (enlarges what it inherits)  ■ carrier (passes it on)  ○ none; red: fails its bound; hover a marker for its figures" } })
+      good = "every marker below the dashed red bound; the first divergence (purple) is the earliest component past it, and the accumulated line shows the error it starts growing",
+      ylog = true, series = series, hlines = hlines, vlines = vlines, xticks = ticks, height = 340,
+      ylabel = label, notes = { "marker: ● source (adds an error itself)  ▲ amplifier (enlarges what it inherits)  ■ carrier (passes it on)  ○ none; red: past its bound; hover a marker for its figures" } })
   end
   local any32 = false
   for _, r in ipairs(rows) do any32 = any32 or num(r.r32) ~= nil or num(r.acc_r32) ~= nil end
@@ -243,19 +240,27 @@ function M.series(nested, worst)
     end
   end
   local k = math.max(1, math.ceil(#flat / M.MAX_POINTS))
-  local pts = {}
+  local pts, nan = {}, 0
   for i = 1, #flat, k do
     local w = flat[i]
-    for j = i + 1, math.min(i + k - 1, #flat) do w = worst(w, flat[j]) end
-    pts[#pts + 1] = { i - 1, w, ("position %d%s: %s"):format(i - 1, k > 1 and ("..%d"):format(math.min(i + k - 1, #flat) - 1) or "", fmt(w)) }
+    for j = i + 1, math.min(i + k - 1, #flat) do
+      local x = flat[j]
+      w = (w ~= w or x ~= x) and 0 / 0 or worst(w, x)  -- NaN is the worst there is
+    end
+    for j = i, math.min(i + k - 1, #flat) do nan = nan + (flat[j] ~= flat[j] and 1 or 0) end
+    -- (NaN is drawn at the top edge, as infinity; the tooltip says NaN)
+    pts[#pts + 1] = { i - 1, w == w and w or math.huge, ("position %d%s: %s"):format(i - 1,
+      k > 1 and ("..%d"):format(math.min(i + k - 1, #flat) - 1) or "", fmt(w)) }
   end
-  return pts, k > 1 and ("downsampled: %d positions, each point the worst of %d"):format(#flat, k) or nil
+  local notes = {}
+  if k > 1 then notes[1] = ("downsampled: %d positions, each point the worst of %d"):format(#flat, k) end
+  if nan > 0 then notes[#notes + 1] = ("%d positions NaN, drawn at the top edge"):format(nan) end
+  return pts, #notes > 0 and table.concat(notes, "; ") or nil
 end
 
-local function max(a, b) return (a ~= a or b > a) and b or a end
-local function min(a, b) return (a ~= a or b < a) and b or a end
+local max = math.max
 
-local function boundaries(nested, n)
+local function boundaries(nested)
   local v = {}
   local rows = type(nested) == "table" and #nested or 0
   if rows > 1 and rows <= 16 and type(nested[1]) == "table" then
@@ -350,63 +355,72 @@ local function positions_section(v, e, e32, smoke, th)
   return table.concat(out)
 end
 
---- The QQ plot and the histograms of one error sketch (parity.distribution).
-local function errors_charts(d, what)
+--- The QQ plot and the histograms of one error sketch (parity.distribution). `yardstick`
+--- names the reference's own error ("the reference at bf16 − in fp32", "perturbed − as is").
+local function errors_charts(d, what, yardstick)
   local out = {}
-  local q, pct = d.quantiles, d.percentiles
+  local q, pct = d.quantiles or {}, d.percentiles or {}
+  for name, why in pairs(d.excluded or {}) do
+    out[#out + 1] = missing(("%s: the %s output holds %s: left out of the plots"):format(what,
+      name == "reference_fp32" and "reference's" or name == "reference" and "reference's own" or name:gsub("_", " "), why))
+  end
   local notes = { ("%s; %d elements%s; %s"):format(tostring(d.view or what), d.elements,
-    is(d.sampled) and (", %d of them sampled evenly"):format(d.sampled) or "", tostring(d.clipped)) }
-  if q.reference then
+    is(d.sampled) and (", %d of them drawn at random (seeded)"):format(d.sampled) or "", tostring(d.clipped or "")) }
+  if q.reference and (q.target or q.target_fp32) then
     local series = {}
     for _, s in ipairs({ { "target", "target at the low precision", COLOUR.target }, { "target_fp32", "target in fp32", COLOUR.fp32 } }) do
       if q[s[1]] then
         local pts = {}
         for i, p in ipairs(pct) do
-          pts[i] = { num(q.reference[i]), num(q[s[1]][i]), ("p%g: reference's own %s, %s %s"):format(p, fmt(num(q.reference[i])), s[2], fmt(num(q[s[1]][i]))) }
+          pts[i] = { num(q.reference[i]), num(q[s[1]][i]), ("p%g: reference's own %s, %s %s"):format(p, fmt(q.reference[i]), s[2], fmt(q[s[1]][i])) }
         end
         series[#series + 1] = { name = s[2], kind = "dots", colour = s[3], points = pts, radius = 2.6 }
       end
     end
-    out[#out + 1] = svg.chart({ title = ("QQ plot, %s: the target's error quantiles against the reference's own low-precision error's"):format(what),
+    out[#out + 1] = svg.chart({ title = ("QQ plot, %s: the target's error quantiles against the reference's own error's"):format(what),
       good = "points on the diagonal (the target errs as the reference's own low precision does); steeper or off it: an error of its own (fp32 points near 0: exact up to reassociation)",
-      diagonal = true, series = series, xlabel = "reference's own error (low precision − fp32)", ylabel = "target − reference fp32",
+      diagonal = true, series = series, xlabel = "reference's own error (" .. yardstick .. ")", ylabel = "target − reference",
       height = 330, notes = notes })
-  else
-    out[#out + 1] = missing(("no QQ plot for %s: %s"):format(what, tostring(d.reference_missing or "the reference's own error is not recorded")))
+  elseif d.quantiles and not q.reference then
+    out[#out + 1] = missing(("no QQ plot %s: %s"):format(what, tostring(d.reference_missing or "the reference's own error is not recorded")))
   end
   local h = d.histograms or {}
-  local function hist(names, title, good)
+  local function hist(names, title, good, xrange)
     local series = {}
     for _, s in ipairs(names) do
       local hh = h[s[1]]
       if hh then
         local pts = {}
-        for i, c in ipairs(hh.counts) do pts[i] = { num(hh.edges[i]), num(c), ("%s..%s: %d"):format(fmt(num(hh.edges[i])), fmt(num(hh.edges[i + 1])), c) } end
+        for i, c in ipairs(hh.counts) do pts[i] = { num(hh.edges[i]), num(c), ("%s..%s: %d"):format(fmt(hh.edges[i]), fmt(hh.edges[i + 1]), c) } end
         pts[#pts + 1] = { num(hh.edges[#hh.edges]), num(hh.counts[#hh.counts]) }
         series[#series + 1] = { name = s[2], kind = "step", colour = s[3], points = pts, dash = s[1] == "reference" }
       end
     end
     if #series > 0 then
-      out[#out + 1] = svg.chart({ title = title, good = good,
+      out[#out + 1] = svg.chart({ title = title, good = good, yrange = { 0 }, xrange = xrange,
         series = series, xlabel = "error", ylabel = "count", height = 250 })
     end
   end
-  hist({ { "reference", "reference's own (low precision)", COLOUR.reference }, { "target", "target (low precision)", COLOUR.target } },
+  hist({ { "reference", "reference's own", COLOUR.reference }, { "target", "target (low precision)", COLOUR.target } },
     ("Histograms of the errors, %s: the target's beside the reference's own, on shared bins"):format(what),
     "the two outlines on top of each other (same shape, same width)")
   if h.target_fp32 then
+    local e = h.target_fp32.edges
     hist({ { "target_fp32", "target in fp32", COLOUR.fp32 } }, ("Histogram of the target's fp32 error, %s (its own bins)"):format(what),
-      "a narrow peak at 0, far narrower than the low-precision errors above: in fp32 a port errs only by reassociation")
+      ("its x-axis span (%s..%s) against the low-precision one above: far narrower, for a port that errs in fp32 only by reassociation")
+        :format(fmt(e[1]), fmt(e[#e])))
   end
   return table.concat(out)
 end
 
 local function errors_section(v, loc, e)
   local out = { "<h2>Error distributions</h2>" }
+  local yardstick = e and e.baseline == "2-tensor" and "the reference with its inputs perturbed by one rounding − as is"
+    or ("the reference at %s − in fp32"):format(tostring(v.noise_dtype or v.dtype))
   local d = loc and loc.error_distribution
   if is(d) then
     out[#out + 1] = ("<p>The first divergence, <code>%s</code>, at its call %s.</p>"):format(esc(d.component), esc(d.call or "?"))
-    out[#out + 1] = errors_charts(d, "at the first divergence")
+    out[#out + 1] = errors_charts(d, "at the first divergence", yardstick)
   elseif is(v.first_divergence) then
     out[#out + 1] = missing(loc and "localize.json records no error distribution for the first divergence (a run of an older parity, or a fault found at a component's input)"
       or "localize.json is not in this directory: no error distributions for the first divergence")
@@ -414,7 +428,7 @@ local function errors_section(v, loc, e)
   local de = e and e.error_distribution
   if is(de) then
     out[#out + 1] = "<p>The logits (the whole model's output), at the judged positions.</p>"
-    out[#out + 1] = errors_charts(de, "of the logits")
+    out[#out + 1] = errors_charts(de, "of the logits", yardstick)
   elseif e and not e.skipped then
     out[#out + 1] = missing("e2e.json records no error distribution of the logits (a run of an older parity)")
   end
@@ -457,18 +471,21 @@ local function trees_section(out_dir, sc, comp)
   for _, p in ipairs(sc and sc.unmapped_target or {}) do unmapped.target[p] = "unmapped" end
   for _, p in ipairs(comp and comp.no_counterpart_reference or {}) do unmapped.reference[p] = "no counterpart" end
   for _, p in ipairs(comp and comp.unmapped_target or {}) do unmapped.target[tostring(p)] = "unmapped" end
-  local function id(side, p) return (side == "reference" and "r-" or "t-") .. p:gsub("[^%w]", "_") end
+  local ids = { reference = {}, target = {} }  -- (by position in the tree: paths may hold anything)
+  for i, m in ipairs(ref) do ids.reference[m.path] = "r" .. i end
+  for i, m in ipairs(tgt) do ids.target[m.path] = "t" .. i end
+  local function id(side, p) return ids[side][p] end
   local function column(side, list, other)
     local rows = { ('<div class="tree"><b>%s</b>'):format(side) }
     for _, m in ipairs(list) do
       local depth = m.path == "(root)" and 0 or select(2, m.path:gsub("%.", "")) + 1
       local name = m.path == "(root)" and m.path or m.path:match("([^.]+)$")
       local peers, lost = peer[side][m.path], unmapped[side][m.path]
-      local ids = {}
-      for _, q in ipairs(peers or {}) do ids[#ids + 1] = id(other, q) end
+      local peer_ids = {}
+      for _, q in ipairs(peers or {}) do peer_ids[#peer_ids + 1] = id(other, q) end
       rows[#rows + 1] = ('<div class="node%s%s" id="%s" style="padding-left:%dpx"%s title="%s">%s <small>%s%s</small>%s%s</div>'):format(
         peers and " mapped" or "", lost and " unmapped" or "", id(side, m.path), depth * 14,
-        peers and (' data-peer="%s"'):format(esc(table.concat(ids, " "))) or "", esc(m.path), esc(name), esc(m.type),
+        #peer_ids > 0 and (' data-peer="%s"'):format(table.concat(peer_ids, " ")) or "", esc(m.path), esc(name), esc(m.type),
         m.params and m.params > 0 and (" · %d params"):format(m.params) or "",
         peers and (' <span class="peer">↔ %s</span>'):format(esc(table.concat(peers, " + "))) or "",
         lost and ('<span class="badge">%s</span>'):format(esc(lost)) or "")
@@ -523,14 +540,14 @@ end
 ---@return string html
 ---@return string[] absent what is not in the directory
 function M.render(out)
-  local v = read(out, "verdict")
+  local v = results.read(out, "verdict")
   if type(v) ~= "table" or type(v.verdict) ~= "string" then
     error(("%s: no verdict.json parity wrote (not a results directory of parity check)"):format(out), 0)
   end
   gaps = {}
   local files = {}
-  for _, name in ipairs({ "scaffold", "smoke", "e2e", "e2e32", "components", "localize", "gate", "downstream" }) do
-    local got, why = read(out, name)
+  for _, name in ipairs({ "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }) do
+    local got, why = results.read(out, name)
     files[name] = got
     if why == "unreadable" then gaps[#gaps + 1] = ("%s.json is not readable JSON: its part is not shown"):format(name) end
   end

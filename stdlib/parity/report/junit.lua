@@ -6,20 +6,14 @@
 --- validated against.
 local core = require("parity.core")
 local criteria = require("parity.criteria")
+local results = require("parity.report.results")
 local thresholds = require("parity.thresholds")
 
 local M = {}
 local null = core.json.null
 
---- Text as XML character data or an attribute value (the five entities; control characters,
---- which XML 1.0 cannot carry, as their code).
----@param s any
----@return string
-function M.escape(s)
-  s = tostring(s)
-  s = s:gsub("[%z\1-\8\11\12\14-\31]", function(c) return ("\\x%02x"):format(c:byte()) end)
-  return (s:gsub("[&<>\"']", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }))
-end
+--- Text as XML character data or an attribute value (parity.report.results.escape).
+M.escape = results.escape
 
 local function attrs(t, order)
   local out = {}
@@ -29,14 +23,13 @@ local function attrs(t, order)
   return table.concat(out, " ")
 end
 
-local function g(x) return type(x) == "number" and ("%.4g"):format(x) or tostring(x) end
+local g = results.fmt
 
 --- The test cases of a verdict and its components: {classname, name, failure = {type, message,
 --- text}|nil, skipped = reason|nil, out = text|nil}...
 local function cases(v, components)
   local list = {}
-  local open = {}
-  for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
+  local open = results.open(v)
   local cause = v.cause ~= null and v.cause and ("%s: %s"):format(v.cause.class, v.cause.detail) or nil
   for _, c in ipairs(v.criteria or {}) do
     -- (named by the criterion alone, the same from run to run: CI systems track a case by its name)
@@ -129,9 +122,9 @@ end
 ---@param out string a results directory
 ---@return string xml
 function M.render(out)
-  local v = core.json.read(out .. "/verdict.json")
+  local v = results.read(out, "verdict")
   if type(v) ~= "table" then error(("%s/verdict.json is not a verdict"):format(out), 0) end
-  local comp = core.path_kind(out .. "/components.json") == "file" and core.json.read(out .. "/components.json") or {}
+  local comp = results.read(out, "components") or {}
   local s = type(v.settings) == "table" and v.settings or {}
   local props = { { "verdict", v.verdict }, { "cause", v.cause ~= null and type(v.cause) == "table" and v.cause.class
       or nil }, { "dtype", v.dtype }, { "noise_dtype", v.noise_dtype }, { "prompts", s.prompts },

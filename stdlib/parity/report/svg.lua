@@ -2,41 +2,15 @@
 --- linear or log axes, with bounds and markers drawn, and a strip of coloured cells. Each chart
 --- says in its title what it shows and, beside it, what good looks like; points carry their
 --- values as tooltips (<title>). No script, no external resource.
+local results = require("parity.report.results")
+
 local M = {}
+local esc, fmt = results.escape, results.fmt
 
 M.WIDTH, M.HEIGHT = 660, 250
 local PAD = { l = 70, r = 18, t = 26, b = 46 }
 
---- Text as HTML/XML character data or attribute value.
----@param s any
----@return string
-function M.escape(s)
-  return (tostring(s):gsub("[&<>\"']", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }))
-end
-local esc = M.escape
-
---- A figure as a number: JSON's "Infinity"/"-Infinity"/"NaN" strings too; nil for anything else.
----@param x any
----@return number|nil
-function M.number(x)
-  if type(x) == "number" then return x end
-  if x == "Infinity" then return math.huge elseif x == "-Infinity" then return -math.huge elseif x == "NaN" then return 0 / 0 end
-  return nil
-end
-
 local function finite(v) return v and v == v and v > -math.huge and v < math.huge end
-M.finite = finite
-
---- A number short enough for an axis or a tooltip.
----@param v number|nil
----@return string
-function M.fmt(v)
-  if v == nil then return "-" end
-  if v ~= v then return "NaN" end
-  if v == math.huge then return "inf" elseif v == -math.huge then return "-inf" end
-  return (("%.4g"):format(v))
-end
-local fmt = M.fmt
 
 -- "nice" linear ticks over [lo, hi]
 local function ticks(lo, hi, n)
@@ -60,15 +34,16 @@ local function axis(values, log, a, b, fixed)
   end
   if fixed then lo, hi = fixed[1] or lo, fixed[2] or hi end
   if lo > hi then lo, hi = log and 0.1 or 0, 1 end
+  fixed = fixed or {}
   if log then
     lo, hi = 10 ^ math.floor(math.log10(lo)), 10 ^ math.ceil(math.log10(hi))
     if hi <= lo then hi = lo * 10 end
   elseif hi == lo then
     local d = lo == 0 and 1 or math.abs(lo) * 0.1
     lo, hi = lo - d, hi + d
-  else
+  else  -- a little room, except past a given end (a histogram's counts start at 0)
     local d = (hi - lo) * 0.04
-    lo, hi = lo - d, hi + d
+    lo, hi = fixed[1] or lo - d, fixed[2] or hi + d
   end
   local l0, l1 = log and math.log10(lo) or lo, log and math.log10(hi) or hi
   local function at(v)
@@ -199,7 +174,7 @@ function M.chart(o)
   add("</svg>")
   local notes, zeros = {}, 0
   for _, s in ipairs(o.ylog and o.series or {}) do
-    for _, p in ipairs(s.kind == "dots" and s.points or {}) do
+    for _, p in ipairs((s.kind == "dots" or s.marks) and s.points or {}) do
       if p[2] and p[2] <= 0 then zeros = zeros + 1 end
     end
   end
@@ -217,7 +192,7 @@ end
 function M.strip(o)
   local n = 0
   for _, r in ipairs(o.rows) do n = math.max(n, #r.cells) end
-  local cw = math.max(2, math.min(18, (M.WIDTH - PAD.l - PAD.r) / math.max(n, 1)))
+  local cw = math.min(18, (M.WIDTH - PAD.l - PAD.r) / math.max(n, 1))
   local ch = #o.rows > 40 and 4 or 12
   local h = PAD.t + #o.rows * ch + 10
   local out = { ('<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="%s">'):format(

@@ -3,6 +3,7 @@
 --- `parity report DIR` prints again from a finished results directory. A stage without lines
 --- of its own here shows its criteria only.
 local core = require("parity.core")
+local results = require("parity.report.results")
 
 local M = {}
 
@@ -103,17 +104,32 @@ function M.confirmation_line(c)
   return ("not confirmed (%s): %s the port is %s%s (results in %s)"):format(c.kind, c.what, still, figs, c.results)
 end
 
+--- Why an undecided criterion decides nothing, in words: its interval and the bound it holds,
+--- and about how many prompts would decide it; nil when its interval is conclusive.
+---@param c table a verdict's criterion
+---@return string|nil
+function M.undecided(c)
+  local iv = c.interval
+  if not iv or iv.conclusive then return nil end
+  if iv.says then return ("%s: %s"):format(c.rule, iv.says) end
+  return ("%s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds the bound%s: %s"):format(c.rule,
+    c.value, 100 * iv.level, iv.lo, iv.hi, iv.sequences,
+    iv.bound_lo and (" (%.4g..%.4g)"):format(iv.bound_lo, iv.bound_hi) or (" %.4g"):format(c.threshold),
+    iv.prompts and ("about %d prompts would decide it (--prompts)"):format(iv.prompts)
+      or "the figure is at its bound: more prompts may not decide it")
+end
+
 --- The terminal summary of a verdict: each stage's lines, the criteria, the verdict.
 ---@param v parity.Verdict a verdict (verdict.json's content), not an error one
 ---@param out string the results directory
 ---@param notes string[]|nil lines said last, before where the reports are (what a report could not show)
 ---@return string
 function M.render(v, out, notes)
-  local s = v.settings
+  local s = type(v.settings) == "table" and v.settings or {}
   local noise = v.dtype ~= "fp32" and "" or v.noise_dtype == "fp32" and " (over the reference's fp32 reassociation level)"
     or (" (over the reference's own %s noise)"):format(v.noise_dtype)
   local lines = { ("parity check: reference %s, target %s at %s%s, %d prompts x %d new tokens (teacher-forced)"):format(
-    v.reference, v.target, v.dtype, noise, s.prompts, s.new_tokens) }
+    v.reference, v.target, v.dtype, noise, s.prompts or 0, s.new_tokens or 0) }
   if v.recipe then  -- the thresholds came from a calibration recipe (a --thresholds file over it)
     lines[#lines + 1] = ("  thresholds: recipe %s (sha256 %s), calibrated %s on %d %s"):format(v.recipe.file,
       v.recipe.sha256:sub(1, 12), v.recipe.made, v.recipe.runs, v.recipe.from or "good runs")
@@ -137,40 +153,33 @@ function M.render(v, out, notes)
   if before.verdict then
     lines[#lines + 1] = ("  without the patches the port is %s (its e2e stages: %s/)"):format(before.verdict, before.results)
   end
-  for _, name in ipairs(v.stages) do
-    local render, summary = M.STAGE_LINES[name], v.summaries[name]
+  for _, name in ipairs(v.stages or {}) do
+    local render, summary = M.STAGE_LINES[name], (v.summaries or {})[name]
     if summary and summary ~= null and render then
       for _, line in ipairs(render(summary)) do lines[#lines + 1] = "  " .. line end
     end
   end
-  for _, c in ipairs(v.criteria) do
+  for _, c in ipairs(v.criteria or {}) do
     local was = before.criteria and before.criteria[c.name]
     lines[#lines + 1] = ("  %s  %-60s %.4g%s"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value,
       was and ("   (unpatched %.4g)"):format(was) or "")
   end
-  local open = {}
-  for _, name in ipairs(v.inconclusive or {}) do open[name] = true end
-  for _, c in ipairs(v.criteria) do  -- what the resamples over sequences do not agree on
-    local iv = c.interval
-    if iv and not iv.conclusive and open[c.name] then
-      lines[#lines + 1] = iv.says and ("  inconclusive: %s: %s"):format(c.rule, iv.says)
-        or ("  inconclusive: %s: %.4g, its %g%% interval %.4g..%.4g (%d sequences resampled) holds"
-        .. " the bound%s: %s"):format(c.rule, c.value, 100 * iv.level, iv.lo, iv.hi, iv.sequences,
-        iv.bound_lo and (" (%.4g..%.4g)"):format(iv.bound_lo, iv.bound_hi) or (" %.4g"):format(c.threshold),
-        iv.prompts and ("about %d prompts would decide it (--prompts)"):format(iv.prompts)
-          or "the figure is at its bound: more prompts may not decide it")
-    end
+  local open = results.open(v)
+  for _, c in ipairs(v.criteria or {}) do  -- what the resamples over sequences do not agree on
+    local why = open[c.name] and M.undecided(c)
+    if why then lines[#lines + 1] = "  inconclusive: " .. why end
   end
-  for _, w in ipairs(v.warnings) do lines[#lines + 1] = "  warning: " .. w end
+  for _, w in ipairs(v.warnings or {}) do lines[#lines + 1] = "  warning: " .. w end
   for _, c in ipairs(v.confirmation or {}) do lines[#lines + 1] = "  " .. M.confirmation_line(c) end
   if v.cause ~= null and (v.first_divergence == nil or v.first_divergence == null) then
     lines[#lines + 1] = ("  cause: %s: %s"):format(v.cause.class, v.cause.detail)
   end
-  local undecided = v.verdict == "inconclusive" and (" — undecided: " .. table.concat(v.inconclusive, ", ")
-    .. (#v.failed > 0 and ("; failing within their intervals: " .. table.concat(v.failed, ", ")) or "")
+  local failed = v.failed or {}
+  local undecided = v.verdict == "inconclusive" and (" — undecided: " .. table.concat(v.inconclusive or {}, ", ")
+    .. (#failed > 0 and ("; failing within their intervals: " .. table.concat(failed, ", ")) or "")
     .. "; not a pass")
   lines[#lines + 1] = ("verdict: %s%s   (results in %s/)"):format(v.verdict:upper(),
-    undecided or #v.failed > 0 and (" — failed: " .. table.concat(v.failed, ", ")) or "", out)
+    undecided or #failed > 0 and (" — failed: " .. table.concat(failed, ", ")) or "", out)
   for _, n in ipairs(notes or {}) do lines[#lines + 1] = "  not shown: " .. n end
   lines[#lines + 1] = M.where(out)
   return table.concat(lines, "\n")
@@ -221,13 +230,10 @@ function M.for_stdout(text)
   return M.wants_colour(core.stdout_is_tty(), os.getenv("NO_COLOR")) and M.colour(text) or text
 end
 
---- The summary of the results in `out`, from its verdict.json alone; an error verdict is its
---- message. Raises, in one line, when `out` holds no readable verdict.
+--- The verdict in `out`'s verdict.json. Raises, in one line, when `out` holds no readable verdict.
 ---@param out string a results directory
----@param notes string[]|nil M.render's
----@return string text
----@return parity.Verdict verdict what verdict.json holds
-function M.from_dir(out, notes)
+---@return parity.Verdict
+function M.verdict_of(out)
   local path = out .. "/verdict.json"
   if core.path_kind(path) ~= "file" then
     error(("%s: no verdict.json (not a results directory of parity check)"):format(out), 0)
@@ -236,11 +242,30 @@ function M.from_dir(out, notes)
   if not ok or type(v) ~= "table" or type(v.verdict) ~= "string" then
     error(("%s: not a verdict parity wrote (%s)"):format(path, ok and "no verdict in it" or tostring(v)), 0)
   end
-  if v.verdict == "error" then
-    local where = M.where(out)
-    return ("verdict: ERROR — %s   (results in %s/)%s"):format(tostring(v.error), out, where and ("\n" .. where) or ""), v
-  end
-  return M.render(v, out, notes), v
+  return v
+end
+
+--- The summary of a verdict read from `out` (M.verdict_of); an error verdict is its message.
+---@param v parity.Verdict
+---@param out string the results directory
+---@param notes string[]|nil M.render's
+---@return string text
+function M.text(v, out, notes)
+  if v.verdict ~= "error" then return M.render(v, out, notes) end
+  local lines = { ("verdict: ERROR — %s   (results in %s/)"):format(tostring(v.error), out) }
+  for _, n in ipairs(notes or {}) do lines[#lines + 1] = "  not shown: " .. n end
+  lines[#lines + 1] = M.where(out)
+  return table.concat(lines, "\n")
+end
+
+--- The summary of the results in `out`, from its verdict.json alone (M.verdict_of, M.text).
+---@param out string a results directory
+---@param notes string[]|nil M.render's
+---@return string text
+---@return parity.Verdict verdict what verdict.json holds
+function M.from_dir(out, notes)
+  local v = M.verdict_of(out)
+  return M.text(v, out, notes), v
 end
 
 return M

@@ -303,6 +303,19 @@ function M.run(ctx, got)
     end
     return c.outputs[1]
   end
+  -- the reference's own low-precision output at a pair's call k in its whole run, as a function
+  -- (an accumulated fault's evidence), holding those outputs only, not the captures
+  local function whole_rlow(pair, k)
+    local list = {}
+    for i, p in ipairs(pair.reference) do
+      local c = cap.rlow and cap.rlow[p] and cap.rlow[p][k]
+      list[i] = c and c.outputs[1] or false
+    end
+    local got = combine(list, pair)
+    local why = not got and (cap.rlow and "the reference's low-precision whole run has no output here"
+      or "the reference's low-precision whole runs came from the cache (not kept)") or nil
+    return function() return got, why end
+  end
   -- the patched components (a patched run): their figures unpatched too, what the patch changed
   local patched = {}
   for _, paths in pairs(target.patched or {}) do
@@ -364,18 +377,29 @@ function M.run(ctx, got)
           r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
         end
         local r32, ar32, rin32 = combine(r32_outs, pair), outs("r32", pair.reference, pair), input("r32", first)
-        -- the reference's own low-precision output on the inputs r32 had (`via` runs it)
-        local function reference_low(via)
-          local rlow_outs = {}
-          for i, p in ipairs(pair.reference) do
-            local c = cap.r32[p] and cap.r32[p][k]
-            rlow_outs[i] = c and via("rlow", p, two and lm.perturb(c.inputs, lm.EPSILON[dtype], ctx.settings.seed) or c.inputs)
-          end
-          return combine(rlow_outs, pair)
+        -- the reference's own low-precision output on the inputs r32 had (`via` runs it; and why
+        -- not, when it cannot); it keeps those inputs only, not the captures
+        local ref_inputs = {}
+        for i, p in ipairs(pair.reference) do
+          local c = cap.r32[p] and cap.r32[p][k]
+          ref_inputs[i] = c and c.inputs or false
         end
+        local function reference_low(via)
+          local rlow_outs, why = {}, nil
+          for i, p in ipairs(pair.reference) do
+            local x, w = nil, nil
+            if ref_inputs[i] then
+              x, w = via("rlow", p, two and lm.perturb(ref_inputs[i], lm.EPSILON[dtype], ctx.settings.seed) or ref_inputs[i])
+            end
+            rlow_outs[i], why = x or false, why or w
+          end
+          return combine(rlow_outs, pair), why
+        end
+        local rlow_here  -- computed here for the noise (not when it came from the cache)
         noise[n] = noise[n] or {}
         if not noise[n][k] then  -- the reference's own noise: isolated, in the whole runs, at the input
           local rlow = reference_low(run)
+          rlow_here = rlow
           noise[n][k] = { distance(rlow, r32), distance(outs("rlow", pair.reference, pair), ar32),
                           distance(input("rlow", first), rin32), rows = not two and row_distances(rlow, r32) or nil }
         end
@@ -424,10 +448,14 @@ function M.run(ctx, got)
             params = child("r32", first):parameters(),
             run_reference = single and function(inputs) return rerun("r32", first, inputs) end or nil,
             run_target = function(inputs) return rerun(tcap, pair.target, inputs_for(tinputs, inputs) or inputs) end,
-            -- (the report's error distributions: re-run when asked, the cache keeps no outputs)
-            reference_low = function() return reference_low(function(...) return (rerun(...)) end) end,
+            -- (the report's error distributions: re-run when asked unless computed here)
+            reference_low = function()
+              if rlow_here then return rlow_here end
+              if not alone.rlow then return nil, "the reference at the low precision is a .pt2 program: it runs whole" end
+              return reference_low(rerun)
+            end,
           } or { isolated = false, r32 = ar32, t32 = at32 or (in32 and atlow) or nil, tlow = atlow or nil,
-                params = {}, reference_low = function() return outs("rlow", pair.reference, pair) end }
+                params = {}, reference_low = whole_rlow(pair, k) }
           evidence.call = k
         end
       end

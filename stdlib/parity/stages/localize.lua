@@ -237,15 +237,15 @@ end
 ---@return table|nil
 function M.errors(ev, row)
   if not (ev and ev.r32) then return nil end
-  local ok, own = pcall(ev.reference_low)  -- (a report's plot: the check goes on without it, saying why)
+  local ok, own, why = pcall(ev.reference_low)  -- (a report's plot: the check goes on without it, saying why)
   local sketch = require("parity.distribution").sketch(ev.r32,
     { reference = ok and own or nil, target = ev.tlow, target_fp32 = ev.t32 ~= ev.tlow and ev.t32 or nil },
     { "reference", "target", "target_fp32" }, { reference = true, target = true })
   if not sketch then return nil end
   sketch.component, sketch.call = row.reference, ev.call
-  if not sketch.quantiles.reference then
+  if not (ok and own) then
     sketch.reference_missing = not ok and ("the reference's low-precision component did not re-run: "
-      .. require("parity.errors").clean(own)) or "the reference's low-precision output here is not kept (its whole runs came from the cache)"
+      .. require("parity.errors").clean(own)) or tostring(why or "the reference's low-precision output is not at hand")
   end
   sketch.view = ev.isolated and "isolated: both components on the reference's inputs"
     or "accumulated: the outputs in the whole-model runs (its inputs differ)"
