@@ -67,8 +67,10 @@ for _, size in ipairs(sizes) do
   local tgt_fw = fresh_forward(pb.files.bf16, seqs) + fresh_forward(pb.files.fp32, seqs)
   local common = ("--out %s --cache-dir %s"):format(tmp .. "/out", tmp .. "/cache")
   local cold, cold_rss, cold_log = run(("%s check %s %s %s --no-cache"):format(parity_bin, ref, port, common))
+  local cold_forwards = parity.json.read(tmp .. "/out/run.json").forwards
   os.execute(("%s check %s %s %s --quiet >/dev/null 2>&1"):format(parity_bin, ref, port, common))  -- fills the cache
   local warm, warm_rss, log = run(("%s check %s %s %s"):format(parity_bin, ref, port, common))
+  local warm_forwards = parity.json.read(tmp .. "/out/run.json").forwards
   -- what the log says the model runs took: the reference's side (its greedy decoding, its passes,
   -- its own low-precision decoding), the smoke's decoding past the divergences, the sweep (all of
   -- it, and its model runs: tapped forwards and component runs)
@@ -98,6 +100,9 @@ for _, size in ipairs(sizes) do
     -- the cached check over what it cannot do without: the start and the model runs it makes
     check_cached_overhead = rest and warm / (warm - rest),
     peak_rss_per_model_size = math.max(cold_rss, warm_rss) / (bytes / 2 ^ 20),
+    check_cold_peak_rss_mb = cold_rss, check_cached_peak_rss_mb = warm_rss,
+    -- what each check ran, by kind (OUT/run.json: parity.forwards)
+    check_cold_forwards = cold_forwards, check_cached_forwards = warm_forwards,
   }
   results.sizes[#results.sizes + 1] = r
   rows[#rows + 1] = r
@@ -114,6 +119,12 @@ for _, r in ipairs(rows) do
     r.check_cold_forwards_s, r.check_cold_ratio, r.check_cold_rest_s or 0, r.check_cached_s, r.check_cached_forwards_s,
     r.check_cached_ratio, r.component_sweep_ratio or 0, r.smoke_s or 0, r.check_cached_rest_s or 0,
     r.check_cached_overhead or 0, r.peak_rss_mb))
+end
+local function counts(f) return ("%d tf, %d dec, %d comp, %d loads"):format(f.teacher_forced, f.decoding_steps,
+  f.component_runs, f.loads) end
+print("forwards (run.json): teacher-forced passes, decoding steps, component runs, model loads")
+for _, r in ipairs(rows) do
+  print(("%-5s cold: %s; cached: %s"):format(r.size, counts(r.check_cold_forwards), counts(r.check_cached_forwards)))
 end
 print("ratio = command / (start-up + the bare forwards it needs, each a fresh load and first call);")
 print("check's needed forwards: the reference's fp32 greedy and teacher-forced passes (cold only) and the")

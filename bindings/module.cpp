@@ -40,6 +40,13 @@ int load(lua_State* L) {
   return 1;
 }
 
+/// core.forward_counts() -> {whole, component, loads}: what this process has run (host/model.hpp)
+int forward_counts_fn(lua_State* L) {
+  const auto& c = forward_counts();
+  push_value(L, Map{{"whole", c.whole}, {"component", c.component}, {"loads", c.loads}});
+  return 1;
+}
+
 /// core.usable_device(name) -> its canonical name ("cuda:0"), or an error saying why not here
 int usable_device_fn(lua_State* L) {
   lua_pushstring(L, usable_device(luaL_checkstring(L, 1)).str().c_str());
@@ -395,7 +402,7 @@ const luaL_Reg kMethods[] = {
 
 const luaL_Reg kCore[] = {
     {"load", guard<load>}, {"load_library", guard<load_library_fn>},
-    {"usable_device", guard<usable_device_fn>}, {nullptr, nullptr}};
+    {"usable_device", guard<usable_device_fn>}, {"forward_counts", guard<forward_counts_fn>}, {nullptr, nullptr}};
 
 }  // namespace
 

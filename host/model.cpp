@@ -280,6 +280,17 @@ void check_torchscript_archive(const std::string& path, uint64_t available) {
         path, entries, total, available));
 }
 
+namespace {
+ForwardCounts counts;  // this process's (forward_counts)
+}  // namespace
+
+ForwardCounts& forward_counts() { return counts; }
+
+void Model::count_forward() const {
+  if (in_tapped_run()) return;  // inside a forward: part of it
+  ++(root_ ? counts.whole : counts.component);
+}
+
 Model Model::load(const std::string& path, std::optional<c10::Device> device) {
   if (!std::filesystem::exists(path))
     throw std::runtime_error(fmt::format("{}: no such file", path));
@@ -289,7 +300,8 @@ Model Model::load(const std::string& path, std::optional<c10::Device> device) {
     auto root = std::make_shared<torch::jit::Module>(std::move(m));
     auto taps = std::make_shared<TapState>();
     taps->root = root;
-    return Model(root, taps);
+    ++counts.loads;
+    return Model(root, taps, true);
   } catch (const c10::Error& e) {
     std::string why = e.what_without_backtrace();
     throw std::runtime_error(
@@ -312,7 +324,7 @@ Model Model::child(const std::string& path) const {
     cur = cur.attr(part).toModule();
     walked = here;
   }
-  return Model(std::make_shared<torch::jit::Module>(cur), taps_);
+  return Model(std::make_shared<torch::jit::Module>(cur), taps_, path.empty() && root_);
 }
 
 std::vector<ModuleInfo> Model::modules() const {
@@ -375,10 +387,11 @@ const c10::FunctionSchema& method_schema(const torch::jit::Module& m, const std:
 }
 }  // namespace
 
-Model::Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> taps)
-    : m_(std::move(m)), taps_(std::move(taps)) {}
+Model::Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> taps, bool root)
+    : m_(std::move(m)), taps_(std::move(taps)), root_(root) {}
 
 Value Model::call(const std::string& method, const std::vector<Value>& args) const {
+  count_forward();
   // with patches, or from inside one (its children, a reference's modules: on their device)
   if (!taps_->patches.empty() || in_tapped_run()) return call_patched(*this, method, args);
   return call_plain(method, args);

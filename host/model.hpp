@@ -31,6 +31,17 @@ struct ModuleInfo {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
+/// What this process has run, by kind: whole-model forwards (a loaded model called, or run
+/// tapped), component runs (a submodule called on its own) and model loads. A call from inside
+/// a forward (a patch's, the original it calls) is part of that forward, not counted again.
+struct ForwardCounts {
+  int64_t whole = 0;
+  int64_t component = 0;
+  int64_t loads = 0;
+};
+/// This process's counts; host code that runs or loads a model counts here (Model, Program).
+ForwardCounts& forward_counts();
+
 class Model {
  public:
   /// Loads a TorchScript file, its tensors onto `device` ("cpu" when none). Throws
@@ -70,11 +81,16 @@ class Model {
   torch::jit::Module& jit() const { return *m_; }
   /// Its taps and patches (host/taps.hpp), the same object for a model and its children.
   TapState& taps() const { return *taps_; }
+  /// A loaded model (not one of its submodules).
+  bool is_root() const { return root_; }
+  /// Counts a forward of it in forward_counts() (Model::call and run_tapped do).
+  void count_forward() const;
 
  private:
-  Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> taps);
+  Model(std::shared_ptr<torch::jit::Module> m, std::shared_ptr<TapState> taps, bool root);
   std::shared_ptr<torch::jit::Module> m_;
   std::shared_ptr<TapState> taps_;
+  bool root_ = false;
 };
 
 /// Reads a TorchScript archive's ZIP central directory (NOTE [ Archive sizes ] in model.cpp)

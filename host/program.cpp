@@ -46,6 +46,7 @@ Program Program::load(const std::string& path, std::optional<c10::Device> device
     throw std::runtime_error(fmt::format("{}: not a loadable AOTInductor package ({})", path,
                                          why.substr(0, why.find('\n'))));
   }
+  ++forward_counts().loads;
   return Program(std::move(impl));
 }
 
@@ -68,6 +69,7 @@ NamedTensors Program::constants() const {
 
 std::vector<at::Tensor> Program::run(const std::vector<at::Tensor>& inputs) const {
   std::vector<at::Tensor> out;
+  ++forward_counts().whole;  // a program runs whole
   try {
     out = impl_->loader->run(inputs);
   } catch (const c10::Error& e) {

@@ -277,6 +277,7 @@ Value run_tapped(const Model& model, const std::vector<Value>& args, const TapRe
   if (model.taps().tag.empty()) throw std::invalid_argument("run_tapped: the model has no taps (install_taps first)");
   // another model's tapped run may nest (a patch running a reference): its taps are its own
   if (active && active->state == &model.taps()) throw std::logic_error("run_tapped: already inside a tapped run of it");
+  model.count_forward();  // (nested in another model's forward: part of that one)
   struct Restore {
     TapRun* run;
     int inert_was;

@@ -120,7 +120,7 @@ function M.run(opts)
   if type(out) ~= "string" or out == "" then error("check: out must name a directory, got an empty path", 0) end
   local stages = M.stages(opts.stages)
   if opts.downstream then stages[#stages + 1] = require("parity.stages.downstream") end
-  local files = { "downstream" }  -- an earlier run's stage files go too
+  local files = { "downstream", "run" }  -- an earlier run's stage files go too
   for _, name in ipairs(M.STAGES) do files[#files + 1] = name end
   verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", files)
   for _, name in ipairs(M.REPORTS) do os.remove(out .. "/" .. name) end

@@ -139,7 +139,7 @@ function M.open(opts)
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or M.default_cache_dir(),
-    inputs_file = opts.inputs, memo = {} }, Context)
+    inputs_file = opts.inputs, memo = {}, opened = require("parity.forwards").now() }, Context)
   if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs

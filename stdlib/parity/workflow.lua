@@ -76,8 +76,11 @@ end
 function M.run(ctx, stages)
   M.check_stages(stages)
   local results, kept, times = {}, {}, {}
+  local forwards = require("parity.forwards")
+  local run = { stages = {}, order = {} }  -- OUT/run.json: what each stage cost
+  local start = ctx.opened or forwards.now()  -- (opening it loads models too)
   for _, stage in ipairs(stages) do
-    local t0 = core.clock()
+    local t0, f0 = core.clock(), forwards.now()
     local result, keep
     if stage.runs_target and ctx.target.saved then
       result = { skipped = ("it needs %s, and %s"):format(stage.runs_target, ctx.target.saved) }
@@ -88,11 +91,17 @@ function M.run(ctx, stages)
     results[stage.name], kept[stage.name] = result, keep
     core.json.write(ctx.out .. "/" .. stage.name .. ".json", result)
     core.collect()
-    times[#times + 1] = ("%s %.2f s"):format(stage.name, core.clock() - t0)
+    local seconds = core.clock() - t0
+    times[#times + 1] = ("%s %.2f s"):format(stage.name, seconds)
+    run.stages[stage.name], run.order[#run.order + 1] = { seconds = seconds, forwards = forwards.since(f0) }, stage.name
   end
-  -- logged, not stored (the JSON stays byte-identical run to run); a stage that first needs the
-  -- reference's side (or the target's passes) counts their time
+  -- logged, and kept apart in run.json (the stage files and the verdict stay byte-identical run to
+  -- run, cached or not); a stage that first needs the reference's side (or the target's passes)
+  -- counts their time and forwards
   ctx.log("stages: " .. table.concat(times, ", "))
+  run.forwards = forwards.since(start)
+  ctx.log(forwards.line(run.forwards))
+  core.json.write(ctx.out .. "/run.json", run)
   return verdict.decide({ out = ctx.out, reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
     target_dtype = ctx.target_dtype, settings = ctx.settings, inputs = ctx.inputs_file, thresholds = ctx.thresholds,
     recipe = ctx.recipe,

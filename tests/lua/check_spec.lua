@@ -372,6 +372,33 @@ describe("check", function()
     truthy(lines[1]:find("^reference: from cache"), "same bytes, same key: " .. lines[1])
   end)
 
+  it("counts what it ran by kind, in the log and OUT/run.json", function()
+    local function counted(opts)
+      lines = {}
+      check("port_fused", opts)
+      local run = parity.json.read(tmp .. "/port_fused/run.json")
+      local smoke = 0
+      for _, l in ipairs(lines) do smoke = tonumber(l:match("^smoke: (%d+) forwards?")) or smoke end
+      eq(lines[#lines], require("parity.forwards").line(run.forwards))
+      return run, smoke
+    end
+    -- cold: the reference's fp32 pass and its tapped low-precision one, the target's two; the
+    -- reference's greedy decoding (12 steps), its own low-precision tokens and the smoke's
+    local cold, smoke = counted({ cache = false })
+    eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 4 })
+    truthy(cold.forwards.decoding_steps >= 12 + smoke, cold.forwards.decoding_steps)
+    truthy(cold.forwards.component_runs > 24, "the components' runs: " .. cold.forwards.component_runs)
+    -- cached: the reference's fp32 tapped pass (its captures), the target's two; the smoke's steps only
+    check("port_fused")
+    local cached, smoke2 = counted({})
+    eq({ cached.forwards.teacher_forced, cached.forwards.decoding_steps }, { 3, smoke2 })
+    eq(cached.stages.smoke.forwards.decoding_steps, smoke2)
+    truthy(cached.forwards.component_runs < cold.forwards.component_runs, "its own noise from the cache")
+    local sum = 0
+    for _, name in ipairs(cached.order) do sum = sum + cached.stages[name].forwards.component_runs end
+    eq(sum, cached.forwards.component_runs)
+  end)
+
   it("gives byte-identical JSON for the same inputs and seed", function()
     check("same_scale", { out = tmp .. "/det1", cache = false })
     check("same_scale", { out = tmp .. "/det2" })

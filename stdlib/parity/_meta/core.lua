@@ -113,6 +113,13 @@ function core.stderr_is_tty() end
 ---@return boolean
 function core.stdout_is_tty() end
 
+--- What this process has run so far (host/model.hpp ForwardCounts): whole-model forwards (a
+--- loaded model called or run tapped; a .pt2 program run), component runs (a submodule called on
+--- its own) and model loads. Calls from inside a forward (a patch's) are part of it. parity.forwards
+--- turns two readings into a check's counts by kind.
+---@return {whole: integer, component: integer, loads: integer}
+function core.forward_counts() end
+
 --- parity.core.json (parity.json): Lua values <-> JSON. Objects are written with
 --- sorted keys (the same table always gives the same bytes); both directions stop past 100
 --- levels of nesting. NaN and ±Inf encode as "NaN", "Infinity", "-Infinity".
