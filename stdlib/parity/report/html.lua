@@ -431,6 +431,8 @@ local function errors_section(v, loc, e)
     out[#out + 1] = errors_charts(de, "of the logits", yardstick)
   elseif e and not e.skipped then
     out[#out + 1] = missing("e2e.json records no error distribution of the logits (a run of an older parity)")
+  elseif e then
+    out[#out + 1] = missing("no error plots of the logits: e2e, which records them, was skipped")
   end
   return table.concat(out)
 end
