@@ -21,7 +21,7 @@ M.PERCENTILES[#M.PERCENTILES + 1] = 99.9
 M.BINS = 40
 --- Elements beyond this are sampled (the same seeded uniform draw, with replacement, for every
 --- output), and the sketch says so.
-M.MAX_ELEMENTS = 4194304
+M.MAX_ELEMENTS = 262144
 
 -- the elements kept of a tensor of n: all, or the seeded draw `pick` (sampled before any copy:
 -- an output of a large vocabulary is never copied whole in float64)

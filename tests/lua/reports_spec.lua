@@ -225,6 +225,23 @@ it("a NaN port: the reports are written, the NaN said, the JUnit valid; a report
   eq(failed, { "report.html: boom" })
 end)
 
+it("an error sketch past its element bound is a seeded sample: the same every time, its quantiles the whole's", function()
+  local dist = require("parity.distribution")
+  local n = dist.MAX_ELEMENTS + 100000
+  local r = torch.randn({ n }, { seed = 1 })
+  local own, t = r + torch.randn({ n }, { seed = 2 }) * 0.01, r + torch.randn({ n }, { seed = 3 }) * 0.03
+  local d = dist.sketch(r, { reference = own, target = t }, { "reference", "target" }, { reference = true, target = true })
+  eq({ d.elements, d.sampled }, { n, dist.MAX_ELEMENTS })
+  local whole = parity.metrics.percentiles((t:double() - r:double()), dist.PERCENTILES)
+  for _, i in ipairs({ 1, 12, #whole - 10, #whole }) do spec.near(d.quantiles.target[i], whole[i], 0.05 * math.abs(whole[i])) end
+  spec.near(d.quantiles.target[#whole] / d.quantiles.reference[#whole], 3, 0.3)  -- the target errs 3x as much
+  local again = dist.sketch(r, { reference = own, target = t }, { "reference", "target" }, { reference = true, target = true })
+  eq(again.quantiles, d.quantiles)
+  local total = 0
+  for _, c in ipairs(d.histograms.target.counts) do total = total + c end
+  eq(total, dist.MAX_ELEMENTS)
+end)
+
 it("a per-position series is bounded: downsampled to the worst of each bucket, and the chart says so", function()
   local nested = { {}, {} }
   for i = 1, 3000 do nested[1][i], nested[2][i] = 1, 1 end
