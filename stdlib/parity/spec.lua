@@ -90,6 +90,17 @@ function M.write(path, text)
   f:close()
 end
 
+--- A path as an absolute one (relative ones from the working directory).
+---@param path string
+---@return string
+function M.absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local p = io.popen("pwd")
+  local cwd = p:read("*l")
+  p:close()
+  return cwd .. "/" .. path
+end
+
 --- A fresh path in the temporary directory, nothing there (`create`: made a directory).
 ---@param create boolean|nil
 ---@return string

@@ -75,13 +75,7 @@ end
 
 describe("the docs' transcripts", function()
   -- a directory like the repository's root: build/fixtures and examples/ are this build's
-  local function absolute(path)
-    if path:sub(1, 1) == "/" then return path end
-    local pwd = io.popen("pwd")
-    local cwd = pwd:read("*l")
-    pwd:close()
-    return cwd .. "/" .. path
-  end
+  local absolute = spec.absolute
   local dir = os.tmpname()
   os.remove(dir)
   os.execute(("mkdir -p %q/build && ln -s %q %q/build/fixtures && ln -s %q/examples %q/examples"):format(

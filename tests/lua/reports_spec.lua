@@ -144,13 +144,7 @@ local function browse(page)
                          said = stats }
 end
 
-local function absolute(path)
-  if path:sub(1, 1) == "/" then return path end
-  local p = io.popen("pwd")
-  local cwd = p:read("*l")
-  p:close()
-  return cwd .. "/" .. path
-end
+local absolute = spec.absolute
 
 local function count(text, pattern) return select(2, text:gsub(pattern, "")) end
 
