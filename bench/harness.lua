@@ -120,9 +120,9 @@ for _, r in ipairs(rows) do
     r.check_cached_ratio, r.component_sweep_ratio or 0, r.smoke_s or 0, r.check_cached_rest_s or 0,
     r.check_cached_overhead or 0, r.peak_rss_mb))
 end
-local function counts(f) return ("%d tf, %d dec, %d comp, %d loads"):format(f.teacher_forced, f.decoding_steps,
-  f.component_runs, f.loads) end
-print("forwards (run.json): teacher-forced passes, decoding steps, component runs, model loads")
+local function counts(f) return ("%d tf, %d dec, %d comp, %d loads (%d reloads)"):format(f.teacher_forced,
+  f.decoding_steps, f.component_runs, f.loads, f.reloads) end
+print("forwards (run.json): teacher-forced passes, decoding steps, component runs, model loads (reloads)")
 for _, r in ipairs(rows) do
   print(("%-5s cold: %s; cached: %s"):format(r.size, counts(r.check_cold_forwards), counts(r.check_cached_forwards)))
 end

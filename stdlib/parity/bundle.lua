@@ -18,8 +18,9 @@ local function is_program(file) return file:sub(-4) == ".pt2" end
 
 --- A model file loaded: a .pt2 package as a program, anything else as TorchScript.
 local function load(file, device)
-  if is_program(file) then return program.load(file, device) end
-  return core.load(file, device)
+  local m = is_program(file) and program.load(file, device) or core.load(file, device)
+  require("parity.forwards").loaded(file)
+  return m
 end
 
 --- Taps a freshly loaded module of `file` everywhere it can and keeps it as the bundle's (Bundle:at).

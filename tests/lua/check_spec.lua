@@ -393,6 +393,7 @@ describe("check", function()
     local cached, smoke2 = counted({})
     eq({ cached.forwards.teacher_forced, cached.forwards.decoding_steps }, { 3, smoke2 })
     eq(cached.stages.smoke.forwards.decoding_steps, smoke2)
+    eq(cached.forwards.reloads, cached.forwards.loads)  -- every file this process had loaded before
     truthy(cached.forwards.component_runs < cold.forwards.component_runs, "its own noise from the cache")
     local sum = 0
     for _, name in ipairs(cached.order) do sum = sum + cached.stages[name].forwards.component_runs end
