@@ -102,9 +102,9 @@ function M.reports(out)
   for i, name in ipairs({ "junit", "html" }) do
     local ok, err = pcall(require("parity.report." .. name).write, out)
     if not ok then
-      failed[#failed + 1] = ("%s: %s"):format(M.REPORTS[i], require("parity.errors").clean(err))
-      io.stderr:write(("parity: warning: %s/%s not written: %s\n"):format(out, M.REPORTS[i],
-        require("parity.errors").clean(err)))
+      local why = require("parity.errors").clean(err)
+      failed[#failed + 1] = ("%s: %s"):format(M.REPORTS[i], why)
+      io.stderr:write(("parity: warning: %s/%s not written: %s\n"):format(out, M.REPORTS[i], why))
     end
   end
   return failed

@@ -43,6 +43,7 @@ local M = {}
 ---@field cache_enabled boolean
 ---@field cache_dir string|nil  the reference cache (nil: none)
 ---@field memo table          what is computed once: the reference's outputs, the target's logits, captures
+---@field opened table         parity.forwards.now() when it opened (run.json counts from there)
 local Context = {}
 Context.__index = Context
 

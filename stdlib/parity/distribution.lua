@@ -79,15 +79,14 @@ function M.sketch(reference, outputs, order, shared)
   end
   -- bins over the 0.1 .. 99.9 percentile range; the rest counted in the end bins
   local common = lo <= hi and bins(lo, hi) or nil
-  local histograms, sampled = {}, nil
+  local histograms = {}
   for _, name in ipairs(names) do
     local q, x = quantiles[name], errs[name]
     local edges = shared[name] and common or bins(q[1], q[#q])
     local a, b = edges[1], edges[#edges]
     histograms[name] = { edges = edges, counts = x:clamp(a, b):histc(M.BINS, a, b):tolist() }
-    if x:numel() < n then sampled = x:numel() end
   end
-  return { elements = n, sampled = sampled or core.json.null, percentiles = M.PERCENTILES, quantiles = quantiles,
+  return { elements = n, sampled = pick and M.MAX_ELEMENTS or core.json.null, percentiles = M.PERCENTILES, quantiles = quantiles,
            histograms = histograms, clipped = "values past the 0.1 and 99.9 percentiles are counted in the end bins",
            excluded = next(excluded) and excluded or nil }
 end

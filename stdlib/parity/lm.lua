@@ -1,5 +1,6 @@
 --- Language-model plumbing shared by the stages: token inputs, logits, greedy decoding.
 local core = require("parity.core")
+local counted = require("parity.forwards")  -- (each decoding step counted)
 local validate = require("parity.validate")
 
 local M = {}
@@ -307,7 +308,7 @@ function M.greedy(bundle, dtype, prompts, n, progress, forward)
   local seq = prompts
   for i = 1, n do
     if progress then progress(i, n) end
-    local logits = require("parity.forwards").decoding(forward, seq)
+    local logits = counted.decoding(forward, seq)
     seq = torch.cat({ seq, logits:select(1, -1):argmax(-1):unsqueeze(1) }, 1)
   end
   return seq
@@ -349,7 +350,7 @@ function M.greedy_from(forward, prompts, reference, predicted, progress)
         rows[#rows + 1] = torch.cat({ prompts:select(0, i - 1), torch.tensor(out[i], { dtype = "int64" }) }, 0):unsqueeze(0)
       end
     end
-    local next_tokens = require("parity.forwards").decoding(forward, torch.cat(rows, 0)):select(1, -1):argmax(-1):tolist()
+    local next_tokens = counted.decoding(forward, torch.cat(rows, 0)):select(1, -1):argmax(-1):tolist()
     forwards = forwards + 1
     for a, i in ipairs(active) do out[i][s] = next_tokens[a] end
   end

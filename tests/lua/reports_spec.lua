@@ -240,14 +240,14 @@ it("a per-position series is bounded: downsampled to the worst of each bucket, a
   local nested = { {}, {} }
   for i = 1, 3000 do nested[1][i], nested[2][i] = 1, 1 end
   nested[2][1321] = 1000  -- a spike, position 4320 of the 6000
-  local pts, note = html.series(nested, math.max)
+  local pts, note = html.series(nested)
   eq(#pts, html.MAX_POINTS)
   eq(note, "downsampled: 6000 positions, each point the worst of 4")
   local peak = 0
   for _, p in ipairs(pts) do peak = math.max(peak, p[2]) end
   eq(peak, 1000)
-  local short = html.series({ { 1, 2, 3 } }, math.max)
-  eq({ #short, select(2, html.series({ { 1, 2, 3 } }, math.max)) }, { 3, nil })
+  local short = html.series({ { 1, 2, 3 } })
+  eq({ #short, select(2, html.series({ { 1, 2, 3 } })) }, { 3, nil })
 end)
 
 it("parity report on a run of an older parity and on a directory with stages missing: what is there, and what is not", function()

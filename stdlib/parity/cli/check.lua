@@ -223,7 +223,7 @@ inconclusive.]],
   run = function(argv)
     local o = parse(argv, { flags = {}, positional = { "DIR" } })
     local terminal = require("parity.report.terminal")
-    local v = terminal.verdict_of(o.DIR)  -- (raises, in one line, when DIR holds no verdict)
+    local v = require("parity.report.results").verdict(o.DIR)  -- (raises, in one line, when DIR holds no verdict)
     require("parity.report.junit").write(o.DIR)
     local _, absent = require("parity.report.html").write(o.DIR)
     print(terminal.for_stdout(terminal.text(v, o.DIR, absent)))

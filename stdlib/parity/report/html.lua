@@ -103,7 +103,7 @@ local function summary_section(v)
   local f = v.first_divergence
   if is(f) then
     add(('<p><b>First divergence:</b> <code>%s</code> (%s) ↔ <code>%s</code>: R %s, R32 %s, a %s%s.</p>'):format(
-      esc(f.reference), esc(f.type or "?"), esc(f.target or "?"), fmt(num(f.r)), fmt(num(f.r32)), esc(f.pattern or "?"),
+      esc(f.reference), esc(f.type or "?"), esc(f.target or "?"), fmt(f.r), fmt(f.r32), esc(f.pattern or "?"),
       f.absorbed and " (absorbed by the next operation)" or ""))
   end
   if is(v.cause) then
@@ -113,7 +113,7 @@ local function summary_section(v)
   end
   for _, c in ipairs(v.confirmation or {}) do
     add(('<p class="%s"><b>Confirmation:</b> %s</p>'):format(c.confirmed and "pass-t" or "fail-t",
-      esc(require("parity.report.terminal").confirmation_line(c))))
+      esc(terminal.confirmation_line(c))))
   end
   for _, p in ipairs(v.patches or {}) do
     add(('<p><b>Patched</b> with <code>%s</code>%s: %s</p>'):format(esc(p.file), is(p.sha256) and (" (sha256 " .. esc(p.sha256:sub(1, 12)) .. ")") or "",
@@ -136,8 +136,8 @@ local function summary_section(v)
     local iv = c.interval
     rows[#rows + 1] = { { class = state == "FAIL" and "fail-t" or state == "pass" and "pass-t" or "warn-t", text = state },
       c.stage or "", c.rule or c.name, num(c.value) or "-", num(c.threshold) or "-",
-      iv and is(iv.lo) and ("%s..%s"):format(fmt(num(iv.lo)), fmt(num(iv.hi))) or "",
-      was and fmt(num(was)) or "" }
+      iv and is(iv.lo) and ("%s..%s"):format(fmt(iv.lo), fmt(iv.hi)) or "",
+      was and fmt(was) or "" }
     classes[#rows] = state == "FAIL" and "fail" or state == "undecided" and "open" or nil
   end
   if #rows > 0 then
@@ -182,7 +182,7 @@ local function components_section(v, comp, th)
       -- red: past this chart's bound (a component failing on another figure says so on hover)
       local past = value and cth[bound_key] and (value ~= value or value >= cth[bound_key])
       local tip = ("#%d %s (%s) ~ %s: %s %s, accumulated %s; %s%s"):format(number[r], r.reference, tostring(r.type),
-        tostring(r.target), label, fmt(value), fmt(num(r[acc])), r.role or "no role",
+        tostring(r.target), label, fmt(value), fmt(r[acc]), r.role or "no role",
         past and "; past its bound" or fails and "; fails on another figure" or "")
       if value then
         iso[#iso + 1] = { i, value, tip, r.reference == first and COLOUR.first or past and COLOUR.fail or COLOUR.target,
@@ -225,29 +225,28 @@ local function components_section(v, comp, th)
 end
 
 --- A per-position series, sequence after sequence, downsampled to M.MAX_POINTS (each point the
---- worst of its bucket: `worst(a, b)`).
----@param nested number[][]|number[] a stage's per_position figure ([sequence][position], or flat)
----@param worst fun(a: number, b: number): number
+--- largest, the worst, of its bucket; NaN worst of all).
+---@param nested number[][] a stage's per_position figure, [sequence][position]
+---@param f (fun(x: number): number)|nil applied to each value first (1 - cosine)
 ---@return table points {{x, y, tip}...}
----@return string|nil note what the downsampling did; nil when it did not
-function M.series(nested, worst)
+---@return string|nil note what the downsampling did, and the NaN; nil when neither
+function M.series(nested, f)
   local flat = {}
   for _, row in ipairs(type(nested) == "table" and nested or {}) do
-    if type(row) == "table" then
-      for _, x in ipairs(row) do flat[#flat + 1] = num(x) or 0 / 0 end
-    else
-      flat[#flat + 1] = num(row) or 0 / 0
+    for _, x in ipairs(type(row) == "table" and row or {}) do
+      x = num(x) or 0 / 0
+      flat[#flat + 1] = f and f(x) or x
     end
   end
   local k = math.max(1, math.ceil(#flat / M.MAX_POINTS))
   local pts, nan = {}, 0
   for i = 1, #flat, k do
     local w = flat[i]
-    for j = i + 1, math.min(i + k - 1, #flat) do
+    for j = i, math.min(i + k - 1, #flat) do
       local x = flat[j]
-      w = (w ~= w or x ~= x) and 0 / 0 or worst(w, x)  -- NaN is the worst there is
+      if x ~= x then nan = nan + 1 end
+      w = (w ~= w or x ~= x) and 0 / 0 or math.max(w, x)
     end
-    for j = i, math.min(i + k - 1, #flat) do nan = nan + (flat[j] ~= flat[j] and 1 or 0) end
     -- (NaN is drawn at the top edge, as infinity; the tooltip says NaN)
     pts[#pts + 1] = { i - 1, w == w and w or math.huge, ("position %d%s: %s"):format(i - 1,
       k > 1 and ("..%d"):format(math.min(i + k - 1, #flat) - 1) or "", fmt(w)) }
@@ -257,8 +256,6 @@ function M.series(nested, worst)
   if nan > 0 then notes[#notes + 1] = ("%d positions NaN, drawn at the top edge"):format(nan) end
   return pts, #notes > 0 and table.concat(notes, "; ") or nil
 end
-
-local max = math.max
 
 local function boundaries(nested)
   local v = {}
@@ -278,31 +275,22 @@ local function positions_section(v, e, e32, smoke, th)
   else
     local pp = e.per_position
     local vl = boundaries(pp.r_ratio)
-    local r, note = M.series(pp.r_ratio, max)
+    local r, note = M.series(pp.r_ratio)
     out[#out + 1] = svg.chart({ title = "R at each position: the target's logits' error over the reference's own low-precision error (log scale)",
       good = ("near 1 (the target errs as much as the reference's own %s run); the verdict bounds its p95"):format(tostring(v.dtype)),
       ylog = true, series = { { name = "R", kind = "line", marks = #r <= 200, colour = COLOUR.target, points = r } },
       hlines = th and { { th.r_p95, ("p95 bound %s"):format(fmt(th.r_p95)) }, { 1, "1: as the reference's own", COLOUR.ok, left = true } } or nil,
       vlines = vl, xlabel = "position", ylabel = "R", notes = { note } })
-    local kl, n1 = M.series(pp.kl, max)
-    local own = M.series(pp.own_kl, max)
+    local kl, n1 = M.series(pp.kl)
+    local own = M.series(pp.own_kl)
     out[#out + 1] = svg.chart({ title = "KL(reference fp32 ‖ target) at each position, beside the reference's own low-precision KL (log scale)",
       good = "the target's line no higher than the reference's own (grey)", ylog = true,
       series = { { name = "target", kind = "line", colour = COLOUR.target, points = kl },
                  { name = "reference's own", kind = "line", colour = COLOUR.reference, points = own, dash = true } },
       vlines = vl, xlabel = "position", ylabel = "KL", notes = { n1 } })
-    local function one_minus(nested)
-      local o = {}
-      for i, row in ipairs(nested or {}) do
-        if type(row) == "table" then
-          o[i] = {}
-          for j, x in ipairs(row) do o[i][j] = 1 - (num(x) or 0 / 0) end
-        else o[i] = 1 - (num(row) or 0 / 0) end
-      end
-      return o
-    end
-    local cos, n2 = M.series(one_minus(pp.cosine), max)
-    local ocos = M.series(one_minus(pp.own_cosine), max)
+    local function one_minus(x) return 1 - x end
+    local cos, n2 = M.series(pp.cosine, one_minus)
+    local ocos = M.series(pp.own_cosine, one_minus)
     out[#out + 1] = svg.chart({ title = "1 − cosine of the logits at each position, the target's beside the reference's own (log scale)",
       good = "the target's line no higher than the reference's own (grey)", ylog = true,
       series = { { name = "target", kind = "line", colour = COLOUR.target, points = cos },
@@ -312,7 +300,6 @@ local function positions_section(v, e, e32, smoke, th)
     local srows, flips, ties = {}, 0, 0
     for k, row in ipairs(type(pp.top1) == "table" and pp.top1 or {}) do
       local tie_row = pp.near_tie and pp.near_tie[k] or {}
-      if type(row) ~= "table" then row, tie_row = pp.top1, pp.near_tie or {} end
       local per = math.max(1, math.ceil(#row / M.MAX_CELLS))
       local cells = {}
       for j = 1, #row, per do
@@ -326,7 +313,6 @@ local function positions_section(v, e, e32, smoke, th)
           #tip > 0 and table.concat(tip, ", ") or "top-1 agrees") }
       end
       srows[#srows + 1] = { label = ("seq %d"):format(k), cells = cells }
-      if type(pp.top1[1]) ~= "table" then break end
     end
     out[#out + 1] = svg.strip({ title = ("Top-1 agreement at each position: %d flips, %d of them near-ties (a flip within the reference's own noise)")
         :format(flips + ties, ties), good = "all green; amber near-ties are noise, red flips are not",
@@ -334,7 +320,7 @@ local function positions_section(v, e, e32, smoke, th)
       legend = { { "agree", "agrees" }, { "tie", "near-tie" }, { "flip", "flip" } } })
   end
   if e32 and not e32.skipped and e32.per_position and th then
-    local r32, note = M.series(e32.per_position.r32, max)
+    local r32, note = M.series(e32.per_position.r32)
     out[#out + 1] = svg.chart({ title = "R32 at each position: the target's fp32 logits' error over the reference's own low-precision error (log scale)",
       good = "far below 1: in fp32 a port errs only by reassociation; the verdict bounds its p95",
       ylog = true, series = { { name = "R32", kind = "line", marks = #r32 <= 200, colour = COLOUR.fp32, points = r32 } },
@@ -385,7 +371,7 @@ local function errors_charts(d, what, yardstick)
     out[#out + 1] = missing(("no QQ plot %s: %s"):format(what, tostring(d.reference_missing or "the reference's own error is not recorded")))
   end
   local h = d.histograms or {}
-  local function hist(names, title, good, xrange)
+  local function hist(names, title, good)
     local series = {}
     for _, s in ipairs(names) do
       local hh = h[s[1]]
@@ -397,7 +383,7 @@ local function errors_charts(d, what, yardstick)
       end
     end
     if #series > 0 then
-      out[#out + 1] = svg.chart({ title = title, good = good, yrange = { 0 }, xrange = xrange,
+      out[#out + 1] = svg.chart({ title = title, good = good, yrange = { 0 },
         series = series, xlabel = "error", ylabel = "count", height = 250 })
     end
   end
@@ -542,10 +528,7 @@ end
 ---@return string html
 ---@return string[] absent what is not in the directory
 function M.render(out)
-  local v = results.read(out, "verdict")
-  if type(v) ~= "table" or type(v.verdict) ~= "string" then
-    error(("%s: no verdict.json parity wrote (not a results directory of parity check)"):format(out), 0)
-  end
+  local v = results.verdict(out)
   gaps = {}
   local files = {}
   for _, name in ipairs({ "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }) do
@@ -566,10 +549,9 @@ function M.render(out)
   if v.verdict ~= "error" and not is(v.parity_version) then
     gaps[#gaps + 1] = "verdict.json names no parity version: a run of a parity from before versions were recorded"
   end
-  local absent = gaps
-  if #absent > 0 then
+  if #gaps > 0 then
     local items = {}
-    for i, a in ipairs(absent) do items[i] = "<li>" .. esc(a) .. "</li>" end
+    for i, a in ipairs(gaps) do items[i] = "<li>" .. esc(a) .. "</li>" end
     body[top] = ('<div class="missing"><b>Not shown</b> (not in this directory, or not recorded by the parity that wrote it):<ul>%s</ul></div>')
       :format(table.concat(items))
   end
@@ -579,7 +561,7 @@ function M.render(out)
     table.concat(body, "\n"),
     ('<p class="note">parity %s · from %s/ · every part read from the results directory alone</p>'):format(esc(v.parity_version or "?"), esc(out)),
     "<script>" .. SCRIPT_END .. "</script></body></html>" }, "\n")
-  return html, absent
+  return html, gaps
 end
 
 --- Writes OUT/report.html from the results in `out`.

@@ -34,13 +34,14 @@ local function cases(v, components)
   for _, c in ipairs(v.criteria or {}) do
     -- (named by the criterion alone, the same from run to run: CI systems track a case by its name)
     local case = { classname = "parity." .. tostring(c.stage), name = c.name }
-    if open[c.name] then
+    local state = results.state(c, open)
+    if state == "undecided" then
       case.failure = { type = "inconclusive", message = ("%s: %s; its interval holds the bound %s (not a pass)"):format(
         c.rule, g(c.value), g(c.threshold)) }
-    elseif not c.pass and not c.warn then
+    elseif state == "FAIL" then
       case.failure = { type = "divergent", message = ("%s: %s (bound %s)"):format(c.rule, g(c.value), g(c.threshold)),
                        text = cause }
-    elseif not c.pass then
+    elseif state == "warn" then
       case.out = ("warning: %s: %s (bound %s)%s"):format(c.rule, g(c.value), g(c.threshold), c.why and ("; " .. c.why) or "")
     end
     list[#list + 1] = case
@@ -122,8 +123,7 @@ end
 ---@param out string a results directory
 ---@return string xml
 function M.render(out)
-  local v = results.read(out, "verdict")
-  if type(v) ~= "table" then error(("%s/verdict.json is not a verdict"):format(out), 0) end
+  local v = results.verdict(out)
   local comp = results.read(out, "components") or {}
   local s = type(v.settings) == "table" and v.settings or {}
   local props = { { "verdict", v.verdict }, { "cause", v.cause ~= null and type(v.cause) == "table" and v.cause.class

@@ -5,7 +5,6 @@
 local core = require("parity.core")
 
 local M = {}
-local null = core.json.null
 
 --- A figure as a number: JSON's "Infinity"/"-Infinity"/"NaN" strings too; nil for anything else.
 ---@param x any
@@ -53,12 +52,26 @@ end
 ---@param name string the file's name without .json
 ---@return table|nil
 ---@return string|nil why
+---@return string|nil detail what the JSON reader said of an unreadable one
 function M.read(out, name)
   local path = ("%s/%s.json"):format(out, name)
   if core.path_kind(path) ~= "file" then return nil, "absent" end
   local ok, v = pcall(core.json.read, path)
-  if not ok or type(v) ~= "table" then return nil, "unreadable" end
+  if not ok or type(v) ~= "table" then return nil, "unreadable", ok and "not a JSON object" or tostring(v) end
   return decode(v, 0)
+end
+
+--- The verdict in `out` (M.read's: its non-finite figures as numbers). Raises, in one line,
+--- when `out` holds no verdict parity wrote.
+---@param out string a results directory
+---@return parity.Verdict
+function M.verdict(out)
+  local v, why, detail = M.read(out, "verdict")
+  if why == "absent" then error(("%s: no verdict.json (not a results directory of parity check)"):format(out), 0) end
+  if not v or type(v.verdict) ~= "string" then
+    error(("%s/verdict.json: not a verdict parity wrote (%s)"):format(out, detail or "no verdict in it"), 0)
+  end
+  return v
 end
 
 --- How a criterion of a verdict came out: "pass", "FAIL", "warn" or "undecided" (its interval
@@ -80,6 +93,5 @@ function M.open(v)
   return open
 end
 
-M.null = null
 
 return M

@@ -59,10 +59,10 @@ local function axis(values, log, a, b, fixed)
   else
     t = ticks(lo, hi, 6)
   end
-  return { at = at, lo = lo, hi = hi, ticks = t, log = log }
+  return { at = at, lo = lo, hi = hi, ticks = t }
 end
 
---- The markers' shapes: a circle, a triangle, a square, a diamond.
+--- The markers' shapes: a circle (the default), a triangle, a square, a ring.
 local function marker(shape, x, y, r, colour, tip)
   local body
   if shape == "triangle" then
@@ -77,10 +77,10 @@ local function marker(shape, x, y, r, colour, tip)
   return tip and (body .. ("><title>%s</title></%s>"):format(esc(tip), body:match("^<(%a+)"))) or (body .. "/>")
 end
 
---- A chart. `o`: title (what it shows), good (what good looks like), xlabel, ylabel, ylog, xlog,
+--- A chart. `o`: title (what it shows), good (what good looks like), xlabel, ylabel, ylog,
 --- series = {{name, colour, kind = "dots"|"line"|"step", shape, points = {{x, y, tip, colour, shape}}, dash}},
 --- hlines = {{y, label, colour, left = true (its label at the left)}}, vlines = {{x, label, colour}}, xticks = {{x, label}} (else
---- numbers), diagonal (draws y = x), yrange/xrange = {lo, hi}, notes = {text...}, height.
+--- numbers), diagonal (draws y = x), yrange = {lo, hi} (either may be nil), notes = {text...}, height.
 ---@param o table
 ---@return string html a <figure> holding the <svg>
 function M.chart(o)
@@ -95,7 +95,7 @@ function M.chart(o)
     for i = 1, #xs do ys[#ys + 1] = xs[i] end
     for i = 1, #ys do xs[#xs + 1] = ys[i] end
   end
-  local X = axis(xs, o.xlog, PAD.l, w - PAD.r, o.xrange)
+  local X = axis(xs, false, PAD.l, w - PAD.r)
   local Y = axis(ys, o.ylog, h - PAD.b, PAD.t, o.yrange)
   local out = { ('<svg class="chart" viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="%s">'):format(
     w, h, w, h, esc(o.title)) }

@@ -161,7 +161,7 @@ function M.render(v, out, notes)
   end
   for _, c in ipairs(v.criteria or {}) do
     local was = before.criteria and before.criteria[c.name]
-    lines[#lines + 1] = ("  %s  %-60s %.4g%s"):format(c.pass and "pass" or (c.warn and "warn" or "FAIL"), c.rule, c.value,
+    lines[#lines + 1] = ("  %s  %-60s %.4g%s"):format(results.state(c, {}), c.rule, c.value,
       was and ("   (unpatched %.4g)"):format(was) or "")
   end
   local open = results.open(v)
@@ -230,22 +230,8 @@ function M.for_stdout(text)
   return M.wants_colour(core.stdout_is_tty(), os.getenv("NO_COLOR")) and M.colour(text) or text
 end
 
---- The verdict in `out`'s verdict.json. Raises, in one line, when `out` holds no readable verdict.
----@param out string a results directory
----@return parity.Verdict
-function M.verdict_of(out)
-  local path = out .. "/verdict.json"
-  if core.path_kind(path) ~= "file" then
-    error(("%s: no verdict.json (not a results directory of parity check)"):format(out), 0)
-  end
-  local ok, v = pcall(core.json.read, path)
-  if not ok or type(v) ~= "table" or type(v.verdict) ~= "string" then
-    error(("%s: not a verdict parity wrote (%s)"):format(path, ok and "no verdict in it" or tostring(v)), 0)
-  end
-  return v
-end
-
---- The summary of a verdict read from `out` (M.verdict_of); an error verdict is its message.
+--- The summary of a verdict read from `out` (parity.report.results.verdict); an error verdict
+--- is its message.
 ---@param v parity.Verdict
 ---@param out string the results directory
 ---@param notes string[]|nil M.render's
@@ -258,13 +244,13 @@ function M.text(v, out, notes)
   return table.concat(lines, "\n")
 end
 
---- The summary of the results in `out`, from its verdict.json alone (M.verdict_of, M.text).
+--- The summary of the results in `out`, from its verdict.json alone (results.verdict, M.text).
 ---@param out string a results directory
 ---@param notes string[]|nil M.render's
 ---@return string text
 ---@return parity.Verdict verdict what verdict.json holds
 function M.from_dir(out, notes)
-  local v = M.verdict_of(out)
+  local v = results.verdict(out)
   return M.text(v, out, notes), v
 end
 

@@ -162,6 +162,10 @@ local function noise_of(tensors, n, calls, with_rows)
 end
 
 
+--- A value as a function returning it, or nil and why there is none (an evidence's
+--- reference_low: it holds that output only, not the captures it came from).
+local function held(x, why) return function() return x, not x and why or nil end end
+
 --- The larger of two figures, either missing.
 local function worst(a, b)
   if a == nil or b == nil then return a or b end
@@ -303,19 +307,6 @@ function M.run(ctx, got)
     end
     return c.outputs[1]
   end
-  -- the reference's own low-precision output at a pair's call k in its whole run, as a function
-  -- (an accumulated fault's evidence), holding those outputs only, not the captures
-  local function whole_rlow(pair, k)
-    local list = {}
-    for i, p in ipairs(pair.reference) do
-      local c = cap.rlow and cap.rlow[p] and cap.rlow[p][k]
-      list[i] = c and c.outputs[1] or false
-    end
-    local got = combine(list, pair)
-    local why = not got and (cap.rlow and "the reference's low-precision whole run has no output here"
-      or "the reference's low-precision whole runs came from the cache (not kept)") or nil
-    return function() return got, why end
-  end
   -- the patched components (a patched run): their figures unpatched too, what the patch changed
   local patched = {}
   for _, paths in pairs(target.patched or {}) do
@@ -455,7 +446,9 @@ function M.run(ctx, got)
               return reference_low(rerun)
             end,
           } or { isolated = false, r32 = ar32, t32 = at32 or (in32 and atlow) or nil, tlow = atlow or nil,
-                params = {}, reference_low = whole_rlow(pair, k) }
+                params = {}, reference_low = held(outs("rlow", pair.reference, pair), cap.rlow
+                  and "the reference's low-precision whole run has no output here"
+                  or "the reference's low-precision whole runs came from the cache (not kept)") }
           evidence.call = k
         end
       end
