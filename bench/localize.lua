@@ -10,12 +10,17 @@
 -- --fp32 checks every target as an fp32-only port (its fp32.pt alone, check --dtype fp32): a bug
 -- of the low precision alone (class precision) is then no bug; with --two-tensor too, against the
 -- reference's fp32 reassociation level, as if the references had no low precision.
--- Fixture cases are listed below.
+-- --keep DIR keeps each case's results directory as DIR/<case> (to compare two versions' JSON).
+-- --sweep full tests every component (check --sweep full). Fixture cases are listed below.
 local parity = require("parity")
 local args = { ... }
-local baseline, fp32
-while args[1] == "--two-tensor" or args[1] == "--fp32" do
-  if table.remove(args, 1) == "--fp32" then fp32 = true else baseline = "2-tensor" end
+local baseline, fp32, keep, sweep
+while args[1] == "--two-tensor" or args[1] == "--fp32" or args[1] == "--keep" or args[1] == "--sweep" do
+  local flag = table.remove(args, 1)
+  if flag == "--fp32" then fp32 = true
+  elseif flag == "--keep" then keep = table.remove(args, 1)
+  elseif flag == "--sweep" then sweep = table.remove(args, 1)
+  else baseline = "2-tensor" end
 end
 local fx = args[1]
 local cases = {
@@ -84,8 +89,9 @@ local out = os.tmpname()
 local right_place, right_class, bugs, clean_ok, clean = 0, 0, 0, 0, 0
 for _, c in ipairs(cases) do
   if fp32 and c[4] == "precision" then c[3], c[4] = nil, nil end  -- none in fp32
-  local v = parity.check({ reference = c[1], target = fp32 and c[2] .. "/fp32.pt" or c[2], out = out .. ".d",
-    log = function() end, baseline = baseline, dtype = fp32 and "fp32" or nil })
+  local dir = keep and ("%s/%s"):format(keep, (c[2]:gsub("^.*/([^/]+)/([^/]+)$", "%1_%2"))) or out .. ".d"
+  local v = parity.check({ reference = c[1], target = fp32 and c[2] .. "/fp32.pt" or c[2], out = dir,
+    log = function() end, baseline = baseline, dtype = fp32 and "fp32" or nil, sweep = sweep })
   local f = v.first_divergence  -- absent when there is none
   local got = f and ("%s (%s)"):format(f.target, f.cause.class) or "none"
   local ok

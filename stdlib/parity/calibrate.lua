@@ -591,7 +591,8 @@ function M.null_runs(opts)
       local yardstick = bundle.open(opts.reference)
       yardstick:patch({ (M.perturbation(yardstick, dtype, s + 1000003)) })
       local o = { reference = yardstick, target = opts.reference, patches = { set }, unpatched = false, out = out,
-                  cache = false, cache_dir = cache_dir, quiet = true, log = function() end }
+                  cache = false, cache_dir = cache_dir, quiet = true, log = function() end,
+                  sweep = "full" }  -- every component's figures: the bounds are fitted on them all
       for k, v in pairs(settings) do o[k] = v end
       parity_check(o)
     end

@@ -37,6 +37,7 @@ local M = {}
 ---@field patch_sets parity.PatchSet[]|nil  the patches the target computes with
 ---@field inputs_file string|nil  the --inputs file
 ---@field given_sequences parity.Tensor|nil  whole sequences [K, P + N] from a file parity inputs wrote
+---@field sweep "adaptive"|"full" which components the components stage tests (parity.stages.components)
 ---@field out string          results directory
 ---@field log fun(msg: string)
 ---@field quiet boolean|nil   no progress on stderr
@@ -66,7 +67,7 @@ M.OPTIONS = {
   thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table",
   mapping_file = "string", out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean",
   device = "string", reference_device = "string", file = "string", patches = "table", confirm = "boolean",
-  unpatched = "boolean", stages = "table", downstream = "table",
+  unpatched = "boolean", stages = "table", downstream = "table", sweep = "string",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not
@@ -102,6 +103,10 @@ function M.check_options(opts)
   if opts.dtype ~= nil and opts.dtype ~= "bf16" and opts.dtype ~= "fp16" and opts.dtype ~= "fp32" then
     error(("--dtype must be bf16 or fp16 (the low precision under test), or fp32 (an fp32-only port), got %s")
       :format(tostring(opts.dtype)), 0)
+  end
+  if opts.sweep ~= nil and opts.sweep ~= "adaptive" and opts.sweep ~= "full" then
+    error(("--sweep must be adaptive (the default: the components inside a clean one are not tested) or full,"
+      .. " got %s"):format(tostring(opts.sweep)), 0)
   end
   if opts.baseline ~= nil and opts.baseline ~= "3-tensor" and opts.baseline ~= "2-tensor" then
     error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(opts.baseline)), 0)
@@ -140,7 +145,7 @@ function M.open(opts)
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or M.default_cache_dir(),
-    inputs_file = opts.inputs, memo = {}, opened = require("parity.forwards").now() }, Context)
+    inputs_file = opts.inputs, sweep = opts.sweep or "adaptive", memo = {}, opened = require("parity.forwards").now() }, Context)
   if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs

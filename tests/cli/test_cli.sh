@@ -189,9 +189,11 @@ check)
   expect 0 '^reference: from cache ' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
   expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
   # the e2e stages' teacher-forced passes run tapped; the component sweep runs none of them again
-  expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
-  # against a cached reference: its fp32 pass only, its own noise read from the cache
-  expect 0 '^components: 24 tested in [0-9.]+ s: 1 tapped forwards.*own noise from the cache' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache --sweep full
+  # against a cached reference: its fp32 pass only, its own noise read from the cache; the
+  # adaptive sweep: the clean attentions and MLPs vouch for their projections and activation
+  expect 0 '^components: 14 tested in [0-9.]+ s: 1 tapped forwards.*own noise from the cache; 10 inside clean components not tested \(--sweep full tests them\)' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  expect 2 "^parity check: --sweep must be adaptive .* or full, got some" -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --sweep some
   # a device that is not here: one line, exit 2 (cuda:99: no GPU here, or fewer)
   expect 2 "^parity check: device 'cuda:99': .*CUDA device" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --device cuda:99
   expect 2 "^parity check: device 'cuda:99'" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --reference-device cuda:99

@@ -189,7 +189,7 @@ describe("check", function()
   end)
 
   it("maps a port with interleaved RoPE and re-ordered q/k rows automatically, and passes it", function()
-    local v = check("port_interleaved")
+    local v = check("port_interleaved", { sweep = "full" })  -- the q/k/v projection inside a clean attention too
     eq({ v.verdict, v.first_divergence }, { "equivalent", nil })
     local qkv
     for _, row in ipairs(parity.json.read(tmp .. "/port_interleaved/components.json").components) do
@@ -267,6 +267,26 @@ describe("check", function()
     eq({ over[1].target, over[1].cause.class }, { "blocks.0.ffn", "over_precision" })
     truthy(over[1].r < 0.8, "R " .. over[1].r)
     eq(#parity.json.read((check("port_fused") and tmp) .. "/port_fused/localize.json").over_precision, 0)
+  end)
+
+  it("tests the components inside a clean one only with --sweep full, their figures the same", function()
+    local adaptive = check("port_fused") and parity.json.read(tmp .. "/port_fused/components.json")
+    local full = check("port_fused", { sweep = "full" }) and parity.json.read(tmp .. "/port_fused/components.json")
+    eq({ adaptive.sweep, full.sweep, full.untested }, { "adaptive", "full", 0 })
+    truthy(adaptive.untested > 0 and #adaptive.components + adaptive.untested == #full.components,
+      ("%d tested + %d untested of %d"):format(#adaptive.components, adaptive.untested, #full.components))
+    local in_full, tested = {}, {}
+    for _, r in ipairs(full.components) do in_full[r.reference] = r end
+    for _, r in ipairs(adaptive.components) do
+      eq(r, in_full[r.reference], r.reference)
+      tested[r.reference] = true
+    end
+    -- a layer holds norms: it vouches for none of its parts; a clean MLP vouches for its projections
+    for _, p in ipairs({ "model.layers.0", "model.layers.0.input_layernorm", "model.layers.0.self_attn", "model.layers.0.mlp" }) do
+      truthy(tested[p], p .. " tested")
+    end
+    truthy(not tested["model.layers.0.mlp.down_proj"], "down_proj vouched for by its MLP")
+    raises(function() check("port_fused", { sweep = "some" }) end, "--sweep must be adaptive")
   end)
 
   it("reports a difference the next operation absorbs as absorbed, not as a fault", function()
@@ -387,7 +407,7 @@ describe("check", function()
     local cold, smoke = counted({ cache = false })
     eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 4 })
     truthy(cold.forwards.decoding_steps >= 12 + smoke, cold.forwards.decoding_steps)
-    truthy(cold.forwards.component_runs > 24, "the components' runs: " .. cold.forwards.component_runs)
+    truthy(cold.forwards.component_runs > 12, "the components' runs: " .. cold.forwards.component_runs)
     -- cached: the reference's fp32 tapped pass (its captures), the target's two; the smoke's steps only
     check("port_fused")
     local cached, smoke2 = counted({})

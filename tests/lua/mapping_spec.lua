@@ -97,7 +97,7 @@ describe("components through a mapping", function()
   end
 
   it("maps the fused port from its weights and finds every component clean", function()
-    local v = check("port_fused")
+    local v = check("port_fused", { sweep = "full" })  -- every one: the fused q/k/v inside a clean attention too
     eq({ v.verdict, v.summaries.scaffold.mapping, v.first_divergence }, { "equivalent", "auto", nil })
     truthy(parity.path_kind(tmp .. "/port_fused/scaffold/mapping.lua") == "file", "the proposal is on disk")
     local c = parity.json.read(tmp .. "/port_fused/components.json")

@@ -63,7 +63,8 @@ greedily for N tokens; then every model sees those same sequences (teacher forci
          precision noise) reported apart
   e2e32  the fp32 leg, when the target has an fp32 trace: R32 = ||t32 - r32|| / ||r_low - r32||
          sees bugs smaller than the low-precision noise (skipped, and said, otherwise)
-  components, localize  every mapped component on the reference's real inputs (R, R32 each),
+  components, localize  the mapped components on the reference's real inputs (R, R32 each;
+         outside in: a clean one vouches for those inside it, --sweep below),
          then the first divergent component and what kind of bug it looks like
 TARGET may be the logits a foreign engine saved for the sequences of parity inputs (see its
 --help; pass the same --inputs FILE here): scaffold, smoke, components and localize run the
@@ -119,6 +120,10 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      components in place of the port's; each a check of its own in OUT/confirm/N;
                      verdict.json's confirmation says what fixing it does (the verdict and the
                      exit code stay the port's)
+  --sweep MODE       adaptive (default): a component tested clean (its own error, its rows,
+                     its output in the whole runs) vouches for the components inside it, which
+                     are not tested; the sweep descends into failing ones only. full: every
+                     mapped component is tested (components.json lists them all)
   --out DIR          the results directory (default parity-results): verdict.json,
                      report.html (the plots, for a browser), junit.xml (for CI), scaffold/
                      (the trees, the mapping) and a JSON a stage:
@@ -155,7 +160,7 @@ two may be swapped.]],
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string",
                 patch = "list", confirm = "boolean", recipe = "string", downstream = "many",
-                ["downstream-tolerance"] = "number" },
+                ["downstream-tolerance"] = "number", sweep = "string" },
       positional = { "REF", "TARGET" },
     })
     local out = ok and (o.out or "parity-results") or out_given(argv)
@@ -164,7 +169,7 @@ two may be swapped.]],
       topk = o.topk, thresholds_file = o.thresholds, recipe_file = o.recipe, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"], patches = o.patch,
-      confirm = o.confirm,
+      confirm = o.confirm, sweep = o.sweep,
       log = o.quiet and function() end or nil }
     if ok and o.downstream then
       if #o.downstream ~= 2 then

@@ -170,6 +170,10 @@ local function components_section(v, comp, th)
   end
   local first = is(v.first_divergence) and v.first_divergence.reference or nil
   local out = { "<h2>Components, in the reference's execution order</h2>" }
+  if num(comp.untested) and comp.untested > 0 then
+    out[#out + 1] = ("<p>%d components tested; %d inside clean ones were not: a clean component holding no norm vouches for those inside it"
+      .. " (the adaptive sweep; <code>--sweep full</code> tests every one).</p>"):format(#(comp.components or {}), comp.untested)
+  end
   local function chart(key, acc, bound_key, label, has)
     if not has then return end
     local iso, accum, bounds, vlines, differs = {}, {}, {}, {}, false

@@ -1,4 +1,5 @@
---- stage components — stage 2 of the seeds: every mapped component on the same real inputs.
+--- stage components — stage 2 of the seeds: the mapped components on the same real inputs
+--- (every one with sweep "full"; by default those a clean container does not vouch for: M.clean).
 --- (With the 2-tensor baseline, "fp32" below is the reference at the low precision and "the
 --- low precision" that reference with its inputs perturbed by machine epsilon; no fp32 leg.)
 --- One tapped forward of the fp32 reference on the check's sequences captures each component's
@@ -186,6 +187,18 @@ end
 
 
 
+--- Clean enough to vouch for the components inside it (the adaptive sweep does not test them):
+--- run alone on the reference's inputs and not skipped, adding no error (R, R32, rows), its
+--- output in the whole-model runs not off (no role: nothing reaches it), and not markedly more
+--- precise than the reference (an upcast inside shows there only as R below 1).
+---@param row parity.ComponentRow
+---@param th parity.Thresholds the thresholds as they apply (parity.thresholds.at)
+---@return boolean
+function M.clean(row, th)
+  return row.isolated == true and not row.skipped and row.role == nil and not judge.fails(row, th)
+    and not judge.over_precise(row, th)
+end
+
 --- Returns the result and, kept for the localize stage (in memory only), the evidence of the
 --- failing components (`evidence[reference path]`: their outputs and a way to re-run them),
 --- the whole-model captures inside them (`inside`) and the first component whose input in the
@@ -226,29 +239,38 @@ function M.run(ctx, got)
   local sides = {}
   for n, pair in ipairs(pairs_) do sides[n] = { pair.reference, pair.transform, pair.interleave or false } end
   local noise_name = "components_" .. core.hash_string(core.json.encode(sides))
-  local cached, noise = ctx:reference_extra(noise_name), {}
+  -- (a pair the cache has no noise of, called as often as then, gets it computed: `fresh` counts
+  -- them, and the cache entry is written again with theirs)
+  local cached, noise, fresh = ctx:reference_extra(noise_name) or {}, {}, 0
+  local function cannot_tap(err)  -- e.g. a scripted model whose layers share one graph
+    return { skipped = "cannot tap the models: " .. require("parity.errors").clean(err) }
+  end
   local ok, err = pcall(function()
     cap.r32 = run_tapped("reference", anchor, ref_paths)
-    for n, pair in ipairs(pairs_) do  -- cached for every pair, called as often as then
-      local calls = cached and cap.r32[pair.reference[1]]
-      noise[n] = calls and noise_of(cached, n, #calls, not two)
-      if calls and not noise[n] then cached, noise = nil, {} end
+    for n, pair in ipairs(pairs_) do
+      local calls = cap.r32[pair.reference[1]]
+      noise[n] = calls and noise_of(cached, n, #calls, not two) or nil
     end
-    if cached then
-      ctx:take_calls("reference", dtype)  -- not needed
-    elseif two then
-      local _, calls = lm.perturbed(ref, dtype, ctx.settings.seed)(seqs, ref_paths)
-      cap.rlow, forwards = calls, forwards + 1
-    else
-      cap.rlow = run_tapped("reference", dtype, ref_paths)
-    end
+    cap.rlow = not two and ctx:take_calls("reference", dtype) or nil  -- captured with its logits (no cache)
     if runs_low then cap.tlow = run_tapped("target", dtype, tgt_paths) end
     if has32 then cap.t32 = run_tapped("target", "fp32", tgt_paths) end
   end)
-  if not ok then  -- e.g. a scripted model whose layers share one graph
-    return { skipped = "cannot tap the models: " .. require("parity.errors").clean(err) }
-  end
+  if not ok then return cannot_tap(err) end
   local forwards_s = core.clock() - t0  -- the tapped forwards run here
+  -- the reference's low-precision whole run (what its own noise is measured in), once a pair
+  -- without cached noise is tested
+  local function rlow_run()
+    if cap.rlow then return true end
+    local t = core.clock()
+    local run_ok, calls = pcall(function()
+      if two then return select(2, lm.perturbed(ref, dtype, ctx.settings.seed)(seqs, ref_paths)) end
+      return run_tapped("reference", dtype, ref_paths)
+    end)
+    forwards_s = forwards_s + core.clock() - t
+    if not run_ok then return false, calls end
+    cap.rlow, forwards = calls, forwards + (two and 1 or 0)
+    return true
+  end
   local function dtype_of(which) return which == "r32" and anchor or which == "t32" and "fp32" or dtype end
   -- which models can run a component alone (TorchScript; a .pt2 program runs whole)
   local alone = { r32 = ref:runs_alone(anchor), rlow = ref:runs_alone(dtype), tlow = runs_low and target:runs_alone(dtype),
@@ -316,8 +338,36 @@ function M.run(ctx, got)
   local tcap = has32 and "t32" or "tlow"
   local rows = {}
   local evidence_of, first_inherited = {}, nil
+  -- the adaptive sweep: a component tested clean (M.clean) vouches for those inside it, which
+  -- are not tested (`untested`) unless patched, or asked for (--sweep full); one holding a
+  -- norm does not: a norm inside it absorbs what comes before it (a sandwich norm normalises
+  -- a scaled MLP away), and a norm's own loss of precision is diluted in its container's noise
+  local clean_at, holds_norm, untested, full = {}, {}, 0, ctx.sweep == "full"
+  local function parent(p) return p:match("^(.*)%.[^.]+$") end
+  local function above(pair, f)  -- whether f holds for a reference path above one of the pair's
+    for _, p in ipairs(pair.reference) do
+      local up = parent(p)
+      while up do
+        if f(up) then return true end
+        up = parent(up)
+      end
+    end
+    return false
+  end
+  for _, pair in ipairs(pairs_) do
+    if criteria.class({ type = pair.type, reference = pair.reference[1] }) == "norm" then
+      above(pair, function(up) holds_norm[up] = true end)
+    end
+  end
+  local function inside_clean(pair)
+    return not full and not patched[pair.target] and above(pair, function(up) return clean_at[up] end)
+  end
   for n, pair in ipairs(pairs_) do
     ctx:progress("components", n, #pairs_)
+    if inside_clean(pair) then
+      untested = untested + 1
+      goto next_pair
+    end
     local first = pair.reference[1]
     local calls = cap.r32[first]
     local row = { reference = table.concat(pair.reference, "+"), target = pair.target, type = pair.type,
@@ -387,7 +437,11 @@ function M.run(ctx, got)
           return combine(rlow_outs, pair), why
         end
         local rlow_here  -- computed here for the noise (not when it came from the cache)
-        noise[n] = noise[n] or {}
+        if not noise[n] then
+          local run_ok, why = rlow_run()
+          if not run_ok then return cannot_tap(why) end
+          noise[n], fresh = {}, fresh + 1
+        end
         if not noise[n][k] then  -- the reference's own noise: isolated, in the whole runs, at the input
           local rlow = reference_low(run)
           rlow_here = rlow
@@ -457,6 +511,10 @@ function M.run(ctx, got)
     -- evidence is kept for the failing components only (localize looks no further)
     if evidence and judge.fails(row, th) then evidence_of[row.reference] = evidence end
     row.role = judge.role(row, th)
+    if M.clean(row, th) then
+      for _, p in ipairs(pair.reference) do clean_at[p] = not holds_norm[p] end
+    end
+    ::next_pair::
   end
   -- and the whole-model captures inside failing components, for signatures that look inside
   -- (which nonlinearity lies between an MLP's projections)
@@ -474,12 +532,13 @@ function M.run(ctx, got)
   local inside = { reference = inside_failing(cap.r32, "reference"), target = inside_failing(cap[tcap], "target"),
                       pairs = pairs_, bundles = { reference = ref, target = target, reference_low = ref },
                       dtypes = { reference = anchor, target = has32 and "fp32" or dtype, reference_low = dtype } }
-  if not cached and not failed.rlow and alone.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
+  if fresh > 0 and not failed.rlow and alone.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
   local total = core.clock() - t0  -- logged, not stored: the JSON stays byte-identical run to run
   ctx.log(("components: %d tested in %.2f s: %d tapped forwards (%.2f s; the others came with the logits), %d"
     .. " component runs (%.2f s), %d read from the whole runs (the same inputs)%s")
     :format(#rows, total, forwards, forwards_s, reruns, reruns_s, reused,
-      cached and "; the reference's own noise from the cache" or ""))
+      fresh == 0 and "; the reference's own noise from the cache" or "")
+    .. (untested > 0 and ("; %d inside clean components not tested (--sweep full tests them)"):format(untested) or ""))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
   -- a .pt2 program runs whole: no component runs alone, nothing is injected; what is skipped, and why
@@ -487,7 +546,7 @@ function M.run(ctx, got)
     .. " component runs alone on the reference's inputs: every component has the accumulated view only (isolated:"
     .. " false; no per-row precision test, no re-runs for the signatures)") or nil
   if accumulated_only then ctx.log("components: " .. accumulated_only) end
-  return { mapping = kind, components = rows, has_fp32 = has32, accumulated_only = accumulated_only, unmapped_target = core.json.array(unmapped or {}),
+  return { mapping = kind, components = rows, sweep = full and "full" or "adaptive", untested = untested, has_fp32 = has32, accumulated_only = accumulated_only, unmapped_target = core.json.array(unmapped or {}),
            no_counterpart = absent_list, no_counterpart_reference = core.json.array(lacking or {}) },
          { evidence = evidence_of, inside = inside, first_inherited = first_inherited }
 end
