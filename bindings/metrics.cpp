@@ -28,6 +28,15 @@ int cosine_rows(lua_State* L) {
   return 1;
 }
 
+/// max_gap(a, b[, limit]) -> max |a - b|, max |b| (one pass, no copies; it may stop once the
+/// difference passes limit: host/metrics.hpp)
+int max_gap(lua_State* L) {
+  auto g = m::max_gap(check_tensor(L, 1), check_tensor(L, 2), luaL_optnumber(L, 3, HUGE_VAL));
+  lua_pushnumber(L, g.diff);
+  lua_pushnumber(L, g.ref);
+  return 2;
+}
+
 /// allclose(target, reference[, {rtol=1e-5, atol=1e-8}]) -> result table (see docs/lua-api.md)
 int allclose(lua_State* L) {
   check_options(L, 3, "allclose", {"rtol", "atol"});
@@ -156,6 +165,7 @@ int percentiles(lua_State* L) {
 const luaL_Reg kMetrics[] = {
     {"max_abs_diff", guard<scalar_metric<m::max_abs_diff>>},
     {"mean_abs_diff", guard<scalar_metric<m::mean_abs_diff>>},
+    {"max_gap", guard<max_gap>},
     {"rel_l2", guard<scalar_metric<m::rel_l2>>},
     {"cosine", guard<scalar_metric<m::cosine>>},
     {"l2_distance", guard<scalar_metric<m::l2_distance>>},

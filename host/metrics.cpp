@@ -117,6 +117,74 @@ double max_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
   return (f64(target) - f64(reference)).abs().max().item<double>();
 }
 
+namespace {
+
+/// Visits the elements of same-shaped CPU tensors `a` and `b` of one dtype in step: f(x, y) on
+/// each pair as float, until stop() says so (asked every few thousand elements). Contiguous
+/// ones in one loop; strided ones (a transpose, a narrowed block) dimension by dimension, the
+/// last innermost.
+template <typename T, typename F, typename S>
+void each_pair(const at::Tensor& a, const at::Tensor& b, F&& f, S&& stop) {
+  const T* pa = a.data_ptr<T>();
+  const T* pb = b.data_ptr<T>();
+  if (a.is_contiguous() && b.is_contiguous()) {
+    constexpr int64_t kChunk = 4096;
+    for (int64_t i = 0, n = a.numel(); i < n; i += kChunk) {
+      for (int64_t j = i, end = std::min(n, i + kChunk); j < end; ++j)
+        f(static_cast<float>(pa[j]), static_cast<float>(pb[j]));
+      if (stop()) return;
+    }
+    return;
+  }
+  const int64_t dims = a.dim();
+  auto size = a.sizes();
+  auto sa = a.strides(), sb = b.strides();
+  std::vector<int64_t> at_(dims, 0);
+  const int64_t inner = dims ? size[dims - 1] : 1, ia = dims ? sa[dims - 1] : 0, ib = dims ? sb[dims - 1] : 0;
+  for (;;) {
+    for (int64_t j = 0; j < inner; ++j) f(static_cast<float>(pa[j * ia]), static_cast<float>(pb[j * ib]));
+    if (stop()) return;
+    int64_t d = dims - 2;  // the next index of the outer dimensions, odometer-wise
+    for (; d >= 0; --d) {
+      pa += sa[d], pb += sb[d];
+      if (++at_[d] < size[d]) break;
+      pa -= sa[d] * size[d], pb -= sb[d] * size[d];
+      at_[d] = 0;
+    }
+    if (d < 0) return;
+  }
+}
+
+}  // namespace
+
+MaxGap max_gap(const at::Tensor& a, const at::Tensor& b, double limit) {
+  same_shape("max_gap", a, b);
+  MaxGap out;
+  if (a.numel() == 0) return out;
+  if (a.device().is_cpu() && b.device().is_cpu() && a.scalar_type() == b.scalar_type() &&
+      (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf)) {
+    float diff = 0, ref = 0;
+    bool nan = false;
+    auto visit = [&](float x, float y) {
+      float d = std::fabs(x - y), r = std::fabs(y);
+      nan |= std::isnan(d) || std::isnan(r);
+      diff = d > diff ? d : diff;
+      ref = r > ref ? r : ref;
+    };
+    auto stop = [&] { return nan || diff > limit; };
+    switch (a.scalar_type()) {
+      case at::kFloat: each_pair<float>(a, b, visit, stop); break;
+      case at::kBFloat16: each_pair<at::BFloat16>(a, b, visit, stop); break;
+      default: each_pair<at::Half>(a, b, visit, stop); break;
+    }
+    if (nan) return {kNan, kNan};
+    return {diff, ref};
+  }
+  // other dtypes or devices: as a:float() - b:float() computes it
+  auto x = a.detach().to(at::kCPU, at::kFloat), y = b.detach().to(at::kCPU, at::kFloat);
+  return {(x - y).abs().max().item<double>(), y.abs().max().item<double>()};
+}
+
 double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("mean_abs_diff", target, reference);
   if (target.numel() == 0) return 0;

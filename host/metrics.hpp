@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace parity::metrics {
@@ -22,6 +23,15 @@ struct NonFinite {
 NonFinite non_finite(const at::Tensor& t);
 
 double max_abs_diff(const at::Tensor& target, const at::Tensor& reference);
+/// max |a - b| and max |b| of same-shaped tensors in one pass, the difference taken in float32
+/// as a:float() - b:float() takes it (NaN when either holds one), without copying either: the
+/// weight check's test of equality (strided views too: a transpose, a block of rows). It may
+/// stop early once |a - b| passes `limit`: then diff > limit, and both figures are partial.
+struct MaxGap {
+  double diff = 0, ref = 0;
+};
+MaxGap max_gap(const at::Tensor& a, const at::Tensor& b,
+               double limit = std::numeric_limits<double>::infinity());
 double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference);
 /// ||target - reference|| / ||reference|| (Frobenius); 0 when both are zero, inf when only the
 /// reference is.

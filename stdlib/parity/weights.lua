@@ -45,8 +45,32 @@ function M.fingerprint(params)
   return names[1] and params[names[1]]
 end
 
-local function same(a, b) return a:is_same_size(b)
-  and (a:float() - b:float()):abs():max():item() <= CUT.weight_equal * math.max(1, b:float():abs():max():item()) end
+-- the largest magnitude of a reference weight, once per tensor (the same weight is compared with many)
+local largest = setmetatable({}, { __mode = "k" })
+local function max_abs(t)
+  if largest[t] == nil then largest[t] = select(2, core.metrics.max_gap(t, t)) end
+  return largest[t]
+end
+
+--- Whether `a` equals `b` within the weight tolerance (relative to b's largest magnitude, at least
+--- 1); `b` may be a list of blocks `a` stacks along dim 0 (compared block by block, no copies).
+--- One pass over both, stopping at the first difference past the tolerance.
+local function same(a, b)
+  local blocks = torch.is_tensor(b) and { b } or b
+  local ref, row = 0, 0
+  for _, block in ipairs(blocks) do ref = math.max(ref, max_abs(block)) end
+  if ref ~= ref then return false end  -- a NaN in the reference
+  local limit = CUT.weight_equal * math.max(1, ref)
+  for _, block in ipairs(blocks) do
+    local rows = block:dim() > 0 and block:size(0) or 1
+    local part = #blocks == 1 and a or (a:dim() > 0 and row + rows <= a:size(0) and a:narrow(0, row, rows))
+    if not part or not part:is_same_size(block) then return false end
+    local d = core.metrics.max_gap(part, block, limit)
+    if not (d <= limit) then return false end  -- past it, or NaN
+    row = row + rows
+  end
+  return #blocks == 1 or row == a:size(0)
+end
 
 local function permutations(n)
   local out = {}
@@ -142,8 +166,8 @@ end
 ---@param rws parity.Tensor[] the reference weights
 ---@return parity.WeightRelation
 function M.relation(tw, rws)
+  if same(tw, rws) then return { relation = "equal" } end
   local r = #rws == 1 and rws[1] or torch.cat(rws, 0)
-  if same(tw, r) then return { relation = "equal" } end
   if tw:dim() == 2 and r:dim() == 2 and tw:size(0) == r:size(1) and tw:size(1) == r:size(0) and same(tw, r:t()) then
     return { relation = "transposed" }
   end
@@ -151,7 +175,7 @@ function M.relation(tw, rws)
     for _, order in ipairs(permutations(#rws)) do
       local parts = {}
       for i, k in ipairs(order) do parts[i] = rws[k] end
-      if same(tw, torch.cat(parts, 0)) then return { relation = "reordered", order = order } end
+      if same(tw, parts) then return { relation = "reordered", order = order } end
     end
   end
   if tw:is_same_size(r) then

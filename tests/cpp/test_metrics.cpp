@@ -23,6 +23,31 @@ TEST_SUITE("metrics") {
     CHECK(m::mean_abs_diff(t({1, 2, 3}), t({1, 2.5, 2})) == Approx(0.5));
   }
 
+  TEST_CASE("max_gap: max |a - b| and max |b| in one pass, strided views as torch computes them") {
+    auto a = at::randn({37, 53}), b = at::randn({37, 53});
+    for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      auto x = a.to(dtype), y = b.to(dtype);
+      // contiguous, a transpose, a narrowed block, a transposed block: each as torch's a:float() - b:float()
+      std::vector<std::pair<at::Tensor, at::Tensor>> views = {
+          {x, y}, {x.t(), y.t()}, {x.narrow(0, 5, 20), y.narrow(0, 7, 20)},
+          {x.narrow(1, 3, 11).t(), y.t().narrow(0, 3, 11)}, {x.t().contiguous(), y.t()}};
+      for (auto& [p, q] : views) {
+        auto g = m::max_gap(p, q);
+        CHECK(g.diff == (p.to(at::kFloat) - q.to(at::kFloat)).abs().max().item<double>());
+        CHECK(g.ref == q.to(at::kFloat).abs().max().item<double>());
+      }
+    }
+    auto f = [](std::vector<double> v) { return t(v).to(at::kFloat); };
+    auto g = m::max_gap(f({1, 2, -5}), f({1, 2.5, 3}));
+    CHECK((g.diff == 8.0 && g.ref == 3.0));
+    CHECK(std::isnan(m::max_gap(f({1, kNan}), f({1, 2})).diff));
+    CHECK(std::isnan(m::max_gap(f({1, 2}), f({1, kNan})).ref));
+    g = m::max_gap(f({1, 2}), f({kInf, 2}));  // as torch: |1 - inf| = inf, max |b| = inf
+    CHECK((g.diff == kInf && g.ref == kInf));
+    CHECK(m::max_gap(t({1.0, 2.5}), t({1.0, 2.0})).diff == 0.5);  // other dtypes: via float
+    CHECK_THROWS(m::max_gap(t({1, 2}), t({1, 2, 3})));
+  }
+
   TEST_CASE("relative L2") {
     CHECK(m::rel_l2(t({1, 2, 2}), t({1, 2, 3})) == Approx(1.0 / std::sqrt(14.0)));
     CHECK(m::rel_l2(t({0, 0}), t({0, 0})) == 0.0);

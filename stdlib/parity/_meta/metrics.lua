@@ -70,6 +70,15 @@ function metrics.rel_l2(t, r) end
 ---@return number
 function metrics.cosine(a, b) end
 
+--- max |a − b| and max |b| of same-shaped tensors in one pass, without copying either (strided
+--- views too); the difference in float32, as a:float() − b:float() takes it; NaN, NaN when
+--- either holds a NaN.
+---@param a parity.Tensor
+---@param b parity.Tensor
+---@return number diff
+---@return number ref
+function metrics.max_gap(a, b) end
+
 --- ‖a − b‖ (Frobenius).
 ---@param a parity.Tensor
 ---@param b parity.Tensor
