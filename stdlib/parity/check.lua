@@ -46,6 +46,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field device string|nil       where the models run: "cpu" (default) or "cuda[:N]"
 ---@field reference_device string|nil  the reference's device, when it differs (default: device)
 ---@field sweep string|nil         "adaptive" (default: a component tested clean vouches for those inside it) or "full"
+---@field max_capture_mb integer|nil the reference's captures are cached up to this size (default: an eighth of the memory)
 
 --- The stage modules of a check that runs `names` (default: M.STAGES) and the stages they
 --- need, in M.STAGES's order.

@@ -38,6 +38,7 @@ local M = {}
 ---@field inputs_file string|nil  the --inputs file
 ---@field given_sequences parity.Tensor|nil  whole sequences [K, P + N] from a file parity inputs wrote
 ---@field sweep "adaptive"|"full" which components the components stage tests (parity.stages.components)
+---@field max_capture_mb integer the most captured tensors a check keeps in the reference cache, in MiB
 ---@field out string          results directory
 ---@field log fun(msg: string)
 ---@field quiet boolean|nil   no progress on stderr
@@ -59,6 +60,16 @@ function M.default_cache_dir()
   return home and home .. "/.cache/parity" or nil
 end
 
+--- The default --max-capture-mb: an eighth of this machine's memory (MemTotal), else 1024.
+---@return integer MiB
+function M.default_capture_mb()
+  local f = io.open("/proc/meminfo")
+  local text = f and f:read("*a") or ""
+  if f then f:close() end
+  local kb = tonumber(text:match("MemTotal:%s*(%d+) kB"))
+  return kb and math.floor(kb / 1024 / 8) or 1024
+end
+
 --- The options parity.check{} (and parity inputs) take, and the Lua types each may have
 --- (parity.CheckOptions says what each is).
 M.OPTIONS = {
@@ -67,7 +78,7 @@ M.OPTIONS = {
   thresholds = "table", thresholds_file = "string", recipe_file = "string", baseline = "string", mapping = "table",
   mapping_file = "string", out = "string", cache = "boolean", cache_dir = "string", log = "function", quiet = "boolean",
   device = "string", reference_device = "string", file = "string", patches = "table", confirm = "boolean",
-  unpatched = "boolean", stages = "table", downstream = "table", sweep = "string",
+  unpatched = "boolean", stages = "table", downstream = "table", sweep = "string", max_capture_mb = "number",
 }
 
 --- Raises, naming the option, on a table of options that is none, an option parity does not
@@ -99,6 +110,7 @@ function M.check_options(opts)
   local max = validate.MAX
   validate.settings(opts, { prompts = { "integer", 1, max.rows }, prompt_len = { "integer", 1, max.tokens },
     new_tokens = { "integer", 1, max.new_tokens }, seed = { "integer", 0, max.seed },
+    max_capture_mb = { "integer", 0, 2 ^ 40 },
     topk = { "integer", 1, max.topk }, vocab_size = { "integer", 1, max.vocab } })
   if opts.dtype ~= nil and opts.dtype ~= "bf16" and opts.dtype ~= "fp16" and opts.dtype ~= "fp32" then
     error(("--dtype must be bf16 or fp16 (the low precision under test), or fp32 (an fp32-only port), got %s")
@@ -145,7 +157,8 @@ function M.open(opts)
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or M.default_cache_dir(),
-    inputs_file = opts.inputs, sweep = opts.sweep or "adaptive", memo = {}, opened = require("parity.forwards").now() }, Context)
+    inputs_file = opts.inputs, sweep = opts.sweep or "adaptive", memo = {},
+    max_capture_mb = opts.max_capture_mb or M.default_capture_mb(), opened = require("parity.forwards").now() }, Context)
   if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)
   ctx.target = opts.target and bundle.open_target(opts.target, opts.device)  -- none for parity inputs

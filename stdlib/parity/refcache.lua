@@ -135,6 +135,83 @@ function Context:cache_reference_extra(name, tensors)
   end)
 end
 
+--- The reference's calls of `paths` in its tapped forward at the anchor precision on the check's
+--- sequences (the inputs the components stage feeds every component, and the reference's outputs
+--- on them): those of the logits' forward when it ran tapped in this check, else the cache's,
+--- else a forward run here. Cached, beside the reference's outputs, when they fit in
+--- --max-capture-mb (Context.max_capture_mb); only the first output of each call is kept (the
+--- one compared). Returns the calls and where they came from: "logits", "cache" or "forward".
+---@param paths string[] the reference paths the pairs name
+---@return table<string, parity.TapCall[]> calls
+---@return "logits"|"cache"|"forward" source
+function Context:reference_captures(paths)
+  local name = "captures_" .. core.hash_string(core.json.encode(paths))
+  local calls, source = self:take_calls("reference", self.anchor), "logits"
+  if not calls then
+    local cached = self:reference_extra(name)
+    calls = cached and M.decode_calls(cached, paths)
+    if calls then return calls, "cache" end
+    calls, source = select(2, self.reference:tapped_run(self.anchor, self:reference_outputs().sequences, paths)), "forward"
+  end
+  if self:cache_on() then
+    local tensors, bytes = M.encode_calls(calls, paths)
+    if bytes <= self.max_capture_mb * 2 ^ 20 then
+      self:cache_reference_extra(name, tensors)
+    else
+      self.log(("reference cache: its captures (%.0f MB) are past --max-capture-mb %d: not cached, its fp32 pass"
+        .. " runs again next time"):format(bytes / 2 ^ 20, self.max_capture_mb))
+    end
+  end
+  return calls, source
+end
+
+--- Captured calls as named tensors: p<i>.c<k>.i<j> (input j of call k of paths[i]) and p<i>.c<k>.o
+--- (its first output), and "calls" (each path's number of calls); with their size in bytes.
+---@param calls table<string, parity.TapCall[]>
+---@param paths string[]
+---@return table<string, parity.Tensor> tensors
+---@return number bytes
+function M.encode_calls(calls, paths)
+  local out, counts, bytes = {}, {}, 0
+  local function put(name, t)
+    out[name], bytes = t:contiguous(), bytes + t:nbytes()
+  end
+  for i, p in ipairs(paths) do
+    local list = calls[p] or {}
+    counts[i] = #list
+    for k, c in ipairs(list) do
+      for j, x in ipairs(c.inputs) do put(("p%d.c%d.i%d"):format(i, k, j), x) end
+      if c.outputs[1] then put(("p%d.c%d.o"):format(i, k), c.outputs[1]) end
+    end
+  end
+  out.calls = torch.tensor(#counts > 0 and counts or { 0 }, { dtype = "int64" }):narrow(0, 0, #paths)
+  return out, bytes
+end
+
+--- M.encode_calls's tensors back as calls (nil when they are not a whole encoding of `paths`).
+---@param t table<string, parity.Tensor>
+---@param paths string[]
+---@return table<string, parity.TapCall[]>|nil
+function M.decode_calls(t, paths)
+  local counts = t.calls
+  if not counts or counts:dtype() ~= "int64" or counts:dim() ~= 1 or counts:size(0) ~= #paths then return nil end
+  local calls = {}
+  for i, n in ipairs(counts:tolist()) do
+    if n > 0 then
+      local list = {}
+      for k = 1, n do
+        local inputs, j = {}, 1
+        while t[("p%d.c%d.i%d"):format(i, k, j)] do
+          inputs[j], j = t[("p%d.c%d.i%d"):format(i, k, j)], j + 1
+        end
+        list[k] = { inputs = inputs, outputs = { t[("p%d.c%d.o"):format(i, k)] } }
+      end
+      calls[paths[i]] = list
+    end
+  end
+  return calls
+end
+
 --- Why cached reference outputs `t` cannot be these inputs' (nil when they can): each tensor of
 --- the dtype and shape it must have, the sequences starting with the prompts, finite logits.
 ---@param t table<string, parity.Tensor> a cache entry's tensors (Context:read_cache_entry)

@@ -190,9 +190,12 @@ check)
   expect 0 'cache off' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache
   # the e2e stages' teacher-forced passes run tapped; the component sweep runs none of them again
   expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache --sweep full
-  # against a cached reference: its fp32 pass only, its own noise read from the cache; the
-  # adaptive sweep: the clean attentions and MLPs vouch for their projections and activation
-  expect 0 '^components: 14 tested in [0-9.]+ s: 1 tapped forwards.*own noise from the cache; 10 inside clean components not tested \(--sweep full tests them\)' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  # against a cached reference: no forward of it, its own noise and captures read from the cache;
+  # the adaptive sweep: the clean attentions and MLPs vouch for their projections and activation
+  expect 0 '^components: 14 tested in [0-9.]+ s: 0 tapped forwards.*own noise from the cache; its captures from the cache; 10 inside clean components not tested \(--sweep full tests them\)' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  # captures past --max-capture-mb: not cached, the reference's fp32 pass runs
+  expect 0 'its captures \([0-9]+ MB\) are past --max-capture-mb 0: not cached' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --cache-dir "$tmp/cache0" --max-capture-mb 0
+  expect 0 '^components: 14 tested in [0-9.]+ s: 1 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --cache-dir "$tmp/cache0" --max-capture-mb 0
   expect 2 "^parity check: --sweep must be adaptive .* or full, got some" -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --sweep some
   # a device that is not here: one line, exit 2 (cuda:99: no GPU here, or fewer)
   expect 2 "^parity check: device 'cuda:99': .*CUDA device" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --device cuda:99
@@ -495,11 +498,15 @@ LUA
   # the reference cache: an entry proves it is this key's, a directory others can write is not used
   expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
   expect 0 '^verdict: EQUIVALENT' -- check "$fx/bug_rope" "$fx/bug_rope" --out "$tmp/c2" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c2cache"
-  entry=$(ls "$tmp/c1cache"/*.safetensors | grep -v _components)
-  cp "$(ls "$tmp/c2cache"/*.safetensors | grep -v _components)" "$entry"
+  entry=$(ls "$tmp/c1cache"/*.safetensors | grep -v _)  # the outputs' (not _components_, _captures_)
+  cp "$(ls "$tmp/c2cache"/*.safetensors | grep -v _)" "$entry"
   expect 1 'the cache entry was ignored: written for other inputs' -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
   echo garbage >"$entry"
   expect 1 '^verdict: DIVERGENT' -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
+  # another reference's captures under this key are not this reference's: ignored, its pass runs
+  captures=$(ls "$tmp/c1cache"/*_captures_*.safetensors)
+  cp "$(ls "$tmp/c2cache"/*_captures_*.safetensors)" "$captures"
+  expect 1 "^reference cache: $captures ignored: written for other inputs" -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
   chmod 0777 "$tmp/c1cache"
   expect 1 "reference cache off: $tmp/c1cache: writable by others" -- check "$ref" "$fx/bug_rope" --out "$tmp/c1" --prompts 2 --new-tokens 8 --cache-dir "$tmp/c1cache"
   touch "$tmp/afile"

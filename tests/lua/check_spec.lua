@@ -408,10 +408,16 @@ describe("check", function()
     eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 4 })
     truthy(cold.forwards.decoding_steps >= 12 + smoke, cold.forwards.decoding_steps)
     truthy(cold.forwards.component_runs > 12, "the components' runs: " .. cold.forwards.component_runs)
-    -- cached: the reference's fp32 tapped pass (its captures), the target's two; the smoke's steps only
+    -- cached: the target's two (the reference's captures from the cache too); the smoke's steps only
     check("port_fused")
     local cached, smoke2 = counted({})
-    eq({ cached.forwards.teacher_forced, cached.forwards.decoding_steps }, { 3, smoke2 })
+    eq({ cached.forwards.teacher_forced, cached.forwards.decoding_steps }, { 2, smoke2 })
+    local said
+    for _, l in ipairs(lines) do said = said or (l:match("^components: ") and l) end
+    truthy(said and said:find("; its captures from the cache", 1, true), tostring(said))
+    -- captures past --max-capture-mb are not cached: the reference's fp32 pass runs again
+    check("port_fused", { cache_dir = tmp .. "/small_cache", max_capture_mb = 0 })
+    eq(counted({ cache_dir = tmp .. "/small_cache", max_capture_mb = 0 }).forwards.teacher_forced, 3)
     eq(cached.stages.smoke.forwards.decoding_steps, smoke2)
     eq(cached.forwards.reloads, cached.forwards.loads)  -- every file this process had loaded before
     truthy(cached.forwards.component_runs < cold.forwards.component_runs, "its own noise from the cache")
@@ -427,6 +433,39 @@ describe("check", function()
                          "verdict.json" }) do
       eq(read(tmp .. "/det1/" .. f), read(tmp .. "/det2/" .. f), f)
     end
+    -- a divergent port's, its captures read back from the cache
+    check("moe_bug_expert", { reference = "moe", out = tmp .. "/det3", cache = false })
+    for _ = 1, 2 do check("moe_bug_expert", { reference = "moe", out = tmp .. "/det4" }) end  -- cached, then read
+    truthy(lines[#lines]:find("^forwards: 2 teacher%-forced"), lines[#lines])
+    for _, f in ipairs({ "components.json", "localize.json", "verdict.json" }) do
+      eq(read(tmp .. "/det3/" .. f), read(tmp .. "/det4/" .. f), f)
+    end
+  end)
+
+  it("caches captured calls as they were: every call's inputs and first output, through a file", function()
+    local refcache = require("parity.refcache")
+    local function call(seed, n)
+      local inputs = {}
+      for j = 1, n do inputs[j] = torch.randn({ 2, 3 }, { seed = seed + j }) end
+      inputs[n + 1] = torch.tensor({ seed, 7 }, { dtype = "int64" })
+      return { inputs = inputs, outputs = { torch.randn({ 2, 3 }, { seed = seed + 99 }), inputs[1] } }
+    end
+    local calls = { ["a.b"] = { call(1, 1), call(10, 2), call(20, 3) }, c = { call(30, 1) } }
+    local paths = { "a.b", "never", "c" }
+    local tensors, bytes = refcache.encode_calls(calls, paths)
+    truthy(bytes > 0)
+    parity.tensors.save(tmp .. "/calls.safetensors", tensors)
+    local back = refcache.decode_calls(parity.tensors.load(tmp .. "/calls.safetensors"), paths)
+    eq({ back.never, #back["a.b"], #back.c }, { nil, 3, 1 })
+    for p, list in pairs(calls) do
+      for k, c in ipairs(list) do
+        local got = back[p][k]
+        eq({ #got.inputs, #got.outputs }, { #c.inputs, 1 }, p .. " call " .. k)
+        for j, x in ipairs(c.inputs) do truthy(got.inputs[j] == x, ("%s call %d input %d"):format(p, k, j)) end
+        truthy(got.outputs[1] == c.outputs[1], p .. " call " .. k .. " output")
+      end
+    end
+    eq(refcache.decode_calls(tensors, { "a.b" }), nil, "another set of paths")
   end)
 
   it("takes thresholds from a table or a sandboxed file", function()

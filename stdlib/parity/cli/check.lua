@@ -129,6 +129,10 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      (the trees, the mapping) and a JSON a stage:
                      STAGE_FILES
   --no-cache         recompute the reference's outputs
+  --max-capture-mb N  the reference's captures (its components' inputs and outputs) are cached
+                     when they fit in N MiB (default: an eighth of this machine's memory); past
+                     it they are not, and a check against the cached reference runs its fp32
+                     pass again
   --quiet            no progress on stderr and no log lines (the summary and the files only)
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
   --device D         where the models run: cpu (default) or cuda[:N]; without that GPU here,
@@ -136,7 +140,8 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      and captures come back to the CPU, where the metrics run
   --reference-device D  the reference's device, when it differs (default: --device)
 The reference's outputs are cached, keyed by its files, the inputs and the settings: a second
-check against a changed target runs only the target.
+check against a changed target runs only the target (and the reference's fp32 pass when its
+captures were past --max-capture-mb).
 Limits: prompts <= 1024, new tokens <= 4096, prompt + new tokens <= 131072 (and the models'
 max_position_embeddings), top-k <= 1000, logits and a forward that fit in the memory available.
 A bad command line (an unknown flag, a number out of range, a --dtype, --baseline or --device
@@ -160,7 +165,7 @@ two may be swapped.]],
                 ["no-cache"] = "boolean", ["cache-dir"] = "string", ["vocab-size"] = "number", mapping = "string",
                 quiet = "boolean", baseline = "string", device = "string", ["reference-device"] = "string",
                 patch = "list", confirm = "boolean", recipe = "string", downstream = "many",
-                ["downstream-tolerance"] = "number", sweep = "string" },
+                ["downstream-tolerance"] = "number", sweep = "string", ["max-capture-mb"] = "number" },
       positional = { "REF", "TARGET" },
     })
     local out = ok and (o.out or "parity-results") or out_given(argv)
@@ -169,7 +174,7 @@ two may be swapped.]],
       topk = o.topk, thresholds_file = o.thresholds, recipe_file = o.recipe, out = out, cache = not o["no-cache"],
       cache_dir = o["cache-dir"], vocab_size = o["vocab-size"], mapping_file = o.mapping, quiet = o.quiet,
       baseline = o.baseline, device = o.device, reference_device = o["reference-device"], patches = o.patch,
-      confirm = o.confirm, sweep = o.sweep,
+      confirm = o.confirm, sweep = o.sweep, max_capture_mb = o["max-capture-mb"],
       log = o.quiet and function() end or nil }
     if ok and o.downstream then
       if #o.downstream ~= 2 then

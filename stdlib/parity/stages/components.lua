@@ -245,8 +245,10 @@ function M.run(ctx, got)
   local function cannot_tap(err)  -- e.g. a scripted model whose layers share one graph
     return { skipped = "cannot tap the models: " .. require("parity.errors").clean(err) }
   end
+  local r32_from
   local ok, err = pcall(function()
-    cap.r32 = run_tapped("reference", anchor, ref_paths)
+    cap.r32, r32_from = ctx:reference_captures(ref_paths)
+    if r32_from == "forward" then forwards = forwards + 1 end
     for n, pair in ipairs(pairs_) do
       local calls = cap.r32[pair.reference[1]]
       noise[n] = calls and noise_of(cached, n, #calls, not two) or nil
@@ -538,6 +540,7 @@ function M.run(ctx, got)
     .. " component runs (%.2f s), %d read from the whole runs (the same inputs)%s")
     :format(#rows, total, forwards, forwards_s, reruns, reruns_s, reused,
       fresh == 0 and "; the reference's own noise from the cache" or "")
+    .. (r32_from == "cache" and "; its captures from the cache" or "")
     .. (untested > 0 and ("; %d inside clean components not tested (--sweep full tests them)"):format(untested) or ""))
   local absent_list = core.json.array()
   for _, a in ipairs(absent or {}) do absent_list[#absent_list + 1] = a end
