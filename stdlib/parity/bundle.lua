@@ -16,6 +16,19 @@ local CANONICAL = { float32 = "fp32", bfloat16 = "bf16", float16 = "fp16",
 
 local function is_program(file) return file:sub(-4) == ".pt2" end
 
+-- One model at a time (M.one_at_a_time): the one a bundle holds now ({bundle, file}), released
+-- when any bundle loads another
+local single, resident = false, nil
+
+--- Lets go of the model held under the one-at-a-time policy (its bundle loads it again when
+--- asked; modules and submodules taken from it stay usable, and keep what they use alive).
+local function release()
+  if not resident then return end
+  resident.bundle.modules[resident.file], resident.bundle.refused[resident.file] = nil, nil
+  resident = nil
+  core.collect()
+end
+
 --- A model file loaded: a .pt2 package as a program, anything else as TorchScript.
 local function load(file, device)
   local m = is_program(file) and program.load(file, device) or core.load(file, device)
@@ -25,6 +38,7 @@ end
 
 --- Taps a freshly loaded module of `file` everywhere it can and keeps it as the bundle's (Bundle:at).
 local function keep(self, file, module)
+  if single then resident = { bundle = self, file = file } end
   local paths, refused = {}, {}
   for _, m in ipairs(module:modules()) do
     if m.path ~= "" then paths[#paths + 1] = m.path end
@@ -80,8 +94,27 @@ end
 ---@return parity.Module|parity.ProgramModule module
 function Bundle:at(dtype)
   local file = self:file(dtype)
-  if not self.modules[file] then keep(self, file, load(file, self.device)) end
+  if not self.modules[file] then
+    if single then release() end
+    keep(self, file, load(file, self.device))
+  end
   return self.modules[file]
+end
+
+--- Runs `f(...)` with at most one model held by the bundles at a time (what a check does: a
+--- model's weights are held while its passes run, then let go when another loads): Bundle:at
+--- releases the one held before it loads another. Returns what f returns; the policy before is
+--- restored after, and the last model held let go.
+---@param f function
+---@return any ...
+function M.one_at_a_time(f, ...)
+  local was = single
+  single = true
+  local out = { pcall(f, ...) }
+  single = was
+  if not was then release() end
+  if not out[1] then error(out[2], 0) end
+  return unpack(out, 2, table.maxn(out))
 end
 
 --- Applies patch sets (parity.patches) to the bundle's models, those loaded and those it loads
@@ -200,6 +233,7 @@ function M.open(path, device)
   local b = setmetatable({ path = path, files = {}, modules = {}, refused = {},
                            device = device and core.usable_device(device) or nil }, Bundle)
   if kind == "file" then
+    if single then release() end
     local m = load(path, b.device)
     local d = first_float_dtype(m)
     b.files[d] = path

@@ -126,7 +126,8 @@ function M.run(opts)
   for _, name in ipairs(M.STAGES) do files[#files + 1] = name end
   verdict.mark_unfinished(out, "this run did not finish (still running, or killed)", files)
   for _, name in ipairs(M.REPORTS) do os.remove(out .. "/" .. name) end
-  local ok, result = pcall(function() return workflow.run(context.open(opts), stages) end)
+  -- one model's weights held at a time: each loads for its passes and goes when the next loads
+  local ok, result = pcall(require("parity.bundle").one_at_a_time, function() return workflow.run(context.open(opts), stages) end)
   if ok and result.patches and opts.unpatched ~= false then  -- the figures the patches changed
     local fine, before = pcall(M.unpatched, opts, out)
     result = verdict.add_unpatched(out, result, fine and before or { error = require("parity.errors").clean(before) })

@@ -45,6 +45,7 @@ local M = {}
 ---@field cache_enabled boolean
 ---@field cache_dir string|nil  the reference cache (nil: none)
 ---@field memo table          what is computed once: the reference's outputs, the target's logits, captures
+---@field components_sweep table|nil the component sweep (parity.sweep), once the scaffold paired components
 ---@field opened table         parity.forwards.now() when it opened (run.json counts from there)
 local Context = {}
 Context.__index = Context
@@ -193,7 +194,10 @@ function M.open(opts)
     for i, p in ipairs(opts.patches) do ctx.patch_sets[i] = type(p) == "string" and patches.load_file(p) or p end
     ctx.target:patch(ctx.patch_sets)
   end
-  if ctx.target then ctx.target:at(ctx.target_dtype) end
+  -- (its trace there, loaded by the first stage that runs it: a check holds one model at a time)
+  if ctx.target then
+    if ctx.target.saved then ctx.target:at(ctx.target_dtype) else ctx.target:file(ctx.target_dtype) end
+  end
   if ctx.target and ctx.target.saved and not opts.inputs then
     error(("%s: pass --inputs FILE, the file parity inputs wrote and its engine ran"):format(ctx.target.saved), 0)
   end
@@ -353,6 +357,8 @@ function Context:reference_outputs()
   end
   r.tokens = r.sequences:narrow(1, self.prompts:size(1), self.settings.new_tokens)  -- the judged tokens
   self.memo.reference = r
+  -- the component sweep's reference side while its last model is loaded (its own noise at the low precision)
+  if self.components_sweep then self.components_sweep.reference_side() end
   return r
 end
 
@@ -366,7 +372,12 @@ function Context:target_logits(dtype)
   local key = "target_" .. dtype
   if self.memo[key] then return self.memo[key] end
   local r = self:reference_outputs()
-  local t = self:tapped_logits("target", dtype, r.sequences) or lm.forward(self.target, dtype, r.sequences)
+  local t = self:tapped_logits("target", dtype, r.sequences)
+  -- the component sweep's pass of this model, while it is loaded (parity.sweep)
+  if self.components_sweep then
+    self.components_sweep.target_pass(dtype, self:take_calls("target", dtype), self.memo.tap_error)
+  end
+  t = t or lm.forward(self.target, dtype, r.sequences)
   -- a padded LM head: its extra columns are left out of every comparison, their wins kept (e2e's criterion)
   local padded
   t, padded = lm.fit_vocab(t, self.vocab, self.reference:vocab_size())
@@ -401,9 +412,14 @@ function M.write_inputs(opts)
 end
 
 --- From now on, the models' logits come from forwards tapped on these pairs' components
---- (Context:tapped_logits): the scaffold stage says so once it has paired them.
+--- (Context:tapped_logits), and each model's pass runs the component sweep's part of it
+--- (parity.sweep, Context.components_sweep: the components stage's): the scaffold stage says so once it
+--- has paired them, the reference at the anchor precision loaded.
 ---@param pairs_ parity.MappingPair[] mapping pairs
-function Context:tap_components(pairs_) self.tapped_pairs = pairs_ end
+function Context:tap_components(pairs_)
+  self.tapped_pairs = pairs_
+  self.components_sweep = require("parity.sweep").new(self, pairs_)
+end
 
 --- A model's logits from a forward tapped on the components paired (Context:tap_components),
 --- its captures kept for the components stage (Context:take_calls), which then runs it no more;
@@ -417,7 +433,10 @@ function Context:tapped_logits(side, dtype, sequences)
   if not self.tapped_pairs or b.saved then return nil end
   local ref_paths, tgt_paths = mapping.paths(self.tapped_pairs)
   local ok, out, calls = pcall(b.tapped_run, b, dtype, sequences, side == "reference" and ref_paths or tgt_paths)
-  if not ok then return nil end  -- the plain forward says what went wrong (or the components stage does)
+  if not ok then  -- the plain forward says what went wrong (or the components stage does)
+    self.memo.tap_error = out
+    return nil
+  end
   self.memo[("calls_%s_%s"):format(side, dtype)] = calls
   return lm.logits_of(out, ("%s (%s)"):format(b.path, dtype)):float()
 end

@@ -38,14 +38,14 @@ end
 --- modules with weights that matched nothing, the entries declared without a counterpart, and
 --- the reference modules with weights that nothing maps (or nil and why no pairs).
 ---@param ctx parity.Context
+---@param ref32 parity.Module the reference at the anchor precision (fp32; the low precision with the 2-tensor baseline)
+---@param tgt parity.Module the target in fp32 when the anchor is and it has it, else at the low precision
 ---@return parity.MappingPair[]|nil pairs
 ---@return string how "identity", "given" or "auto"; without pairs, why there are none
 ---@return string[]|nil unmapped target modules with weights that matched nothing (auto only)
 ---@return parity.NoCounterpart[]|nil absent entries declared without a counterpart (nil by identity)
 ---@return string[]|nil lacking reference modules with weights that nothing maps (nil by identity)
-function M.pairs_for(ctx)
-  local ref32 = ctx.reference:at(ctx.anchor)  -- fp32, or the low precision (2-tensor baseline)
-  local tgt = ctx.target:at(ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype)
+function M.pairs_for(ctx, ref32, tgt)
   local ref_mods, tgt_mods = ref32:modules(), tgt:modules()
   local pairs_, why = M.identity_mapping(ref_mods, tgt_mods)
   -- a mapping given is used even between identical trees (it may declare a layout, or a module

@@ -404,8 +404,10 @@ describe("check", function()
     end
     -- cold: the reference's fp32 pass and its tapped low-precision one, the target's two; the
     -- reference's greedy decoding (12 steps), its own low-precision tokens and the smoke's
+    -- (one model held at a time: the reference's two, the target's fp32 for the scaffold's weight
+    -- check, its low precision's pass, then its fp32 again for its pass)
     local cold, smoke = counted({ cache = false })
-    eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 4 })
+    eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 5 })
     truthy(cold.forwards.decoding_steps >= 12 + smoke, cold.forwards.decoding_steps)
     truthy(cold.forwards.component_runs > 12, "the components' runs: " .. cold.forwards.component_runs)
     -- cached: the target's two (the reference's captures from the cache too); the smoke's steps only
@@ -440,6 +442,31 @@ describe("check", function()
     for _, f in ipairs({ "components.json", "localize.json", "verdict.json" }) do
       eq(read(tmp .. "/det3/" .. f), read(tmp .. "/det4/" .. f), f)
     end
+  end)
+
+  it("holds one model's weights at a time in a check: loading one lets go of the one before", function()
+    local bundle = require("parity.bundle")
+    local ref, port = bundle.open(fx .. "/reference"), bundle.open(fx .. "/port_fused")
+    local function held()
+      local n = 0
+      for _, b in ipairs({ ref, port }) do for _ in pairs(b.modules) do n = n + 1 end end
+      return n
+    end
+    local x = torch.randint(0, 100, { 1, 5 }, { seed = 1 })
+    local kept = bundle.one_at_a_time(function()
+      local r32 = ref:at("fp32")
+      eq(held(), 1)
+      port:at("bf16")
+      eq({ held(), ref.modules[ref:file("fp32")] }, { 1, nil }, "the reference's fp32 let go")
+      port:at("fp32")
+      eq(held(), 1)
+      return r32
+    end)
+    eq(held(), 0, "and the last one when the check ends")
+    truthy(torch.is_tensor(require("parity.lm").logits_of(kept(x), "the reference")), "a module taken from a model let go still runs")
+    ref:at("fp32")
+    port:at("fp32")
+    eq(held(), 2, "outside a check, bundles keep what they load")
   end)
 
   it("caches captured calls as they were: every call's inputs and first output, through a file", function()

@@ -20,9 +20,9 @@ local M = { name = "scaffold", runs_target = "its module tree" }
 --- weight(s) it should equal after the transform, at one dtype (fp32 when the target has it).
 --- A transposed, reordered (fused blocks in another order than the reference runs them) or
 --- scaled weight is a conversion bug found before anything runs; other differences are listed.
-local function static_check(ctx, pairs_)
+local function static_check(ctx, pairs_, model)
   local d = ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype
-  local rm, tm = ctx.reference:at(d), ctx.target:at(d)
+  local tm, rm = model("target", d), model("reference", d)
   local ref_mods = rm:modules()
   local order = {}
   for i, m in ipairs(ref_mods) do order[m.path] = i end
@@ -80,9 +80,17 @@ end
 ---@return parity.ScaffoldKept|nil kept nil when no components pair up
 function M.run(ctx)
   local result = { files = {} }
+  -- the models it reads, each loaded once while the stage holds it (a check's bundles hold one
+  -- at a time: parity.bundle); the reference at the anchor precision last, which runs next
+  local held = {}
+  local function model(side, d)
+    held[side .. d] = held[side .. d] or ctx[side]:at(d)
+    return held[side .. d]
+  end
+  local tgt_d = ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype
+  local tm, rm = model("target", tgt_d), model("reference", ctx.anchor)
   for _, side in ipairs({ "reference", "target" }) do
-    local b = ctx[side]
-    local modules = b:at(b:has("fp32") and "fp32" or ctx.dtype):modules()
+    local modules = (side == "reference" and rm or tm):modules()
     for kind, text in pairs({ tree = tree.pretty(modules), compressed = tree.compressed(modules), flat = tree.flat(modules) }) do
       local file = ("scaffold/%s.%s.%s"):format(side, kind, kind == "flat" and "tsv" or "txt")
       core.write_text(ctx.out .. "/" .. file, text .. "\n")
@@ -92,14 +100,14 @@ function M.run(ctx)
   end
   table.sort(result.files)
   -- how the components pair up: identity, the given mapping, or one proposed from the weights
-  local pairs_, kind, unmapped, absent, lacking = pairing.pairs_for(ctx)
+  local pairs_, kind, unmapped, absent, lacking = pairing.pairs_for(ctx, rm, tm)
   if pairs_ then ctx:tap_components(pairs_) end  -- the logits' forwards capture what the components stage compares
   result.mapping = pairs_ and kind or "none"
   result.mapped = pairs_ and #pairs_ or 0
   result.unmapped_reason = pairs_ and core.json.null or kind
   result.unmapped_target = core.json.array(unmapped or {})
   result.unmapped_reference = core.json.array(lacking or {})
-  result.static = core.json.array(pairs_ and static_check(ctx, pairs_) or {})
+  result.static = core.json.array(pairs_ and static_check(ctx, pairs_, model) or {})
   if pairs_ and kind == "auto" then  -- the proposal, as a file to save, edit and pass back
     local entries = {}
     for _, p in ipairs(pairs_) do
