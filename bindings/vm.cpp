@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <luajit.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -224,6 +225,14 @@ int core_clock(lua_State* L) {
   return 1;
 }
 
+/// core.peak_rss() -> the process's peak resident set so far, in bytes (getrusage's ru_maxrss)
+int core_peak_rss(lua_State* L) {
+  struct rusage u {};
+  ::getrusage(RUSAGE_SELF, &u);
+  lua_pushnumber(L, static_cast<lua_Number>(u.ru_maxrss) * 1024);
+  return 1;
+}
+
 /// core.stderr_is_tty() -> boolean
 int core_stderr_is_tty(lua_State* L) {
   lua_pushboolean(L, ::isatty(STDERR_FILENO));
@@ -313,6 +322,7 @@ const luaL_Reg kCore[] = {{"path_kind", guard<core_path_kind>},
                           {"collect", core_collect},
                           {"run_limited", core_run_limited},
                           {"clock", core_clock},
+                          {"peak_rss", core_peak_rss},
                           {"stderr_is_tty", core_stderr_is_tty},
                           {"stdout_is_tty", core_stdout_is_tty},
                           {"limit_tripped", core_limit_tripped},

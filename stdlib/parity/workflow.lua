@@ -100,6 +100,8 @@ function M.run(ctx, stages)
   -- counts their time and forwards
   ctx.log("stages: " .. table.concat(times, ", "))
   run.forwards = forwards.since(start)
+  run.peak_rss_mb = math.floor(core.peak_rss() / 2 ^ 20 + 0.5)  -- the process's so far (a check of a script: its too)
+  ctx.log(("memory: peak RSS %d MB"):format(run.peak_rss_mb))
   ctx.log(forwards.line(run.forwards))
   core.json.write(ctx.out .. "/run.json", run)
   return verdict.decide({ out = ctx.out, reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,

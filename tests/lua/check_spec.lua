@@ -408,6 +408,7 @@ describe("check", function()
     -- check, its low precision's pass, then its fp32 again for its pass)
     local cold, smoke = counted({ cache = false })
     eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 5 })
+    truthy(type(cold.peak_rss_mb) == "number" and cold.peak_rss_mb > 50, "peak RSS " .. tostring(cold.peak_rss_mb))
     truthy(cold.forwards.decoding_steps >= 12 + smoke, cold.forwards.decoding_steps)
     truthy(cold.forwards.component_runs > 12, "the components' runs: " .. cold.forwards.component_runs)
     -- cached: the target's two (the reference's captures from the cache too); the smoke's steps only

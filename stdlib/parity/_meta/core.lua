@@ -105,6 +105,10 @@ function core.limit_tripped() end
 ---@return number
 function core.clock() end
 
+--- The process's peak resident set so far, in bytes (getrusage: what /usr/bin/time -f %M says).
+---@return number
+function core.peak_rss() end
+
 --- Whether stderr is a terminal.
 ---@return boolean
 function core.stderr_is_tty() end
