@@ -45,7 +45,7 @@ M.STAGES = { "scaffold", "smoke", "e2e", "e2e32", "components", "localize" }
 ---@field downstream table|nil     {reference, target, tolerance}: lm-eval results of both, judged (stage downstream)
 ---@field device string|nil       where the models run: "cpu" (default) or "cuda[:N]"
 ---@field reference_device string|nil  the reference's device, when it differs (default: device)
----@field sweep string|nil         "adaptive" (default: a component tested clean vouches for those inside it) or "full"
+---@field sweep string|nil         "full" (default: every mapped component) or "adaptive" (a clean one vouches for those inside it)
 ---@field max_capture_mb integer|nil the reference's captures are cached up to this size (default: an eighth of the memory)
 
 --- The stage modules of a check that runs `names` (default: M.STAGES) and the stages they

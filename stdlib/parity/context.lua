@@ -118,8 +118,8 @@ function M.check_options(opts)
       :format(tostring(opts.dtype)), 0)
   end
   if opts.sweep ~= nil and opts.sweep ~= "adaptive" and opts.sweep ~= "full" then
-    error(("--sweep must be adaptive (the default: the components inside a clean one are not tested) or full,"
-      .. " got %s"):format(tostring(opts.sweep)), 0)
+    error(("--sweep must be full (the default: every mapped component tested) or adaptive (not those inside a"
+      .. " clean one), got %s"):format(tostring(opts.sweep)), 0)
   end
   if opts.baseline ~= nil and opts.baseline ~= "3-tensor" and opts.baseline ~= "2-tensor" then
     error(("baseline must be 3-tensor or 2-tensor, got %s"):format(tostring(opts.baseline)), 0)
@@ -158,7 +158,7 @@ function M.open(opts)
     quiet = opts.quiet,
     progress_after = validate.env("PARITY_PROGRESS_AFTER", 2, 0, 1e6),
     cache_enabled = opts.cache ~= false, cache_dir = opts.cache_dir or M.default_cache_dir(),
-    inputs_file = opts.inputs, sweep = opts.sweep or "adaptive", memo = {},
+    inputs_file = opts.inputs, sweep = opts.sweep or "full", memo = {},
     max_capture_mb = opts.max_capture_mb or M.default_capture_mb(), opened = require("parity.forwards").now() }, Context)
   if opts.cache_dir == "" then error("cache_dir must not be an empty path", 0) end  -- out: check.run's
   ctx.reference = bundle.open(opts.reference, opts.reference_device or opts.device)

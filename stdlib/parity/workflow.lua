@@ -98,10 +98,10 @@ function M.run(ctx, stages)
   -- logged, and kept apart in run.json (the stage files and the verdict stay byte-identical run to
   -- run, cached or not); a stage that first needs the reference's side (or the target's passes)
   -- counts their time and forwards
-  ctx.log("stages: " .. table.concat(times, ", "))
-  run.forwards = forwards.since(start)
   run.peak_rss_mb = math.floor(core.peak_rss() / 2 ^ 20 + 0.5)  -- the process's so far (a check of a script: its too)
   ctx.log(("memory: peak RSS %d MB"):format(run.peak_rss_mb))
+  ctx.log("stages: " .. table.concat(times, ", "))
+  run.forwards = forwards.since(start)
   ctx.log(forwards.line(run.forwards))
   core.json.write(ctx.out .. "/run.json", run)
   return verdict.decide({ out = ctx.out, reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,

@@ -192,11 +192,12 @@ check)
   expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --no-cache --sweep full
   # against a cached reference: no forward of it, its own noise and captures read from the cache;
   # the adaptive sweep: the clean attentions and MLPs vouch for their projections and activation
-  expect 0 '^components: 14 tested in [0-9.]+ s: 0 tapped forwards.*own noise from the cache; its captures from the cache; 10 inside clean components not tested \(--sweep full tests them\)' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  expect 0 '^components: 24 tested in [0-9.]+ s: 0 tapped forwards.*own noise from the cache; its captures from the cache$' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}"
+  expect 0 '^components: 14 tested in [0-9.]+ s: 0 tapped forwards.*; 10 inside clean components not tested \(--sweep full tests them\)' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --sweep adaptive
   # captures past --max-capture-mb: not cached, the reference's fp32 pass runs
   expect 0 'its captures \([0-9]+ MB\) are past --max-capture-mb 0: not cached' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --cache-dir "$tmp/cache0" --max-capture-mb 0
-  expect 0 '^components: 14 tested in [0-9.]+ s: 1 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --cache-dir "$tmp/cache0" --max-capture-mb 0
-  expect 2 "^parity check: --sweep must be adaptive .* or full, got some" -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --sweep some
+  expect 0 '^components: 24 tested in [0-9.]+ s: 1 tapped forwards' -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --cache-dir "$tmp/cache0" --max-capture-mb 0
+  expect 2 "^parity check: --sweep must be full .* or adaptive .*, got some" -- check "$ref" "$fx/port_fused" --out "$tmp/ok" "${common[@]}" --sweep some
   # a device that is not here: one line, exit 2 (cuda:99: no GPU here, or fewer)
   expect 2 "^parity check: device 'cuda:99': .*CUDA device" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --device cuda:99
   expect 2 "^parity check: device 'cuda:99'" -- check "$ref" "$fx/port_fused" --out "$tmp/dev" "${common[@]}" --reference-device cuda:99

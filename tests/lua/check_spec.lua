@@ -270,8 +270,8 @@ describe("check", function()
   end)
 
   it("tests the components inside a clean one only with --sweep full, their figures the same", function()
-    local adaptive = check("port_fused") and parity.json.read(tmp .. "/port_fused/components.json")
-    local full = check("port_fused", { sweep = "full" }) and parity.json.read(tmp .. "/port_fused/components.json")
+    local adaptive = check("port_fused", { sweep = "adaptive" }) and parity.json.read(tmp .. "/port_fused/components.json")
+    local full = check("port_fused") and parity.json.read(tmp .. "/port_fused/components.json")  -- the default
     eq({ adaptive.sweep, full.sweep, full.untested }, { "adaptive", "full", 0 })
     truthy(adaptive.untested > 0 and #adaptive.components + adaptive.untested == #full.components,
       ("%d tested + %d untested of %d"):format(#adaptive.components, adaptive.untested, #full.components))
@@ -286,12 +286,12 @@ describe("check", function()
       truthy(tested[p], p .. " tested")
     end
     truthy(not tested["model.layers.0.mlp.down_proj"], "down_proj vouched for by its MLP")
-    raises(function() check("port_fused", { sweep = "some" }) end, "--sweep must be adaptive")
+    raises(function() check("port_fused", { sweep = "some" }) end, "--sweep must be full")
   end)
 
   it("reports a difference the next operation absorbs as absorbed, not as a fault", function()
     -- the MLP output x1.05 before Gemma's post-feedforward norm: the norm removes the factor
-    local v = check("sandwich_scale", { reference = "sandwich" })
+    local v = check("sandwich_scale", { reference = "sandwich", sweep = "adaptive" })  -- (a layer holding a norm vouches for nothing)
     eq({ v.verdict, v.first_divergence.reference, v.first_divergence.pattern, v.first_divergence.absorbed },
        { "equivalent", "model.layers.1.mlp.down_proj", "spike", true })
     local said = false

@@ -63,9 +63,9 @@ greedily for N tokens; then every model sees those same sequences (teacher forci
          precision noise) reported apart
   e2e32  the fp32 leg, when the target has an fp32 trace: R32 = ||t32 - r32|| / ||r_low - r32||
          sees bugs smaller than the low-precision noise (skipped, and said, otherwise)
-  components, localize  the mapped components on the reference's real inputs (R, R32 each;
-         outside in: a clean one vouches for those inside it, --sweep below),
-         then the first divergent component and what kind of bug it looks like
+  components, localize  every mapped component on the reference's real inputs (R, R32 each;
+         --sweep adaptive: outside in, fewer), then the first divergent component and what
+         kind of bug it looks like
 TARGET may be the logits a foreign engine saved for the sequences of parity inputs (see its
 --help; pass the same --inputs FILE here): scaffold, smoke, components and localize run the
 target's modules, so they are skipped and say so; e2e32 runs when an fp32 run was saved too.
@@ -120,10 +120,12 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      components in place of the port's; each a check of its own in OUT/confirm/N;
                      verdict.json's confirmation says what fixing it does (the verdict and the
                      exit code stay the port's)
-  --sweep MODE       adaptive (default): a component tested clean (its own error, its rows,
-                     its output in the whole runs) vouches for the components inside it, which
-                     are not tested; the sweep descends into failing ones only. full: every
-                     mapped component is tested (components.json lists them all)
+  --sweep MODE       full (default): every mapped component is tested. adaptive: a component
+                     tested clean (its own error, its rows, its output in the whole runs) and
+                     holding no norm vouches for those inside it, which are not tested: about
+                     half the runs on an equivalent port, but a precision loss diluted in a
+                     clean container passes unseen (a hand-written bf16 SiLU inside an MLP
+                     does on LibTorch 2.x), so it is for iterating, not for the last word
   --out DIR          the results directory (default parity-results): verdict.json,
                      report.html (the plots, for a browser), junit.xml (for CI), scaffold/
                      (the trees, the mapping) and a JSON a stage:

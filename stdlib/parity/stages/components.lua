@@ -1,5 +1,5 @@
 --- stage components — stage 2 of the seeds: the mapped components on the same real inputs
---- (every one with sweep "full"; by default those a clean container does not vouch for: M.clean).
+--- (every one by default, sweep "full"; with "adaptive", those no clean container vouches for: M.clean).
 --- (With the 2-tensor baseline, "fp32" below is the reference at the low precision and "the
 --- low precision" that reference with its inputs perturbed by machine epsilon; no fp32 leg.)
 --- One tapped forward of the fp32 reference on the check's sequences captures each component's
