@@ -432,6 +432,7 @@ function Context:tapped_logits(side, dtype, sequences)
   local b = self[side]
   if not self.tapped_pairs or b.saved then return nil end
   local ref_paths, tgt_paths = mapping.paths(self.tapped_pairs)
+  self.memo.tap_error = nil
   local ok, out, calls = pcall(b.tapped_run, b, dtype, sequences, side == "reference" and ref_paths or tgt_paths)
   if not ok then  -- the plain forward says what went wrong (or the components stage does)
     self.memo.tap_error = out

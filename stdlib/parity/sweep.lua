@@ -274,12 +274,14 @@ function M.new(ctx, pairs_)
   local function kept_run(which, path, inputs, k, unpatched)
     local slot = store[which .. (unpatched and "_u" or "")]
     local key = path .. "#" .. k
-    if slot[key] ~= nil then return slot[key] or nil, failed[which .. "|" .. key] end
+    local fkey = which .. (unpatched and "_u" or "") .. "|" .. key
+    if slot[key] ~= nil then return slot[key] or nil, failed[fkey] end
     local out, why
     if not unpatched then out = same_inputs(which, path, k, inputs) end
     if out then reused = reused + 1 else out, why = rerun(which, path, inputs, unpatched) end
     slot[key] = out or false
-    if why then failed[which .. "|" .. key], failed[which] = why, true end
+    if why then failed[fkey] = why end
+    if why and not unpatched then failed[which] = true end
     return out, why
   end
 
@@ -297,8 +299,10 @@ function M.new(ctx, pairs_)
   --- The reference's side (once its outputs exist; Context:reference_outputs calls it): its
   --- captures at the anchor precision and its own noise in every pair, from the cache, else
   --- computed (its low-precision model loaded: the one the logits just ran, when they did).
+  local started
   function S.reference_side()
-    if seqs then return end
+    if started then return end
+    started = true  -- (the reference's outputs, computed now, call it again)
     seqs = ctx:reference_outputs().sequences
     local t0, tf = core.clock(), core.clock()
     local ok, err = pcall(function()
@@ -533,7 +537,7 @@ function M.new(ctx, pairs_)
   ---@param err string|nil
   function S.target_pass(d, calls, err)
     local which = (d == dtype and runs_low) and "tlow" or "t32"
-    if cap[which] or broken then return end
+    if cap[which] or broken or (which == "t32" and not has32) then return end
     if not calls then broken = err or "its forward could not be tapped" return end
     S.reference_side()
     if broken then return end
@@ -629,6 +633,8 @@ function M.new(ctx, pairs_)
       .. " component runs alone on the reference's inputs: every component has the accumulated view only (isolated:"
       .. " false; no per-row precision test, no re-runs for the signatures)") or nil
     if accumulated_only then ctx.log("components: " .. accumulated_only) end
+    -- what the figures were made of goes (the evidence keeps its own, and the reference's inputs)
+    store, figs, cap.tlow, cap.t32, cap.rlow = nil, nil, nil, nil, nil
     return { components = rows, sweep = full and "full" or "adaptive", untested = untested, has_fp32 = has32,
              accumulated_only = accumulated_only },
            { evidence = evidence_of, inside = inside, first_inherited = first_inherited }

@@ -82,6 +82,7 @@ function M.run(ctx, got)
   if not paired or not ctx.components_sweep then return { skipped = scaffold.skipped or scaffold.unmapped_reason } end
   -- the sweep the pairs started: each model's part ran while it was loaded (parity.sweep)
   local result, kept = ctx.components_sweep.finish()
+  ctx.components_sweep = nil  -- (its runs are done: what it held goes)
   if result.skipped then return result end
   local absent_list = core.json.array()
   for _, a in ipairs(paired.absent or {}) do absent_list[#absent_list + 1] = a end

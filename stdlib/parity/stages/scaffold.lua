@@ -81,7 +81,8 @@ end
 function M.run(ctx)
   local result = { files = {} }
   -- the models it reads, each loaded once while the stage holds it (a check's bundles hold one
-  -- at a time: parity.bundle); the reference at the anchor precision last, which runs next
+  -- at a time: parity.bundle); the reference at the anchor precision last, which runs next (but
+  -- for a target without fp32, whose weights are compared with the reference's at the low precision)
   local held = {}
   local function model(side, d)
     held[side .. d] = held[side .. d] or ctx[side]:at(d)
