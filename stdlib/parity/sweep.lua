@@ -249,6 +249,16 @@ function M.new(ctx, pairs_)
   end
   -- the reference's inputs of a pair's modules at call k, and its own low-precision output on
   -- them (`via(which, path, inputs)` runs it; and why not, when it cannot)
+  -- the reference's own output of a pair at call k: its captured outputs (what a re-run on these
+  -- inputs would give: they are its own), combined as the pair's target computes them
+  local function r32_of(pair, k)
+    local list = {}
+    for i, p in ipairs(pair.reference) do
+      local c = cap.r32[p] and cap.r32[p][k]
+      list[i] = c and c.outputs[1]
+    end
+    return combine(list, pair)
+  end
   local function ref_inputs(pair, k)
     local list = {}
     for i, p in ipairs(pair.reference) do
@@ -342,12 +352,7 @@ function M.new(ctx, pairs_)
           noise[n], fresh = {}, fresh + 1
           local first = pair.reference[1]
           for k = 1, #calls do
-            local r32_outs = {}
-            for i, p in ipairs(pair.reference) do
-              local c = cap.r32[p] and cap.r32[p][k]
-              r32_outs[i] = c and c.outputs[1]
-            end
-            local r32, ar32, rin32 = combine(r32_outs, pair), outs("r32", pair.reference, pair, k), input("r32", first, k)
+            local r32, ar32, rin32 = r32_of(pair, k), outs("r32", pair.reference, pair, k), input("r32", first, k)
             local rlow, why = reference_low(pair, k, kept_run)
             if why then noise_why[n] = noise_why[n] or {}; noise_why[n][k] = why end
             noise[n][k] = { distance(rlow, r32), distance(outs("rlow", pair.reference, pair, k), ar32),
@@ -448,12 +453,7 @@ function M.new(ctx, pairs_)
         for _, x in ipairs(calls[k].inputs) do perturbable = perturbable or is_float(x) end
         local tinputs = tcall and perturbable and alone[tcap] and alone.r32 and inputs_for(tcall.inputs, calls[k].inputs) or nil
         local isolated = tinputs ~= nil
-        local r32_outs = {}
-        for i, p in ipairs(pair.reference) do
-          local c = cap.r32[p] and cap.r32[p][k]
-          r32_outs[i] = c and c.outputs[1]  -- what a re-run on these inputs would give: they are its own
-        end
-        local r32 = once(n, k, "r32", true, function() return combine(r32_outs, pair) end)
+        local r32 = once(n, k, "r32", true, function() return r32_of(pair, k) end)
         local ar32 = once(n, k, "ar32", true, function() return outs("r32", pair.reference, pair, k) end)
         local rin32 = input("r32", first, k)
         if noise_why[n] and noise_why[n][k] then row.skipped = noise_why[n][k] end
