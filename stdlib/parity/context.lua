@@ -414,11 +414,12 @@ end
 --- From now on, the models' logits come from forwards tapped on these pairs' components
 --- (Context:tapped_logits), and each model's pass runs the component sweep's part of it
 --- (parity.sweep, Context.components_sweep: the components stage's): the scaffold stage says so once it
---- has paired them, the reference at the anchor precision loaded.
+--- has paired them.
 ---@param pairs_ parity.MappingPair[] mapping pairs
-function Context:tap_components(pairs_)
+---@param ref_modules parity.ModuleInfo[] the reference's modules (Module:modules)
+function Context:tap_components(pairs_, ref_modules)
   self.tapped_pairs = pairs_
-  self.components_sweep = require("parity.sweep").new(self, pairs_)
+  self.components_sweep = require("parity.sweep").new(self, pairs_, ref_modules)
 end
 
 --- A model's logits from a forward tapped on the components paired (Context:tap_components),

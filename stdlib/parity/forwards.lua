@@ -9,15 +9,16 @@ local core = require("parity.core")
 local M = {}
 
 -- decoding steps so far, and the whole forwards they ran (a perturbed model runs two a step);
--- the model files this process has loaded, and how many loads were of one loaded before
-local steps, steps_whole, seen, reloads = 0, 0, {}, 0
+-- the model files this process has loaded (in order, and as a set), and how many loads were of
+-- one loaded before
+local steps, steps_whole, order, seen, reloads = 0, 0, {}, {}, 0
 
 --- Notes a model file loaded (parity.bundle does), counting it as a reload when this process
 --- loaded it before.
 ---@param file string
 function M.loaded(file)
   if seen[file] then reloads = reloads + 1 end
-  seen[file] = true
+  seen[file], order[#order + 1] = true, file
 end
 
 --- Runs one decoding step `f(tokens)`, counting it (lm's greedy decoders call this).
@@ -36,17 +37,19 @@ end
 function M.now()
   local c = core.forward_counts()
   return { whole = c.whole, component = c.component, loads = c.loads, steps = steps, steps_whole = steps_whole,
-           reloads = reloads }
+           reloads = reloads, files = #order }
 end
 
 --- What ran since `before` (M.now's), by kind.
 ---@param before table
----@return {teacher_forced: integer, decoding_steps: integer, component_runs: integer, loads: integer, reloads: integer}
+---@return {teacher_forced: integer, decoding_steps: integer, component_runs: integer, loads: integer, reloads: integer, files: string[]}
 function M.since(before)
   local n = M.now()
+  local files = {}  -- the model files loaded, in order
+  for i = before.files + 1, n.files do files[#files + 1] = order[i] end
   return { teacher_forced = (n.whole - before.whole) - (n.steps_whole - before.steps_whole),
            decoding_steps = n.steps - before.steps, component_runs = n.component - before.component,
-           loads = n.loads - before.loads, reloads = n.reloads - before.reloads }
+           loads = n.loads - before.loads, reloads = n.reloads - before.reloads, files = core.json.array(files) }
 end
 
 --- The counts as a log line.

@@ -135,6 +135,23 @@ function Context:cache_reference_extra(name, tensors)
   end)
 end
 
+--- The reference's weight summary at `dtype` (parity.weights.summary: its modules and its
+--- weights' fingerprints, what the scaffold stage checks the target's weights against), cached
+--- beside its outputs; nil when not cached.
+---@param dtype string
+---@return parity.WeightSummary|nil
+function Context:reference_weights(dtype)
+  local t = self:reference_extra("weights_" .. dtype)
+  return t and require("parity.weights").decode_summary(t)
+end
+
+--- Caches the reference's weight summary at `dtype` (read back by Context:reference_weights).
+---@param dtype string
+---@param summary parity.WeightSummary
+function Context:cache_reference_weights(dtype, summary)
+  self:cache_reference_extra("weights_" .. dtype, require("parity.weights").encode_summary(summary))
+end
+
 --- The reference's calls of `paths` in its tapped forward at the anchor precision on the check's
 --- sequences (the inputs the components stage feeds every component, and the reference's outputs
 --- on them): those of the logits' forward when it ran tapped in this check, else the cache's,

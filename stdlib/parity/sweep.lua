@@ -145,14 +145,14 @@ function M.clean(row, th)
     and not judge.over_precise(row, th)
 end
 
---- The sweep of a check's pairs (Context:tap_components calls it once the scaffold paired them,
---- with the reference at the anchor precision loaded): an object whose functions the context
---- calls as each model runs (reference_side, target_pass) and the components stage at its turn
---- (finish).
+--- The sweep of a check's pairs (Context:tap_components calls it once the scaffold paired them):
+--- an object whose functions the context calls as each model runs (reference_side, target_pass)
+--- and the components stage at its turn (finish).
 ---@param ctx parity.Context
 ---@param pairs_ parity.MappingPair[]
+---@param ref_modules parity.ModuleInfo[] the reference's modules (Module:modules)
 ---@return table sweep {reference_side = fun(), target_pass = fun(dtype, calls, err), finish = fun(): table, table|nil}
-function M.new(ctx, pairs_)
+function M.new(ctx, pairs_, ref_modules)
   local ref, target, dtype = ctx.reference, ctx.target, ctx.dtype
   local ref_paths, tgt_paths = mapping.paths(pairs_)
   local two = ctx.baseline == "2-tensor"
@@ -165,7 +165,7 @@ function M.new(ctx, pairs_)
   local tcap = has32 and "t32" or "tlow"
   -- the reference's modules with weights (whether a module the target never calls matters)
   local weighted = {}
-  for _, info in ipairs(ref:at(anchor):modules()) do weighted[info.path] = (info.total_params or 0) > 0 end
+  for _, info in ipairs(ref_modules) do weighted[info.path] = (info.total_params or 0) > 0 end
   local seqs  -- the check's sequences (the reference's side)
   -- the models' tapped calls: r32, rlow (the reference's), tlow, t32 (the target's)
   local cap, forwards, forwards_s, spent = {}, 0, 0, 0  -- (forwards: run by the sweep itself; spent: its time)

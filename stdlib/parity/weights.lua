@@ -45,22 +45,108 @@ function M.fingerprint(params)
   return names[1] and params[names[1]]
 end
 
+--- What M.relation, M.interleave and M.interleaved_head_dim raise when a reference weight is a
+--- fingerprint (M.summary) and the answer needs the weight itself: the caller loads the reference.
+M.NEEDS_WEIGHTS = "parity.weights: the reference's weights are needed here, not their fingerprints"
+
+--- A reference weight without the weight (M.summary): its shape, its largest magnitude and its
+--- rows' sketch (each row's dot product with a fixed +-1 vector, in float64; a 1-D weight's own
+--- values). A target weight within the weight tolerance of it has a sketch within that tolerance
+--- times the row length of it, so an equal weight is always found equal; one that differs passes
+--- only if its differences cancel in every row's signed sum.
+---@class parity.WeightFingerprint
+---@field shape integer[]
+---@field max number max|w| (NaN when it holds one)
+---@field rows parity.Tensor float64 [rows]
+local Fingerprint = {}
+Fingerprint.__index = Fingerprint
+function Fingerprint:dim() return #self.shape end
+function Fingerprint:size(i)
+  if i == nil then return { unpack(self.shape) } end
+  return self.shape[(i < 0 and #self.shape + i or i) + 1]
+end
+local function is_fp(x) return getmetatable(x) == Fingerprint end
+local function needs(x) if is_fp(x) then error(M.NEEDS_WEIGHTS, 0) end end
+
+-- the +-1 vector of length n the sketches take (Park-Miller's generator: the same on every machine)
+local signs = {}
+local function sign_vector(n)
+  if not signs[n] then
+    local v, s = {}, 1
+    for j = 1, n do
+      s = (s * 16807) % 2147483647
+      v[j] = s > 1073741823 and 1 or -1
+    end
+    signs[n] = torch.tensor(v, { dtype = "float64" })
+  end
+  return signs[n]
+end
+
+-- the sketch of rows [from, from + count) of a weight (blocks of rows at a time: no float64 copy
+-- of it whole)
+local function sketch_rows(t, from, count)
+  if t:dim() <= 1 then return t:reshape({ -1 }):narrow(0, from, count):double() end
+  local m = t:reshape({ t:size(0), -1 })
+  local n, parts = m:size(1), {}
+  local step = math.max(1, math.floor(2 ^ 22 / math.max(1, n)))
+  for r = from, from + count - 1, step do
+    parts[#parts + 1] = m:narrow(0, r, math.min(step, from + count - r)):double():mv(sign_vector(n))
+  end
+  return #parts == 1 and parts[1] or torch.cat(parts, 0)
+end
+-- ... and of all its rows, once per tensor
+local sketches = setmetatable({}, { __mode = "k" })
+local function sketch(t)
+  if not sketches[t] then sketches[t] = sketch_rows(t, 0, t:dim() > 0 and t:size(0) or 1) end
+  return sketches[t]
+end
+
 -- the largest magnitude of a reference weight, once per tensor (the same weight is compared with many)
 local largest = setmetatable({}, { __mode = "k" })
 local function max_abs(t)
+  if is_fp(t) then return t.max end
   if largest[t] == nil then largest[t] = select(2, core.metrics.max_gap(t, t)) end
   return largest[t]
+end
+
+--- A weight's fingerprint (parity.WeightFingerprint).
+---@param t parity.Tensor
+---@return parity.WeightFingerprint
+function M.fingerprint_of(t)
+  return setmetatable({ shape = t:size(), max = max_abs(t), rows = sketch(t) }, Fingerprint)
 end
 
 --- Whether `a` equals `b` within the weight tolerance (relative to b's largest magnitude, at least
 --- 1); `b` may be a list of blocks `a` stacks along dim 0 (compared block by block, no copies).
 --- One pass over both, stopping at the first difference past the tolerance.
 local function same(a, b)
-  local blocks = torch.is_tensor(b) and { b } or b
+  local blocks = (torch.is_tensor(b) or is_fp(b)) and { b } or b
   local ref, row = 0, 0
   for _, block in ipairs(blocks) do ref = math.max(ref, max_abs(block)) end
   if ref ~= ref then return false end  -- a NaN in the reference
   local limit = CUT.weight_equal * math.max(1, ref)
+  if is_fp(blocks[1]) then  -- fingerprints: a's rows' sketch against theirs
+    local function within(x, fp_rows, cols)
+      local gap = (x - fp_rows):abs():max():item()
+      return gap <= limit * cols  -- (false past it, or NaN)
+    end
+    for _, fp in ipairs(blocks) do
+      local shape, rows = fp.shape, #fp.shape > 0 and fp.shape[1] or 1
+      local want = { unpack(shape) }
+      if #blocks > 1 then want[1] = a:dim() > 0 and a:size(0) or -1 end
+      if #blocks > 1 and row + rows > (a:dim() > 0 and a:size(0) or 0) then return false end
+      if table.concat(a:size(), "x") ~= table.concat(want, "x") then return false end
+      local cols = 1
+      for i = 2, #shape do cols = cols * shape[i] end
+      -- its first row first (most weights compared differ there), then all of them
+      if not within(sketch_rows(a, row, 1), fp.rows:narrow(0, 0, 1), cols)
+        or not within(sketch(a):narrow(0, row, rows), fp.rows, cols) then
+        return false
+      end
+      row = row + rows
+    end
+    return #blocks == 1 or row == a:size(0)
+  end
   for _, block in ipairs(blocks) do
     local rows = block:dim() > 0 and block:size(0) or 1
     local part = #blocks == 1 and a or (a:dim() > 0 and row + rows <= a:size(0) and a:narrow(0, row, rows))
@@ -97,6 +183,7 @@ end
 ---@param rows integer|nil how many leading rows (default all)
 ---@return parity.Tensor
 function M.interleave(t, head_dim, dim, rows)
+  needs(t)
   dim = dim or 0
   if dim < 0 then dim = t:dim() + dim end
   local n, half, idx = t:size(dim), head_dim / 2, {}
@@ -122,6 +209,14 @@ end
 ---@return integer|nil head_dim
 ---@return integer|nil rows
 function M.interleaved_head_dim(tw, rw)
+  if is_fp(rw) then  -- what its fingerprint says: not interleaved, or the weight is needed
+    local first = setmetatable({ shape = { 1, rw.shape[2] }, max = rw.max, rows = rw.rows:narrow(0, 0, 1) }, Fingerprint)
+    if tw:dim() ~= 2 or table.concat(tw:size(), "x") ~= table.concat(rw.shape, "x")
+      or tw:size(0) < 4 or not same(tw:narrow(0, 0, 1), first) then
+      return nil
+    end
+    needs(rw)
+  end
   if tw:dim() ~= 2 or not tw:is_same_size(rw)
     or tw:size(0) < 4 or not same(tw:narrow(0, 0, 1), rw:narrow(0, 0, 1)) then
     return nil
@@ -150,6 +245,7 @@ function M.as_target(entry, tensors, dim)
   for _, k in ipairs(parts) do
     if out[k] then
       local ok, t = pcall(M.interleave, out[k], il.head_dim, dim, il.rows)
+      if not ok and t == M.NEEDS_WEIGHTS then error(t, 0) end
       if not ok then
         error(("the mapping entry pairing %s with %s: %s"):format(table.concat(entry.reference, "+"), entry.target, t), 0)
       end
@@ -167,6 +263,7 @@ end
 ---@return parity.WeightRelation
 function M.relation(tw, rws)
   if same(tw, rws) then return { relation = "equal" } end
+  for _, r in ipairs(rws) do needs(r) end
   local r = #rws == 1 and rws[1] or torch.cat(rws, 0)
   if tw:dim() == 2 and r:dim() == 2 and tw:size(0) == r:size(1) and tw:size(1) == r:size(0) and same(tw, r:t()) then
     return { relation = "transposed" }
@@ -191,6 +288,65 @@ function M.relation(tw, rws)
   end
   return { relation = "different", detail = ("shape [%s] where the reference has [%s]"):format(
     table.concat(tw:size(), ", "), table.concat(r:size(), ", ")) }
+end
+
+--- The reference's side of the weight checks without its weights: its modules and every
+--- parameter's fingerprint, as a module the checks here take in place of the reference's
+--- (:modules(), :parameters()); what only the weights answer raises M.NEEDS_WEIGHTS.
+---@class parity.WeightSummary
+---@field infos parity.ModuleInfo[]
+---@field params table<string, parity.WeightFingerprint>
+local Summary = {}
+Summary.__index = Summary
+function Summary:modules() return self.infos end
+function Summary:parameters() return self.params end
+
+--- A model's weight summary (parity.WeightSummary).
+---@param module parity.Module
+---@return parity.WeightSummary
+function M.summary(module)
+  local params = {}
+  for name, t in pairs(module:parameters()) do params[name] = M.fingerprint_of(t) end
+  return setmetatable({ infos = module:modules(), params = params }, Summary)
+end
+
+--- A summary as named tensors (a cache entry): "index", its modules and parameters' names and
+--- shapes as JSON bytes, and each parameter's sketch and largest magnitude.
+---@param s parity.WeightSummary
+---@return table<string, parity.Tensor>
+function M.encode_summary(s)
+  local names = {}
+  for name in pairs(s.params) do names[#names + 1] = name end
+  table.sort(names)
+  local out, shapes = {}, {}
+  for i, name in ipairs(names) do
+    local fp = s.params[name]
+    out["w" .. i .. ".rows"], out["w" .. i .. ".max"] = fp.rows, torch.tensor({ fp.max }, { dtype = "float64" })
+    shapes[i] = core.json.array(fp.shape)
+  end
+  local text = core.json.encode({ modules = s.infos, names = core.json.array(names), shapes = core.json.array(shapes) })
+  local bytes = {}
+  for i = 1, #text do bytes[i] = text:byte(i) end
+  out.index = torch.tensor(bytes, { dtype = "uint8" })
+  return out
+end
+
+--- M.encode_summary's tensors back as a summary (nil when they are not one).
+---@param t table<string, parity.Tensor>
+---@return parity.WeightSummary|nil
+function M.decode_summary(t)
+  if not (t.index and t.index:dtype() == "uint8" and t.index:dim() == 1) then return nil end
+  local bytes, parts = t.index:tolist(), {}
+  for i = 1, #bytes, 4096 do parts[#parts + 1] = string.char(unpack(bytes, i, math.min(i + 4095, #bytes))) end
+  local ok, index = pcall(core.json.decode, table.concat(parts), "a weight summary")
+  if not ok or type(index) ~= "table" or type(index.names) ~= "table" then return nil end
+  local params = {}
+  for i, name in ipairs(index.names) do
+    local rows, max = t["w" .. i .. ".rows"], t["w" .. i .. ".max"]
+    if not (rows and max) then return nil end
+    params[name] = setmetatable({ shape = index.shapes[i], max = max:item(), rows = rows }, Fingerprint)
+  end
+  return setmetatable({ infos = index.modules, params = params }, Summary)
 end
 
 --- Proposes entries from weight fingerprints: a target module whose weight equals a reference

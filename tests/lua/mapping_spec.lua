@@ -88,6 +88,41 @@ describe("static weight relations", function()
   end)
 end)
 
+describe("the reference's weights as fingerprints", function()
+  local rw = torch.randn({ 8, 6 }, { seed = 5 })
+  local fp = weights.fingerprint_of(rw)
+  local function needs(f)
+    local ok, err = pcall(f)
+    eq({ ok, err }, { false, weights.NEEDS_WEIGHTS })
+  end
+  it("finds equal what the weights find equal, and leaves the rest to the weights", function()
+    eq(weights.relation(rw:clone(), { fp }).relation, "equal")
+    eq(weights.relation(rw + 1e-7, { fp }).relation, "equal", "within the weight tolerance")
+    local a, b = torch.randn({ 2, 4 }, { seed = 1 }), torch.randn({ 3, 4 }, { seed = 2 })
+    eq(weights.relation(torch.cat({ a, b }, 0), { weights.fingerprint_of(a), weights.fingerprint_of(b) }).relation, "equal")
+    needs(function() weights.relation(torch.cat({ b, a }, 0), { weights.fingerprint_of(a), weights.fingerprint_of(b) }) end)
+    local one = rw + torch.arange(48):reshape({ 8, 6 }):eq(20):float() * 1e-3  -- one element off
+    needs(function() weights.relation(one, { fp }) end)
+    needs(function() weights.relation(rw * 1.01, { fp }) end)
+    needs(function() weights.relation(rw:t():contiguous(), { weights.fingerprint_of(rw:narrow(0, 0, 6)) }) end)
+    local v = torch.randn({ 5 }, { seed = 6 })
+    eq(weights.relation(v:clone(), { weights.fingerprint_of(v) }).relation, "equal", "a 1-D weight: its values")
+    needs(function() weights.relation(v + 1e-4, { weights.fingerprint_of(v) }) end)
+    eq(weights.interleaved_head_dim(torch.randn({ 8, 6 }, { seed = 7 }), fp), nil, "not its rows: no layout to find")
+    needs(function() weights.interleaved_head_dim(weights.interleave(rw, 4), fp) end)
+  end)
+
+  it("pairs a port as its weights do, also read back from their cache entry", function()
+    local exact = weights.auto(ref, port)
+    local s = weights.summary(ref)
+    eq(weights.auto(s, port), exact)
+    local back = weights.decode_summary(weights.encode_summary(s))
+    eq(weights.auto(back, port), exact)
+    eq(back:modules(), ref:modules())
+    eq(weights.decode_summary({ index = torch.tensor({ 1, 2 }) }), nil, "not a summary")
+  end)
+end)
+
 describe("components through a mapping", function()
   local function check(target, extra)
     local opts = { reference = fx .. "/reference", target = fx .. "/" .. target, out = tmp .. "/" .. target,
@@ -175,6 +210,20 @@ describe("components through a mapping", function()
       eq({ v.verdict, v.failed[1], v.first_divergence.cause.class }, { "divergent", "static", "layout" }, c[1])
     end
     eq(#parity.json.read(tmp .. "/port_fused/scaffold.json").static, 0, "a correct port: nothing to report")
+  end)
+
+  it("checks a port against the cached reference without loading it, unless its weights differ", function()
+    local function loaded(name)  -- which bundles' traces the check loaded
+      local seen = {}
+      for _, f in ipairs(parity.json.read(tmp .. "/" .. name .. "/run.json").forwards.files) do
+        seen[f:match("([^/]+)/[^/]+$")] = true
+      end
+      return seen
+    end
+    check("port_fused")  -- cached by the cases above
+    eq(loaded("port_fused"), { port_fused = true }, "the target's traces alone")
+    check("bug_transposed")  -- a weight that differs: how, the reference's own weights say
+    eq(loaded("bug_transposed"), { bug_transposed = true, reference = true })
   end)
 end)
 

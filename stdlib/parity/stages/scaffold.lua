@@ -17,12 +17,11 @@ local M = { name = "scaffold", runs_target = "its module tree" }
 ---@field lacking string[]|nil reference modules with weights that nothing maps
 
 --- The static weight check, before any forward: each mapped pair's weight against the reference
---- weight(s) it should equal after the transform, at one dtype (fp32 when the target has it).
+--- weight(s) it should equal after the transform, at one dtype (fp32 when the target has it);
+--- `rm` the reference's model or its weight summary (parity.weights.summary), `tm` the target's.
 --- A transposed, reordered (fused blocks in another order than the reference runs them) or
 --- scaled weight is a conversion bug found before anything runs; other differences are listed.
-local function static_check(ctx, pairs_, model)
-  local d = ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype
-  local tm, rm = model("target", d), model("reference", d)
+local function static_check(pairs_, rm, tm)
   local ref_mods = rm:modules()
   local order = {}
   for i, m in ipairs(ref_mods) do order[m.path] = i end
@@ -80,16 +79,32 @@ end
 ---@return parity.ScaffoldKept|nil kept nil when no components pair up
 function M.run(ctx)
   local result = { files = {} }
-  -- the models it reads, each loaded once while the stage holds it (a check's bundles hold one
-  -- at a time: parity.bundle); the reference at the anchor precision last, which runs next (but
-  -- for a target without fp32, whose weights are compared with the reference's at the low precision)
-  local held = {}
-  local function model(side, d)
-    held[side .. d] = held[side .. d] or ctx[side]:at(d)
-    return held[side .. d]
+  -- the weights are compared at one dtype: fp32 when the target has it and the anchor is, else
+  -- the low precision (the reference's too)
+  local d = ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype
+  -- the reference's side, as its weight summary (cached, else made while it is loaded alone: a
+  -- check's bundles hold one model at a time, parity.bundle) where the comparisons are at the
+  -- anchor; what the summary cannot answer (weights that differ: how) loads the reference
+  local rm = d == ctx.anchor and ctx:reference_weights(d)
+  if d == ctx.anchor and not rm then
+    rm = weights.summary(ctx.reference:at(d))
+    ctx:cache_reference_weights(d, rm)
   end
-  local tgt_d = ctx.target:has("fp32") and ctx.anchor == "fp32" and "fp32" or ctx.dtype
-  local tm, rm = model("target", tgt_d), model("reference", ctx.anchor)
+  local tm = ctx.target:at(d)
+  -- how the components pair up (identity, the given mapping, or one proposed from the weights:
+  -- `r`, the reference at the anchor), and the static check (`rd`, the reference at d)
+  local function compare(r, rd)
+    local p, kind, unmapped, absent, lacking = pairing.pairs_for(ctx, r, tm)
+    return p, kind, unmapped, absent, lacking, p and static_check(p, rd, tm) or {}
+  end
+  local found = rm and { pcall(compare, rm, rm) }
+  if found and not found[1] and found[2] ~= weights.NEEDS_WEIGHTS then error(found[2], 0) end
+  if not (found and found[1]) then  -- the reference's weights themselves: the second model held
+    local ref = ctx.reference:at(ctx.anchor)  -- (loaded last: it runs next)
+    found = { true, compare(ref, d == ctx.anchor and ref or ctx.reference:at(d)) }
+    rm = rm or ref
+  end
+  local pairs_, kind, unmapped, absent, lacking, static = unpack(found, 2, 7)
   for _, side in ipairs({ "reference", "target" }) do
     local modules = (side == "reference" and rm or tm):modules()
     for kind, text in pairs({ tree = tree.pretty(modules), compressed = tree.compressed(modules), flat = tree.flat(modules) }) do
@@ -100,15 +115,14 @@ function M.run(ctx)
     result[side] = { modules = #modules, params = modules[1].total_params, type = modules[1].type }
   end
   table.sort(result.files)
-  -- how the components pair up: identity, the given mapping, or one proposed from the weights
-  local pairs_, kind, unmapped, absent, lacking = pairing.pairs_for(ctx, rm, tm)
-  if pairs_ then ctx:tap_components(pairs_) end  -- the logits' forwards capture what the components stage compares
+  -- the logits' forwards capture what the components stage compares
+  if pairs_ then ctx:tap_components(pairs_, rm:modules()) end
   result.mapping = pairs_ and kind or "none"
   result.mapped = pairs_ and #pairs_ or 0
   result.unmapped_reason = pairs_ and core.json.null or kind
   result.unmapped_target = core.json.array(unmapped or {})
   result.unmapped_reference = core.json.array(lacking or {})
-  result.static = core.json.array(pairs_ and static_check(ctx, pairs_, model) or {})
+  result.static = core.json.array(static)
   if pairs_ and kind == "auto" then  -- the proposal, as a file to save, edit and pass back
     local entries = {}
     for _, p in ipairs(pairs_) do
