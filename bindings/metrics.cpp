@@ -28,6 +28,12 @@ int cosine_rows(lua_State* L) {
   return 1;
 }
 
+/// row_sketch(t) -> float64 [rows]: each row's dot product with a fixed +-1 vector (host/metrics.hpp)
+int row_sketch(lua_State* L) {
+  push_tensor(L, m::row_sketch(check_tensor(L, 1)));
+  return 1;
+}
+
 /// max_gap(a, b[, limit]) -> max |a - b|, max |b| (one pass, no copies; it may stop once the
 /// difference passes limit: host/metrics.hpp)
 int max_gap(lua_State* L) {
@@ -171,6 +177,7 @@ const luaL_Reg kMetrics[] = {
     {"l2_distance", guard<scalar_metric<m::l2_distance>>},
     {"sqnr", guard<scalar_metric<m::sqnr_db>>},
     {"cosine_rows", guard<cosine_rows>},
+    {"row_sketch", guard<row_sketch>},
     {"non_finite", guard<non_finite>},
     {"allclose", guard<allclose>},
     {"r_ratio", guard<r_ratio>},

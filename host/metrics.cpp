@@ -185,6 +185,51 @@ MaxGap max_gap(const at::Tensor& a, const at::Tensor& b, double limit) {
   return {(x - y).abs().max().item<double>(), y.abs().max().item<double>()};
 }
 
+namespace {
+
+template <typename T>
+void sketch_rows(const T* p, int64_t rows, int64_t cols, const std::vector<double>& signs, double* out) {
+  for (int64_t r = 0; r < rows; ++r, p += cols) {
+    double sum = 0;
+    for (int64_t j = 0; j < cols; ++j) sum += signs[j] * static_cast<double>(static_cast<float>(p[j]));
+    out[r] = sum;
+  }
+}
+
+}  // namespace
+
+at::Tensor row_sketch(const at::Tensor& t) {
+  auto opts = at::TensorOptions().dtype(at::kDouble);
+  if (t.dim() <= 1) return t.detach().to(at::kCPU, at::kDouble).reshape({-1}).clone();
+  const auto st = t.scalar_type();
+  const bool native = t.device().is_cpu() && (st == at::kFloat || st == at::kBFloat16 || st == at::kHalf);
+  // strided views and other dtypes or devices: a contiguous copy (the weights themselves are not)
+  auto x = native ? t.detach().contiguous() : t.detach().to(at::kCPU, at::kDouble).contiguous();
+  const int64_t rows = x.size(0), cols = rows ? x.numel() / rows : 0;
+  std::vector<double> signs(static_cast<size_t>(cols));
+  int64_t s = 1;
+  for (auto& v : signs) {
+    s = (s * 16807) % 2147483647;
+    v = s > 1073741823 ? 1.0 : -1.0;
+  }
+  auto out = at::empty({rows}, opts);
+  double* o = out.data_ptr<double>();
+  switch (x.scalar_type()) {
+    case at::kFloat: sketch_rows(x.data_ptr<float>(), rows, cols, signs, o); break;
+    case at::kBFloat16: sketch_rows(x.data_ptr<at::BFloat16>(), rows, cols, signs, o); break;
+    case at::kHalf: sketch_rows(x.data_ptr<at::Half>(), rows, cols, signs, o); break;
+    default: {  // float64
+      const double* p = x.data_ptr<double>();
+      for (int64_t r = 0; r < rows; ++r, p += cols) {
+        double sum = 0;
+        for (int64_t j = 0; j < cols; ++j) sum += signs[j] * p[j];
+        o[r] = sum;
+      }
+    }
+  }
+  return out;
+}
+
 double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("mean_abs_diff", target, reference);
   if (target.numel() == 0) return 0;

@@ -32,6 +32,12 @@ struct MaxGap {
 };
 MaxGap max_gap(const at::Tensor& a, const at::Tensor& b,
                double limit = std::numeric_limits<double>::infinity());
+/// The weight check's fingerprint of a weight (parity.weights): each row's dot product with a
+/// fixed +-1 vector over its columns (rows along dim 0, columns its other dims flattened), in
+/// float64, in one pass without a float64 copy: float64 [size(0)]. A 0-D or 1-D tensor gives its
+/// values in float64. The signs are Park-Miller's sequence from 1 (s <- 16807 s mod 2^31 - 1,
+/// +1 when s > 2^30 - 1): the same on every machine.
+at::Tensor row_sketch(const at::Tensor& t);
 double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference);
 /// ||target - reference|| / ||reference|| (Frobenius); 0 when both are zero, inf when only the
 /// reference is.

@@ -68,31 +68,9 @@ end
 local function is_fp(x) return getmetatable(x) == Fingerprint end
 local function needs(x) if is_fp(x) then error(M.NEEDS_WEIGHTS, 0) end end
 
--- the +-1 vector of length n the sketches take (Park-Miller's generator: the same on every machine)
-local signs = {}
-local function sign_vector(n)
-  if not signs[n] then
-    local v, s = {}, 1
-    for j = 1, n do
-      s = (s * 16807) % 2147483647
-      v[j] = s > 1073741823 and 1 or -1
-    end
-    signs[n] = torch.tensor(v, { dtype = "float64" })
-  end
-  return signs[n]
-end
-
--- the sketch of rows [from, from + count) of a weight (blocks of rows at a time: no float64 copy
--- of it whole)
+-- the sketch of rows [from, from + count) of a weight (metrics.row_sketch)
 local function sketch_rows(t, from, count)
-  if t:dim() <= 1 then return t:reshape({ -1 }):narrow(0, from, count):double() end
-  local m = t:reshape({ t:size(0), -1 })
-  local n, parts = m:size(1), {}
-  local step = math.max(1, math.floor(2 ^ 22 / math.max(1, n)))
-  for r = from, from + count - 1, step do
-    parts[#parts + 1] = m:narrow(0, r, math.min(step, from + count - r)):double():mv(sign_vector(n))
-  end
-  return #parts == 1 and parts[1] or torch.cat(parts, 0)
+  return core.metrics.row_sketch(t:dim() == 0 and t or t:narrow(0, from, count))
 end
 -- ... and of all its rows, once per tensor
 local sketches = setmetatable({}, { __mode = "k" })

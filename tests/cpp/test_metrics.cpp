@@ -48,6 +48,25 @@ TEST_SUITE("metrics") {
     CHECK_THROWS(m::max_gap(t({1, 2}), t({1, 2, 3})));
   }
 
+  TEST_CASE("row_sketch: each row against the fixed signs, any dtype and view alike") {
+    // the first signs of Park-Miller's sequence from 1: 16807, 282475249, 1622650073, 984943658
+    // (-, -, +, -), by hand
+    auto s = m::row_sketch(t2({1, 10, 100, 1000, 2, 0, 0, 0}, 2));
+    CHECK((s.scalar_type() == at::kDouble));
+    CHECK((s.size(0) == 2 && s[0].item<double>() == -1 - 10 + 100 - 1000 && s[1].item<double>() == -2));
+    auto a = at::randn({37, 4, 13});
+    auto whole = m::row_sketch(a);
+    for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      auto x = a.to(dtype), ref = m::row_sketch(x.to(at::kDouble));
+      CHECK(at::allclose(m::row_sketch(x), ref, 0, 1e-9));
+      CHECK(at::allclose(m::row_sketch(x.narrow(0, 5, 20)), ref.narrow(0, 5, 20), 0, 1e-9));  // a block of rows
+      CHECK(at::allclose(m::row_sketch(x.transpose(1, 2).contiguous().transpose(1, 2)), ref, 0, 1e-9));  // strided
+    }
+    CHECK(at::allclose(whole, m::row_sketch(a.reshape({37, 52})), 0, 1e-12));  // the other dims flattened
+    CHECK(m::row_sketch(t({3, -4})).equal(t({3, -4})));  // 1-D: its values
+    CHECK(m::row_sketch(t({7}).reshape({})).equal(t({7})));
+  }
+
   TEST_CASE("relative L2") {
     CHECK(m::rel_l2(t({1, 2, 2}), t({1, 2, 3})) == Approx(1.0 / std::sqrt(14.0)));
     CHECK(m::rel_l2(t({0, 0}), t({0, 0})) == 0.0);
