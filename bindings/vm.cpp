@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <luajit.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/time.h>
@@ -213,9 +214,17 @@ int push_gc_stats(lua_State* L) {
   return 1;
 }
 
+/// A full collection, and the heap pages it freed given back (NOTE [ GC accounting ])
+void full_collection(lua_State* L) {
+  lua_gc(L, LUA_GCCOLLECT, 0);
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
 /// core.collect(): a full collection (stage boundaries), then the accounting figures
 int core_collect(lua_State* L) {
-  lua_gc(L, LUA_GCCOLLECT, 0);
+  full_collection(L);
   return push_gc_stats(L);
 }
 
@@ -410,7 +419,7 @@ void note_native_bytes(lua_State* L, size_t bytes) {
   if (s.since_collect > s.threshold) {
     s.since_collect = 0;
     ++s.collections;
-    lua_gc(L, LUA_GCCOLLECT, 0);
+    full_collection(L);
   }
 }
 

@@ -65,7 +65,9 @@ void push_strings(lua_State* L, const std::vector<std::string>& list);
 // 16 bytes, so a loop making big tensors grows without bound before the GC runs. Every push of
 // a tensor notes its bytes; once the bytes noted since the last full collection pass a
 // threshold (PARITY_GC_MB, default 256 MB), a full collection runs. Stages also collect at
-// their boundaries (parity.collect()).
+// their boundaries (parity.collect()). After a full collection the heap pages it freed go back to
+// the system (glibc's malloc_trim): glibc keeps freed memory otherwise, and a model a check let go
+// of stayed resident (m's check: peak RSS 966 -> 897 MB).
 void note_native_bytes(lua_State* L, size_t bytes);
 void release_native_bytes(lua_State* L, size_t bytes);
 struct GcStats {
