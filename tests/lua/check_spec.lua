@@ -404,10 +404,14 @@ describe("check", function()
     end
     -- cold: the reference's fp32 pass and its tapped low-precision one, the target's two; the
     -- reference's greedy decoding (12 steps), its own low-precision tokens and the smoke's
-    -- (one model held at a time: the reference's two, the target's fp32 for the scaffold's weight
-    -- check, its low precision's pass, then its fp32 again for its pass)
+    -- (one model held at a time: the reference's fp32 alone for its weight summary, the target's
+    -- fp32 for the scaffold's weight check against it, the reference's two for its passes, the
+    -- target's low precision's pass, then its fp32 again for its pass)
     local cold, smoke = counted({ cache = false })
-    eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 5 })
+    eq({ cold.forwards.teacher_forced, cold.forwards.loads }, { 4, 6 })
+    local ref, port = fx .. "/reference/", fx .. "/port_fused/"
+    eq(cold.forwards.files, { ref .. "fp32.pt", port .. "fp32.pt", ref .. "fp32.pt", ref .. "bf16.pt",
+                              port .. "bf16.pt", port .. "fp32.pt" })
     truthy(type(cold.peak_rss_mb) == "number" and cold.peak_rss_mb > 50, "peak RSS " .. tostring(cold.peak_rss_mb))
     truthy(cold.forwards.decoding_steps >= 12 + smoke, cold.forwards.decoding_steps)
     truthy(cold.forwards.component_runs > 12, "the components' runs: " .. cold.forwards.component_runs)
