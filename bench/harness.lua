@@ -1,7 +1,10 @@
 -- bench/harness.lua — time to verdict on generated models (bench/make_models.py), next to what
 -- it costs at least: the process start and the bare forwards each command needs, timed alone in
 -- the same run. Prints a table and writes JSON. Wall clock, median of REPEATS runs each.
---   parity run bench/harness.lua MODELS_DIR OUT.json [REPEATS] [SIZE...]
+--   parity run bench/harness.lua MODELS_DIR OUT.json [REPEATS] [SIZE[@fp32]...]
+-- SIZE@fp32 checks that size as an fp32-only port (check --dtype fp32: LibTorch 1.13's bf16
+-- forwards on a CPU are too slow at xl's 1.1B parameters). Each size's peak RSS is set against
+-- the memory goal: 1.3 x (its largest trace and that trace's activations) + the start-up's RSS.
 local core = require("parity.core")
 local lm = require("parity.lm")
 local models, out_json, repeats = arg[1], arg[2], tonumber(arg[3]) or 3
@@ -46,7 +49,18 @@ end
 local results, rows = { repeats = repeats, threads = torch.get_num_threads(), sizes = {} }, {}
 local start = run(parity_bin .. " version")
 results.start_s = start
-for _, size in ipairs(sizes) do
+-- the largest trace and its activations: a process that loads it and runs it once on the
+-- check's sequences, less the start-up's RSS
+local one_script = tmp .. ".one.lua"
+local f = assert(io.open(one_script, "w"))
+f:write("local m = parity.load(arg[1])\nm(torch.randint(0, tonumber(arg[2]), { 4, 32 }, { seed = 0 }))\n")
+f:close()
+local start_rss = select(2, run(parity_bin .. " version"))
+for _, spec in ipairs(sizes) do
+  local size, only32 = spec:match("^([^@]+)(@?f?p?3?2?)$")
+  only32 = only32 == "@fp32"
+  local low = only32 and "fp32" or "bf16"
+  local dtype_flag = only32 and " --dtype fp32" or ""
   local ref, port = models .. "/" .. size .. "/ref", models .. "/" .. size .. "/port"
   local rb, pb = parity.bundle(ref), parity.bundle(port)
   local params = 0
@@ -63,9 +77,18 @@ for _, size in ipairs(sizes) do
   local t0 = core.clock()
   local seqs = lm.greedy(rb, "fp32", prompts, 16)
   local greedy = core.clock() - t0
-  local ref_fw = greedy + fresh_forward(rb.files.fp32, seqs) + fresh_forward(rb.files.bf16, seqs)
-  local tgt_fw = fresh_forward(pb.files.bf16, seqs) + fresh_forward(pb.files.fp32, seqs)
-  local common = ("--out %s --cache-dir %s"):format(tmp .. "/out", tmp .. "/cache")
+  local ref_fw = greedy + fresh_forward(rb.files.fp32, seqs) + (only32 and 0 or fresh_forward(rb.files.bf16, seqs))
+  local tgt_fw = (only32 and 0 or fresh_forward(pb.files.bf16, seqs)) + fresh_forward(pb.files.fp32, seqs)
+  local common = ("--out %s --cache-dir %s%s"):format(tmp .. "/out", tmp .. "/cache", dtype_flag)
+  local largest, largest_bytes = nil, 0
+  for _, b in ipairs({ rb, pb }) do
+    for _, file in pairs(b.files) do
+      local n = tonumber(io.popen("stat -c %s " .. file):read("*l"))
+      if n > largest_bytes and (b.files.fp32 == file or not only32) then largest, largest_bytes = file, n end
+    end
+  end
+  local one_rss = select(2, run(("%s run %s %s %d"):format(parity_bin, one_script, largest, rb:vocab_size())))
+  local rss_goal = 1.3 * (one_rss - start_rss) + start_rss
   local cold, cold_rss, cold_log = run(("%s check %s %s %s --no-cache"):format(parity_bin, ref, port, common))
   local cold_forwards = parity.json.read(tmp .. "/out/run.json").forwards
   os.execute(("%s check %s %s %s --quiet >/dev/null 2>&1"):format(parity_bin, ref, port, common))  -- fills the cache
@@ -87,7 +110,7 @@ for _, size in ipairs(sizes) do
   -- and the component sweep's model runs: parity's own work
   local rest = sweep_runs and smoke and warm - start - tgt_fw - smoke - sweep_runs
   local r = {
-    size = size, parameters = params, reference_bytes = bytes,
+    size = spec, parameters = params, reference_bytes = bytes, low_precision = low,
     gate_s = gate, gate_forwards_s = gate_fw, gate_ratio = gate / (start + gate_fw),
     check_cold_s = cold, check_cold_forwards_s = ref_fw + tgt_fw, check_cold_ratio = cold / (start + ref_fw + tgt_fw),
     check_cold_reference_s = cold_reference,
@@ -97,6 +120,9 @@ for _, size in ipairs(sizes) do
     component_sweep_s = sweep, component_sweep_ratio = sweep and sweep / tgt_fw, smoke_s = smoke,
     check_cached_rest_s = rest,
     peak_rss_mb = math.max(cold_rss, warm_rss),
+    -- the memory goal: 1.3 x (the largest trace and its activations) + the start-up's RSS
+    largest_trace_mb = largest_bytes / 2 ^ 20, largest_trace_run_rss_mb = one_rss, start_rss_mb = start_rss,
+    rss_goal_mb = rss_goal, rss_over_goal = math.max(cold_rss, warm_rss) / rss_goal,
     -- the cached check over what it cannot do without: the start and the model runs it makes
     check_cached_overhead = rest and warm / (warm - rest),
     peak_rss_per_model_size = math.max(cold_rss, warm_rss) / (bytes / 2 ^ 20),
@@ -108,8 +134,10 @@ for _, size in ipairs(sizes) do
   rows[#rows + 1] = r
 end
 os.execute("rm -rf " .. tmp)
+os.remove(one_script)
 parity.json.write(out_json, results)
-print(("start-up (parity version): %.2f s; %d threads; median of %d"):format(start, results.threads, repeats))
+print(("start-up (parity version): %.2f s, RSS %.0f MB; %d threads; median of %d"):format(start, start_rss,
+  results.threads, repeats))
 print(("%-5s %8s | %7s %7s %6s | %8s %8s %6s %6s | %8s %8s %6s | %6s %6s %6s %6s %8s"):format("size", "params", "gate",
   "fwds", "ratio", "check", "fwds", "ratio", "rest", "cached", "fwds", "ratio", "sweep", "smoke", "rest", "ovh",
   "RSS MB"))
@@ -122,6 +150,13 @@ for _, r in ipairs(rows) do
 end
 local function counts(f) return ("%d tf, %d dec, %d comp, %d loads (%d reloads)"):format(f.teacher_forced,
   f.decoding_steps, f.component_runs, f.loads, f.reloads) end
+print("memory: peak RSS of the checks against the goal, 1.3 x (the largest trace and its activations: a process")
+print("running it once on [4, 32] tokens, less the start-up's RSS) + the start-up's RSS")
+for _, r in ipairs(rows) do
+  print(("%-8s largest trace %6.0f MB, its run %6.0f MB; goal %6.0f MB; cold %6.0f MB, cached %6.0f MB: %.2f x the goal")
+    :format(r.size, r.largest_trace_mb, r.largest_trace_run_rss_mb, r.rss_goal_mb, r.check_cold_peak_rss_mb,
+    r.check_cached_peak_rss_mb, r.rss_over_goal))
+end
 print("forwards (run.json): teacher-forced passes, decoding steps, component runs, model loads (reloads)")
 for _, r in ipairs(rows) do
   print(("%-5s cold: %s; cached: %s"):format(r.size, counts(r.check_cold_forwards), counts(r.check_cached_forwards)))
