@@ -2,7 +2,8 @@
 # (Debian packages), configure, build and generate the fixture models first.
 BUILD ?= build
 JOBS ?= $(shell nproc)
-# make bench: the generated models' sizes (bench/make_models.py: s 19M parameters, m 56M, l 207M)
+# make bench: the generated models' sizes (bench/make_models.py: s 19M parameters, m 56M, l 207M,
+# xl 1.1B; SIZE@fp32 checks one as an fp32-only port, e.g. BENCH_SIZES="s m xl@fp32" BENCH_REPEATS=1)
 BENCH_SIZES ?= s m
 BENCH_REPEATS ?= 3
 # Another LibTorch than Debian's 1.13 (docs/build.md): its CMake prefix, e.g. a pip torch's

@@ -22,10 +22,35 @@ at::Tensor& check_tensor(lua_State* L, int idx) {
   return *static_cast<at::Tensor*>(luaL_checkudata(L, idx, kTensorMeta));
 }
 
+// NOTE [ One userdata per tensor ]
+// A tensor pushed while Lua holds it already is the same userdata (a weak-valued registry table
+// keyed by its TensorImpl): the captures a tapped run shares (NOTE [ Captures shared ] in
+// host/taps.cpp) stay one tensor in Lua, where a table keyed by them (a cache file's entries)
+// sees them once, and their bytes are noted once. Lua has no in-place tensor ops.
+static char kInternKey;
+
 void push_tensor(lua_State* L, at::Tensor t) {
+  const void* impl = t.defined() ? t.unsafeGetTensorImpl() : nullptr;
+  if (impl) {
+    lua_pushlightuserdata(L, &kInternKey);
+    lua_rawget(L, LUA_REGISTRYINDEX);  // [interned]
+    lua_pushlightuserdata(L, const_cast<void*>(impl));
+    lua_rawget(L, -2);  // [interned, udata|nil]
+    lua_remove(L, -2);
+    if (!lua_isnil(L, -1)) return;
+    lua_pop(L, 1);
+  }
   note_native_bytes(L, t.defined() ? t.nbytes() : 0);  // NOTE [ GC accounting ] in vm.hpp
   new (lua_newuserdata(L, sizeof(at::Tensor))) at::Tensor(std::move(t));  // [udata]
   luaL_setmetatable(L, kTensorMeta);
+  if (impl) {
+    lua_pushlightuserdata(L, &kInternKey);
+    lua_rawget(L, LUA_REGISTRYINDEX);  // [udata, interned]
+    lua_pushlightuserdata(L, const_cast<void*>(impl));
+    lua_pushvalue(L, -3);
+    lua_rawset(L, -3);  // interned[impl] = udata
+    lua_pop(L, 1);
+  }
 }
 
 namespace {
@@ -191,6 +216,20 @@ int tensor_len(lua_State* L) {
 int tensor_gc(lua_State* L) {  // idempotent, never throws
   if (auto* t = test_tensor(L, 1)) {
     release_native_bytes(L, t->defined() ? t->nbytes() : 0);
+    if (t->defined()) {  // (called by hand, the interned entry would outlive the tensor)
+      lua_pushlightuserdata(L, &kInternKey);
+      lua_rawget(L, LUA_REGISTRYINDEX);  // [interned]
+      lua_pushlightuserdata(L, t->unsafeGetTensorImpl());
+      lua_rawget(L, -2);
+      bool mine = lua_rawequal(L, -1, 1);
+      lua_pop(L, 1);
+      if (mine) {
+        lua_pushlightuserdata(L, t->unsafeGetTensorImpl());
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+      }
+      lua_pop(L, 1);
+    }
     t->~Tensor();
     lua_pushnil(L);
     lua_setmetatable(L, 1);  // no longer a Tensor
@@ -258,6 +297,13 @@ const luaL_Reg kMeta[] = {
 }  // namespace
 
 void open_tensor(lua_State* L) {
+  lua_pushlightuserdata(L, &kInternKey);  // NOTE [ One userdata per tensor ]
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   luaL_newmetatable(L, kTensorMeta);  // [meta]
   luaL_setfuncs(L, kMeta, 0);
   lua_newtable(L);  // [meta, methods]

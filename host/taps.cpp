@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <unordered_map>
 
 namespace parity {
 namespace {
@@ -20,6 +21,18 @@ namespace {
 // the same paths, e.g. a reference and a target; METHOD is the graph's: a traced module called
 // from two places has forward and forward1), slot (input i: i; output j: -1 - j) and the number
 // of tapped inputs (a call starts at input 0, or at output 0 for a module without tensor inputs).
+// NOTE [ Captures shared ]
+// A captured tensor is a copy (the graph may modify it in place after the tap), but one copy
+// per tensor while it is unmodified: a layer's output is the next layer's input, a norm's output
+// the q, k and v projections' input, and each of those captures is the same copy (a third of
+// a Llama layer's captures). The same tensor is the same TensorImpl (the weak reference keeps
+// its address from being reused) at the same version (an in-place op bumps it).
+struct Copy {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> of;
+  int64_t version = 0;
+  at::Tensor copy;
+};
+
 struct TapRun {
   const TapState* state = nullptr;
   bool capture_all = false;
@@ -30,6 +43,7 @@ struct TapRun {
   std::map<std::string, PatchCall> patch_in;   // patched path -> its current call's inputs
   std::map<std::string, std::vector<at::Tensor>> patch_out;  // ... and the patch's outputs
   std::string patch_error;  // a patch's error: what the run ends with, without TorchScript's traceback
+  std::unordered_map<const c10::TensorImpl*, Copy> copies;  // NOTE [ Captures shared ]
 };
 TapRun* active = nullptr;  // set for the duration of a tapped run (the interpreter runs on one thread)
 int inert = 0;             // > 0 inside a patch's call of the original: every tap passes its value on
@@ -62,6 +76,17 @@ at::Tensor patched_output(TapRun& run, const Patch& patch, const std::string& pa
   return t;
 }
 
+/// The captured copy of x (NOTE [ Captures shared ]).
+at::Tensor captured(TapRun& run, const at::Tensor& x) {
+  if (x.is_inference()) return x.clone();  // (no version counter)
+  const c10::TensorImpl* impl = x.unsafeGetTensorImpl();
+  auto it = run.copies.find(impl);
+  if (it != run.copies.end() && !it->second.of.expired() && it->second.version == x._version()) return it->second.copy;
+  Copy c{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(x.getIntrusivePtr()), x._version(),
+         x.clone()};
+  return run.copies.insert_or_assign(impl, std::move(c)).first->second.copy;
+}
+
 at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_t n_inputs) {
   TapRun* run = active;
   if (!run || inert > 0) return x;
@@ -86,7 +111,7 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
             throw std::invalid_argument(fmt::format("inject {} call {} input {}: shape [{}] where the model has [{}]",
                                                     path, call, slot, fmt::join(s->second.sizes(), ", "),
                                                     fmt::join(x.sizes(), ", ")));
-          out = s->second.to(x.options());
+          out = s->second.to(x.options(), /*non_blocking=*/false, /*copy=*/true);  // (the graph may write it in place)
         }
       }
     }
@@ -118,8 +143,7 @@ at::Tensor tap_kernel(const at::Tensor& x, std::string key, int64_t slot, int64_
   if (run->calls && (run->capture_all || run->capture.count(path))) {
     auto& list = (*run->calls)[path];
     if (starts || list.empty()) list.emplace_back();
-    // a copy: the graph may modify the tensor in place after the tap
-    (slot >= 0 ? list.back().inputs : list.back().outputs).push_back(out.clone());
+    (slot >= 0 ? list.back().inputs : list.back().outputs).push_back(captured(*run, out));
   }
   return out;
 }

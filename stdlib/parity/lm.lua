@@ -237,15 +237,17 @@ end
 ---@return {head: string|nil, input: integer|nil, why: string|nil} info filled by the first call
 function M.decoding_forward(bundle, dtype)
   local who = ("%s (%s)"):format(bundle.path, dtype)
-  local info, module, started = {}, nil, false
+  -- (the module is the bundle's at each call, not held between them: a model loaded after it
+  -- lets go of it under the one-at-a-time policy, parity.bundle)
+  local info, started = {}, false
   -- a run of the tapped module; `request` names a capture (the head: small), else it would capture every module
   local function run(tokens, request)
-    local ok, out = pcall(function() return M.logits_of(module:run_tapped({ tokens }, request), who):float() end)
+    local ok, out = pcall(function() return M.logits_of(bundle:at(dtype):run_tapped({ tokens }, request), who):float() end)
     if not ok then return nil, require("parity.errors").clean(out) end
     return out
   end
   local function first(tokens)
-    module = bundle:at(dtype)
+    local module = bundle:at(dtype)
     local ok, out, calls = pcall(module.run_tapped, module, { tokens })
     if not ok then return M.forward(bundle, dtype, tokens) end  -- which says what fails
     local whole = M.logits_of(out, who):float()

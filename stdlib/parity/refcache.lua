@@ -6,7 +6,7 @@ local core = require("parity.core")
 
 local M = {}
 
-local FORMAT = 4  -- bump when what the reference cache stores changes
+local FORMAT = 5  -- bump when what the reference cache stores changes
 
 --- The methods M.install adds to parity.Context (context.lua declares its fields).
 ---@class parity.Context
@@ -182,16 +182,39 @@ function Context:reference_captures(paths)
   return calls, source
 end
 
+--- A JSON value as a cache entry's tensor (its text's bytes, uint8).
+---@param value any
+---@return parity.Tensor
+function M.json_tensor(value)
+  local text, bytes = core.json.encode(value), {}
+  for i = 1, #text do bytes[i] = text:byte(i) end
+  return torch.tensor(bytes, { dtype = "uint8" })
+end
+
+--- M.json_tensor's tensor back as its value (nil when it is not one).
+---@param t parity.Tensor|nil
+---@return any
+function M.tensor_json(t)
+  if not (t and t:dtype() == "uint8" and t:dim() == 1) then return nil end
+  local bytes, parts = t:tolist(), {}
+  for i = 1, #bytes, 4096 do parts[#parts + 1] = string.char(unpack(bytes, i, math.min(i + 4095, #bytes))) end
+  local ok, value = pcall(core.json.decode, table.concat(parts), "a cache entry")
+  return ok and value or nil
+end
+
 --- Captured calls as named tensors: p<i>.c<k>.i<j> (input j of call k of paths[i]) and p<i>.c<k>.o
---- (its first output), and "calls" (each path's number of calls); with their size in bytes.
+--- (its first output), "calls" (each path's number of calls) and "same": a tensor captured more
+--- than once (a layer's output is the next layer's input) is written once, and "same" lists the
+--- names that stand for an earlier one, each followed by that one's; with their size in bytes.
 ---@param calls table<string, parity.TapCall[]>
 ---@param paths string[]
 ---@return table<string, parity.Tensor> tensors
 ---@return number bytes
 function M.encode_calls(calls, paths)
-  local out, counts, bytes = {}, {}, 0
+  local out, counts, bytes, named, same = {}, {}, 0, {}, {}
   local function put(name, t)
-    out[name], bytes = t:contiguous(), bytes + t:nbytes()
+    if named[t] then same[#same + 1], same[#same + 2] = name, named[t] return end
+    named[t], out[name], bytes = name, t:contiguous(), bytes + t:nbytes()
   end
   for i, p in ipairs(paths) do
     local list = calls[p] or {}
@@ -202,6 +225,7 @@ function M.encode_calls(calls, paths)
     end
   end
   out.calls = torch.tensor(#counts > 0 and counts or { 0 }, { dtype = "int64" }):narrow(0, 0, #paths)
+  out.same = M.json_tensor(core.json.array(same))
   return out, bytes
 end
 
@@ -212,6 +236,10 @@ end
 function M.decode_calls(t, paths)
   local counts = t.calls
   if not counts or counts:dtype() ~= "int64" or counts:dim() ~= 1 or counts:size(0) ~= #paths then return nil end
+  local same = M.tensor_json(t.same)
+  if type(same) ~= "table" then return nil end
+  t = setmetatable({}, { __index = t })
+  for i = 1, #same - 1, 2 do t[same[i]] = t[same[i + 1]] end
   local calls = {}
   for i, n in ipairs(counts:tolist()) do
     if n > 0 then

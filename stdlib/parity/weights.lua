@@ -302,10 +302,8 @@ function M.encode_summary(s)
     out["w" .. i .. ".rows"], out["w" .. i .. ".max"] = fp.rows, torch.tensor({ fp.max }, { dtype = "float64" })
     shapes[i] = core.json.array(fp.shape)
   end
-  local text = core.json.encode({ modules = s.infos, names = core.json.array(names), shapes = core.json.array(shapes) })
-  local bytes = {}
-  for i = 1, #text do bytes[i] = text:byte(i) end
-  out.index = torch.tensor(bytes, { dtype = "uint8" })
+  out.index = require("parity.refcache").json_tensor({ modules = s.infos, names = core.json.array(names),
+                                                      shapes = core.json.array(shapes) })
   return out
 end
 
@@ -313,11 +311,8 @@ end
 ---@param t table<string, parity.Tensor>
 ---@return parity.WeightSummary|nil
 function M.decode_summary(t)
-  if not (t.index and t.index:dtype() == "uint8" and t.index:dim() == 1) then return nil end
-  local bytes, parts = t.index:tolist(), {}
-  for i = 1, #bytes, 4096 do parts[#parts + 1] = string.char(unpack(bytes, i, math.min(i + 4095, #bytes))) end
-  local ok, index = pcall(core.json.decode, table.concat(parts), "a weight summary")
-  if not ok or type(index) ~= "table" or type(index.names) ~= "table" then return nil end
+  local index = require("parity.refcache").tensor_json(t.index)
+  if type(index) ~= "table" or type(index.names) ~= "table" then return nil end
   local params = {}
   for i, name in ipairs(index.names) do
     local rows, max = t["w" .. i .. ".rows"], t["w" .. i .. ".max"]

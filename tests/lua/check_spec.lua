@@ -483,9 +483,13 @@ describe("check", function()
       return { inputs = inputs, outputs = { torch.randn({ 2, 3 }, { seed = seed + 99 }), inputs[1] } }
     end
     local calls = { ["a.b"] = { call(1, 1), call(10, 2), call(20, 3) }, c = { call(30, 1) } }
+    -- a tensor captured twice (an output that is the next call's input) is written once
+    calls.c[1].inputs[1] = calls["a.b"][3].outputs[1]
     local paths = { "a.b", "never", "c" }
     local tensors, bytes = refcache.encode_calls(calls, paths)
-    truthy(bytes > 0)
+    eq(bytes, (1 + 2 + 3 + 4) * 6 * 4 + 4 * 2 * 8)  -- (the float inputs, c's shared, and outputs; the int64 ones)
+    eq({ tensors["p3.c1.i1"], parity.json.decode(string.char(unpack(tensors.same:tolist()))) },
+       { nil, { "p3.c1.i1", "p1.c3.o" } })
     parity.tensors.save(tmp .. "/calls.safetensors", tensors)
     local back = refcache.decode_calls(parity.tensors.load(tmp .. "/calls.safetensors"), paths)
     eq({ back.never, #back["a.b"], #back.c }, { nil, 3, 1 })
@@ -497,6 +501,7 @@ describe("check", function()
         truthy(got.outputs[1] == c.outputs[1], p .. " call " .. k .. " output")
       end
     end
+    truthy(rawequal(back.c[1].inputs[1], back["a.b"][3].outputs[1]), "read back as one tensor")
     eq(refcache.decode_calls(tensors, { "a.b" }), nil, "another set of paths")
   end)
 

@@ -22,6 +22,8 @@ describe("taps", function()
     eq(#calls["model.rotary_emb"], 1)
     eq(shapes(calls["model.layers.0"][1].inputs), { "2x7x64", "2x7x16", "2x7x16" })
     truthy(torch.equal(calls["model.layers.0"][1].inputs[2], calls["model.rotary_emb"][1].outputs[1]), "cos passed on")
+    -- captured once (host/taps.cpp, NOTE [ Captures shared ]): the same tensor in Lua
+    truthy(rawequal(calls["model.layers.0"][1].inputs[2], calls["model.rotary_emb"][1].outputs[1]), "one copy of cos")
     eq(shapes(calls["lm_head"][1].outputs), { "2x7x512" })
     truthy(torch.equal(calls["lm_head"][1].outputs[1], out), "the last call's output is the logits")
   end)
@@ -33,6 +35,14 @@ describe("taps", function()
     local _, calls = m:run_tapped({ x })
     eq(#calls.lin, 2)
     truthy(torch.equal(calls.lin[2].inputs[1], calls.lin[1].outputs[1]), "the second call takes the first's output")
+    truthy(rawequal(calls.lin[2].inputs[1], calls.lin[1].outputs[1]), "one copy of it")
+    -- an output written in place before the next module takes it: two captures, each as it was
+    local ip = parity.load(fx .. "/inplace.pt")
+    ip:tap({ "lin", "other" })
+    local _, c2 = ip:run_tapped({ x })
+    local before, after = c2.lin[1].outputs[1], c2.other[1].inputs[1]
+    truthy(not rawequal(before, after) and torch.equal(after, before * 2), "the in-place write seen by the next only")
+    truthy(torch.equal(before, ip:child("lin")(x)), "the output as lin returned it")
     eq(#calls.other, 1)
     spec.raises(function() m:run_tapped({ x }, { captur = { "lin" } }) end,
       "run_tapped: unknown option 'captur' (known: capture, inject, last_position)")
