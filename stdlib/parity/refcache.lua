@@ -142,14 +142,16 @@ end
 ---@return parity.WeightSummary|nil
 function Context:reference_weights(dtype)
   local t = self:reference_extra("weights_" .. dtype)
-  return t and require("parity.weights").decode_summary(t)
+  return t and require("parity.weights").decode_summary(t, M.tensor_json(t.index))
 end
 
 --- Caches the reference's weight summary at `dtype` (read back by Context:reference_weights).
 ---@param dtype string
 ---@param summary parity.WeightSummary
 function Context:cache_reference_weights(dtype, summary)
-  self:cache_reference_extra("weights_" .. dtype, require("parity.weights").encode_summary(summary))
+  local t, index = require("parity.weights").encode_summary(summary)
+  t.index = M.json_tensor(index)
+  self:cache_reference_extra("weights_" .. dtype, t)
 end
 
 --- The reference's calls of `paths` in its tapped forward at the anchor precision on the check's

@@ -288,10 +288,11 @@ function M.summary(module)
   return setmetatable({ infos = module:modules(), params = params }, Summary)
 end
 
---- A summary as named tensors (a cache entry): "index", its modules and parameters' names and
---- shapes as JSON bytes, and each parameter's sketch and largest magnitude.
+--- A summary as named tensors (each parameter's sketch and largest magnitude) and an index (a
+--- JSON value: its modules and its parameters' names and shapes): a cache entry's parts.
 ---@param s parity.WeightSummary
----@return table<string, parity.Tensor>
+---@return table<string, parity.Tensor> tensors
+---@return table index
 function M.encode_summary(s)
   local names = {}
   for name in pairs(s.params) do names[#names + 1] = name end
@@ -302,16 +303,14 @@ function M.encode_summary(s)
     out["w" .. i .. ".rows"], out["w" .. i .. ".max"] = fp.rows, torch.tensor({ fp.max }, { dtype = "float64" })
     shapes[i] = core.json.array(fp.shape)
   end
-  out.index = require("parity.refcache").json_tensor({ modules = s.infos, names = core.json.array(names),
-                                                      shapes = core.json.array(shapes) })
-  return out
+  return out, { modules = s.infos, names = core.json.array(names), shapes = core.json.array(shapes) }
 end
 
---- M.encode_summary's tensors back as a summary (nil when they are not one).
+--- M.encode_summary's tensors and index back as a summary (nil when they are not one).
 ---@param t table<string, parity.Tensor>
+---@param index any
 ---@return parity.WeightSummary|nil
-function M.decode_summary(t)
-  local index = require("parity.refcache").tensor_json(t.index)
+function M.decode_summary(t, index)
   if type(index) ~= "table" or type(index.names) ~= "table" then return nil end
   local params = {}
   for i, name in ipairs(index.names) do
