@@ -137,6 +137,17 @@ bool check_options(lua_State* L, int idx, const char* what, std::initializer_lis
   return true;
 }
 
+std::vector<std::string> check_strings(lua_State* L, int idx) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  std::vector<std::string> out;
+  for (int i = 1, n = static_cast<int>(lua_objlen(L, idx)); i <= n; ++i) {
+    lua_rawgeti(L, idx, i);
+    out.emplace_back(luaL_checkstring(L, -1));
+    lua_pop(L, 1);
+  }
+  return out;
+}
+
 int64_t check_whole(lua_State* L, int idx, const char* what, double lo, double hi) {
   double v = lua_tonumber(L, idx);
   if (lua_type(L, idx) != LUA_TNUMBER || v != std::floor(v) || v < lo || v > hi)

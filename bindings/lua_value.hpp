@@ -34,6 +34,9 @@ void push_op_closure(lua_State* L, const std::string& qualified);
 /// when it is not a table or holds a key outside `known` (a misspelt option is never ignored).
 bool check_options(lua_State* L, int idx, const char* what, std::initializer_list<const char*> known);
 
+/// The strings of the Lua array at `idx` (an error for another type).
+std::vector<std::string> check_strings(lua_State* L, int idx);
+
 /// A whole number in lo..hi at `idx`, or an error naming `what` (sizes, seeds: never truncated).
 int64_t check_whole(lua_State* L, int idx, const char* what, double lo, double hi);
 

@@ -176,18 +176,6 @@ int module_eval(lua_State* L) {
   return 1;
 }
 
-/// The strings of the Lua array at `idx`.
-std::vector<std::string> check_strings(lua_State* L, int idx) {
-  luaL_checktype(L, idx, LUA_TTABLE);
-  std::vector<std::string> out;
-  for (int i = 1, n = static_cast<int>(lua_objlen(L, idx)); i <= n; ++i) {
-    lua_rawgeti(L, idx, i);
-    out.emplace_back(luaL_checkstring(L, -1));
-    lua_pop(L, 1);
-  }
-  return out;
-}
-
 /// m:tap({paths}[, {skip_shared = true}]) -> { {path, inputs, outputs, untapped = {...}[, refused]}, ... }:
 /// splices taps (before the module's first run)
 int module_tap(lua_State* L) {

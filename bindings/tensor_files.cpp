@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <optional>
 
 #include "bindings/lua_value.hpp"
 #include "bindings/vm.hpp"
@@ -20,11 +21,20 @@ bool ends_with(const std::string& s, const char* suffix) {
       fmt::format("{}: unknown tensor file type (use .safetensors, .npy, or raw .bin with a .json sidecar)", path));
 }
 
-/// tensors.load(path) -> {name = Tensor}, metadata   (.npy, .bin: {stem = Tensor})
+/// tensors.load(path[, {names = {...}}]) -> {name = Tensor}, metadata   (.npy, .bin: {stem = Tensor});
+/// `names`: of a safetensors file, just those tensors (those it has)
 int tensors_load(lua_State* L) {
   std::string path = luaL_checkstring(L, 1);
+  std::optional<std::vector<std::string>> names;
+  if (check_options(L, 2, "tensors.load", {"names"})) {
+    lua_getfield(L, 2, "names");
+    if (!lua_isnil(L, -1)) names = check_strings(L, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  if (names && !ends_with(path, ".safetensors"))
+    throw std::invalid_argument(fmt::format("{}: names choose tensors of a .safetensors file", path));
   if (ends_with(path, ".safetensors")) {
-    auto file = read_safetensors(path);
+    auto file = read_safetensors(path, names ? &*names : nullptr);
     push_named_tensors(L, file.tensors);
     lua_newtable(L);
     for (const auto& [k, v] : file.metadata) {

@@ -2,6 +2,7 @@
 // created temporary file in the same directory + rename), private directories.
 #pragma once
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace parity {
@@ -30,6 +31,8 @@ std::string read_file(const std::string& path);
 /// is "PATH.tmp.PID" (or "PATH.tmp.PID.N", N = 1..15, when that name is taken), created
 /// exclusively and never through a link: NOTE [ Temporary files ] in files.cpp.
 void write_file_atomic(const std::string& path, const std::string& data);
+/// The same for data in pieces, written one after another (no copy of them joined).
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
 
 /// Removes the temporary files write_file_atomic left in `dir` when its process was killed:
 /// regular files (never a link, never a directory) named exactly as it names them, whose PID

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+#include <unordered_set>
 
 #include "host/dtype.hpp"
 #include "host/files.hpp"
@@ -85,13 +86,16 @@ struct Mapped {
 
 }  // namespace
 
-SafetensorsFile read_safetensors(const std::string& path) {
+SafetensorsFile read_safetensors(const std::string& path, const std::vector<std::string>* only) {
   Mapped file(path);
   SafetensorsLayout layout = parse_safetensors(file.data, file.size, path);
   SafetensorsFile out;
   out.metadata = std::move(layout.metadata);
+  std::unordered_set<std::string_view> wanted;
+  if (only) wanted.insert(only->begin(), only->end());
   for (const auto& span : layout.tensors)
-    out.tensors.emplace_back(span.name, make_tensor(file.data, span, false, path));
+    if (!only || wanted.count(span.name))
+      out.tensors.emplace_back(span.name, make_tensor(file.data, span, false, path));
   return out;
 }
 
@@ -120,14 +124,14 @@ void write_safetensors(const std::string& path, const NamedTensorList& tensors,
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  std::string blob(8, '\0');
+  std::string head(8, '\0');
   uint64_t n = text.size();
-  std::memcpy(blob.data(), &n, 8);
-  blob += text;
-  blob.reserve(blob.size() + offset);
+  std::memcpy(head.data(), &n, 8);
+  head += text;
+  std::vector<std::string_view> pieces{head};  // the tensors' bytes are written from where they are
   for (const auto& [name, t] : sorted)
-    blob.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-  write_file_atomic(path, blob);
+    pieces.emplace_back(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  write_file_atomic(path, pieces);
 }
 
 // ---- raw .bin + JSON sidecar ------------------------------------------------------------

@@ -15,12 +15,13 @@ using NamedTensorList = std::vector<std::pair<std::string, at::Tensor>>;
 /// U32 -> int64, U64 -> int64 (error if a value exceeds int64), F8_E4M3/F8_E5M2 -> float32.
 /// Enforced: header length bounded (100 MB) and inside the file, valid JSON object, known
 /// dtypes, byte size = numel * itemsize, offsets inside the data, no overlaps or gaps.
-/// Throws std::runtime_error "PATH: problem".
+/// Throws std::runtime_error "PATH: problem". With `only`, just the tensors of those names
+/// (the file is mapped: the others' bytes are never read; every span is still checked).
 struct SafetensorsFile {
   NamedTensorList tensors;
   std::vector<std::pair<std::string, std::string>> metadata;
 };
-SafetensorsFile read_safetensors(const std::string& path);
+SafetensorsFile read_safetensors(const std::string& path, const std::vector<std::string>* only = nullptr);
 
 /// Writes tensors (names sorted, header padded to 8 bytes) atomically.
 void write_safetensors(const std::string& path, const NamedTensorList& tensors,

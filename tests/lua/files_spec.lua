@@ -14,6 +14,22 @@ describe("parity.tensors", function()
     eq(meta.note, "hi")
   end)
 
+  it("reads just the tensors named, byte for byte as the whole file's", function()
+    local whole = {}
+    for i = 1, 5 do whole["t" .. i] = torch.randn({ i, 3 }, { seed = i }):to(i % 2 == 0 and "bf16" or "float32") end
+    parity.tensors.save(dir .. "/some.safetensors", whole, { note = "kept" })
+    local t, meta = parity.tensors.load(dir .. "/some.safetensors", { names = { "t4", "t2", "none" } })
+    local names = {}
+    for name in pairs(t) do names[#names + 1] = name end
+    table.sort(names)
+    eq(names, { "t2", "t4" }, "those named that it has")
+    truthy(t.t2 == whole.t2 and t.t4 == whole.t4, "their values")
+    eq(meta.note, "kept")
+    eq(next((parity.tensors.load(dir .. "/some.safetensors", { names = {} }))), nil, "none named: none read")
+    raises(function() parity.tensors.load(dir .. "/some.safetensors", { name = { "t1" } }) end, "unknown option 'name'")
+    raises(function() parity.tensors.load(dir .. "/x.npy", { names = { "x" } }) end, "names choose tensors of a .safetensors")
+  end)
+
   it("round-trips .npy", function()
     local x = torch.randn({ 4 }, { seed = 2 })
     parity.tensors.save(dir .. "/x.npy", x)
