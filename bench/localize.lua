@@ -11,15 +11,18 @@
 -- of the low precision alone (class precision) is then no bug; with --two-tensor too, against the
 -- reference's fp32 reassociation level, as if the references had no low precision.
 -- --keep DIR keeps each case's results directory as DIR/<case> (to compare two versions' JSON).
--- --sweep full tests every component (check --sweep full). Fixture cases are listed below.
+-- --sweep full tests every component (check --sweep full); --max-capture-mb N spills the captures
+-- past N MiB (0: all of them) to a file read back a component at a time. Fixture cases are listed below.
 local parity = require("parity")
 local args = { ... }
-local baseline, fp32, keep, sweep
-while args[1] == "--two-tensor" or args[1] == "--fp32" or args[1] == "--keep" or args[1] == "--sweep" do
+local baseline, fp32, keep, sweep, capture_mb
+while args[1] == "--two-tensor" or args[1] == "--fp32" or args[1] == "--keep" or args[1] == "--sweep"
+  or args[1] == "--max-capture-mb" do
   local flag = table.remove(args, 1)
   if flag == "--fp32" then fp32 = true
   elseif flag == "--keep" then keep = table.remove(args, 1)
   elseif flag == "--sweep" then sweep = table.remove(args, 1)
+  elseif flag == "--max-capture-mb" then capture_mb = assert(tonumber(table.remove(args, 1)), "--max-capture-mb N")
   else baseline = "2-tensor" end
 end
 local fx = args[1]
@@ -91,7 +94,7 @@ for _, c in ipairs(cases) do
   if fp32 and c[4] == "precision" then c[3], c[4] = nil, nil end  -- none in fp32
   local dir = keep and ("%s/%s"):format(keep, (c[2]:gsub("^.*/([^/]+)/([^/]+)$", "%1_%2"))) or out .. ".d"
   local v = parity.check({ reference = c[1], target = fp32 and c[2] .. "/fp32.pt" or c[2], out = dir,
-    log = function() end, baseline = baseline, dtype = fp32 and "fp32" or nil, sweep = sweep })
+    log = function() end, baseline = baseline, dtype = fp32 and "fp32" or nil, sweep = sweep, max_capture_mb = capture_mb })
   local f = v.first_divergence  -- absent when there is none
   local got = f and ("%s (%s)"):format(f.target, f.cause.class) or "none"
   local ok

@@ -78,12 +78,14 @@ at::Tensor patched_output(TapRun& run, const Patch& patch, const std::string& pa
 
 /// The captured copy of x (NOTE [ Captures shared ]).
 at::Tensor captured(TapRun& run, const at::Tensor& x) {
-  if (x.is_inference()) return x.clone();  // (no version counter)
+  // contiguous: a copy is what a file of captures gives back (parity.captures), bit for bit in
+  // every figure computed from it (a float64 sum runs in memory order)
+  if (x.is_inference()) return x.clone(at::MemoryFormat::Contiguous);  // (no version counter)
   const c10::TensorImpl* impl = x.unsafeGetTensorImpl();
   auto it = run.copies.find(impl);
   if (it != run.copies.end() && !it->second.of.expired() && it->second.version == x._version()) return it->second.copy;
   Copy c{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(x.getIntrusivePtr()), x._version(),
-         x.clone()};
+         x.clone(at::MemoryFormat::Contiguous)};
   return run.copies.insert_or_assign(impl, std::move(c)).first->second.copy;
 }
 

@@ -3,6 +3,7 @@
 --- (the reference's side, computed once and cached by parity.refcache; the target's logits,
 --- tapped where the scaffold stage paired components). Stages get it as their first argument.
 local core = require("parity.core")
+local captures = require("parity.captures")
 local bundle = require("parity.bundle")
 local lm = require("parity.lm")
 local mapping = require("parity.mapping")
@@ -38,7 +39,7 @@ local M = {}
 ---@field inputs_file string|nil  the --inputs file
 ---@field given_sequences parity.Tensor|nil  whole sequences [K, P + N] from a file parity inputs wrote
 ---@field sweep "adaptive"|"full" which components the components stage tests (parity.stages.components)
----@field max_capture_mb integer the most captured tensors a check keeps in the reference cache, in MiB
+---@field max_capture_mb integer the most captured tensors of a forward a check holds in memory (past it they spill to OUT/captures: Context:hold) and keeps in the reference cache, in MiB
 ---@field out string          results directory
 ---@field log fun(msg: string)
 ---@field quiet boolean|nil   no progress on stderr
@@ -439,8 +440,43 @@ function Context:tapped_logits(side, dtype, sequences)
     self.memo.tap_error = out
     return nil
   end
+  calls = self:hold(calls, side == "reference" and ref_paths or tgt_paths, side .. "_" .. dtype)
   self.memo[("calls_%s_%s"):format(side, dtype)] = calls
   return lm.logits_of(out, ("%s (%s)"):format(b.path, dtype)):float()
+end
+
+--- A tapped forward's captured calls as the check holds them: in memory up to --max-capture-mb
+--- (Context.max_capture_mb), past it written to OUT/captures/NAME.safetensors and read back a
+--- path at a time (parity.captures: the sweep then holds a component's captures at a time, not
+--- the model's): `calls` is emptied then. The files go when the check ends (Context:close).
+---@param calls table<string, parity.TapCall[]>|nil
+---@param paths string[] the paths captured
+---@param name string which forward: "reference_fp32", "target_bf16", ...
+---@return table<string, parity.TapCall[]>|nil
+function Context:hold(calls, paths, name)
+  if not calls or captures.on_file(calls) then return calls end
+  local bytes = captures.bytes(calls, paths)
+  if bytes <= self.max_capture_mb * 2 ^ 20 then return calls end
+  local file = ("%s/captures/%s.safetensors"):format(self.out, name)
+  core.tensors.save(file, captures.encode(calls, paths))
+  self.memo.spilled = self.memo.spilled or {}
+  self.memo.spilled[#self.memo.spilled + 1] = { file = file, forward = name, bytes = bytes }
+  self.log(("captures: the %s forward's (%.0f MB) are past --max-capture-mb %d: spilled to %s, read back a"
+    .. " component at a time"):format(name:gsub("_", " "), bytes / 2 ^ 20, self.max_capture_mb, file))
+  for p in pairs(calls) do calls[p] = nil end  -- (emptied: the caller's table holds them no more,
+  core.collect()                              -- and their memory goes now, not at a later collection)
+  return captures.open(file, paths, bytes)
+end
+
+--- What the check leaves behind it, once its results are written: the captures it spilled
+--- (Context:hold) are removed. Returns what was spilled, for run.json.
+---@return {file: string, forward: string, bytes: number}[]
+function Context:close()
+  local spilled = self.memo.spilled or {}
+  for _, s in ipairs(spilled) do os.remove(s.file) end
+  if #spilled > 0 then os.remove(self.out .. "/captures") end
+  self.memo.spilled = nil
+  return spilled
 end
 
 --- The captured calls of a tapped forward (Context:tapped_logits), handed over once (the memo

@@ -3,10 +3,11 @@
 --- a key of everything it depends on, in a private directory (an entry others could write could
 --- forge a pass). Its methods are parity.Context's (refcache.install).
 local core = require("parity.core")
+local captures = require("parity.captures")
 
 local M = {}
 
-local FORMAT = 5  -- bump when what the reference cache stores changes
+local FORMAT = 6  -- bump when what the reference cache stores changes
 
 --- The methods M.install adds to parity.Context (context.lua declares its fields).
 ---@class parity.Context
@@ -99,10 +100,10 @@ end
 ---@param name string|nil nil: the reference's outputs
 ---@return table<string, parity.Tensor>|nil tensors
 ---@return string|nil why the entry is not this key's (or cannot be read)
-function Context:read_cache_entry(name)
+function Context:read_cache_entry(name, names)
   local path = self:cache_path(name)
   if core.path_kind(path) ~= "file" then return nil end
-  local ok, t, meta = pcall(core.tensors.load, path)
+  local ok, t, meta = pcall(core.tensors.load, path, names and { names = names } or nil)
   if not ok then return nil, tostring(t) end
   local want = self:cache_metadata(name)
   if type(meta) ~= "table" or meta.format ~= want.format or meta.material ~= want.material then
@@ -115,10 +116,11 @@ end
 --- same key and `name` (which says what else they depend on): {name = Tensor}, or nil when not
 --- cached (or the cache is off or the entry not this key's). Context:cache_reference_extra writes them.
 ---@param name string
+---@param names string[]|nil just these of its tensors (parity.tensors.load)
 ---@return table<string, parity.Tensor>|nil
-function Context:reference_extra(name)
+function Context:reference_extra(name, names)
   if not self:cache_on() then return nil end
-  local t, why = self:read_cache_entry(name)
+  local t, why = self:read_cache_entry(name, names)
   if why then self.log(("reference cache: %s ignored: %s"):format(self:cache_path(name), why)) end
   return t
 end
@@ -142,7 +144,7 @@ end
 ---@return parity.WeightSummary|nil
 function Context:reference_weights(dtype)
   local t = self:reference_extra("weights_" .. dtype)
-  return t and require("parity.weights").decode_summary(t, M.tensor_json(t.index))
+  return t and require("parity.weights").decode_summary(t, captures.tensor_json(t.index))
 end
 
 --- Caches the reference's weight summary at `dtype` (read back by Context:reference_weights).
@@ -150,16 +152,17 @@ end
 ---@param summary parity.WeightSummary
 function Context:cache_reference_weights(dtype, summary)
   local t, index = require("parity.weights").encode_summary(summary)
-  t.index = M.json_tensor(index)
+  t.index = captures.json_tensor(index)
   self:cache_reference_extra("weights_" .. dtype, t)
 end
 
 --- The reference's calls of `paths` in its tapped forward at the anchor precision on the check's
 --- sequences (the inputs the components stage feeds every component, and the reference's outputs
---- on them): those of the logits' forward when it ran tapped in this check, else the cache's,
---- else a forward run here. Cached, beside the reference's outputs, when they fit in
---- --max-capture-mb (Context.max_capture_mb); only the first output of each call is kept (the
---- one compared). Returns the calls and where they came from: "logits", "cache" or "forward".
+--- on them): those of the logits' forward when it ran tapped in this check, else the cache's (read
+--- back a path at a time), else a forward run here. Cached, beside the reference's outputs, when
+--- they fit in --max-capture-mb (Context.max_capture_mb: past it they spill, Context:hold); only
+--- the first output of each call is kept (the one compared). Returns the calls and where they
+--- came from: "logits", "cache" or "forward".
 ---@param paths string[] the reference paths the pairs name
 ---@return table<string, parity.TapCall[]> calls
 ---@return "logits"|"cache"|"forward" source
@@ -167,96 +170,23 @@ function Context:reference_captures(paths)
   local name = "captures_" .. core.hash_string(core.json.encode(paths))
   local calls, source = self:take_calls("reference", self.anchor), "logits"
   if not calls then
-    local cached = self:reference_extra(name)
-    calls = cached and M.decode_calls(cached, paths)
+    local cached, file = self:reference_extra(name, { "index" }), self:cache_path(name)
+    calls = cached and captures.decode(cached.index, paths, function(names)
+      return (core.tensors.load(file, { names = names }))
+    end, file)
     if calls then return calls, "cache" end
-    calls, source = select(2, self.reference:tapped_run(self.anchor, self:reference_outputs().sequences, paths)), "forward"
+    calls = select(2, self.reference:tapped_run(self.anchor, self:reference_outputs().sequences, paths))
+    calls, source = self:hold(calls, paths, "reference_" .. self.anchor), "forward"
   end
   if self:cache_on() then
-    local tensors, bytes = M.encode_calls(calls, paths)
-    if bytes <= self.max_capture_mb * 2 ^ 20 then
-      self:cache_reference_extra(name, tensors)
-    else
+    if captures.on_file(calls) then
       self.log(("reference cache: its captures (%.0f MB) are past --max-capture-mb %d: not cached, its fp32 pass"
-        .. " runs again next time"):format(bytes / 2 ^ 20, self.max_capture_mb))
+        .. " runs again next time"):format(captures.bytes(calls, paths) / 2 ^ 20, self.max_capture_mb))
+    else
+      self:cache_reference_extra(name, captures.encode(calls, paths))
     end
   end
   return calls, source
-end
-
---- A JSON value as a cache entry's tensor (its text's bytes, uint8).
----@param value any
----@return parity.Tensor
-function M.json_tensor(value)
-  local text, bytes = core.json.encode(value), {}
-  for i = 1, #text do bytes[i] = text:byte(i) end
-  return torch.tensor(bytes, { dtype = "uint8" })
-end
-
---- M.json_tensor's tensor back as its value (nil when it is not one).
----@param t parity.Tensor|nil
----@return any
-function M.tensor_json(t)
-  if not (t and t:dtype() == "uint8" and t:dim() == 1) then return nil end
-  local bytes, parts = t:tolist(), {}
-  for i = 1, #bytes, 4096 do parts[#parts + 1] = string.char(unpack(bytes, i, math.min(i + 4095, #bytes))) end
-  local ok, value = pcall(core.json.decode, table.concat(parts), "a cache entry")
-  return ok and value or nil
-end
-
---- Captured calls as named tensors: p<i>.c<k>.i<j> (input j of call k of paths[i]) and p<i>.c<k>.o
---- (its first output), "calls" (each path's number of calls) and "same": a tensor captured more
---- than once (a layer's output is the next layer's input) is written once, and "same" lists the
---- names that stand for an earlier one, each followed by that one's; with their size in bytes.
----@param calls table<string, parity.TapCall[]>
----@param paths string[]
----@return table<string, parity.Tensor> tensors
----@return number bytes
-function M.encode_calls(calls, paths)
-  local out, counts, bytes, named, same = {}, {}, 0, {}, {}
-  local function put(name, t)
-    if named[t] then same[#same + 1], same[#same + 2] = name, named[t] return end
-    named[t], out[name], bytes = name, t:contiguous(), bytes + t:nbytes()
-  end
-  for i, p in ipairs(paths) do
-    local list = calls[p] or {}
-    counts[i] = #list
-    for k, c in ipairs(list) do
-      for j, x in ipairs(c.inputs) do put(("p%d.c%d.i%d"):format(i, k, j), x) end
-      if c.outputs[1] then put(("p%d.c%d.o"):format(i, k), c.outputs[1]) end
-    end
-  end
-  out.calls = torch.tensor(#counts > 0 and counts or { 0 }, { dtype = "int64" }):narrow(0, 0, #paths)
-  out.same = M.json_tensor(core.json.array(same))
-  return out, bytes
-end
-
---- M.encode_calls's tensors back as calls (nil when they are not a whole encoding of `paths`).
----@param t table<string, parity.Tensor>
----@param paths string[]
----@return table<string, parity.TapCall[]>|nil
-function M.decode_calls(t, paths)
-  local counts = t.calls
-  if not counts or counts:dtype() ~= "int64" or counts:dim() ~= 1 or counts:size(0) ~= #paths then return nil end
-  local same = M.tensor_json(t.same)
-  if type(same) ~= "table" then return nil end
-  t = setmetatable({}, { __index = t })
-  for i = 1, #same - 1, 2 do t[same[i]] = t[same[i + 1]] end
-  local calls = {}
-  for i, n in ipairs(counts:tolist()) do
-    if n > 0 then
-      local list = {}
-      for k = 1, n do
-        local inputs, j = {}, 1
-        while t[("p%d.c%d.i%d"):format(i, k, j)] do
-          inputs[j], j = t[("p%d.c%d.i%d"):format(i, k, j)], j + 1
-        end
-        list[k] = { inputs = inputs, outputs = { t[("p%d.c%d.o"):format(i, k)] } }
-      end
-      calls[paths[i]] = list
-    end
-  end
-  return calls
 end
 
 --- Why cached reference outputs `t` cannot be these inputs' (nil when they can): each tensor of

@@ -16,6 +16,7 @@ local mapping = require("parity.mapping")
 local weights = require("parity.weights")
 local lm = require("parity.lm")
 local criteria = require("parity.criteria")
+local captures = require("parity.captures")
 local m = core.metrics
 
 local M = {}
@@ -345,7 +346,8 @@ function M.new(ctx, pairs_, ref_modules)
       end)
       forwards_s = forwards_s + core.clock() - tf
       if not ok then broken = err return end
-      cap.rlow = rlow_calls
+      cap.rlow = ctx:hold(rlow_calls, ref_paths, ("reference_%s%s"):format(dtype, two and "_perturbed" or ""))
+      rlow_calls = nil
       for n, pair in ipairs(pairs_) do
         local calls = cap.r32[pair.reference[1]]
         if calls and not noise[n] then
@@ -362,13 +364,15 @@ function M.new(ctx, pairs_, ref_modules)
       end
       child_cache = {}  -- (the reference's model goes when the next loads)
       -- of its whole run, once it measured the noise, the outputs only (an accumulated-only
-      -- divergence's evidence: the reference's own error there)
-      local outputs = {}
-      for path, list in pairs(cap.rlow or {}) do
-        outputs[path] = {}
-        for k, c in ipairs(list) do outputs[path][k] = { inputs = {}, outputs = { c.outputs[1] } } end
+      -- divergence's evidence: the reference's own error there), unless they are on file
+      if not captures.on_file(cap.rlow) then
+        local outputs = {}
+        for path, list in pairs(cap.rlow or {}) do
+          outputs[path] = {}
+          for k, c in ipairs(list) do outputs[path][k] = { inputs = {}, outputs = { c.outputs[1] } } end
+        end
+        cap.rlow = outputs
       end
-      cap.rlow = outputs
       if not failed.rlow and alone.rlow then ctx:cache_reference_extra(noise_name, noise_tensors(noise)) end
     end
     spent = spent + core.clock() - t0
@@ -453,8 +457,8 @@ function M.new(ctx, pairs_, ref_modules)
         for _, x in ipairs(calls[k].inputs) do perturbable = perturbable or is_float(x) end
         local tinputs = tcall and perturbable and alone[tcap] and alone.r32 and inputs_for(tcall.inputs, calls[k].inputs) or nil
         local isolated = tinputs ~= nil
-        local r32 = once(n, k, "r32", true, function() return r32_of(pair, k) end)
-        local ar32 = once(n, k, "ar32", true, function() return outs("r32", pair.reference, pair, k) end)
+        -- (read from the captures each time: held, they would hold every pair's; on file, they are read back)
+        local r32, ar32 = r32_of(pair, k), outs("r32", pair.reference, pair, k)
         local rin32 = input("r32", first, k)
         if noise_why[n] and noise_why[n][k] then row.skipped = noise_why[n][k] end
         local own, own_acc, own_in = unpack(noise[n][k], 1, 3)
@@ -542,11 +546,15 @@ function M.new(ctx, pairs_, ref_modules)
     S.reference_side()
     if broken then return end
     local t0 = core.clock()
-    cap[which] = calls
+    cap[which], calls = ctx:hold(calls, tgt_paths, "target_" .. d), nil
     local prev = passed[1]
     passed[#passed + 1] = which
+    -- captures read back from a file are let go pair by pair (a collection after each), so the
+    -- pass holds a pair's at a time
+    local streams = captures.on_file(cap.r32) or captures.on_file(cap[which])
     for n, pair in ipairs(pairs_) do
       ctx:progress("components", n, #pairs_)
+      if streams and n > 1 then core.collect() end
       local skip = not full and not patched[pair.target] and above(pair, function(up) return clean_by[which][up] end)
       if not skip then
         tested[which][n] = true
@@ -609,10 +617,10 @@ function M.new(ctx, pairs_, ref_modules)
     local descends = mapping.descends
     local function inside_failing(captured, side)
       local kept = {}
-      for path, c in pairs(captured or {}) do
+      for _, path in ipairs(captures.paths(captured)) do
         for _, row in ipairs(rows) do
           local root = side == "reference" and row.reference or row.target
-          if evidence_of[row.reference] and descends(path, root) then kept[path] = c end
+          if evidence_of[row.reference] and descends(path, root) then kept[path] = captured[path] end
         end
       end
       return kept

@@ -103,6 +103,8 @@ function M.run(ctx, stages)
   ctx.log("stages: " .. table.concat(times, ", "))
   run.forwards = forwards.since(start)
   ctx.log(forwards.line(run.forwards))
+  run.spilled = core.json.array({})  -- the forwards whose captures were past --max-capture-mb (read back from a file)
+  for _, s in ipairs(ctx.close and ctx:close() or {}) do run.spilled[#run.spilled + 1] = { forward = s.forward, bytes = s.bytes } end
   core.json.write(ctx.out .. "/run.json", run)
   return verdict.decide({ out = ctx.out, reference = ctx.reference.path, target = ctx.target.path, dtype = ctx.dtype,
     target_dtype = ctx.target_dtype, settings = ctx.settings, inputs = ctx.inputs_file, thresholds = ctx.thresholds,

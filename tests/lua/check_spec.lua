@@ -449,6 +449,23 @@ describe("check", function()
     end
   end)
 
+  it("spills the captures past --max-capture-mb to its results, reads them back, and leaves none: the same results", function()
+    check("moe_bug_expert", { reference = "moe", out = tmp .. "/held", cache = false })
+    lines = {}
+    check("moe_bug_expert", { reference = "moe", out = tmp .. "/spilled", cache = false, max_capture_mb = 0 })
+    local run, said = parity.json.read(tmp .. "/spilled/run.json"), {}
+    for _, l in ipairs(lines) do said[#said + 1] = l:match("^captures: the (.-) forward's %(%d+ MB%) are past %-%-max%-capture%-mb 0: spilled to "
+      .. tmp:gsub("%p", "%%%0") .. "/spilled/captures/") end
+    eq(said, { "reference fp32", "reference bf16", "target bf16", "target fp32" }, "every forward tapped")
+    eq(#run.spilled, 4)
+    truthy(run.spilled[1].bytes > 0, "their size")
+    eq(parity.path_kind(tmp .. "/spilled/captures"), nil, "removed when the check ends")
+    eq(#parity.json.read(tmp .. "/held/run.json").spilled, 0)
+    for _, f in ipairs({ "components.json", "localize.json", "verdict.json", "e2e.json", "smoke.json" }) do
+      eq(read(tmp .. "/held/" .. f), read(tmp .. "/spilled/" .. f), f)
+    end
+  end)
+
   it("holds one model's weights at a time in a check: loading one lets go of the one before", function()
     local bundle = require("parity.bundle")
     local ref, port = bundle.open(fx .. "/reference"), bundle.open(fx .. "/port_fused")
@@ -474,8 +491,8 @@ describe("check", function()
     eq(held(), 2, "outside a check, bundles keep what they load")
   end)
 
-  it("caches captured calls as they were: every call's inputs and first output, through a file", function()
-    local refcache = require("parity.refcache")
+  it("keeps captured calls as they were, in a file read back a path at a time", function()
+    local captures = require("parity.captures")
     local function call(seed, n)
       local inputs = {}
       for j = 1, n do inputs[j] = torch.randn({ 2, 3 }, { seed = seed + j }) end
@@ -486,13 +503,20 @@ describe("check", function()
     -- a tensor captured twice (an output that is the next call's input) is written once
     calls.c[1].inputs[1] = calls["a.b"][3].outputs[1]
     local paths = { "a.b", "never", "c" }
-    local tensors, bytes = refcache.encode_calls(calls, paths)
-    eq(bytes, (1 + 2 + 3 + 4) * 6 * 4 + 4 * 2 * 8)  -- (the float inputs, c's shared, and outputs; the int64 ones)
-    eq({ tensors["p3.c1.i1"], parity.json.decode(string.char(unpack(tensors.same:tolist()))) },
-       { nil, { "p3.c1.i1", "p1.c3.o" } })
+    eq(captures.bytes(calls, paths), (1 + 2 + 3 + 4) * 6 * 4 + 4 * 2 * 8)  -- (float inputs and outputs, c's shared; int64)
+    local tensors = captures.encode(calls, paths)
+    local n = 0
+    for _ in pairs(tensors) do n = n + 1 end
+    eq(n, 1 + 10 + 4, "the index and each tensor once: 10 floats, 4 int64 (c's first input is a.b's output)")
     parity.tensors.save(tmp .. "/calls.safetensors", tensors)
-    local back = refcache.decode_calls(parity.tensors.load(tmp .. "/calls.safetensors"), paths)
-    eq({ back.never, #back["a.b"], #back.c }, { nil, 3, 1 })
+    local read = {}  -- the names each read asked for
+    local back = captures.decode(tensors.index, paths, function(names)
+      read[#read + 1] = #names
+      return (parity.tensors.load(tmp .. "/calls.safetensors", { names = names }))
+    end, "calls.safetensors", 123)
+    eq({ captures.on_file(back), captures.on_file(calls), captures.paths(back), captures.paths(calls), captures.bytes(back, paths) },
+       { true, false, { "a.b", "c" }, { "a.b", "c" }, 123 })
+    eq({ back.never, #back.c, read }, { nil, 1, { 3 } }, "a path read when first asked for, no other")
     for p, list in pairs(calls) do
       for k, c in ipairs(list) do
         local got = back[p][k]
@@ -501,8 +525,15 @@ describe("check", function()
         truthy(got.outputs[1] == c.outputs[1], p .. " call " .. k .. " output")
       end
     end
-    truthy(rawequal(back.c[1].inputs[1], back["a.b"][3].outputs[1]), "read back as one tensor")
-    eq(refcache.decode_calls(tensors, { "a.b" }), nil, "another set of paths")
+    eq(read, { 3, 12 }, "a.b read once while in use")
+    truthy(rawequal(back["a.b"][3], back["a.b"][3]), "the same calls while held")
+    collectgarbage("collect")
+    local _ = back["a.b"]
+    eq(#read, 3, "let go, read again")
+    eq(captures.decode(tensors.index, { "a.b" }, error, "x"), nil, "another set of paths")
+    eq(captures.decode(captures.json_tensor({ { { i = { 0 } } } }), { "a.b" }, error, "x"), nil, "not an index")
+    local lacking = captures.decode(tensors.index, paths, function() return {} end, "calls.safetensors")
+    raises(function() return lacking.c end, "calls.safetensors: captures file without its tensor t")
   end)
 
   it("takes thresholds from a table or a sandboxed file", function()

@@ -131,10 +131,11 @@ decide it). Exit 0 equivalent, 1 divergent, 2 bad input, 3 inconclusive.
                      (the trees, the mapping) and a JSON a stage:
                      STAGE_FILES
   --no-cache         recompute the reference's outputs
-  --max-capture-mb N  the reference's captures (its components' inputs and outputs) are cached
-                     when they fit in N MiB (default: an eighth of this machine's memory); past
-                     it they are not, and a check against the cached reference runs its fp32
-                     pass again
+  --max-capture-mb N  what a tapped forward captures (its components' inputs and outputs) is
+                     held in memory up to N MiB (default: an eighth of this machine's memory);
+                     past it, it is written to OUT/captures/ and read back a component at a
+                     time (removed when the check ends). The reference's are cached when they
+                     fit; past it a check against the cached reference runs its fp32 pass again
   --quiet            no progress on stderr and no log lines (the summary and the files only)
   --cache-dir DIR    reference cache (default $XDG_CACHE_HOME/parity or ~/.cache/parity)
   --device D         where the models run: cpu (default) or cuda[:N]; without that GPU here,
