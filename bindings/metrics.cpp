@@ -23,8 +23,10 @@ int non_finite(lua_State* L) {
   return 1;
 }
 
-int cosine_rows(lua_State* L) {
-  push_tensor(L, m::cosine_rows(check_tensor(L, 1), check_tensor(L, 2)));
+/// f(a, b) -> a float64 tensor of per-row figures (cosine_rows, l2_distance_rows)
+template <at::Tensor (*F)(const at::Tensor&, const at::Tensor&)>
+int rows_metric(lua_State* L) {
+  push_tensor(L, F(check_tensor(L, 1), check_tensor(L, 2)));
   return 1;
 }
 
@@ -176,7 +178,8 @@ const luaL_Reg kMetrics[] = {
     {"cosine", guard<scalar_metric<m::cosine>>},
     {"l2_distance", guard<scalar_metric<m::l2_distance>>},
     {"sqnr", guard<scalar_metric<m::sqnr_db>>},
-    {"cosine_rows", guard<cosine_rows>},
+    {"cosine_rows", guard<rows_metric<m::cosine_rows>>},
+    {"l2_distance_rows", guard<rows_metric<m::l2_distance_rows>>},
     {"row_sketch", guard<row_sketch>},
     {"non_finite", guard<non_finite>},
     {"allclose", guard<allclose>},

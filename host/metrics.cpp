@@ -237,28 +237,103 @@ double mean_abs_diff(const at::Tensor& target, const at::Tensor& reference) {
   return (f64(target) - f64(reference)).abs().mean().item<double>();
 }
 
+namespace {
+
+/// The sums the L2 figures of two same-shaped tensors are made of, in float64: sum (a-b)^2,
+/// a^2, b^2 and a*b. Any NaN or Inf makes a2 or b2 non-finite (a finite float squared is finite
+/// in float64).
+struct PairSums {
+  double diff2 = 0, a2 = 0, b2 = 0, ab = 0;
+  bool finite() const { return std::isfinite(a2) && std::isfinite(b2); }
+};
+
+template <typename T>
+double as_double(T v) { return static_cast<double>(static_cast<float>(v)); }  // bfloat16, half: through float
+double as_double(double v) { return v; }
+
+template <typename T, typename U>
+void add_sums(const T* a, const U* b, int64_t n, PairSums& s) {
+  constexpr int64_t kChunk = 1024;  // summed per chunk, then chunk by chunk: accurate at any size
+  for (int64_t i = 0; i < n; i += kChunk) {
+    double d2 = 0, a2 = 0, b2 = 0, ab = 0;
+    for (int64_t j = i, end = std::min(n, i + kChunk); j < end; ++j) {
+      double x = as_double(a[j]), y = as_double(b[j]);
+      d2 += (x - y) * (x - y), a2 += x * x, b2 += y * y, ab += x * y;
+    }
+    s.diff2 += d2, s.a2 += a2, s.b2 += b2, s.ab += ab;
+  }
+}
+
+/// f(pointer) on a CPU tensor's data as its own type (float, bfloat16, half, double); other
+/// dtypes and devices are a float64 copy first.
+template <typename F>
+void with_data(const at::Tensor& t, F&& f) {
+  auto x = t.detach();
+  const auto st = x.scalar_type();
+  if (!x.device().is_cpu() || !(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble))
+    x = x.to(at::kCPU, at::kDouble);
+  x = x.contiguous();
+  switch (x.scalar_type()) {
+    case at::kFloat: f(x.data_ptr<float>()); break;
+    case at::kBFloat16: f(x.data_ptr<at::BFloat16>()); break;
+    case at::kHalf: f(x.data_ptr<at::Half>()); break;
+    default: f(x.data_ptr<double>());
+  }
+}
+
+/// One pass over same-shaped tensors a and b (each in its own dtype, no float64 copies): a
+/// logits-sized comparison makes no temporaries, where three float64 copies of 4 x 32 x 32K
+/// logits were 100 MB.
+PairSums pair_sums(const at::Tensor& a, const at::Tensor& b) {
+  PairSums s;
+  with_data(a, [&](const auto* pa) { with_data(b, [&](const auto* pb) { add_sums(pa, pb, a.numel(), s); }); });
+  return s;
+}
+
+}  // namespace
+
 double rel_l2(const at::Tensor& target, const at::Tensor& reference) {
   same_shape("rel_l2", target, reference);
-  if (!all_finite({target, reference})) return kNan;
-  auto r = f64(reference);
-  double num = frob(f64(target) - r), den = frob(r);
+  auto s = pair_sums(target, reference);
+  if (!s.finite()) return kNan;
+  double num = std::sqrt(s.diff2), den = std::sqrt(s.b2);
   if (den == 0) return num == 0 ? 0 : kInf;
   return num / den;
 }
 
 double l2_distance(const at::Tensor& a, const at::Tensor& b) {
   same_shape("l2_distance", a, b);
-  if (!all_finite({a, b})) return kNan;
-  return frob(f64(a) - f64(b));
+  auto s = pair_sums(a, b);
+  return s.finite() ? std::sqrt(s.diff2) : kNan;
 }
 
 double cosine(const at::Tensor& a, const at::Tensor& b) {
   same_shape("cosine", a, b);
-  if (!all_finite({a, b})) return kNan;
-  auto x = f64(a).flatten(), y = f64(b).flatten();
-  double nx = frob(x), ny = frob(y);
+  auto s = pair_sums(a, b);
+  if (!s.finite()) return kNan;
+  double nx = std::sqrt(s.a2), ny = std::sqrt(s.b2);
   if (nx == 0 || ny == 0) return nx == ny ? 1.0 : 0.0;
-  return (x.dot(y) / (nx * ny)).item<double>();
+  return s.ab / (nx * ny);
+}
+
+at::Tensor l2_distance_rows(const at::Tensor& a, const at::Tensor& b) {
+  same_shape("l2_distance_rows", a, b);
+  has_last_dim("l2_distance_rows", a);
+  const int64_t v = a.size(-1), rows = a.numel() / v;
+  auto out = at::empty({rows}, at::kDouble);
+  double* o = out.data_ptr<double>();
+  with_data(a, [&](const auto* pa) {
+    with_data(b, [&](const auto* pb) {
+      for (int64_t r = 0; r < rows; ++r) {
+        PairSums s;
+        add_sums(pa + r * v, pb + r * v, v, s);
+        o[r] = std::sqrt(s.diff2);  // NaN where a NaN is, Inf where an Inf meets a finite value
+      }
+    });
+  });
+  auto shape = a.sizes().vec();
+  shape.pop_back();
+  return out.reshape(shape);
 }
 
 at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b) {

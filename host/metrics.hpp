@@ -46,6 +46,9 @@ double rel_l2(const at::Tensor& target, const at::Tensor& reference);
 double l2_distance(const at::Tensor& a, const at::Tensor& b);
 /// Cosine similarity of the flattened tensors; 1 when both are zero, 0 when only one is.
 double cosine(const at::Tensor& a, const at::Tensor& b);
+/// ||a_i - b_i|| per row over the last dim (a position's hidden state, a head's vector): shape =
+/// input shape without its last dim, float64.
+at::Tensor l2_distance_rows(const at::Tensor& a, const at::Tensor& b);
 /// Cosine per row over the last dim: shape = input shape without its last dim, float64.
 at::Tensor cosine_rows(const at::Tensor& a, const at::Tensor& b);
 

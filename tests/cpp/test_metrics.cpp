@@ -159,6 +159,45 @@ TEST_SUITE("metrics") {
     CHECK(std::isnan(m::r_ratio(t({1, 1}), t({1, 1}), t({kNan, 1})).denominator));
   }
 
+  TEST_CASE("L2 figures in one float64 pass: torch's on float64 copies, any dtypes, views, sizes") {
+    // 3 x 2^20 + 5 elements, a transposed view, mixed dtypes (a bf16 output against an fp32 one)
+    auto a = at::randn({3, 1 << 20}) * 3 + 1, b = a + at::randn({3, 1 << 20}) * 1e-3;
+    // (torch's sum is pairwise: accurate to ~1e-16 where its norm of 3M float64 values is not)
+    auto whole = [](const at::Tensor& x) { return std::sqrt(x.to(at::kDouble).pow(2).sum().item<double>()); };
+    for (auto& [p, q] : std::vector<std::pair<at::Tensor, at::Tensor>>{
+             {a, b}, {a.t(), b.t()}, {a.to(at::kBFloat16), b}, {a.to(at::kDouble), b.to(at::kHalf)},
+             {at::cat({a.flatten(), at::randn({5})}), at::cat({b.flatten(), at::randn({5})})}}) {
+      auto d = p.to(at::kDouble) - q.to(at::kDouble);
+      CHECK(m::l2_distance(p, q) == Approx(whole(d)).epsilon(1e-12));
+      CHECK(m::rel_l2(p, q) == Approx(whole(d) / whole(q)).epsilon(1e-12));
+      double dot = (p.to(at::kDouble) * q.to(at::kDouble)).sum().item<double>();
+      CHECK(m::cosine(p, q) == Approx(dot / (whole(p) * whole(q))).epsilon(1e-12));
+    }
+    CHECK(m::l2_distance(a, a) == 0);
+    CHECK(m::cosine(a, -a) == Approx(-1.0));
+    CHECK(m::rel_l2(a, a * 0) == kInf);
+    CHECK(std::isnan(m::l2_distance(a.index_fill(1, at::tensor({int64_t{7}}), kNan), b)));
+    CHECK(std::isnan(m::cosine(a, b.index_fill(1, at::tensor({int64_t{9}}), kInf))));
+  }
+
+  TEST_CASE("L2 distance per row") {
+    auto r = m::l2_distance_rows(t2({7, 9, 1, 1, 3, 4}, 3), t2({1, 1, 1, 1, 0, 0}, 3));
+    CHECK(r.sizes().vec() == std::vector<int64_t>{3});
+    CHECK(r[0].item<double>() == Approx(10.0));
+    CHECK(r[1].item<double>() == 0);
+    CHECK(r[2].item<double>() == Approx(5.0));
+    auto big = at::randn({2, 3000, 1000}), other = at::randn({2, 3000, 1000}).to(at::kBFloat16);
+    auto want = (big.to(at::kDouble) - other.to(at::kDouble)).norm(2, -1);
+    auto got = m::l2_distance_rows(big.transpose(0, 1), other.transpose(0, 1));
+    CHECK(got.sizes().vec() == std::vector<int64_t>{3000, 2});
+    CHECK(at::allclose(got, want.transpose(0, 1), 1e-12, 0));
+    auto odd = m::l2_distance_rows(t2({1, kNan, 1, kInf, 1, 1}, 3), t2({1, 1, 1, 1, 1, 1}, 3));
+    CHECK(std::isnan(odd[0].item<double>()));
+    CHECK(odd[1].item<double>() == kInf);
+    CHECK(odd[2].item<double>() == 0);
+    CHECK_THROWS_AS(m::l2_distance_rows(t2({1, 2}, 1), t2({1, 2}, 2)), std::invalid_argument);
+  }
+
   TEST_CASE("R-ratio per row") {
     auto r = m::r_ratio_rows(t2({6, 8, 1, 0}, 2), t2({0, 0, 0, 0}, 2), t2({3, 4, 2, 0}, 2), 0.0);
     CHECK(r.sizes().vec() == std::vector<int64_t>{2});

@@ -97,6 +97,13 @@ function metrics.sqnr(t, r) end
 ---@return parity.Tensor
 function metrics.cosine_rows(a, b) end
 
+--- ||a_i - b_i|| per row over the last dim, in one float64 pass (NaN where a NaN is): a float64
+--- tensor of the shape without it.
+---@param a parity.Tensor
+---@param b parity.Tensor
+---@return parity.Tensor
+function metrics.l2_distance_rows(a, b) end
+
 --- A weight's fingerprint: each row's dot product (rows along dim 0, the other dims flattened)
 --- with a fixed ±1 vector, in float64, in one pass (a 0-D or 1-D tensor: its values in float64).
 --- The signs are the same on every machine (host/metrics.hpp says how they are made).
