@@ -75,9 +75,8 @@ end
 --- ||a_i - b_i|| of every row i (the last dim is a row's: a position's hidden state, a head's
 --- vector), in float64, as a 1-D tensor; nil when either is missing or their shapes differ.
 local function row_distances(a, b)
-  if not (a and b) or not a:is_same_size(b) or a:dim() == 0 then return nil end
-  local d = a:double() - b:double()
-  return d:reshape({ -1, d:size(d:dim() - 1) }):norm(2, { -1 })
+  if not (a and b) or not a:is_same_size(b) or a:dim() == 0 or a:size(a:dim() - 1) == 0 then return nil end
+  return m.l2_distance_rows(a, b):reshape({ -1 })
 end
 
 --- The reference's own noise at every pair and call (R's denominators: ||r_low - r32|| of the
@@ -197,7 +196,7 @@ function M.new(ctx, pairs_, ref_modules)
     return child_cache[key] or nil
   end
   -- component runs and their time, calls read from the whole runs instead (logged), failures
-  local reruns, reruns_s, reused, failed = 0, 0, 0, {}
+  local reruns, reruns_s, reused, failed, read_back = 0, 0, 0, {}, {}
   -- one component of one model (r32, rlow, tlow, t32) on given inputs: its first output, or nil
   -- and why not (`unpatched`: the target's component as the port computes it, its patches aside)
   local function rerun(which, path, inputs, unpatched)
@@ -289,7 +288,13 @@ function M.new(ctx, pairs_, ref_modules)
     if slot[key] ~= nil then return slot[key] or nil, failed[fkey] end
     local out, why
     if not unpatched then out = same_inputs(which, path, k, inputs) end
-    if out then reused = reused + 1 else out, why = rerun(which, path, inputs, unpatched) end
+    if out then
+      if not read_back[fkey] then reused, read_back[fkey] = reused + 1, true end
+      -- read back from a file, it is read again when asked (kept, every pair's would stay)
+      if captures.on_file(cap[which]) then return out end
+    else
+      out, why = rerun(which, path, inputs, unpatched)
+    end
     slot[key] = out or false
     if why then failed[fkey] = why end
     if why and not unpatched then failed[which] = true end
@@ -554,7 +559,7 @@ function M.new(ctx, pairs_, ref_modules)
     local streams = captures.on_file(cap.r32) or captures.on_file(cap[which])
     for n, pair in ipairs(pairs_) do
       ctx:progress("components", n, #pairs_)
-      if streams and n > 1 then core.collect() end
+      if streams and n > 1 then collectgarbage("collect") end  -- (its freed memory is the next pair's)
       local skip = not full and not patched[pair.target] and above(pair, function(up) return clean_by[which][up] end)
       if not skip then
         tested[which][n] = true

@@ -30,6 +30,18 @@ describe("parity.tensors", function()
     raises(function() parity.tensors.load(dir .. "/x.npy", { names = { "x" } }) end, "names choose tensors of a .safetensors")
   end)
 
+  it("a file read again is read as it is now: rewritten in place of one read before, its new tensors", function()
+    -- (the host keeps the layouts of the files read last: a file rewritten must not read as the old one)
+    local f = dir .. "/again.safetensors"
+    for round = 1, 3 do
+      local x = torch.randn({ 2, 2 }, { seed = round })  -- (files of one size)
+      parity.tensors.save(f, { ["x" .. round] = x, same = torch.full({ 3 }, round) })
+      local t = parity.tensors.load(f, { names = { "x" .. round, "same", "x" .. (round - 1) } })
+      truthy(t["x" .. round] == x and t["x" .. (round - 1)] == nil, "round " .. round .. ": its tensors")
+      eq(t.same:tolist(), { round, round, round }, "round " .. round .. ": a tensor of one name and shape, its new values")
+    end
+  end)
+
   it("round-trips .npy", function()
     local x = torch.randn({ 4 }, { seed = 2 })
     parity.tensors.save(dir .. "/x.npy", x)
