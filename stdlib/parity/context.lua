@@ -457,15 +457,46 @@ function Context:hold(calls, paths, name)
   if not calls or captures.on_file(calls) then return calls end
   local bytes = captures.bytes(calls, paths)
   if bytes <= self.max_capture_mb * 2 ^ 20 then return calls end
-  local file = ("%s/captures/%s.safetensors"):format(self.out, name)
-  core.tensors.save(file, captures.encode(calls, paths))
-  self.memo.spilled = self.memo.spilled or {}
-  self.memo.spilled[#self.memo.spilled + 1] = { file = file, forward = name, bytes = bytes }
-  self.log(("captures: the %s forward's (%.0f MB) are past --max-capture-mb %d: spilled to %s, read back a"
-    .. " component at a time"):format(name:gsub("_", " "), bytes / 2 ^ 20, self.max_capture_mb, file))
+  local file = self:spill(name, bytes, captures.encode(calls, paths), ("the %s forward's captures"):format((name:gsub("_", " "))))
   for p in pairs(calls) do calls[p] = nil end  -- (emptied: the caller's table holds them no more,
   core.collect()                              -- and their memory goes now, not at a later collection)
   return captures.open(file, paths, bytes)
+end
+
+--- Named tensors (`kept`: name -> Tensor, or false for none) held as Context:hold holds captures:
+--- past --max-capture-mb, written to OUT/captures/NAME.safetensors and read back a tensor at a
+--- time when indexed (`kept` is emptied then). The sweep's re-run outputs of the reference.
+---@param kept table<string, parity.Tensor|false>
+---@param name string
+---@return table<string, parity.Tensor|false>
+function Context:hold_tensors(kept, name)
+  local bytes, tensors, none = 0, {}, {}
+  for k, t in pairs(kept) do
+    if t then bytes, tensors[k] = bytes + t:nbytes(), t else none[k] = true end
+  end
+  if bytes <= self.max_capture_mb * 2 ^ 20 then return kept end
+  local file = self:spill(name, bytes, tensors, ("the %s' re-run outputs"):format((name:gsub("_", " "))))
+  local on_file = {}
+  for k in pairs(tensors) do on_file[k] = true end
+  for k in pairs(kept) do kept[k] = nil end
+  tensors = nil
+  core.collect()
+  return setmetatable({}, { __index = function(_, k)
+    if none[k] then return false end  -- (run, without an output)
+    return on_file[k] and core.tensors.load(file, { names = { k } })[k] or nil
+  end })
+end
+
+--- Writes what Context:hold or Context:hold_tensors spills, logs it and notes it for
+--- Context:close; returns the file.
+function Context:spill(name, bytes, tensors, what)
+  local file = ("%s/captures/%s.safetensors"):format(self.out, name)
+  core.tensors.save(file, tensors)
+  self.memo.spilled = self.memo.spilled or {}
+  self.memo.spilled[#self.memo.spilled + 1] = { file = file, forward = name, bytes = bytes }
+  self.log(("captures: %s (%.0f MB) are past --max-capture-mb %d: spilled to %s, read back a"
+    .. " component at a time"):format(what, bytes / 2 ^ 20, self.max_capture_mb, file))
+  return file
 end
 
 --- What the check leaves behind it, once its results are written: the captures it spilled

@@ -368,6 +368,8 @@ function M.new(ctx, pairs_, ref_modules)
         end
       end
       child_cache = {}  -- (the reference's model goes when the next loads)
+      -- its components' outputs (a failing one's evidence), past the budget on file
+      store.rlow = ctx.hold_tensors and ctx:hold_tensors(store.rlow, ("reference_%s_components"):format(dtype)) or store.rlow
       -- of its whole run, once it measured the noise, the outputs only (an accumulated-only
       -- divergence's evidence: the reference's own error there), unless they are on file
       if not captures.on_file(cap.rlow) then

@@ -454,10 +454,12 @@ describe("check", function()
     lines = {}
     check("moe_bug_expert", { reference = "moe", out = tmp .. "/spilled", cache = false, max_capture_mb = 0 })
     local run, said = parity.json.read(tmp .. "/spilled/run.json"), {}
-    for _, l in ipairs(lines) do said[#said + 1] = l:match("^captures: the (.-) forward's %(%d+ MB%) are past %-%-max%-capture%-mb 0: spilled to "
+    for _, l in ipairs(lines) do said[#said + 1] = l:match("^captures: the (.-) %(%d+ MB%) are past %-%-max%-capture%-mb 0: spilled to "
       .. tmp:gsub("%p", "%%%0") .. "/spilled/captures/") end
-    eq(said, { "reference fp32", "reference bf16", "target bf16", "target fp32" }, "every forward tapped")
-    eq(#run.spilled, 4)
+    eq(said, { "reference fp32 forward's captures", "reference bf16 forward's captures",
+               "reference bf16 components' re-run outputs", "target bf16 forward's captures",
+               "target fp32 forward's captures" }, "every forward tapped, and the reference's component runs")
+    eq(#run.spilled, 5)
     truthy(run.spilled[1].bytes > 0, "their size")
     eq(parity.path_kind(tmp .. "/spilled/captures"), nil, "removed when the check ends")
     eq(#parity.json.read(tmp .. "/held/run.json").spilled, 0)
